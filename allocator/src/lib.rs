@@ -1,0 +1,25 @@
+//! spanalloc: a `no_std` allocator for kernels, built on the Go runtime's design.
+//!
+//! Layers, bottom up (see ARCHITECTURE.md):
+//! - [`addr`]: typed addresses and units (frames, heap pages, counts).
+//! - [`platform`]: the small trait a kernel (or the host, for tests) implements.
+//! - [`pagealloc`]: bitmap + radix tree of summaries that finds N contiguous free units without scanning;
+//!   used for physical frames and for heap pages alike.
+//! - [`frames`]: the physical frame allocator built from the boot memory map.
+//! - [`paging`]: the 4-level page-table mapper.
+//! - [`arena`]: the reserved virtual window the heap takes its arenas from.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod addr;
+pub mod arena;
+pub mod frames;
+pub mod pagealloc;
+pub mod paging;
+pub mod platform;
+
+#[cfg(feature = "host")]
+pub mod host;
+
+pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
+pub use platform::Platform;
