@@ -1,15 +1,77 @@
+//! The spanalloc test kernel.
+//!
+//! Boots through bootloader 0.11 on the first CPU, sets the CPU up (serial, GDT/TSS, IDT, bootstrap heap),
+//! reads its command line from QEMU's fw_cfg, reports the boot memory map, then runs what the command line
+//! asks for (the demo, the test list, or one in-kernel test) and ends QEMU with a pass or fail exit code.
 #![no_std]
 #![no_main]
+#![feature(abi_x86_interrupt)]
 
-bootloader_api::entry_point!(kernel_main);
+extern crate alloc;
 
-fn kernel_main(_boot_info: &'static mut bootloader_api::BootInfo) -> ! {
-    loop {
-        x86_64::instructions::hlt();
+mod cmdline;
+mod demo;
+mod fw_cfg;
+mod gdt;
+mod heap;
+mod interrupts;
+mod ktest;
+mod logger;
+mod memory;
+mod panic;
+mod probe;
+mod qemu;
+mod serial;
+mod tests;
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::BootInfo;
+use cmdline::Command;
+
+/// The physical-memory mapping is what lets the kernel (and later the allocator) reach any frame.
+pub static CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config
+};
+
+bootloader_api::entry_point!(kernel_main, config = &CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    serial::init();
+    gdt::init();
+    interrupts::init();
+    heap::init();
+
+    let raw_cmdline = cmdline::load();
+    let cmdline = match cmdline::parse(&raw_cmdline) {
+        Ok(cmdline) => cmdline,
+        Err(err) => {
+            println!("error: bad kernel command line `{raw_cmdline}`: {err}");
+            println!("usage: {}", cmdline::USAGE);
+            qemu::exit(qemu::ExitCode::Failure);
+        }
+    };
+    logger::init(cmdline.log_level);
+    println!(
+        "spanalloc kernel {} booted; command line `{raw_cmdline}`",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let report = memory::take_over(boot_info);
+    println!("{report}");
+
+    let cpus = fw_cfg::cpu_count().unwrap_or(1);
+    match cmdline.command {
+        Command::Demo => demo::run(boot_info, &report, cpus),
+        Command::List => ktest::list(tests::TESTS),
+        Command::Test(name) => {
+            let mut ctx = ktest::TestCtx {
+                boot_info,
+                memory: &report,
+                cpus,
+            };
+            ktest::run(tests::TESTS, name, &mut ctx)
+        }
     }
-}
-
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }

@@ -1,0 +1,79 @@
+//! The interrupt descriptor table: CPU exceptions the kernel handles.
+//!
+//! Invariants:
+//! - Handlers that may run while the serial lock is held (any exception can) print only through
+//!   `emergency_println!`.
+//! - Fatal handlers never return: they report and end QEMU with failure. The page-fault handler is fatal
+//!   except for faults of a [`probe`](crate::probe) read, which it turns into values.
+//! - The double-fault handler runs on its own IST stack (see [`gdt`](crate::gdt)).
+
+use crate::{emergency_println, gdt, probe, qemu};
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Lazy;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+use x86_64::VirtAddr;
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.breakpoint.set_handler_fn(breakpoint);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection);
+    idt.page_fault.set_handler_fn(page_fault);
+    // SAFETY: the IST index names the stack gdt::init installed in the TSS, used by no other handler.
+    unsafe {
+        idt.double_fault
+            .set_handler_fn(double_fault)
+            .set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
+    }
+    idt
+});
+
+static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Loads the IDT on this CPU; call after [`gdt::init`].
+pub fn init() {
+    IDT.load();
+}
+
+/// How many breakpoint exceptions (`int3`) have been handled and resumed from.
+pub fn breakpoint_count() -> u64 {
+    BREAKPOINTS.load(Ordering::SeqCst)
+}
+
+extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    BREAKPOINTS.fetch_add(1, Ordering::SeqCst);
+    log::debug!("breakpoint at {:#x}", frame.instruction_pointer.as_u64());
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error_code: u64) -> ! {
+    emergency_println!("EXCEPTION: double fault (error code {error_code:#x})\n{frame:#?}");
+    qemu::exit(qemu::ExitCode::Failure)
+}
+
+extern "x86-interrupt" fn general_protection(frame: InterruptStackFrame, error_code: u64) {
+    emergency_println!(
+        "EXCEPTION: general protection fault at ip {:#x} (error code {error_code:#x}, a non-zero code is a \
+         segment selector)\n{frame:#?}",
+        frame.instruction_pointer.as_u64()
+    );
+    qemu::exit(qemu::ExitCode::Failure)
+}
+
+extern "x86-interrupt" fn page_fault(
+    mut frame: InterruptStackFrame,
+    error_code: PageFaultErrorCode,
+) {
+    // A page fault always reports a canonical address in CR2 (non-canonical accesses raise #GP instead).
+    let fault_addr = Cr2::read().unwrap_or(VirtAddr::zero());
+    if probe::recover(&mut frame, fault_addr, error_code) {
+        return;
+    }
+    emergency_println!(
+        "EXCEPTION: page fault accessing {:#x} at ip {:#x}, error code {:?}\n{frame:#?}",
+        fault_addr.as_u64(),
+        frame.instruction_pointer.as_u64(),
+        error_code
+    );
+    qemu::exit(qemu::ExitCode::Failure)
+}
