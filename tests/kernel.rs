@@ -1,0 +1,277 @@
+//! Host tests that boot the kernel in QEMU (libtest-mimic, `harness = false`).
+//!
+//! The kernel image is booted once with `list` to learn the in-kernel tests; each then becomes its own trial
+//! `kernel::<name>`, booting `test <name>` and failing with the kernel's whole serial output. The other trials
+//! check the demo under BIOS and UEFI, that a failing kernel run is seen as failing, and the runner itself.
+//!
+//! At most two trials run at once by default (the machines have two cores; each QEMU is one busy thread with
+//! `-smp 1`).
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use spanalloc_runner::cli::{self, Action};
+use spanalloc_runner::{Outcome, Qemu, RunError, Verdict};
+use std::time::Duration;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_PARALLEL_TRIALS: usize = 2;
+const MIB: u64 = 1024 * 1024;
+
+fn qemu(args: &[&str], smp: u32) -> Qemu {
+    Qemu {
+        smp,
+        timeout: TEST_TIMEOUT,
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        ..Qemu::default()
+    }
+}
+
+/// Everything a failing trial should show.
+fn describe(qemu: &Qemu, outcome: &Outcome) -> String {
+    format!(
+        "`{}` ended after {:.1} s: {}\n--- QEMU stderr ---\n{}--- kernel serial output ---\n{}",
+        qemu.cmdline(),
+        outcome.elapsed.as_secs_f64(),
+        outcome.verdict,
+        outcome.qemu_stderr,
+        outcome.serial
+    )
+}
+
+fn boot(qemu: &Qemu) -> Result<Outcome, Failed> {
+    qemu.run()
+        .map_err(|err| Failed::from(format!("could not run QEMU: {err}")))
+}
+
+/// Boots and requires the kernel to report success.
+fn boot_passing(qemu: &Qemu) -> Result<Outcome, Failed> {
+    let outcome = boot(qemu)?;
+    if outcome.verdict != Verdict::Pass {
+        return Err(describe(qemu, &outcome).into());
+    }
+    Ok(outcome)
+}
+
+fn has_line(serial: &str, line: &str) -> bool {
+    serial.lines().any(|l| l == line)
+}
+
+/// Reads `key=<bytes>` from the kernel's `memory map:` line.
+fn memory_bytes(serial: &str, key: &str) -> Option<u64> {
+    let line = serial.lines().find(|l| l.starts_with("memory map:"))?;
+    let prefix = format!("{key}=");
+    let word = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))?;
+    word.parse().ok()
+}
+
+/// A registered in-kernel test, as `list` prints it: `TEST <name> min_cpus=<n>`.
+struct ListedTest {
+    name: String,
+    min_cpus: u32,
+}
+
+fn list_kernel_tests() -> Result<Vec<ListedTest>, String> {
+    let list = qemu(&["list"], 1);
+    let outcome = list
+        .run()
+        .map_err(|err| format!("could not run QEMU: {err}"))?;
+    if outcome.verdict != Verdict::Pass {
+        return Err(describe(&list, &outcome));
+    }
+    let mut tests = Vec::new();
+    for line in outcome.serial.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("TEST") {
+            continue;
+        }
+        let name = words.next().ok_or(format!("bad list line `{line}`"))?;
+        let mut min_cpus = 1;
+        for word in words {
+            if let Some(n) = word.strip_prefix("min_cpus=") {
+                min_cpus = n.parse().map_err(|_| format!("bad list line `{line}`"))?;
+            }
+        }
+        tests.push(ListedTest {
+            name: name.to_string(),
+            min_cpus,
+        });
+    }
+    if tests.is_empty() {
+        return Err(format!(
+            "`list` printed no tests\n{}",
+            describe(&list, &outcome)
+        ));
+    }
+    Ok(tests)
+}
+
+fn kernel_test_trial(test: ListedTest) -> Trial {
+    Trial::test(format!("kernel::{}", test.name), move || {
+        let qemu = qemu(&["test", &test.name], test.min_cpus.max(1));
+        let outcome = boot_passing(&qemu)?;
+        // The verdict alone could come from the wrong code path; the kernel must also say which test passed.
+        let expected = format!("PASS {}", test.name);
+        if !outcome.serial.lines().any(|l| l.starts_with(&expected)) {
+            return Err(format!("no `{expected}` line\n{}", describe(&qemu, &outcome)).into());
+        }
+        Ok(())
+    })
+}
+
+fn demo_bios() -> Result<(), Failed> {
+    let qemu = qemu(&[], 1);
+    let outcome = boot_passing(&qemu)?;
+    let usable = memory_bytes(&outcome.serial, "usable")
+        .ok_or_else(|| format!("no usable memory reported\n{}", describe(&qemu, &outcome)))?;
+    // QEMU gives 512 MiB; the bootloader takes a few MiB and the BIOS a little below 1 MiB.
+    if !(400 * MIB..=512 * MIB).contains(&usable) {
+        return Err(format!(
+            "usable memory {usable} bytes is implausible for -m 512M\n{}",
+            describe(&qemu, &outcome)
+        )
+        .into());
+    }
+    if !has_line(&outcome.serial, "demo: booted by BIOS on 1 CPU(s)") {
+        return Err(format!("no BIOS demo line\n{}", describe(&qemu, &outcome)).into());
+    }
+    Ok(())
+}
+
+fn demo_uefi() -> Result<(), Failed> {
+    let qemu = Qemu {
+        uefi: true,
+        ..qemu(&[], 1)
+    };
+    let outcome = boot_passing(&qemu)?;
+    let firmware_bytes = memory_bytes(&outcome.serial, "unknown_uefi").unwrap_or(0);
+    if firmware_bytes == 0 || !has_line(&outcome.serial, "demo: booted by UEFI on 1 CPU(s)") {
+        return Err(format!("no UEFI memory or demo line\n{}", describe(&qemu, &outcome)).into());
+    }
+    Ok(())
+}
+
+fn unknown_test_fails() -> Result<(), Failed> {
+    let qemu = qemu(&["test", "no_such_test"], 1);
+    let outcome = boot(&qemu)?;
+    if outcome.verdict != Verdict::Fail
+        || !outcome.serial.contains("FAIL no_such_test: no such test")
+    {
+        return Err(format!("expected a reported failure\n{}", describe(&qemu, &outcome)).into());
+    }
+    Ok(())
+}
+
+fn parse_run(args: &[&str]) -> Result<(Qemu, bool), String> {
+    match cli::parse(args.iter().copied()) {
+        Ok(Action::Run { qemu, verbose }) => Ok((qemu, verbose)),
+        Ok(Action::Help) => Err(format!("{args:?} parsed as --help")),
+        Err(err) => Err(format!("{args:?} rejected: {err}")),
+    }
+}
+
+fn runner_parses_options() -> Result<(), Failed> {
+    let (qemu, verbose) = parse_run(&[])?;
+    assert_eq!(
+        (verbose, qemu.clone()),
+        (false, Qemu::default()),
+        "no arguments"
+    );
+    assert_eq!((qemu.smp, qemu.memory.as_str()), (4, "512M"));
+    assert_eq!(qemu.timeout, Duration::from_secs(120));
+
+    let (qemu, verbose) = parse_run(&[
+        "--uefi",
+        "--smp",
+        "2",
+        "--memory=1G",
+        "--timeout",
+        "30",
+        "--verbose",
+        "test",
+        "boot_info",
+        "--smp",
+        "log=debug",
+    ])?;
+    assert!(verbose && qemu.uefi);
+    assert_eq!((qemu.smp, qemu.memory.as_str()), (2, "1G"));
+    assert_eq!(qemu.timeout, Duration::from_secs(30));
+    // Everything from the first kernel word on is the kernel's, even what looks like a runner option.
+    assert_eq!(qemu.cmdline(), "test boot_info --smp log=debug");
+
+    let (qemu, _) = parse_run(&["--", "--weird"])?;
+    assert_eq!(qemu.args, ["--weird"]);
+    assert_eq!(cli::parse(["--help"]), Ok(Action::Help));
+    Ok(())
+}
+
+fn runner_rejects_bad_options() -> Result<(), Failed> {
+    for (args, expected) in [
+        (&["--smp", "0"][..], "--smp `0`"),
+        (&["--smp", "four"], "--smp `four`"),
+        (&["--smp"], "--smp needs a value"),
+        (&["--memory", "12Q"], "--memory `12Q`"),
+        (&["--memory", "0M"], "must not be zero"),
+        (&["--timeout", "0"], "--timeout `0`"),
+        (&["--bogus"], "unknown option `--bogus`"),
+    ] {
+        match cli::parse(args.iter().copied()) {
+            Err(err) if err.to_string().contains(expected) => {}
+            other => {
+                return Err(format!(
+                    "{args:?}: expected an error naming `{expected}`, got {other:?}"
+                )
+                .into())
+            }
+        }
+    }
+    Ok(())
+}
+
+fn runner_reports_missing_qemu() -> Result<(), Failed> {
+    let qemu = Qemu {
+        qemu_binary: "/nonexistent/qemu-system-x86_64".into(),
+        ..Qemu::default()
+    };
+    match qemu.run() {
+        Err(err @ RunError::QemuMissing(_)) if err.to_string().contains("qemu-system-x86") => {
+            Ok(())
+        }
+        other => {
+            Err(format!("expected QemuMissing naming the Debian package, got {other:?}").into())
+        }
+    }
+}
+
+fn runner_kills_on_timeout() -> Result<(), Failed> {
+    // A boot takes seconds, so half a second always times out.
+    let qemu = Qemu {
+        timeout: Duration::from_millis(500),
+        ..qemu(&[], 1)
+    };
+    let outcome = boot(&qemu)?;
+    if outcome.verdict != Verdict::Timeout || outcome.elapsed > Duration::from_secs(10) {
+        return Err(format!("expected a prompt timeout\n{}", describe(&qemu, &outcome)).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = args.test_threads.or(Some(DEFAULT_PARALLEL_TRIALS));
+
+    let mut trials = vec![
+        Trial::test("kernel::demo", demo_bios),
+        Trial::test("kernel::uefi_boot", demo_uefi),
+        Trial::test("kernel::unknown_test_fails", unknown_test_fails),
+        Trial::test("runner::parses_options", runner_parses_options),
+        Trial::test("runner::rejects_bad_options", runner_rejects_bad_options),
+        Trial::test("runner::reports_missing_qemu", runner_reports_missing_qemu),
+        Trial::test("runner::kills_on_timeout", runner_kills_on_timeout),
+    ];
+    match list_kernel_tests() {
+        Ok(tests) => trials.extend(tests.into_iter().map(kernel_test_trial)),
+        Err(report) => trials.push(Trial::test("kernel::list", move || Err(report.into()))),
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
