@@ -8,6 +8,8 @@
 //! - [`frames`]: the physical frame allocator built from the boot memory map.
 //! - [`paging`]: the 4-level page-table mapper.
 //! - [`arena`]: the reserved virtual window the heap takes its arenas from.
+//! - [`sizeclass`]: Go's 67 size classes, generated at compile time, with O(1) lookup.
+//! - [`span`]: spans (runs of pages holding objects of one class) and their intrusive lists.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -17,6 +19,8 @@ pub mod frames;
 pub mod pagealloc;
 pub mod paging;
 pub mod platform;
+pub mod sizeclass;
+pub mod span;
 
 #[cfg(feature = "host")]
 pub mod host;
