@@ -1,1 +1,357 @@
-//! TODO
+//! The host platform: the allocator's machine, faked with memory from the OS, for tests and benchmarks.
+//!
+//! - Physical memory is a memfd of `phys_bytes`, mapped MAP_SHARED once as the direct map
+//!   (`physical_memory_offset()` is that mapping's address, so physical address 0 is its first byte).
+//! - The page tables the mapper builds live in that fake memory but no MMU reads them. Instead
+//!   `page_mapped(page, frame)` mirrors each mapping: it maps the memfd at the frame's offset over the
+//!   page's host address (MAP_FIXED|MAP_SHARED), so data written through the window lands in the fake frame
+//!   and a zeroed frame reads as zero there. `pages_unmapped` puts PROT_NONE memory back, so touching an
+//!   unmapped page faults as on the real machine.
+//! - Virtual windows come from `reserve_window`: PROT_NONE|MAP_NORESERVE reservations aligned to
+//!   [`ARENA_SIZE`], so the mapper's addresses are the host addresses.
+//! - CPUs are threads: each thread gets an index round-robin on first use, or pins one with
+//!   [`HostPlatform::set_cpu_index`]. Interrupts do not exist: masking is a no-op guard.
+//!
+//! Linux caps the mappings of a process (vm.max_map_count, 65530 by default). Each window page mapped to a
+//! frame whose memfd offset does not continue its neighbour's costs one mapping, so some 250 MiB of badly
+//! scattered 4 KiB pages exhaust it (mmap then fails with ENOMEM, reported by a panic naming the page).
+//! Frames handed out first-fit are mostly contiguous, and neighbouring mappings then merge.
+//!
+//! Under Miri (no memfd, no mmap) the direct map and the windows are plain heap allocations. Mappings
+//! cannot alias there, so `page_mapped` copies the frame's bytes into the window page and `pages_unmapped`
+//! zero-fills the pages: reads see the frame as it was when mapped, writes through the window do not reach
+//! the frame, and touching an unmapped page reads zeroes instead of faulting.
+
+use std::boxed::Box;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::vec::Vec;
+
+use crate::addr::{Page, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE};
+use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
+use crate::frames::{FrameAllocator, MemoryRegion, RegionKind};
+use crate::paging::Mapper;
+use crate::platform::Platform;
+
+/// The fake machine: physical memory, mirrored mappings, thread = CPU.
+pub struct HostPlatform {
+    phys: VirtAddr,
+    phys_bytes: usize,
+    #[cfg(not(miri))]
+    memfd: libc::c_int,
+}
+
+/// What [`HostPlatform::mask_interrupts`] returns: nothing to restore on the host.
+pub struct HostInterruptGuard(());
+
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    static CPU: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+#[cfg(not(miri))]
+fn os_error(what: &str) -> ! {
+    panic!("host: {what}: {}", std::io::Error::last_os_error())
+}
+
+impl HostPlatform {
+    /// Fake physical memory of `phys_bytes` (a multiple of 4 KiB), all zero.
+    pub fn new(phys_bytes: usize) -> Self {
+        assert!(
+            phys_bytes > 0 && (phys_bytes as u64).is_multiple_of(FRAME_SIZE),
+            "host: physical memory of {phys_bytes:#x} bytes is not a positive multiple of 4 KiB"
+        );
+        Self::with_memory(phys_bytes)
+    }
+
+    #[cfg(not(miri))]
+    fn with_memory(phys_bytes: usize) -> Self {
+        // SAFETY: the name is a NUL-terminated string; memfd_create has no other preconditions.
+        let memfd = unsafe { libc::memfd_create(c"spanalloc-phys".as_ptr(), libc::MFD_CLOEXEC) };
+        if memfd < 0 {
+            os_error("memfd_create");
+        }
+        // SAFETY: memfd is a file descriptor this platform owns.
+        if unsafe { libc::ftruncate(memfd, phys_bytes as libc::off_t) } != 0 {
+            os_error("ftruncate of the fake physical memory");
+        }
+        // SAFETY: a fresh shared mapping chosen by the kernel; it overlaps nothing Rust owns.
+        let phys = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                phys_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd,
+                0,
+            )
+        };
+        if phys == libc::MAP_FAILED {
+            os_error("mmap of the fake physical memory");
+        }
+        HostPlatform {
+            phys: VirtAddr::from_ptr(phys),
+            phys_bytes,
+            memfd,
+        }
+    }
+
+    #[cfg(miri)]
+    fn with_memory(phys_bytes: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(phys_bytes, FRAME_SIZE as usize)
+            .expect("host: layout");
+        // SAFETY: the layout has a non-zero size (checked in `new`).
+        let phys = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(
+            !phys.is_null(),
+            "host: out of memory for {phys_bytes:#x} bytes of fake physical memory"
+        );
+        HostPlatform {
+            phys: VirtAddr::from_ptr(phys),
+            phys_bytes,
+        }
+    }
+
+    pub fn phys_bytes(&self) -> usize {
+        self.phys_bytes
+    }
+
+    /// Reserves `bytes` (a multiple of [`ARENA_SIZE`]) of inaccessible address space aligned to
+    /// [`ARENA_SIZE`], for an [`ArenaWindow`]. The reservation lives as long as the process.
+    pub fn reserve_window(&self, bytes: usize) -> VirtAddr {
+        assert!(
+            bytes > 0 && bytes.is_multiple_of(ARENA_SIZE),
+            "host: window of {bytes:#x} bytes is not a positive multiple of the arena size {ARENA_SIZE:#x}"
+        );
+        reserve_aligned(bytes)
+    }
+
+    /// Pins the calling thread to "CPU" `index` (< `MAX_CPUS`).
+    pub fn set_cpu_index(index: usize) {
+        assert!(
+            index < Self::MAX_CPUS,
+            "host: CPU index {index} is not below MAX_CPUS = {}",
+            Self::MAX_CPUS
+        );
+        CPU.with(|c| c.set(Some(index)));
+    }
+
+    fn check_frame(&self, frame: PhysFrame) {
+        let end = frame.start_address().as_u64() + FRAME_SIZE;
+        assert!(
+            end <= self.phys_bytes as u64,
+            "host: frame {:#x} lies beyond the fake physical memory of {:#x} bytes",
+            frame.start_address().as_u64(),
+            self.phys_bytes
+        );
+    }
+}
+
+#[cfg(not(miri))]
+fn reserve_aligned(bytes: usize) -> VirtAddr {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let over = bytes + ARENA_SIZE;
+    // SAFETY: a fresh inaccessible mapping chosen by the kernel; it overlaps nothing Rust owns.
+    let raw = unsafe { libc::mmap(core::ptr::null_mut(), over, libc::PROT_NONE, flags, -1, 0) };
+    if raw == libc::MAP_FAILED {
+        os_error("mmap of an arena window");
+    }
+    let raw = raw as usize;
+    let base = raw.next_multiple_of(ARENA_SIZE);
+    let (head, tail) = (base - raw, raw + over - (base + bytes));
+    // SAFETY: both ranges are the parts of the reservation just made that lie outside the aligned window;
+    // nothing uses them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw as *mut libc::c_void, head);
+        }
+        if tail > 0 {
+            libc::munmap((base + bytes) as *mut libc::c_void, tail);
+        }
+    }
+    VirtAddr::new(base as u64)
+}
+
+#[cfg(miri)]
+fn reserve_aligned(bytes: usize) -> VirtAddr {
+    let layout =
+        std::alloc::Layout::from_size_align(bytes, ARENA_SIZE).expect("host: window layout");
+    // SAFETY: the layout has a non-zero size (checked by the caller).
+    let window = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(
+        !window.is_null(),
+        "host: out of memory for a window of {bytes:#x} bytes"
+    );
+    VirtAddr::from_ptr(window)
+}
+
+#[cfg(not(miri))]
+impl Drop for HostPlatform {
+    fn drop(&mut self) {
+        // SAFETY: the direct map and the memfd belong to this platform; the mirrors in windows keep the
+        // memfd's pages alive on their own.
+        unsafe {
+            libc::munmap(self.phys.as_mut_ptr(), self.phys_bytes);
+            libc::close(self.memfd);
+        }
+    }
+}
+
+// SAFETY: the direct map covers all of the fake physical memory, and `check_frame` refuses frames beyond it;
+// `pages_unmapped` replaces the mirrors before returning, and no CPU (thread) caches translations the host
+// kernel does not keep coherent.
+unsafe impl Platform for HostPlatform {
+    type InterruptGuard = HostInterruptGuard;
+    const MAX_CPUS: usize = 64;
+
+    fn cpu_index(&self) -> usize {
+        CPU.with(|c| {
+            let index = c
+                .get()
+                .unwrap_or_else(|| NEXT_CPU.fetch_add(1, Ordering::Relaxed) % Self::MAX_CPUS);
+            c.set(Some(index));
+            index
+        })
+    }
+
+    fn mask_interrupts(&self) -> HostInterruptGuard {
+        HostInterruptGuard(())
+    }
+
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.phys
+    }
+
+    #[cfg(not(miri))]
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.check_frame(frame);
+        let at = page.start_address().as_mut_ptr::<libc::c_void>();
+        let offset = frame.start_address().as_u64() as libc::off_t;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_FIXED | libc::MAP_SHARED;
+        // SAFETY: the page lies in a window this platform reserved (the mapper only maps window pages on the
+        // host), which holds no Rust object; MAP_FIXED replaces the reservation there.
+        let got = unsafe { libc::mmap(at, FRAME_SIZE as usize, prot, flags, self.memfd, offset) };
+        if got == libc::MAP_FAILED {
+            os_error(&std::format!(
+                "mmap of frame {:#x} at page {:#x} (vm.max_map_count reached?)",
+                frame.start_address().as_u64(),
+                page.start_address().as_u64()
+            ));
+        }
+    }
+
+    #[cfg(miri)]
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.check_frame(frame);
+        let from = (self.phys + frame.start_address().as_u64()).as_ptr::<u8>();
+        // SAFETY: `from` is a frame inside the fake physical memory (checked), the page lies in a window
+        // allocation; they are different allocations, so they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                from,
+                page.start_address().as_mut_ptr(),
+                FRAME_SIZE as usize,
+            )
+        };
+    }
+
+    #[cfg(not(miri))]
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let len = (count * FRAME_SIZE) as usize;
+        // SAFETY: the pages were mapped by `page_mapped` inside a window; the allocator unmapped them, so no
+        // Rust object lives there any more.
+        let got = unsafe {
+            libc::mmap(
+                start.start_address().as_mut_ptr(),
+                len,
+                libc::PROT_NONE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            os_error(&std::format!(
+                "PROT_NONE remap of {count} pages at {:#x}",
+                start.start_address().as_u64()
+            ));
+        }
+    }
+
+    #[cfg(miri)]
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        // SAFETY: the pages lie in a window allocation and hold no Rust object any more.
+        unsafe {
+            start
+                .start_address()
+                .as_mut_ptr::<u8>()
+                .write_bytes(0, (count * FRAME_SIZE) as usize)
+        };
+    }
+}
+
+/// A whole fake machine: a memory map, a frame allocator over it, a fresh P4, an address space and an
+/// arena window. The platform is leaked to get the `&'static` the address space needs.
+pub struct HostMachine {
+    pub platform: &'static HostPlatform,
+    pub space: AddressSpace<HostPlatform>,
+    pub window: ArenaWindow,
+    /// The memory map the frame allocator was built from.
+    pub regions: Vec<MemoryRegion>,
+}
+
+/// Size of the reserved hole [`HostMachine::memory_map`] puts in the middle of memory.
+pub const HOLE_BYTES: u64 = 1 << 20;
+
+impl HostMachine {
+    /// `phys_bytes` (a multiple of 4 KiB, at least 4 MiB) of fake physical memory and a window of
+    /// `window_bytes` (a multiple of [`ARENA_SIZE`]).
+    pub fn new(phys_bytes: usize, window_bytes: usize) -> Self {
+        let platform: &'static HostPlatform = Box::leak(Box::new(HostPlatform::new(phys_bytes)));
+        let regions = Self::memory_map(phys_bytes as u64);
+        // SAFETY: the fake physical memory covers every region of the map (it ends at phys_bytes) and is
+        // mapped at the platform's offset; nothing else uses it.
+        let frames = unsafe {
+            FrameAllocator::new(regions.iter().copied(), platform.physical_memory_offset())
+        };
+        let mut frames = frames.unwrap_or_else(|e| panic!("host: {e}"));
+        let p4 = frames
+            .allocate_zeroed()
+            .expect("host: no frame for the P4 table");
+        // SAFETY: the P4 is a fresh zeroed frame of the fake memory, mapped at the offset; this mapper is
+        // its only editor, and it will only map window pages, which hold no Rust objects.
+        let mapper = unsafe { Mapper::new(p4, platform.physical_memory_offset()) };
+        let window = ArenaWindow::new(platform.reserve_window(window_bytes), window_bytes as u64);
+        HostMachine {
+            platform,
+            space: AddressSpace::new(frames, mapper, platform),
+            window,
+            regions,
+        }
+    }
+
+    /// The map `new` uses, shaped like a PC's: usable below 640 KiB, firmware from there to 1 MiB, usable from 1 MiB to `phys_bytes` except a reserved [`HOLE_BYTES`] "bootloader" hole in
+    /// the middle (2 MiB-aligned).
+    pub fn memory_map(phys_bytes: u64) -> Vec<MemoryRegion> {
+        assert!(
+            phys_bytes >= 4 << 20,
+            "host: fake memory of {phys_bytes:#x} bytes is below the 4 MiB minimum"
+        );
+        let hole = (phys_bytes / 2) & !((2 << 20) - 1);
+        let region = |start: u64, end: u64, kind| MemoryRegion {
+            start: PhysAddr::new(start),
+            end: PhysAddr::new(end),
+            kind,
+        };
+        std::vec![
+            region(0, 0xA_0000, RegionKind::Usable),
+            region(0xA_0000, 0x10_0000, RegionKind::Reserved("firmware")),
+            region(0x10_0000, hole, RegionKind::Usable),
+            region(hole, hole + HOLE_BYTES, RegionKind::Reserved("bootloader")),
+            region(hole + HOLE_BYTES, phys_bytes, RegionKind::Usable),
+        ]
+    }
+}

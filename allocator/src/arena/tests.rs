@@ -1,0 +1,301 @@
+//! Arena window, address space and host platform, on the host machine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::vec::Vec;
+
+use super::*;
+use crate::addr::{PhysFrame, FRAME_SIZE};
+use crate::host::{HostMachine, HostPlatform};
+
+const RW: PageTableFlags = PageTableFlags::WRITABLE;
+const MIB: usize = 1 << 20;
+
+fn read_u64(addr: VirtAddr) -> u64 {
+    // SAFETY: the callers pass addresses of mapped window pages or of the direct map.
+    unsafe { addr.as_ptr::<u64>().read_volatile() }
+}
+
+fn write_u64(addr: VirtAddr, value: u64) {
+    // SAFETY: as in `read_u64`.
+    unsafe { addr.as_mut_ptr::<u64>().write_volatile(value) }
+}
+
+#[test]
+fn window_hands_out_arenas_upward() {
+    let arena = ARENA_SIZE as u64;
+    let base = VirtAddr::new(16 * arena);
+    let mut w = ArenaWindow::new(base, 3 * arena);
+    assert_eq!((w.base(), w.end()), (base, base + 3 * arena));
+    assert_eq!(w.take_arena(), Some(base));
+    assert_eq!(w.take_arena(), Some(base + arena));
+    assert_eq!(w.arenas_end(), base + 2 * arena);
+    assert_eq!(w.take_arena(), Some(base + 2 * arena));
+    assert_eq!(w.take_arena(), None);
+    assert!(w.contains(base) && w.contains(base + 3 * arena - 1) && !w.contains(base + 3 * arena));
+    assert!(!w.contains(base - 1u64));
+    let err = std::panic::catch_unwind(|| ArenaWindow::new(base + 4096u64, arena)).unwrap_err();
+    assert!(err
+        .downcast_ref::<String>()
+        .unwrap()
+        .contains("not aligned to the arena size"));
+}
+
+#[test]
+fn host_window_is_aligned_and_reserved() {
+    let m = HostMachine::new(8 * MIB, 2 * ARENA_SIZE);
+    assert!(m.window.base().is_aligned(ARENA_SIZE as u64));
+    assert_eq!(m.window.end() - m.window.base(), 2 * ARENA_SIZE as u64);
+    assert!(m.space.mapper.translate(m.window.base()).is_none());
+}
+
+/// Maps pages at the start of a fresh arena, checks every page reads zero through the window and that
+/// writes land in the frame the mapper chose, then unmaps and checks every frame came back.
+#[test]
+fn map_write_read_unmap_returns_every_frame() {
+    let mut m = HostMachine::new(16 * MIB, ARENA_SIZE);
+    let arena = m.window.take_arena().unwrap();
+    let start = Page::containing_address(arena);
+    let baseline = m.space.frames.free_frames();
+    let count = 1100; // spans three P1 tables
+    m.space.map_range(start, count, RW, true).unwrap();
+    let held = m.space.frames_held();
+    assert_eq!(held.0, count + 2 + 3, "data, P3, P2, three P1s");
+    assert_eq!(m.space.frames.free_frames().0, baseline.0 - held.0);
+    let offset = m.platform.physical_memory_offset();
+    for i in 0..count {
+        let page = (start + i).start_address();
+        assert_eq!(read_u64(page), 0, "page {i} not zeroed");
+        assert_eq!(read_u64(page + (FRAME_SIZE - 8)), 0);
+        write_u64(page, i ^ 0x5a5a);
+        write_u64(page + (FRAME_SIZE - 8), !i);
+    }
+    for i in 0..count {
+        let page = (start + i).start_address();
+        assert_eq!(read_u64(page), i ^ 0x5a5a);
+        let phys = m.space.mapper.translate(page + (FRAME_SIZE - 8)).unwrap();
+        // Under Miri the window holds copies, so writes there never reach the frame.
+        if cfg!(not(miri)) {
+            assert_eq!(
+                read_u64(offset + phys.as_u64()),
+                !i,
+                "write did not land in the frame"
+            );
+        }
+    }
+    assert_eq!(m.space.unmap_range(start, count), held);
+    assert_eq!(m.space.frames_held(), FrameCount(0));
+    assert_eq!(m.space.frames.free_frames(), baseline);
+    assert!(m.space.mapper.translate(start.start_address()).is_none());
+}
+
+/// Data is written through the direct map (the Miri host platform copies frames into the window only when
+/// a page is mapped), then read back through the window after remapping with and without zeroing.
+#[test]
+fn zeroed_and_unzeroed_frames() {
+    let mut m = HostMachine::new(8 * MIB, ARENA_SIZE);
+    let offset = m.platform.physical_memory_offset();
+    let start = Page::containing_address(m.window.take_arena().unwrap());
+    m.space.map_range(start, 4, RW, true).unwrap();
+    let mut stale: Vec<PhysFrame> = Vec::new();
+    for i in 0..4 {
+        let phys = m
+            .space
+            .mapper
+            .translate((start + i).start_address())
+            .unwrap();
+        write_u64(offset + phys.as_u64() + 8u64, 0xdead_beef);
+        stale.push(PhysFrame::containing_address(phys));
+    }
+    m.space.unmap_range(start, 4);
+    // Without zeroing, frames come back as they were.
+    m.space.map_range(start, 4, RW, false).unwrap();
+    let mut reused = 0;
+    for i in 0..4 {
+        let page = (start + i).start_address();
+        let frame = PhysFrame::containing_address(m.space.mapper.translate(page).unwrap());
+        if stale.contains(&frame) {
+            assert_eq!(
+                read_u64(page + 8u64),
+                0xdead_beef,
+                "frame zeroed though not asked"
+            );
+            reused += 1;
+        }
+    }
+    assert!(reused > 0, "no frame was reused, nothing checked");
+    m.space.unmap_range(start, 4);
+    m.space.map_range(start, 4, RW, true).unwrap();
+    assert!((0..4).all(|i| read_u64((start + i).start_address() + 8u64) == 0));
+}
+
+#[test]
+fn failed_map_range_leaks_nothing() {
+    let mut m = HostMachine::new(4 * MIB, ARENA_SIZE);
+    let start = Page::containing_address(m.window.take_arena().unwrap());
+    let before = m.space.frames.free_frames();
+    let too_many = before.0; // data frames alone use them all; the tables cannot fit
+    let err = m.space.map_range(start, too_many, RW, true).unwrap_err();
+    assert!(matches!(err, MapError::OutOfFrames { .. }), "{err}");
+    assert_eq!(m.space.frames.free_frames(), before);
+    assert_eq!(m.space.frames_held(), FrameCount(0));
+    assert!(m.space.mapper.translate(start.start_address()).is_none());
+    // Mapping over an existing page fails too, and gives back what it took.
+    m.space.map_range(start + 10, 1, RW, false).unwrap();
+    let before = m.space.frames.free_frames();
+    let err = m.space.map_range(start, 20, RW, false).unwrap_err();
+    assert!(
+        matches!(err, MapError::AlreadyMapped { page, .. } if page == start + 10),
+        "{err}"
+    );
+    assert_eq!(m.space.frames.free_frames(), before);
+    assert_eq!(m.space.frames_held().0, 1 + 3);
+}
+
+#[test]
+fn unmap_range_of_unmapped_page_panics_first() {
+    let mut m = HostMachine::new(8 * MIB, ARENA_SIZE);
+    let start = Page::containing_address(m.window.take_arena().unwrap());
+    m.space.map_range(start, 3, RW, false).unwrap();
+    let held = m.space.frames_held();
+    let space = std::panic::AssertUnwindSafe(&mut m.space);
+    let err = std::panic::catch_unwind(move || {
+        let space = space;
+        space.0.unmap_range(start, 5)
+    })
+    .unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    let expected = std::format!(
+        "page {:#x} is not mapped",
+        (start + 3).start_address().as_u64()
+    );
+    assert!(msg.contains(&expected), "{msg}");
+    assert_eq!(
+        m.space.frames_held(),
+        held,
+        "state changed before the panic"
+    );
+    assert!(m.space.mapper.translate(start.start_address()).is_some());
+}
+
+#[test]
+fn one_shootdown_per_unmap_range() {
+    let host = HostMachine::new(8 * MIB, ARENA_SIZE);
+    let HostMachine {
+        space, mut window, ..
+    } = host;
+    let mut space = AddressSpace::new(space.frames, space.mapper, leak_counting(space.platform));
+    let start = Page::containing_address(window.take_arena().unwrap());
+    space.map_range(start, 700, RW, true).unwrap();
+    let before = space.platform.shootdowns.load(Ordering::Relaxed);
+    space.unmap_range(start, 700);
+    assert_eq!(
+        space.platform.shootdowns.load(Ordering::Relaxed),
+        before + 1
+    );
+    assert_eq!(space.frames_held(), FrameCount(0));
+}
+
+/// A host platform that counts shootdowns.
+fn leak_counting(host: &'static HostPlatform) -> &'static CountingPlatform {
+    Box::leak(Box::new(CountingPlatform {
+        host,
+        shootdowns: AtomicU64::new(0),
+    }))
+}
+
+struct CountingPlatform {
+    host: &'static HostPlatform,
+    shootdowns: AtomicU64,
+}
+
+// SAFETY: delegates everything to the host platform.
+unsafe impl Platform for CountingPlatform {
+    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
+    const MAX_CPUS: usize = HostPlatform::MAX_CPUS;
+    fn cpu_index(&self) -> usize {
+        self.host.cpu_index()
+    }
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.host.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.host.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.host.page_mapped(page, frame)
+    }
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        self.shootdowns.fetch_add(1, Ordering::Relaxed);
+        self.host.pages_unmapped(start, count)
+    }
+}
+
+#[test]
+fn cpu_indices() {
+    let p = HostPlatform::new(4 * MIB);
+    let mine = p.cpu_index();
+    assert_eq!(p.cpu_index(), mine, "index not stable on one thread");
+    assert!(mine < HostPlatform::MAX_CPUS);
+    let others: Vec<usize> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| HostPlatform::new(4 * MIB).cpu_index())
+                .join()
+                .unwrap()
+        })
+        .collect();
+    assert!(others.iter().all(|&i| i < HostPlatform::MAX_CPUS));
+    assert!(
+        others.windows(2).any(|w| w[0] != w[1]),
+        "threads share one CPU index: {others:?}"
+    );
+    std::thread::spawn(|| {
+        HostPlatform::set_cpu_index(42);
+        assert_eq!(HostPlatform::new(4 * MIB).cpu_index(), 42);
+    })
+    .join()
+    .unwrap();
+    let _guard = p.mask_interrupts();
+}
+
+/// Set in the child process of `touching_an_unmapped_page_faults`.
+const FAULT_CHILD: &str = "SPANALLOC_FAULT_CHILD";
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "the Miri host platform zero-fills unmapped pages instead of faulting"
+)]
+fn touching_an_unmapped_page_faults() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut m = HostMachine::new(8 * MIB, ARENA_SIZE);
+    let start = Page::containing_address(m.window.take_arena().unwrap());
+    m.space.map_range(start, 2, RW, true).unwrap();
+    write_u64(start.start_address(), 1);
+    m.space.unmap_range(start, 1);
+    assert_eq!(
+        read_u64((start + 1).start_address()),
+        0,
+        "the neighbour stays mapped"
+    );
+    if std::env::var_os(FAULT_CHILD).is_some() {
+        read_u64(start.start_address()); // must fault
+        std::process::exit(0);
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "arena::tests::touching_an_unmapped_page_faults",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FAULT_CHILD, "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSEGV),
+        "child status {status:?}"
+    );
+}
