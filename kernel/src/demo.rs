@@ -5,6 +5,7 @@ use crate::{println, qemu};
 use bootloader_api::BootInfo;
 
 pub fn run(boot_info: &BootInfo, memory: &MemoryReport, cpus: usize) -> ! {
+    // BootInfo does not name the firmware; only a UEFI memory map has UnknownUefi regions.
     let firmware = if memory.unknown_uefi_bytes > 0 {
         "UEFI"
     } else {
