@@ -25,6 +25,7 @@
 use std::boxed::Box;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::vec::Vec;
 
 use crate::addr::{Page, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE};
@@ -37,6 +38,8 @@ use crate::platform::Platform;
 pub struct HostPlatform {
     phys: VirtAddr,
     phys_bytes: usize,
+    /// `[start, end)` of every window reserved, so a wrong address can never be mapped over host memory.
+    windows: Mutex<Vec<(u64, u64)>>,
     #[cfg(not(miri))]
     memfd: libc::c_int,
 }
@@ -93,6 +96,7 @@ impl HostPlatform {
         HostPlatform {
             phys: VirtAddr::from_ptr(phys),
             phys_bytes,
+            windows: Mutex::new(Vec::new()),
             memfd,
         }
     }
@@ -110,6 +114,7 @@ impl HostPlatform {
         HostPlatform {
             phys: VirtAddr::from_ptr(phys),
             phys_bytes,
+            windows: Mutex::new(Vec::new()),
         }
     }
 
@@ -124,7 +129,10 @@ impl HostPlatform {
             bytes > 0 && bytes.is_multiple_of(ARENA_SIZE),
             "host: window of {bytes:#x} bytes is not a positive multiple of the arena size {ARENA_SIZE:#x}"
         );
-        reserve_aligned(bytes)
+        let base = reserve_aligned(bytes);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.push((base.as_u64(), base.as_u64() + bytes as u64));
+        base
     }
 
     /// Pins the calling thread to "CPU" `index` (< `MAX_CPUS`).
@@ -135,6 +143,20 @@ impl HostPlatform {
             Self::MAX_CPUS
         );
         CPU.with(|c| c.set(Some(index)));
+    }
+
+    /// Panics unless `count` pages from `start` lie inside one window this platform reserved: the mirrors
+    /// are MAP_FIXED, and must never land on host memory that Rust uses.
+    fn check_pages(&self, start: Page, count: u64) {
+        let (first, end) = (
+            start.start_address().as_u64(),
+            start.start_address().as_u64() + count * FRAME_SIZE,
+        );
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            windows.iter().any(|&(a, b)| a <= first && end <= b),
+            "host: {count} pages at {first:#x} lie outside every window reserved by this platform"
+        );
     }
 
     fn check_frame(&self, frame: PhysFrame) {
@@ -225,13 +247,14 @@ unsafe impl Platform for HostPlatform {
 
     #[cfg(not(miri))]
     fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.check_pages(page, 1);
         self.check_frame(frame);
         let at = page.start_address().as_mut_ptr::<libc::c_void>();
         let offset = frame.start_address().as_u64() as libc::off_t;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_FIXED | libc::MAP_SHARED;
-        // SAFETY: the page lies in a window this platform reserved (the mapper only maps window pages on the
-        // host), which holds no Rust object; MAP_FIXED replaces the reservation there.
+        // SAFETY: the page lies in a window this platform reserved (checked), which holds no Rust object;
+        // MAP_FIXED replaces the reservation there.
         let got = unsafe { libc::mmap(at, FRAME_SIZE as usize, prot, flags, self.memfd, offset) };
         if got == libc::MAP_FAILED {
             os_error(&std::format!(
@@ -244,6 +267,7 @@ unsafe impl Platform for HostPlatform {
 
     #[cfg(miri)]
     fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.check_pages(page, 1);
         self.check_frame(frame);
         let from = (self.phys + frame.start_address().as_u64()).as_ptr::<u8>();
         // SAFETY: `from` is a frame inside the fake physical memory (checked), the page lies in a window
@@ -259,10 +283,11 @@ unsafe impl Platform for HostPlatform {
 
     #[cfg(not(miri))]
     fn pages_unmapped(&self, start: Page, count: u64) {
+        self.check_pages(start, count);
         let flags = libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
         let len = (count * FRAME_SIZE) as usize;
-        // SAFETY: the pages were mapped by `page_mapped` inside a window; the allocator unmapped them, so no
-        // Rust object lives there any more.
+        // SAFETY: the pages lie in a window this platform reserved (checked); the allocator unmapped them, so
+        // no Rust object lives there any more.
         let got = unsafe {
             libc::mmap(
                 start.start_address().as_mut_ptr(),
@@ -283,6 +308,7 @@ unsafe impl Platform for HostPlatform {
 
     #[cfg(miri)]
     fn pages_unmapped(&self, start: Page, count: u64) {
+        self.check_pages(start, count);
         // SAFETY: the pages lie in a window allocation and hold no Rust object any more.
         unsafe {
             start

@@ -48,6 +48,26 @@ fn host_window_is_aligned_and_reserved() {
     assert!(m.space.mapper.translate(m.window.base()).is_none());
 }
 
+#[test]
+fn host_refuses_pages_outside_windows() {
+    let m = HostMachine::new(8 * MIB, ARENA_SIZE);
+    let frame = PhysFrame::containing_address(crate::addr::PhysAddr::new(0x20_0000));
+    let outside = [
+        m.window.base() - 4096u64,
+        m.window.end(),
+        VirtAddr::new(0x1000),
+    ];
+    for addr in outside {
+        let page = Page::containing_address(addr);
+        let err = std::panic::catch_unwind(|| m.platform.page_mapped(page, frame)).unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("outside every window"), "{msg}");
+    }
+    let last = Page::containing_address(m.window.end() - 4096u64);
+    let err = std::panic::catch_unwind(|| m.platform.pages_unmapped(last, 2)).unwrap_err();
+    assert!(err.downcast_ref::<String>().unwrap().contains("2 pages at"));
+}
+
 /// Maps pages at the start of a fresh arena, checks every page reads zero through the window and that
 /// writes land in the frame the mapper chose, then unmaps and checks every frame came back.
 #[test]
