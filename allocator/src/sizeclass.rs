@@ -223,6 +223,9 @@ impl SizeClass {
     }
 
     /// The smallest class holding `size` bytes (size 0 gets the smallest class); `None` above 32 KiB.
+    ///
+    /// Go switches tables after 1016 B and lets `size - 1024` wrap for 1017..=1024; the first table
+    /// here has one more entry (1024 B) so no wrap is needed.
     #[inline]
     pub const fn for_size(size: usize) -> Option<SizeClass> {
         if size <= SMALL_SIZE_MAX {
