@@ -209,5 +209,5 @@ fn check_range(start: Page, count: u64) {
     );
 }
 
-#[cfg(all(test, feature = "host"))]
+#[cfg(test)]
 mod tests;

@@ -10,20 +10,32 @@
 //! - [`arena`]: the reserved virtual window the heap takes its arenas from.
 //! - [`sizeclass`]: Go's 67 size classes, generated at compile time, with O(1) lookup.
 //! - [`span`]: spans (runs of pages holding objects of one class) and their intrusive lists.
+//! - `meta`, `pageheap`, `spanmap`: metadata, the page heap (Go's mheap) and the page -> span map.
+//! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs).
+//! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod addr;
 pub mod arena;
+mod cache;
+mod central;
 pub mod frames;
+pub mod heap;
+mod meta;
 pub mod pagealloc;
+pub mod pageheap;
 pub mod paging;
 pub mod platform;
 pub mod sizeclass;
 pub mod span;
+mod spanmap;
+pub mod stats;
 
-#[cfg(feature = "host")]
+#[cfg(any(test, feature = "host"))]
 pub mod host;
 
 pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
+pub use heap::{Heap, MAX_CPUS};
 pub use platform::Platform;
+pub use stats::Stats;

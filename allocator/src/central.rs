@@ -1,0 +1,170 @@
+//! Central lists (Go's mcentral): one per size class, shared by all CPUs, behind a spin lock. They
+//! refill per-CPU caches in batches from spans with free slots, and take batches of freed objects back
+//! into their spans.
+//!
+//! Invariants (under the class lock):
+//! - `partial` holds the class's in-use spans with at least one free slot, `full` those with none; every
+//!   span of the class that is not on one of them is being released to the page heap.
+//! - `out` = objects taken out of this class's spans and not yet returned (they sit in caches or with users).
+//! - A span whose objects are all free goes back to the page heap unless it is the only partial span
+//!   (keeping one avoids thrashing a span in and out at a batch boundary).
+//!
+//! Lock order: a central lock may be held while taking the page-heap lock, never the reverse.
+
+use core::ptr::NonNull;
+
+use crate::addr::VirtAddr;
+use crate::pageheap::PageHeap;
+use crate::platform::Platform;
+use crate::sizeclass::{SizeClass, SpanClass};
+use crate::span::{Span, SpanList};
+
+struct Lists {
+    partial: SpanList,
+    full: SpanList,
+    out: usize,
+    spans: usize,
+}
+
+// SAFETY: the lists own the spans linked into them; access is serialized by the lock.
+unsafe impl Send for Lists {}
+
+/// One size class's central list, padded to a cache line so classes do not share lines.
+#[repr(align(64))]
+pub(crate) struct Central {
+    lists: spin::Mutex<Lists>,
+}
+
+/// What a central list reports for stats.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CentralStats {
+    /// Objects taken out of spans (cached on some CPU or in use).
+    pub out: usize,
+    /// Spans of this class.
+    pub spans: usize,
+}
+
+impl Central {
+    pub(crate) const fn new() -> Self {
+        Self {
+            lists: spin::Mutex::new(Lists {
+                partial: SpanList::new(),
+                full: SpanList::new(),
+                out: 0,
+                spans: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CentralStats {
+        let l = self.lists.lock();
+        CentralStats {
+            out: l.out,
+            spans: l.spans,
+        }
+    }
+
+    /// Fills `out` with up to `out.len()` free objects of `class`, taking new spans from the page heap as
+    /// needed. Returns how many it wrote (0 only when memory is exhausted).
+    pub(crate) fn refill<P: Platform>(
+        &self,
+        class: SizeClass,
+        out: &mut [VirtAddr],
+        pages: &spin::Mutex<Option<PageHeap<P>>>,
+    ) -> usize {
+        let mut l = self.lists.lock();
+        let mut n = 0;
+        while n < out.len() {
+            let span = match l.partial.first() {
+                Some(s) => s,
+                None => {
+                    let mut guard = pages.lock();
+                    let Some(heap) = guard.as_mut() else { break };
+                    let spc = SpanClass::new(class, false);
+                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc) else {
+                        break;
+                    };
+                    drop(guard);
+                    l.spans += 1;
+                    // SAFETY: a fresh span from the page heap, now owned by this list.
+                    unsafe { l.partial.push_front(s) };
+                    s
+                }
+            };
+            // SAFETY: spans on our lists are owned by us and we hold the lock.
+            let s = unsafe { &mut *span.as_ptr() };
+            let got = s.take_free(&mut out[n..]);
+            n += got;
+            if s.is_full() {
+                // SAFETY: `span` is on `partial` (it was its front) and owned by this list.
+                unsafe {
+                    l.partial.remove(span);
+                    l.full.push_front(span);
+                }
+            }
+        }
+        l.out += n;
+        n
+    }
+
+    /// Returns freed objects of `class` to their spans; releases spans that became empty.
+    ///
+    /// Panics on an object that is not free-able (double free, interior pointer): the message names the
+    /// address, the span and the reason.
+    pub(crate) fn flush<P: Platform>(
+        &self,
+        objs: &[VirtAddr],
+        spans: impl Fn(VirtAddr) -> Option<NonNull<Span>>,
+        pages: &spin::Mutex<Option<PageHeap<P>>>,
+    ) {
+        let mut l = self.lists.lock();
+        for &obj in objs {
+            let addr = obj;
+            let span = spans(addr).unwrap_or_else(|| {
+                panic!("spanalloc: free of {addr:#x}: no span holds it (freed twice, or never allocated)")
+            });
+            // SAFETY: the span is in use and of this class (checked when the object was freed), so it is on
+            // one of our lists, owned by us under the lock.
+            let s = unsafe { &mut *span.as_ptr() };
+            let was_full = s.is_full();
+            if let Err(e) = s.free_object(addr) {
+                panic!("spanalloc: {e}");
+            }
+            l.out -= 1;
+            if was_full {
+                // SAFETY: a full span is on `full`; it now has a free slot.
+                unsafe {
+                    l.full.remove(span);
+                    l.partial.push_front(span);
+                }
+            }
+            if s.is_empty() && l.partial.len() > 1 {
+                // SAFETY: the empty span is on `partial`; after removal nobody else refers to it.
+                unsafe { l.partial.remove(span) };
+                l.spans -= 1;
+                let mut guard = pages.lock();
+                let heap = guard.as_mut().expect("spans exist only after init");
+                // SAFETY: the span came from this page heap and is unlinked and unused now.
+                unsafe { heap.free_span(span) };
+                heap.scavenge_if_needed();
+            }
+        }
+    }
+
+    /// Releases every span of the class whose objects are all free (including the one `flush` keeps).
+    pub(crate) fn release_empty<P: Platform>(&self, pages: &spin::Mutex<Option<PageHeap<P>>>) {
+        let mut l = self.lists.lock();
+        loop {
+            // SAFETY: spans on our lists are valid and owned by us under the lock.
+            let empty = l.partial.iter().find(|s| unsafe { s.as_ref() }.is_empty());
+            let Some(span) = empty else { break };
+            // SAFETY: the span is on `partial`, owned by us under the lock; after removal nobody refers to it.
+            unsafe { l.partial.remove(span) };
+            l.spans -= 1;
+            let mut guard = pages.lock();
+            let heap = guard.as_mut().expect("spans exist only after init");
+            // SAFETY: the span came from this page heap and is unlinked and unused now.
+            unsafe { heap.free_span(span) };
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Host tests of the whole heap over the host platform (real memory through mirrored page tables).
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::boxed::Box;
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::host::{HostMachine, HostPlatform};
+use crate::Heap;
+
+/// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs.
+fn heap(phys_mib: usize) -> &'static Heap<HostPlatform> {
+    let m = HostMachine::new(phys_mib << 20, 4 << 30);
+    let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(m.platform)));
+    heap.init(m.space, m.window, 2 << 30).expect("heap init");
+    heap
+}
+
+/// xorshift64*: deterministic randomness from a seed, so a failing seed replays.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn pattern(id: u64, i: usize) -> u8 {
+    (id.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8 ^ (i as u8)
+}
+
+/// A live block of the model: its layout, id (for the pattern) and how many bytes hold the pattern.
+struct Block {
+    layout: Layout,
+    id: u64,
+}
+
+/// The model: live blocks by address; checks contents and that no two blocks overlap.
+struct Model {
+    heap: &'static Heap<HostPlatform>,
+    live: BTreeMap<usize, Block>,
+    next_id: u64,
+}
+
+impl Model {
+    fn new(heap: &'static Heap<HostPlatform>) -> Self {
+        Self {
+            heap,
+            live: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    fn fill(p: *mut u8, len: usize, id: u64) {
+        // Fill the ends and a stride in between: full fills of 1 MiB blocks would dominate the run.
+        let s = unsafe { core::slice::from_raw_parts_mut(p, len) };
+        for i in Self::probe_points(len) {
+            s[i] = pattern(id, i);
+        }
+    }
+
+    fn probe_points(len: usize) -> impl Iterator<Item = usize> {
+        let step = (len / 64).max(1);
+        (0..len.min(64))
+            .chain((0..len).step_by(step))
+            .chain(len.saturating_sub(64)..len)
+    }
+
+    fn check(p: *const u8, b: &Block) {
+        let s = unsafe { core::slice::from_raw_parts(p, b.layout.size()) };
+        for i in Self::probe_points(b.layout.size()) {
+            assert_eq!(
+                s[i],
+                pattern(b.id, i),
+                "block {p:?} id {} byte {i} corrupted",
+                b.id
+            );
+        }
+    }
+
+    fn insert(&mut self, p: *mut u8, layout: Layout, id: u64) {
+        let a = p as usize;
+        assert_eq!(
+            a % layout.align(),
+            0,
+            "{p:?} not aligned to {}",
+            layout.align()
+        );
+        if let Some((&prev, b)) = self.live.range(..=a).next_back() {
+            assert!(
+                prev + b.layout.size() <= a,
+                "{p:?} overlaps live block at {prev:#x}"
+            );
+        }
+        if let Some((&next, _)) = self.live.range(a..).next() {
+            assert!(
+                a + layout.size() <= next,
+                "{p:?}+{} overlaps live block at {next:#x}",
+                layout.size()
+            );
+        }
+        self.live.insert(a, Block { layout, id });
+    }
+
+    fn alloc(&mut self, layout: Layout, zeroed: bool) {
+        let p = unsafe {
+            if zeroed {
+                self.heap.alloc_zeroed(layout)
+            } else {
+                self.heap.alloc(layout)
+            }
+        };
+        assert!(!p.is_null(), "out of memory for {layout:?}");
+        if zeroed {
+            let s = unsafe { core::slice::from_raw_parts(p, layout.size()) };
+            assert!(
+                s.iter().all(|&b| b == 0),
+                "alloc_zeroed({layout:?}) at {p:?} is not zero"
+            );
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Self::fill(p, layout.size(), id);
+        self.insert(p, layout, id);
+    }
+
+    fn free_nth(&mut self, n: usize) {
+        let Some((&a, _)) = self.live.iter().nth(n % self.live.len().max(1)) else {
+            return;
+        };
+        let b = self.live.remove(&a).unwrap();
+        Self::check(a as *const u8, &b);
+        unsafe { self.heap.dealloc(a as *mut u8, b.layout) };
+    }
+
+    fn realloc_nth(&mut self, n: usize, new_size: usize) {
+        let Some((&a, _)) = self.live.iter().nth(n % self.live.len().max(1)) else {
+            return;
+        };
+        let b = self.live.remove(&a).unwrap();
+        Self::check(a as *const u8, &b);
+        let p = unsafe { self.heap.realloc(a as *mut u8, b.layout, new_size) };
+        assert!(!p.is_null(), "realloc to {new_size} failed");
+        let kept = b.layout.size().min(new_size);
+        let s = unsafe { core::slice::from_raw_parts(p, kept) };
+        for i in Self::probe_points(b.layout.size()).filter(|&i| i < kept) {
+            assert_eq!(s[i], pattern(b.id, i), "realloc lost byte {i}");
+        }
+        let layout = Layout::from_size_align(new_size, b.layout.align()).unwrap();
+        let id = self.next_id;
+        self.next_id += 1;
+        Self::fill(p, new_size, id);
+        self.insert(p, layout, id);
+    }
+
+    fn free_all(&mut self) {
+        while !self.live.is_empty() {
+            self.free_nth(0);
+        }
+    }
+}
+
+/// Sizes mostly small, sometimes up to 1 MiB; alignments 1..4096.
+fn random_layout(r: &mut Rng) -> Layout {
+    let size = match r.below(100) {
+        0..=69 => 1 + r.below(256),
+        70..=94 => 1 + r.below(32 << 10),
+        _ => 1 + r.below(1 << 20),
+    } as usize;
+    let align = 1usize << r.below(13);
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn run_random(seed: u64, ops: usize) {
+    let heap = heap(512);
+    let mut m = Model::new(heap);
+    let mut r = Rng(seed | 1);
+    for _ in 0..ops {
+        match r.below(10) {
+            0..=3 => {
+                let l = random_layout(&mut r);
+                m.alloc(l, false)
+            }
+            4 => {
+                let l = random_layout(&mut r);
+                m.alloc(l, true)
+            }
+            5..=8 => m.free_nth(r.next() as usize),
+            _ => {
+                let l = random_layout(&mut r);
+                m.realloc_nth(r.next() as usize, l.size())
+            }
+        }
+        // Keep the live set bounded so the run stays within the fake memory.
+        if m.live.len() > 2000 {
+            m.free_nth(r.next() as usize);
+        }
+    }
+    m.free_all();
+    assert_eq!(
+        heap.stats().objects(),
+        0,
+        "objects left after freeing everything"
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "100k operations are far too slow under Miri")]
+fn random_operations_100k() {
+    run_random(0x5eed, 100_000);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 1 } else { 8 }, ..ProptestConfig::default() })]
+
+    /// Random seeds, each a full model run.
+    #[test]
+    #[cfg_attr(miri, ignore = "too slow under Miri")]
+    fn random_operations_by_seed(seed in any::<u64>()) {
+        run_random(seed, 20_000);
+    }
+
+    /// Short explicit sequences, which proptest can shrink to a minimal failing case.
+    #[test]
+    fn explicit_sequences(ops in prop::collection::vec((0u8..4, 1usize..70_000, 0u32..13, any::<usize>()), 1..200)) {
+        let heap = heap(256);
+        let mut m = Model::new(heap);
+        for (op, size, align_log, pick) in ops {
+            let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
+            match op {
+                0 => m.alloc(layout, false),
+                1 => m.alloc(layout, true),
+                2 => m.free_nth(pick),
+                _ => m.realloc_nth(pick, size),
+            }
+        }
+        m.free_all();
+        prop_assert_eq!(heap.stats().objects(), 0);
+    }
+}
+
+#[test]
+fn zero_and_absurd_sizes_return_null() {
+    let heap = heap(64);
+    unsafe {
+        assert!(heap.alloc(Layout::from_size_align(0, 1).unwrap()).is_null());
+        for size in [isize::MAX as usize - 7, 1 << 62, 1 << 40] {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            assert!(heap.alloc(l).is_null(), "size {size:#x} did not fail");
+            assert!(heap.alloc_zeroed(l).is_null());
+        }
+        // More than the fake memory holds: null, and the heap still works afterwards.
+        let l = Layout::from_size_align(128 << 20, 8).unwrap();
+        assert!(heap.alloc(l).is_null());
+        let p = heap.alloc(Layout::new::<u64>());
+        assert!(!p.is_null());
+        heap.dealloc(p, Layout::new::<u64>());
+    }
+}
+
+#[test]
+fn high_alignments() {
+    let heap = heap(64);
+    for (size, align) in [
+        (1, 4096),
+        (4096, 4096),
+        (8192, 8192),
+        (10 << 10, 2 << 20),
+        (1, 16),
+        (48, 32),
+    ] {
+        let l = Layout::from_size_align(size, align).unwrap();
+        let p = unsafe { heap.alloc(l) };
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0, "Layout({size}, {align}) gave {p:?}");
+        unsafe { heap.dealloc(p, l) };
+    }
+}
+
+#[test]
+fn large_realloc_grows_and_shrinks_in_place() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(64 << 10, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        let q = heap.realloc(p, l, 256 << 10);
+        assert_eq!(
+            p, q,
+            "the pages after a fresh large object are free: growth is in place"
+        );
+        let l2 = Layout::from_size_align(256 << 10, 8).unwrap();
+        let r = heap.realloc(q, l2, 40 << 10);
+        assert_eq!(q, r, "shrinking is in place");
+        heap.dealloc(r, Layout::from_size_align(40 << 10, 8).unwrap());
+    }
+}
+
+#[test]
+fn small_realloc_in_same_class_keeps_the_pointer() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(20, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        assert_eq!(heap.realloc(p, l, 24), p);
+        let q = heap.realloc(p, Layout::from_size_align(24, 8).unwrap(), 100);
+        assert_ne!(q, p, "24 -> 100 bytes changes class");
+        heap.dealloc(q, Layout::from_size_align(100, 8).unwrap());
+    }
+}
+
+#[test]
+fn out_of_memory_is_null_then_recovers() {
+    let heap = heap(32);
+    let l = Layout::from_size_align(4096, 8).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let p = unsafe { heap.alloc(l) };
+        if p.is_null() {
+            break;
+        }
+        got.push(p);
+        assert!(
+            got.len() < 100_000,
+            "32 MiB cannot hold this many 4 KiB blocks"
+        );
+    }
+    assert!(got.len() > 1000, "only {} blocks before OOM", got.len());
+    for p in got.drain(..) {
+        unsafe { heap.dealloc(p, l) };
+    }
+    let big = Layout::from_size_align(8 << 20, 8).unwrap();
+    let p = unsafe { heap.alloc(big) };
+    assert!(
+        !p.is_null(),
+        "memory freed by small objects is usable for a large one after OOM"
+    );
+    unsafe { heap.dealloc(p, big) };
+}
+
+#[test]
+fn frames_return_to_the_baseline() {
+    let heap = heap(256);
+    let workload = |seed| {
+        let mut m = Model::new(heap);
+        let mut r = Rng(seed);
+        for _ in 0..5000 {
+            let l = random_layout(&mut r);
+            m.alloc(l, false);
+            if r.below(3) == 0 {
+                m.free_nth(r.next() as usize);
+            }
+        }
+        m.free_all();
+        heap.trim();
+    };
+    workload(1);
+    let baseline = heap.stats();
+    workload(2);
+    let after = heap.stats();
+    assert_eq!(after.objects(), 0);
+    assert_eq!(
+        after.pages.in_use, 0,
+        "pages still in spans after trim:\n{after}"
+    );
+    assert_eq!(
+        after.pages.dirty_free, 0,
+        "free pages still mapped after trim"
+    );
+    assert!(
+        after.pages.released_total > baseline.pages.released_total,
+        "nothing was scavenged"
+    );
+    // Metadata (span structs, caches) is kept at its peak, as Go keeps it; every other frame must be back.
+    let non_meta = |s: &crate::Stats| s.frames_held.0 - s.pages.meta_mapped / crate::FRAME_SIZE;
+    assert_eq!(
+        non_meta(&after),
+        non_meta(&baseline),
+        "frames held besides metadata differ between runs:\nbefore:\n{baseline}\nafter:\n{after}"
+    );
+}
+
+#[test]
+fn stats_count_objects_per_class() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(100, 8).unwrap();
+    let ps: Vec<_> = (0..1000).map(|_| unsafe { heap.alloc(l) }).collect();
+    let s = heap.stats();
+    let class = crate::sizeclass::SizeClass::for_size(100).unwrap();
+    assert_eq!(s.classes[class.index()].objects, 1000);
+    assert_eq!(s.classes[class.index()].bytes, 1000 * class.size());
+    for p in ps {
+        unsafe { heap.dealloc(p, l) };
+    }
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+#[test]
+fn cross_thread_frees() {
+    use std::sync::mpsc;
+    let heap = heap(512);
+    let (tx, rx) = mpsc::sync_channel::<(usize, usize, u64)>(1024);
+    let producer = std::thread::spawn(move || {
+        HostPlatform::set_cpu_index(1);
+        let mut r = Rng(7);
+        for id in 0..200_000u64 {
+            let size = 1 + r.below(2048) as usize;
+            let l = Layout::from_size_align(size, 8).unwrap();
+            let p = unsafe { heap.alloc(l) };
+            assert!(!p.is_null());
+            unsafe { core::ptr::write_bytes(p, id as u8, size) };
+            tx.send((p as usize, size, id)).unwrap();
+        }
+    });
+    let consumer = std::thread::spawn(move || {
+        HostPlatform::set_cpu_index(2);
+        let mut r = Rng(9);
+        let mut mine = Vec::new();
+        while let Ok((p, size, id)) = rx.recv() {
+            let s = unsafe { core::slice::from_raw_parts(p as *const u8, size) };
+            assert!(s.iter().all(|&b| b == id as u8), "block {p:#x} corrupted");
+            unsafe { heap.dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+            // The consumer also allocates, reusing what the producer's objects left in its cache.
+            let l = Layout::from_size_align(1 + r.below(512) as usize, 8).unwrap();
+            let q = unsafe { heap.alloc(l) };
+            unsafe { core::ptr::write_bytes(q, 0xAB, l.size()) };
+            mine.push((q, l));
+            if mine.len() > 100 {
+                let (q, l) = mine.swap_remove(0);
+                let s = unsafe { core::slice::from_raw_parts(q, l.size()) };
+                assert!(s.iter().all(|&b| b == 0xAB));
+                unsafe { heap.dealloc(q, l) };
+            }
+        }
+        for (q, l) in mine {
+            unsafe { heap.dealloc(q, l) };
+        }
+    });
+    producer.join().unwrap();
+    consumer.join().unwrap();
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+#[test]
+fn threads_allocate_and_free_concurrently() {
+    let heap = heap(512);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                HostPlatform::set_cpu_index(10 + t);
+                let mut r = Rng(100 + t as u64);
+                let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
+                for i in 0..50_000u32 {
+                    if live.len() < 500 && r.below(2) == 0 {
+                        let l = Layout::from_size_align(1 + r.below(4096) as usize, 8).unwrap();
+                        let p = unsafe { heap.alloc(l) };
+                        assert!(!p.is_null());
+                        unsafe { core::ptr::write_bytes(p, i as u8, l.size()) };
+                        live.push((p, l, i as u8));
+                    } else if !live.is_empty() {
+                        let (p, l, tag) = live.swap_remove(r.below(live.len() as u64) as usize);
+                        let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
+                        assert!(s.iter().all(|&b| b == tag), "block {p:?} corrupted");
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                }
+                for (p, l, _) in live {
+                    unsafe { heap.dealloc(p, l) };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+#[test]
+#[should_panic(expected = "not a live heap object")]
+fn foreign_pointer_panics() {
+    let heap = heap(64);
+    let mut x = 0u64;
+    unsafe { heap.dealloc(&mut x as *mut u64 as *mut u8, Layout::new::<u64>()) };
+}
+
+#[test]
+#[should_panic(expected = "size class differs")]
+fn wrong_layout_panics() {
+    let heap = heap(64);
+    unsafe {
+        let p = heap.alloc(Layout::from_size_align(16, 8).unwrap());
+        heap.dealloc(p, Layout::from_size_align(1024, 8).unwrap());
+    }
+}
+
+#[test]
+#[should_panic(expected = "double free")]
+fn small_double_free_panics_when_returned_to_its_span() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(32, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p, l);
+        heap.dealloc(p, l);
+    }
+    heap.trim();
+}
+
+#[test]
+#[should_panic(expected = "not a live heap object")]
+fn large_double_free_panics_at_once() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(100 << 10, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p, l);
+        heap.dealloc(p, l);
+    }
+}
+
+#[test]
+#[should_panic(expected = "interior pointer")]
+fn interior_pointer_of_large_object_panics() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(100 << 10, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p.add(8192), l);
+    }
+}

@@ -1,0 +1,151 @@
+//! Off-heap metadata (Go's persistentalloc + fixalloc): span structs, span bitmaps and per-CPU caches live
+//! in a region of the heap window that is mapped on demand, never in the heap they describe.
+//!
+//! Invariants:
+//! - A [`LazyRegion`] is mapped as one prefix `[base, base + mapped)`; nothing beyond it is ever touched.
+//!   Mapped metadata pages are never unmapped (metadata is bounded by the heap's peak, as in Go).
+//! - [`MetaAlloc`] hands out blocks whose size is a power of two from `MIN_BLOCK` to `MAX_BLOCK`, aligned to
+//!   their size, zeroed. A freed block goes on its size's free list (the link lives in the block) and is
+//!   zeroed again before it is handed out.
+
+use core::ptr::NonNull;
+
+use crate::addr::{Page, PageTableFlags, VirtAddr, FRAME_SIZE};
+use crate::arena::AddressSpace;
+use crate::paging::MapError;
+use crate::platform::Platform;
+
+/// A virtual range whose prefix is mapped on demand.
+pub(crate) struct LazyRegion {
+    base: VirtAddr,
+    size: u64,
+    mapped: u64,
+}
+
+impl LazyRegion {
+    pub(crate) const fn new(base: VirtAddr, size: u64) -> Self {
+        Self {
+            base,
+            size,
+            mapped: 0,
+        }
+    }
+
+    pub(crate) fn base(&self) -> VirtAddr {
+        self.base
+    }
+
+    /// Makes sure `[base, base + bytes)` is mapped (zeroed frames). Fails if that passes the region's end or
+    /// frames run out; on failure nothing more is mapped than before.
+    pub(crate) fn ensure<P: Platform>(
+        &mut self,
+        space: &mut AddressSpace<P>,
+        bytes: u64,
+    ) -> Result<(), MapError> {
+        if bytes <= self.mapped {
+            return Ok(());
+        }
+        let want = bytes.div_ceil(FRAME_SIZE) * FRAME_SIZE;
+        if want > self.size {
+            let page = Page::containing_address(self.base + self.size);
+            return Err(MapError::OutOfFrames { page });
+        }
+        let start = Page::containing_address(self.base + self.mapped);
+        let count = (want - self.mapped) / FRAME_SIZE;
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        space.map_range(start, count, flags, true)?;
+        self.mapped = want;
+        Ok(())
+    }
+}
+
+const MIN_BLOCK_SHIFT: u32 = 4;
+const MAX_BLOCK_SHIFT: u32 = 17;
+const LISTS: usize = (MAX_BLOCK_SHIFT - MIN_BLOCK_SHIFT + 1) as usize;
+/// Largest block [`MetaAlloc`] hands out.
+pub(crate) const MAX_BLOCK: usize = 1 << MAX_BLOCK_SHIFT;
+
+struct FreeBlock {
+    next: Option<NonNull<FreeBlock>>,
+}
+
+/// Bump allocator over a [`LazyRegion`] with a free list per power-of-two size.
+pub(crate) struct MetaAlloc {
+    region: LazyRegion,
+    bump: u64,
+    free: [Option<NonNull<FreeBlock>>; LISTS],
+    /// Bytes handed out and not freed.
+    in_use: u64,
+}
+
+// SAFETY: MetaAlloc exclusively owns the blocks on its free lists; it has no thread affinity.
+unsafe impl Send for MetaAlloc {}
+
+impl MetaAlloc {
+    pub(crate) const fn new(region: LazyRegion) -> Self {
+        Self {
+            region,
+            bump: 0,
+            free: [None; LISTS],
+            in_use: 0,
+        }
+    }
+
+    fn list_index(size: usize) -> usize {
+        let size = size.max(1 << MIN_BLOCK_SHIFT).next_power_of_two();
+        (size.trailing_zeros() - MIN_BLOCK_SHIFT) as usize
+    }
+
+    /// A zeroed block of at least `size` bytes (`size <= MAX_BLOCK`), aligned to its rounded size.
+    pub(crate) fn alloc<P: Platform>(
+        &mut self,
+        space: &mut AddressSpace<P>,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        assert!(
+            size <= MAX_BLOCK,
+            "meta: block of {size} bytes is over the {MAX_BLOCK} limit"
+        );
+        let i = Self::list_index(size);
+        let block = 1u64 << (i as u32 + MIN_BLOCK_SHIFT);
+        if let Some(head) = self.free[i] {
+            // SAFETY: blocks on free list `i` are mapped, `block` bytes long and owned by us; the link was
+            // written by `free`.
+            unsafe {
+                self.free[i] = head.as_ref().next;
+                core::ptr::write_bytes(head.as_ptr().cast::<u8>(), 0, block as usize);
+            }
+            self.in_use += block;
+            return Some(head.cast());
+        }
+        let start = self.bump.next_multiple_of(block);
+        self.region.ensure(space, start + block).ok()?;
+        self.bump = start + block;
+        self.in_use += block;
+        // Fresh bytes of the region come from zeroed frames.
+        NonNull::new((self.region.base() + start).as_mut_ptr())
+    }
+
+    /// Returns a block from [`MetaAlloc::alloc`] of the same `size`.
+    ///
+    /// # Safety
+    /// `ptr` came from `alloc(_, size)` on this allocator and is not used after this call.
+    pub(crate) unsafe fn free(&mut self, ptr: NonNull<u8>, size: usize) {
+        let i = Self::list_index(size);
+        let node = ptr.cast::<FreeBlock>();
+        // SAFETY: the caller gives the block back to us; it is at least 16 bytes and aligned for the link.
+        unsafe { node.as_ptr().write(FreeBlock { next: self.free[i] }) };
+        self.free[i] = Some(node);
+        self.in_use -= 1u64 << (i as u32 + MIN_BLOCK_SHIFT);
+    }
+
+    /// Bytes of metadata in use.
+    pub(crate) fn in_use(&self) -> u64 {
+        self.in_use
+    }
+
+    /// Bytes of metadata mapped (in use, on free lists, or bump slack).
+    pub(crate) fn mapped(&self) -> u64 {
+        self.region.mapped
+    }
+}

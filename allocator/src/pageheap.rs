@@ -1,0 +1,517 @@
+//! The page heap (Go's mheap + pageAlloc): hands out spans of contiguous 8 KiB pages, grows by taking
+//! arenas from the window, and returns memory by unmapping free pages (scavenging).
+//!
+//! Layout of the heap window: `[metadata area][arena 0][arena 1]...`. The metadata area holds, each as a
+//! lazily mapped region: the page allocator's bitmap + summaries, the span map, the scavenged bitmap and
+//! the metadata allocator (span structs, span bitmaps, per-CPU caches).
+//!
+//! Invariants (all under the heap lock, except where the span map says otherwise):
+//! - Page `i` is `base + i * PAGE_SIZE`; pages `[0, grown)` are tracked by `pages`, the rest do not exist.
+//! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
+//!   an in-use page is always mapped. Free pages may be mapped ("dirty") or scavenged.
+//! - `dirty_free` counts free pages that are mapped.
+//! - The span-map entry of every page of an in-use span encodes that span and its class; every other
+//!   entry is 0. Entries are written here, under the lock, and read lock-free by `dealloc` (see spanmap).
+//! - A span struct and its bitmaps live in metadata and belong to the page heap while the span is free
+//!   (they are released then), to its owner (central list or large-object path) while in use.
+
+use core::ptr::NonNull;
+
+use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
+use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
+use crate::meta::{LazyRegion, MetaAlloc};
+use crate::pagealloc::PageAlloc;
+use crate::platform::Platform;
+use crate::sizeclass::SpanClass;
+use crate::span::Span;
+use crate::spanmap::SpanMap;
+
+/// Heap pages per arena.
+pub const ARENA_PAGES: usize = ARENA_SIZE / PAGE_SIZE;
+
+/// Why the heap could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// The window cannot hold the metadata area plus one arena.
+    WindowTooSmall { window_bytes: u64, needed: u64 },
+    /// Frames ran out while mapping the first metadata.
+    OutOfFrames,
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitError::WindowTooSmall { window_bytes, needed } => write!(
+                f,
+                "heap window of {window_bytes:#x} bytes is too small: metadata and one arena need {needed:#x}"
+            ),
+            InitError::OutOfFrames => write!(f, "out of frames while mapping the heap's metadata"),
+        }
+    }
+}
+
+/// Counters of the page heap, for [`crate::Stats`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageStats {
+    /// Heap pages in spans.
+    pub in_use: usize,
+    /// Free heap pages still mapped.
+    pub dirty_free: usize,
+    /// Heap pages grown (tracked) so far.
+    pub grown: usize,
+    /// Pages unmapped by the scavenger since boot.
+    pub released_total: u64,
+    /// Arenas taken from the window.
+    pub arenas: usize,
+    /// Metadata bytes in use / mapped.
+    pub meta_in_use: u64,
+    pub meta_mapped: u64,
+}
+
+pub(crate) struct PageHeap<P: Platform> {
+    pub(crate) space: AddressSpace<P>,
+    window: ArenaWindow,
+    base: VirtAddr,
+    capacity: usize,
+    grown: usize,
+    pages: PageAlloc,
+    pages_storage: LazyRegion,
+    scav: LazyRegion,
+    spanmap_region: LazyRegion,
+    spanmap: &'static SpanMap,
+    meta: MetaAlloc,
+    in_use: usize,
+    dirty_free: usize,
+    released_total: u64,
+    arenas: usize,
+}
+
+// SAFETY: the page heap owns its metadata and is only used under the heap lock.
+unsafe impl<P: Platform> Send for PageHeap<P> {}
+
+/// Sizes of the metadata regions for a heap of `capacity` pages, page aligned.
+struct MetaLayout {
+    pages_storage: u64,
+    spanmap: u64,
+    scav: u64,
+    meta: u64,
+}
+
+impl MetaLayout {
+    fn new(capacity: usize) -> Self {
+        let round = |b: u64| b.next_multiple_of(PAGE_SIZE as u64);
+        Self {
+            pages_storage: round(PageAlloc::storage_bytes(capacity) as u64),
+            spanmap: round(SpanMap::bytes_for(capacity)),
+            scav: round(capacity.div_ceil(64) as u64 * 8),
+            // Span structs and bitmaps: bounded by one span per page at worst; plus room for caches.
+            meta: round(capacity as u64 * 512 + (64 << 20)),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.pages_storage + self.spanmap + self.scav + self.meta
+    }
+}
+
+impl<P: Platform> PageHeap<P> {
+    /// A heap of at most `max_bytes` in `window` (its metadata area is taken from the window's start).
+    pub(crate) fn new(
+        space: AddressSpace<P>,
+        mut window: ArenaWindow,
+        max_bytes: usize,
+        spanmap: &'static SpanMap,
+    ) -> Result<Self, InitError> {
+        let window_bytes = window.end().as_u64() - window.base().as_u64();
+        let meta_bytes_for = |cap: usize| {
+            MetaLayout::new(cap)
+                .total()
+                .next_multiple_of(ARENA_SIZE as u64)
+        };
+        // Fit the capacity to the window: metadata first, whole arenas after it.
+        let mut capacity = (max_bytes / PAGE_SIZE).max(ARENA_PAGES) / ARENA_PAGES * ARENA_PAGES;
+        while capacity > ARENA_PAGES
+            && meta_bytes_for(capacity) + (capacity * PAGE_SIZE) as u64 > window_bytes
+        {
+            capacity -= ARENA_PAGES;
+        }
+        let layout = MetaLayout::new(capacity);
+        let meta_bytes = meta_bytes_for(capacity);
+        let needed = meta_bytes + ARENA_SIZE as u64;
+        if needed > window_bytes {
+            return Err(InitError::WindowTooSmall {
+                window_bytes,
+                needed,
+            });
+        }
+        let meta_base = window.base();
+        for _ in 0..meta_bytes / ARENA_SIZE as u64 {
+            window.take_arena().ok_or(InitError::WindowTooSmall {
+                window_bytes,
+                needed,
+            })?;
+        }
+        let base = meta_base + meta_bytes;
+
+        let mut at = meta_base;
+        let mut region = |size: u64| {
+            let r = LazyRegion::new(at, size);
+            at += size;
+            r
+        };
+        let pages_storage = region(layout.pages_storage);
+        let spanmap_region = region(layout.spanmap);
+        let scav = region(layout.scav);
+        let meta = MetaAlloc::new(region(layout.meta));
+
+        let storage =
+            NonNull::new(pages_storage.base().as_mut_ptr::<u8>()).expect("window at address 0");
+        // SAFETY: the storage region is ours alone, 8 KiB aligned and sized `storage_bytes(capacity)`; we
+        // back `backing_needed(capacity, limit)` before every `grow(limit)` (see `grow`).
+        let pages = unsafe { PageAlloc::new(storage, capacity) };
+        spanmap.init(spanmap_region.base(), base);
+        Ok(Self {
+            space,
+            window,
+            base,
+            capacity,
+            grown: 0,
+            pages,
+            pages_storage,
+            scav,
+            spanmap_region,
+            spanmap,
+            meta,
+            in_use: 0,
+            dirty_free: 0,
+            released_total: 0,
+            arenas: 0,
+        })
+    }
+
+    pub(crate) fn meta(&mut self) -> (&mut MetaAlloc, &mut AddressSpace<P>) {
+        (&mut self.meta, &mut self.space)
+    }
+
+    pub(crate) fn stats(&self) -> PageStats {
+        PageStats {
+            in_use: self.in_use,
+            dirty_free: self.dirty_free,
+            grown: self.grown,
+            released_total: self.released_total,
+            arenas: self.arenas,
+            meta_in_use: self.meta.in_use(),
+            meta_mapped: self.meta.mapped(),
+        }
+    }
+
+    fn page_addr(&self, index: usize) -> VirtAddr {
+        self.base + (index * PAGE_SIZE) as u64
+    }
+
+    fn page_index(&self, addr: VirtAddr) -> usize {
+        ((addr.as_u64() - self.base.as_u64()) / PAGE_SIZE as u64) as usize
+    }
+
+    fn scav_words(&self) -> *mut u64 {
+        self.scav.base().as_mut_ptr()
+    }
+
+    fn is_scavenged(&self, i: usize) -> bool {
+        // SAFETY: word i/64 lies in the scavenged bitmap's mapped prefix, which covers `grown` pages.
+        unsafe { *self.scav_words().add(i / 64) & (1 << (i % 64)) != 0 }
+    }
+
+    fn set_scavenged(&mut self, i: usize, on: bool) {
+        // SAFETY: as in `is_scavenged`; we hold the heap lock (&mut self).
+        unsafe {
+            let w = self.scav_words().add(i / 64);
+            if on {
+                *w |= 1 << (i % 64);
+            } else {
+                *w &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// Takes arenas until at least `npages` more pages are tracked. Fails when the window or frames for
+    /// metadata run out.
+    fn grow(&mut self, npages: usize) -> bool {
+        let target = self.grown + npages.next_multiple_of(ARENA_PAGES);
+        if target > self.capacity {
+            return false;
+        }
+        let old = self.grown;
+        // Back the metadata of the new pages first, so a failure leaves the heap as it was.
+        for range in PageAlloc::backing_needed(self.capacity, target) {
+            if self
+                .pages_storage
+                .ensure(&mut self.space, range.end as u64)
+                .is_err()
+            {
+                return false;
+            }
+        }
+        if self
+            .scav
+            .ensure(&mut self.space, target.div_ceil(64) as u64 * 8)
+            .is_err()
+            || self
+                .spanmap_region
+                .ensure(&mut self.space, SpanMap::bytes_for(target))
+                .is_err()
+        {
+            return false;
+        }
+        let arenas = (target - old) / ARENA_PAGES;
+        for _ in 0..arenas {
+            let arena = self
+                .window
+                .take_arena()
+                .expect("window holds `capacity` pages");
+            debug_assert_eq!(arena, self.page_addr(self.grown));
+            self.grown += ARENA_PAGES;
+            self.arenas += 1;
+        }
+        for i in old..target {
+            self.set_scavenged(i, true);
+        }
+        self.spanmap.publish(target);
+        self.pages.grow(target);
+        self.pages.free(old, target - old);
+        true
+    }
+
+    /// Maps the scavenged pages of `[first, first + n)`. Returns whether all pages were scavenged before
+    /// (then the whole range is known zero). On failure, unmaps what it mapped here.
+    fn back(&mut self, first: usize, n: usize) -> Result<bool, ()> {
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let mut all_fresh = true;
+        let mut i = first;
+        while i < first + n {
+            if !self.is_scavenged(i) {
+                all_fresh = false;
+                self.dirty_free -= 1;
+                i += 1;
+                continue;
+            }
+            let run_start = i;
+            while i < first + n && self.is_scavenged(i) {
+                i += 1;
+            }
+            let start = Page::containing_address(self.page_addr(run_start));
+            let frames = ((i - run_start) as u64) * FRAMES_PER_PAGE;
+            if self.space.map_range(start, frames, flags, true).is_err() {
+                // Undo: the pages mapped so far in this call go back to scavenged.
+                self.unback(first, run_start);
+                return Err(());
+            }
+            for p in run_start..i {
+                self.set_scavenged(p, false);
+            }
+        }
+        Ok(all_fresh)
+    }
+
+    /// Rolls back the accounting of a `back(first, _)` that failed at `stop`: every page of
+    /// `[first, stop)` is mapped now (dirty before, or mapped by `back`) and is about to be free again.
+    fn unback(&mut self, first: usize, stop: usize) {
+        self.dirty_free += stop - first;
+    }
+
+    /// Allocates a span of `npages` pages aligned to `align` pages. Grows the heap and, when frames run
+    /// out, scavenges and retries once. Returns the span with `needzero` set from what the pages held.
+    pub(crate) fn alloc_pages(&mut self, npages: usize, align: usize) -> Option<(usize, bool)> {
+        if npages == 0 || npages > self.capacity {
+            return None;
+        }
+        let first = match self.pages.alloc(npages, align) {
+            Some(f) => f,
+            None => {
+                if !self.grow(npages + align.saturating_sub(1)) {
+                    return None;
+                }
+                self.pages.alloc(npages, align)?
+            }
+        };
+        let fresh = match self.back(first, npages) {
+            Ok(fresh) => fresh,
+            Err(()) => {
+                // Out of frames: give back every dirty free page and try once more.
+                self.scavenge(usize::MAX);
+                match self.back(first, npages) {
+                    Ok(fresh) => fresh,
+                    Err(()) => {
+                        self.pages.free(first, npages);
+                        return None;
+                    }
+                }
+            }
+        };
+        self.in_use += npages;
+        Some((first, !fresh))
+    }
+
+    /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map.
+    pub(crate) fn alloc_span(
+        &mut self,
+        npages: usize,
+        align: usize,
+        class: SpanClass,
+    ) -> Option<NonNull<Span>> {
+        let (first, needzero) = self.alloc_pages(npages, align)?;
+        let base = self.page_addr(first);
+        let span = match self.new_span_struct(base, PageCount(npages), class, needzero) {
+            Some(s) => s,
+            None => {
+                self.free_pages(first, npages);
+                return None;
+            }
+        };
+        self.spanmap.set(first, npages, Some((span, class)));
+        Some(span)
+    }
+
+    fn new_span_struct(
+        &mut self,
+        base: VirtAddr,
+        npages: PageCount,
+        class: SpanClass,
+        needzero: bool,
+    ) -> Option<NonNull<Span>> {
+        let words = Span::bitmap_words_for(class);
+        let bits = if words == 0 {
+            None
+        } else {
+            Some(self.meta.alloc(&mut self.space, words * 8)?.cast::<u64>())
+        };
+        let Some(mem) = self
+            .meta
+            .alloc(&mut self.space, core::mem::size_of::<Span>())
+        else {
+            if let Some(b) = bits {
+                // SAFETY: `b` came from `alloc(words * 8)` just above and was not shared.
+                unsafe { self.meta.free(b.cast(), words * 8) };
+            }
+            return None;
+        };
+        let span = mem.cast::<Span>();
+        // SAFETY: `mem` is a fresh, aligned metadata block big enough for a Span; `bits` has `words` words.
+        unsafe {
+            span.as_ptr()
+                .write(Span::new(base, npages, class, needzero, bits))
+        };
+        Some(span)
+    }
+
+    /// Returns a span's pages to the heap and releases its struct.
+    ///
+    /// # Safety
+    /// `span` came from `alloc_span` on this heap and nobody uses it after this call.
+    pub(crate) unsafe fn free_span(&mut self, span: NonNull<Span>) {
+        // SAFETY: the caller hands the span back; it is a valid Span written by `new_span_struct`.
+        let (base, npages, class, bits) = unsafe {
+            let s = span.as_ref();
+            (s.base(), s.npages().0, s.class(), s.bitmap_storage())
+        };
+        let first = self.page_index(base);
+        self.spanmap.set(first, npages, None);
+        let words = Span::bitmap_words_for(class);
+        // SAFETY: the bitmaps and the struct came from `meta` with these sizes; nobody uses them now.
+        unsafe {
+            if let Some(b) = bits {
+                self.meta.free(b.cast(), words * 8);
+            }
+            self.meta.free(span.cast(), core::mem::size_of::<Span>());
+        }
+        self.free_pages(first, npages);
+    }
+
+    fn free_pages(&mut self, first: usize, npages: usize) {
+        self.pages.free(first, npages);
+        self.in_use -= npages;
+        self.dirty_free += npages;
+    }
+
+    /// Grows a large span in place by `extra` pages if the pages right after it are free.
+    ///
+    /// # Safety
+    /// `span` is an in-use large span of this heap owned by the caller.
+    pub(crate) unsafe fn grow_in_place(
+        &mut self,
+        span: NonNull<Span>,
+        extra: usize,
+    ) -> Option<bool> {
+        // SAFETY: the caller owns the span.
+        let s = unsafe { &mut *span.as_ptr() };
+        let first = self.page_index(s.base());
+        let end = first + s.npages().0;
+        if end + extra > self.grown || !self.pages.contains_free_run(end, extra) {
+            return None;
+        }
+        self.pages.alloc_range(end, extra);
+        let fresh = match self.back(end, extra) {
+            Ok(f) => f,
+            Err(()) => {
+                self.pages.free(end, extra);
+                return None;
+            }
+        };
+        self.in_use += extra;
+        s.set_npages(PageCount(s.npages().0 + extra));
+        self.spanmap.set(end, extra, Some((span, s.class())));
+        Some(!fresh)
+    }
+
+    /// Shrinks a large span in place to `keep` pages, freeing the tail.
+    ///
+    /// # Safety
+    /// `span` is an in-use large span of this heap owned by the caller, with more than `keep` pages.
+    pub(crate) unsafe fn shrink_in_place(&mut self, span: NonNull<Span>, keep: usize) {
+        // SAFETY: the caller owns the span.
+        let s = unsafe { &mut *span.as_ptr() };
+        let first = self.page_index(s.base());
+        let old = s.npages().0;
+        self.spanmap.set(first + keep, old - keep, None);
+        s.set_npages(PageCount(keep));
+        self.free_pages(first + keep, old - keep);
+    }
+
+    /// Unmaps up to `max_pages` free, mapped pages and returns their frames. Returns the pages released.
+    pub(crate) fn scavenge(&mut self, max_pages: usize) -> usize {
+        let mut released = 0;
+        let mut i = 0;
+        while i < self.grown && released < max_pages && self.dirty_free > 0 {
+            if !self.pages.is_free(i) || self.is_scavenged(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < self.grown
+                && i - start < max_pages - released
+                && self.pages.is_free(i)
+                && !self.is_scavenged(i)
+            {
+                i += 1;
+            }
+            let page = Page::containing_address(self.page_addr(start));
+            self.space
+                .unmap_range(page, ((i - start) as u64) * FRAMES_PER_PAGE);
+            for p in start..i {
+                self.set_scavenged(p, true);
+            }
+            released += i - start;
+            self.dirty_free -= i - start;
+        }
+        self.released_total += released as u64;
+        released
+    }
+
+    /// Scavenging policy: keep at most an eighth of the in-use heap (and at least 4 MiB) as dirty free pages.
+    pub(crate) fn scavenge_if_needed(&mut self) {
+        let retain = (self.in_use / 8).max((4 << 20) / PAGE_SIZE);
+        if self.dirty_free > retain + retain / 2 {
+            self.scavenge(self.dirty_free - retain);
+        }
+    }
+}
