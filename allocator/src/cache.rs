@@ -12,10 +12,10 @@
 //!   (an interrupt handler that allocates would otherwise interleave with a half-done push/pop).
 //! - Every object in a stack is allocated in its span's bitmap (the central list took it out of the span)
 //!   and is of the stack's size class.
-//! - `len <= cap`; stack `c` owns `slots[start(c) .. start(c) + cap(c)]`. `len` is atomic only so that a
-//!   stats reader on another CPU can read it; the owner uses plain loads and stores (no RMW).
+//! - Stack `c` owns `slots[base(c) .. limit(c))` and holds objects in `[base, top)`; the stacks tile
+//!   `slots` without overlap. The cache never moves after `init` (its pointers point into itself).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::addr::VirtAddr;
 use crate::sizeclass::{SizeClass, NUM_SIZE_CLASSES};
@@ -56,10 +56,14 @@ const fn total_slots() -> usize {
 
 const TOTAL_SLOTS: usize = total_slots();
 
+/// One class's stack: `slots[base .. top)` hold free objects, `top <= limit`.
+///
+/// `top` is atomic only so that a stats reader on another CPU may read it; the owner does plain
+/// (Relaxed) loads and stores, which compile to ordinary moves.
 struct Stack {
-    len: AtomicU32,
-    cap: u32,
-    start: u32,
+    top: AtomicPtr<VirtAddr>,
+    base: *mut VirtAddr,
+    limit: *mut VirtAddr,
 }
 
 /// One CPU's cache.
@@ -69,14 +73,18 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty).
+    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty). The cache must not
+    /// move afterwards (it lives in metadata for the heap's lifetime).
     pub(crate) fn init(&mut self) {
+        let slots = self.slots.as_mut_ptr();
         let mut start = 0;
         for (c, s) in self.stacks.iter_mut().enumerate() {
-            s.len = AtomicU32::new(0);
-            s.cap = stack_cap(c) as u32;
-            s.start = start;
-            start += s.cap;
+            let cap = stack_cap(c);
+            // `start + cap <= TOTAL_SLOTS`: the caps sum to TOTAL_SLOTS (class 0 has none).
+            s.base = slots.wrapping_add(start);
+            s.limit = slots.wrapping_add(start + cap);
+            s.top = AtomicPtr::new(s.base);
+            start += cap;
         }
     }
 
@@ -84,58 +92,84 @@ impl Cache {
     #[inline(always)]
     pub(crate) fn pop(&mut self, class: SizeClass) -> Option<VirtAddr> {
         let s = &self.stacks[class.index()];
-        let len = s.len.load(Ordering::Relaxed);
-        if len == 0 {
+        let top = s.top.load(Ordering::Relaxed);
+        if top == s.base {
             return None;
         }
-        s.len.store(len - 1, Ordering::Relaxed);
-        let i = (s.start + len - 1) as usize;
-        // SAFETY of the index: start + len - 1 < start + cap <= TOTAL_SLOTS (invariant), checked by debug.
-        debug_assert!(i < TOTAL_SLOTS);
-        Some(self.slots[i])
+        // SAFETY: base < top <= limit, all within `slots` (init), so top - 1 is an initialized slot of
+        // this stack; `&mut self` makes us its only user.
+        unsafe {
+            let top = top.sub(1);
+            s.top.store(top, Ordering::Relaxed);
+            Some(*top)
+        }
     }
 
     /// Pushes a freed object; `false` (nothing pushed) when the stack is full.
     #[inline(always)]
     pub(crate) fn push(&mut self, class: SizeClass, obj: VirtAddr) -> bool {
         let s = &self.stacks[class.index()];
-        let len = s.len.load(Ordering::Relaxed);
-        if len == s.cap {
+        let top = s.top.load(Ordering::Relaxed);
+        if top == s.limit {
             return false;
         }
-        self.slots[(s.start + len) as usize] = obj;
-        s.len.store(len + 1, Ordering::Relaxed);
+        // SAFETY: base <= top < limit: a slot of this stack inside `slots`; `&mut self` makes us its only
+        // user.
+        unsafe {
+            *top = obj;
+            s.top.store(top.add(1), Ordering::Relaxed);
+        }
         true
+    }
+
+    fn len(s: &Stack) -> usize {
+        (s.top.load(Ordering::Relaxed) as usize - s.base as usize)
+            / core::mem::size_of::<VirtAddr>()
+    }
+
+    fn cap(s: &Stack) -> usize {
+        (s.limit as usize - s.base as usize) / core::mem::size_of::<VirtAddr>()
+    }
+
+    /// Index of `s`'s first slot in `slots`.
+    fn start(&self, s: &Stack) -> usize {
+        (s.base as usize - self.slots.as_ptr() as usize) / core::mem::size_of::<VirtAddr>()
     }
 
     /// The free part of `class`'s stack, to be filled by the central list; commit with [`Cache::filled`].
     pub(crate) fn spare_slots(&mut self, class: SizeClass) -> &mut [VirtAddr] {
         let s = &self.stacks[class.index()];
-        let len = s.len.load(Ordering::Relaxed);
-        &mut self.slots[(s.start + len) as usize..(s.start + s.cap) as usize]
+        let (start, len, cap) = (self.start(s), Self::len(s), Self::cap(s));
+        &mut self.slots[start + len..start + cap]
     }
 
     /// Records that the central list wrote `n` objects into [`Cache::spare_slots`].
     pub(crate) fn filled(&mut self, class: SizeClass, n: usize) {
         let s = &self.stacks[class.index()];
-        let len = s.len.load(Ordering::Relaxed) + n as u32;
-        debug_assert!(len <= s.cap);
-        s.len.store(len, Ordering::Relaxed);
+        assert!(
+            Self::len(s) + n <= Self::cap(s),
+            "cache: overfilled class {}",
+            class.get()
+        );
+        s.top.store(
+            s.top.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Removes the oldest `n` objects of `class`'s stack (the bottom: the coldest) and passes them to `f`.
     pub(crate) fn drain_bottom(&mut self, class: SizeClass, n: usize, f: impl FnOnce(&[VirtAddr])) {
         let s = &self.stacks[class.index()];
-        let len = s.len.load(Ordering::Relaxed) as usize;
+        let (start, len) = (self.start(s), Self::len(s));
         let n = n.min(len);
-        let start = s.start as usize;
         f(&self.slots[start..start + n]);
         self.slots.copy_within(start + n..start + len, start);
-        s.len.store((len - n) as u32, Ordering::Relaxed);
+        let s = &self.stacks[class.index()];
+        s.top.store(s.base.wrapping_add(len - n), Ordering::Relaxed);
     }
 
     /// Objects cached for `class` (may be stale when read from another CPU).
     pub(crate) fn cached(&self, class: usize) -> usize {
-        self.stacks[class].len.load(Ordering::Relaxed) as usize
+        Self::len(&self.stacks[class])
     }
 }

@@ -53,6 +53,14 @@ std::thread_local! {
     static CPU: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// First use of `cpu_index` on a thread: the next index, round-robin.
+#[cold]
+fn assign_cpu(c: &Cell<Option<usize>>) -> usize {
+    let index = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % <HostPlatform as Platform>::MAX_CPUS;
+    c.set(Some(index));
+    index
+}
+
 #[cfg(not(miri))]
 fn os_error(what: &str) -> ! {
     panic!("host: {what}: {}", std::io::Error::last_os_error())
@@ -227,16 +235,15 @@ unsafe impl Platform for HostPlatform {
     type InterruptGuard = HostInterruptGuard;
     const MAX_CPUS: usize = 64;
 
+    #[inline]
     fn cpu_index(&self) -> usize {
-        CPU.with(|c| {
-            let index = c
-                .get()
-                .unwrap_or_else(|| NEXT_CPU.fetch_add(1, Ordering::Relaxed) % Self::MAX_CPUS);
-            c.set(Some(index));
-            index
+        CPU.with(|c| match c.get() {
+            Some(index) => index,
+            None => assign_cpu(c),
         })
     }
 
+    #[inline]
     fn mask_interrupts(&self) -> HostInterruptGuard {
         HostInterruptGuard(())
     }
