@@ -105,7 +105,7 @@ impl MetaLayout {
             spanmap: round(SpanMap::bytes_for(capacity)),
             scav: round(capacity.div_ceil(64) as u64 * 8),
             // Span structs and bitmaps: bounded by one span per page at worst; plus room for caches.
-            meta: round(capacity as u64 * 512 + (64 << 20)),
+            meta: round(capacity as u64 * 512 + (4 << 20)),
         }
     }
 

@@ -10,12 +10,23 @@ use proptest::prelude::*;
 use crate::host::{HostMachine, HostPlatform};
 use crate::Heap;
 
-/// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs.
+/// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs. Under Miri the
+/// window is a plain allocation, so it is kept small there.
 fn heap(phys_mib: usize) -> &'static Heap<HostPlatform> {
-    let m = HostMachine::new(phys_mib << 20, 4 << 30);
+    let (window, max) = if cfg!(miri) { (256 << 20, 64 << 20) } else { (4 << 30, 2 << 30) };
+    let m = HostMachine::new(phys_mib << 20, window);
     let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(m.platform)));
-    heap.init(m.space, m.window, 2 << 30).expect("heap init");
+    heap.init(m.space, m.window, max).expect("heap init");
     heap
+}
+
+/// Iteration counts shrink under Miri, which runs some 10,000 times slower.
+const fn scaled(n: usize) -> usize {
+    if cfg!(miri) {
+        n / 500 + 1
+    } else {
+        n
+    }
 }
 
 /// xorshift64*: deterministic randomness from a seed, so a failing seed replays.
@@ -179,7 +190,7 @@ fn random_layout(r: &mut Rng) -> Layout {
 }
 
 fn run_random(seed: u64, ops: usize) {
-    let heap = heap(512);
+    let heap = heap(if cfg!(miri) { 16 } else { 512 });
     let mut m = Model::new(heap);
     let mut r = Rng(seed | 1);
     for _ in 0..ops {
@@ -212,9 +223,8 @@ fn run_random(seed: u64, ops: usize) {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "100k operations are far too slow under Miri")]
 fn random_operations_100k() {
-    run_random(0x5eed, 100_000);
+    run_random(0x5eed, scaled(100_000));
 }
 
 proptest! {
@@ -222,15 +232,14 @@ proptest! {
 
     /// Random seeds, each a full model run.
     #[test]
-    #[cfg_attr(miri, ignore = "too slow under Miri")]
     fn random_operations_by_seed(seed in any::<u64>()) {
-        run_random(seed, 20_000);
+        run_random(seed, scaled(20_000));
     }
 
     /// Short explicit sequences, which proptest can shrink to a minimal failing case.
     #[test]
-    fn explicit_sequences(ops in prop::collection::vec((0u8..4, 1usize..70_000, 0u32..13, any::<usize>()), 1..200)) {
-        let heap = heap(256);
+    fn explicit_sequences(ops in prop::collection::vec((0u8..4, 1usize..70_000, 0u32..13, any::<usize>()), 1..scaled(200) + 5)) {
+        let heap = heap(if cfg!(miri) { 16 } else { 256 });
         let mut m = Model::new(heap);
         for (op, size, align_log, pick) in ops {
             let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
@@ -248,7 +257,7 @@ proptest! {
 
 #[test]
 fn zero_and_absurd_sizes_return_null() {
-    let heap = heap(64);
+    let heap = heap(16);
     unsafe {
         assert!(heap.alloc(Layout::from_size_align(0, 1).unwrap()).is_null());
         for size in [isize::MAX as usize - 7, 1 << 62, 1 << 40] {
@@ -267,7 +276,7 @@ fn zero_and_absurd_sizes_return_null() {
 
 #[test]
 fn high_alignments() {
-    let heap = heap(64);
+    let heap = heap(16);
     for (size, align) in [
         (1, 4096),
         (4096, 4096),
@@ -286,7 +295,7 @@ fn high_alignments() {
 
 #[test]
 fn large_realloc_grows_and_shrinks_in_place() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(64 << 10, 8).unwrap();
     unsafe {
         let p = heap.alloc(l);
@@ -304,7 +313,7 @@ fn large_realloc_grows_and_shrinks_in_place() {
 
 #[test]
 fn small_realloc_in_same_class_keeps_the_pointer() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(20, 8).unwrap();
     unsafe {
         let p = heap.alloc(l);
@@ -317,7 +326,7 @@ fn small_realloc_in_same_class_keeps_the_pointer() {
 
 #[test]
 fn out_of_memory_is_null_then_recovers() {
-    let heap = heap(32);
+    let heap = heap(16);
     let l = Layout::from_size_align(4096, 8).unwrap();
     let mut got = Vec::new();
     loop {
@@ -328,7 +337,7 @@ fn out_of_memory_is_null_then_recovers() {
         got.push(p);
         assert!(
             got.len() < 100_000,
-            "32 MiB cannot hold this many 4 KiB blocks"
+            "16 MiB cannot hold this many 4 KiB blocks"
         );
     }
     assert!(got.len() > 1000, "only {} blocks before OOM", got.len());
@@ -346,11 +355,11 @@ fn out_of_memory_is_null_then_recovers() {
 
 #[test]
 fn frames_return_to_the_baseline() {
-    let heap = heap(256);
+    let heap = heap(if cfg!(miri) { 16 } else { 256 });
     let workload = |seed| {
         let mut m = Model::new(heap);
         let mut r = Rng(seed);
-        for _ in 0..5000 {
+        for _ in 0..scaled(5000) {
             let l = random_layout(&mut r);
             m.alloc(l, false);
             if r.below(3) == 0 {
@@ -388,7 +397,7 @@ fn frames_return_to_the_baseline() {
 
 #[test]
 fn stats_count_objects_per_class() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(100, 8).unwrap();
     let ps: Vec<_> = (0..1000).map(|_| unsafe { heap.alloc(l) }).collect();
     let s = heap.stats();
@@ -404,12 +413,12 @@ fn stats_count_objects_per_class() {
 #[test]
 fn cross_thread_frees() {
     use std::sync::mpsc;
-    let heap = heap(512);
+    let heap = heap(if cfg!(miri) { 16 } else { 512 });
     let (tx, rx) = mpsc::sync_channel::<(usize, usize, u64)>(1024);
     let producer = std::thread::spawn(move || {
         HostPlatform::set_cpu_index(1);
         let mut r = Rng(7);
-        for id in 0..200_000u64 {
+        for id in 0..scaled(200_000) as u64 {
             let size = 1 + r.below(2048) as usize;
             let l = Layout::from_size_align(size, 8).unwrap();
             let p = unsafe { heap.alloc(l) };
@@ -449,14 +458,14 @@ fn cross_thread_frees() {
 
 #[test]
 fn threads_allocate_and_free_concurrently() {
-    let heap = heap(512);
+    let heap = heap(if cfg!(miri) { 16 } else { 512 });
     let threads: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
                 HostPlatform::set_cpu_index(10 + t);
                 let mut r = Rng(100 + t as u64);
                 let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
-                for i in 0..50_000u32 {
+                for i in 0..scaled(50_000) as u32 {
                     if live.len() < 500 && r.below(2) == 0 {
                         let l = Layout::from_size_align(1 + r.below(4096) as usize, 8).unwrap();
                         let p = unsafe { heap.alloc(l) };
@@ -485,7 +494,7 @@ fn threads_allocate_and_free_concurrently() {
 #[test]
 #[should_panic(expected = "not a live heap object")]
 fn foreign_pointer_panics() {
-    let heap = heap(64);
+    let heap = heap(16);
     let mut x = 0u64;
     unsafe { heap.dealloc(&mut x as *mut u64 as *mut u8, Layout::new::<u64>()) };
 }
@@ -493,7 +502,7 @@ fn foreign_pointer_panics() {
 #[test]
 #[should_panic(expected = "size class differs")]
 fn wrong_layout_panics() {
-    let heap = heap(64);
+    let heap = heap(16);
     unsafe {
         let p = heap.alloc(Layout::from_size_align(16, 8).unwrap());
         heap.dealloc(p, Layout::from_size_align(1024, 8).unwrap());
@@ -503,7 +512,7 @@ fn wrong_layout_panics() {
 #[test]
 #[should_panic(expected = "double free")]
 fn small_double_free_panics_when_returned_to_its_span() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(32, 8).unwrap();
     unsafe {
         let p = heap.alloc(l);
@@ -516,7 +525,7 @@ fn small_double_free_panics_when_returned_to_its_span() {
 #[test]
 #[should_panic(expected = "not a live heap object")]
 fn large_double_free_panics_at_once() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(100 << 10, 8).unwrap();
     unsafe {
         let p = heap.alloc(l);
@@ -528,7 +537,7 @@ fn large_double_free_panics_at_once() {
 #[test]
 #[should_panic(expected = "interior pointer")]
 fn interior_pointer_of_large_object_panics() {
-    let heap = heap(64);
+    let heap = heap(16);
     let l = Layout::from_size_align(100 << 10, 8).unwrap();
     unsafe {
         let p = heap.alloc(l);
