@@ -167,4 +167,34 @@ impl Central {
             unsafe { heap.free_span(span) };
         }
     }
+
+    /// Full checks: records that the object at `addr` went to a user (`live`) or came back from one, using
+    /// its span's mark bit as the "with a user" bit. Returns why a free is bad (interior pointer, double
+    /// free); panics if the allocator handed out an object a user still holds (an allocator bug).
+    pub(crate) fn track(
+        &self,
+        span: NonNull<Span>,
+        addr: VirtAddr,
+        live: bool,
+    ) -> Result<(), &'static str> {
+        let _l = self.lists.lock();
+        // SAFETY: the span is in use and of this class (the span map says so), so it is on one of our lists;
+        // we hold the lock.
+        let s = unsafe { &mut *span.as_ptr() };
+        let idx = s
+            .object_index(addr)
+            .ok_or("not inside its span's objects")?;
+        if s.object_addr(idx) != addr {
+            return Err("interior pointer (not the start of an object)");
+        }
+        if live {
+            assert!(
+                s.mark(idx),
+                "spanalloc: handed out {addr:#x} while a user still holds it"
+            );
+        } else if !s.unmark(idx) {
+            return Err("double free (the object is already free)");
+        }
+        Ok(())
+    }
 }

@@ -401,6 +401,34 @@ impl Span {
         newly
     }
 
+    /// Clears object `idx`'s mark; returns whether it was marked. (The explicit heap's full checks use the
+    /// mark bits as "handed to a user" bits: that heap never collects.)
+    pub fn unmark(&mut self, idx: usize) -> bool {
+        self.check_index(idx);
+        let (w, bit) = (idx / WORD_BITS, 1u64 << (idx % WORD_BITS));
+        let mark = &mut self.bits_mut().1[w];
+        let was = *mark & bit != 0;
+        *mark &= !bit;
+        was
+    }
+
+    /// Allocated objects the collector did not mark (what `sweep` will free), lowest first: one pass over
+    /// the bitmaps, so a sweeper can finalize the dead without testing every object.
+    pub fn unmarked_objects(&self) -> impl Iterator<Item = usize> + '_ {
+        let (alloc, mark) = self.bits();
+        alloc.iter().zip(mark).enumerate().flat_map(|(w, (a, m))| {
+            let mut dead = a & !m;
+            core::iter::from_fn(move || {
+                if dead == 0 {
+                    return None;
+                }
+                let bit = dead.trailing_zeros() as usize;
+                dead &= dead - 1;
+                Some(w * WORD_BITS + bit)
+            })
+        })
+    }
+
     pub fn is_marked(&self, idx: usize) -> bool {
         self.check_index(idx);
         self.bits().1[idx / WORD_BITS] & (1 << (idx % WORD_BITS)) != 0

@@ -33,9 +33,16 @@ use crate::stats::{ClassStats, Stats};
 /// Most CPUs a heap serves (`Platform::cpu_index` must stay below it).
 pub const MAX_CPUS: usize = 64;
 
+/// Whether [`Heap`] runs its full checks unless told otherwise: the `debug-checks` feature.
+pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
+
 /// The span heap. Put one in a `static` with [`Heap::new`], call [`Heap::init`] once memory is known,
 /// and use it as the `#[global_allocator]`. Before `init` every allocation returns null.
-pub struct Heap<P: Platform> {
+///
+/// `FULL_CHECKS` (default: the `debug-checks` feature) catches every double free and interior pointer of
+/// small objects at the `dealloc` that makes it, at the cost of a central-list lock per operation; without
+/// it they are caught when the object goes back to its span.
+pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     platform: &'static P,
     caches: [AtomicPtr<Cache>; MAX_CPUS],
     central: [Central; NUM_SIZE_CLASSES],
@@ -45,7 +52,7 @@ pub struct Heap<P: Platform> {
     large_pages: AtomicUsize,
 }
 
-impl<P: Platform> Heap<P> {
+impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     pub const fn new(platform: &'static P) -> Self {
         Self {
             platform,
@@ -116,6 +123,23 @@ impl<P: Platform> Heap<P> {
 
     #[inline(always)]
     fn alloc_small(&self, class: SizeClass) -> *mut u8 {
+        let p = self.alloc_small_unchecked(class);
+        if FULL_CHECKS && !p.is_null() {
+            self.track(class, VirtAddr::from_ptr(p), true)
+                .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
+        }
+        p
+    }
+
+    /// Full checks: the object's "with a user" bit (see [`Central::track`]).
+    #[cold]
+    fn track(&self, class: SizeClass, addr: VirtAddr, live: bool) -> Result<(), &'static str> {
+        let (span, _) = self.spanmap.lookup(addr).ok_or("not a live heap object")?;
+        self.central[class.index()].track(span, addr, live)
+    }
+
+    #[inline(always)]
+    fn alloc_small_unchecked(&self, class: SizeClass) -> *mut u8 {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index();
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
@@ -339,7 +363,7 @@ fn bad_free(addr: VirtAddr, layout: Layout, why: &str) -> ! {
 // SAFETY: every pointer returned is null or the start of a free block of at least `layout.size()` bytes
 // aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are page aligned with the
 // requested alignment), not handed out again until it is deallocated.
-unsafe impl<P: Platform> GlobalAlloc for Heap<P> {
+unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_CHECKS> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() == 0 {
@@ -362,7 +386,14 @@ unsafe impl<P: Platform> GlobalAlloc for Heap<P> {
             )
         };
         match SizeClass::for_layout(layout.size(), layout.align()) {
-            Some(class) if span_class.size_class() == class => self.free_small(class, addr),
+            Some(class) if span_class.size_class() == class => {
+                if FULL_CHECKS {
+                    if let Err(why) = self.track(class, addr, false) {
+                        bad_free(addr, layout, why)
+                    }
+                }
+                self.free_small(class, addr)
+            }
             None if span_class.is_large() => self.free_large(addr, layout),
             _ => bad_free(
                 addr,

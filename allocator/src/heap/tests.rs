@@ -13,7 +13,11 @@ use crate::Heap;
 /// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs. Under Miri the
 /// window is a plain allocation, so it is kept small there.
 fn heap(phys_mib: usize) -> &'static Heap<HostPlatform> {
-    let (window, max) = if cfg!(miri) { (256 << 20, 64 << 20) } else { (4 << 30, 2 << 30) };
+    let (window, max) = if cfg!(miri) {
+        (256 << 20, 64 << 20)
+    } else {
+        (4 << 30, 2 << 30)
+    };
     let m = HostMachine::new(phys_mib << 20, window);
     let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(m.platform)));
     heap.init(m.space, m.window, max).expect("heap init");
@@ -543,4 +547,63 @@ fn interior_pointer_of_large_object_panics() {
         let p = heap.alloc(l);
         heap.dealloc(p.add(8192), l);
     }
+}
+
+/// A heap with the full checks on (what the `debug-checks` feature makes the default).
+fn checked_heap() -> &'static Heap<HostPlatform, true> {
+    let (window, max) = if cfg!(miri) {
+        (256 << 20, 64 << 20)
+    } else {
+        (1 << 30, 512 << 20)
+    };
+    let m = HostMachine::new(16 << 20, window);
+    let heap: &'static Heap<HostPlatform, true> = Box::leak(Box::new(Heap::new(m.platform)));
+    heap.init(m.space, m.window, max).expect("heap init");
+    heap
+}
+
+#[test]
+#[should_panic(expected = "double free")]
+fn full_checks_catch_a_double_free_at_once() {
+    let heap = checked_heap();
+    let l = Layout::from_size_align(32, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p, l);
+        heap.dealloc(p, l);
+    }
+}
+
+#[test]
+#[should_panic(expected = "interior pointer")]
+fn full_checks_catch_an_interior_pointer_at_once() {
+    let heap = checked_heap();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    unsafe {
+        let p = heap.alloc(l);
+        heap.dealloc(p.add(8), l);
+    }
+}
+
+#[test]
+fn full_checks_accept_correct_use() {
+    let heap = checked_heap();
+    let mut r = Rng(3);
+    let mut live = Vec::new();
+    for _ in 0..scaled(20_000) {
+        if live.len() < 300 && r.below(2) == 0 {
+            let l = Layout::from_size_align(1 + r.below(4000) as usize, 8).unwrap();
+            let p = unsafe { heap.alloc(l) };
+            assert!(!p.is_null());
+            live.push((p, l));
+        } else if !live.is_empty() {
+            let (p, l) = live.swap_remove(r.below(live.len() as u64) as usize);
+            unsafe { heap.dealloc(p, l) };
+        }
+    }
+    for (p, l) in live {
+        unsafe { heap.dealloc(p, l) };
+    }
+    heap.trim();
+    assert_eq!(heap.stats().objects(), 0);
 }
