@@ -1,18 +1,196 @@
-use std::path::PathBuf;
+//! Builds the kernel for x86_64-unknown-none with a nested cargo, then its BIOS and UEFI disk images, and hands
+//! the images' paths to the runner as `BIOS_IMAGE` / `UEFI_IMAGE`.
+//!
+//! Why a nested cargo rather than an artifact dependency: artifact dependencies are unstable (`-Z bindeps`),
+//! and stable cargo refuses to parse a manifest that uses one, yet the allocator must build on stable from
+//! the repository root (`cargo +stable build -p spanalloc --target x86_64-unknown-none`).
+//!
+//! Invariants:
+//! - The nested build uses its own target directory, `<target>/kernel-build`: the outer cargo holds the lock
+//!   of its own build directory while this script runs, so sharing it would deadlock.
+//! - None of the outer build's configuration reaches the nested one through the environment (host rustflags,
+//!   clippy's wrapper, target and build dirs, this script's own variables): the kernel is the same whichever
+//!   command (`run`, `test`, `clippy`, `--release`) ran this script.
+//! - Every input of the kernel is declared with `rerun-if-changed`, so an edit rebuilds the kernel.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const KERNEL_PACKAGE: &str = "kernel";
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// Defined in the root Cargo.toml: release with debug assertions and overflow checks.
+const KERNEL_PROFILE: &str = "kernel";
+
+/// Paths, relative to the workspace root, whose changes can change the kernel.
+const KERNEL_INPUTS: &[&str] = &[
+    "kernel",
+    "allocator",
+    "Cargo.toml",
+    "Cargo.lock",
+    "rust-toolchain.toml",
+];
+
+/// Variables cargo sets (or a user sets) for the outer build that would misconfigure the nested one.
+const LEAKING_VARS: &[&str] = &[
+    // Flags meant for the outer build; with `--target` they would land on the kernel.
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    // The outer build's directories (its locks) and target.
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_BUILD_BUILD_DIR",
+    "CARGO_BUILD_TARGET",
+    // `cargo clippy` / `cargo fix` put their driver here for workspace members.
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_PRIMARY_PACKAGE",
+    // This build script's own inputs.
+    "OUT_DIR",
+    "TARGET",
+    "HOST",
+    "NUM_JOBS",
+    "OPT_LEVEL",
+    "DEBUG",
+    "PROFILE",
+    "RUSTC_LINKER",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+];
+const LEAKING_PREFIXES: &[&str] = &[
+    "CARGO_FEATURE_",
+    "CARGO_CFG_",
+    "CARGO_PKG_",
+    "DEP_",
+    "__CARGO",
+];
+// Kept on purpose: CARGO_MAKEFLAGS (the nested build shares the outer build's job slots instead of adding its
+// own), CARGO_HOME, RUSTC / RUSTC_WRAPPER / RUSTUP_TOOLCHAIN (same compiler), and settings aimed at the
+// kernel itself such as CARGO_TARGET_X86_64_UNKNOWN_NONE_* or CARGO_PROFILE_KERNEL_*.
 
 fn main() {
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    let kernel = PathBuf::from(std::env::var_os("CARGO_BIN_FILE_KERNEL_kernel").unwrap());
+    let root = PathBuf::from(var("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(var("OUT_DIR"));
+
+    for input in KERNEL_INPUTS {
+        println!("cargo:rerun-if-changed={}", root.join(input).display());
+    }
+
+    let kernel = build_kernel(&root, &target_dir(&out_dir, &root).join("kernel-build"));
 
     let bios = out_dir.join("bios.img");
     bootloader::BiosBoot::new(&kernel)
         .create_disk_image(&bios)
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the BIOS image {} from {}: {e:#}",
+                bios.display(),
+                kernel.display()
+            )
+        });
     let uefi = out_dir.join("uefi.img");
     bootloader::UefiBoot::new(&kernel)
         .create_disk_image(&uefi)
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the UEFI image {} from {}: {e:#}",
+                uefi.display(),
+                kernel.display()
+            )
+        });
 
     println!("cargo:rustc-env=BIOS_IMAGE={}", bios.display());
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|e| panic!("build.rs: cargo did not set {name}: {e}"))
+}
+
+/// The outer build's target directory. `OUT_DIR` is `<target>/<profile>/build/<package>/<hash>/out` (older
+/// cargo: `.../build/<package>-<hash>/out`), and cargo marks `<target>` with a CACHEDIR.TAG; only those two
+/// depths are tried, so an unrelated tagged directory further up is never taken. Deriving it from `OUT_DIR`
+/// follows `--target-dir` and `CARGO_TARGET_DIR`, so builds in private target dirs don't share a kernel lock.
+fn target_dir(out_dir: &Path, root: &Path) -> PathBuf {
+    [4, 5]
+        .into_iter()
+        .filter_map(|depth| out_dir.ancestors().nth(depth))
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .map_or_else(|| root.join("target"), Path::to_path_buf)
+}
+
+/// Runs `cargo build -p kernel --target x86_64-unknown-none --profile kernel` and returns the kernel's path.
+/// The nested cargo's stderr (its progress and errors) goes to this script's stderr, which cargo shows when
+/// the script fails; its stdout carries the JSON messages that name the executable.
+fn build_kernel(root: &Path, target_dir: &Path) -> PathBuf {
+    let cargo = var("CARGO");
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(root)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args([
+            "--package",
+            KERNEL_PACKAGE,
+            "--target",
+            KERNEL_TARGET,
+            "--profile",
+            KERNEL_PROFILE,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if LEAKING_VARS.contains(&name)
+            || LEAKING_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        {
+            cmd.env_remove(name);
+        }
+    }
+
+    let shown = format!(
+        "{cargo} {}",
+        cmd.get_args()
+            .map(OsStr::to_string_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start the kernel build `{shown}`: {e}"));
+    if !output.status.success() {
+        panic!(
+            "building the kernel failed ({}); its errors are above, under `--- stderr`.\ncommand: {shown}",
+            output.status
+        );
+    }
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|message| kernel_executable(&message))
+        .unwrap_or_else(|| {
+            panic!("the kernel build succeeded but named no `{KERNEL_PACKAGE}` executable.\ncommand: {shown}")
+        })
+}
+
+/// The executable of a `compiler-artifact` message for the kernel binary, if `message` is one.
+fn kernel_executable(message: &serde_json::Value) -> Option<PathBuf> {
+    let target = &message["target"];
+    let is_kernel_bin = message["reason"] == "compiler-artifact"
+        && target["name"] == KERNEL_PACKAGE
+        && target["kind"].as_array()?.iter().any(|kind| kind == "bin");
+    if !is_kernel_bin {
+        return None;
+    }
+    message["executable"].as_str().map(PathBuf::from)
 }
