@@ -4,8 +4,6 @@
 //! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test).
 //! Options: `log=<off|error|warn|info|debug|trace>` (default `info`).
 
-use alloc::string::String;
-use alloc::vec;
 use core::fmt;
 use log::LevelFilter;
 
@@ -15,7 +13,7 @@ pub const FW_CFG_FILE: &str = "opt/spanalloc/cmdline";
 pub const USAGE: &str = "[demo | list | test <name>] [log=<off|error|warn|info|debug|trace>]";
 
 /// Longest command line accepted; anything longer is a runner bug, not a real request.
-const MAX_LEN: u32 = 4096;
+pub const MAX_LEN: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -51,25 +49,40 @@ impl fmt::Display for CmdlineError<'_> {
     }
 }
 
-/// Reads the command line the runner passed through fw_cfg; empty when there is none (no fw_cfg device, or
-/// no file). Invalid UTF-8 is replaced rather than rejected, so the parser reports the odd word by name.
-pub fn load() -> String {
+/// Room for the command line: [`load`] reads into a buffer of this size.
+pub type Buffer = [u8; MAX_LEN];
+
+/// Reads the command line the runner passed through fw_cfg into `buf`; empty when there is none (no fw_cfg
+/// device, or no file). Allocation-free: it runs before memory take-over. Bytes that are not valid UTF-8 are
+/// replaced by `?` rather than rejected, so the parser reports the odd word by name.
+pub fn load(buf: &mut Buffer) -> &str {
     let Some(file) = crate::fw_cfg::find(FW_CFG_FILE) else {
-        return String::new();
+        return "";
     };
-    let len = file.size.min(MAX_LEN);
-    let mut bytes = vec![0u8; len as usize];
-    crate::fw_cfg::read(file, &mut bytes);
+    let mut bytes = &mut buf[..file.size.min(MAX_LEN as u32) as usize];
+    crate::fw_cfg::read(file, bytes);
     // QEMU's `string=` items may or may not carry a terminating NUL depending on the version.
-    while bytes.last() == Some(&0) {
-        bytes.pop();
+    while let [rest @ .., 0] = bytes {
+        bytes = rest;
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    loop {
+        match core::str::from_utf8(bytes) {
+            Ok(_) => break,
+            Err(err) => {
+                let bad = err.valid_up_to();
+                let len = err.error_len().unwrap_or(bytes.len() - bad);
+                bytes[bad..bad + len].fill(b'?');
+            }
+        }
+    }
+    core::str::from_utf8(bytes).unwrap_or("")
 }
 
 pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut log_level = LevelFilter::Info;
-    let mut words = alloc::vec::Vec::new();
+    // A command takes at most two words, so the third one, if any, is the first extra word to report.
+    let mut words = [""; 3];
+    let mut count = 0;
     for word in line.split_ascii_whitespace() {
         match word.split_once('=') {
             Some(("log", level)) => {
@@ -78,10 +91,14 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
                     .map_err(|_| CmdlineError::BadLogLevel(level))?;
             }
             Some((key, _)) => return Err(CmdlineError::UnknownOption(key)),
-            None => words.push(word),
+            None if count < words.len() => {
+                words[count] = word;
+                count += 1;
+            }
+            None => {}
         }
     }
-    let (command, rest) = match words.as_slice() {
+    let (command, rest) = match &words[..count] {
         [] | ["demo"] => (Command::Demo, &[][..]),
         ["demo", rest @ ..] => (Command::Demo, rest),
         ["list", rest @ ..] => (Command::List, rest),

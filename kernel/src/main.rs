@@ -1,14 +1,17 @@
 //! The spanalloc test kernel.
 //!
-//! Boots through bootloader 0.11 on the first CPU, sets the CPU up (serial, GDT/TSS, IDT, bootstrap heap),
-//! reads its command line from QEMU's fw_cfg, reports the boot memory map, then runs what the command line
+//! Boots through bootloader 0.11 on the first CPU, sets the CPU up (serial, GDT/TSS, IDT), reads its command
+//! line from QEMU's fw_cfg, takes memory over (spanalloc becomes the heap), then runs what the command line
 //! asks for (the demo, the test list, or one in-kernel test) and ends QEMU with a pass or fail exit code.
+//!
+//! Invariant: nothing allocates before [`memory::take_over`]; the heap has no memory until then.
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
 
 extern crate alloc;
 
+mod clock;
 mod cmdline;
 mod demo;
 mod fw_cfg;
@@ -19,6 +22,7 @@ mod ktest;
 mod logger;
 mod memory;
 mod panic;
+mod platform;
 mod probe;
 mod qemu;
 mod serial;
@@ -41,10 +45,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::init();
     gdt::init();
     interrupts::init();
-    heap::init();
 
-    let raw_cmdline = cmdline::load();
-    let cmdline = match cmdline::parse(&raw_cmdline) {
+    let mut cmdline_buf: cmdline::Buffer = [0; cmdline::MAX_LEN];
+    let raw_cmdline = cmdline::load(&mut cmdline_buf);
+    let cmdline = match cmdline::parse(raw_cmdline) {
         Ok(cmdline) => cmdline,
         Err(err) => {
             println!("error: bad kernel command line `{raw_cmdline}`: {err}");
@@ -59,7 +63,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
 
     let report = memory::take_over(boot_info);
-    println!("{report}");
+    println!("{}", report.map);
+    clock::init();
 
     let cpus = fw_cfg::cpu_count().unwrap_or(1);
     match cmdline.command {

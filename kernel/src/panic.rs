@@ -1,9 +1,16 @@
 //! The panic handler: reports the panic and ends QEMU; if the running test expects this panic (its
 //! `should_panic` substring is in the message), ends it with success instead (see [`ktest`](crate::ktest)).
 //!
+//! Out of memory: `alloc`'s default handler for a failed allocation (`handle_alloc_error`, used by `Box`,
+//! `Vec` and friends when the heap returns null) panics with "memory allocation of N bytes failed". The
+//! handler recognizes that message and prints the heap's statistics before reporting, so an exhausted heap
+//! shows where its memory went.
+//!
 //! Invariants: the handler never allocates (the heap may be what panicked) and never blocks on the console
-//! lock; a panic inside the handler ends QEMU with failure at once.
+//! lock; a panic inside the handler ends QEMU with failure at once. It takes the heap's lock (for the
+//! statistics) only for an allocation failure, which the heap reports after releasing all its locks.
 
+use crate::heap::HEAP;
 use crate::{emergency_println, ktest, qemu};
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
@@ -62,5 +69,19 @@ fn panic(info: &PanicInfo) -> ! {
         len: 0,
     };
     let _ = write!(message, "{}", info.message());
+    if is_allocation_failure(message.as_str()) {
+        emergency_println!(
+            "heap statistics at the failed allocation:\n{}",
+            HEAP.stats()
+        );
+    }
     ktest::on_panic(message.as_str())
+}
+
+/// Whether `message` is the panic of `alloc`'s default allocation-error handler.
+fn is_allocation_failure(message: &str) -> bool {
+    message
+        .strip_prefix("memory allocation of ")
+        .and_then(|rest| rest.strip_suffix(" bytes failed"))
+        .is_some_and(|size| !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -14,9 +14,9 @@ pub fn boot_info(ctx: &mut TestCtx) {
         .expect("no physical memory offset: the bootloader config must request Mapping::Dynamic");
 
     assert!(
-        ctx.memory.usable_bytes > 100 * MIB,
+        ctx.memory.map.usable_bytes > 100 * MIB,
         "only {} bytes usable; QEMU runs with 512 MiB by default",
-        ctx.memory.usable_bytes
+        ctx.memory.map.usable_bytes
     );
 
     let mut regions: Vec<_> = info.memory_regions.iter().copied().collect();

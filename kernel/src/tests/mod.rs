@@ -1,10 +1,14 @@
 //! The in-kernel test registry. Adding a test: write `fn name(ctx: &mut TestCtx)` in a module here and add
 //! one line to [`TESTS`]; the host's `cargo test` picks it up as `kernel::<name>` through the `list` command.
 
+mod arena;
+mod bad_free;
 mod boot_info;
 mod faults;
+mod frames;
 mod heap;
 mod panics;
+mod workload;
 
 use crate::ktest::KernelTest;
 
@@ -14,5 +18,32 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest::new("breakpoint_resumes", faults::breakpoint_resumes),
     KernelTest::new("panic_is_reported", panics::panic_is_reported)
         .should_panic(panics::EXPECTED_MESSAGE),
-    KernelTest::new("heap_collections", heap::heap_collections),
+    // Memory take-over: frames, page tables, the heap window.
+    KernelTest::new("frames_all_then_free", frames::frames_all_then_free),
+    KernelTest::new("arena_map_write_read", arena::arena_map_write_read),
+    KernelTest::new(
+        "unmapped_arena_page_faults",
+        arena::unmapped_arena_page_faults,
+    ),
+    // The span heap as the global allocator.
+    KernelTest::new("global_alloc_collections", heap::global_alloc_collections),
+    KernelTest::new("random_workload_1m", heap::random_workload_1m),
+    KernelTest::new("frames_return_to_baseline", heap::frames_return_to_baseline),
+    KernelTest::new(
+        "out_of_memory_returns_null",
+        heap::out_of_memory_returns_null,
+    ),
+    KernelTest::new("allocation_failure_panics", heap::allocation_failure_panics)
+        .should_panic(heap::ALLOCATION_FAILURE),
+    KernelTest::new(
+        "bad_free_foreign_pointer",
+        bad_free::bad_free_foreign_pointer,
+    )
+    .should_panic(bad_free::FOREIGN_POINTER),
+    KernelTest::new("bad_free_wrong_layout", bad_free::bad_free_wrong_layout)
+        .should_panic(bad_free::WRONG_LAYOUT),
+    KernelTest::new("bad_free_double_large", bad_free::bad_free_double_large)
+        .should_panic(bad_free::DOUBLE_FREE_LARGE),
+    KernelTest::new("bad_free_double_small", bad_free::bad_free_double_small)
+        .should_panic(bad_free::DOUBLE_FREE_SMALL),
 ];
