@@ -7,7 +7,7 @@
 //!   except for faults of a [`probe`](crate::probe) read, which it turns into values.
 //! - The double-fault handler runs on its own IST stack (see [`gdt`](crate::gdt)).
 
-use crate::{emergency_println, gdt, probe, qemu};
+use crate::{apic, emergency_println, gdt, pic, probe, qemu, smp, timer};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
@@ -20,6 +20,13 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.general_protection_fault
         .set_handler_fn(general_protection);
     idt.page_fault.set_handler_fn(page_fault);
+    idt.non_maskable_interrupt
+        .set_handler_fn(smp::shootdown::nmi);
+    idt[timer::VECTOR].set_handler_fn(timer::handler);
+    idt[smp::work::WAKE_VECTOR].set_handler_fn(smp::work::wake);
+    idt[apic::SPURIOUS_VECTOR].set_handler_fn(apic::spurious);
+    idt[pic::SPURIOUS_MASTER].set_handler_fn(pic::spurious);
+    idt[pic::SPURIOUS_SLAVE].set_handler_fn(pic::spurious);
     // SAFETY: the IST index names the stack gdt::init installed in the TSS, used by no other handler.
     unsafe {
         idt.double_fault

@@ -11,6 +11,8 @@
 
 extern crate alloc;
 
+mod acpi;
+mod apic;
 mod clock;
 mod cmdline;
 mod demo;
@@ -22,11 +24,15 @@ mod ktest;
 mod logger;
 mod memory;
 mod panic;
+mod percpu;
+mod pic;
 mod platform;
 mod probe;
 mod qemu;
 mod serial;
+mod smp;
 mod tests;
+mod timer;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
@@ -42,6 +48,8 @@ pub static CONFIG: BootloaderConfig = {
 bootloader_api::entry_point!(kernel_main, config = &CONFIG);
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    // First: the heap (and anything per-CPU) finds the current CPU through GS.
+    percpu::install(0);
     serial::init();
     gdt::init();
     interrupts::init();
@@ -65,6 +73,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let report = memory::take_over(boot_info);
     println!("{}", report.map);
     clock::init();
+    smp::init(boot_info, &report);
 
     let cpus = fw_cfg::cpu_count().unwrap_or(1);
     match cmdline.command {

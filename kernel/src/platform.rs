@@ -1,9 +1,9 @@
 //! The kernel's side of spanalloc's [`Platform`] trait: which CPU runs, interrupt masking, where physical
 //! memory is mapped, and TLB invalidation after the heap unmaps pages.
 //!
-//! Everything the allocator needs from the machine is in this one file. Two places change when SMP arrives,
-//! both marked `SMP:` below: [`current_cpu_index`] (read the index from the per-CPU block) and
-//! [`shoot_down_other_cpus`] (IPI the other CPUs and wait for them to invalidate).
+//! Everything the allocator needs from the machine is in this one file; the SMP parts delegate: the CPU index
+//! is read from the per-CPU block ([`percpu`](crate::percpu)), other CPUs' TLBs are shot down by NMI
+//! ([`smp::shootdown`](crate::smp::shootdown)).
 //!
 //! Invariants:
 //! - The physical-memory offset is set once, by [`KernelPlatform::set_physical_memory_offset`] during memory
@@ -73,27 +73,25 @@ impl Drop for InterruptGuard {
 
 /// The index of the CPU running this code, below [`spanalloc::MAX_CPUS`].
 ///
-/// SMP: only the boot CPU runs so far, so this is 0. With application processors, read the index from
-/// the per-CPU block (`mov reg, gs:[offset]`); it must be valid from the first allocation a CPU makes.
+/// One load through GS (`mov reg, gs:[0]`); every CPU installs its per-CPU block before its first
+/// allocation.
 #[inline(always)]
 pub fn current_cpu_index() -> usize {
-    0
+    crate::percpu::current_index()
 }
 
 /// Makes every CPU other than this one drop its translations of `count` pages from `start`, returning
 /// when all have.
 ///
-/// SMP: a no-op while only the boot CPU runs (no other CPU can hold a translation). With application
-/// processors, send a shootdown IPI (the range, or "flush all" above [`INVLPG_MAX_PAGES`]) to every other
-/// online CPU and wait for each to acknowledge. Interrupts are masked here (the heap calls this under its
-/// lock), so the wait must not depend on this CPU taking interrupts, and the handler on the other CPUs
-/// must not allocate.
+/// Interrupts are masked here (the heap calls this under its lock), and the other CPUs may be spinning with
+/// theirs masked too: so the request goes by NMI (see [`smp::shootdown`](crate::smp::shootdown)), whose
+/// handler takes no lock and allocates nothing.
 fn shoot_down_other_cpus(start: Page, count: u64) {
-    let _ = (start, count);
+    crate::smp::shootdown::shoot_down_others(start, count);
 }
 
-/// Drops this CPU's translations of `count` pages from `start`.
-fn flush_local(start: Page, count: u64) {
+/// Drops this CPU's translations of `count` pages from `start` (also the shootdown NMI handler's work).
+pub(crate) fn flush_local(start: Page, count: u64) {
     if count > INVLPG_MAX_PAGES {
         // Heap pages are mapped without the GLOBAL flag, so a CR3 reload drops them.
         tlb::flush_all();
@@ -106,8 +104,8 @@ fn flush_local(start: Page, count: u64) {
 
 // SAFETY: `physical_memory_offset` returns the bootloader's mapping of all physical memory (set at take-over
 // from BootInfo, requested with `Mapping::Dynamic`); `pages_unmapped` invalidates the local TLB and, through
-// `shoot_down_other_cpus`, every other CPU's (none run yet); `cpu_index` is below MAX_CPUS and stable while
-// interrupts are masked (a CPU never changes its index).
+// `shoot_down_other_cpus`, every other online CPU's (a CPU not yet online has cached none of them, see
+// smp::shootdown); `cpu_index` is below MAX_CPUS (percpu::install checks) and never changes on a CPU.
 unsafe impl Platform for KernelPlatform {
     type InterruptGuard = InterruptGuard;
     const MAX_CPUS: usize = spanalloc::MAX_CPUS;

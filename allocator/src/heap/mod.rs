@@ -83,7 +83,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// Runs `f` on the heap's address space, e.g. to take frames for other uses. `None` before `init`.
     pub fn with_address_space<R>(&self, f: impl FnOnce(&mut AddressSpace<P>) -> R) -> Option<R> {
         let _irq = self.platform.mask_interrupts();
-        self.pages.lock().as_mut().map(|h| f(&mut h.space))
+        // A named guard drops before `_irq`; a temporary in the tail expression would be dropped after it
+        // (edition 2021), re-enabling interrupts while the lock is still held: an interrupt handler that
+        // allocates would then spin on it forever.
+        let mut pages = self.pages.lock();
+        pages.as_mut().map(|h| f(&mut h.space))
     }
 
     /// This CPU's cache: created on first use, `None` only when metadata cannot be had.
@@ -135,6 +139,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[cold]
     fn track(&self, class: SizeClass, addr: VirtAddr, live: bool) -> Result<(), &'static str> {
         let (span, _) = self.spanmap.lookup(addr).ok_or("not a live heap object")?;
+        // The central lock is only ever taken with interrupts masked (an allocating handler would spin on it).
+        let _irq = self.platform.mask_interrupts();
         self.central[class.index()].track(span, addr, live)
     }
 
@@ -303,13 +309,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         for c in &self.central {
             c.release_empty(&self.pages);
         }
-        if let Some(heap) = self.pages.lock().as_mut() {
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let mut pages = self.pages.lock();
+        if let Some(heap) = pages.as_mut() {
             heap.scavenge(usize::MAX);
         }
     }
 
     /// A snapshot of the heap's counters (like Go's MemStats).
     pub fn stats(&self) -> Stats {
+        // Masked for the central locks too: an interrupt handler allocating on this CPU would spin on them.
+        let _irq = self.platform.mask_interrupts();
         let mut s = Stats::default();
         for class in SizeClass::small() {
             let c = class.index();
@@ -330,7 +340,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         s.large_objects = self.large_objects.load(Ordering::Relaxed);
         s.large_bytes = self.large_pages.load(Ordering::Relaxed) * PAGE_SIZE;
-        let _irq = self.platform.mask_interrupts();
         if let Some(heap) = self.pages.lock().as_ref() {
             s.pages = heap.stats();
             s.frames_held = heap.space.frames_held();

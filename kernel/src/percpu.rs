@@ -1,0 +1,100 @@
+//! Per-CPU data: one [`PerCpu`] block per CPU, reached through the GS base, with the CPU's index at offset
+//! 0 so that finding the current CPU is one load, `mov reg, gs:[0]`.
+//!
+//! Invariants:
+//! - Block `i` lives in [`BLOCKS`] at index `i` and holds `index == i` from compile time on: installing a
+//!   block is only pointing GS at it, so a CPU's index is valid from the first instruction after
+//!   [`install`], before it allocates anything (the heap asks for it on every allocation).
+//! - A CPU installs exactly one block, its own, once; nothing writes the GS base afterwards (the kernel has
+//!   no user mode, so no `swapgs`). So a CPU's index never changes and a block has one owner.
+//! - The counters are atomics so that other CPUs (tests, reports) may read them; they are written only by
+//!   the owning CPU, from normal code and its interrupt handlers.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use x86_64::registers::model_specific::GsBase;
+use x86_64::VirtAddr;
+
+/// Most CPUs the kernel runs on: the heap's limit.
+pub const MAX_CPUS: usize = spanalloc::MAX_CPUS;
+
+/// One CPU's block. `repr(C)` keeps `index` at offset 0; a cache line each, so CPUs do not share lines.
+#[repr(C, align(64))]
+pub struct PerCpu {
+    index: usize,
+    /// The local APIC id, recorded when the CPU comes up.
+    pub apic_id: AtomicU32,
+    /// Local APIC timer interrupts taken.
+    pub ticks: AtomicU64,
+    /// Timer interrupts whose handler allocated and freed.
+    pub timer_allocs: AtomicU64,
+    /// Set by code that wants to know whether the timer handler allocated while it was inside a loop of
+    /// allocations (the `smp_alloc_in_timer_interrupt` test).
+    pub in_alloc_loop: AtomicBool,
+    /// Timer-handler allocations that happened while `in_alloc_loop` was set.
+    pub timer_allocs_in_loop: AtomicU64,
+    /// A TLB shootdown for this CPU waits in the request slot (see `smp::shootdown`).
+    pub shootdown_pending: AtomicBool,
+    /// TLB shootdowns this CPU served.
+    pub shootdowns: AtomicU64,
+}
+
+impl PerCpu {
+    const fn new(index: usize) -> Self {
+        PerCpu {
+            index,
+            apic_id: AtomicU32::new(0),
+            ticks: AtomicU64::new(0),
+            timer_allocs: AtomicU64::new(0),
+            in_alloc_loop: AtomicBool::new(false),
+            timer_allocs_in_loop: AtomicU64::new(0),
+            shootdown_pending: AtomicBool::new(false),
+            shootdowns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+static BLOCKS: [PerCpu; MAX_CPUS] = {
+    let mut blocks = [const { PerCpu::new(0) }; MAX_CPUS];
+    let mut i = 0;
+    while i < MAX_CPUS {
+        blocks[i].index = i;
+        i += 1;
+    }
+    blocks
+};
+
+/// Points this CPU's GS base at block `index`. Call once per CPU, before it allocates or takes an
+/// interrupt, with an index no other CPU uses.
+pub fn install(index: usize) {
+    assert!(
+        index < MAX_CPUS,
+        "percpu: CPU index {index} is over the limit of {MAX_CPUS} CPUs"
+    );
+    GsBase::write(VirtAddr::from_ptr(&BLOCKS[index]));
+}
+
+/// The index of the CPU running this code (after its [`install`]).
+#[inline(always)]
+pub fn current_index() -> usize {
+    let index: usize;
+    // SAFETY: GS points at this CPU's block (module invariants), whose first field is its index; the load
+    // reads 8 bytes of that static block and changes nothing.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, preserves_flags, readonly));
+    }
+    index
+}
+
+/// This CPU's block.
+pub fn current() -> &'static PerCpu {
+    &BLOCKS[current_index()]
+}
+
+/// CPU `index`'s block (to read its counters).
+pub fn get(index: usize) -> &'static PerCpu {
+    &BLOCKS[index]
+}
