@@ -71,6 +71,7 @@ impl Central {
         class: SizeClass,
         out: &mut [VirtAddr],
         pages: &spin::Mutex<Option<PageHeap<P>>>,
+        cpu: usize,
     ) -> usize {
         let mut l = self.lists.lock();
         let mut n = 0;
@@ -81,7 +82,7 @@ impl Central {
                     let mut guard = pages.lock();
                     let Some(heap) = guard.as_mut() else { break };
                     let spc = SpanClass::new(class, false);
-                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc) else {
+                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc, Some(cpu)) else {
                         break;
                     };
                     drop(guard);

@@ -12,6 +12,9 @@
 //! - `dirty_free` counts free pages that are mapped.
 //! - The span-map entry of every page of an in-use span encodes that span and its class; every other
 //!   entry is 0. Entries are written here, under the lock, and read lock-free by `dealloc` (see spanmap).
+//! - Pages in a CPU's page cache (Go's pageCache: a 64-page aligned block and a bitmap of its free pages)
+//!   are in use for `pages` but free for the heap: they count in `dirty_free` when mapped, never in `in_use`,
+//!   and the scavenger cannot reach them until the cache is flushed (`flush_page_caches`).
 //! - A span struct and its bitmaps live in metadata and belong to the page heap while the span is free
 //!   (they are released then), to its owner (central list or large-object path) while in use.
 
@@ -19,6 +22,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
+use crate::heap::MAX_CPUS;
 use crate::meta::{LazyRegion, MetaAlloc};
 use crate::pagealloc::PageAlloc;
 use crate::platform::Platform;
@@ -28,6 +32,35 @@ use crate::spanmap::SpanMap;
 
 /// Heap pages per arena.
 pub const ARENA_PAGES: usize = ARENA_SIZE / PAGE_SIZE;
+
+/// Spans below this many pages come from the CPU's page cache (Go: pageCachePages / 4).
+const PAGE_CACHE_MAX_SPAN: usize = 16;
+
+/// One CPU's page cache: pages `base + i` for each set bit `i` of `free` are reserved for it.
+#[derive(Clone, Copy)]
+struct PageCache {
+    base: usize,
+    free: u64,
+}
+
+impl PageCache {
+    const EMPTY: PageCache = PageCache { base: 0, free: 0 };
+
+    /// Takes the lowest run of `n` free pages (`n < 64`).
+    fn take(&mut self, n: usize) -> Option<usize> {
+        // Bit i of `starts` is set iff bits i..i+n of `free` all are.
+        let mut starts = self.free;
+        for _ in 1..n {
+            starts &= starts >> 1;
+        }
+        if starts == 0 {
+            return None;
+        }
+        let i = starts.trailing_zeros() as usize;
+        self.free &= !(((1u64 << n) - 1) << i);
+        Some(self.base + i)
+    }
+}
 
 /// Why the heap could not be set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +117,7 @@ pub(crate) struct PageHeap<P: Platform> {
     dirty_free: usize,
     released_total: u64,
     arenas: usize,
+    page_caches: [PageCache; MAX_CPUS],
 }
 
 // SAFETY: the page heap owns its metadata and is only used under the heap lock.
@@ -186,6 +220,7 @@ impl<P: Platform> PageHeap<P> {
             dirty_free: 0,
             released_total: 0,
             arenas: 0,
+            page_caches: [PageCache::EMPTY; MAX_CPUS],
         })
     }
 
@@ -321,11 +356,22 @@ impl<P: Platform> PageHeap<P> {
 
     /// Allocates a span of `npages` pages aligned to `align` pages. Grows the heap and, when frames run
     /// out, scavenges and retries once. Returns the span with `needzero` set from what the pages held.
-    pub(crate) fn alloc_pages(&mut self, npages: usize, align: usize) -> Option<(usize, bool)> {
+    pub(crate) fn alloc_pages(
+        &mut self,
+        npages: usize,
+        align: usize,
+        cpu: Option<usize>,
+    ) -> Option<(usize, bool)> {
         if npages == 0 || npages > self.capacity {
             return None;
         }
-        let first = match self.pages.alloc(npages, align) {
+        let cached = match cpu {
+            Some(cpu) if npages < PAGE_CACHE_MAX_SPAN && align == 1 => {
+                self.take_from_page_cache(cpu, npages)
+            }
+            _ => None,
+        };
+        let first = match cached.or_else(|| self.pages.alloc(npages, align)) {
             Some(f) => f,
             None => {
                 if !self.grow(npages + align.saturating_sub(1)) {
@@ -338,6 +384,7 @@ impl<P: Platform> PageHeap<P> {
             Ok(fresh) => fresh,
             Err(()) => {
                 // Out of frames: give back every dirty free page and try once more.
+                self.flush_page_caches();
                 self.scavenge(usize::MAX);
                 match self.back(first, npages) {
                     Ok(fresh) => fresh,
@@ -352,14 +399,51 @@ impl<P: Platform> PageHeap<P> {
         Some((first, !fresh))
     }
 
-    /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map.
+    /// `npages` pages from `cpu`'s page cache, refilling it with a fresh 64-page block when it cannot
+    /// serve (the old block's remaining pages go back to the page allocator). Saves the summary updates of
+    /// a page-allocator call for most small spans.
+    fn take_from_page_cache(&mut self, cpu: usize, npages: usize) -> Option<usize> {
+        if let Some(first) = self.page_caches[cpu].take(npages) {
+            return Some(first);
+        }
+        self.flush_page_cache(cpu);
+        let (base, free) = match self.pages.alloc_block64() {
+            Some(b) => b,
+            None if self.grow(1) => self.pages.alloc_block64()?,
+            None => return None,
+        };
+        self.page_caches[cpu] = PageCache { base, free };
+        self.page_caches[cpu].take(npages)
+    }
+
+    fn flush_page_cache(&mut self, cpu: usize) {
+        let PageCache { base, mut free } =
+            core::mem::replace(&mut self.page_caches[cpu], PageCache::EMPTY);
+        while free != 0 {
+            let i = free.trailing_zeros() as usize;
+            let run = (!(free >> i)).trailing_zeros() as usize;
+            self.pages.free(base + i, run);
+            free &= !(u64::MAX >> (64 - run) << i);
+        }
+    }
+
+    /// Gives every CPU's cached pages back to the page allocator (before scavenging everything).
+    pub(crate) fn flush_page_caches(&mut self) {
+        for cpu in 0..MAX_CPUS {
+            self.flush_page_cache(cpu);
+        }
+    }
+
+    /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map; small spans
+    /// come from `cpu`'s page cache when given.
     pub(crate) fn alloc_span(
         &mut self,
         npages: usize,
         align: usize,
         class: SpanClass,
+        cpu: Option<usize>,
     ) -> Option<NonNull<Span>> {
-        let (first, needzero) = self.alloc_pages(npages, align)?;
+        let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
         let base = self.page_addr(first);
         let span = match self.new_span_struct(base, PageCount(npages), class, needzero) {
             Some(s) => s,
@@ -446,7 +530,17 @@ impl<P: Platform> PageHeap<P> {
         let s = unsafe { &mut *span.as_ptr() };
         let first = self.page_index(s.base());
         let end = first + s.npages().0;
-        if end + extra > self.grown || !self.pages.contains_free_run(end, extra) {
+        if end + extra > self.grown {
+            return None;
+        }
+        // Free pages right after the span may sit in a page cache: give them back first.
+        for cpu in 0..MAX_CPUS {
+            let b = self.page_caches[cpu].base;
+            if self.page_caches[cpu].free != 0 && b < end + extra && end < b + 64 {
+                self.flush_page_cache(cpu);
+            }
+        }
+        if !self.pages.contains_free_run(end, extra) {
             return None;
         }
         self.pages.alloc_range(end, extra);
@@ -513,5 +607,29 @@ impl<P: Platform> PageHeap<P> {
         if self.dirty_free > retain + retain / 2 {
             self.scavenge(self.dirty_free - retain);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PageCache;
+
+    #[test]
+    fn page_cache_takes_the_lowest_fitting_run() {
+        // Free: pages 0-1, 4-9, 20-63.
+        let free = 0b11 | (0b11_1111 << 4) | (u64::MAX << 20);
+        let mut c = PageCache { base: 640, free };
+        assert_eq!(c.take(3), Some(644));
+        assert_eq!(c.take(2), Some(640));
+        assert_eq!(c.take(4), Some(660), "pages 7-9 are a run of 3 only");
+        assert_eq!(c.take(3), Some(647));
+        assert_eq!(c.take(15), Some(664));
+        assert_eq!(c.take(15), Some(679));
+        assert_eq!(
+            c.take(15),
+            None,
+            "only 64 - 694 + 640 = 10 pages are left at the end"
+        );
+        assert_eq!(c.free.count_ones(), 10);
     }
 }

@@ -169,7 +169,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let batch = (stack_cap(class.index()) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = self.central[class.index()].refill(class, &mut spare[..want], &self.pages);
+        let n = self.central[class.index()].refill(class, &mut spare[..want], &self.pages, cpu);
         cache.filled(class, n);
         cache.pop(class).map_or(ptr::null_mut(), |p| p.as_mut_ptr())
     }
@@ -213,8 +213,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let Some(heap) = guard.as_mut() else {
             return ptr::null_mut();
         };
-        let Some(span) = heap.alloc_span(npages.0, align, SpanClass::new(SizeClass::LARGE, false))
-        else {
+        let cpu = Some(self.platform.cpu_index());
+        let Some(span) = heap.alloc_span(
+            npages.0,
+            align,
+            SpanClass::new(SizeClass::LARGE, false),
+            cpu,
+        ) else {
             return ptr::null_mut();
         };
         drop(guard);
@@ -312,6 +317,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // Named so it drops before `_irq` (see `with_address_space`).
         let mut pages = self.pages.lock();
         if let Some(heap) = pages.as_mut() {
+            heap.flush_page_caches();
             heap.scavenge(usize::MAX);
         }
     }
