@@ -13,6 +13,7 @@
 //! - `meta`, `pageheap`, `spanmap`: metadata, the page heap (Go's mheap) and the page -> span map.
 //! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs).
 //! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
+//! - `gc` (feature `gc`): a garbage-collected heap on the same spans and page heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -21,6 +22,8 @@ pub mod arena;
 mod cache;
 mod central;
 pub mod frames;
+#[cfg(any(test, feature = "gc"))]
+pub mod gc;
 pub mod heap;
 mod meta;
 pub mod pagealloc;

@@ -462,5 +462,47 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     }
 }
 
+/// The garbage collector's door to the page heap (see gc/): it takes spans straight from the page heap and
+/// keeps them itself, never on the central lists, so the explicit heap's caches never see its objects.
+#[cfg(any(test, feature = "gc"))]
+impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
+    /// A fresh span of `class` (small classes get their own page count and ignore `npages`; large ones get
+    /// `npages`), published in the span map. `None` before `init` or when memory runs out.
+    pub(crate) fn gc_alloc_span(
+        &self,
+        class: SpanClass,
+        npages: PageCount,
+    ) -> Option<NonNull<Span>> {
+        let n = if class.is_large() {
+            npages.0
+        } else {
+            class.size_class().pages().0
+        };
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let mut pages = self.pages.lock();
+        pages.as_mut()?.alloc_span(n, 1, class, None)
+    }
+
+    /// Gives a span from [`Heap::gc_alloc_span`] back to the page heap (whose scavenger may then return its
+    /// frames).
+    ///
+    /// # Safety
+    /// `span` came from `gc_alloc_span` on this heap and nobody uses it or its objects after this call.
+    pub(crate) unsafe fn gc_free_span(&self, span: NonNull<Span>) {
+        let _irq = self.platform.mask_interrupts();
+        let mut guard = self.pages.lock();
+        let heap = guard.as_mut().expect("spans exist only after init");
+        // SAFETY: forwarded from the caller.
+        unsafe { heap.free_span(span) };
+        heap.scavenge_if_needed();
+    }
+
+    /// The span map, for the collector's pointer -> span lookups while marking.
+    pub(crate) fn gc_span_map(&self) -> &SpanMap {
+        &self.spanmap
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,227 @@
+//! Allocation in the GC heap: per span class one current span allocated from with `Span::next_free`
+//! (the alloc cache / ctz path), the tiny allocator for small pointer-free objects, large objects in
+//! spans of their own; and what allocating pays: assists while marking, proportional sweeping after.
+//!
+//! Invariants:
+//! - Objects allocated while marking are allocated black (mark bit set at once, never scanned).
+//! - A span is swept before it becomes current (lazy sweeping: `find_span` sweeps unswept spans of the
+//!   class first, Go's mcentral.cacheSpan).
+//! - The tiny block is 0 or a 16 B noscan slot allocated in the current cycle's marking state: it is
+//!   dropped when a mark starts, so a tiny object is never placed in a white block during a mark.
+//! - Assists and proportional sweeps run after the new slot is taken and before it is written: nothing
+//!   can reach the slot yet, and it is black if a mark runs.
+
+use core::mem::{align_of, size_of};
+use core::ptr::NonNull;
+
+use super::heap::{Inner, State, Stress};
+use super::object::{Layout, VTable, TINY_SIZE};
+use super::trace::Trace;
+use crate::addr::{PageCount, VirtAddr};
+use crate::sizeclass::{SizeClass, SpanClass};
+use crate::span::Span;
+
+/// Tiny blocks: the 16 B noscan class.
+const TINY_CLASS: SpanClass = match SizeClass::for_size(TINY_SIZE) {
+    Some(c) => SpanClass::new(c, true),
+    None => panic!("no 16 B size class"),
+};
+
+/// Spans an allocation sweeps at most looking for room before taking a fresh one (Go's spanBudget).
+const SWEEP_BUDGET: usize = 100;
+
+impl State {
+    /// Allocates a slot for `value` and moves it in; gives it back when memory runs out.
+    #[inline]
+    pub(crate) fn alloc<T: Trace>(&self, value: T) -> Result<NonNull<T>, T> {
+        const {
+            assert!(
+                Layout::<T>::ALIGN_OK,
+                "gc: managed types may be aligned to 8 KiB at most"
+            )
+        };
+        let (_busy, inner) = self.enter();
+        let slot = if Layout::<T>::TINY {
+            inner.alloc_tiny(size_of::<T>(), align_of::<T>())
+        } else {
+            match Layout::<T>::CLASS {
+                Some(class) => inner.alloc_small(class),
+                None => inner.alloc_large(Layout::<T>::SIZE, !Layout::<T>::HEADED),
+            }
+        };
+        let Some(slot) = slot else {
+            return Err(value);
+        };
+        if inner.slow_alloc {
+            inner.stress_step();
+        }
+        let base = slot.as_mut_ptr::<u8>();
+        // SAFETY: `slot` is a fresh slot of at least `Layout::<T>::SIZE` bytes aligned to `ALIGN` (the size
+        // class was chosen by `for_layout(SIZE, ALIGN)`; large spans are page aligned; tiny offsets are
+        // aligned to `T`), allocated to us and reachable by nobody else.
+        unsafe {
+            if Layout::<T>::HEADED {
+                base.cast::<&'static VTable>().write(Layout::<T>::VTABLE);
+            }
+            let value_ptr = base.add(Layout::<T>::OFFSET).cast::<T>();
+            value_ptr.write(value);
+            Ok(NonNull::new_unchecked(value_ptr))
+        }
+    }
+}
+
+impl Inner {
+    #[inline]
+    pub(crate) fn alloc_small(&mut self, class: SpanClass) -> Option<VirtAddr> {
+        if let Some(span) = self.spans.current[class.index()] {
+            // SAFETY: current spans are ours, swept and cached; no other reference to this one is live.
+            let s = unsafe { &mut *span.as_ptr() };
+            if let Some(idx) = s.next_free() {
+                if self.marking {
+                    s.mark(idx);
+                    self.marker.marked_bytes += s.elem_size();
+                    self.marker.marked_objects += 1;
+                }
+                return Some(s.object_addr(idx));
+            }
+        }
+        self.alloc_small_slow(class)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&mut self, class: SpanClass) -> Option<VirtAddr> {
+        let bytes = self.refill(class)?;
+        let slot = self.alloc_small(class);
+        debug_assert!(slot.is_some(), "a fresh current span has room");
+        self.pay(bytes);
+        slot
+    }
+
+    /// Packs a pointer-free object of `size < 16` bytes into the tiny block (Go's tiny allocator).
+    pub(crate) fn alloc_tiny(&mut self, size: usize, align: usize) -> Option<VirtAddr> {
+        let (block, used) = self.tiny;
+        let at = used.next_multiple_of(align);
+        if block != 0 && at + size <= TINY_SIZE {
+            self.tiny.1 = at + size;
+            return Some(VirtAddr::new(block + at as u64));
+        }
+        let fresh = self.alloc_small(TINY_CLASS)?;
+        // Keep whichever block has more room left (as Go does).
+        if block == 0 || size < used {
+            self.tiny = (fresh.as_u64(), size);
+        }
+        Some(fresh)
+    }
+
+    /// A span of its own for an object of `size` bytes.
+    pub(crate) fn alloc_large(&mut self, size: usize, noscan: bool) -> Option<VirtAddr> {
+        let npages = PageCount::covering(size)?;
+        let class = SpanClass::new(SizeClass::LARGE, noscan);
+        let span = self.marker.source.alloc_span(class, npages)?;
+        // SAFETY: a fresh span, ours alone.
+        let s = unsafe { &mut *span.as_ptr() };
+        let bytes = npages.bytes();
+        if self.marking {
+            s.mark(0);
+            self.marker.marked_bytes += bytes;
+            self.marker.marked_objects += 1;
+        }
+        let addr = s.base();
+        self.spans.pages += npages.0;
+        self.spans.put_swept(span, self.sweepgen);
+        self.heap_live += bytes;
+        self.pay(bytes);
+        Some(addr)
+    }
+
+    /// Makes a span with a free slot the current span of `class`; returns the bytes it brings.
+    fn refill(&mut self, class: SpanClass) -> Option<usize> {
+        let c = class.index();
+        if let Some(old) = self.spans.current[c].take() {
+            self.uncache(old);
+        }
+        let span = self.find_span(class)?;
+        // SAFETY: GC spans are ours; no other reference to this one is live.
+        let s = unsafe { &mut *span.as_ptr() };
+        s.sweepgen = self.sweepgen.wrapping_add(3);
+        let bytes = (s.nelems() - s.alloc_count()) * s.elem_size();
+        self.heap_live += bytes;
+        self.spans.current[c] = Some(span);
+        Some(bytes)
+    }
+
+    /// Puts a current span back on the lists; its free slots stop counting as live.
+    pub(crate) fn uncache(&mut self, span: NonNull<Span>) {
+        // SAFETY: GC spans are ours; no other reference to this one is live.
+        let s = unsafe { span.as_ref() };
+        self.heap_live -= (s.nelems() - s.alloc_count()) * s.elem_size();
+        self.spans.put_swept(span, self.sweepgen);
+    }
+
+    /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one.
+    fn find_span(&mut self, class: SpanClass) -> Option<NonNull<Span>> {
+        let h = self.sweepgen;
+        if let Some(s) = self.spans.take_swept_partial(class, h) {
+            return Some(s);
+        }
+        for _ in 0..SWEEP_BUDGET {
+            let Some(span) = self.spans.take_unswept(class, h) else {
+                break;
+            };
+            let t0 = self.now();
+            let kept = self.sweep_span(span, true);
+            self.log.sweep_ns += self.now().saturating_sub(t0);
+            let Some(span) = kept else { continue };
+            // SAFETY: GC spans are ours.
+            if !unsafe { span.as_ref() }.is_full() {
+                return Some(span);
+            }
+            self.spans.put_swept(span, h);
+        }
+        let span = self.marker.source.alloc_span(class, PageCount(0))?;
+        // SAFETY: a fresh span, ours alone.
+        let s = unsafe { &mut *span.as_ptr() };
+        s.sweepgen = h;
+        self.spans.pages += s.npages().0;
+        Some(span)
+    }
+
+    /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the
+    /// trigger check.
+    fn pay(&mut self, bytes: usize) {
+        if self.marking {
+            let t0 = self.now();
+            let work = self
+                .pacer
+                .assist_work(bytes, self.heap_live, self.marker.scan_work);
+            self.marker.drain(work);
+            self.stats.assists += 1;
+            self.log.assists += 1;
+            self.pause_end(t0);
+            return;
+        }
+        if self.spans.unswept_pages > 0 {
+            let pages = self.pacer.sweep_pages(bytes);
+            if pages > 0 {
+                let t0 = self.now();
+                self.sweep_pages(pages);
+                self.pause_end(t0);
+            }
+        }
+        if self.heap_live >= self.pacer.trigger {
+            self.cycle_requested = true;
+        }
+    }
+
+    /// Stress mode: mark work on every allocation.
+    fn stress_step(&mut self) {
+        if let Stress::StepEveryAlloc(budget) = self.config.stress {
+            if self.marking {
+                self.marker.drain(budget.max(1));
+                self.stats.assists += 1;
+                self.log.assists += 1;
+            }
+        }
+    }
+}

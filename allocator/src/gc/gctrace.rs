@@ -1,0 +1,132 @@
+//! Counters and the gctrace line (Go's GODEBUG=gctrace=1): one line per cycle, written at mark
+//! termination to the caller's sink (a `fn(&str)`: no_std has no stderr):
+//!
+//! `gc 7 incr: pause max 0.041 ms (root 0.012 ms, 35 steps, 12 assists), mark 1.830 ms, sweep 0.210 ms, heap 8.11 -> 9.02 -> 4.37 MiB, goal 8.74 MiB, 31208 objects marked`
+//!
+//! - `incr` or `stw`: how the mark ran.
+//! - pause max: the longest piece of collector work the mutator waited for in this cycle (for `stw`, the
+//!   whole mark); root: the cycle start (sweep termination + root scan).
+//! - mark: from the cycle start to termination (wall time, mutator included when incremental).
+//! - sweep: time spent sweeping the *previous* cycle's spans (sweeping is lazy, so it is only known
+//!   when the next cycle starts).
+//! - heap A -> B -> C: heap_live at the start, at termination, and marked (live) bytes; goal: the goal
+//!   the cycle paced to.
+//!
+//! Invariants: formatting never allocates (a fixed buffer; an over-long line is cut, not lost).
+
+use core::fmt::{self, Write};
+
+/// Collector counters since the heap was made (plus a snapshot of the pacer).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GcStats {
+    pub cycles: u64,
+    /// Pieces of collector work the mutator waited for, their total and the longest.
+    pub pauses: u64,
+    pub pause_total_ns: u64,
+    pub pause_max_ns: u64,
+    pub assists: u64,
+    pub objects_freed: u64,
+    pub bytes_freed: u64,
+    pub spans_freed: u64,
+    pub finalized: u64,
+    /// Live bytes marked by the last cycle.
+    pub last_live: usize,
+    pub heap_live: usize,
+    pub goal: usize,
+    pub trigger: usize,
+    /// Pages in GC spans, and those waiting for the sweeper.
+    pub pages: usize,
+    pub unswept_pages: usize,
+}
+
+/// What one cycle logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CycleLog {
+    pub(crate) stw: bool,
+    pub(crate) start_ns: u64,
+    pub(crate) root_ns: u64,
+    pub(crate) pause_max_ns: u64,
+    pub(crate) steps: u64,
+    pub(crate) assists: u64,
+    pub(crate) sweep_ns: u64,
+    pub(crate) heap_start: usize,
+    pub(crate) goal: usize,
+}
+
+/// One finished cycle, as the line shows it.
+pub(crate) struct Line {
+    pub(crate) cycle: u64,
+    pub(crate) log: CycleLog,
+    pub(crate) mark_ns: u64,
+    pub(crate) heap_end: usize,
+    pub(crate) live: usize,
+    pub(crate) marked_objects: usize,
+}
+
+struct Ms(u64);
+impl fmt::Display for Ms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:03} ms", self.0 / 1_000_000, self.0 / 1000 % 1000)
+    }
+}
+
+struct Mib(usize);
+impl fmt::Display for Mib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hundredths = self.0 as u64 * 100 / (1 << 20);
+        write!(f, "{}.{:02}", hundredths / 100, hundredths % 100)
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.log;
+        write!(
+            f,
+            "gc {} {}: pause max {} (root {}, {} steps, {} assists), mark {}, sweep {}, heap {} -> {} -> {} MiB, goal {} MiB, {} objects marked",
+            self.cycle,
+            if l.stw { "stw" } else { "incr" },
+            Ms(l.pause_max_ns),
+            Ms(l.root_ns),
+            l.steps,
+            l.assists,
+            Ms(self.mark_ns),
+            Ms(l.sweep_ns),
+            Mib(l.heap_start),
+            Mib(self.heap_end),
+            Mib(self.live),
+            Mib(l.goal),
+            self.marked_objects
+        )
+    }
+}
+
+/// A fixed line buffer.
+struct Buf {
+    bytes: [u8; 320],
+    len: usize,
+}
+
+impl Write for Buf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Formats `line` and hands it to `sink`.
+pub(crate) fn emit(sink: fn(&str), line: &Line) {
+    let mut b = Buf {
+        bytes: [0; 320],
+        len: 0,
+    };
+    let _ = write!(b, "{line}");
+    // A cut may split a UTF-8 sequence; the line is ASCII except type names, so keep the valid prefix.
+    let s = match core::str::from_utf8(&b.bytes[..b.len]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&b.bytes[..e.valid_up_to()]).unwrap_or(""),
+    };
+    sink(s);
+}

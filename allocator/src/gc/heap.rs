@@ -1,0 +1,447 @@
+//! [`GcHeap`]: one managed heap — its configuration, its state, the `mutate` entry point and the safe
+//! points where cycles start and end.
+//!
+//! A cycle: *start* (safe point: finish sweeping the last cycle, drop the tiny block, turn the barrier
+//! on, shade the root) -> *mark* (incremental: `step`s and allocation assists drain the grey stack;
+//! stop-the-world: all at once) -> *termination* (safe point, grey stack empty: optional checkmark,
+//! clear dead weak refs, put current spans back, `sweepgen += 2`, new goal, gctrace line) -> *sweep*
+//! (lazy: a span is swept before it is allocated from; proportional sweeping on allocation; `step`;
+//! the next start finishes it).
+//!
+//! Invariants:
+//! - Cycles start and terminate only at safe points (`GcHeap` methods taking `&mut self`, and the end of
+//!   `mutate`), where no `Gc` is on the stack and no cell is borrowed. Inside `mutate` the collector
+//!   only drains the grey stack (assists) and sweeps spans (lazy sweeping), both of which are safe with
+//!   `Gc`s on the stack (see barrier.rs).
+//! - `State::marking` mirrors `Inner::marking`; `busy` is set while `Inner` is borrowed mutably, so a
+//!   `Trace` impl or finalizer that calls back into the heap (breaking the Trace contract) panics
+//!   instead of aliasing.
+//! - `heap_live` (Go's heapLive): bytes of objects allocated since the last termination plus the bytes
+//!   marked by it; a current span counts whole when it is cached and gives back its free slots when put
+//!   back, so the allocation fast path updates no counter.
+
+use core::cell::{Cell, UnsafeCell};
+
+use super::gctrace::{CycleLog, GcStats};
+use super::mark::Marker;
+use super::mutation::{Mutation, Rootable};
+use super::pacer::{Pacer, MIN_HEAP};
+use super::spans::{SpanSet, SpanSource};
+use super::weak::WeakList;
+use crate::heap::Heap;
+use crate::platform::Platform;
+
+/// How automatic collections run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Mark in bounded steps interleaved with the mutator (explicit `step` and allocation assists).
+    Incremental,
+    /// Mark the whole heap at one safe point (sweeping stays lazy).
+    StopTheWorld,
+}
+
+/// Debug modes that make the collector run far more often than the pacer would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stress {
+    None,
+    /// A full stop-the-world collection at every safe point (the end of every `mutate`). Inside
+    /// `mutate` there are no safe points: this is "collect at every allocation" for a mutator that
+    /// allocates once per `mutate`.
+    CollectEverySafepoint,
+    /// Every allocation while marking scans this many bytes of grey objects; every safe point starts a
+    /// cycle if none runs.
+    StepEveryAlloc(usize),
+}
+
+/// Configuration of a [`GcHeap`].
+#[derive(Clone, Copy, Debug)]
+pub struct GcConfig {
+    pub mode: Mode,
+    /// Heap growth over the live heap before the next cycle, in percent (Go's GOGC); `None` = off.
+    pub gogc: Option<u32>,
+    /// Smallest heap goal (Go's heapMinimum, 4 MiB).
+    pub min_heap: usize,
+    /// Soft cap on the heap goal (Go's GOMEMLIMIT).
+    pub memory_limit: Option<usize>,
+    /// Re-mark every cycle with the world stopped and panic on any object the mark missed.
+    pub verify: bool,
+    /// Overwrite freed objects with 0xA5 (Go's clobberfree): use-after-free reads garbage at once.
+    pub poison: bool,
+    pub stress: Stress,
+    /// Monotonic nanoseconds, for gctrace times and pauses (no clock: times read 0).
+    pub clock: Option<fn() -> u64>,
+    /// Receives one gctrace line per cycle.
+    pub trace_sink: Option<fn(&str)>,
+    /// Called with the length in ns of every piece of collector work the mutator waited for
+    /// (stop-the-world cycle, cycle start, step, assist, termination).
+    pub pause_hook: Option<fn(u64)>,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Incremental,
+            gogc: Some(100),
+            min_heap: MIN_HEAP,
+            memory_limit: None,
+            verify: false,
+            poison: false,
+            stress: Stress::None,
+            clock: None,
+            trace_sink: None,
+            pause_hook: None,
+        }
+    }
+}
+
+/// Where the collector is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No mark running; spans of the last cycle may still wait for the sweeper.
+    Sweeping,
+    /// Marking: the barrier is on, allocation is black.
+    Marking,
+    /// No mark running and nothing left to sweep.
+    Idle,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: GcConfig,
+    pub(crate) marker: Marker,
+    pub(crate) spans: SpanSet,
+    pub(crate) pacer: Pacer,
+    pub(crate) weak: WeakList,
+    pub(crate) marking: bool,
+    /// Heap sweepgen (Go's mheap.sweepgen): grows by 2 per cycle.
+    pub(crate) sweepgen: u32,
+    pub(crate) heap_live: usize,
+    /// The trigger was reached inside `mutate`: start a cycle at the next safe point.
+    pub(crate) cycle_requested: bool,
+    /// Tiny allocator block and the offset of its first free byte (block 0: none).
+    pub(crate) tiny: (u64, usize),
+    /// Allocations take the slow path (a stress mode is on).
+    pub(crate) slow_alloc: bool,
+    pub(crate) stats: GcStats,
+    pub(crate) log: CycleLog,
+    #[cfg(test)]
+    pub(crate) barrier_off: bool,
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> u64 {
+        self.config.clock.map_or(0, |c| c())
+    }
+
+    /// Records a pause that began at `t0`.
+    pub(crate) fn pause_end(&mut self, t0: u64) {
+        let d = self.now().saturating_sub(t0);
+        self.stats.pauses += 1;
+        self.stats.pause_total_ns += d;
+        self.stats.pause_max_ns = self.stats.pause_max_ns.max(d);
+        self.log.pause_max_ns = self.log.pause_max_ns.max(d);
+        if let Some(h) = self.config.pause_hook {
+            h(d);
+        }
+    }
+}
+
+/// The heap's state, lent to the mutator as a [`Mutation`].
+pub(crate) struct State {
+    inner: UnsafeCell<Inner>,
+    busy: Cell<bool>,
+    marking: Cell<bool>,
+}
+
+/// Clears `busy` when a mutable borrow of `Inner` ends.
+pub(crate) struct Busy<'a>(&'a Cell<bool>);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl State {
+    /// Mutable access to the state for one operation.
+    #[inline]
+    #[allow(clippy::mut_from_ref)] // unique by the `busy` flag, checked at run time
+    pub(crate) fn enter(&self) -> (Busy<'_>, &mut Inner) {
+        if self.busy.replace(true) {
+            reentered();
+        }
+        // SAFETY: `busy` was clear, so no other `&mut Inner` is live (every one is made here and lives
+        // no longer than its `Busy`), and `Inner` is only reached through this cell.
+        (Busy(&self.busy), unsafe { &mut *self.inner.get() })
+    }
+
+    #[inline]
+    pub(crate) fn is_marking(&self) -> bool {
+        self.marking.get()
+    }
+
+    /// Exclusive access at a safe point.
+    pub(crate) fn get_mut(&mut self) -> &mut Inner {
+        self.inner.get_mut()
+    }
+
+    pub(crate) fn sync_marking(&mut self) {
+        let m = self.inner.get_mut().marking;
+        self.marking.set(m);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn reentered() -> ! {
+    panic!("gc: the heap was entered from inside the collector (a Trace impl or finalizer used it)")
+}
+
+/// A garbage-collected heap on the span heap `Heap<P>`, with root type `R`. Single-threaded (neither
+/// `Send` nor `Sync`): run one per CPU.
+pub struct GcHeap<R: Rootable> {
+    pub(crate) state: State,
+    /// The root, stored with its brand erased; lent out re-branded inside `mutate`.
+    pub(crate) root: R::Root<'static>,
+}
+
+impl<R: Rootable> GcHeap<R> {
+    /// A heap allocating its spans from `heap`, with the root `init` builds.
+    pub fn new<P: Platform, const FULL_CHECKS: bool>(
+        heap: &'static Heap<P, FULL_CHECKS>,
+        config: GcConfig,
+        init: impl for<'gc> FnOnce(&'gc Mutation<'gc>) -> R::Root<'gc>,
+    ) -> Self {
+        let source: &'static dyn SpanSource = heap;
+        let inner = Inner {
+            config,
+            marker: Marker::new(heap.gc_span_map(), source),
+            spans: SpanSet::new(),
+            pacer: Pacer::new(config.gogc, config.min_heap, config.memory_limit),
+            weak: WeakList::new(),
+            marking: false,
+            sweepgen: 2,
+            heap_live: 0,
+            cycle_requested: false,
+            tiny: (0, 0),
+            slow_alloc: config.stress != Stress::None,
+            stats: GcStats::default(),
+            log: CycleLog::default(),
+            #[cfg(test)]
+            barrier_off: false,
+        };
+        let state = State {
+            inner: UnsafeCell::new(inner),
+            busy: Cell::new(false),
+            marking: Cell::new(false),
+        };
+        let root = init(Mutation::new(&state));
+        let root = core::mem::ManuallyDrop::new(root);
+        // SAFETY: only the brand changes (lifetimes do not change layout); the original is not dropped.
+        let root =
+            unsafe { core::ptr::read(core::ptr::from_ref(&*root).cast::<R::Root<'static>>()) };
+        GcHeap { state, root }
+    }
+
+    /// Runs `f` with the heap's [`Mutation`] and the root; then a safe point (a cycle may start or end).
+    pub fn mutate<T>(
+        &mut self,
+        f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
+    ) -> T {
+        let out = {
+            // SAFETY: only the brand changes; the borrow of `self` bounds the new brand.
+            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+            f(Mutation::new(&self.state), root)
+        };
+        self.safepoint();
+        out
+    }
+
+    /// As [`GcHeap::mutate`], with the root mutable (no barrier is needed on it: the root is shaded
+    /// whole when a mark starts).
+    pub fn mutate_root<T>(
+        &mut self,
+        f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
+    ) -> T {
+        let out = {
+            // SAFETY: as in `mutate`.
+            let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
+            f(Mutation::new(&self.state), root)
+        };
+        self.safepoint();
+        out
+    }
+
+    /// Where the collector is.
+    pub fn phase(&mut self) -> Phase {
+        let inner = self.state.get_mut();
+        if inner.marking {
+            Phase::Marking
+        } else if inner.spans.unswept_pages > 0 {
+            Phase::Sweeping
+        } else {
+            Phase::Idle
+        }
+    }
+
+    /// Counters, like Go's MemStats for the collector.
+    pub fn stats(&mut self) -> GcStats {
+        let inner = self.state.get_mut();
+        let mut s = inner.stats;
+        s.heap_live = inner.heap_live;
+        s.goal = inner.pacer.goal;
+        s.trigger = inner.pacer.trigger;
+        s.pages = inner.spans.pages;
+        s.unswept_pages = inner.spans.unswept_pages;
+        s
+    }
+
+    /// Objects allocated in the heap now (dead ones not yet swept included; tiny blocks count once).
+    pub fn allocated_objects(&mut self) -> usize {
+        let mut n = 0;
+        self.state.get_mut().spans.for_each(|s| {
+            // SAFETY: GC spans are ours; read only.
+            n += unsafe { s.as_ref() }.alloc_count()
+        });
+        n
+    }
+
+    /// Changes the growth percentage (`None` = off) from the next cycle on.
+    pub fn set_gogc(&mut self, gogc: Option<u32>) {
+        self.state.get_mut().pacer.gogc = gogc;
+    }
+
+    /// Changes the memory limit from the next cycle on.
+    pub fn set_memory_limit(&mut self, limit: Option<usize>) {
+        self.state.get_mut().pacer.limit = limit;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_barrier_off(&mut self, off: bool) {
+        self.state.get_mut().barrier_off = off;
+    }
+
+    /// What happens at the end of every `mutate`.
+    fn safepoint(&mut self) {
+        let inner = self.state.get_mut();
+        match inner.config.stress {
+            Stress::CollectEverySafepoint => return self.collect(),
+            Stress::StepEveryAlloc(_) if !inner.marking => inner.cycle_requested = true,
+            _ => {}
+        }
+        if inner.marking {
+            if inner.marker.grey.is_empty() {
+                self.terminate();
+            }
+        } else if inner.cycle_requested {
+            match inner.config.mode {
+                Mode::StopTheWorld => self.stw_cycle(false),
+                Mode::Incremental => self.start_cycle(),
+            }
+        }
+    }
+
+    /// A full stop-the-world collection: finishes any cycle in progress, then marks from the root and
+    /// sweeps every span (finalizing every dead object) before returning.
+    pub fn collect(&mut self) {
+        if self.state.get_mut().marking {
+            self.finish_mark();
+        }
+        self.stw_cycle(true);
+    }
+
+    /// Does up to `budget` bytes of collector work (like a background mark worker): marking if a cycle
+    /// runs (terminating it when the grey stack empties), else sweeping; starts a cycle when the
+    /// trigger has been reached. Returns the phase afterwards.
+    pub fn step(&mut self, budget: usize) -> Phase {
+        let inner = self.state.get_mut();
+        let t0 = inner.now();
+        if inner.marking {
+            inner.marker.drain(budget.max(1));
+            inner.log.steps += 1;
+            inner.pause_end(t0);
+            if inner.marker.grey.is_empty() {
+                self.terminate();
+            }
+        } else if inner.spans.unswept_pages > 0 {
+            inner.sweep_pages(budget.div_ceil(crate::addr::PAGE_SIZE).max(1));
+            inner.pause_end(t0);
+        } else if inner.cycle_requested || inner.heap_live >= inner.pacer.trigger {
+            self.start_cycle();
+        }
+        self.phase()
+    }
+
+    /// Starts an incremental cycle now if none is running (finishing the last cycle's sweep first).
+    pub fn start_cycle(&mut self) {
+        if self.state.get_mut().marking {
+            return;
+        }
+        let t0 = self.state.get_mut().now();
+        self.begin_cycle();
+        self.state.get_mut().pause_end(t0);
+    }
+
+    /// Marks until the grey stack is empty and terminates the cycle in progress.
+    pub fn finish_mark(&mut self) {
+        let inner = self.state.get_mut();
+        if !inner.marking {
+            return;
+        }
+        let t0 = inner.now();
+        inner.marker.drain(usize::MAX);
+        self.end_cycle();
+        self.state.get_mut().pause_end(t0);
+    }
+
+    /// Sweep termination, mark setup and the root scan.
+    fn begin_cycle(&mut self) {
+        let inner = self.state.get_mut();
+        inner.sweep_all();
+        inner.begin_mark();
+        // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
+        let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+        inner.marker.tracer().trace(root);
+        self.state.sync_marking();
+    }
+
+    fn stw_cycle(&mut self, eager_sweep: bool) {
+        let t0 = self.state.get_mut().now();
+        self.begin_cycle();
+        let inner = self.state.get_mut();
+        inner.log.stw = true;
+        inner.marker.drain(usize::MAX);
+        self.end_cycle();
+        let inner = self.state.get_mut();
+        if eager_sweep {
+            inner.sweep_all();
+        }
+        inner.pause_end(t0);
+    }
+
+    /// Mark termination as a pause of its own.
+    fn terminate(&mut self) {
+        let t0 = self.state.get_mut().now();
+        self.end_cycle();
+        self.state.get_mut().pause_end(t0);
+    }
+
+    /// Mark termination; the grey stack must be empty.
+    fn end_cycle(&mut self) {
+        let inner = self.state.get_mut();
+        debug_assert!(inner.marking && inner.marker.grey.is_empty());
+        if inner.config.verify {
+            // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
+            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+            inner.checkmark(root);
+        }
+        inner.end_mark();
+        self.state.sync_marking();
+    }
+}
+
+impl<R: Rootable> Drop for GcHeap<R> {
+    fn drop(&mut self) {
+        // Every object still allocated is finalized once and every span goes back to the page heap.
+        self.state.get_mut().release_all();
+    }
+}

@@ -1,0 +1,97 @@
+//! A garbage-collected heap on the span heap: tri-color mark-sweep, stop-the-world or incremental,
+//! non-moving, precise (feature `gc`).
+//!
+//! # Usage (for kernel code)
+//!
+//! ```ignore
+//! use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mutation, Rootable, Trace, Tracer};
+//!
+//! // A managed type. `unsafe impl Trace`: report every Gc field; Drop (if any) must not touch Gc's.
+//! struct Node<'gc> {
+//!     value: u64,
+//!     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+//! }
+//! unsafe impl<'gc> Trace for Node<'gc> {
+//!     fn trace(&self, t: &mut Tracer<'_>) {
+//!         t.trace(&self.next);
+//!     }
+//! }
+//!
+//! // The root: everything that must survive between `mutate` calls hangs off it.
+//! struct Root;
+//! impl Rootable for Root {
+//!     type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>;
+//! }
+//!
+//! // HEAP: &'static spanalloc::Heap<KernelPlatform>, already `init`ed (the GC takes its spans from it).
+//! let config = GcConfig { clock: Some(now_ns), trace_sink: Some(serial_line), ..GcConfig::default() };
+//! let mut gc: GcHeap<Root> = GcHeap::new(HEAP, config, |_mc| GcCell::new(None));
+//! for i in 0..1000 {
+//!     gc.mutate(|mc, root| {
+//!         let n = Gc::new(mc, Node { value: i, next: GcCell::new(root.get()) });
+//!         root.set(mc, Some(n)); // every store of a Gc goes through a cell: that is the write barrier
+//!     });
+//!     gc.step(64 << 10); // optional: background marking/sweeping work, like Go's mark workers
+//! }
+//! gc.collect(); // full stop-the-world cycle, sweeps everything (finalizers run)
+//! ```
+//!
+//! Rules of the API (all checked by the type system except the `unsafe impl Trace` contract):
+//! - A `Gc<'gc, T>` lives inside one `mutate` call (`'gc` is that call's brand). Keep objects across
+//!   calls by making them reachable from the root. Allocation never collects inside `mutate`; cycles
+//!   start and end at safe points: the end of `mutate`, `step`, `collect`, `start_cycle`,
+//!   `finish_mark`. Allocating while a mark runs pays marking work (assists).
+//! - Gc fields change only through [`GcCell`] (`Copy` values) or [`GcRefCell`] (anything else); their
+//!   writes take the `&Mutation` and run the write barrier.
+//! - Pointer-free types without drop glue (`Trace::NEEDS_TRACE == false`, e.g. `[u64; 4]`, `u32`) get no
+//!   header, go to noscan spans and are never scanned; below 16 B they share tiny blocks.
+//! - Finalization: a dead object's `Drop` runs once, when the sweeper frees it (or when the `GcHeap` is
+//!   dropped). It must not dereference any `Gc` (its target may be freed already) nor use the heap.
+//! - Weak references: [`GcWeak::new`] / [`GcWeak::upgrade`].
+//! - Observability: [`GcConfig::trace_sink`] gets one gctrace line per cycle; [`GcConfig::verify`]
+//!   re-marks every cycle with the world stopped and panics naming any object the mark missed;
+//!   [`GcHeap::stats`] returns counters.
+//! - Memory: the collector's spans come from the `Heap`'s page heap (same spans, size classes and
+//!   pages as the explicit heap); dead spans go back to it, and its scavenger (or `Heap::trim`) returns
+//!   their frames.
+//!
+//! SMP: a `GcHeap` is neither `Send` nor `Sync`; each CPU can run its own heap on the shared `Heap`
+//! (spans are taken under the page-heap lock with interrupts masked). Parallel marking on other CPUs
+//! (the stretch goal) is not done: the grey stack and the mark bits are touched without atomics.
+//!
+//! Design (ARCHITECTURE.md, "Collector"): heap.rs (state, safe points, cycle driver), alloc.rs (current
+//! span per class, tiny allocator, large objects, assists), mark.rs (shade/scan), workbuf.rs (grey
+//! stack), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
+//! (span lists by sweepgen), pacer.rs (goal, trigger, assist ratio), cycle.rs (mark setup/termination),
+//! verify.rs (checkmark), gctrace.rs (stats and trace lines), weak.rs, object.rs (headers, vtables),
+//! trace.rs, ptr.rs, cell.rs, mutation.rs (the API types).
+
+mod alloc;
+mod barrier;
+mod cell;
+mod cycle;
+mod gctrace;
+mod heap;
+mod mark;
+mod mutation;
+mod object;
+mod pacer;
+mod ptr;
+mod spans;
+mod sweep;
+mod trace;
+mod verify;
+mod weak;
+mod workbuf;
+
+pub use cell::{GcCell, GcRefCell};
+pub use gctrace::GcStats;
+pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
+pub use mutation::{Mutation, Rootable};
+pub use pacer::MIN_HEAP;
+pub use ptr::Gc;
+pub use trace::{Trace, Tracer};
+pub use weak::GcWeak;
+
+#[cfg(test)]
+mod tests;

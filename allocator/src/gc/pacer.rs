@@ -1,0 +1,116 @@
+//! The pacer (Go's gcControllerState, simplified): when to start a cycle and how much marking each
+//! allocation pays for, so that marking ends near the heap goal.
+//!
+//! - Goal: `live + live * gogc / 100` (`gogc` off: no goal from growth), at least `min_heap`, capped by
+//!   the memory limit (but never below `live + live / 16`, so a heap over its limit still runs
+//!   mutator code between cycles instead of collecting forever).
+//! - Trigger (incremental): `live + (goal - live) * trigger / 1000`. Assists pace marking to finish
+//!   exactly at the goal (below), so the trigger only decides how long the cycle runs: it starts at 70%
+//!   of the runway and moves by feedback — earlier when the last cycle overran the goal, later when it
+//!   finished in the first half of its runway (explicit steps did the work). Stop-the-world: the goal.
+//! - Assists: while marking, allocating `b` bytes pays `b * remaining / (goal - heap_live)` bytes of
+//!   scan work (at least `b`), where `remaining` is the expected scan work (the last cycle's) less what
+//!   is done. Past the goal, an assist finishes the mark.
+//! - Sweeping: after mark termination, allocating `b` bytes sweeps `b * unswept / (trigger - live)` pages'
+//!   worth of spans, so sweeping is done before the next trigger.
+//!
+//! Integer arithmetic only (a kernel may run without floating point).
+
+/// Minimum heap goal (Go's heapMinimum).
+pub const MIN_HEAP: usize = 4 << 20;
+
+pub(crate) struct Pacer {
+    pub(crate) gogc: Option<u32>,
+    pub(crate) min_heap: usize,
+    pub(crate) limit: Option<usize>,
+    pub(crate) goal: usize,
+    pub(crate) trigger: usize,
+    /// Trigger position in the runway, per mille.
+    trigger_permille: usize,
+    /// Scan work expected for the cycle (the last cycle's).
+    pub(crate) expected_work: usize,
+    /// Pages to sweep per KiB allocated, fixed point 16.16.
+    sweep_per_kib: usize,
+    /// Sweeping owed, in pages, fixed point 16.16.
+    sweep_debt: usize,
+}
+
+impl Pacer {
+    pub(crate) fn new(gogc: Option<u32>, min_heap: usize, limit: Option<usize>) -> Self {
+        let mut p = Self {
+            gogc,
+            min_heap,
+            limit,
+            goal: 0,
+            trigger: 0,
+            trigger_permille: 700,
+            expected_work: 0,
+            sweep_per_kib: 0,
+            sweep_debt: 0,
+        };
+        p.set_goal(0, false);
+        p
+    }
+
+    fn set_goal(&mut self, live: usize, stw: bool) {
+        let grown = match self.gogc {
+            Some(g) => live
+                .saturating_add(live / 100 * g as usize)
+                .max(self.min_heap),
+            None => usize::MAX,
+        };
+        self.goal = match self.limit {
+            Some(l) => grown.min(l).max(live + live / 16),
+            None => grown,
+        };
+        self.trigger = if stw || self.goal == usize::MAX {
+            self.goal
+        } else {
+            live + (self.goal - live) / 1000 * self.trigger_permille
+        };
+    }
+
+    /// A cycle ended: `live` bytes marked, the heap was `heap_at_end` at termination, `scan_work` bytes
+    /// were scanned, `unswept_pages` now wait for the sweeper.
+    pub(crate) fn end_cycle(
+        &mut self,
+        live: usize,
+        heap_at_end: usize,
+        scan_work: usize,
+        unswept_pages: usize,
+        stw: bool,
+    ) {
+        if !stw {
+            let half = self.trigger + (self.goal.saturating_sub(self.trigger)) / 2;
+            if heap_at_end > self.goal {
+                self.trigger_permille = self.trigger_permille.saturating_sub(100).max(400);
+            } else if heap_at_end < half {
+                self.trigger_permille = (self.trigger_permille + 50).min(950);
+            }
+        }
+        self.expected_work = scan_work;
+        self.set_goal(live, stw);
+        let runway_kib = (self.trigger.saturating_sub(live) / 1024).max(1);
+        self.sweep_per_kib = (unswept_pages << 16) / runway_kib + 1;
+        self.sweep_debt = 0;
+    }
+
+    /// Scan work an allocation of `bytes` pays while marking; `usize::MAX` past the goal (finish now).
+    pub(crate) fn assist_work(&self, bytes: usize, heap_live: usize, done: usize) -> usize {
+        if heap_live >= self.goal {
+            return usize::MAX;
+        }
+        let remaining = self.expected_work.saturating_sub(done) as u128;
+        let runway = (self.goal - heap_live) as u128;
+        let work = bytes as u128 * remaining / runway;
+        (work as usize).max(bytes)
+    }
+
+    /// Pages to sweep for an allocation of `bytes`.
+    pub(crate) fn sweep_pages(&mut self, bytes: usize) -> usize {
+        self.sweep_debt += bytes.saturating_mul(self.sweep_per_kib) / 1024;
+        let pages = self.sweep_debt >> 16;
+        self.sweep_debt &= 0xffff;
+        pages
+    }
+}

@@ -1,0 +1,401 @@
+//! Host tests of the collector: the API and each mechanism on its own here, the model-based random
+//! mutator in model.rs.
+
+mod model;
+
+use std::boxed::Box;
+use std::cell::RefCell;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use super::*;
+use crate::host::{HostMachine, HostPlatform};
+use crate::Heap;
+
+/// A span heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs.
+pub(super) fn span_heap(phys_mib: usize) -> &'static Heap<HostPlatform> {
+    let m = HostMachine::new(phys_mib << 20, 4 << 30);
+    let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(m.platform)));
+    heap.init(m.space, m.window, 2 << 30).expect("heap init");
+    heap
+}
+
+pub(super) fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+std::thread_local! {
+    /// Ids of finalized objects, in order (finalizers run on the heap's thread).
+    pub(super) static FINALIZED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(super) fn take_finalized() -> Vec<u64> {
+    FINALIZED.with(|f| core::mem::take(&mut *f.borrow_mut()))
+}
+
+/// Records its id when finalized.
+pub(super) struct Probe(pub(super) u64);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        FINALIZED.with(|f| f.borrow_mut().push(self.0));
+    }
+}
+
+// SAFETY: holds no Gc; its Drop touches no Gc.
+unsafe impl Trace for Probe {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+/// A list node with a finalizer.
+pub(super) struct Node<'gc> {
+    pub(super) id: u64,
+    pub(super) next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+    pub(super) _probe: Probe,
+}
+
+// SAFETY: traces its one Gc field; Probe's Drop touches no Gc.
+unsafe impl<'gc> Trace for Node<'gc> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.next);
+    }
+}
+
+fn node<'gc>(mc: &Mutation<'gc>, id: u64, next: Option<Gc<'gc, Node<'gc>>>) -> Gc<'gc, Node<'gc>> {
+    Gc::new(
+        mc,
+        Node {
+            id,
+            next: GcCell::new(next),
+            _probe: Probe(id),
+        },
+    )
+}
+
+/// Root: a few slots.
+struct Slots;
+impl Rootable for Slots {
+    type Root<'gc> = [GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>; 4];
+}
+
+fn config() -> GcConfig {
+    GcConfig {
+        verify: true,
+        poison: true,
+        clock: Some(now_ns),
+        ..GcConfig::default()
+    }
+}
+
+fn slots_heap(cfg: GcConfig) -> GcHeap<Slots> {
+    GcHeap::new(span_heap(256), cfg, |_| Default::default())
+}
+
+/// Ids along the list from root slot `i`.
+fn list_ids(gc: &mut GcHeap<Slots>, i: usize) -> Vec<u64> {
+    gc.mutate(|_, root| {
+        let mut ids = Vec::new();
+        let mut cur = root[i].get();
+        while let Some(n) = cur {
+            ids.push(n.id);
+            cur = n.next.get();
+        }
+        ids
+    })
+}
+
+#[test]
+fn values_of_every_kind_read_back() {
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = ();
+    }
+    let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), config(), |_| ());
+    gc.mutate(|mc, _| {
+        let a = Gc::new(mc, 7u8);
+        let b = Gc::new(mc, 0xdead_beefu32);
+        let c = Gc::new(mc, [3u64; 6]);
+        let big = Gc::new(mc, [9u64; 8192]);
+        let n = node(mc, 1, None);
+        let n2 = node(mc, 2, Some(n));
+        let wide: Gc<[GcCell<_>; 5000]> =
+            Gc::new(mc, core::array::from_fn(|_| GcCell::new(Some(n2))));
+        assert_eq!((*a, *b), (7, 0xdead_beef));
+        assert!(c.iter().all(|&x| x == 3) && big.iter().all(|&x| x == 9));
+        assert!(Gc::ptr_eq(n2.next.get().unwrap(), n));
+        assert!(wide.iter().all(|c| Gc::ptr_eq(c.get().unwrap(), n2)));
+        // Tiny objects share a 16 B block.
+        let (x, y) = (Gc::new(mc, 1u16), Gc::new(mc, 2u16));
+        let gap = (y.as_ptr() as usize).wrapping_sub(x.as_ptr() as usize);
+        assert_eq!(gap, 2, "consecutive u16s are packed in one tiny block");
+        assert_eq!((*x, *y), (1, 2));
+    });
+    take_finalized();
+}
+
+#[test]
+fn collect_frees_the_unreachable_and_finalizes_each_once() {
+    let mut gc = slots_heap(config());
+    take_finalized();
+    gc.mutate(|mc, root| {
+        let mut kept = None;
+        for id in 0..1000 {
+            let n = node(mc, id, None);
+            if id % 2 == 0 {
+                n.next.set(mc, kept);
+                kept = Some(n);
+            }
+        }
+        root[0].set(mc, kept);
+    });
+    gc.collect();
+    let mut dead = take_finalized();
+    dead.sort_unstable();
+    assert_eq!(dead, (0..1000).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+    assert_eq!(list_ids(&mut gc, 0).len(), 500);
+    gc.collect();
+    assert!(
+        take_finalized().is_empty(),
+        "a second cycle finalizes nothing"
+    );
+    gc.mutate(|mc, root| root[0].set(mc, None));
+    gc.collect();
+    assert_eq!(take_finalized().len(), 500);
+    drop(gc);
+    assert!(take_finalized().is_empty());
+}
+
+#[test]
+fn dropping_the_heap_finalizes_the_live() {
+    let mut gc = slots_heap(config());
+    take_finalized();
+    gc.mutate(|mc, root| root[1].set(mc, Some(node(mc, 5, Some(node(mc, 6, None))))));
+    drop(gc);
+    let mut f = take_finalized();
+    f.sort_unstable();
+    assert_eq!(f, [5, 6]);
+}
+
+#[test]
+fn dead_spans_go_back_to_the_page_heap_and_frames_to_the_frame_allocator() {
+    let heap = span_heap(256);
+    let mut gc: GcHeap<Slots> = GcHeap::new(heap, config(), |_| Default::default());
+    let before = heap.stats();
+    gc.mutate(|mc, root| {
+        for i in 0..20_000 {
+            let n = node(mc, i, root[0].get());
+            root[0].set(mc, Some(n));
+            Gc::new(mc, [i; 100]);
+        }
+    });
+    let full = heap.stats();
+    assert!(full.pages.in_use > before.pages.in_use + 2000);
+    gc.mutate(|mc, root| root[0].set(mc, None));
+    gc.collect();
+    let after = gc.stats();
+    assert_eq!(gc.allocated_objects(), 0);
+    assert_eq!(after.pages, 0, "every span went back");
+    let s = heap.stats();
+    assert!(s.pages.in_use <= before.pages.in_use + 1, "{s}");
+    heap.trim();
+    let trimmed = heap.stats();
+    assert!(
+        trimmed.frames_held.0 + 4000 < full.frames_held.0,
+        "frames held: {} full, {} trimmed",
+        full.frames_held.0,
+        trimmed.frames_held.0
+    );
+    take_finalized();
+}
+
+/// root[0] -> A -> W, root[1] -> B. The mark scans B first (LIFO), then the mutator moves W from A to B.
+fn move_behind_the_marker(barrier: bool) {
+    let mut gc = slots_heap(config());
+    gc.mutate(|mc, root| {
+        root[0].set(mc, Some(node(mc, 1, Some(node(mc, 99, None)))));
+        root[1].set(mc, Some(node(mc, 2, None)));
+    });
+    gc.start_cycle();
+    assert_eq!(gc.phase(), Phase::Marking);
+    gc.step(1); // scans B (pushed last), leaving A grey and W white
+    gc.set_barrier_off(!barrier);
+    gc.mutate(|mc, root| {
+        let (a, b) = (root[0].get().unwrap(), root[1].get().unwrap());
+        b.next.set(mc, a.next.get());
+        a.next.set(mc, None);
+    });
+    gc.set_barrier_off(false);
+    gc.finish_mark();
+    gc.collect();
+    assert_eq!(list_ids(&mut gc, 1), [2, 99]);
+    take_finalized();
+}
+
+#[test]
+fn the_barrier_keeps_an_object_moved_behind_the_marker() {
+    move_behind_the_marker(true);
+}
+
+#[test]
+#[should_panic(expected = "reachable from the roots but the mark missed it")]
+fn checkmark_names_an_object_the_mark_missed() {
+    move_behind_the_marker(false);
+}
+
+#[test]
+fn objects_allocated_while_marking_are_black() {
+    let mut gc = slots_heap(config());
+    take_finalized();
+    gc.mutate(|mc, root| {
+        let mut list = None;
+        for id in 10..110 {
+            list = Some(node(mc, id, list));
+        }
+        root[0].set(mc, list);
+        root[3].set(mc, Some(node(mc, 1, None)));
+    });
+    gc.start_cycle();
+    gc.step(1); // the root pushed node 1 last: it is scanned (black), the list is still grey
+    gc.mutate(|mc, root| {
+        assert!(mc.is_marking());
+        let a = root[3].get().unwrap();
+        a.next.set(mc, Some(node(mc, 2, Some(node(mc, 3, None)))));
+    });
+    gc.finish_mark(); // verification fails here if 2 and 3 were white
+    while gc.step(1 << 20) == Phase::Sweeping {}
+    assert_eq!(take_finalized(), [] as [u64; 0]);
+    assert_eq!(list_ids(&mut gc, 3), [1, 2, 3]);
+    assert_eq!(list_ids(&mut gc, 0).len(), 100);
+}
+
+#[test]
+fn weak_refs_follow_their_target() {
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = (
+            GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+            GcRefCell<'gc, Vec<GcWeak<'gc, Node<'gc>>>>,
+        );
+    }
+    let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), config(), |_| {
+        (GcCell::new(None), GcRefCell::new(Vec::new()))
+    });
+    gc.mutate(|mc, root| {
+        let (a, b) = (node(mc, 1, None), node(mc, 2, None));
+        root.0.set(mc, Some(a));
+        let mut w = root.1.borrow_mut(mc);
+        w.push(GcWeak::new(mc, a));
+        w.push(GcWeak::new(mc, b));
+    });
+    gc.collect();
+    gc.mutate(|mc, root| {
+        let w = root.1.borrow();
+        assert_eq!(w[0].upgrade(mc).map(|n| n.id), Some(1));
+        assert!(w[1].is_dead() && w[1].upgrade(mc).is_none());
+        root.0.set(mc, None);
+    });
+    // Upgrading during a mark keeps an otherwise unreachable target alive.
+    gc.start_cycle();
+    gc.mutate(|mc, root| {
+        let a = root.1.borrow()[0].upgrade(mc).unwrap();
+        root.0.set(mc, Some(a));
+    });
+    gc.collect();
+    gc.mutate(|mc, root| {
+        assert_eq!(root.1.borrow()[0].upgrade(mc).map(|n| n.id), Some(1));
+        root.0.set(mc, None);
+    });
+    gc.collect();
+    gc.mutate(|mc, root| assert!(root.1.borrow()[0].upgrade(mc).is_none()));
+    take_finalized();
+}
+
+#[test]
+fn gctrace_writes_one_line_per_cycle() {
+    fn sink(s: &str) {
+        LINES.with(|l| l.borrow_mut().push(s.to_string()));
+    }
+    let mut gc = slots_heap(GcConfig {
+        trace_sink: Some(sink),
+        ..config()
+    });
+    gc.mutate(|mc, root| root[0].set(mc, Some(node(mc, 1, None))));
+    gc.collect();
+    gc.start_cycle();
+    while gc.step(64) == Phase::Marking {}
+    let lines = LINES.with(|l| core::mem::take(&mut *l.borrow_mut()));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("gc 1 stw: pause max "), "{}", lines[0]);
+    assert!(
+        lines[1].starts_with("gc 2 incr: pause max "),
+        "{}",
+        lines[1]
+    );
+    for l in &lines {
+        assert!(
+            l.contains(" -> ") && l.contains("goal 4.00 MiB") && l.contains("1 objects marked")
+        );
+    }
+    take_finalized();
+}
+
+/// Allocates `mib` MiB of garbage in many `mutate` calls, keeping a list of `keep` nodes alive.
+fn churn(gc: &mut GcHeap<Slots>, mib: usize, keep: u64) {
+    gc.mutate(|mc, root| {
+        let mut head = None;
+        for id in 0..keep {
+            head = Some(node(mc, id, head));
+        }
+        root[0].set(mc, head);
+    });
+    for _ in 0..mib * 64 {
+        gc.mutate(|mc, _| {
+            for i in 0..256 {
+                Gc::new(mc, [i as u64; 8]);
+            }
+        });
+    }
+}
+
+#[test]
+fn the_pacer_runs_cycles_and_keeps_the_heap_near_its_goal() {
+    for mode in [Mode::Incremental, Mode::StopTheWorld] {
+        let mut gc = slots_heap(GcConfig {
+            mode,
+            verify: false,
+            ..config()
+        });
+        churn(&mut gc, 64, 20_000);
+        let s = gc.stats();
+        assert!(s.cycles >= 8, "{mode:?}: {s:?}");
+        assert!(s.pages * crate::PAGE_SIZE < 3 * MIN_HEAP, "{mode:?}: {s:?}");
+        assert_eq!(list_ids(&mut gc, 0).len(), 20_000);
+        if mode == Mode::Incremental {
+            assert!(s.assists > 0, "{s:?}");
+        }
+        take_finalized();
+    }
+}
+
+#[test]
+fn gogc_off_never_collects_and_a_memory_limit_still_does() {
+    let mut gc = slots_heap(GcConfig {
+        gogc: None,
+        ..config()
+    });
+    churn(&mut gc, 16, 10);
+    assert_eq!(gc.stats().cycles, 0);
+    gc.set_memory_limit(Some(8 << 20));
+    gc.collect();
+    churn(&mut gc, 32, 10);
+    let s = gc.stats();
+    assert!(s.cycles >= 3, "{s:?}");
+    assert!(s.pages * crate::PAGE_SIZE <= 10 << 20, "{s:?}");
+    take_finalized();
+}

@@ -1,0 +1,192 @@
+//! Precise tracing: the [`Trace`] trait every managed type implements, and the [`Tracer`] it reports
+//! its `Gc` pointers to.
+//!
+//! Invariants (the contract of `unsafe impl Trace`, on which the collector's soundness rests):
+//! - `trace` passes every `Gc` the value holds directly (not behind another `Gc`) to the tracer, and
+//!   `NEEDS_TRACE` is false only for types that can hold none.
+//! - Gc pointers inside the value change only through [`GcCell`](super::GcCell) /
+//!   [`GcRefCell`](super::GcRefCell) (whose writes run the barrier), never through `core::cell` types.
+//! - Neither `trace` nor the type's `Drop` (the finalizer, run when the sweeper frees the object)
+//!   touches the GC heap: no allocation, no cell writes, and `Drop` dereferences no `Gc` (the object it
+//!   points to may have been freed first). Holding `Gc`s and being dropped is fine.
+
+use core::cell::{Cell, RefCell};
+use core::marker::PhantomData;
+
+use super::mark::Marker;
+use crate::addr::VirtAddr;
+
+/// A type the collector can trace. See the module documentation for the contract.
+///
+/// # Safety
+/// Implementors promise the contract in the module documentation: a missed `Gc` is freed while still
+/// reachable, and a `Drop` that dereferences a `Gc` may read freed memory.
+pub unsafe trait Trace {
+    /// Whether the type may hold `Gc` pointers. `false` puts headerless objects in noscan spans.
+    const NEEDS_TRACE: bool = true;
+
+    /// Reports every `Gc` held by `self` to `t` (usually by calling `t.trace(&field)` on each field).
+    fn trace(&self, t: &mut Tracer<'_>);
+}
+
+/// Receives the pointers a [`Trace`] impl reports; marks them (or checks them, in verification).
+pub struct Tracer<'a> {
+    pub(crate) m: &'a mut Marker,
+}
+
+impl Tracer<'_> {
+    /// Traces `value` (a no-op for types without pointers).
+    #[inline]
+    pub fn trace<T: Trace + ?Sized>(&mut self, value: &T) {
+        if T::NEEDS_TRACE {
+            value.trace(self);
+        }
+    }
+
+    /// Shades the object at `addr` (a `Gc`'s address).
+    #[inline]
+    pub(crate) fn edge(&mut self, addr: VirtAddr) {
+        self.m.shade(addr);
+    }
+}
+
+macro_rules! leaf {
+    ($($t:ty),*) => {$(
+        // SAFETY: holds no Gc.
+        unsafe impl Trace for $t {
+            const NEEDS_TRACE: bool = false;
+            #[inline]
+            fn trace(&self, _: &mut Tracer<'_>) {}
+        }
+    )*};
+}
+
+leaf!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    (),
+    str
+);
+
+// SAFETY: a `'static` reference cannot point at a `Gc<'gc, _>` (those never live for `'static`).
+unsafe impl<T: ?Sized + 'static> Trace for &'static T {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+// SAFETY: holds no value.
+unsafe impl<T: ?Sized> Trace for PhantomData<T> {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+// SAFETY: a `'static` type holds no `Gc` (module docs of `&'static T`), so unbarriered mutation is fine.
+unsafe impl<T: Copy + 'static> Trace for Cell<T> {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+// SAFETY: as for `Cell`.
+unsafe impl<T: 'static> Trace for RefCell<T> {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+// SAFETY: traces the value when present.
+unsafe impl<T: Trace> Trace for Option<T> {
+    const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+    #[inline]
+    fn trace(&self, t: &mut Tracer<'_>) {
+        if let Some(v) = self {
+            t.trace(v);
+        }
+    }
+}
+
+// SAFETY: traces both variants' values.
+unsafe impl<T: Trace, E: Trace> Trace for Result<T, E> {
+    const NEEDS_TRACE: bool = T::NEEDS_TRACE || E::NEEDS_TRACE;
+    fn trace(&self, t: &mut Tracer<'_>) {
+        match self {
+            Ok(v) => t.trace(v),
+            Err(e) => t.trace(e),
+        }
+    }
+}
+
+// SAFETY: traces every element.
+unsafe impl<T: Trace> Trace for [T] {
+    const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+    fn trace(&self, t: &mut Tracer<'_>) {
+        for v in self {
+            t.trace(v);
+        }
+    }
+}
+
+// SAFETY: traces every element.
+unsafe impl<T: Trace, const N: usize> Trace for [T; N] {
+    const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+    fn trace(&self, t: &mut Tracer<'_>) {
+        for v in self {
+            t.trace(v);
+        }
+    }
+}
+
+macro_rules! tuple {
+    ($($n:tt $t:ident),*) => {
+        // SAFETY: traces every field.
+        unsafe impl<$($t: Trace),*> Trace for ($($t,)*) {
+            const NEEDS_TRACE: bool = false $(|| $t::NEEDS_TRACE)*;
+            fn trace(&self, t: &mut Tracer<'_>) {
+                $(t.trace(&self.$n);)*
+            }
+        }
+    };
+}
+
+tuple!(0 A);
+tuple!(0 A, 1 B);
+tuple!(0 A, 1 B, 2 C);
+tuple!(0 A, 1 B, 2 C, 3 D);
+
+#[cfg(any(test, feature = "std"))]
+mod std_impls {
+    use super::{Trace, Tracer};
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    // SAFETY: traces every element. A `Vec` of `Gc`s may only be changed inside a `GcRefCell`, whose
+    // `borrow_mut` runs the barrier (Trace contract), so the buffer never changes unseen.
+    unsafe impl<T: Trace> Trace for Vec<T> {
+        const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+        fn trace(&self, t: &mut Tracer<'_>) {
+            for v in self {
+                t.trace(v);
+            }
+        }
+    }
+
+    // SAFETY: traces the boxed value.
+    unsafe impl<T: Trace + ?Sized> Trace for Box<T> {
+        const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+        fn trace(&self, t: &mut Tracer<'_>) {
+            t.trace(&**self);
+        }
+    }
+}
