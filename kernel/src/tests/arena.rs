@@ -2,9 +2,10 @@
 //! unmapped ones fault (the TLB was invalidated), and every frame, data and table alike, goes back.
 //!
 //! Scratch pages come from the top 1 GiB of the heap window, which the heap never reaches (see
-//! [`scratch`]), so the tests can map there while the heap runs.
+//! [`scratch`]), so the tests can map there while the heap runs. The heap is kept [`Quiet`] meanwhile, so
+//! the frame counts move only with what the tests map.
 
-use crate::heap::{HEAP, HEAP_MAX_BYTES};
+use crate::heap::{Quiet, HEAP, HEAP_MAX_BYTES};
 use crate::ktest::TestCtx;
 use crate::platform::KernelPlatform;
 use crate::probe::probe_read;
@@ -89,6 +90,7 @@ fn page_ptr(start: Page, i: u64) -> *mut u64 {
 
 pub fn arena_map_write_read(ctx: &mut TestCtx) {
     let start = scratch(ctx);
+    let _quiet = Quiet::new();
     let baseline = Baseline::take();
     let took = map_scratch(start);
     // 256 pages in one 2 MiB-aligned run need one P1 table, plus a P2 and a P3 unless the window has them.
@@ -148,6 +150,7 @@ fn assert_faults(addr: VirtAddr, why: &str) {
 
 pub fn unmapped_arena_page_faults(ctx: &mut TestCtx) {
     let start = scratch(ctx);
+    let _quiet = Quiet::new();
     let baseline = Baseline::take();
     map_scratch(start);
     // An odd offset inside each page, so CR2 is checked to the byte.

@@ -1,9 +1,11 @@
 //! spanalloc as the kernel's global allocator: `alloc`'s collections, a million random operations, memory
 //! given back to the frame allocator, and allocation failure as a null pointer.
+//!
+//! Heap snapshots are compared only under a [`Quiet`] guard: the timer handler allocates too.
 
 use super::workload::{Rng, Workload};
 use crate::clock::Instant;
-use crate::heap::HEAP;
+use crate::heap::{Quiet, HEAP};
 use crate::ktest::TestCtx;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -14,6 +16,7 @@ use core::fmt::Write;
 use spanalloc::{Stats, FRAME_SIZE};
 
 pub fn global_alloc_collections(_ctx: &mut TestCtx) {
+    let _quiet = Quiet::new();
     let start = HEAP.stats();
     {
         let numbers: Vec<u64> = (0..10_000).collect();
@@ -71,9 +74,12 @@ const MAX_LIVE_BYTES: usize = 96 << 20;
 
 pub fn random_workload_1m(_ctx: &mut TestCtx) {
     const OPS: u64 = 1_000_000;
+    let quiet = Quiet::new();
     let start = HEAP.stats();
     let mut workload = Workload::new(SLOTS, MAX_LIVE_BYTES);
     let with_table = HEAP.stats();
+    // The timer handler's allocations interleave with the run's.
+    drop(quiet);
     let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     let clock = Instant::now();
     let counts = workload.run(&mut rng, OPS);
@@ -96,6 +102,7 @@ pub fn random_workload_1m(_ctx: &mut TestCtx) {
         per_second(in_heap),
     );
     log::info!("heap at the end of the run:\n{}", HEAP.stats());
+    let _quiet = Quiet::new();
     workload.free_all();
     let freed = HEAP.stats();
     assert_eq!(
@@ -116,6 +123,7 @@ fn non_meta_frames(s: &Stats) -> u64 {
 pub fn frames_return_to_baseline(_ctx: &mut TestCtx) {
     const OPS: u64 = 100_000;
     const SEED: u64 = 0xba5e_11fe;
+    let _quiet = Quiet::new();
     let mut workload = Workload::new(SLOTS, MAX_LIVE_BYTES);
     let before = HEAP.stats();
     let mut run = || {
@@ -183,6 +191,7 @@ pub fn out_of_memory_returns_null(ctx: &mut TestCtx) {
         "the machine has {} B of managed memory: not too little for {huge:?}",
         ctx.memory.frames.managed.bytes()
     );
+    let _quiet = Quiet::new();
     let before = HEAP.stats();
     // SAFETY: a valid layout with a non-zero size.
     let p = unsafe { HEAP.alloc(huge) };
