@@ -1,7 +1,8 @@
 //! The kernel command line: what the runner asked this boot to do.
 //!
 //! Grammar (space-separated words): options `key=value` anywhere, and at most one command:
-//! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test).
+//! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test),
+//! `bench` (measure allocator throughput on 1, 2 and 4 CPUs).
 //! Options: `log=<off|error|warn|info|debug|trace>` (default `info`).
 
 use core::fmt;
@@ -10,7 +11,8 @@ use log::LevelFilter;
 /// The fw_cfg file the runner writes the command line to.
 pub const FW_CFG_FILE: &str = "opt/spanalloc/cmdline";
 
-pub const USAGE: &str = "[demo | list | test <name>] [log=<off|error|warn|info|debug|trace>]";
+pub const USAGE: &str =
+    "[demo | list | test <name> | bench] [log=<off|error|warn|info|debug|trace>]";
 
 /// Longest command line accepted; anything longer is a runner bug, not a real request.
 pub const MAX_LEN: usize = 4096;
@@ -20,6 +22,7 @@ pub enum Command<'a> {
     Demo,
     List,
     Test(&'a str),
+    Bench,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,7 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
         [] | ["demo"] => (Command::Demo, &[][..]),
         ["demo", rest @ ..] => (Command::Demo, rest),
         ["list", rest @ ..] => (Command::List, rest),
+        ["bench", rest @ ..] => (Command::Bench, rest),
         ["test"] => return Err(CmdlineError::MissingTestName),
         ["test", name, rest @ ..] => (Command::Test(name), rest),
         [unknown, ..] => return Err(CmdlineError::UnknownCommand(unknown)),

@@ -16,7 +16,7 @@ use spin::Mutex;
 pub struct TestCtx<'a> {
     pub boot_info: &'a BootInfo,
     pub memory: &'a MemoryReport,
-    /// CPUs the machine has (QEMU's `-smp`); only the boot CPU runs so far.
+    /// CPUs the machine has (QEMU's `-smp`); SMP bring-up has started all it could before the test.
     pub cpus: usize,
 }
 
@@ -48,7 +48,6 @@ impl KernelTest {
         }
     }
 
-    #[allow(dead_code)] // No test needs more than one CPU until SMP bring-up lands.
     pub const fn min_cpus(self, cpus: usize) -> Self {
         Self {
             min_cpus: cpus,

@@ -13,6 +13,7 @@ extern crate alloc;
 
 mod acpi;
 mod apic;
+mod bench;
 mod clock;
 mod cmdline;
 mod demo;
@@ -79,6 +80,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     match cmdline.command {
         Command::Demo => demo::run(boot_info, &report, cpus),
         Command::List => ktest::list(tests::TESTS),
+        Command::Bench => bench::run(),
         Command::Test(name) => {
             let mut ctx = ktest::TestCtx {
                 boot_info,

@@ -51,6 +51,8 @@ static AP_TABLES: [AtomicPtr<gdt::CpuTables>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 /// What the MADT listed (after [`init`]).
 static MADT: Once<Madt> = Once::new();
+/// The CPUs that did not come up (after [`init`]).
+static FAILED: Once<Vec<Failure>> = Once::new();
 
 /// The online CPUs, as a mask of indices.
 pub fn online_mask() -> u64 {
@@ -67,6 +69,11 @@ pub fn madt() -> Option<&'static Madt> {
     MADT.get()
 }
 
+/// The CPUs that failed to start (empty before [`init`]).
+pub fn failures() -> &'static [Failure] {
+    FAILED.get().map_or(&[], Vec::as_slice)
+}
+
 /// The indices of the set bits of `mask`, lowest first.
 pub fn bits(mask: u64) -> impl Iterator<Item = usize> {
     (0..64).filter(move |bit| mask & (1 << bit) != 0)
@@ -79,17 +86,15 @@ pub struct Failure {
     pub reason: &'static str,
 }
 
-/// What bring-up achieved.
-#[derive(Debug, Default)]
-pub struct SmpReport {
-    /// Enabled processors in the MADT (0 if it could not be read).
-    pub listed: usize,
-    pub failed: Vec<Failure>,
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        write!(f, "APIC id {}: {}", self.apic_id, self.reason)
+    }
 }
 
 /// Brings every CPU up; call once on the boot CPU after memory take-over and `clock::init`. Interrupts are
 /// enabled on every CPU when it returns. Problems are reported and leave fewer CPUs online; nothing hangs.
-pub fn init(boot_info: &BootInfo, memory: &MemoryReport) -> SmpReport {
+pub fn init(boot_info: &BootInfo, memory: &MemoryReport) {
     pic::disable();
     let phys = apic::init(memory.phys_offset);
     let bsp = percpu::get(0);
@@ -100,7 +105,8 @@ pub fn init(boot_info: &BootInfo, memory: &MemoryReport) -> SmpReport {
     log::debug!("smp: local APIC at {phys:#x}");
     println!("smp: cpu 0 online (boot CPU), APIC id {}", apic::id());
 
-    let mut report = SmpReport::default();
+    let mut listed = 0;
+    let mut failed = Vec::new();
     let madt = boot_info
         .rsdp_addr
         .into_option()
@@ -114,21 +120,17 @@ pub fn init(boot_info: &BootInfo, memory: &MemoryReport) -> SmpReport {
     match madt {
         Ok(madt) => {
             let madt = MADT.call_once(|| madt);
-            report.listed = madt.enabled().count();
-            start_aps(madt, memory, &mut report);
+            listed = madt.enabled().count();
+            start_aps(madt, memory, &mut failed);
         }
         Err(why) => println!("smp: {why}; running on the boot CPU only"),
     }
+    FAILED.call_once(|| failed);
     x86_64::instructions::interrupts::enable();
-    println!(
-        "smp: {} of {} CPUs online",
-        online_count(),
-        report.listed.max(1)
-    );
-    report
+    println!("smp: {} of {} CPUs online", online_count(), listed.max(1));
 }
 
-fn start_aps(madt: &Madt, memory: &MemoryReport, report: &mut SmpReport) {
+fn start_aps(madt: &Madt, memory: &MemoryReport, failed: &mut Vec<Failure>) {
     let bsp_apic = apic::id();
     let aps: Vec<_> = madt
         .enabled()
@@ -157,7 +159,7 @@ fn start_aps(madt: &Madt, memory: &MemoryReport, report: &mut SmpReport) {
                 "smp: CPU with APIC id {} failed to start: {reason}; skipped",
                 ap.apic_id
             );
-            report.failed.push(Failure {
+            failed.push(Failure {
                 apic_id: ap.apic_id,
                 reason,
             });

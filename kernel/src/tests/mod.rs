@@ -8,6 +8,7 @@ mod faults;
 mod frames;
 mod heap;
 mod panics;
+mod smp;
 mod workload;
 
 use crate::ktest::KernelTest;
@@ -46,4 +47,23 @@ pub static TESTS: &[KernelTest] = &[
         .should_panic(bad_free::DOUBLE_FREE_LARGE),
     KernelTest::new("bad_free_double_small", bad_free::bad_free_double_small)
         .should_panic(bad_free::DOUBLE_FREE_SMALL),
+    // SMP: every CPU up, and the heap under real concurrency (booted with 4 CPUs, QEMU's default here).
+    KernelTest::new("smp_all_cpus_online", smp::smp_all_cpus_online).min_cpus(4),
+    KernelTest::new("smp_concurrent_alloc", smp::smp_concurrent_alloc).min_cpus(4),
+    KernelTest::new("smp_remote_free", smp::smp_remote_free).min_cpus(4),
+    KernelTest::new(
+        "smp_alloc_in_timer_interrupt",
+        smp::smp_alloc_in_timer_interrupt,
+    )
+    .min_cpus(4),
+    KernelTest::new(
+        "smp_unmap_while_others_allocate",
+        smp::smp_unmap_while_others_allocate,
+    )
+    .min_cpus(4),
+    KernelTest::new(
+        "smp_frames_return_to_baseline",
+        smp::smp_frames_return_to_baseline,
+    )
+    .min_cpus(4),
 ];

@@ -1,0 +1,155 @@
+//! The `bench` command: throughput of one fixed alloc/free workload on 1, 2 and 4 CPUs in one boot, for
+//! spanalloc (the global heap) and, as the baseline a hobby kernel would otherwise use,
+//! `buddy_system_allocator::LockedHeap` (one spin lock around a buddy heap) over an arena of its own.
+//!
+//! Output: a table, then one line per measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, for scripts.
+//!
+//! Method: every CPU of a run does the same number of operations (so total work grows with the CPUs: ideal
+//! scaling keeps the time flat and multiplies ops/s); a run's time is from the first CPU's start to the last
+//! CPU's end, after a barrier. Each configuration runs [`REPEATS`] times and the median is reported. The
+//! timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG the
+//! vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
+//!
+//! Invariant: the buddy heap is only used here, and never from an interrupt handler (its lock does not mask
+//! interrupts, so an allocating handler could deadlock on it).
+
+use crate::clock::{self, Instant};
+use crate::heap::HEAP;
+use crate::smp::{self, run_on};
+use crate::{println, qemu};
+use alloc::vec::Vec;
+use buddy_system_allocator::LockedHeap;
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Alloc+free pairs per CPU per run.
+const PAIRS_PER_CPU: u64 = 200_000;
+/// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
+const LIVE: usize = 64;
+const REPEATS: usize = 3;
+/// The buddy heap's arena.
+const BUDDY_ARENA: usize = 32 << 20;
+
+static BUDDY: LockedHeap<32> = LockedHeap::empty();
+
+/// xorshift64*: the same size sequence for both allocators.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn between(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+}
+
+/// Sizes skewed small, as kernel objects are: 75% 8..128 B, 25% 129..1024 B.
+fn size(rng: &mut Rng) -> usize {
+    if rng.next() % 4 < 3 {
+        rng.between(8, 128)
+    } else {
+        rng.between(129, 1024)
+    }
+}
+
+/// One CPU's share: `PAIRS_PER_CPU` allocations and as many frees, touching each block's first and last byte.
+fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut ring: [(*mut u8, Layout); LIVE] = [(core::ptr::null_mut(), Layout::new::<u8>()); LIVE];
+    for i in 0..PAIRS_PER_CPU as usize + LIVE {
+        let slot = &mut ring[i % LIVE];
+        if !slot.0.is_null() {
+            // SAFETY: allocated below from `heap` with this layout, freed once.
+            unsafe { heap.dealloc(slot.0, slot.1) };
+            slot.0 = core::ptr::null_mut();
+        }
+        if i >= PAIRS_PER_CPU as usize {
+            continue;
+        }
+        let layout = Layout::from_size_align(size(&mut rng), 8).expect("layout");
+        // SAFETY: the size is not zero.
+        let p = unsafe { heap.alloc(layout) };
+        assert!(!p.is_null(), "bench: out of memory for {layout:?}");
+        // SAFETY: a fresh block of layout.size() >= 1 bytes.
+        unsafe {
+            p.write(i as u8);
+            p.add(layout.size() - 1).write(i as u8);
+        }
+        *slot = (p, layout);
+    }
+}
+
+/// Runs the workload on CPUs `0..cpus` at once; returns operations (allocs + frees) per second.
+fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize) -> u64 {
+    let arrived = AtomicUsize::new(0);
+    let first_start = AtomicU64::new(u64::MAX);
+    let last_end = AtomicU64::new(0);
+    run_on((1u64 << cpus) - 1, &|cpu| {
+        arrived.fetch_add(1, Ordering::AcqRel);
+        while arrived.load(Ordering::Acquire) < cpus {
+            core::hint::spin_loop();
+        }
+        first_start.fetch_min(clock::ticks(), Ordering::AcqRel);
+        workload(heap, 0xbe4c_0000 + cpu as u64);
+        last_end.fetch_max(clock::ticks(), Ordering::AcqRel);
+    });
+    let elapsed = clock::ticks_to_duration(last_end.into_inner() - first_start.into_inner());
+    let ops = 2 * PAIRS_PER_CPU * cpus as u64;
+    (u128::from(ops) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64
+}
+
+fn median(mut samples: Vec<u64>) -> u64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+pub fn run() -> ! {
+    let arena = Layout::from_size_align(BUDDY_ARENA, 4096).expect("layout");
+    // SAFETY: a non-zero layout; the arena is never freed (the boot ends with this command).
+    let base = unsafe { HEAP.alloc(arena) };
+    assert!(
+        !base.is_null(),
+        "bench: no memory for the buddy heap's {BUDDY_ARENA} B arena"
+    );
+    // SAFETY: the arena is ours, writable, and handed to the buddy heap once.
+    unsafe { BUDDY.lock().init(base as usize, BUDDY_ARENA) };
+
+    let online = smp::online_count();
+    let counts: Vec<usize> = [1, 2, 4].into_iter().filter(|&n| n <= online).collect();
+    println!(
+        "bench: {PAIRS_PER_CPU} alloc+free pairs per CPU (8..1024 B, {LIVE} live per CPU), median of \
+         {REPEATS} runs, {online} CPUs online"
+    );
+    let clock = Instant::now();
+    let mut results: Vec<(&str, usize, u64)> = Vec::new();
+    for &cpus in &counts {
+        let spanalloc = median((0..REPEATS).map(|_| measure(&HEAP, cpus)).collect());
+        let buddy = median((0..REPEATS).map(|_| measure(&BUDDY, cpus)).collect());
+        results.push(("spanalloc", cpus, spanalloc));
+        results.push(("buddy_locked", cpus, buddy));
+    }
+    println!(
+        "bench: {:>5} {:>16} {:>16} {:>7}",
+        "cpus", "spanalloc ops/s", "buddy ops/s", "ratio"
+    );
+    for pair in results.chunks(2) {
+        let (_, cpus, spanalloc) = pair[0];
+        let (_, _, buddy) = pair[1];
+        let ratio = spanalloc * 100 / buddy.max(1);
+        println!(
+            "bench: {cpus:>5} {spanalloc:>16} {buddy:>16} {:>3}.{:02}x",
+            ratio / 100,
+            ratio % 100
+        );
+    }
+    for (name, cpus, ops) in &results {
+        println!("BENCH {name} {cpus} {ops}");
+    }
+    println!("bench: done in {} ms", clock.elapsed().as_millis());
+    qemu::exit(qemu::ExitCode::Success)
+}
