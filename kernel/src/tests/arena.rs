@@ -7,11 +7,13 @@
 
 use crate::heap::{Quiet, HEAP, HEAP_MAX_BYTES};
 use crate::ktest::TestCtx;
-use crate::platform::KernelPlatform;
+use crate::platform::{KernelPlatform, PLATFORM};
 use crate::probe::probe_read;
 use spanalloc::addr::{Page, PageTableFlags};
 use spanalloc::arena::AddressSpace;
+use spanalloc::Platform;
 use spanalloc::{FrameCount, VirtAddr, FRAME_SIZE};
+use x86_64::instructions::interrupts;
 use x86_64::structures::idt::PageFaultErrorCode;
 
 const PAGES: u64 = 256;
@@ -91,6 +93,7 @@ fn page_ptr(start: Page, i: u64) -> *mut u64 {
 pub fn arena_map_write_read(ctx: &mut TestCtx) {
     let start = scratch(ctx);
     let _quiet = Quiet::new();
+    interrupt_guards_nest();
     let baseline = Baseline::take();
     let took = map_scratch(start);
     // 256 pages in one 2 MiB-aligned run need one P1 table, plus a P2 and a P3 unless the window has them.
@@ -131,6 +134,30 @@ pub fn arena_map_write_read(ctx: &mut TestCtx) {
         "unmapping returned other frames than mapping took"
     );
     baseline.assert_restored("after unmapping");
+}
+
+/// The address space is used with interrupts masked, and the platform's guards nest: an inner guard's drop
+/// leaves them masked, the outer one's restores them.
+fn interrupt_guards_nest() {
+    assert!(
+        interrupts::are_enabled(),
+        "precondition: tests run with interrupts enabled (smp::init enables them)"
+    );
+    with_space(|_| {
+        assert!(
+            !interrupts::are_enabled(),
+            "the heap's guard did not mask interrupts"
+        );
+        drop(PLATFORM.mask_interrupts());
+        assert!(
+            !interrupts::are_enabled(),
+            "an inner guard re-enabled interrupts while the outer one lives"
+        );
+    });
+    assert!(
+        interrupts::are_enabled(),
+        "the outer guard did not restore interrupts"
+    );
 }
 
 /// Probes `addr`, which must fault as a not-present read at exactly that address.
