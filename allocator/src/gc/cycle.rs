@@ -5,7 +5,7 @@
 //! (so no object is freed while a mark runs) and the grey stack empty at termination.
 
 use super::gctrace::{emit, CycleLog, Line};
-use super::heap::Inner;
+use super::heap::{Inner, Mode};
 use super::trace::Trace;
 use super::verify::CheckTable;
 use crate::sizeclass::NUM_SPAN_CLASSES;
@@ -50,7 +50,7 @@ impl Inner {
             heap_end,
             self.marker.scan_work,
             self.spans.unswept_pages,
-            self.log.stw,
+            self.config.mode == Mode::StopTheWorld,
         );
         if let Some(sink) = self.config.trace_sink {
             let line = Line {

@@ -396,11 +396,13 @@ impl<R: Rootable> GcHeap<R> {
     /// Sweep termination, mark setup and the root scan.
     fn begin_cycle(&mut self) {
         let inner = self.state.get_mut();
+        let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
         // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
         let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
         inner.marker.tracer().trace(root);
+        inner.log.root_ns = inner.now().saturating_sub(t0);
         self.state.sync_marking();
     }
 

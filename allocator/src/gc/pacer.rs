@@ -78,9 +78,9 @@ impl Pacer {
         heap_at_end: usize,
         scan_work: usize,
         unswept_pages: usize,
-        stw: bool,
+        stw_mode: bool,
     ) {
-        if !stw {
+        if !stw_mode {
             let half = self.trigger + (self.goal.saturating_sub(self.trigger)) / 2;
             if heap_at_end > self.goal {
                 self.trigger_permille = self.trigger_permille.saturating_sub(100).max(400);
@@ -89,19 +89,21 @@ impl Pacer {
             }
         }
         self.expected_work = scan_work;
-        self.set_goal(live, stw);
+        self.set_goal(live, stw_mode);
         let runway_kib = (self.trigger.saturating_sub(live) / 1024).max(1);
         self.sweep_per_kib = (unswept_pages << 16) / runway_kib + 1;
         self.sweep_debt = 0;
     }
 
-    /// Scan work an allocation of `bytes` pays while marking; `usize::MAX` past the goal (finish now).
+    /// Scan work an allocation of `bytes` pays while marking.
     pub(crate) fn assist_work(&self, bytes: usize, heap_live: usize, done: usize) -> usize {
-        if heap_live >= self.goal {
-            return usize::MAX;
-        }
         let remaining = self.expected_work.saturating_sub(done) as u128;
-        let runway = (self.goal - heap_live) as u128;
+        // Near and past the goal the runway is taken as a sixteenth of the goal: assists grow steep
+        // but stay bounded, trading a small overshoot for bounded pauses (a cycle can only start at a
+        // safe point, so one long `mutate` may run past the goal before marking even begins).
+        let runway = (self.goal.saturating_sub(heap_live))
+            .max(self.goal / 16)
+            .max(1) as u128;
         let work = bytes as u128 * remaining / runway;
         (work as usize).max(bytes)
     }

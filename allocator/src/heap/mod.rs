@@ -462,6 +462,10 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     }
 }
 
+/// Most pages one span freed by the collector makes the scavenger unmap.
+#[cfg(any(test, feature = "gc"))]
+const GC_SCAVENGE_STEP: usize = 64;
+
 /// The garbage collector's door to the page heap (see gc/): it takes spans straight from the page heap and
 /// keeps them itself, never on the central lists, so the explicit heap's caches never see its objects.
 #[cfg(any(test, feature = "gc"))]
@@ -495,7 +499,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let heap = guard.as_mut().expect("spans exist only after init");
         // SAFETY: forwarded from the caller.
         unsafe { heap.free_span(span) };
-        heap.scavenge_if_needed();
+        // The page heap's policy (keep an eighth of the in-use pages, at least 4 MiB, as mapped free
+        // pages), but in steps of at most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and
+        // unmapping a whole burst at once would be a pause of many milliseconds inside an allocation.
+        let s = heap.stats();
+        let retain = (s.in_use / 8).max((4 << 20) / PAGE_SIZE);
+        if s.dirty_free > retain + retain / 2 {
+            heap.scavenge((s.dirty_free - retain).min(GC_SCAVENGE_STEP));
+        }
     }
 
     /// The span map, for the collector's pointer -> span lookups while marking.

@@ -187,11 +187,7 @@ fn blob_kind() -> impl FnMut(&mut Rng) -> Option<BlobKind> {
 fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
     let reach = m.reachable();
     let mut kind = blob_kind();
-    let which = rng.below(100);
-    if std::env::var("GCDBG").is_ok() {
-        std::eprintln!("op {which} phase {:?}", gc.phase());
-    }
-    match which {
+    match rng.below(100) {
         0..=19 => {
             let (slot, blob, id) = (rng.below(ROOTS as u64) as usize, kind(rng), m.new_id());
             gc.mutate(|mc, root| {
