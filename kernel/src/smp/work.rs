@@ -71,8 +71,15 @@ pub fn run_on<F: Fn(usize) + Sync>(targets: u64, f: &F) {
     if targets & 1 != 0 {
         f(0);
     }
+    // Halt rather than spin: under emulation the vCPUs share the host's cores, and a spinning waiter takes
+    // time from the CPUs it waits for. The timer wakes it within a tick.
+    let halt = interrupts::are_enabled();
     while job.pending.load(Ordering::Acquire) != 0 {
-        core::hint::spin_loop();
+        if halt {
+            x86_64::instructions::hlt();
+        } else {
+            core::hint::spin_loop();
+        }
     }
     JOB.store(core::ptr::null_mut(), Ordering::Release);
 }
