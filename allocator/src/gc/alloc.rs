@@ -8,8 +8,9 @@
 //!   class first, Go's mcentral.cacheSpan).
 //! - The tiny block is 0 or a 16 B noscan slot allocated in the current cycle's marking state: it is
 //!   dropped when a mark starts, so a tiny object is never placed in a white block during a mark.
-//! - Assists and proportional sweeps run after the new slot is taken and before it is written: nothing
-//!   can reach the slot yet, and it is black if a mark runs.
+//! - Assists and proportional sweeps run after the new object is written (`debt` carries the bytes
+//!   from the slow path to there): every allocated slot is initialized whenever user code (a `Trace`
+//!   impl, a finalizer) runs.
 
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
@@ -52,21 +53,24 @@ impl State {
         let Some(slot) = slot else {
             return Err(value);
         };
-        if inner.slow_alloc {
-            inner.stress_step();
-        }
         let base = slot.as_mut_ptr::<u8>();
         // SAFETY: `slot` is a fresh slot of at least `Layout::<T>::SIZE` bytes aligned to `ALIGN` (the size
         // class was chosen by `for_layout(SIZE, ALIGN)`; large spans are page aligned; tiny offsets are
         // aligned to `T`), allocated to us and reachable by nobody else.
-        unsafe {
+        let value_ptr = unsafe {
             if Layout::<T>::HEADED {
                 base.cast::<&'static VTable>().write(Layout::<T>::VTABLE);
             }
             let value_ptr = base.add(Layout::<T>::OFFSET).cast::<T>();
             value_ptr.write(value);
-            Ok(NonNull::new_unchecked(value_ptr))
+            NonNull::new_unchecked(value_ptr)
+        };
+        // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
+        // allocated slot of garbage behind.
+        if inner.debt != 0 || inner.slow_alloc {
+            inner.settle();
         }
+        Ok(value_ptr)
     }
 }
 
@@ -91,10 +95,9 @@ impl Inner {
     #[cold]
     #[inline(never)]
     fn alloc_small_slow(&mut self, class: SpanClass) -> Option<VirtAddr> {
-        let bytes = self.refill(class)?;
+        self.debt += self.refill(class)?;
         let slot = self.alloc_small(class);
         debug_assert!(slot.is_some(), "a fresh current span has room");
-        self.pay(bytes);
         slot
     }
 
@@ -131,7 +134,7 @@ impl Inner {
         self.spans.pages += npages.0;
         self.spans.put_swept(span, self.sweepgen);
         self.heap_live += bytes;
-        self.pay(bytes);
+        self.debt += bytes;
         Some(addr)
     }
 
@@ -185,6 +188,17 @@ impl Inner {
         s.sweepgen = h;
         self.spans.pages += s.npages().0;
         Some(span)
+    }
+
+    /// Pays for the bytes allocated since the last call (stress mode: and does its step).
+    fn settle(&mut self) {
+        let bytes = core::mem::take(&mut self.debt);
+        if bytes != 0 {
+            self.pay(bytes);
+        }
+        if self.slow_alloc {
+            self.stress_step();
+        }
     }
 
     /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the

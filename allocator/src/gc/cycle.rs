@@ -29,6 +29,29 @@ impl Inner {
         };
     }
 
+    /// After a grey-stack overflow: scans every marked object of every scan span again (marking is
+    /// idempotent, so rescanning black objects only costs time) until no push fails. Safe points only:
+    /// every allocated object is initialized there.
+    pub(crate) fn rescan_overflow(&mut self) {
+        while self.marker.overflow {
+            self.marker.overflow = false;
+            self.stats.overflow_rescans += 1;
+            let (spans, marker) = (&self.spans, &mut self.marker);
+            spans.for_each(|span| {
+                // SAFETY: GC spans are ours; read only while their objects are scanned.
+                let s = unsafe { span.as_ref() };
+                if s.class().noscan() {
+                    return;
+                }
+                for idx in (0..s.nelems()).filter(|&i| s.is_marked(i)) {
+                    // SAFETY: a marked object is allocated, and at a safe point initialized.
+                    unsafe { marker.scan(s.object_addr(idx)) };
+                    marker.drain(usize::MAX);
+                }
+            });
+        }
+    }
+
     /// Mark termination.
     pub(crate) fn end_mark(&mut self) {
         self.weak.clear_dead(&self.marker);
@@ -82,8 +105,11 @@ impl Inner {
         })
         .unwrap_or_else(|| panic!("gc checkmark: no memory for the check table ({n} spans)"));
         self.marker.check = Some(table);
+        // The check has no overflow fallback: lift a test's cap on the grey stack while it runs.
+        let limit = core::mem::replace(&mut self.marker.grey.limit, usize::MAX);
         self.marker.tracer().trace(root);
         self.marker.drain(usize::MAX);
+        self.marker.grey.limit = limit;
         let table = self.marker.check.take().expect("check table");
         table.release(self.marker.source);
     }

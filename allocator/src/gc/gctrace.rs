@@ -29,6 +29,8 @@ pub struct GcStats {
     pub bytes_freed: u64,
     pub spans_freed: u64,
     pub finalized: u64,
+    /// Heap rescans after the grey stack could not grow.
+    pub overflow_rescans: u64,
     /// Live bytes marked by the last cycle.
     pub last_live: usize,
     pub heap_live: usize,

@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) tiny: (u64, usize),
     /// Allocations take the slow path (a stress mode is on).
     pub(crate) slow_alloc: bool,
+    /// Bytes allocated (whole spans when cached) not yet paid for with assists or sweeping.
+    pub(crate) debt: usize,
     pub(crate) stats: GcStats,
     pub(crate) log: CycleLog,
     #[cfg(test)]
@@ -224,6 +226,7 @@ impl<R: Rootable> GcHeap<R> {
             cycle_requested: false,
             tiny: (0, 0),
             slow_alloc: config.stress != Stress::None,
+            debt: 0,
             stats: GcStats::default(),
             log: CycleLog::default(),
             #[cfg(test)]
@@ -318,6 +321,12 @@ impl<R: Rootable> GcHeap<R> {
     #[cfg(test)]
     pub(crate) fn set_barrier_off(&mut self, off: bool) {
         self.state.get_mut().barrier_off = off;
+    }
+
+    /// Caps the grey stack at `chunks` pages, to force overflows.
+    #[cfg(test)]
+    pub(crate) fn set_grey_limit(&mut self, chunks: usize) {
+        self.state.get_mut().marker.grey.limit = chunks;
     }
 
     /// What happens at the end of every `mutate`.
@@ -430,6 +439,7 @@ impl<R: Rootable> GcHeap<R> {
     /// Mark termination; the grey stack must be empty.
     fn end_cycle(&mut self) {
         let inner = self.state.get_mut();
+        inner.rescan_overflow();
         debug_assert!(inner.marking && inner.marker.grey.is_empty());
         if inner.config.verify {
             // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.

@@ -30,6 +30,9 @@ pub(crate) struct Marker {
     /// Slot bytes scanned this cycle: the unit of mark work.
     pub(crate) scan_work: usize,
     pub(crate) check: Option<CheckTable>,
+    /// An object was marked but could not be pushed (no memory for the grey stack): marked objects must
+    /// be rescanned before the mark can end (`Inner::rescan_overflow`).
+    pub(crate) overflow: bool,
 }
 
 impl Marker {
@@ -42,6 +45,7 @@ impl Marker {
             marked_objects: 0,
             scan_work: 0,
             check: None,
+            overflow: false,
         }
     }
 
@@ -73,10 +77,13 @@ impl Marker {
             self.marked_objects += 1;
         }
         if !class.noscan() && !self.grey.push(s.object_addr(idx), self.source) {
-            panic!(
-                "gc: out of memory for the grey stack while marking {:#x}",
+            // Marked but not pushed: it is grey in the mark bits only, found again by the rescan.
+            assert!(
+                self.check.is_none(),
+                "gc checkmark: out of memory for the grey stack at {:#x}",
                 addr.as_u64()
             );
+            self.overflow = true;
         }
     }
 
@@ -87,19 +94,31 @@ impl Marker {
             let Some(obj) = self.grey.pop(self.source) else {
                 break;
             };
-            let slot = NonNull::new(obj.as_mut_ptr::<u8>()).expect("grey object at address 0");
             // SAFETY: only allocated, initialized objects of scan spans are pushed (`shade`).
-            let vt = unsafe { vtable_of(slot) };
-            if let Some(trace) = vt.trace {
-                // SAFETY: as above: `slot` holds the initialized value this vtable describes.
-                unsafe { trace(slot, &mut self.tracer()) };
-            }
-            done += vt.size;
+            done += unsafe { self.scan(obj) };
         }
         if self.check.is_none() {
             self.scan_work += done;
         }
         done
+    }
+}
+
+impl Marker {
+    /// Scans the object at `obj` (grey -> black); returns its size.
+    ///
+    /// # Safety
+    /// `obj` is the start of an allocated, initialized object of a scan span.
+    #[inline]
+    pub(crate) unsafe fn scan(&mut self, obj: VirtAddr) -> usize {
+        let slot = NonNull::new(obj.as_mut_ptr::<u8>()).expect("grey object at address 0");
+        // SAFETY: the caller's contract.
+        let vt = unsafe { vtable_of(slot) };
+        if let Some(trace) = vt.trace {
+            // SAFETY: as above: `slot` holds the initialized value this vtable describes.
+            unsafe { trace(slot, &mut self.tracer()) };
+        }
+        vt.size
     }
 }
 

@@ -3,6 +3,8 @@
 //!
 //! Invariants:
 //! - `top` is the newest chunk; it holds `len` entries, every older chunk is full.
+//! - `push` fails (returns false) only when no page can be had, or `limit` chunks are in use; the marker
+//!   then falls back to rescanning (mark.rs).
 //! - At most one empty chunk is kept as `spare` (a push/pop pair at a chunk boundary must not allocate
 //!   and free a page each time); the rest go back to the page heap when emptied.
 
@@ -28,6 +30,9 @@ pub(crate) struct GreyStack {
     top: Option<NonNull<Chunk>>,
     len: usize,
     spare: Option<NonNull<Chunk>>,
+    /// Chunks in use (the spare not counted), and how many may be (tests force overflows with it).
+    chunks: usize,
+    pub(crate) limit: usize,
 }
 
 impl GreyStack {
@@ -36,6 +41,8 @@ impl GreyStack {
             top: None,
             len: 0,
             spare: None,
+            chunks: 0,
+            limit: usize::MAX,
         }
     }
 
@@ -59,6 +66,9 @@ impl GreyStack {
 
     #[cold]
     fn push_chunk(&mut self, obj: VirtAddr, source: &dyn SpanSource) -> bool {
+        if self.chunks >= self.limit {
+            return false;
+        }
         let chunk = match self.spare.take() {
             Some(c) => c,
             None => {
@@ -82,6 +92,7 @@ impl GreyStack {
         }
         self.top = Some(chunk);
         self.len = 1;
+        self.chunks += 1;
         true
     }
 
@@ -102,6 +113,7 @@ impl GreyStack {
         // SAFETY: `top` is ours; older chunks are full (invariant).
         self.top = unsafe { (*top.as_ptr()).prev };
         self.len = if self.top.is_some() { CAP } else { 0 };
+        self.chunks -= 1;
         match self.spare.replace(top) {
             None => {}
             // SAFETY: the old spare is an empty chunk nobody refers to; its span came from `source`.
@@ -119,6 +131,7 @@ impl GreyStack {
             }
         }
         self.len = 0;
+        self.chunks = 0;
         if let Some(c) = self.spare.take() {
             // SAFETY: as above.
             unsafe { source.free_span((*c.as_ptr()).span) };

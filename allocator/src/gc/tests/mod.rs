@@ -399,3 +399,52 @@ fn gogc_off_never_collects_and_a_memory_limit_still_does() {
     assert!(s.pages * crate::PAGE_SIZE <= 10 << 20, "{s:?}");
     take_finalized();
 }
+
+#[test]
+fn a_grey_stack_overflow_is_recovered_by_rescanning() {
+    type Wide<'gc> = [GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>; 3000];
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Wide<'gc>>>>;
+    }
+    for mode in [Mode::Incremental, Mode::StopTheWorld] {
+        let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), GcConfig { mode, ..config() }, |_| {
+            GcCell::new(None)
+        });
+        gc.set_grey_limit(1); // 1022 entries: the 3000 children overflow it
+        take_finalized();
+        gc.mutate(|mc, root| {
+            let wide: Gc<Wide> = Gc::new(
+                mc,
+                core::array::from_fn(|i| {
+                    GcCell::new(Some(node(
+                        mc,
+                        i as u64,
+                        Some(node(mc, 10_000 + i as u64, None)),
+                    )))
+                }),
+            );
+            root.set(mc, Some(wide));
+        });
+        gc.collect();
+        assert!(
+            take_finalized().is_empty(),
+            "{mode:?}: a reachable node was freed"
+        );
+        gc.mutate(|mc, root| {
+            let wide = root.get().unwrap();
+            for (i, c) in wide.iter().enumerate() {
+                let n = c.get().unwrap();
+                assert_eq!(
+                    (n.id, n.next.get().unwrap().id),
+                    (i as u64, 10_000 + i as u64)
+                );
+                if i % 2 == 1 {
+                    c.set(mc, None);
+                }
+            }
+        });
+        gc.collect();
+        assert_eq!(take_finalized().len(), 3000, "{mode:?}");
+    }
+}
