@@ -3,7 +3,6 @@
 
 mod model;
 
-use std::boxed::Box;
 use std::cell::RefCell;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -12,11 +11,17 @@ use super::*;
 use crate::host::{HostMachine, HostPlatform};
 use crate::Heap;
 
-/// A span heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs.
+/// A span heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs. Under Miri
+/// the window is a plain allocation, so it is kept small there (and the heavy tests are skipped).
 pub(super) fn span_heap(phys_mib: usize) -> &'static Heap<HostPlatform> {
-    let m = HostMachine::new(phys_mib << 20, 4 << 30);
-    let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(m.platform)));
-    heap.init(m.space, m.window, 2 << 30).expect("heap init");
+    let (phys, window, max) = if cfg!(miri) {
+        (phys_mib.min(32) << 20, 256 << 20, 64 << 20)
+    } else {
+        (phys_mib << 20, 4 << 30, 2 << 30)
+    };
+    let m = HostMachine::new(phys, window);
+    let heap: &'static Heap<HostPlatform> = crate::host::leak(Heap::new(m.platform));
+    heap.init(m.space, m.window, max).expect("heap init");
     heap
 }
 
@@ -183,6 +188,7 @@ fn dropping_the_heap_finalizes_the_live() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn dead_spans_go_back_to_the_page_heap_and_frames_to_the_frame_allocator() {
     let heap = span_heap(256);
     let mut gc: GcHeap<Slots> = GcHeap::new(heap, config(), |_| Default::default());
@@ -364,6 +370,7 @@ fn churn(gc: &mut GcHeap<Slots>, mib: usize, keep: u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn the_pacer_runs_cycles_and_keeps_the_heap_near_its_goal() {
     for mode in [Mode::Incremental, Mode::StopTheWorld] {
         let mut gc = slots_heap(GcConfig {
@@ -384,6 +391,7 @@ fn the_pacer_runs_cycles_and_keeps_the_heap_near_its_goal() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn gogc_off_never_collects_and_a_memory_limit_still_does() {
     let mut gc = slots_heap(GcConfig {
         gogc: None,
@@ -401,6 +409,7 @@ fn gogc_off_never_collects_and_a_memory_limit_still_does() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn a_grey_stack_overflow_is_recovered_by_rescanning() {
     type Wide<'gc> = [GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>; 3000];
     struct R;

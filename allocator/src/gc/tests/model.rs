@@ -388,6 +388,7 @@ fn run(cfg: GcConfig, step: usize, seeds: u64, ops: usize) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_stop_the_world() {
     run(
         GcConfig {
@@ -401,6 +402,7 @@ fn model_stop_the_world() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_incremental_step_sizes() {
     for step in [1, 100, 4096, usize::MAX] {
         run(GcConfig::default(), step, 2, 1200);
@@ -408,6 +410,7 @@ fn model_incremental_step_sizes() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_stress_collect_every_safepoint() {
     run(
         GcConfig {
@@ -421,6 +424,7 @@ fn model_stress_collect_every_safepoint() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_stress_step_every_alloc() {
     for budget in [1, 512] {
         run(
