@@ -47,11 +47,11 @@ impl<'gc> Mutation<'gc> {
         self.state.is_marking()
     }
 
-    /// The write barrier for a value about to be overwritten or dropped from a managed object or the
-    /// root: while marking, shades every `Gc` it holds. [`GcCell`](super::GcCell) and
-    /// [`GcRefCell`](super::GcRefCell) call it; call it yourself only when building a new cell type.
+    /// The write barrier for a value about to be overwritten in a managed object or the root: while
+    /// marking, shades every `Gc` it holds. Crate-private: the cells call it with values of their own
+    /// brand, so it never shades another heap's objects.
     #[inline]
-    pub fn barrier<T: Trace + ?Sized>(&self, old: &T) {
+    pub(crate) fn barrier<T: Trace + ?Sized>(&self, old: &T) {
         if T::NEEDS_TRACE && self.state.is_marking() {
             self.state.shade_value(old);
         }
