@@ -12,7 +12,7 @@ use spanalloc_runner::cli::{self, Action};
 use spanalloc_runner::{Outcome, Qemu, RunError, Verdict};
 use std::time::Duration;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 const DEFAULT_PARALLEL_TRIALS: usize = 2;
 const MIB: u64 = 1024 * 1024;
 
