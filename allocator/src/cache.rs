@@ -14,6 +14,9 @@
 //!   and is of the stack's size class.
 //! - Stack `c` owns `slots[base(c) .. limit(c))` and holds objects in `[base, top)`; the stacks tile
 //!   `slots` without overlap. The cache never moves after `init` (its pointers point into itself).
+//! - Those pointers are used for their addresses only: a slot is always reached through the `&mut self`
+//!   of the call (`slot`). Each `&mut Cache` the heap makes asserts unique access to the whole cache,
+//!   which invalidates pointers kept from an earlier one (Stacked and Tree Borrows; Miri reports it).
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -66,6 +69,12 @@ struct Stack {
     limit: *mut VirtAddr,
 }
 
+/// The slot at `at`'s address, as a pointer derived from `slots` (see the module's invariants).
+#[inline(always)]
+fn slot(slots: &mut [VirtAddr; TOTAL_SLOTS], at: *mut VirtAddr) -> *mut VirtAddr {
+    slots.as_mut_ptr().with_addr(at.addr())
+}
+
 /// One CPU's cache.
 pub(crate) struct Cache {
     stacks: [Stack; NUM_SIZE_CLASSES],
@@ -97,11 +106,11 @@ impl Cache {
             return None;
         }
         // SAFETY: base < top <= limit, all within `slots` (init), so top - 1 is an initialized slot of
-        // this stack; `&mut self` makes us its only user.
+        // this stack; `&mut self` makes us its only user, and `slot` derives the pointer from it.
         unsafe {
             let top = top.sub(1);
             s.top.store(top, Ordering::Relaxed);
-            Some(*top)
+            Some(*slot(&mut self.slots, top))
         }
     }
 
@@ -114,9 +123,9 @@ impl Cache {
             return false;
         }
         // SAFETY: base <= top < limit: a slot of this stack inside `slots`; `&mut self` makes us its only
-        // user.
+        // user, and `slot` derives the pointer from it.
         unsafe {
-            *top = obj;
+            *slot(&mut self.slots, top) = obj;
             s.top.store(top.add(1), Ordering::Relaxed);
         }
         true
