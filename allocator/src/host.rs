@@ -20,7 +20,9 @@
 //! Under Miri (no memfd, no mmap) the direct map and the windows are plain heap allocations. Mappings
 //! cannot alias there, so `page_mapped` copies the frame's bytes into the window page and `pages_unmapped`
 //! zero-fills the pages: reads see the frame as it was when mapped, writes through the window do not reach
-//! the frame, and touching an unmapped page reads zeroes instead of faulting.
+//! the frame, and touching an unmapped page reads zeroes instead of faulting. Those allocations stand in
+//! for OS mappings, which Miri's leak check would never see: they are registered as leak-check roots (as a
+//! `static` is), and so is everything the tests leak on purpose through [`leak`].
 
 use std::boxed::Box;
 use std::cell::Cell;
@@ -51,6 +53,34 @@ static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
 
 std::thread_local! {
     static CPU: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+#[cfg(miri)]
+extern "Rust" {
+    /// Miri's hook: the allocation `ptr` points into, and all it reaches, is never reported as leaked.
+    fn miri_static_root(ptr: *const u8);
+}
+
+/// Marks the allocation `ptr` points into as deliberately kept for the life of the process (a no-op
+/// outside Miri, whose leak check would otherwise report it).
+fn keep_forever(ptr: *const u8) {
+    #[cfg(miri)]
+    {
+        // SAFETY: `ptr` points into a live allocation (each caller's own); the hook only records its id.
+        unsafe { miri_static_root(ptr) };
+    }
+    #[cfg(not(miri))]
+    let _ = ptr;
+}
+
+/// Leaks `value` for the `&'static` that platforms, address spaces and heaps need, on purpose: the tests
+/// build many such machines and never tear them down.
+pub fn leak<T>(value: T) -> &'static T {
+    let leaked: &'static T = Box::leak(Box::new(value));
+    if size_of::<T>() != 0 {
+        keep_forever((leaked as *const T).cast());
+    }
+    leaked
 }
 
 /// First use of `cpu_index` on a thread: the next index, round-robin.
@@ -119,6 +149,8 @@ impl HostPlatform {
             !phys.is_null(),
             "host: out of memory for {phys_bytes:#x} bytes of fake physical memory"
         );
+        // A leaked platform holds this memory only as an address, which the leak check cannot follow.
+        keep_forever(phys);
         HostPlatform {
             phys: VirtAddr::from_ptr(phys),
             phys_bytes,
@@ -213,6 +245,8 @@ fn reserve_aligned(bytes: usize) -> VirtAddr {
         !window.is_null(),
         "host: out of memory for a window of {bytes:#x} bytes"
     );
+    // Like the OS reservation, the window lives as long as the process.
+    keep_forever(window);
     VirtAddr::from_ptr(window)
 }
 
@@ -225,6 +259,17 @@ impl Drop for HostPlatform {
             libc::munmap(self.phys.as_mut_ptr(), self.phys_bytes);
             libc::close(self.memfd);
         }
+    }
+}
+
+#[cfg(miri)]
+impl Drop for HostPlatform {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.phys_bytes, FRAME_SIZE as usize)
+            .expect("host: layout");
+        // SAFETY: `with_memory` allocated the fake physical memory with this layout; the platform owns it,
+        // and the heap pages mirrored from it are copies in the windows, not borrows of it.
+        unsafe { std::alloc::dealloc(self.phys.as_mut_ptr(), layout) };
     }
 }
 
@@ -343,7 +388,7 @@ impl HostMachine {
     /// `phys_bytes` (a multiple of 4 KiB, at least 4 MiB) of fake physical memory and a window of
     /// `window_bytes` (a multiple of [`ARENA_SIZE`]).
     pub fn new(phys_bytes: usize, window_bytes: usize) -> Self {
-        let platform: &'static HostPlatform = Box::leak(Box::new(HostPlatform::new(phys_bytes)));
+        let platform: &'static HostPlatform = leak(HostPlatform::new(phys_bytes));
         let regions = Self::memory_map(phys_bytes as u64);
         // SAFETY: the fake physical memory covers every region of the map (it ends at phys_bytes) and is
         // mapped at the platform's offset; nothing else uses it.
