@@ -11,7 +11,7 @@ use std::vec::Vec;
 use super::{span_heap, take_finalized, Probe};
 use crate::gc::*;
 
-const ROOTS: usize = 8;
+const ROOTS: usize = 16;
 const SLOTS: usize = 3;
 const LARGE: usize = 5000;
 
@@ -188,7 +188,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
     let reach = m.reachable();
     let mut kind = blob_kind();
     match rng.below(100) {
-        0..=19 => {
+        0..=21 => {
             let (slot, blob, id) = (rng.below(ROOTS as u64) as usize, kind(rng), m.new_id());
             gc.mutate(|mc, root| {
                 let n = tnode(mc, id, blob);
@@ -203,7 +203,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
             );
             m.roots[slot] = Some(id);
         }
-        20..=31 => {
+        22..=39 => {
             // A chain of temporaries held only on the stack while more is allocated, then linked in
             // (or dropped as garbage).
             let len = 1 + rng.below(6) as usize;
@@ -234,7 +234,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
                 m.nodes.get_mut(&t).unwrap().slots[slot] = prev;
             }
         }
-        32..=49 => {
+        40..=57 => {
             let (Some(from), Some(to)) = (m.pick(&reach, rng.next()), m.pick(&reach, rng.next()))
             else {
                 return;
@@ -246,7 +246,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
             });
             m.nodes.get_mut(&from).unwrap().slots[slot] = Some(to);
         }
-        50..=61 => {
+        58..=65 => {
             let Some(from) = m.pick(&reach, rng.next()) else {
                 return;
             };
@@ -254,7 +254,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
             gc.mutate(|mc, root| walk(root)[&from].slots[slot].set(mc, None));
             m.nodes.get_mut(&from).unwrap().slots[slot] = None;
         }
-        62..=69 => {
+        66..=73 => {
             let Some(to) = m.pick(&reach, rng.next()) else {
                 return;
             };
@@ -265,7 +265,7 @@ fn op(gc: &mut GcHeap<Root>, m: &mut Model, rng: &mut Rng, step: usize) {
             });
             m.roots[slot] = Some(to);
         }
-        70..=77 => {
+        74..=77 => {
             let slot = rng.below(ROOTS as u64) as usize;
             gc.mutate(|mc, root| root.borrow_mut(mc)[slot] = None);
             m.roots[slot] = None;
@@ -396,8 +396,8 @@ fn model_stop_the_world() {
             ..GcConfig::default()
         },
         usize::MAX,
-        3,
-        1500,
+        4,
+        4000,
     );
 }
 
@@ -405,7 +405,7 @@ fn model_stop_the_world() {
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_incremental_step_sizes() {
     for step in [1, 100, 4096, usize::MAX] {
-        run(GcConfig::default(), step, 2, 1200);
+        run(GcConfig::default(), step, 3, 3000);
     }
 }
 
@@ -419,7 +419,7 @@ fn model_stress_collect_every_safepoint() {
         },
         64,
         2,
-        600,
+        1500,
     );
 }
 
@@ -433,8 +433,8 @@ fn model_stress_step_every_alloc() {
                 ..GcConfig::default()
             },
             64,
-            2,
-            1000,
+            3,
+            3000,
         );
     }
 }
