@@ -3,7 +3,8 @@
 //! Grammar (space-separated words): options `key=value` anywhere, and at most one command:
 //! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test),
 //! `bench` (measure allocator throughput on 1, 2 and 4 CPUs).
-//! Options: `log=<off|error|warn|info|debug|trace>` (default `info`).
+//! Options: `log=<off|error|warn|info|debug|trace>` (default `info`); `gctrace=<0|1>` (default 1: the
+//! garbage collector prints one line per cycle, as Go's GODEBUG=gctrace=1).
 
 use core::fmt;
 use log::LevelFilter;
@@ -12,7 +13,7 @@ use log::LevelFilter;
 pub const FW_CFG_FILE: &str = "opt/spanalloc/cmdline";
 
 pub const USAGE: &str =
-    "[demo | list | test <name> | bench] [log=<off|error|warn|info|debug|trace>]";
+    "[demo | list | test <name> | bench] [log=<off|error|warn|info|debug|trace>] [gctrace=<0|1>]";
 
 /// Longest command line accepted; anything longer is a runner bug, not a real request.
 pub const MAX_LEN: usize = 4096;
@@ -29,6 +30,8 @@ pub enum Command<'a> {
 pub struct Cmdline<'a> {
     pub command: Command<'a>,
     pub log_level: LevelFilter,
+    /// Print the collector's per-cycle trace lines.
+    pub gctrace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,7 @@ pub enum CmdlineError<'a> {
     UnexpectedWord(&'a str),
     UnknownOption(&'a str),
     BadLogLevel(&'a str),
+    BadGctrace(&'a str),
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -48,6 +52,7 @@ impl fmt::Display for CmdlineError<'_> {
             Self::UnexpectedWord(word) => write!(f, "unexpected extra word `{word}`"),
             Self::UnknownOption(key) => write!(f, "unknown option `{key}=`"),
             Self::BadLogLevel(level) => write!(f, "bad log level `{level}`"),
+            Self::BadGctrace(value) => write!(f, "bad gctrace value `{value}` (0 or 1)"),
         }
     }
 }
@@ -83,6 +88,7 @@ pub fn load(buf: &mut Buffer) -> &str {
 
 pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut log_level = LevelFilter::Info;
+    let mut gctrace = true;
     // A command takes at most two words, so the third one, if any, is the first extra word to report.
     let mut words = [""; 3];
     let mut count = 0;
@@ -92,6 +98,13 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
                 log_level = level
                     .parse()
                     .map_err(|_| CmdlineError::BadLogLevel(level))?;
+            }
+            Some(("gctrace", value)) => {
+                gctrace = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(CmdlineError::BadGctrace(value)),
+                };
             }
             Some((key, _)) => return Err(CmdlineError::UnknownOption(key)),
             None if count < words.len() => {
@@ -113,5 +126,9 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     if let Some(extra) = rest.first() {
         return Err(CmdlineError::UnexpectedWord(extra));
     }
-    Ok(Cmdline { command, log_level })
+    Ok(Cmdline {
+        command,
+        log_level,
+        gctrace,
+    })
 }

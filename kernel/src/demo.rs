@@ -43,6 +43,7 @@ pub fn run(boot_info: &BootInfo, memory: &MemoryReport, cpus: usize) -> ! {
         "demo: heap after dropping it and trimming:\n{}",
         HEAP.stats()
     );
+    crate::gc_demo::run();
     println!("demo: done");
     qemu::exit(qemu::ExitCode::Success)
 }

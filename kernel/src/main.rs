@@ -18,6 +18,8 @@ mod clock;
 mod cmdline;
 mod demo;
 mod fw_cfg;
+mod gc;
+mod gc_demo;
 mod gdt;
 mod heap;
 mod interrupts;
@@ -66,6 +68,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
     };
     logger::init(cmdline.log_level);
+    gc::set_trace(cmdline.gctrace);
     println!(
         "spanalloc kernel {} booted; command line `{raw_cmdline}`",
         env!("CARGO_PKG_VERSION")

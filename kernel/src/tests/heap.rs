@@ -116,7 +116,7 @@ pub fn random_workload_1m(_ctx: &mut TestCtx) {
 }
 
 /// Frames held by the heap other than its metadata (which stays at its peak, as in Go).
-fn non_meta_frames(s: &Stats) -> u64 {
+pub(super) fn non_meta_frames(s: &Stats) -> u64 {
     s.frames_held.0 - s.pages.meta_mapped / FRAME_SIZE
 }
 

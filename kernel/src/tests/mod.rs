@@ -6,10 +6,11 @@ mod bad_free;
 mod boot_info;
 mod faults;
 mod frames;
+mod gc;
 mod heap;
 mod panics;
 mod smp;
-mod workload;
+pub mod workload;
 
 use crate::ktest::KernelTest;
 
@@ -47,6 +48,10 @@ pub static TESTS: &[KernelTest] = &[
         .should_panic(bad_free::DOUBLE_FREE_LARGE),
     KernelTest::new("bad_free_double_small", bad_free::bad_free_double_small)
         .should_panic(bad_free::DOUBLE_FREE_SMALL),
+    // The garbage-collected heap (spanalloc::gc) on the kernel's span heap.
+    KernelTest::new("gc_stw_64mib", gc::gc_stw_64mib),
+    KernelTest::new("gc_incremental_64mib", gc::gc_incremental_64mib),
+    KernelTest::new("gc_per_cpu_heaps", gc::gc_per_cpu_heaps).min_cpus(4),
     // SMP: every CPU up, and the heap under real concurrency (booted with 4 CPUs, QEMU's default here).
     KernelTest::new("smp_all_cpus_online", smp::smp_all_cpus_online).min_cpus(4),
     KernelTest::new("smp_concurrent_alloc", smp::smp_concurrent_alloc).min_cpus(4),

@@ -1,0 +1,101 @@
+//! The kernel's side of spanalloc's garbage collector: a [`GcConfig`] wired to the TSC clock and the
+//! serial console, the `gctrace=` switch, and a recorder of pauses for summaries (max, p99, total).
+//!
+//! Invariants:
+//! - The pause hook never allocates: it writes into a buffer reserved by [`PauseLog::start`] before the
+//!   run, so recording a pause cannot disturb the heaps being measured (nor recurse into them).
+//! - Only one pause log records at a time (the demo's); heaps run concurrently on several CPUs use a
+//!   configuration without the hook.
+
+use crate::clock;
+use crate::println;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
+use spanalloc::gc::{GcConfig, Mode};
+use spin::Mutex;
+
+static TRACE: AtomicBool = AtomicBool::new(true);
+
+/// Whether the collector's per-cycle lines reach the console (`gctrace=` on the command line).
+pub fn set_trace(on: bool) {
+    TRACE.store(on, Ordering::Relaxed);
+}
+
+fn now_ns() -> u64 {
+    clock::ticks_to_duration(clock::ticks()).as_nanos() as u64
+}
+
+fn trace_line(line: &str) {
+    if TRACE.load(Ordering::Relaxed) {
+        println!("{line}");
+    }
+}
+
+/// A collector in `mode` that reads the TSC and prints its trace lines to the console.
+pub fn config(mode: Mode) -> GcConfig {
+    GcConfig {
+        mode,
+        clock: Some(now_ns),
+        trace_sink: Some(trace_line),
+        ..GcConfig::default()
+    }
+}
+
+/// Pauses of the current run, in ns; never grows past the capacity `start` reserved.
+static PAUSES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn record_pause(ns: u64) {
+    let mut pauses = PAUSES.lock();
+    if pauses.len() < pauses.capacity() {
+        pauses.push(ns);
+    }
+}
+
+/// Records every pause of the heaps built with [`PauseLog::config`] until [`PauseLog::finish`].
+pub struct PauseLog(());
+
+/// What the mutator waited for during one run.
+#[derive(Debug, Clone, Copy)]
+pub struct PauseSummary {
+    pub count: usize,
+    pub max: Duration,
+    pub p99: Duration,
+    pub total: Duration,
+}
+
+impl PauseLog {
+    /// Starts a log with room for `capacity` pauses (later ones are not recorded).
+    pub fn start(capacity: usize) -> Self {
+        let mut pauses = PAUSES.lock();
+        pauses.clear();
+        pauses.reserve_exact(capacity);
+        PauseLog(())
+    }
+
+    /// [`config`] plus this log's pause hook.
+    pub fn config(&self, mode: Mode) -> GcConfig {
+        GcConfig {
+            pause_hook: Some(record_pause),
+            ..config(mode)
+        }
+    }
+
+    /// The summary of the recorded pauses; frees the buffer.
+    pub fn finish(self) -> PauseSummary {
+        let mut pauses = core::mem::take(&mut *PAUSES.lock());
+        pauses.sort_unstable();
+        let count = pauses.len();
+        // Nearest-rank p99: the smallest pause at least 99% of all pauses do not exceed.
+        let p99 = match count {
+            0 => 0,
+            n => pauses[(n * 99).div_ceil(100) - 1],
+        };
+        PauseSummary {
+            count,
+            max: Duration::from_nanos(pauses.last().copied().unwrap_or(0)),
+            p99: Duration::from_nanos(p99),
+            total: Duration::from_nanos(pauses.iter().sum()),
+        }
+    }
+}
