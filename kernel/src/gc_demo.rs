@@ -10,7 +10,7 @@ use crate::tests::workload::Rng;
 use spanalloc::gc::{Gc, GcCell, GcHeap, Mode, Mutation, Rootable, Trace, Tracer};
 
 /// Depth of binary-trees' long-lived tree (its stretch tree is one deeper); a few seconds under TCG.
-const MAX_DEPTH: u32 = 12;
+const MAX_DEPTH: u32 = 14;
 const MIN_DEPTH: u32 = 4;
 /// Lists of the long-lived structure, and records per list.
 const LISTS: usize = 64;

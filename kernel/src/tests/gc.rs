@@ -68,7 +68,7 @@ fn payload(tag: u64) -> [u64; 32] {
 
 /// What node `id` must hold after the mutation phase.
 fn expected_payload(id: u64) -> [u64; 32] {
-    payload(if id % RENEW_EVERY == 0 {
+    payload(if id.is_multiple_of(RENEW_EVERY) {
         id ^ RENEWED
     } else {
         id
@@ -103,7 +103,7 @@ fn mutate_list<'gc>(mc: &Mutation<'gc>, lists: &Lists<'gc>, list: usize) {
     let mut at = lists.heads[list].get();
     while let Some(node) = at {
         at = node.next.get();
-        if node.id % DROP_EVERY == 0 {
+        if node.id.is_multiple_of(DROP_EVERY) {
             match prev {
                 None => lists.heads[list].set(mc, at),
                 Some(p) => p.next.set(mc, at),
@@ -113,7 +113,7 @@ fn mutate_list<'gc>(mc: &Mutation<'gc>, lists: &Lists<'gc>, list: usize) {
             }
             continue;
         }
-        if node.id % RENEW_EVERY == 0 {
+        if node.id.is_multiple_of(RENEW_EVERY) {
             node.data.set(mc, Gc::new(mc, payload(node.id ^ RENEWED)));
         }
         if lists.kept.get().is_none() {
@@ -127,7 +127,7 @@ fn mutate_list<'gc>(mc: &Mutation<'gc>, lists: &Lists<'gc>, list: usize) {
 fn verify_list(lists: &Lists<'_>, list: usize, nodes: u64) -> u64 {
     let mut expected = (0..nodes)
         .rev()
-        .filter(|id| *id as usize % LISTS == list && id % DROP_EVERY != 0);
+        .filter(|id| *id as usize % LISTS == list && !id.is_multiple_of(DROP_EVERY));
     let mut at = lists.heads[list].get();
     let mut count = 0;
     while let Some(node) = at {
@@ -192,7 +192,7 @@ fn build_mutate_verify(gc: &mut GcHeap<Root>, nodes: u64, incremental: bool) -> 
         );
         let kept = lists.kept.get().expect("a node was kept").upgrade(mc);
         assert!(
-            kept.is_some_and(|n| n.id % DROP_EVERY != 0),
+            kept.is_some_and(|n| !n.id.is_multiple_of(DROP_EVERY)),
             "a kept node was freed"
         );
         (0..LISTS)
