@@ -10,6 +10,8 @@ pub struct Machine {
     pub kernel: String,
     /// UTC, `YYYY-MM-DD HH:MM`.
     pub date: String,
+    /// 1-minute load average when the run started: other work on the machine skews the numbers.
+    pub load: String,
 }
 
 impl Machine {
@@ -33,19 +35,24 @@ impl Machine {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
         Machine {
             cpu,
             cores,
             memory_gib,
             kernel,
             date: utc_date(secs),
+            load,
         }
     }
 
     pub fn one_line(&self) -> String {
         format!(
-            "{}, {} cores, {} GiB, Linux {}; {} UTC",
-            self.cpu, self.cores, self.memory_gib, self.kernel, self.date
+            "{}, {} cores, {} GiB, Linux {}; {} UTC; load {} at start",
+            self.cpu, self.cores, self.memory_gib, self.kernel, self.date, self.load
         )
     }
 }

@@ -200,6 +200,7 @@ fn main() {
         arena_mib: arena_bytes >> 20,
         duration_ms: duration.as_millis(),
         contestants: ids.clone(),
+        commit: git_commit(),
     };
     let write = |name: &str, text: String| {
         let p = out.join(name);
@@ -233,6 +234,30 @@ fn main() {
                 t.goal
             );
         }
+    }
+}
+
+/// The commit the allocator was built from, and whether its sources had uncommitted changes.
+fn git_commit() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--", "allocator"]) {
+            Some(changes) if !changes.is_empty() => {
+                format!("{head} (allocator/ with uncommitted changes)")
+            }
+            _ => head,
+        },
+        None => "unknown".into(),
     }
 }
 

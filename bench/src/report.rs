@@ -23,12 +23,15 @@ pub struct RunInfo<'a> {
     pub arena_mib: usize,
     pub duration_ms: u128,
     pub contestants: Vec<Id>,
+    /// The repository's commit (see `git_commit` in main.rs).
+    pub commit: String,
 }
 
 pub fn csv(results: &Results, info: &RunInfo) -> String {
     let mut s = String::new();
     writeln!(s, "# spanalloc-bench: {}", info.machine.one_line()).unwrap();
     writeln!(s, "# command: {}", info.command).unwrap();
+    writeln!(s, "# commit: {}", info.commit).unwrap();
     writeln!(
         s,
         "# advantage = spanalloc's edge in that repetition (peer cost / spanalloc cost; > 1: spanalloc better)"
@@ -177,7 +180,7 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     let w = &mut s;
     writeln!(w, "# spanalloc vs its peers (host benchmarks)\n").unwrap();
     writeln!(w, "- machine: {}", info.machine.one_line()).unwrap();
-    writeln!(w, "- command: `{}`", info.command).unwrap();
+    writeln!(w, "- command: `{}`; commit {}", info.command, info.commit).unwrap();
     writeln!(
         w,
         "- {} repetitions, contestants in random order in each; {} ms per measured pass (after a warm-up \

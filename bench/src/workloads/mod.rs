@@ -2,7 +2,7 @@
 //!
 //! Every timed workload runs in freshly spawned threads that first pin their "CPU"
 //! ([`Contestant::enter_thread`]), set up their working set, meet at a barrier, run until the coordinator
-//! raises the stop flag, and report `(operations, time between the barrier and seeing the flag)`. Setup,
+//! raises the stop flag, and report `(operations, CPU time between the barrier and seeing the flag)`. Setup,
 //! clean-up and thread creation stay outside that time. A warm-up pass of the same body precedes each
 //! measured pass, so first-touch costs (thread heaps, span creation, page faults) are not measured.
 //!
@@ -10,10 +10,10 @@
 //! shared by all workloads of the run); nothing in a timed loop allocates from anything but the contestant.
 
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::contestants::Contestant;
-use crate::timing::{StopFlag, Tsc};
+use crate::timing::{CpuClock, StopFlag, Tsc};
 
 pub mod memory;
 pub mod scaling;
@@ -97,10 +97,10 @@ impl Phase {
         }
     }
 
-    /// Waits until every thread is set up, then starts the clock of this thread.
-    pub fn begin(&self) -> Instant {
+    /// Waits until every thread is set up, then starts this thread's CPU clock.
+    pub fn begin(&self) -> CpuClock {
         self.start.wait();
-        Instant::now()
+        CpuClock::now()
     }
 
     #[inline]
@@ -117,6 +117,7 @@ impl Phase {
 /// What one thread of a pass reports.
 pub struct Ran {
     pub ops: u64,
+    /// CPU time of the thread between `Phase::begin` and seeing the stop flag.
     pub elapsed: Duration,
     /// Side measures of the workload (e.g. cycles spent in `dealloc`, or latency percentiles).
     pub extra: [u64; 3],
@@ -159,13 +160,11 @@ where
     })
 }
 
-/// Total operations per second over a pass, in millions (threads run concurrently: the longest wins).
+/// Total operations per second of CPU time per thread, in millions: operations / mean CPU time of a thread
+/// (see timing.rs for why CPU time).
 pub fn mops(runs: &[Ran]) -> f64 {
     let ops: u64 = runs.iter().map(|r| r.ops).sum();
-    let secs = runs
-        .iter()
-        .map(|r| r.elapsed.as_secs_f64())
-        .fold(0.0, f64::max);
+    let secs = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / runs.len() as f64;
     ops as f64 / secs / 1e6
 }
 

@@ -13,8 +13,8 @@
 //! Invariants: each heap is built once per process (outside any timed code) on a thread pinned to CPU 0,
 //! and measured on such a thread; a heap's physical memory is the same for every size (256 MiB).
 
+use crate::timing::CpuClock;
 use core::alloc::{GlobalAlloc, Layout};
-use std::time::Instant;
 
 use super::{Config, Sample};
 use crate::contestants::{Contestant, Spanalloc};
@@ -140,7 +140,7 @@ fn steady(a: &Spanalloc, _cfg: &Config, d: std::time::Duration) -> f64 {
         *r = unsafe { a.alloc(layout()) } as usize;
         assert!(*r != 0, "page scaling: out of memory");
     }
-    let t = Instant::now();
+    let t = CpuClock::now();
     let mut ops = 0u64;
     let mut i = 0;
     while ops % 64 != 0 || t.elapsed() < d {
@@ -164,7 +164,7 @@ fn steady(a: &Spanalloc, _cfg: &Config, d: std::time::Duration) -> f64 {
 fn burst(a: &Spanalloc, cfg: &Config, d: std::time::Duration) -> f64 {
     let n = if cfg.quick { 64 } else { 512 };
     let mut v = vec![0usize; n];
-    let t = Instant::now();
+    let t = CpuClock::now();
     let mut ops = 0u64;
     while ops == 0 || t.elapsed() < d {
         for p in v.iter_mut() {

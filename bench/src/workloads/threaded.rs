@@ -12,7 +12,7 @@ use std::sync::{mpsc, Mutex};
 use super::{mops, timed_threads, Config, Phase, Ran, Sample};
 use crate::contestants::Contestant;
 use crate::rng::Rng;
-use crate::timing::rdtsc;
+use crate::timing::thread_cpu_time;
 
 /// glibc's bench-malloc-simple (and -thread with several threads): batches of 100 blocks of one size
 /// (16, 256, 1024, 4096 B in turn) allocated, written, then freed in allocation order. Mops/s of pairs.
@@ -125,7 +125,7 @@ pub fn larson<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample>
 }
 
 /// xmalloc-like remote free: producers allocate 64 B blocks in batches of 256 and pass each batch to their
-/// consumer, which frees them; ns per free, timed on the consumer around its `dealloc` loop only. With one
+/// consumer, which frees them; ns per free, CPU time of the consumer around its `dealloc` loop only. With one
 /// thread the same thread allocates a batch and frees it (a local free, the baseline); with T >= 2 threads,
 /// T/2 producer-consumer pairs.
 pub fn xmalloc<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample> {
@@ -135,6 +135,7 @@ pub fn xmalloc<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample
     let layout = Layout::from_size_align(64, 8).unwrap();
     let pairs = (threads / 2).max(1);
     // Each pass's producer makes its pair's channel and leaves the receiving end here for the consumer.
+    let clock_cost = clock_overhead_ns();
     let rendezvous: Vec<Mutex<Option<mpsc::Receiver<Batch>>>> =
         (0..pairs).map(|_| Mutex::new(None)).collect();
     let runs = timed_threads(a, threads, cfg, |a: &A, i, phase: &Phase| {
@@ -148,29 +149,30 @@ pub fn xmalloc<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample
                 batch.push(p as usize);
             }
         };
+        // CPU time (not the TSC) so that a preemption inside a batch is not charged to the frees.
         let free_timed = |batch: &mut Batch| -> u64 {
-            let c0 = rdtsc();
+            let t0 = thread_cpu_time();
             for &p in batch.iter() {
                 // SAFETY: blocks of this allocator with this layout, now owned by this thread.
                 unsafe { a.dealloc(p as *mut u8, layout) };
             }
-            let cycles = rdtsc() - c0;
+            let ns = (thread_cpu_time() - t0).as_nanos() as u64;
             batch.clear();
-            cycles
+            ns.saturating_sub(clock_cost)
         };
-        let (mut frees, mut cycles) = (0u64, 0u64);
+        let (mut frees, mut free_ns) = (0u64, 0u64);
         if threads == 1 {
             let mut batch = Vec::with_capacity(BATCH);
             let t = phase.begin();
             while phase.running() {
                 fill(&mut batch);
-                cycles += free_timed(&mut batch);
+                free_ns += free_timed(&mut batch);
                 frees += BATCH as u64;
             }
             return Ran {
                 ops: frees,
                 elapsed: t.elapsed(),
-                extra: [cycles, frees, 0],
+                extra: [free_ns, frees, 0],
             };
         }
         let slot = &rendezvous[i / 2];
@@ -202,20 +204,32 @@ pub fn xmalloc<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample
             let t = phase.begin();
             // Every batch sent is freed, also those still queued at the stop: nothing leaks.
             for mut batch in rx {
-                cycles += free_timed(&mut batch);
+                free_ns += free_timed(&mut batch);
                 frees += BATCH as u64;
             }
             Ran {
                 ops: frees,
                 elapsed: t.elapsed(),
-                extra: [cycles, frees, 0],
+                extra: [free_ns, frees, 0],
             }
         }
     });
-    let (cycles, frees) = runs
+    let (free_ns, frees) = runs
         .iter()
         .fold((0, 0), |(c, f), r| (c + r.extra[0], f + r.extra[1]));
-    vec![Sample::new("xmalloc", cfg.tsc.ns(cycles) / frees as f64)]
+    vec![Sample::new("xmalloc", free_ns as f64 / frees as f64)]
+}
+
+/// Cost of reading the thread CPU clock twice, in ns (median of many), subtracted from each timed batch.
+fn clock_overhead_ns() -> u64 {
+    let mut v: Vec<u64> = (0..1001)
+        .map(|_| {
+            let t0 = thread_cpu_time();
+            (thread_cpu_time() - t0).as_nanos() as u64
+        })
+        .collect();
+    v.sort_unstable();
+    v[v.len() / 2]
 }
 
 /// Hoard's cache-scratch: thread 0 allocates one 8 B object per thread (neighbours in memory), each thread
