@@ -1,6 +1,8 @@
 //! The `bench` command: throughput of one fixed alloc/free workload on 1, 2 and 4 CPUs in one boot, for
-//! spanalloc (the global heap) and, as the baseline a hobby kernel would otherwise use,
-//! `buddy_system_allocator::LockedHeap` (one spin lock around a buddy heap) over an arena of its own.
+//! spanalloc (the global heap) and, as the baselines a hobby kernel would otherwise use,
+//! `buddy_system_allocator::LockedHeap` (one spin lock around a buddy heap) and
+//! `linked_list_allocator::LockedHeap` (one spin lock around a first-fit free list), each over an arena of
+//! its own.
 //!
 //! Output: a table, then one line per measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, for scripts.
 //!
@@ -10,8 +12,8 @@
 //! timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG the
 //! vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
 //!
-//! Invariant: the buddy heap is only used here, and never from an interrupt handler (its lock does not mask
-//! interrupts, so an allocating handler could deadlock on it).
+//! Invariant: the peer heaps are only used here, and never from an interrupt handler (their locks do not
+//! mask interrupts, so an allocating handler could deadlock on them).
 
 use crate::clock::{self, Instant};
 use crate::heap::HEAP;
@@ -27,10 +29,23 @@ const PAIRS_PER_CPU: u64 = 200_000;
 /// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
 const LIVE: usize = 64;
 const REPEATS: usize = 3;
-/// The buddy heap's arena.
-const BUDDY_ARENA: usize = 32 << 20;
+/// Each peer heap's arena.
+const PEER_ARENA: usize = 32 << 20;
 
 static BUDDY: LockedHeap<32> = LockedHeap::empty();
+static LINKED_LIST: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// An arena for a peer heap, from the global heap (never freed: the boot ends with this command).
+fn peer_arena(name: &str) -> *mut u8 {
+    let arena = Layout::from_size_align(PEER_ARENA, 4096).expect("layout");
+    // SAFETY: a non-zero layout.
+    let base = unsafe { HEAP.alloc(arena) };
+    assert!(
+        !base.is_null(),
+        "bench: no memory for the {name} heap's {PEER_ARENA} B arena"
+    );
+    base
+}
 
 /// xorshift64*: the same size sequence for both allocators.
 struct Rng(u64);
@@ -109,15 +124,13 @@ fn median(mut samples: Vec<u64>) -> u64 {
 }
 
 pub fn run() -> ! {
-    let arena = Layout::from_size_align(BUDDY_ARENA, 4096).expect("layout");
-    // SAFETY: a non-zero layout; the arena is never freed (the boot ends with this command).
-    let base = unsafe { HEAP.alloc(arena) };
-    assert!(
-        !base.is_null(),
-        "bench: no memory for the buddy heap's {BUDDY_ARENA} B arena"
-    );
-    // SAFETY: the arena is ours, writable, and handed to the buddy heap once.
-    unsafe { BUDDY.lock().init(base as usize, BUDDY_ARENA) };
+    // SAFETY: each arena is ours, writable, and handed to its heap once.
+    unsafe {
+        BUDDY.lock().init(peer_arena("buddy") as usize, PEER_ARENA);
+        LINKED_LIST
+            .lock()
+            .init(peer_arena("linked-list"), PEER_ARENA);
+    }
 
     let online = smp::online_count();
     let counts: Vec<usize> = [1, 2, 4].into_iter().filter(|&n| n <= online).collect();
@@ -130,21 +143,25 @@ pub fn run() -> ! {
     for &cpus in &counts {
         let spanalloc = median((0..REPEATS).map(|_| measure(&HEAP, cpus)).collect());
         let buddy = median((0..REPEATS).map(|_| measure(&BUDDY, cpus)).collect());
+        let linked = median((0..REPEATS).map(|_| measure(&LINKED_LIST, cpus)).collect());
         results.push(("spanalloc", cpus, spanalloc));
         results.push(("buddy_locked", cpus, buddy));
+        results.push(("linked_list_locked", cpus, linked));
     }
     println!(
-        "bench: {:>5} {:>16} {:>16} {:>7}",
-        "cpus", "spanalloc ops/s", "buddy ops/s", "ratio"
+        "bench: {:>5} {:>16} {:>16} {:>16} {:>9} {:>9}",
+        "cpus", "spanalloc ops/s", "buddy ops/s", "linked ops/s", "vs buddy", "vs linked"
     );
-    for pair in results.chunks(2) {
-        let (_, cpus, spanalloc) = pair[0];
-        let (_, _, buddy) = pair[1];
-        let ratio = spanalloc * 100 / buddy.max(1);
+    let ratio = |a: u64, b: u64| {
+        let r = a * 100 / b.max(1);
+        alloc::format!("{}.{:02}x", r / 100, r % 100)
+    };
+    for row in results.chunks(3) {
+        let (cpus, ours, buddy, linked) = (row[0].1, row[0].2, row[1].2, row[2].2);
         println!(
-            "bench: {cpus:>5} {spanalloc:>16} {buddy:>16} {:>3}.{:02}x",
-            ratio / 100,
-            ratio % 100
+            "bench: {cpus:>5} {ours:>16} {buddy:>16} {linked:>16} {:>9} {:>9}",
+            ratio(ours, buddy),
+            ratio(ours, linked)
         );
     }
     for (name, cpus, ops) in &results {
