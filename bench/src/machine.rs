@@ -49,6 +49,11 @@ impl Machine {
         }
     }
 
+    /// For chart titles.
+    pub fn short_line(&self) -> String {
+        format!("{}, {} cores, {} UTC", self.cpu, self.cores, self.date)
+    }
+
     pub fn one_line(&self) -> String {
         format!(
             "{}, {} cores, {} GiB, Linux {}; {} UTC; load {} at start",

@@ -64,6 +64,8 @@ fn grouped_bars(
     root.fill(&WHITE).map_err(err)?;
     let all = groups.iter().flat_map(|g| g.1.iter().flatten().copied());
     let (lo, hi) = log_bounds(all, base.is_some());
+    // Headroom above the tallest bar for the legend.
+    let hi = hi * 4.0;
     let base = base.unwrap_or(lo);
     let n = groups.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
@@ -165,7 +167,7 @@ pub fn headline(path: &Path, r: &Results, ids: &[Id], m: &Machine) -> Result<(),
     let series: Vec<String> = peers.iter().map(|p| p.name().to_owned()).collect();
     let title = format!(
         "spanalloc's advantage over each peer (>1: spanalloc better) — {}",
-        m.one_line()
+        m.short_line()
     );
     let width = (groups.len() as u32 * 60).max(900);
     grouped_bars(
@@ -199,7 +201,7 @@ pub fn latency(path: &Path, r: &Results, ids: &[Id], m: &Machine) -> Result<(), 
     let series = vec!["p50".to_owned(), "p99".to_owned(), "p99.9".to_owned()];
     let title = format!(
         "free + alloc latency, 1024 live blocks ≤ 1 KiB — {}",
-        m.one_line()
+        m.short_line()
     );
     grouped_bars(path, &title, "ns (log)", &groups, &series, None, 1100)
 }
@@ -228,7 +230,7 @@ pub fn page_scaling(path: &Path, r: &Results, m: &Machine) -> Result<(), Error> 
         .caption(
             format!(
                 "spanalloc: 64 KiB alloc+free vs heap address space — {}",
-                m.one_line()
+                m.short_line()
             ),
             ("sans-serif", 15),
         )

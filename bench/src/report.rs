@@ -184,7 +184,8 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     writeln!(
         w,
         "- {} repetitions, contestants in random order in each; {} ms per measured pass (after a warm-up \
-         pass); arenas of {} MiB (spanalloc: as much fake physical memory)",
+         pass), rates from the CPU time of the measuring threads; arenas of {} MiB (spanalloc: as much fake \
+         physical memory)",
         info.reps, info.duration_ms, info.arena_mib
     )
     .unwrap();
@@ -294,7 +295,12 @@ fn thread_scaling(w: &mut String, results: &Results, rows: &[Row], ids: &[Id]) {
         "\n## Thread scaling (throughput at T threads / at 1 thread, per repetition, median)\n"
     )
     .unwrap();
-    writeln!(w, "The machine has the cores listed above: with 4 threads on 2 cores, the threads take turns.\n").unwrap();
+    writeln!(
+        w,
+        "Rates are operations per second of CPU time of each thread (see bench/src/timing.rs): what T CPUs of \
+         a quiet machine would do, also where T exceeds the machine's cores.\n"
+    )
+    .unwrap();
     write!(w, "| workload | T |").unwrap();
     for id in ids {
         write!(w, " {} |", id.name()).unwrap();
