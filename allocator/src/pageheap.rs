@@ -403,16 +403,16 @@ impl<P: Platform> PageHeap<P> {
     /// serve (the old block's remaining pages go back to the page allocator). Saves the summary updates of
     /// a page-allocator call for most small spans.
     fn take_from_page_cache(&mut self, cpu: usize, npages: usize) -> Option<usize> {
-        if let Some(first) = self.page_caches[cpu].take(npages) {
-            return Some(first);
+        // As Go's pageCache: refill only an empty cache; a cache whose free pages hold no run of `npages`
+        // sends this one request to the page allocator (refilling would cost summary updates every time).
+        if self.page_caches[cpu].free == 0 {
+            let (base, free) = match self.pages.alloc_block64() {
+                Some(b) => b,
+                None if self.grow(1) => self.pages.alloc_block64()?,
+                None => return None,
+            };
+            self.page_caches[cpu] = PageCache { base, free };
         }
-        self.flush_page_cache(cpu);
-        let (base, free) = match self.pages.alloc_block64() {
-            Some(b) => b,
-            None if self.grow(1) => self.pages.alloc_block64()?,
-            None => return None,
-        };
-        self.page_caches[cpu] = PageCache { base, free };
         self.page_caches[cpu].take(npages)
     }
 
@@ -573,29 +573,29 @@ impl<P: Platform> PageHeap<P> {
 
     /// Unmaps up to `max_pages` free, mapped pages and returns their frames. Returns the pages released.
     pub(crate) fn scavenge(&mut self, max_pages: usize) -> usize {
+        // From the top down, as Go does: first-fit allocation reuses the lowest free pages next, so those are
+        // the ones worth keeping mapped.
         let mut released = 0;
-        let mut i = 0;
-        while i < self.grown && released < max_pages && self.dirty_free > 0 {
-            if !self.pages.is_free(i) || self.is_scavenged(i) {
-                i += 1;
+        let mut end = self.grown;
+        while end > 0 && released < max_pages && self.dirty_free > 0 {
+            let dirty_free = |h: &Self, p: usize| h.pages.is_free(p) && !h.is_scavenged(p);
+            if !dirty_free(self, end - 1) {
+                end -= 1;
                 continue;
             }
-            let start = i;
-            while i < self.grown
-                && i - start < max_pages - released
-                && self.pages.is_free(i)
-                && !self.is_scavenged(i)
-            {
-                i += 1;
+            let mut start = end - 1;
+            while start > 0 && end - start < max_pages - released && dirty_free(self, start - 1) {
+                start -= 1;
             }
             let page = Page::containing_address(self.page_addr(start));
             self.space
-                .unmap_range(page, ((i - start) as u64) * FRAMES_PER_PAGE);
-            for p in start..i {
+                .unmap_range(page, ((end - start) as u64) * FRAMES_PER_PAGE);
+            for p in start..end {
                 self.set_scavenged(p, true);
             }
-            released += i - start;
-            self.dirty_free -= i - start;
+            released += end - start;
+            self.dirty_free -= end - start;
+            end = start;
         }
         self.released_total += released as u64;
         released
