@@ -37,6 +37,8 @@ pub mod stats;
 
 #[cfg(any(test, feature = "host"))]
 pub mod host;
+#[cfg(test)]
+mod testing;
 
 pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
 pub use heap::{Heap, MAX_CPUS};
