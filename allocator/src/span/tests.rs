@@ -369,7 +369,7 @@ proptest! {
     #![proptest_config(crate::testing::proptest_config(if cfg!(miri) { 3 } else { 64 }))]
 
     #[test]
-    fn span_matches_model(class in proptest::sample::select(model_classes()), ops in prop::collection::vec(op(), 1..if cfg!(miri) { 25 } else { 400 })) {
+    fn span_matches_model(class in proptest::sample::select(model_classes()), ops in prop::collection::vec(op(), 1..if cfg!(miri) { 16 } else { 400 })) {
         run_model(class, &ops);
     }
 }

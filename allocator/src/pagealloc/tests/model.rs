@@ -237,7 +237,10 @@ proptest! {
 #[test]
 // Past 2^21 units the model alone is millions of steps per operation: hours under Miri, which has
 // nothing more to check here than in the smaller tests (same code, same storage accesses).
-#[cfg_attr(miri, ignore)]
+#[cfg_attr(
+    miri,
+    ignore = "hours under Miri past 2^21 units; smaller tests run the same code"
+)]
 fn multiple_root_entries_deterministic() {
     // Three root entries (the last one partial).
     const R: usize = MAX_PACKED;
