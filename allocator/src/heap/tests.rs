@@ -80,6 +80,7 @@ impl Model {
 
     fn fill(p: *mut u8, len: usize, id: u64) {
         // Fill the ends and a stride in between: full fills of 1 MiB blocks would dominate the run.
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let s = unsafe { core::slice::from_raw_parts_mut(p, len) };
         for i in Self::probe_points(len) {
             s[i] = pattern(id, i);
@@ -94,6 +95,7 @@ impl Model {
     }
 
     fn check(p: *const u8, b: &Block) {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let s = unsafe { core::slice::from_raw_parts(p, b.layout.size()) };
         for i in Self::probe_points(b.layout.size()) {
             assert_eq!(
@@ -130,6 +132,7 @@ impl Model {
     }
 
     fn alloc(&mut self, layout: Layout, zeroed: bool) {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let p = unsafe {
             if zeroed {
                 self.heap.alloc_zeroed(layout)
@@ -139,6 +142,7 @@ impl Model {
         };
         assert!(!p.is_null(), "out of memory for {layout:?}");
         if zeroed {
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             let s = unsafe { core::slice::from_raw_parts(p, layout.size()) };
             assert!(
                 filled_with(s, 0),
@@ -157,6 +161,7 @@ impl Model {
         };
         let b = self.live.remove(&a).unwrap();
         Self::check(a as *const u8, &b);
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         unsafe { self.heap.dealloc(a as *mut u8, b.layout) };
     }
 
@@ -166,9 +171,11 @@ impl Model {
         };
         let b = self.live.remove(&a).unwrap();
         Self::check(a as *const u8, &b);
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let p = unsafe { self.heap.realloc(a as *mut u8, b.layout, new_size) };
         assert!(!p.is_null(), "realloc to {new_size} failed");
         let kept = b.layout.size().min(new_size);
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let s = unsafe { core::slice::from_raw_parts(p, kept) };
         for i in Self::probe_points(b.layout.size()).filter(|&i| i < kept) {
             assert_eq!(s[i], pattern(b.id, i), "realloc lost byte {i}");
@@ -270,6 +277,7 @@ proptest! {
 #[test]
 fn zero_and_absurd_sizes_return_null() {
     let heap = heap(16);
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         assert!(heap.alloc(Layout::from_size_align(0, 1).unwrap()).is_null());
         for size in [isize::MAX as usize - 7, 1 << 62, 1 << 40] {
@@ -298,9 +306,11 @@ fn high_alignments() {
         (48, 32),
     ] {
         let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let p = unsafe { heap.alloc(l) };
         assert!(!p.is_null());
         assert_eq!(p as usize % align, 0, "Layout({size}, {align}) gave {p:?}");
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         unsafe { heap.dealloc(p, l) };
     }
 }
@@ -309,6 +319,7 @@ fn high_alignments() {
 fn large_realloc_grows_and_shrinks_in_place() {
     let heap = heap(16);
     let l = Layout::from_size_align(64 << 10, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         let q = heap.realloc(p, l, 256 << 10);
@@ -327,6 +338,7 @@ fn large_realloc_grows_and_shrinks_in_place() {
 fn small_realloc_in_same_class_keeps_the_pointer() {
     let heap = heap(16);
     let l = Layout::from_size_align(20, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         assert_eq!(heap.realloc(p, l, 24), p);
@@ -353,6 +365,7 @@ fn out_of_memory_is_null_then_recovers() {
     let l = Layout::from_size_align(4096, 8).unwrap();
     let mut got = Vec::new();
     loop {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         let p = unsafe { heap.alloc(l) };
         if p.is_null() {
             break;
@@ -365,14 +378,17 @@ fn out_of_memory_is_null_then_recovers() {
     }
     assert!(got.len() > at_least, "only {} blocks before OOM", got.len());
     for p in got.drain(..) {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         unsafe { heap.dealloc(p, l) };
     }
     let big = Layout::from_size_align(big, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     let p = unsafe { heap.alloc(big) };
     assert!(
         !p.is_null(),
         "memory freed by small objects is usable for a large one after OOM"
     );
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe { heap.dealloc(p, big) };
 }
 
@@ -424,12 +440,14 @@ fn stats_count_objects_per_class() {
     let l = Layout::from_size_align(100, 8).unwrap();
     // More than a cache holds (256 of this class) and than a span holds (73), even under Miri.
     let n = if cfg!(miri) { 300 } else { 1000 };
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     let ps: Vec<_> = (0..n).map(|_| unsafe { heap.alloc(l) }).collect();
     let s = heap.stats();
     let class = crate::sizeclass::SizeClass::for_size(100).unwrap();
     assert_eq!(s.classes[class.index()].objects, n);
     assert_eq!(s.classes[class.index()].bytes, n * class.size());
     for p in ps {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         unsafe { heap.dealloc(p, l) };
     }
     assert_eq!(heap.stats().objects(), 0);
@@ -448,8 +466,10 @@ fn cross_thread_frees() {
         for id in 0..objects {
             let size = 1 + r.below(2048) as usize;
             let l = Layout::from_size_align(size, 8).unwrap();
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             let p = unsafe { heap.alloc(l) };
             assert!(!p.is_null());
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             unsafe { core::ptr::write_bytes(p, id as u8, size) };
             tx.send((p as usize, size, id)).unwrap();
         }
@@ -459,22 +479,29 @@ fn cross_thread_frees() {
         let mut r = Rng(9);
         let mut mine = Vec::new();
         while let Ok((p, size, id)) = rx.recv() {
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             let s = unsafe { core::slice::from_raw_parts(p as *const u8, size) };
             assert!(filled_with(s, id as u8), "block {p:#x} corrupted");
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             unsafe { heap.dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
             // The consumer also allocates, reusing what the producer's objects left in its cache.
             let l = Layout::from_size_align(1 + r.below(512) as usize, 8).unwrap();
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             let q = unsafe { heap.alloc(l) };
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             unsafe { core::ptr::write_bytes(q, 0xAB, l.size()) };
             mine.push((q, l));
             if mine.len() > 100 {
                 let (q, l) = mine.swap_remove(0);
+                // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                 let s = unsafe { core::slice::from_raw_parts(q, l.size()) };
                 assert!(filled_with(s, 0xAB));
+                // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                 unsafe { heap.dealloc(q, l) };
             }
         }
         for (q, l) in mine {
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             unsafe { heap.dealloc(q, l) };
         }
     });
@@ -496,18 +523,23 @@ fn threads_allocate_and_free_concurrently() {
                 for i in 0..scaled(50_000) as u32 {
                     if live.len() < 500 && r.below(2) == 0 {
                         let l = Layout::from_size_align(1 + r.below(4096) as usize, 8).unwrap();
+                        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                         let p = unsafe { heap.alloc(l) };
                         assert!(!p.is_null());
+                        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                         unsafe { core::ptr::write_bytes(p, i as u8, l.size()) };
                         live.push((p, l, i as u8));
                     } else if !live.is_empty() {
                         let (p, l, tag) = live.swap_remove(r.below(live.len() as u64) as usize);
+                        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                         let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
                         assert!(filled_with(s, tag), "block {p:?} corrupted");
+                        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                         unsafe { heap.dealloc(p, l) };
                     }
                 }
                 for (p, l, _) in live {
+                    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
                     unsafe { heap.dealloc(p, l) };
                 }
             })
@@ -524,6 +556,7 @@ fn threads_allocate_and_free_concurrently() {
 fn foreign_pointer_panics() {
     let heap = heap(16);
     let mut x = 0u64;
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe { heap.dealloc(&mut x as *mut u64 as *mut u8, Layout::new::<u64>()) };
 }
 
@@ -531,6 +564,7 @@ fn foreign_pointer_panics() {
 #[should_panic(expected = "size class differs")]
 fn wrong_layout_panics() {
     let heap = heap(16);
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(Layout::from_size_align(16, 8).unwrap());
         heap.dealloc(p, Layout::from_size_align(1024, 8).unwrap());
@@ -542,6 +576,7 @@ fn wrong_layout_panics() {
 fn small_double_free_panics_when_returned_to_its_span() {
     let heap = heap(16);
     let l = Layout::from_size_align(32, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         heap.dealloc(p, l);
@@ -555,6 +590,7 @@ fn small_double_free_panics_when_returned_to_its_span() {
 fn large_double_free_panics_at_once() {
     let heap = heap(16);
     let l = Layout::from_size_align(100 << 10, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         heap.dealloc(p, l);
@@ -567,6 +603,7 @@ fn large_double_free_panics_at_once() {
 fn interior_pointer_of_large_object_panics() {
     let heap = heap(16);
     let l = Layout::from_size_align(100 << 10, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         heap.dealloc(p.add(8192), l);
@@ -591,6 +628,7 @@ fn checked_heap() -> &'static Heap<HostPlatform, true> {
 fn full_checks_catch_a_double_free_at_once() {
     let heap = checked_heap();
     let l = Layout::from_size_align(32, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         heap.dealloc(p, l);
@@ -603,6 +641,7 @@ fn full_checks_catch_a_double_free_at_once() {
 fn full_checks_catch_an_interior_pointer_at_once() {
     let heap = checked_heap();
     let l = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
         let p = heap.alloc(l);
         heap.dealloc(p.add(8), l);
@@ -617,15 +656,18 @@ fn full_checks_accept_correct_use() {
     for _ in 0..scaled(20_000) {
         if live.len() < 300 && r.below(2) == 0 {
             let l = Layout::from_size_align(1 + r.below(4000) as usize, 8).unwrap();
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             let p = unsafe { heap.alloc(l) };
             assert!(!p.is_null());
             live.push((p, l));
         } else if !live.is_empty() {
             let (p, l) = live.swap_remove(r.below(live.len() as u64) as usize);
+            // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
             unsafe { heap.dealloc(p, l) };
         }
     }
     for (p, l) in live {
+        // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
         unsafe { heap.dealloc(p, l) };
     }
     heap.trim();
