@@ -14,10 +14,12 @@
 use core::ptr::NonNull;
 
 use crate::addr::VirtAddr;
+use crate::freemark::FreeMarks;
 use crate::pageheap::PageHeap;
 use crate::platform::Platform;
 use crate::sizeclass::{SizeClass, SpanClass};
 use crate::span::{Span, SpanList};
+use crate::spanmap::Owner;
 
 struct Lists {
     partial: SpanList,
@@ -65,13 +67,15 @@ impl Central {
     }
 
     /// Fills `out` with up to `out.len()` free objects of `class`, taking new spans from the page heap as
-    /// needed. Returns how many it wrote (0 only when memory is exhausted).
+    /// needed (from `cpu`'s page cache if given; every object of a new span gets its free mark). Returns
+    /// how many it wrote (0 only when memory is exhausted).
     pub(crate) fn refill<P: Platform>(
         &self,
         class: SizeClass,
         out: &mut [VirtAddr],
         pages: &spin::Mutex<Option<PageHeap<P>>>,
-        cpu: usize,
+        cpu: Option<usize>,
+        marks: &FreeMarks,
     ) -> usize {
         let mut l = self.lists.lock();
         let mut n = 0;
@@ -82,10 +86,13 @@ impl Central {
                     let mut guard = pages.lock();
                     let Some(heap) = guard.as_mut() else { break };
                     let spc = SpanClass::new(class, false);
-                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc, Some(cpu)) else {
+                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc, cpu, Owner::Explicit)
+                    else {
                         break;
                     };
                     drop(guard);
+                    // SAFETY: a fresh small span of the explicit heap, mapped, none of its objects out.
+                    unsafe { marks.stamp_span(s.as_ref()) };
                     l.spans += 1;
                     // SAFETY: a fresh span from the page heap, now owned by this list.
                     unsafe { l.partial.push_front(s) };
@@ -167,6 +174,15 @@ impl Central {
             // SAFETY: the span came from this page heap and is unlinked and unused now.
             unsafe { heap.free_span(span) };
         }
+    }
+
+    /// Whether object `idx` of `span` is allocated in its span's bitmap (taken out by a refill): for
+    /// naming what a refused free was (a cached object, or one free in its span).
+    pub(crate) fn is_allocated(&self, span: NonNull<Span>, idx: usize) -> bool {
+        let _l = self.lists.lock();
+        // SAFETY: the span is an in-use span of this class (the span map says so), so it is on one of our
+        // lists; we hold the lock, and only read.
+        unsafe { span.as_ref() }.is_allocated(idx)
     }
 
     /// Full checks: records that the object at `addr` went to a user (`live`) or came back from one, using

@@ -9,8 +9,11 @@
 //!   unmapped page faults as on the real machine.
 //! - Virtual windows come from `reserve_window`: PROT_NONE|MAP_NORESERVE reservations aligned to
 //!   [`ARENA_SIZE`], so the mapper's addresses are the host addresses.
-//! - CPUs are threads: each thread gets an index round-robin on first use, or pins one with
-//!   [`HostPlatform::set_cpu_index`]. Interrupts do not exist: masking is a no-op guard.
+//! - CPUs are threads: each thread takes the lowest free index on first use and gives it back when it
+//!   exits, so no two live threads share one; a thread that finds all [`MAX_CPUS`] taken (or runs after
+//!   its thread-local state is gone) gets [`NO_CPU`], an index past every cache, and the heap serves it
+//!   through its locked path. A thread may also pin an index with [`HostPlatform::set_cpu_index`].
+//!   Interrupts do not exist: masking is a no-op guard.
 //!
 //! Linux caps the mappings of a process (vm.max_map_count, 65530 by default). Each window page mapped to a
 //! frame whose memfd offset does not continue its neighbour's costs one mapping, so some 250 MiB of badly
@@ -26,7 +29,7 @@
 
 use std::boxed::Box;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
@@ -34,7 +37,7 @@ use crate::addr::{Page, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
 use crate::frames::{FrameAllocator, MemoryRegion, RegionKind};
 use crate::paging::Mapper;
-use crate::platform::Platform;
+use crate::platform::{Platform, MAX_CPUS};
 
 /// The fake machine: physical memory, mirrored mappings, thread = CPU.
 pub struct HostPlatform {
@@ -49,10 +52,30 @@ pub struct HostPlatform {
 /// What [`HostPlatform::mask_interrupts`] returns: nothing to restore on the host.
 pub struct HostInterruptGuard(());
 
-static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+/// The index a thread gets when every index is taken: at or over `MAX_CPUS`, so it reaches no cache.
+pub const NO_CPU: usize = MAX_CPUS;
+
+const _: () = assert!(MAX_CPUS <= 64, "host: TAKEN holds one bit per CPU index");
+
+/// Indices held by live threads (bit `i`: index `i`).
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's index; gives an automatically taken index back when the thread exits.
+struct CpuSlot {
+    index: Cell<Option<usize>>,
+    owned: Cell<bool>,
+}
+
+impl Drop for CpuSlot {
+    fn drop(&mut self) {
+        if let (Some(i), true) = (self.index.get(), self.owned.get()) {
+            TAKEN.fetch_and(!(1 << i), Ordering::AcqRel);
+        }
+    }
+}
 
 std::thread_local! {
-    static CPU: Cell<Option<usize>> = const { Cell::new(None) };
+    static CPU: CpuSlot = const { CpuSlot { index: Cell::new(None), owned: Cell::new(false) } };
 }
 
 #[cfg(miri)]
@@ -83,12 +106,31 @@ pub fn leak<T>(value: T) -> &'static T {
     leaked
 }
 
-/// First use of `cpu_index` on a thread: the next index, round-robin.
+/// First use of `cpu_index` on a thread: the lowest index no live thread holds, or [`NO_CPU`].
 #[cold]
-fn assign_cpu(c: &Cell<Option<usize>>) -> usize {
-    let index = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % <HostPlatform as Platform>::MAX_CPUS;
-    c.set(Some(index));
-    index
+fn assign_cpu(slot: &CpuSlot) -> usize {
+    let mut taken = TAKEN.load(Ordering::Acquire);
+    loop {
+        let free = !taken;
+        if free == 0 {
+            // Not recorded: a later call tries again, once some thread has exited.
+            return NO_CPU;
+        }
+        let i = free.trailing_zeros() as usize;
+        match TAKEN.compare_exchange_weak(
+            taken,
+            taken | 1 << i,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                slot.index.set(Some(i));
+                slot.owned.set(true);
+                return i;
+            }
+            Err(now) => taken = now,
+        }
+    }
 }
 
 #[cfg(not(miri))]
@@ -175,14 +217,20 @@ impl HostPlatform {
         base
     }
 
-    /// Pins the calling thread to "CPU" `index` (< `MAX_CPUS`).
+    /// Pins the calling thread to "CPU" `index` (any value: one at or over `MAX_CPUS` takes the heap's
+    /// locked path). The caller keeps pinned indices apart: two live threads pinned to one index below
+    /// `MAX_CPUS` must not use one heap. A pinned index is held against automatic assignment while the
+    /// thread lives if it was free; an index the thread took automatically is given back.
     pub fn set_cpu_index(index: usize) {
-        assert!(
-            index < Self::MAX_CPUS,
-            "host: CPU index {index} is not below MAX_CPUS = {}",
-            Self::MAX_CPUS
-        );
-        CPU.with(|c| c.set(Some(index)));
+        CPU.with(|slot| {
+            if let (Some(old), true) = (slot.index.get(), slot.owned.get()) {
+                TAKEN.fetch_and(!(1 << old), Ordering::AcqRel);
+            }
+            let owned = index < MAX_CPUS
+                && TAKEN.fetch_or(1 << index, Ordering::AcqRel) & (1 << index) == 0;
+            slot.index.set(Some(index));
+            slot.owned.set(owned);
+        });
     }
 
     /// Panics unless `count` pages from `start` lie inside one window this platform reserved: the mirrors
@@ -278,14 +326,16 @@ impl Drop for HostPlatform {
 // kernel does not keep coherent.
 unsafe impl Platform for HostPlatform {
     type InterruptGuard = HostInterruptGuard;
-    const MAX_CPUS: usize = 64;
+    const MAX_CPUS: usize = MAX_CPUS;
 
     #[inline]
     fn cpu_index(&self) -> usize {
-        CPU.with(|c| match c.get() {
+        CPU.try_with(|slot| match slot.index.get() {
             Some(index) => index,
-            None => assign_cpu(c),
+            None => assign_cpu(slot),
         })
+        // The thread's locals are being destroyed: no index to hold, take the locked path.
+        .unwrap_or(NO_CPU)
     }
 
     #[inline]

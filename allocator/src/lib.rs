@@ -11,7 +11,8 @@
 //! - [`sizeclass`]: Go's 67 size classes, generated at compile time, with O(1) lookup.
 //! - [`span`]: spans (runs of pages holding objects of one class) and their intrusive lists.
 //! - `meta`, `pageheap`, `spanmap`: metadata, the page heap (Go's mheap) and the page -> span map.
-//! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs).
+//! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs);
+//!   `freemark`: the marks on free objects that let every free be checked.
 //! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
 //! - `gc` (feature `gc`): a garbage-collected heap on the same spans and page heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -22,6 +23,7 @@ pub mod arena;
 mod cache;
 mod central;
 pub mod frames;
+mod freemark;
 #[cfg(any(test, feature = "gc"))]
 pub mod gc;
 pub mod heap;
@@ -41,6 +43,6 @@ pub mod host;
 mod testing;
 
 pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
-pub use heap::{Heap, MAX_CPUS};
-pub use platform::Platform;
+pub use heap::Heap;
+pub use platform::{Platform, MAX_CPUS};
 pub use stats::Stats;

@@ -22,13 +22,12 @@ use core::ptr::NonNull;
 
 use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
-use crate::heap::MAX_CPUS;
 use crate::meta::{LazyRegion, MetaAlloc};
 use crate::pagealloc::PageAlloc;
-use crate::platform::Platform;
+use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::SpanClass;
 use crate::span::Span;
-use crate::spanmap::SpanMap;
+use crate::spanmap::{Owner, SpanMap};
 
 /// Heap pages per arena.
 pub const ARENA_PAGES: usize = ARENA_SIZE / PAGE_SIZE;
@@ -69,6 +68,8 @@ pub enum InitError {
     WindowTooSmall { window_bytes: u64, needed: u64 },
     /// Frames ran out while mapping the first metadata.
     OutOfFrames,
+    /// `max_bytes` is below one heap page.
+    LimitTooSmall { max_bytes: usize },
 }
 
 impl core::fmt::Display for InitError {
@@ -79,6 +80,10 @@ impl core::fmt::Display for InitError {
                 "heap window of {window_bytes:#x} bytes is too small: metadata and one arena need {needed:#x}"
             ),
             InitError::OutOfFrames => write!(f, "out of frames while mapping the heap's metadata"),
+            InitError::LimitTooSmall { max_bytes } => write!(
+                f,
+                "heap limit of {max_bytes} bytes is below one {PAGE_SIZE}-byte heap page"
+            ),
         }
     }
 }
@@ -157,27 +162,45 @@ impl<P: Platform> PageHeap<P> {
         spanmap: &'static SpanMap,
     ) -> Result<Self, InitError> {
         let window_bytes = window.end().as_u64() - window.base().as_u64();
+        if max_bytes < PAGE_SIZE {
+            return Err(InitError::LimitTooSmall { max_bytes });
+        }
+        // The metadata area (whole arenas) and the arenas holding `cap` pages must fit the window. The
+        // test is monotone in `cap`, so the largest capacity that fits is found by bisection, in
+        // 64-bit arithmetic that cannot overflow for any `max_bytes` (`usize::MAX` means "no limit").
         let meta_bytes_for = |cap: usize| {
             MetaLayout::new(cap)
                 .total()
                 .next_multiple_of(ARENA_SIZE as u64)
         };
-        // Fit the capacity to the window: metadata first, whole arenas after it.
-        let mut capacity = (max_bytes / PAGE_SIZE).max(ARENA_PAGES) / ARENA_PAGES * ARENA_PAGES;
-        while capacity > ARENA_PAGES
-            && meta_bytes_for(capacity) + (capacity * PAGE_SIZE) as u64 > window_bytes
-        {
-            capacity -= ARENA_PAGES;
-        }
-        let layout = MetaLayout::new(capacity);
-        let meta_bytes = meta_bytes_for(capacity);
-        let needed = meta_bytes + ARENA_SIZE as u64;
-        if needed > window_bytes {
+        let fits = |cap: usize| {
+            let arenas = (cap as u64).div_ceil(ARENA_PAGES as u64) * ARENA_SIZE as u64;
+            meta_bytes_for(cap) + arenas <= window_bytes
+        };
+        let wanted = (max_bytes / PAGE_SIZE).min((window_bytes / PAGE_SIZE as u64) as usize);
+        let capacity = if fits(wanted) {
+            wanted
+        } else {
+            let (mut lo, mut hi) = (0, wanted); // fits(lo) or lo == 0; !fits(hi)
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let needed = meta_bytes_for(capacity.max(1)) + ARENA_SIZE as u64;
+        if capacity == 0 || needed > window_bytes {
             return Err(InitError::WindowTooSmall {
                 window_bytes,
                 needed,
             });
         }
+        let layout = MetaLayout::new(capacity);
+        let meta_bytes = meta_bytes_for(capacity);
         let meta_base = window.base();
         for _ in 0..meta_bytes / ARENA_SIZE as u64 {
             window.take_arena().ok_or(InitError::WindowTooSmall {
@@ -224,8 +247,9 @@ impl<P: Platform> PageHeap<P> {
         })
     }
 
-    pub(crate) fn meta(&mut self) -> (&mut MetaAlloc, &mut AddressSpace<P>) {
-        (&mut self.meta, &mut self.space)
+    /// A zeroed metadata block of `size` bytes (e.g. a per-CPU cache); `None` when no frame can be had.
+    pub(crate) fn meta_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        self.meta.alloc(&mut self.space, size)
     }
 
     pub(crate) fn stats(&self) -> PageStats {
@@ -269,11 +293,19 @@ impl<P: Platform> PageHeap<P> {
         }
     }
 
-    /// Takes arenas until at least `npages` more pages are tracked. Fails when the window or frames for
+    /// Tracks at least `npages` more pages: a whole number of arenas' worth, or up to the capacity when
+    /// that is less (a heap limited below an arena tracks part of its last arena). Takes arenas from the
+    /// window as the tracked pages reach into them. Fails when the capacity, the window or frames for
     /// metadata run out.
     fn grow(&mut self, npages: usize) -> bool {
-        let target = self.grown + npages.next_multiple_of(ARENA_PAGES);
-        if target > self.capacity {
+        let Some(want) = npages
+            .checked_next_multiple_of(ARENA_PAGES)
+            .and_then(|n| n.checked_add(self.grown))
+        else {
+            return false;
+        };
+        let target = want.min(self.capacity);
+        if target - self.grown < npages {
             return false;
         }
         let old = self.grown;
@@ -298,16 +330,15 @@ impl<P: Platform> PageHeap<P> {
         {
             return false;
         }
-        let arenas = (target - old) / ARENA_PAGES;
-        for _ in 0..arenas {
+        while self.arenas * ARENA_PAGES < target {
             let arena = self
                 .window
                 .take_arena()
                 .expect("window holds `capacity` pages");
-            debug_assert_eq!(arena, self.page_addr(self.grown));
-            self.grown += ARENA_PAGES;
+            debug_assert_eq!(arena, self.page_addr(self.arenas * ARENA_PAGES));
             self.arenas += 1;
         }
+        self.grown = target;
         for i in old..target {
             self.set_scavenged(i, true);
         }
@@ -366,19 +397,14 @@ impl<P: Platform> PageHeap<P> {
             return None;
         }
         let cached = match cpu {
-            Some(cpu) if npages < PAGE_CACHE_MAX_SPAN && align == 1 => {
+            Some(cpu) if npages < PAGE_CACHE_MAX_SPAN && align == 1 && cpu < MAX_CPUS => {
                 self.take_from_page_cache(cpu, npages)
             }
             _ => None,
         };
-        let first = match cached.or_else(|| self.pages.alloc(npages, align)) {
+        let first = match cached {
             Some(f) => f,
-            None => {
-                if !self.grow(npages + align.saturating_sub(1)) {
-                    return None;
-                }
-                self.pages.alloc(npages, align)?
-            }
+            None => self.find_aligned(npages, align)?,
         };
         let fresh = match self.back(first, npages) {
             Ok(fresh) => fresh,
@@ -397,6 +423,51 @@ impl<P: Platform> PageHeap<P> {
         };
         self.in_use += npages;
         Some((first, !fresh))
+    }
+
+    /// First fit for `npages` pages whose *address* is a multiple of `align` pages, growing the heap if
+    /// needed; marks them in use in `pages`.
+    ///
+    /// The page allocator aligns page indices, which aligns addresses as far as the heap's base is
+    /// aligned (at least an arena, 64 MiB). Beyond that it takes `npages + align - base_align` pages
+    /// aligned to the base's alignment — a run that always holds an aligned start — and gives back
+    /// the pages before and after it.
+    fn find_aligned(&mut self, npages: usize, align: usize) -> Option<usize> {
+        let base_align = 1usize
+            << (self.base.as_u64() / PAGE_SIZE as u64)
+                .trailing_zeros()
+                .min(63);
+        let (run, step) = if align <= base_align {
+            (npages, align)
+        } else {
+            (npages.checked_add(align - base_align)?, base_align)
+        };
+        if run > self.capacity {
+            return None;
+        }
+        let first = match self.pages.alloc(run, step) {
+            Some(f) => f,
+            None => {
+                if !self.grow(run.checked_add(step - 1)?) {
+                    return None;
+                }
+                self.pages.alloc(run, step)?
+            }
+        };
+        if run == npages {
+            return Some(first);
+        }
+        let base_page = (self.base.as_u64() / PAGE_SIZE as u64) as usize;
+        let start = (base_page + first).next_multiple_of(align) - base_page;
+        debug_assert!(start + npages <= first + run);
+        if start > first {
+            self.pages.free(first, start - first);
+        }
+        if first + run > start + npages {
+            self.pages
+                .free(start + npages, first + run - (start + npages));
+        }
+        Some(start)
     }
 
     /// `npages` pages from `cpu`'s page cache, refilling it with a fresh 64-page block when it cannot
@@ -442,6 +513,7 @@ impl<P: Platform> PageHeap<P> {
         align: usize,
         class: SpanClass,
         cpu: Option<usize>,
+        owner: Owner,
     ) -> Option<NonNull<Span>> {
         let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
         let base = self.page_addr(first);
@@ -452,7 +524,7 @@ impl<P: Platform> PageHeap<P> {
                 return None;
             }
         };
-        self.spanmap.set(first, npages, Some((span, class)));
+        self.spanmap.set(first, npages, Some((span, class, owner)));
         Some(span)
     }
 
@@ -553,7 +625,9 @@ impl<P: Platform> PageHeap<P> {
         };
         self.in_use += extra;
         s.set_npages(PageCount(s.npages().0 + extra));
-        self.spanmap.set(end, extra, Some((span, s.class())));
+        // Only the explicit heap resizes large objects in place.
+        self.spanmap
+            .set(end, extra, Some((span, s.class(), Owner::Explicit)));
         Some(!fresh)
     }
 

@@ -6,6 +6,10 @@
 
 use crate::addr::{Page, PhysFrame, VirtAddr};
 
+/// Most CPUs a heap keeps per-CPU caches for: [`Platform::MAX_CPUS`] may not exceed it (checked when a
+/// heap is built). Per-CPU state is laid out for this many CPUs, used up to `Platform::MAX_CPUS`.
+pub const MAX_CPUS: usize = 64;
+
 /// What spanalloc needs from the machine.
 ///
 /// # Safety
@@ -16,10 +20,14 @@ pub unsafe trait Platform: Sync + 'static {
     /// Restores the previous interrupt state when dropped.
     type InterruptGuard;
 
-    /// Upper bound on CPU indices; per-CPU state is sized by it.
+    /// CPU indices below this get a per-CPU cache (lock-free fast path); at most [`MAX_CPUS`] (a heap
+    /// over a platform that says more does not compile). A CPU whose index is at or above it is still
+    /// served, through the central lists' locks (slower, never unsound).
     const MAX_CPUS: usize;
 
-    /// Index of the CPU running this code, `< MAX_CPUS`. Stable while interrupts are masked.
+    /// Index of the CPU running this code. Two CPUs (or threads) running at once must never report the
+    /// same index below `MAX_CPUS`: the cache of an index is used without a lock. Stable while
+    /// interrupts are masked.
     fn cpu_index(&self) -> usize;
 
     /// Masks interrupts on this CPU until the guard is dropped (nesting allowed).

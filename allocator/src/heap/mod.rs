@@ -3,15 +3,18 @@
 //! An allocation flows: size class lookup -> this CPU's cache (cache.rs, the fast path) -> on a miss the
 //! class's central list (central.rs) -> on a miss a new span from the page heap (pageheap.rs) -> on a miss
 //! a new arena mapped from the window with frames from the frame allocator (arena.rs, frames.rs).
-//! Objects over 32 KiB (or aligned beyond a page... beyond 8 KiB) skip the caches: their own span, straight
-//! from the page heap.
+//! Objects over 32 KiB (or aligned beyond 8 KiB) skip the caches: their own span, straight from the page
+//! heap. A CPU without a cache (an index at or over `Platform::MAX_CPUS`, or no memory for one) is served
+//! through the central lists' locks.
 //!
 //! Invariants:
 //! - Nothing here panics on a failed allocation: out of memory is a null pointer.
-//! - Every `dealloc` is checked against the span map: the pointer must lie in an in-use span of the class
-//!   its layout maps to, else it panics naming the address, the layout and the reason. Double frees and
-//!   interior pointers of small objects are caught when the object returns to its span (central.rs); with
-//!   the `debug-checks` feature, at once.
+//! - Every `dealloc` and `realloc` is checked before anything changes, in every build: the pointer must
+//!   be the start of an object of an in-use explicit-heap span (span map: not foreign, not a collector's
+//!   object, not interior, not in a span's tail) of the class its layout maps to (a large object: of
+//!   its page count), and a small object must not carry its free mark (freemark.rs: not freed twice, not
+//!   a slot never handed out, not waiting in a cache). Else it panics naming the address, the layout
+//!   and the reason. `debug-checks` adds a locked check of the span's bitmaps (racing double frees).
 //! - Interrupts are masked on this CPU while its cache is used and while any heap lock is held, so an
 //!   interrupt handler may allocate and free.
 
@@ -23,15 +26,13 @@ use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
 use crate::cache::{stack_cap, Cache};
 use crate::central::Central;
+use crate::freemark::{self, FreeMarks};
 use crate::pageheap::{InitError, PageHeap};
-use crate::platform::Platform;
+use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
-use crate::spanmap::SpanMap;
+use crate::spanmap::{Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
-
-/// Most CPUs a heap serves (`Platform::cpu_index` must stay below it).
-pub const MAX_CPUS: usize = 64;
 
 /// Whether [`Heap`] runs its full checks unless told otherwise: the `debug-checks` feature.
 pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
@@ -39,34 +40,52 @@ pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
 /// The span heap. Put one in a `static` with [`Heap::new`], call [`Heap::init`] once memory is known,
 /// and use it as the `#[global_allocator]`. Before `init` every allocation returns null.
 ///
-/// `FULL_CHECKS` (default: the `debug-checks` feature) catches every double free and interior pointer of
-/// small objects at the `dealloc` that makes it, at the cost of a central-list lock per operation; without
-/// it they are caught when the object goes back to its span.
+/// Every `dealloc` and `realloc` is checked (see the module invariants): a bad free panics naming the
+/// address, the layout and the reason. `FULL_CHECKS` (default: the `debug-checks` feature) adds a
+/// check of the span's bitmaps under the class lock on every operation, which also catches two CPUs
+/// freeing one object at the same instant.
 pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     platform: &'static P,
     caches: [AtomicPtr<Cache>; MAX_CPUS],
     central: [Central; NUM_SIZE_CLASSES],
     pages: spin::Mutex<Option<PageHeap<P>>>,
     spanmap: SpanMap,
+    marks: FreeMarks,
     large_objects: AtomicUsize,
     large_pages: AtomicUsize,
 }
 
+/// Which call a refused pointer came through, for the message.
+#[derive(Clone, Copy)]
+enum Op {
+    Dealloc,
+    Realloc,
+}
+
 impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     pub const fn new(platform: &'static P) -> Self {
+        const {
+            assert!(
+                P::MAX_CPUS <= MAX_CPUS,
+                "spanalloc: Platform::MAX_CPUS is over spanalloc::MAX_CPUS"
+            )
+        };
         Self {
             platform,
             caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS],
             central: [const { Central::new() }; NUM_SIZE_CLASSES],
             pages: spin::Mutex::new(None),
             spanmap: SpanMap::new(),
+            marks: FreeMarks::new(),
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
         }
     }
 
-    /// Hands the heap its address space (frames + page tables) and the virtual window to grow in; the heap
-    /// will hold at most `max_bytes` (fitted to the window).
+    /// Hands the heap its address space (frames + page tables) and the virtual window to grow in. The heap
+    /// will hold at most `max_bytes` of heap pages (rounded down to 8 KiB pages; `usize::MAX` for no limit
+    /// beyond the window), besides its metadata; the window must also hold the metadata area (whole
+    /// 64 MiB arenas at its start). Errors name what does not fit.
     pub fn init(
         &'static self,
         space: AddressSpace<P>,
@@ -76,6 +95,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
         assert!(pages.is_none(), "spanalloc: Heap::init called twice");
+        let salt = (self as *const Self as u64) ^ window.base().as_u64().rotate_left(17);
+        self.marks.init(freemark::seed(salt));
         *pages = Some(PageHeap::new(space, window, max_bytes, &self.spanmap)?);
         Ok(())
     }
@@ -90,13 +111,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         pages.as_mut().map(|h| f(&mut h.space))
     }
 
-    /// This CPU's cache: created on first use, `None` only when metadata cannot be had.
+    /// This CPU's cache: created on first use; `None` for a CPU without one (index at or over
+    /// `Platform::MAX_CPUS`, or no metadata to be had), which then takes the locked path.
     ///
     /// # Safety
     /// `cpu` is the index of the CPU running the caller, interrupts stay masked on it while the result is
     /// used, and the caller makes no other reference to that cache meanwhile.
     #[inline(always)]
     unsafe fn local_cache<'a>(&self, cpu: usize) -> Option<&'a mut Cache> {
+        if cpu >= P::MAX_CPUS {
+            return None;
+        }
         let c = match NonNull::new(self.caches[cpu].load(Ordering::Acquire)) {
             Some(c) => c,
             None => self.create_cache(cpu)?,
@@ -108,16 +133,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     #[cold]
     fn create_cache(&self, cpu: usize) -> Option<NonNull<Cache>> {
-        assert!(
-            cpu < MAX_CPUS,
-            "spanalloc: cpu index {cpu} is over MAX_CPUS ({MAX_CPUS})"
-        );
+        debug_assert!(cpu < P::MAX_CPUS);
         let mut guard = self.pages.lock();
         let heap = guard.as_mut()?;
-        let (meta, space) = heap.meta();
-        let mem = meta
-            .alloc(space, core::mem::size_of::<Cache>())?
-            .cast::<Cache>();
+        let size = core::mem::size_of::<Cache>();
+        let mem = match heap.meta_alloc(size) {
+            Some(m) => m,
+            None => {
+                // The frames may all sit in free pages the heap keeps mapped: give those back, retry.
+                heap.flush_page_caches();
+                heap.scavenge(usize::MAX);
+                heap.meta_alloc(size)?
+            }
+        }
+        .cast::<Cache>();
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
         // integers and addresses), and `init` then lays the stacks out. Not yet published: ours alone.
         unsafe { (*mem.as_ptr()).init() };
@@ -128,9 +157,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[inline(always)]
     fn alloc_small(&self, class: SizeClass) -> *mut u8 {
         let p = self.alloc_small_unchecked(class);
-        if FULL_CHECKS && !p.is_null() {
-            self.track(class, VirtAddr::from_ptr(p), true)
-                .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
+        if !p.is_null() {
+            // SAFETY: `p` was just handed out: the start of a mapped object of `class` (>= 8 B,
+            // 8-aligned) that only we hold.
+            unsafe { FreeMarks::clear(VirtAddr::from_ptr(p)) };
+            if FULL_CHECKS {
+                self.track(class, VirtAddr::from_ptr(p), true)
+                    .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
+            }
         }
         p
     }
@@ -159,28 +193,150 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// # Safety
-    /// As for [`Heap::cache`].
+    /// As for [`Heap::local_cache`].
     #[cold]
     unsafe fn alloc_small_slow(&self, cpu: usize, class: SizeClass) -> *mut u8 {
+        let central = &self.central[class.index()];
         // SAFETY: forwarded from the caller.
         let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
-            return ptr::null_mut();
+            // No cache for this CPU: one object straight from the central list.
+            let mut one = [VirtAddr::zero()];
+            let n = central.refill(class, &mut one, &self.pages, None, &self.marks);
+            return if n == 1 {
+                one[0].as_mut_ptr()
+            } else {
+                ptr::null_mut()
+            };
         };
         let batch = (stack_cap(class.index()) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = self.central[class.index()].refill(class, &mut spare[..want], &self.pages, cpu);
+        let n = central.refill(
+            class,
+            &mut spare[..want],
+            &self.pages,
+            Some(cpu),
+            &self.marks,
+        );
         cache.filled(class, n);
         cache.pop(class).map_or(ptr::null_mut(), |p| p.as_mut_ptr())
     }
 
+    /// Whether `addr` is a small object of `class` that a user may free: the start of an object of an
+    /// in-use explicit-heap span of that class, not carrying its free mark. The span-map entry answers
+    /// everything but the last question without touching the span; the mark is read only once the
+    /// address is known to be a mapped object start.
+    #[inline(always)]
+    fn is_live_small(&self, class: SizeClass, addr: VirtAddr) -> bool {
+        let Some(e) = self.spanmap.entry(addr) else {
+            return false;
+        };
+        e.kind() == Entry::explicit_tag(class)
+            && class.object_start(e.offset_in_span(addr)).is_some()
+            // SAFETY: `addr` starts an object of an in-use span (checked just above), so it is mapped,
+            // 8-aligned and at least 8 bytes; the caller claims to hold it.
+            && !unsafe { self.marks.is_free(addr) }
+    }
+
+    /// A small object failed [`Heap::is_live_small`]: find out why and panic saying so.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn refuse_small(&self, op: Op, addr: VirtAddr, layout: Layout, class: SizeClass) -> ! {
+        let Some(e) = self.spanmap.entry(addr) else {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "not a live heap object (freed already, or never allocated by this heap)"
+                ),
+            )
+        };
+        if e.owner() == Owner::Collector {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("an object of a garbage-collected heap (only its collector frees it)"),
+            )
+        }
+        let got = e.class().size_class();
+        if got != class {
+            if got.is_large() {
+                bad_free(
+                    op,
+                    addr,
+                    layout,
+                    format_args!("the layout's size class differs from the allocation's (a large object, the layout says class {} of {} B)", class.get(), class.size()),
+                )
+            }
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size class differs from the allocation's (class {} of {} B, the layout says class {} of {} B)",
+                    got.get(),
+                    got.size(),
+                    class.get(),
+                    class.size()
+                ),
+            )
+        }
+        let offset = e.offset_in_span(addr);
+        if offset >= class.objects_per_span() * class.size() {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("not an object: in the unused tail of its span"),
+            )
+        }
+        let idx = class.object_start(offset);
+        let Some(idx) = idx else {
+            let object = addr - (offset % class.size()) as u64;
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "interior pointer into the object at {:#x} ({} B)",
+                    object.as_u64(),
+                    class.size()
+                ),
+            )
+        };
+        let cached = {
+            let _irq = self.platform.mask_interrupts();
+            self.central[class.index()].is_allocated(e.span(), idx)
+        };
+        if cached {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("double free: the object is already free, waiting in a CPU cache"),
+            )
+        }
+        bad_free(
+            op,
+            addr,
+            layout,
+            format_args!("double free: the object is already free in its span (freed before, or never allocated)"),
+        )
+    }
+
     #[inline(always)]
     fn free_small(&self, class: SizeClass, obj: VirtAddr) {
+        // SAFETY: `obj` passed `is_live_small`: a mapped object start of an explicit-heap span that the
+        // caller gives back, so no user holds it any more.
+        unsafe { self.marks.stamp(obj) };
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index();
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
         let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
-            // No memory even for a cache: give the object straight back to its span.
+            // No cache for this CPU: give the object straight back to its span.
             return self.central[class.index()].flush(&[obj], self.spans(), &self.pages);
         };
         if !cache.push(class, obj) {
@@ -213,13 +369,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let Some(heap) = guard.as_mut() else {
             return ptr::null_mut();
         };
-        let cpu = Some(self.platform.cpu_index());
-        let Some(span) = heap.alloc_span(
-            npages.0,
-            align,
-            SpanClass::new(SizeClass::LARGE, false),
-            cpu,
-        ) else {
+        let cpu = self.platform.cpu_index();
+        let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
+        let class = SpanClass::new(SizeClass::LARGE, false);
+        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit) else {
             return ptr::null_mut();
         };
         drop(guard);
@@ -235,21 +388,78 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         p
     }
 
+    /// The large span of the object at `addr` freed or resized with `layout`, checked under the page-heap
+    /// lock (the caller holds it: a concurrent free may release the span): an explicit-heap large span
+    /// starting at `addr` whose page count is what `layout` allocates. Panics naming the reason otherwise.
+    #[track_caller]
+    fn checked_large(&self, op: Op, addr: VirtAddr, layout: Layout) -> NonNull<Span> {
+        let Some(e) = self.spanmap.entry(addr) else {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "not a live heap object (freed already, or never allocated by this heap)"
+                ),
+            )
+        };
+        if e.owner() == Owner::Collector {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("an object of a garbage-collected heap (only its collector frees it)"),
+            )
+        }
+        let class = e.class().size_class();
+        if !class.is_large() {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size class differs from the allocation's (class {} of {} B, the layout says a large object)",
+                    class.get(),
+                    class.size()
+                ),
+            )
+        }
+        let span = e.span();
+        // SAFETY: a large span belongs to its object, which the caller holds; the page-heap lock (held by
+        // the caller) keeps it from being released meanwhile. Read only.
+        let s = unsafe { span.as_ref() };
+        if s.base() != addr {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "interior pointer of the large object at {:#x}",
+                    s.base().as_u64()
+                ),
+            )
+        }
+        if PageCount::covering(layout.size()) != Some(s.npages()) {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size differs from the allocation's ({} pages)",
+                    s.npages().0
+                ),
+            )
+        }
+        span
+    }
+
     fn free_large(&self, addr: VirtAddr, layout: Layout) {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
+        let span = self.checked_large(Op::Dealloc, addr, layout);
         let heap = guard.as_mut().expect("large spans exist only after init");
-        // Look again under the lock: a concurrent double free may have released the span meanwhile.
-        let Some((span, class)) = self.spanmap.lookup(addr) else {
-            bad_free(addr, layout, "no span holds it (double free?)")
-        };
-        debug_assert!(class.is_large());
         // SAFETY: a large span belongs to its object, which the caller is freeing.
-        let s = unsafe { span.as_ref() };
-        if s.base() != addr {
-            bad_free(addr, layout, "interior pointer of a large object");
-        }
-        let npages = s.npages().0;
+        let npages = unsafe { span.as_ref() }.npages().0;
         // SAFETY: the caller frees the span's one object: nobody uses the span after this.
         unsafe { heap.free_span(span) };
         heap.scavenge_if_needed();
@@ -257,25 +467,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.large_pages.fetch_sub(npages, Ordering::Relaxed);
     }
 
-    /// Tries to resize a large object in place; `true` if it now holds `new_size` bytes.
-    fn realloc_large_in_place(&self, addr: VirtAddr, new_size: usize) -> bool {
+    /// Checks the large object at `addr` (as `dealloc` would) and, when `new_size` is large too, tries to
+    /// resize it in place; `true` if it now holds `new_size` bytes.
+    fn realloc_large(&self, addr: VirtAddr, layout: Layout, new_size: usize) -> bool {
+        let _irq = self.platform.mask_interrupts();
+        let mut guard = self.pages.lock();
+        let span = self.checked_large(Op::Realloc, addr, layout);
+        if SizeClass::for_layout(new_size, layout.align()).is_some() {
+            return false;
+        }
         let Some(new_pages) = PageCount::covering(new_size) else {
             return false;
         };
-        let _irq = self.platform.mask_interrupts();
-        let mut guard = self.pages.lock();
-        let Some(heap) = guard.as_mut() else {
-            return false;
-        };
-        let Some((span, _)) = self.spanmap.lookup(addr) else {
-            return false;
-        };
+        let heap = guard.as_mut().expect("large spans exist only after init");
         // SAFETY: the caller owns the large object and so its span.
-        let s = unsafe { span.as_ref() };
-        if s.base() != addr {
-            return false; // not the object's start: the fallback's dealloc reports it
-        }
-        let old = s.npages().0;
+        let old = unsafe { span.as_ref() }.npages().0;
         if new_pages.0 == old {
             return true;
         }
@@ -295,8 +501,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         false
     }
 
-    /// Returns this CPU's cached objects to their spans, releases spans that are empty, and unmaps every
-    /// free page: afterwards the frames held are those of live objects and metadata.
+    /// Returns **this CPU's** cached objects to their spans, releases spans that are empty, and unmaps
+    /// every free page: afterwards the frames held are those of live objects, metadata, and the objects
+    /// other CPUs still cache. A CPU's cache is used without a lock, so no other CPU can empty it: each
+    /// CPU calls `trim` itself to give back what it caches (at most a few hundred KiB per CPU: 32 KiB or
+    /// 256 objects per size class).
     pub fn trim(&self) {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
@@ -330,7 +539,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         for class in SizeClass::small() {
             let c = class.index();
             let central = self.central[c].stats();
-            let cached: usize = (0..MAX_CPUS)
+            let cached: usize = (0..P::MAX_CPUS)
                 .filter_map(|cpu| self.cache_ref(cpu))
                 .map(|k| k.cached(c))
                 .sum();
@@ -364,20 +573,24 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 }
 
 #[cold]
+#[inline(never)]
 #[track_caller]
-fn bad_free(addr: VirtAddr, layout: Layout, why: &str) -> ! {
+fn bad_free(op: Op, addr: VirtAddr, layout: Layout, why: core::fmt::Arguments<'_>) -> ! {
+    let op = match op {
+        Op::Dealloc => "dealloc",
+        Op::Realloc => "realloc",
+    };
     panic!(
-        "spanalloc: bad dealloc of {:#x} (size {}, align {}): {}",
+        "spanalloc: bad {op} of {:#x} (size {}, align {}): {why}",
         addr.as_u64(),
         layout.size(),
         layout.align(),
-        why
     )
 }
 
 // SAFETY: every pointer returned is null or the start of a free block of at least `layout.size()` bytes
-// aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are page aligned with the
-// requested alignment), not handed out again until it is deallocated.
+// aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are placed at an
+// address aligned as requested), not handed out again until it is deallocated.
 unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_CHECKS> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -393,28 +606,19 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let addr = VirtAddr::from_ptr(ptr);
-        let Some((_, span_class)) = self.spanmap.lookup(addr) else {
-            bad_free(
-                addr,
-                layout,
-                "not a live heap object (freed already, or never allocated by this heap)",
-            )
-        };
         match SizeClass::for_layout(layout.size(), layout.align()) {
-            Some(class) if span_class.size_class() == class => {
+            Some(class) => {
+                if !self.is_live_small(class, addr) {
+                    self.refuse_small(Op::Dealloc, addr, layout, class)
+                }
                 if FULL_CHECKS {
                     if let Err(why) = self.track(class, addr, false) {
-                        bad_free(addr, layout, why)
+                        bad_free(Op::Dealloc, addr, layout, format_args!("{why}"))
                     }
                 }
                 self.free_small(class, addr)
             }
-            None if span_class.is_large() => self.free_large(addr, layout),
-            _ => bad_free(
-                addr,
-                layout,
-                "the layout's size class differs from the allocation's",
-            ),
+            None => self.free_large(addr, layout),
         }
     }
 
@@ -436,23 +640,32 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let addr = VirtAddr::from_ptr(ptr);
+        // Check the old block first, as `dealloc` would: nothing is copied from or resized on a pointer
+        // that is not a live object of this layout.
+        match SizeClass::for_layout(layout.size(), layout.align()) {
+            Some(class) => {
+                if !self.is_live_small(class, addr) {
+                    self.refuse_small(Op::Realloc, addr, layout, class)
+                }
+                if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
+                    return ptr;
+                }
+            }
+            None => {
+                if self.realloc_large(addr, layout, new_size) {
+                    return ptr;
+                }
+            }
+        }
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return ptr::null_mut();
         };
-        let old_class = SizeClass::for_layout(layout.size(), layout.align());
-        let new_class = SizeClass::for_layout(new_size, layout.align());
-        match (old_class, new_class) {
-            (Some(a), Some(b)) if a == b => return ptr,
-            (None, None) if self.realloc_large_in_place(VirtAddr::from_ptr(ptr), new_size) => {
-                return ptr
-            }
-            _ => {}
-        }
         // SAFETY: new_layout is valid and non-zero (GlobalAlloc::realloc's contract: new_size > 0).
         let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
-            // SAFETY: both blocks are valid for the smaller size and do not overlap (new is a fresh block);
-            // the caller gives up `ptr`.
+            // SAFETY: the old block is a live object of `layout` (checked above), so both blocks are valid
+            // for the smaller size, and they do not overlap (new is a fresh block); the caller gives up `ptr`.
             unsafe {
                 ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
                 self.dealloc(ptr, layout);
@@ -485,7 +698,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         // Named so it drops before `_irq` (see `with_address_space`).
         let mut pages = self.pages.lock();
-        pages.as_mut()?.alloc_span(n, 1, class, None)
+        pages
+            .as_mut()?
+            .alloc_span(n, 1, class, None, Owner::Collector)
     }
 
     /// Gives a span from [`Heap::gc_alloc_span`] back to the page heap (whose scavenger may then return its
@@ -515,5 +730,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+#[cfg(test)]
+mod soundness_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,468 @@
+//! Regression tests for the heap's side of the soundness issue: every bad free caught in the default
+//! build at the call that makes it, realloc checked before it copies or resizes, every alignment honoured,
+//! init limits, and CPUs beyond the caches. Each test failed on the code before its fix.
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::string::String;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::addr::{Page, PhysFrame, VirtAddr, PAGE_SIZE};
+use crate::host::{HostMachine, HostPlatform};
+use crate::pageheap::InitError;
+use crate::platform::Platform;
+use crate::sizeclass::SizeClass;
+use crate::Heap;
+
+/// A heap with the default build's checks only (whatever features the test build has).
+type Plain = Heap<HostPlatform, false>;
+
+fn plain_heap(phys_mib: usize, window: usize, max: usize) -> &'static Plain {
+    let m = HostMachine::new(phys_mib << 20, window);
+    let heap: &'static Plain = crate::host::leak(Heap::new(m.platform));
+    heap.init(m.space, m.window, max).expect("heap init");
+    heap
+}
+
+fn small_heap() -> &'static Plain {
+    plain_heap(16, 256 << 20, 64 << 20)
+}
+
+/// Runs `f`, which must panic, and returns the panic message.
+fn panic_message(f: impl FnOnce()) -> String {
+    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
+    if let Some(s) = err.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = err.downcast_ref::<&str>() {
+        String::from(*s)
+    } else {
+        String::from("<non-string panic>")
+    }
+}
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// After a refused free the heap is unchanged: a burst of allocations of `layout` hands out no address
+/// twice and none that a user still holds.
+fn assert_no_double_handout(heap: &Plain, layout: Layout, held: &[*mut u8]) {
+    let mut seen: BTreeSet<usize> = held.iter().map(|&p| p as usize).collect();
+    let mut got = Vec::new();
+    for _ in 0..2000 {
+        // SAFETY: test code: a fresh allocation of this heap.
+        let p = unsafe { heap.alloc(layout) };
+        assert!(!p.is_null());
+        assert!(seen.insert(p as usize), "{p:?} handed out twice");
+        got.push(p);
+    }
+    for p in got {
+        // SAFETY: test code: live blocks of this heap with this layout.
+        unsafe { heap.dealloc(p, layout) };
+    }
+}
+
+#[test]
+fn double_free_at_once_is_named_and_changes_nothing() {
+    let heap = small_heap();
+    let l = lay(16);
+    // SAFETY: test code throughout: pointers are blocks of this heap with this layout (or deliberately not).
+    let p = unsafe { heap.alloc(l) };
+    let keep = unsafe { heap.alloc(l) };
+    unsafe { heap.dealloc(p, l) };
+    let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
+    assert!(
+        msg.contains("double free") && msg.contains("CPU cache"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&std::format!("{:#x}", p as usize)),
+        "names the address: {msg}"
+    );
+    assert_no_double_handout(heap, l, &[keep]);
+}
+
+#[test]
+fn double_free_after_the_object_went_back_to_its_span() {
+    let heap = small_heap();
+    let l = lay(48);
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(l) };
+    let keep = unsafe { heap.alloc(l) };
+    unsafe { heap.dealloc(p, l) };
+    heap.trim(); // the object leaves the cache for its span
+    let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
+    assert!(
+        msg.contains("double free") && msg.contains("in its span"),
+        "{msg}"
+    );
+    assert_no_double_handout(heap, l, &[keep]);
+}
+
+#[test]
+fn interior_pointer_of_a_small_object_is_named() {
+    let heap = small_heap();
+    let l = lay(64);
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(l) };
+    let msg = panic_message(|| unsafe { heap.dealloc(p.add(8), l) });
+    assert!(
+        msg.contains("interior pointer") && msg.contains(&std::format!("{:#x}", p as usize)),
+        "names the object: {msg}"
+    );
+    assert_no_double_handout(heap, l, &[p]);
+}
+
+#[test]
+fn free_of_a_slot_never_handed_out_is_named() {
+    let heap = small_heap();
+    let l = lay(16);
+    // A 16 B span has 512 objects and the first refill takes objects 0..128 into this CPU's cache, from
+    // whose top `alloc` pops: object 0 waits in the cache, object 400 is free in the span, never handed out.
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(l) };
+    let base = (p as usize & !(PAGE_SIZE - 1)) as *mut u8;
+    assert_ne!(base, p);
+    let cached = base;
+    let msg = panic_message(|| unsafe { heap.dealloc(cached, l) });
+    assert!(
+        msg.contains("double free") && msg.contains("CPU cache"),
+        "{msg}"
+    );
+    let never = unsafe { base.add(400 * 16) };
+    let msg = panic_message(|| unsafe { heap.dealloc(never, l) });
+    assert!(msg.contains("in its span"), "{msg}");
+    assert_no_double_handout(heap, l, &[p]);
+}
+
+#[test]
+fn free_in_a_span_tail_is_named() {
+    let heap = small_heap();
+    // 48 B objects: 170 in an 8 KiB span, 32 bytes of tail.
+    let class = SizeClass::for_size(48).unwrap();
+    assert_eq!(class.size(), 48);
+    let l = lay(48);
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(l) };
+    let base = p as usize & !(PAGE_SIZE - 1);
+    let tail = (base + 170 * 48) as *mut u8;
+    let msg = panic_message(|| unsafe { heap.dealloc(tail, l) });
+    assert!(msg.contains("tail"), "{msg}");
+}
+
+#[test]
+fn freeing_a_collector_object_is_refused() {
+    use crate::gc::{Gc, GcConfig, GcHeap, Rootable};
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = ();
+    }
+    let heap = small_heap();
+    let mut gc: GcHeap<R> = GcHeap::new(heap, GcConfig::default(), |_| ());
+    // A pointer-free 16-byte value: the explicit heap's 16 B class, same size class as the layout below.
+    let msg = panic_message(AssertUnwindSafe(|| {
+        gc.mutate(|mc, _| {
+            let g = Gc::new(mc, [7u64; 2]);
+            // SAFETY: test code: deliberately frees a collector's object through the explicit heap.
+            unsafe { heap.dealloc(g.as_ptr() as *mut u8, lay(16)) };
+        })
+    }));
+    assert!(msg.contains("garbage-collected"), "{msg}");
+}
+
+#[test]
+fn realloc_checks_before_it_copies_or_resizes() {
+    let heap = small_heap();
+    // A stack pointer in one class: refused, not handed back as live.
+    let mut local = [0u64; 2];
+    let msg = panic_message(|| unsafe {
+        heap.realloc(local.as_mut_ptr().cast(), lay(16), 12);
+    });
+    assert!(
+        msg.contains("bad realloc") && msg.contains("not a live heap object"),
+        "{msg}"
+    );
+    // A freed pointer in one class.
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(lay(16)) };
+    unsafe { heap.dealloc(p, lay(16)) };
+    let msg = panic_message(|| unsafe {
+        heap.realloc(p, lay(16), 12);
+    });
+    assert!(msg.contains("double free"), "{msg}");
+    // An old layout larger than the object: refused before copying 4096 bytes out of a 16 B object.
+    let q = unsafe { heap.alloc(lay(16)) };
+    let msg = panic_message(|| unsafe {
+        heap.realloc(q, lay(4096), 8192);
+    });
+    assert!(msg.contains("size class differs"), "{msg}");
+    // A large layout at a small span's base: refused before resizing the span as if it were large.
+    let base = (q as usize & !(PAGE_SIZE - 1)) as *mut u8;
+    let msg = panic_message(|| unsafe {
+        heap.realloc(base, lay(64 << 10), 128 << 10);
+    });
+    assert!(
+        msg.contains("size class differs") && msg.contains("large"),
+        "{msg}"
+    );
+    // A large object with the wrong size.
+    let big = unsafe { heap.alloc(lay(64 << 10)) };
+    let msg = panic_message(|| unsafe {
+        heap.realloc(big, lay(128 << 10), 256 << 10);
+    });
+    assert!(msg.contains("size differs"), "{msg}");
+    // Correct use still works, and nothing was lost.
+    unsafe {
+        let big2 = heap.realloc(big, lay(64 << 10), 100 << 10);
+        assert!(!big2.is_null());
+        heap.dealloc(big2, lay(100 << 10));
+        heap.dealloc(q, lay(16));
+    }
+    heap.trim();
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+#[test]
+fn large_free_with_a_wrong_size_is_refused() {
+    let heap = small_heap();
+    // SAFETY: test code.
+    let p = unsafe { heap.alloc(lay(40 << 10)) };
+    let msg = panic_message(|| unsafe { heap.dealloc(p, lay(400 << 10)) });
+    assert!(msg.contains("size differs"), "{msg}");
+    unsafe { heap.dealloc(p, lay(40 << 10)) };
+}
+
+/// Alignments beyond the heap base's own alignment (64 MiB arenas) were met only modulo that alignment.
+#[test]
+#[cfg_attr(miri, ignore = "maps gigabytes of address space")]
+fn alignments_up_to_a_gibibyte_are_met() {
+    let heap = plain_heap(64, 8 << 30, 4 << 30);
+    for shift in 0..=30 {
+        let align = 1usize << shift;
+        for size in [1, 8, 100, 40 << 10, 3 << 20] {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: test code.
+            let p = unsafe { heap.alloc(l) };
+            assert!(!p.is_null(), "Layout({size}, {align:#x}) failed");
+            assert_eq!(
+                p as usize % align,
+                0,
+                "Layout({size}, {align:#x}) gave {p:?}"
+            );
+            unsafe {
+                p.write(1);
+                p.add(size - 1).write(2);
+                heap.dealloc(p, l);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(crate::testing::proptest_config(if cfg!(miri) { 2 } else { 64 }))]
+    #[test]
+    #[cfg_attr(miri, ignore = "maps gigabytes of address space")]
+    fn any_alignment_is_met(
+        shifts in prop::collection::vec(0u32..=30, 1..8),
+        sizes in prop::collection::vec(1usize..200_000, 8),
+    ) {
+        let heap = plain_heap(64, 8 << 30, 4 << 30);
+        let mut live = Vec::new();
+        for (i, &shift) in shifts.iter().enumerate() {
+            let l = Layout::from_size_align(sizes[i], 1 << shift).unwrap();
+            // SAFETY: test code.
+            let p = unsafe { heap.alloc(l) };
+            prop_assert!(!p.is_null());
+            prop_assert_eq!(p as usize % l.align(), 0);
+            // SAFETY: test code: the block is fresh and `size` bytes long.
+            unsafe { core::ptr::write_bytes(p, i as u8, l.size()) };
+            live.push((p, l, i as u8));
+        }
+        for (p, l, v) in live {
+            // SAFETY: test code: live blocks of this heap.
+            let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
+            prop_assert!(s.iter().all(|&b| b == v));
+            unsafe { heap.dealloc(p, l) };
+        }
+    }
+}
+
+#[test]
+fn unlimited_max_bytes_initializes_at_once() {
+    // usize::MAX overflowed in debug builds and looped for hours in release; 2^55 took seconds.
+    for max in [usize::MAX, 1 << 55] {
+        let heap = plain_heap(16, 1 << 30, max);
+        // SAFETY: test code.
+        let p = unsafe { heap.alloc(lay(100)) };
+        assert!(!p.is_null());
+        unsafe { heap.dealloc(p, lay(100)) };
+    }
+}
+
+#[test]
+fn a_limit_below_one_arena_is_honoured() {
+    // An 8 MiB limit used to hold 63 MiB.
+    let heap = plain_heap(128, 1 << 30, 8 << 20);
+    let l = lay(1 << 20);
+    let mut got = Vec::new();
+    loop {
+        // SAFETY: test code.
+        let p = unsafe { heap.alloc(l) };
+        if p.is_null() {
+            break;
+        }
+        got.push(p);
+        assert!(got.len() <= 8, "an 8 MiB heap holds {} MiB", got.len());
+    }
+    assert!(got.len() >= 6, "an 8 MiB heap held only {} MiB", got.len());
+    let s = heap.stats();
+    assert!(
+        s.pages.grown * PAGE_SIZE <= 8 << 20,
+        "grew to {} pages",
+        s.pages.grown
+    );
+    for p in got {
+        // SAFETY: test code.
+        unsafe { heap.dealloc(p, l) };
+    }
+    // Small objects still work at the limit's edge.
+    let p = unsafe { heap.alloc(lay(32)) };
+    assert!(!p.is_null());
+    unsafe { heap.dealloc(p, lay(32)) };
+}
+
+#[test]
+fn a_limit_below_one_page_is_a_named_error() {
+    let m = HostMachine::new(16 << 20, 256 << 20);
+    let heap: &'static Plain = crate::host::leak(Heap::new(m.platform));
+    let e = heap.init(m.space, m.window, 4096).unwrap_err();
+    assert_eq!(e, InitError::LimitTooSmall { max_bytes: 4096 });
+    assert!(std::format!("{e}").contains("4096"));
+}
+
+/// The host platform, with caches for only two CPUs.
+struct TwoCpus(&'static HostPlatform);
+
+// SAFETY: delegates everything to the host platform; only the cache limit differs.
+unsafe impl Platform for TwoCpus {
+    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
+    const MAX_CPUS: usize = 2;
+    fn cpu_index(&self) -> usize {
+        self.0.cpu_index()
+    }
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.0.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.0.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.0.page_mapped(page, frame)
+    }
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        self.0.pages_unmapped(start, count)
+    }
+}
+
+#[test]
+fn platform_max_cpus_is_honoured() {
+    let m = HostMachine::new(16 << 20, 256 << 20);
+    let platform: &'static TwoCpus = crate::host::leak(TwoCpus(m.platform));
+    let space = crate::arena::AddressSpace::new(m.space.frames, m.space.mapper, platform);
+    let heap: &'static Heap<TwoCpus, false> = crate::host::leak(Heap::new(platform));
+    heap.init(space, m.window, 64 << 20).unwrap();
+    let class = SizeClass::for_size(32).unwrap().index();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            HostPlatform::set_cpu_index(1);
+            // SAFETY: test code.
+            unsafe { heap.dealloc(heap.alloc(lay(32)), lay(32)) };
+            assert!(heap.stats().classes[class].cached > 0, "CPU 1 has a cache");
+        });
+    });
+    let cached = heap.stats().classes[class].cached;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            HostPlatform::set_cpu_index(5);
+            // SAFETY: test code.
+            let ps: Vec<_> = (0..100).map(|_| unsafe { heap.alloc(lay(32)) }).collect();
+            assert!(ps.iter().all(|p| !p.is_null()));
+            let distinct: BTreeSet<_> = ps.iter().collect();
+            assert_eq!(distinct.len(), 100);
+            for p in ps {
+                unsafe { heap.dealloc(p, lay(32)) };
+            }
+        });
+    });
+    assert_eq!(
+        heap.stats().classes[class].cached,
+        cached,
+        "CPU 5 is over Platform::MAX_CPUS = 2: it must have no cache"
+    );
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+/// More threads than caches: threads past the 64th share no cache (they take the locked path); with
+/// round-robin numbering thread 65 shared CPU 0's cache and objects were handed out twice.
+#[test]
+#[cfg_attr(miri, ignore = "80 threads")]
+fn more_threads_than_caches() {
+    let heap = plain_heap(512, 4 << 30, 2 << 30);
+    let n = 80;
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        for t in 0..n {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
+                barrier.wait(); // all 80 threads hold an index (or none) at once
+                for i in 0..3000u32 {
+                    let v = (t as u32 * 7 + i) as u8;
+                    if live.len() < 50 && i % 3 != 2 {
+                        let l = lay(8 + (i as usize * 13 + t) % 600);
+                        // SAFETY: test code.
+                        let p = unsafe { heap.alloc(l) };
+                        assert!(!p.is_null());
+                        unsafe { core::ptr::write_bytes(p, v, l.size()) };
+                        live.push((p, l, v));
+                    } else if let Some((p, l, v)) = live.pop() {
+                        // SAFETY: test code: a live block of this heap, written by this thread.
+                        let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
+                        assert!(s.iter().all(|&b| b == v), "block {p:?} overwritten");
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                }
+                for (p, l, _) in live {
+                    unsafe { heap.dealloc(p, l) };
+                }
+            });
+        }
+    });
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+/// A 4 MiB machine: caches (tens of KiB each) stop fitting after a dozen CPUs; the rest must still
+/// allocate (they got null for every small allocation), and creating a cache may reclaim free pages.
+#[test]
+#[cfg_attr(miri, ignore = "32 threads on a small machine")]
+fn a_small_machine_serves_every_cpu() {
+    let heap = plain_heap(4, 256 << 20, 64 << 20);
+    for cpu in 0..32 {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                HostPlatform::set_cpu_index(cpu);
+                let ps: Vec<_> = (0..64)
+                    // SAFETY: test code.
+                    .map(|_| unsafe { heap.alloc(lay(24)) })
+                    .collect();
+                assert!(ps.iter().all(|p| !p.is_null()), "CPU {cpu} got null");
+                for p in ps {
+                    unsafe { heap.dealloc(p, lay(24)) };
+                }
+            });
+        });
+    }
+}
