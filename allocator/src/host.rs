@@ -60,22 +60,30 @@ const _: () = assert!(MAX_CPUS <= 64, "host: TAKEN holds one bit per CPU index")
 /// Indices held by live threads (bit `i`: index `i`).
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 
-/// A thread's index; gives an automatically taken index back when the thread exits.
-struct CpuSlot {
-    index: Cell<Option<usize>>,
-    owned: Cell<bool>,
-}
-
-impl Drop for CpuSlot {
-    fn drop(&mut self) {
-        if let (Some(i), true) = (self.index.get(), self.owned.get()) {
-            TAKEN.fetch_and(!(1 << i), Ordering::AcqRel);
-        }
-    }
-}
+/// `CPU` before the thread's first `cpu_index`.
+const UNASSIGNED: usize = usize::MAX;
 
 std::thread_local! {
-    static CPU: CpuSlot = const { CpuSlot { index: Cell::new(None), owned: Cell::new(false) } };
+    /// The thread's index (or `UNASSIGNED`). Without drop glue, so reading it is one TLS load, and it
+    /// stays readable while other thread-locals are destroyed.
+    static CPU: Cell<usize> = const { Cell::new(UNASSIGNED) };
+    /// Registered on the first automatic assignment: gives the index back when the thread exits.
+    static RELEASE: CpuRelease = const { CpuRelease(Cell::new(false)) };
+}
+
+/// Gives an automatically taken index back when its thread exits; the thread's later calls get
+/// [`NO_CPU`] (its allocations during thread-local destruction then take the locked path).
+struct CpuRelease(Cell<bool>);
+
+impl Drop for CpuRelease {
+    fn drop(&mut self) {
+        if self.0.get() {
+            let i = CPU.with(|c| c.replace(NO_CPU));
+            if i < MAX_CPUS {
+                TAKEN.fetch_and(!(1 << i), Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 #[cfg(miri)]
@@ -106,14 +114,29 @@ pub fn leak<T>(value: T) -> &'static T {
     leaked
 }
 
-/// First use of `cpu_index` on a thread: the lowest index no live thread holds, or [`NO_CPU`].
+/// A thread without a cache index: assign one on its first call.
 #[cold]
-fn assign_cpu(slot: &CpuSlot) -> usize {
+#[inline(never)]
+fn no_cache_index(index: usize) -> usize {
+    if index == UNASSIGNED {
+        assign_cpu()
+    } else {
+        index
+    }
+}
+
+/// First use of `cpu_index` on a thread: the lowest index no live thread holds, or [`NO_CPU`] (not
+/// recorded: a later call tries again, once some thread has exited).
+#[cold]
+fn assign_cpu() -> usize {
+    // Register the release first: a thread whose destructors can no longer be registered keeps none.
+    if RELEASE.try_with(|r| r.0.set(true)).is_err() {
+        return NO_CPU;
+    }
     let mut taken = TAKEN.load(Ordering::Acquire);
     loop {
         let free = !taken;
         if free == 0 {
-            // Not recorded: a later call tries again, once some thread has exited.
             return NO_CPU;
         }
         let i = free.trailing_zeros() as usize;
@@ -124,8 +147,7 @@ fn assign_cpu(slot: &CpuSlot) -> usize {
             Ordering::Acquire,
         ) {
             Ok(_) => {
-                slot.index.set(Some(i));
-                slot.owned.set(true);
+                CPU.with(|c| c.set(i));
                 return i;
             }
             Err(now) => taken = now,
@@ -222,15 +244,14 @@ impl HostPlatform {
     /// `MAX_CPUS` must not use one heap. A pinned index is held against automatic assignment while the
     /// thread lives if it was free; an index the thread took automatically is given back.
     pub fn set_cpu_index(index: usize) {
-        CPU.with(|slot| {
-            if let (Some(old), true) = (slot.index.get(), slot.owned.get()) {
-                TAKEN.fetch_and(!(1 << old), Ordering::AcqRel);
-            }
-            let owned = index < MAX_CPUS
-                && TAKEN.fetch_or(1 << index, Ordering::AcqRel) & (1 << index) == 0;
-            slot.index.set(Some(index));
-            slot.owned.set(owned);
-        });
+        let old = CPU.with(|c| c.replace(index));
+        let owned = RELEASE.with(|r| r.0.get());
+        if owned && old < MAX_CPUS {
+            TAKEN.fetch_and(!(1 << old), Ordering::AcqRel);
+        }
+        let claimed =
+            index < MAX_CPUS && TAKEN.fetch_or(1 << index, Ordering::AcqRel) & (1 << index) == 0;
+        RELEASE.with(|r| r.0.set(claimed));
     }
 
     /// Panics unless `count` pages from `start` lie inside one window this platform reserved: the mirrors
@@ -330,12 +351,13 @@ unsafe impl Platform for HostPlatform {
 
     #[inline]
     fn cpu_index(&self) -> usize {
-        CPU.try_with(|slot| match slot.index.get() {
-            Some(index) => index,
-            None => assign_cpu(slot),
-        })
-        // The thread's locals are being destroyed: no index to hold, take the locked path.
-        .unwrap_or(NO_CPU)
+        // One compare, which the heap's own `cpu < MAX_CPUS` test repeats: the optimizer merges them.
+        let index = CPU.with(Cell::get);
+        if index < MAX_CPUS {
+            index
+        } else {
+            no_cache_index(index)
+        }
     }
 
     #[inline]

@@ -47,6 +47,8 @@ struct Tables {
     pages: [u8; NUM_SIZE_CLASSES],
     objects: [u16; NUM_SIZE_CLASSES],
     magic: [u32; NUM_SIZE_CLASSES],
+    /// What `dealloc` needs to tell an object's start, in one place: see [`SizeClass::is_object_start`].
+    starts: [Starts; NUM_SIZE_CLASSES],
     /// Class for sizes `0..=SMALL_SIZE_MAX`, indexed by `ceil(size / 8)`.
     by8: [u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1],
     /// Class for sizes `SMALL_SIZE_MAX+1..=MAX_SMALL_SIZE`, indexed by `ceil((size - 1024) / 128)`.
@@ -62,6 +64,11 @@ const fn generate() -> Tables {
         pages: [0; NUM_SIZE_CLASSES],
         objects: [0; NUM_SIZE_CLASSES],
         magic: [0; NUM_SIZE_CLASSES],
+        starts: [Starts {
+            inverse: 0,
+            threshold: 0,
+            mark: 0,
+        }; NUM_SIZE_CLASSES],
         by8: [0; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1],
         by128: [0; (MAX_SMALL_SIZE - SMALL_SIZE_MAX) / LARGE_SIZE_DIV + 1],
         aligned: [[0; NUM_SIZE_CLASSES]; ALIGN_ROWS],
@@ -121,6 +128,18 @@ const fn generate() -> Tables {
         );
         t.objects[c] = (span / s) as u16;
         t.magic[c] = u32::MAX / s as u32 + 1;
+        let inverse = u64::MAX / s as u64 + 1;
+        // `excess` = size * inverse - 2^64, in wrapping arithmetic; 0 for a power of two.
+        let excess = (s as u64).wrapping_mul(inverse);
+        t.starts[c] = Starts {
+            inverse,
+            threshold: if excess == 0 {
+                1
+            } else {
+                (t.objects[c] as u64 * excess) as u32
+            },
+            mark: if s > 8 { 8 } else { 0 },
+        };
         c += 1;
     }
 
@@ -161,6 +180,24 @@ const fn generate() -> Tables {
     t
 }
 
+/// What the free path needs of a class, in one 16-byte entry.
+///
+/// Object starts: with `inverse = ceil(2^64 / size)` and `excess = size * inverse - 2^64` (< size), an
+/// offset `off = k * size + r` (`0 <= r < size`) maps to `off * inverse mod 2^64 = k * excess + r *
+/// inverse` (Lemire's divisibility test, no wrap for offsets within a span). So `off` starts object `k`
+/// exactly when the product is `k * excess`, and starts one of the span's `objects` exactly when it is
+/// below `threshold = objects * excess` — one multiplication and one compare, tail included. A power of
+/// two has `excess = 0` and no tail: every multiple below the span's end starts an object
+/// (`threshold = 1`). The tests check every offset of every class.
+///
+/// `mark`: the offset of the object's free-mark word (freemark.rs).
+#[derive(Clone, Copy)]
+struct Starts {
+    inverse: u64,
+    threshold: u32,
+    mark: u32,
+}
+
 const TABLES: Tables = generate();
 
 /// A size class: 1..=67 for small objects, 0 for "large" (an object with a span of its own).
@@ -189,7 +226,14 @@ impl SizeClass {
         self.0
     }
 
+    /// Index into arrays of `NUM_SIZE_CLASSES` entries; known to the optimizer to be in bounds.
+    #[inline(always)]
     pub const fn index(self) -> usize {
+        // SAFETY: every `SizeClass` holds a class below NUM_SIZE_CLASSES: `new` checks, the tables hold
+        // only such classes, and `SpanClass` (whose `size_class` is the only other maker) is checked in
+        // `from_raw` and built from a valid class in `new`. Lets per-class arrays skip bounds checks on the
+        // allocation fast path.
+        unsafe { core::hint::assert_unchecked((self.0 as usize) < NUM_SIZE_CLASSES) };
         self.0 as usize
     }
 
@@ -220,6 +264,20 @@ impl SizeClass {
     #[inline]
     pub const fn magic(self) -> u32 {
         TABLES.magic[self.0 as usize]
+    }
+
+    /// Whether an object starts exactly `offset` bytes into a span of this class (not inside an object,
+    /// not in the span's unused tail). One table entry, one multiplication: it runs on every `dealloc`.
+    #[inline(always)]
+    pub const fn is_object_start(self, offset: usize) -> bool {
+        let t = TABLES.starts[self.index()];
+        (offset as u64).wrapping_mul(t.inverse) < t.threshold as u64
+    }
+
+    /// Offset of an object's free-mark word: 8 (the second word), or 0 in the 8-byte class.
+    #[inline(always)]
+    pub const fn mark_offset(self) -> usize {
+        TABLES.starts[self.index()].mark as usize
     }
 
     /// The index of the object starting exactly `offset` bytes into a span of this class; `None` for an
@@ -288,10 +346,14 @@ impl SpanClass {
         SpanClass(class.0 << 1 | noscan as u8)
     }
 
-    /// Rebuilds a span class from [`SpanClass::raw`].
+    /// Rebuilds a span class from [`SpanClass::raw`]. Panics on a value no span class has (the size
+    /// class inside must stay below `NUM_SIZE_CLASSES`, see [`SizeClass::index`]).
     #[inline]
     pub const fn from_raw(raw: u8) -> SpanClass {
-        debug_assert!((raw as usize) < NUM_SPAN_CLASSES);
+        assert!(
+            (raw as usize) < NUM_SPAN_CLASSES,
+            "sizeclass: not a span class"
+        );
         SpanClass(raw)
     }
 
@@ -526,6 +588,12 @@ mod tests {
             for off in (0..span).step_by(step) {
                 let want = (off < used && off % c.size() == 0).then(|| off / c.size());
                 assert_eq!(c.object_start(off), want, "class {} offset {off}", c.get());
+                assert_eq!(
+                    c.is_object_start(off),
+                    want.is_some(),
+                    "class {} offset {off}",
+                    c.get()
+                );
             }
         }
     }

@@ -6,10 +6,12 @@
 //!
 //! Invariants:
 //! - Entry `i` describes heap page `base + i * PAGE_SIZE`. It is 0 unless the page belongs to an in-use
-//!   span; then it packs the span struct's address (low 48 bits, sign-extended on read) and a 16-bit
-//!   tag: the span class (bits 0..8), the owner (bit 8: set for a collector's span) and, for small
-//!   spans, the page's index inside its span (bits 9..16; 0 for large spans, whose object starts at the
-//!   span base). Entries are written only under the heap lock.
+//!   span; then it packs the span struct's address (bits 0..48, sign-extended on read), for small spans
+//!   the page's index inside its span (bits 48..55; 0 for large spans, whose object starts at the span
+//!   base), and the span's *kind* (bits 55..64): its size class (bits 55..62, never 0 for a small
+//!   class), noscan (bit 62) and its owner (bit 63: set for a collector's span). An explicit-heap span's
+//!   kind is its size class itself, so the free path tests "in-use explicit span of this class" with one
+//!   shift and one compare. Entries are written only under the heap lock.
 //! - `pages` only grows, and only after the entries below it are mapped (Release store; readers Acquire),
 //!   so a reader never touches an unmapped entry.
 
@@ -22,11 +24,16 @@ use crate::span::Span;
 
 const ADDR_BITS: u32 = 48;
 const ADDR_MASK: u64 = (1 << ADDR_BITS) - 1;
-const OWNER_GC: u16 = 1 << 8;
-const PAGE_SHIFT: u32 = 9;
-/// Most pages a small span may have for its page index to fit the tag.
-const MAX_SMALL_SPAN_PAGES: usize = 1 << (16 - PAGE_SHIFT);
+/// Bits of the page-in-span index, from bit 48.
+const PAGE_BITS: u32 = 7;
+/// The kind: span class, then the owner bit.
+const KIND_SHIFT: u32 = ADDR_BITS + PAGE_BITS;
+const KIND_NOSCAN: u64 = 1 << 7;
+const OWNER_GC: u64 = 1 << 8;
+/// Most pages a small span may have for its page index to fit.
+const MAX_SMALL_SPAN_PAGES: usize = 1 << PAGE_BITS;
 
+const _: () = assert!(crate::sizeclass::NUM_SIZE_CLASSES as u64 <= KIND_NOSCAN);
 const _: () = {
     let mut c = 1;
     while c < crate::sizeclass::NUM_SIZE_CLASSES {
@@ -47,23 +54,17 @@ pub(crate) enum Owner {
     Collector,
 }
 
-/// A decoded span-map entry.
+/// A span-map entry (never 0).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
     raw: u64,
 }
 
 impl Entry {
-    /// The tag an explicit-heap span of `class` has on its first page: what `dealloc` compares against.
+    /// The kind an explicit-heap span of `class` has: what `dealloc` compares [`kind_of`] with.
     #[inline(always)]
-    pub(crate) const fn explicit_tag(class: SizeClass) -> u16 {
-        SpanClass::new(class, false).raw() as u16
-    }
-
-    /// Class and owner bits of the tag (the page index left out).
-    #[inline(always)]
-    pub(crate) fn kind(self) -> u16 {
-        (self.raw >> ADDR_BITS) as u16 & ((1 << PAGE_SHIFT) - 1)
+    pub(crate) const fn explicit_kind(class: SizeClass) -> u64 {
+        class.index() as u64
     }
 
     #[inline(always)]
@@ -76,11 +77,13 @@ impl Entry {
 
     #[inline(always)]
     pub(crate) fn class(self) -> SpanClass {
-        SpanClass::from_raw((self.raw >> ADDR_BITS) as u8)
+        let kind = self.raw >> KIND_SHIFT;
+        let class = SizeClass::new((kind & (KIND_NOSCAN - 1)) as u8).expect("spanmap: bad entry");
+        SpanClass::new(class, kind & KIND_NOSCAN != 0)
     }
 
     pub(crate) fn owner(self) -> Owner {
-        if (self.raw >> ADDR_BITS) as u16 & OWNER_GC != 0 {
+        if (self.raw >> KIND_SHIFT) & OWNER_GC != 0 {
             Owner::Collector
         } else {
             Owner::Explicit
@@ -89,10 +92,23 @@ impl Entry {
 
     /// Byte offset of `addr` from its span's base (`addr` must be in the page this entry describes).
     #[inline(always)]
-    pub(crate) fn offset_in_span(self, addr: VirtAddr) -> usize {
-        let page = (self.raw >> (ADDR_BITS + PAGE_SHIFT)) as usize;
-        page * PAGE_SIZE + (addr.as_u64() as usize & (PAGE_SIZE - 1))
+    pub(crate) fn offset_in_span(self, addr: u64) -> usize {
+        offset_in_span(self.raw, addr)
     }
+}
+
+/// The kind bits of a raw entry (0 for no span): the span class and owner.
+#[inline(always)]
+pub(crate) fn kind_of(raw: u64) -> u64 {
+    raw >> KIND_SHIFT
+}
+
+/// Byte offset of `addr` from the base of the span of raw entry `raw` (the entry of `addr`'s page).
+#[inline(always)]
+pub(crate) fn offset_in_span(raw: u64, addr: u64) -> usize {
+    let page_bytes = (raw >> (ADDR_BITS - PAGE_SIZE.trailing_zeros()))
+        & (((1 << PAGE_BITS) - 1) << PAGE_SIZE.trailing_zeros());
+    (page_bytes | (addr & (PAGE_SIZE as u64 - 1))) as usize
 }
 
 pub(crate) struct SpanMap {
@@ -132,30 +148,39 @@ impl SpanMap {
         self.pages.store(pages, Ordering::Release);
     }
 
-    /// Whether `addr` lies in the heap's grown pages (cheap pre-check for foreign pointers).
-    #[inline]
-    pub(crate) fn page_of(&self, addr: VirtAddr) -> Option<usize> {
-        let off = addr
-            .as_u64()
-            .wrapping_sub(self.base.load(Ordering::Relaxed));
+    /// Whether `addr` lies in the heap's grown pages (cheap pre-check for foreign pointers). A raw
+    /// address: a pointer that passes is inside the heap, hence canonical, with no check of its own.
+    #[inline(always)]
+    pub(crate) fn page_of(&self, addr: u64) -> Option<usize> {
+        let off = addr.wrapping_sub(self.base.load(Ordering::Relaxed));
         let i = (off / PAGE_SIZE as u64) as usize;
         (i < self.pages.load(Ordering::Acquire)).then_some(i)
     }
 
-    /// The entry of the page holding `addr`, or `None` if `addr` is not in an in-use span.
+    /// The raw entry of the page holding `addr` (a raw address, see `page_of`): 0 if `addr` is not in
+    /// an in-use span.
     #[inline(always)]
-    pub(crate) fn entry(&self, addr: VirtAddr) -> Option<Entry> {
-        let i = self.page_of(addr)?;
+    pub(crate) fn raw_entry(&self, addr: u64) -> u64 {
+        let Some(i) = self.page_of(addr) else {
+            return 0;
+        };
         let entries = self.entries.load(Ordering::Relaxed);
         // SAFETY: i < pages, and entries below `pages` are mapped for the heap's lifetime (invariant).
-        let raw = unsafe { (*entries.add(i)).load(Ordering::Acquire) };
+        unsafe { (*entries.add(i)).load(Ordering::Acquire) }
+    }
+
+    /// The entry of the page holding `addr` (a raw address, see `page_of`), or `None` if `addr` is not
+    /// in an in-use span.
+    #[inline(always)]
+    pub(crate) fn entry(&self, addr: u64) -> Option<Entry> {
+        let raw = self.raw_entry(addr);
         (raw != 0).then_some(Entry { raw })
     }
 
     /// The span holding `addr` and its class, or `None` if `addr` is not in an in-use span.
     #[inline]
     pub(crate) fn lookup(&self, addr: VirtAddr) -> Option<(NonNull<Span>, SpanClass)> {
-        self.entry(addr).map(|e| (e.span(), e.class()))
+        self.entry(addr.as_u64()).map(|e| (e.span(), e.class()))
     }
 
     /// Sets the entries of pages `[first, first + n)` (under the heap lock): to `span` if given, whose
@@ -174,15 +199,20 @@ impl SpanMap {
         for (k, i) in (first..first + n).enumerate() {
             let e = match span {
                 Some((s, c, owner)) => {
-                    let mut tag = u16::from(c.raw());
+                    let mut kind = c.size_class().index() as u64;
+                    if c.noscan() {
+                        kind |= KIND_NOSCAN;
+                    }
                     if owner == Owner::Collector {
-                        tag |= OWNER_GC;
+                        kind |= OWNER_GC;
                     }
-                    if !c.is_large() {
+                    let page = if c.is_large() {
+                        0
+                    } else {
                         debug_assert!(k < MAX_SMALL_SPAN_PAGES);
-                        tag |= (k as u16) << PAGE_SHIFT;
-                    }
-                    (s.as_ptr() as u64 & ADDR_MASK) | (u64::from(tag) << ADDR_BITS)
+                        k as u64
+                    };
+                    (s.as_ptr() as u64 & ADDR_MASK) | page << ADDR_BITS | kind << KIND_SHIFT
                 }
                 None => 0,
             };

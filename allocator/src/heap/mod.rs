@@ -31,7 +31,7 @@ use crate::pageheap::{InitError, PageHeap};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
-use crate::spanmap::{Entry, Owner, SpanMap};
+use crate::spanmap::{self, Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
 
 /// Whether [`Heap`] runs its full checks unless told otherwise: the `debug-checks` feature.
@@ -157,14 +157,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[inline(always)]
     fn alloc_small(&self, class: SizeClass) -> *mut u8 {
         let p = self.alloc_small_unchecked(class);
-        if !p.is_null() {
-            // SAFETY: `p` was just handed out: the start of a mapped object of `class` (>= 8 B,
-            // 8-aligned) that only we hold.
-            unsafe { FreeMarks::clear(VirtAddr::from_ptr(p)) };
-            if FULL_CHECKS {
-                self.track(class, VirtAddr::from_ptr(p), true)
-                    .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
-            }
+        if FULL_CHECKS && !p.is_null() {
+            self.track(class, VirtAddr::from_ptr(p), true)
+                .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
         }
         p
     }
@@ -185,7 +180,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
         if let Some(cache) = unsafe { self.local_cache(cpu) } {
             if let Some(p) = cache.pop(class) {
-                return p.as_mut_ptr();
+                let p = p.as_mut_ptr();
+                // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
+                // (>= 8 B, 8-aligned) that only we hold.
+                unsafe { FreeMarks::clear(p, class) };
+                return p;
             }
         }
         // SAFETY: as above.
@@ -202,11 +201,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             // No cache for this CPU: one object straight from the central list.
             let mut one = [VirtAddr::zero()];
             let n = central.refill(class, &mut one, &self.pages, None, &self.marks);
-            return if n == 1 {
-                one[0].as_mut_ptr()
-            } else {
-                ptr::null_mut()
-            };
+            if n == 0 {
+                return ptr::null_mut();
+            }
+            let p = one[0].as_mut_ptr();
+            // SAFETY: a fresh object from its span, only ours.
+            unsafe { FreeMarks::clear(p, class) };
+            return p;
         };
         let batch = (stack_cap(class.index()) / 2).max(1);
         let spare = cache.spare_slots(class);
@@ -219,31 +220,45 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             &self.marks,
         );
         cache.filled(class, n);
-        cache.pop(class).map_or(ptr::null_mut(), |p| p.as_mut_ptr())
+        match cache.pop(class) {
+            Some(p) => {
+                let p = p.as_mut_ptr();
+                // SAFETY: a fresh object from the cache, only ours.
+                unsafe { FreeMarks::clear(p, class) };
+                p
+            }
+            None => ptr::null_mut(),
+        }
     }
 
-    /// Whether `addr` is a small object of `class` that a user may free: the start of an object of an
-    /// in-use explicit-heap span of that class, not carrying its free mark. The span-map entry answers
-    /// everything but the last question without touching the span; the mark is read only once the
-    /// address is known to be a mapped object start.
+    /// Whether `ptr` starts an object of an in-use explicit-heap span of `class` (not foreign, not a
+    /// collector's, not interior, not in a span's tail): the span-map entry alone answers, without
+    /// touching the span.
     #[inline(always)]
-    fn is_live_small(&self, class: SizeClass, addr: VirtAddr) -> bool {
-        let Some(e) = self.spanmap.entry(addr) else {
-            return false;
-        };
-        e.kind() == Entry::explicit_tag(class)
-            && class.object_start(e.offset_in_span(addr)).is_some()
-            // SAFETY: `addr` starts an object of an in-use span (checked just above), so it is mapped,
-            // 8-aligned and at least 8 bytes; the caller claims to hold it.
-            && !unsafe { self.marks.is_free(addr) }
+    fn is_small_object(&self, class: SizeClass, ptr: *mut u8) -> bool {
+        let raw = self.spanmap.raw_entry(ptr as u64);
+        // A small class's kind is never 0, so this also refuses pages without a span.
+        spanmap::kind_of(raw) == Entry::explicit_kind(class)
+            && class.is_object_start(spanmap::offset_in_span(raw, ptr as u64))
     }
 
-    /// A small object failed [`Heap::is_live_small`]: find out why and panic saying so.
+    /// Whether `ptr` is a small object of `class` that a user may hold: [`Heap::is_small_object`], and
+    /// not carrying its free mark.
+    #[inline(always)]
+    fn is_live_small(&self, class: SizeClass, ptr: *mut u8) -> bool {
+        // SAFETY: `is_small_object` is checked first: `ptr` then starts an object of an in-use span, so
+        // it is mapped, 8-aligned and at least 8 bytes; the caller claims to hold it.
+        self.is_small_object(class, ptr) && !unsafe { self.marks.is_free(ptr, class) }
+    }
+
+    /// A small object failed [`Heap::is_live_small`] (or was found carrying its free mark): find out why
+    /// and panic saying so.
     #[cold]
     #[inline(never)]
     #[track_caller]
-    fn refuse_small(&self, op: Op, addr: VirtAddr, layout: Layout, class: SizeClass) -> ! {
-        let Some(e) = self.spanmap.entry(addr) else {
+    fn refuse_small(&self, op: Op, ptr: *mut u8, layout: Layout, class: SizeClass) -> ! {
+        let addr = VirtAddr::new_truncate(ptr as u64);
+        let Some(e) = self.spanmap.entry(ptr as u64) else {
             bad_free(
                 op,
                 addr,
@@ -284,7 +299,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 ),
             )
         }
-        let offset = e.offset_in_span(addr);
+        let offset = e.offset_in_span(ptr as u64);
         if offset >= class.objects_per_span() * class.size() {
             bad_free(
                 op,
@@ -327,11 +342,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         )
     }
 
+    /// Gives back an object that carries its free mark now.
     #[inline(always)]
-    fn free_small(&self, class: SizeClass, obj: VirtAddr) {
-        // SAFETY: `obj` passed `is_live_small`: a mapped object start of an explicit-heap span that the
-        // caller gives back, so no user holds it any more.
-        unsafe { self.marks.stamp(obj) };
+    fn free_small(&self, class: SizeClass, ptr: *mut u8) {
+        // SAFETY: `ptr` is in the heap (checked by the caller), hence canonical.
+        let obj = unsafe { VirtAddr::new_unsafe(ptr as u64) };
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index();
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
@@ -393,7 +408,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// starting at `addr` whose page count is what `layout` allocates. Panics naming the reason otherwise.
     #[track_caller]
     fn checked_large(&self, op: Op, addr: VirtAddr, layout: Layout) -> NonNull<Span> {
-        let Some(e) = self.spanmap.entry(addr) else {
+        let Some(e) = self.spanmap.entry(addr.as_u64()) else {
             bad_free(
                 op,
                 addr,
@@ -572,6 +587,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+/// The address of a large object's pointer; a non-canonical one is refused as not a heap object.
+#[track_caller]
+fn large_addr(op: Op, ptr: *mut u8, layout: Layout) -> VirtAddr {
+    VirtAddr::try_new(ptr as u64).unwrap_or_else(|_| {
+        bad_free(
+            op,
+            VirtAddr::new_truncate(ptr as u64),
+            layout,
+            format_args!("not a live heap object (not even a canonical address: {ptr:p})"),
+        )
+    })
+}
+
 #[cold]
 #[inline(never)]
 #[track_caller]
@@ -605,20 +633,25 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let addr = VirtAddr::from_ptr(ptr);
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
-                if !self.is_live_small(class, addr) {
-                    self.refuse_small(Op::Dealloc, addr, layout, class)
+                if !self.is_small_object(class, ptr) {
+                    self.refuse_small(Op::Dealloc, ptr, layout, class)
+                }
+                // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
+                // mapped, 8-aligned, at least 8 bytes; the caller gives it back.
+                if unsafe { self.marks.stamp_was_free(ptr, class) } {
+                    self.refuse_small(Op::Dealloc, ptr, layout, class)
                 }
                 if FULL_CHECKS {
+                    let addr = VirtAddr::new_truncate(ptr as u64);
                     if let Err(why) = self.track(class, addr, false) {
                         bad_free(Op::Dealloc, addr, layout, format_args!("{why}"))
                     }
                 }
-                self.free_small(class, addr)
+                self.free_small(class, ptr)
             }
-            None => self.free_large(addr, layout),
+            None => self.free_large(large_addr(Op::Dealloc, ptr, layout), layout),
         }
     }
 
@@ -640,20 +673,19 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let addr = VirtAddr::from_ptr(ptr);
         // Check the old block first, as `dealloc` would: nothing is copied from or resized on a pointer
         // that is not a live object of this layout.
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
-                if !self.is_live_small(class, addr) {
-                    self.refuse_small(Op::Realloc, addr, layout, class)
+                if !self.is_live_small(class, ptr) {
+                    self.refuse_small(Op::Realloc, ptr, layout, class)
                 }
                 if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
                     return ptr;
                 }
             }
             None => {
-                if self.realloc_large(addr, layout, new_size) {
+                if self.realloc_large(large_addr(Op::Realloc, ptr, layout), layout, new_size) {
                     return ptr;
                 }
             }

@@ -48,6 +48,8 @@ pub static TESTS: &[KernelTest] = &[
         .should_panic(bad_free::DOUBLE_FREE_LARGE),
     KernelTest::new("bad_free_double_small", bad_free::bad_free_double_small)
         .should_panic(bad_free::DOUBLE_FREE_SMALL),
+    KernelTest::new("bad_free_interior_small", bad_free::bad_free_interior_small)
+        .should_panic(bad_free::INTERIOR_SMALL),
     // The garbage-collected heap (spanalloc::gc) on the kernel's span heap.
     KernelTest::new("gc_stw_64mib", gc::gc_stw_64mib),
     KernelTest::new("gc_incremental_64mib", gc::gc_incremental_64mib),
