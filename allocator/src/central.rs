@@ -86,13 +86,12 @@ impl Central {
                     let mut guard = pages.lock();
                     let Some(heap) = guard.as_mut() else { break };
                     let spc = SpanClass::new(class, false);
-                    let Some(s) = heap.alloc_span(class.pages().0, 1, spc, cpu, Owner::Explicit)
-                    else {
+                    let npages = class.pages().0;
+                    let owner = Owner::Explicit;
+                    let Some(s) = heap.alloc_span(npages, 1, spc, cpu, owner, Some(marks)) else {
                         break;
                     };
                     drop(guard);
-                    // SAFETY: a fresh small span of the explicit heap, mapped, none of its objects out.
-                    unsafe { marks.stamp_span(s.as_ref()) };
                     l.spans += 1;
                     // SAFETY: a fresh span from the page heap, now owned by this list.
                     unsafe { l.partial.push_front(s) };

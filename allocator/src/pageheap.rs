@@ -22,6 +22,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
+use crate::freemark::FreeMarks;
 use crate::meta::{LazyRegion, MetaAlloc};
 use crate::pagealloc::PageAlloc;
 use crate::platform::{Platform, MAX_CPUS};
@@ -506,7 +507,8 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map; small spans
-    /// come from `cpu`'s page cache when given.
+    /// come from `cpu`'s page cache when given. With `marks`, every object of a small span gets its free
+    /// mark before the span is published (the explicit heap's spans).
     pub(crate) fn alloc_span(
         &mut self,
         npages: usize,
@@ -514,6 +516,7 @@ impl<P: Platform> PageHeap<P> {
         class: SpanClass,
         cpu: Option<usize>,
         owner: Owner,
+        marks: Option<&FreeMarks>,
     ) -> Option<NonNull<Span>> {
         let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
         let base = self.page_addr(first);
@@ -524,6 +527,12 @@ impl<P: Platform> PageHeap<P> {
                 return None;
             }
         };
+        if let (Some(marks), false) = (marks, class.is_large()) {
+            // Before the span map publishes the span: a free of one of its slots, however early, finds
+            // the slot's mark (freemark.rs).
+            // SAFETY: a fresh small span, its pages mapped (alloc_pages backed them), no object out.
+            unsafe { marks.stamp_span(span.as_ref()) };
+        }
         self.spanmap.set(first, npages, Some((span, class, owner)));
         Some(span)
     }

@@ -387,7 +387,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
-        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit) else {
+        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit, None) else {
             return ptr::null_mut();
         };
         drop(guard);
@@ -732,7 +732,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let mut pages = self.pages.lock();
         pages
             .as_mut()?
-            .alloc_span(n, 1, class, None, Owner::Collector)
+            .alloc_span(n, 1, class, None, Owner::Collector, None)
     }
 
     /// Gives a span from [`Heap::gc_alloc_span`] back to the page heap (whose scavenger may then return its

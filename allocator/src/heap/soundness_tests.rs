@@ -240,6 +240,12 @@ fn large_free_with_a_wrong_size_is_refused() {
 #[cfg_attr(miri, ignore = "maps gigabytes of address space")]
 fn alignments_up_to_a_gibibyte_are_met() {
     let heap = plain_heap(64, 8 << 30, 4 << 30);
+    // Beyond what the heap can hold: null, never a misaligned block.
+    for shift in [33, 40, 62] {
+        let l = Layout::from_size_align(8, 1 << shift).unwrap();
+        // SAFETY: test code.
+        assert!(unsafe { heap.alloc(l) }.is_null(), "align 2^{shift}");
+    }
     for shift in 0..=30 {
         let align = 1usize << shift;
         for size in [1, 8, 100, 40 << 10, 3 << 20] {
