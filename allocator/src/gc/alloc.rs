@@ -6,6 +6,8 @@
 //! - Objects allocated while marking are allocated black (mark bit set at once, never scanned).
 //! - A span is swept before it becomes current (lazy sweeping: `find_span` sweeps unswept spans of the
 //!   class first, Go's mcentral.cacheSpan).
+//! - Headerless zero-sized values take no slot (object.rs); every other object gets a slot of its own
+//!   or a tiny-block range that lies wholly inside its block.
 //! - The tiny block is 0 or a 16 B noscan slot allocated in the current cycle's marking state: it is
 //!   dropped when a mark starts, so a tiny object is never placed in a white block during a mark.
 //! - Assists and proportional sweeps run after the new object is written (`debt` carries the bytes
@@ -41,6 +43,12 @@ impl State {
                 "gc: managed types may be aligned to 8 KiB at most"
             )
         };
+        if Layout::<T>::ZERO_SIZED {
+            // No memory: the dangling address the marker knows never to shade (object.rs). Nothing to
+            // drop either (headerless types have no drop glue).
+            core::mem::forget(value);
+            return Ok(NonNull::dangling());
+        }
         let (_busy, inner) = self.enter();
         let slot = if Layout::<T>::TINY {
             inner.alloc_tiny(size_of::<T>(), align_of::<T>())
@@ -121,7 +129,10 @@ impl Inner {
     pub(crate) fn alloc_large(&mut self, size: usize, noscan: bool) -> Option<VirtAddr> {
         let npages = PageCount::covering(size)?;
         let class = SpanClass::new(SizeClass::LARGE, noscan);
-        let span = self.marker.source.alloc_span(class, npages)?;
+        let span = self
+            .marker
+            .source
+            .alloc_span(class, npages, self.marker.owner)?;
         // SAFETY: a fresh span, ours alone.
         let s = unsafe { &mut *span.as_ptr() };
         let bytes = npages.bytes();
@@ -182,7 +193,10 @@ impl Inner {
             }
             self.spans.put_swept(span, h);
         }
-        let span = self.marker.source.alloc_span(class, PageCount(0))?;
+        let span = self
+            .marker
+            .source
+            .alloc_span(class, PageCount(0), self.marker.owner)?;
         // SAFETY: a fresh span, ours alone.
         let s = unsafe { &mut *span.as_ptr() };
         s.sweepgen = h;

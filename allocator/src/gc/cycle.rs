@@ -3,9 +3,18 @@
 //!
 //! Invariants: both run at safe points only (heap.rs), with the previous sweep finished before setup
 //! (so no object is freed while a mark runs) and the grey stack empty at termination.
+//!
+//! Panic safety: the rescan and the checkmark run user `Trace` impls (and the checkmark panics on a
+//! missed object). Both can be cut short and redone: the rescan keeps `interrupted` set while it runs;
+//! the checkmark's guard gives its table back, empties the grey stack of check entries and restores the
+//! grey-stack limit whatever happens, so the real mark state is untouched and the heap stays in the
+//! marking phase (nothing is freed) until a termination completes. `end_mark` runs no user code; it
+//! returns the gctrace line for the caller to emit once the barrier flag matches the phase.
 
-use super::gctrace::{emit, CycleLog, Line};
+use super::gctrace::{CycleLog, Line};
 use super::heap::{Inner, Mode};
+use super::mark::Marker;
+use super::object::Headed;
 use super::trace::Trace;
 use super::verify::CheckTable;
 use crate::sizeclass::NUM_SPAN_CLASSES;
@@ -17,6 +26,8 @@ impl Inner {
         self.cycle_requested = false;
         self.tiny = (0, 0);
         self.marking = true;
+        // Every mark bit was cleared by the sweep: an interruption of an earlier mark means nothing now.
+        self.marker.interrupted = false;
         self.marker.marked_bytes = 0;
         self.marker.marked_objects = 0;
         self.marker.scan_work = 0;
@@ -37,23 +48,25 @@ impl Inner {
             self.marker.overflow = false;
             self.stats.overflow_rescans += 1;
             let (spans, marker) = (&self.spans, &mut self.marker);
-            spans.for_each(|span| {
-                // SAFETY: GC spans are ours; read only while their objects are scanned.
-                let s = unsafe { span.as_ref() };
-                if s.class().noscan() {
-                    return;
-                }
-                for idx in (0..s.nelems()).filter(|&i| s.is_marked(i)) {
-                    // SAFETY: a marked object is allocated, and at a safe point initialized.
-                    unsafe { marker.scan(s.object_addr(idx)) };
-                    marker.drain(usize::MAX);
-                }
+            marker.scanning(|marker| {
+                spans.for_each(|span| {
+                    // SAFETY: GC spans are ours; read only while their objects are scanned.
+                    let s = unsafe { span.as_ref() };
+                    if s.class().noscan() {
+                        return;
+                    }
+                    for idx in (0..s.nelems()).filter(|&i| s.is_marked(i)) {
+                        // SAFETY: a marked object is allocated, and at a safe point initialized.
+                        marker.scan(unsafe { Headed::new(s.object_addr(idx)) });
+                        marker.drain(usize::MAX);
+                    }
+                })
             });
         }
     }
 
-    /// Mark termination.
-    pub(crate) fn end_mark(&mut self) {
+    /// Mark termination; returns the gctrace line to emit, if a sink is set.
+    pub(crate) fn end_mark(&mut self) -> Option<Line> {
         self.weak.clear_dead(&self.marker);
         for c in 0..NUM_SPAN_CLASSES {
             if let Some(span) = self.spans.current[c].take() {
@@ -75,18 +88,16 @@ impl Inner {
             self.spans.unswept_pages,
             self.config.mode == Mode::StopTheWorld,
         );
-        if let Some(sink) = self.config.trace_sink {
-            let line = Line {
-                cycle: self.stats.cycles,
-                log: self.log,
-                mark_ns: self.now().saturating_sub(self.log.start_ns),
-                heap_end,
-                live,
-                marked_objects: self.marker.marked_objects,
-            };
-            emit(sink, &line);
-        }
+        let line = self.config.trace_sink.map(|_| Line {
+            cycle: self.stats.cycles,
+            log: self.log,
+            mark_ns: self.now().saturating_sub(self.log.start_ns),
+            heap_end,
+            live,
+            marked_objects: self.marker.marked_objects,
+        });
         self.log.sweep_ns = 0;
+        line
     }
 
     /// Verification: marks everything reachable from `root` again into a check table; panics on any
@@ -107,10 +118,33 @@ impl Inner {
         self.marker.check = Some(table);
         // The check has no overflow fallback: lift a test's cap on the grey stack while it runs.
         let limit = core::mem::replace(&mut self.marker.grey.limit, usize::MAX);
-        self.marker.tracer().trace(root);
-        self.marker.drain(usize::MAX);
-        self.marker.grey.limit = limit;
-        let table = self.marker.check.take().expect("check table");
-        table.release(self.marker.source);
+        // A failed (panicking) check leaves `interrupted` set: the next termination rescans the root and
+        // every marked object before checking again.
+        self.marker.interrupted = true;
+        let check = CheckRun {
+            marker: &mut self.marker,
+            limit,
+        };
+        check.marker.tracer().trace(root);
+        check.marker.drain(usize::MAX);
+        check.marker.interrupted = false;
+    }
+}
+
+/// Ends a checkmark run, normally or by a panic (module docs): the real mark state is as before it.
+struct CheckRun<'a> {
+    marker: &'a mut Marker,
+    limit: usize,
+}
+
+impl Drop for CheckRun<'_> {
+    fn drop(&mut self) {
+        let m = &mut *self.marker;
+        let source = m.source;
+        while m.grey.pop(source).is_some() {}
+        m.grey.limit = self.limit;
+        if let Some(table) = m.check.take() {
+            table.release(source);
+        }
     }
 }

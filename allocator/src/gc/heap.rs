@@ -21,8 +21,9 @@
 //!   back, so the allocation fast path updates no counter.
 
 use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
 
-use super::gctrace::{CycleLog, GcStats};
+use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
@@ -149,10 +150,17 @@ impl Inner {
 
 /// The heap's state, lent to the mutator as a [`Mutation`].
 pub(crate) struct State {
+    /// Single-threaded by design, not by accident of the fields below: the heap's mark bits, grey stack
+    /// and spans are touched without atomics, and finalizers run on the heap's thread. This makes
+    /// `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
+    _single_threaded: SingleThreaded,
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
     marking: Cell<bool>,
 }
+
+/// Neither `Send` nor `Sync` (see `State`).
+pub(crate) struct SingleThreaded(PhantomData<*mut ()>);
 
 /// Clears `busy` when a mutable borrow of `Inner` ends.
 pub(crate) struct Busy<'a>(&'a Cell<bool>);
@@ -192,6 +200,23 @@ impl State {
     }
 }
 
+/// A fresh heap id (the `owner` of its spans): ids are never reused, so a span of a dropped heap can
+/// never pass for one of a later heap's.
+fn next_heap_id() -> u32 {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let mut id = NEXT.load(Ordering::Relaxed);
+    loop {
+        let next = id
+            .checked_add(1)
+            .expect("gc: 2^32 - 1 GC heaps made; heap ids are never reused");
+        match NEXT.compare_exchange_weak(id, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return id,
+            Err(now) => id = now,
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn reentered() -> ! {
@@ -216,7 +241,7 @@ impl<R: Rootable> GcHeap<R> {
         let source: &'static dyn SpanSource = heap;
         let inner = Inner {
             config,
-            marker: Marker::new(heap.gc_span_map(), source),
+            marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
             spans: SpanSet::new(),
             pacer: Pacer::new(config.gogc, config.min_heap, config.memory_limit),
             weak: WeakList::new(),
@@ -233,6 +258,7 @@ impl<R: Rootable> GcHeap<R> {
             barrier_off: false,
         };
         let state = State {
+            _single_threaded: SingleThreaded(PhantomData),
             inner: UnsafeCell::new(inner),
             busy: Cell::new(false),
             marking: Cell::new(false),
@@ -408,11 +434,14 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
+        // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
+        self.state.sync_marking();
+        let inner = self.state.get_mut();
         // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
         let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
-        inner.marker.tracer().trace(root);
+        // A panic here leaves `interrupted` set: termination traces the root again (mark.rs).
+        inner.marker.scanning(|m| m.tracer().trace(root));
         inner.log.root_ns = inner.now().saturating_sub(t0);
-        self.state.sync_marking();
     }
 
     fn stw_cycle(&mut self, eager_sweep: bool) {
@@ -437,17 +466,34 @@ impl<R: Rootable> GcHeap<R> {
     }
 
     /// Mark termination; the grey stack must be empty.
+    ///
+    /// Panic safety: until `end_mark` the heap stays in the marking phase, and everything before it can
+    /// be redone (a panicking `Trace` impl or checkmark leaves the mark unfinished and the next safe
+    /// point tries again); `end_mark` and the barrier's switch run no user code; the trace sink runs
+    /// last, with the state consistent.
     fn end_cycle(&mut self) {
         let inner = self.state.get_mut();
+        // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
+        let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+        if inner.marker.interrupted {
+            // A scan was cut short by a panic: the root (this trace) and every marked object (the
+            // rescan below) are scanned again; `interrupted` is cleared only once both are done.
+            inner.marker.tracer().trace(root);
+            inner.marker.drain(usize::MAX);
+            inner.marker.overflow = true;
+        }
         inner.rescan_overflow();
+        inner.marker.interrupted = false;
         debug_assert!(inner.marking && inner.marker.grey.is_empty());
         if inner.config.verify {
-            // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
-            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
             inner.checkmark(root);
         }
-        inner.end_mark();
+        let line = inner.end_mark();
         self.state.sync_marking();
+        let inner = self.state.get_mut();
+        if let (Some(sink), Some(line)) = (inner.config.trace_sink, line) {
+            emit(sink, &line);
+        }
     }
 }
 

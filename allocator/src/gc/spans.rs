@@ -21,17 +21,26 @@ use crate::span::{Span, SpanList};
 
 /// Where the collector gets spans: the page heap of an explicit [`Heap`].
 pub(crate) trait SpanSource {
-    fn alloc_span(&self, class: SpanClass, npages: PageCount) -> Option<NonNull<Span>>;
+    /// A fresh span whose `owner` is `owner` (a `GcHeap`'s id for object spans, 0 for the collector's
+    /// own metadata: grey-stack chunks, check tables).
+    fn alloc_span(&self, class: SpanClass, npages: PageCount, owner: u32) -> Option<NonNull<Span>>;
     /// # Safety
     /// `span` came from `alloc_span` here and nobody uses it after this call.
     unsafe fn free_span(&self, span: NonNull<Span>);
 }
 
 impl<P: Platform, const FULL_CHECKS: bool> SpanSource for Heap<P, FULL_CHECKS> {
-    fn alloc_span(&self, class: SpanClass, npages: PageCount) -> Option<NonNull<Span>> {
-        self.gc_alloc_span(class, npages)
+    fn alloc_span(&self, class: SpanClass, npages: PageCount, owner: u32) -> Option<NonNull<Span>> {
+        let span = self.gc_alloc_span(class, npages)?;
+        // SAFETY: a fresh span struct, published in the span map but not yet known to anybody who
+        // would write it; markers only read `owner`.
+        unsafe { (*span.as_ptr()).owner = owner };
+        Some(span)
     }
     unsafe fn free_span(&self, span: NonNull<Span>) {
+        // SAFETY: the caller gives the span up; nobody else writes its struct. Cleared first, so no
+        // marker takes the span for one of its own while the page heap reuses it.
+        unsafe { (*span.as_ptr()).owner = 0 };
         // SAFETY: forwarded from the caller.
         unsafe { self.gc_free_span(span) }
     }
@@ -126,15 +135,19 @@ impl SpanSet {
         }
     }
 
-    /// Unlinks every filed span and hands it to `f` (current spans are left alone).
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(NonNull<Span>)) {
+    /// Unlinks and returns some span, current or filed (the heap is going away); `None` when none is left.
+    pub(crate) fn take_any(&mut self) -> Option<NonNull<Span>> {
+        if let Some(s) = self.current.iter_mut().find_map(Option::take) {
+            return Some(s);
+        }
         for lists in self.partial.iter_mut().chain(self.full.iter_mut()) {
             for list in lists {
-                while let Some(s) = list.pop() {
-                    f(s);
+                if let Some(s) = list.pop() {
+                    return Some(s);
                 }
             }
         }
         self.unswept_pages = 0;
+        None
     }
 }

@@ -10,7 +10,7 @@
 
 use core::ptr::NonNull;
 
-use super::object::vtable_of;
+use super::object::Headed;
 use super::spans::SpanSource;
 use crate::addr::{PageCount, VirtAddr};
 use crate::sizeclass::{SizeClass, SpanClass};
@@ -45,7 +45,7 @@ impl CheckTable {
         let entry_bytes = (n * core::mem::size_of::<Entry>()).next_multiple_of(8);
         let bytes = entry_bytes + words * 8;
         let pages = PageCount::covering(bytes.max(1))?;
-        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages)?;
+        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
         // SAFETY: a fresh span: its pages are mapped and ours.
         let base = unsafe { storage.as_ref() }.base().as_mut_ptr::<u8>();
         let entries = NonNull::new(base.cast::<Entry>())?;
@@ -126,7 +126,7 @@ fn missed(s: &Span, idx: usize, cycle: u64) -> ! {
         "a pointer-free object"
     } else {
         // SAFETY: an allocated object of a scan span (it is reachable, hence initialized).
-        (unsafe { vtable_of(NonNull::new(addr.as_mut_ptr()).expect("object at 0")) }.name)()
+        unsafe { Headed::new(addr) }.name()
     };
     panic!(
         "gc checkmark (cycle {cycle}): object at {:#x} ({what}, {} B slot, span at {:#x}) is reachable \

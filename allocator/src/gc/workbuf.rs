@@ -73,7 +73,7 @@ impl GreyStack {
             Some(c) => c,
             None => {
                 let class = SpanClass::new(SizeClass::LARGE, true);
-                let Some(span) = source.alloc_span(class, PageCount(1)) else {
+                let Some(span) = source.alloc_span(class, PageCount(1), 0) else {
                     return false;
                 };
                 // SAFETY: a fresh span from the page heap: its page is mapped and ours.
