@@ -19,10 +19,10 @@ use core::ptr::NonNull;
 
 use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
+use super::spans::GcSpan;
 use super::trace::Trace;
 use crate::addr::{PageCount, VirtAddr};
 use crate::sizeclass::{SizeClass, SpanClass};
-use crate::span::Span;
 
 /// Tiny blocks: the 16 B noscan class.
 const TINY_CLASS: SpanClass = match SizeClass::for_size(TINY_SIZE) {
@@ -85,9 +85,7 @@ impl State {
 impl Inner {
     #[inline]
     pub(crate) fn alloc_small(&mut self, class: SpanClass) -> Option<VirtAddr> {
-        if let Some(span) = self.spans.current[class.index()] {
-            // SAFETY: current spans are ours, swept and cached; no other reference to this one is live.
-            let s = unsafe { &mut *span.as_ptr() };
+        if let Some(s) = &mut self.spans.current[class.index()] {
             if let Some(idx) = s.next_free() {
                 if self.marking {
                     s.mark(idx);
@@ -129,12 +127,10 @@ impl Inner {
     pub(crate) fn alloc_large(&mut self, size: usize, noscan: bool) -> Option<VirtAddr> {
         let npages = PageCount::covering(size)?;
         let class = SpanClass::new(SizeClass::LARGE, noscan);
-        let span = self
+        let mut s = self
             .marker
             .source
             .alloc_span(class, npages, self.marker.owner)?;
-        // SAFETY: a fresh span, ours alone.
-        let s = unsafe { &mut *span.as_ptr() };
         let bytes = npages.bytes();
         if self.marking {
             s.mark(0);
@@ -143,7 +139,7 @@ impl Inner {
         }
         let addr = s.base();
         self.spans.pages += npages.0;
-        self.spans.put_swept(span, self.sweepgen);
+        self.spans.put_swept(s, self.sweepgen);
         self.heap_live += bytes;
         self.debt += bytes;
         Some(addr)
@@ -155,26 +151,22 @@ impl Inner {
         if let Some(old) = self.spans.current[c].take() {
             self.uncache(old);
         }
-        let span = self.find_span(class)?;
-        // SAFETY: GC spans are ours; no other reference to this one is live.
-        let s = unsafe { &mut *span.as_ptr() };
+        let mut s = self.find_span(class)?;
         s.sweepgen = self.sweepgen.wrapping_add(3);
         let bytes = (s.nelems() - s.alloc_count()) * s.elem_size();
         self.heap_live += bytes;
-        self.spans.current[c] = Some(span);
+        self.spans.current[c] = Some(s);
         Some(bytes)
     }
 
     /// Puts a current span back on the lists; its free slots stop counting as live.
-    pub(crate) fn uncache(&mut self, span: NonNull<Span>) {
-        // SAFETY: GC spans are ours; no other reference to this one is live.
-        let s = unsafe { span.as_ref() };
+    pub(crate) fn uncache(&mut self, s: GcSpan) {
         self.heap_live -= (s.nelems() - s.alloc_count()) * s.elem_size();
-        self.spans.put_swept(span, self.sweepgen);
+        self.spans.put_swept(s, self.sweepgen);
     }
 
     /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one.
-    fn find_span(&mut self, class: SpanClass) -> Option<NonNull<Span>> {
+    fn find_span(&mut self, class: SpanClass) -> Option<GcSpan> {
         let h = self.sweepgen;
         if let Some(s) = self.spans.take_swept_partial(class, h) {
             return Some(s);
@@ -187,21 +179,18 @@ impl Inner {
             let kept = self.sweep_span(span, true);
             self.log.sweep_ns += self.now().saturating_sub(t0);
             let Some(span) = kept else { continue };
-            // SAFETY: GC spans are ours.
-            if !unsafe { span.as_ref() }.is_full() {
+            if !span.is_full() {
                 return Some(span);
             }
             self.spans.put_swept(span, h);
         }
-        let span = self
+        let mut s = self
             .marker
             .source
             .alloc_span(class, PageCount(0), self.marker.owner)?;
-        // SAFETY: a fresh span, ours alone.
-        let s = unsafe { &mut *span.as_ptr() };
         s.sweepgen = h;
         self.spans.pages += s.npages().0;
-        Some(span)
+        Some(s)
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).

@@ -49,9 +49,7 @@ impl Inner {
             self.stats.overflow_rescans += 1;
             let (spans, marker) = (&self.spans, &mut self.marker);
             marker.scanning(|marker| {
-                spans.for_each(|span| {
-                    // SAFETY: GC spans are ours; read only while their objects are scanned.
-                    let s = unsafe { span.as_ref() };
+                spans.for_each(|s| {
                     if s.class().noscan() {
                         return;
                     }
@@ -107,8 +105,7 @@ impl Inner {
         let (mut n, mut words) = (0, 0);
         self.spans.for_each(|s| {
             n += 1;
-            // SAFETY: GC spans are ours; read only.
-            words += unsafe { s.as_ref() }.nelems().div_ceil(64);
+            words += s.nelems().div_ceil(64);
         });
         let spans = &self.spans;
         let table = CheckTable::build(self.marker.source, n, words, self.stats.cycles + 1, |f| {

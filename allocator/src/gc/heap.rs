@@ -276,11 +276,7 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
     ) -> T {
-        let out = {
-            // SAFETY: only the brand changes; the borrow of `self` bounds the new brand.
-            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
-            f(Mutation::new(&self.state), root)
-        };
+        let out = f(Mutation::new(&self.state), rebrand::<R>(&self.root));
         self.safepoint();
         out
     }
@@ -292,7 +288,7 @@ impl<R: Rootable> GcHeap<R> {
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
     ) -> T {
         let out = {
-            // SAFETY: as in `mutate`.
+            // SAFETY: as in `rebrand`: only the brand changes, and the borrow of `self` bounds it.
             let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
             f(Mutation::new(&self.state), root)
         };
@@ -327,10 +323,10 @@ impl<R: Rootable> GcHeap<R> {
     /// Objects allocated in the heap now (dead ones not yet swept included; tiny blocks count once).
     pub fn allocated_objects(&mut self) -> usize {
         let mut n = 0;
-        self.state.get_mut().spans.for_each(|s| {
-            // SAFETY: GC spans are ours; read only.
-            n += unsafe { s.as_ref() }.alloc_count()
-        });
+        self.state
+            .get_mut()
+            .spans
+            .for_each(|s| n += s.alloc_count());
         n
     }
 
@@ -437,8 +433,7 @@ impl<R: Rootable> GcHeap<R> {
         // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
         self.state.sync_marking();
         let inner = self.state.get_mut();
-        // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
-        let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+        let root = rebrand::<R>(&self.root);
         // A panic here leaves `interrupted` set: termination traces the root again (mark.rs).
         inner.marker.scanning(|m| m.tracer().trace(root));
         inner.log.root_ns = inner.now().saturating_sub(t0);
@@ -473,8 +468,7 @@ impl<R: Rootable> GcHeap<R> {
     /// last, with the state consistent.
     fn end_cycle(&mut self) {
         let inner = self.state.get_mut();
-        // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
-        let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
+        let root = rebrand::<R>(&self.root);
         if inner.marker.interrupted {
             // A scan was cut short by a panic: the root (this trace) and every marked object (the
             // rescan below) are scanned again; `interrupted` is cleared only once both are done.
@@ -495,6 +489,14 @@ impl<R: Rootable> GcHeap<R> {
             emit(sink, &line);
         }
     }
+}
+
+/// The stored root, lent with its brand bounded by the borrow: shared, as the marker and `mutate` use it.
+/// Only `GcHeap`'s own root goes through here, and a `Mutation` of the same brand exists only inside
+/// `mutate`, where the borrow of the heap bounds both.
+fn rebrand<'a, R: Rootable>(root: &'a R::Root<'static>) -> &'a R::Root<'a> {
+    // SAFETY: only the brand changes (lifetimes do not change layout), shortened to the borrow's.
+    unsafe { &*core::ptr::from_ref(root).cast::<R::Root<'a>>() }
 }
 
 impl<R: Rootable> Drop for GcHeap<R> {

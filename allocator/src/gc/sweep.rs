@@ -17,11 +17,9 @@
 //!   is borrowed, `busy`, or `&mut` at a safe point): the free slots of the dead are reused only after
 //!   their finalizers ran (or were given up).
 
-use core::ptr::NonNull;
-
 use super::heap::Inner;
 use super::object::Headed;
-use super::spans::{SpanSet, SpanSource};
+use super::spans::{GcSpan, SpanSet, SpanSource};
 use crate::span::Span;
 
 /// Byte freed objects are overwritten with in poison mode.
@@ -62,16 +60,19 @@ impl DeadSet {
     }
 }
 
-/// Files a swept span back in the lists if a finalizer unwinds through `sweep_span`.
+/// Holds a swept span while its finalizers run; files it back in the lists if one unwinds through
+/// `sweep_span` (normally the span is taken back out first).
 struct Refile<'a> {
     spans: &'a mut SpanSet,
-    span: NonNull<Span>,
+    span: Option<GcSpan>,
     h: u32,
 }
 
 impl Drop for Refile<'_> {
     fn drop(&mut self) {
-        self.spans.put_swept(self.span, self.h);
+        if let Some(span) = self.span.take() {
+            self.spans.put_swept(span, self.h);
+        }
     }
 }
 
@@ -79,10 +80,8 @@ impl Inner {
     /// Sweeps `span` (unswept, in no list and not current). Returns it unless it came out empty and
     /// `keep` is false: then its pages go back to the page heap. If a finalizer panics, the span is filed
     /// in the swept lists before the panic goes on (module invariants).
-    pub(crate) fn sweep_span(&mut self, span: NonNull<Span>, keep: bool) -> Option<NonNull<Span>> {
+    pub(crate) fn sweep_span(&mut self, mut s: GcSpan, keep: bool) -> Option<GcSpan> {
         let h = self.sweepgen;
-        // SAFETY: GC spans are ours; nothing else refers to this one while it is in no list.
-        let s = unsafe { &mut *span.as_ptr() };
         assert!(
             s.sweepgen == h.wrapping_sub(2),
             "gc: span at {:#x} swept with sweepgen {} while the heap's is {h}",
@@ -92,21 +91,21 @@ impl Inner {
         s.sweepgen = h.wrapping_sub(1);
         let noscan = s.class().noscan();
         let poison = self.config.poison && !s.class().is_large();
-        let dead = (!noscan || poison).then(|| DeadSet::of(s));
+        let dead = (!noscan || poison).then(|| DeadSet::of(&s));
         let freed = s.sweep();
         self.stats.objects_freed += freed as u64;
         self.stats.bytes_freed += (freed * s.elem_size()) as u64;
         s.sweepgen = h;
         // The span is consistent from here on; only now does user code run.
         if let Some(dead) = dead.filter(|_| freed != 0) {
-            let s: &Span = s;
-            let guard = Refile {
+            let mut guard = Refile {
                 spans: &mut self.spans,
-                span,
+                span: Some(s),
                 h,
             };
+            let held = guard.span.as_ref().expect("held");
             for idx in dead.iter() {
-                let slot = s.object_addr(idx);
+                let slot = held.object_addr(idx);
                 if !noscan {
                     // SAFETY: an initialized object of a scan span that was allocated until the sweep
                     // above and that nothing reachable points to; its slot is reused only after this loop.
@@ -119,21 +118,21 @@ impl Inner {
                 }
                 if poison {
                     // SAFETY: the dead slot is ours (freed above, not reused yet) and `elem_size` long.
-                    unsafe { slot.as_mut_ptr::<u8>().write_bytes(POISON, s.elem_size()) };
+                    unsafe {
+                        slot.as_mut_ptr::<u8>()
+                            .write_bytes(POISON, held.elem_size())
+                    };
                 }
             }
-            core::mem::forget(guard);
+            s = guard.span.take().expect("held");
         }
-        // SAFETY: as above (the shared borrow of the loop has ended).
-        let s = unsafe { span.as_ref() };
         if s.is_empty() && !keep {
             self.spans.pages -= s.npages().0;
             self.stats.spans_freed += 1;
-            // SAFETY: the span came from this source, is in no list and holds no object now.
-            unsafe { self.marker.source.free_span(span) };
+            self.marker.source.free_span(s);
             return None;
         }
-        Some(span)
+        Some(s)
     }
 
     /// Sweeps spans until at least `pages` pages are swept or none is left.
@@ -144,8 +143,7 @@ impl Inner {
             let Some(span) = self.spans.next_unswept(self.sweepgen) else {
                 break;
             };
-            // SAFETY: GC spans are ours.
-            done += unsafe { span.as_ref() }.npages().0;
+            done += span.npages().0;
             if let Some(span) = self.sweep_span(span, false) {
                 self.spans.put_swept(span, self.sweepgen);
             }
@@ -170,9 +168,11 @@ impl Inner {
             source,
         };
         while let Some(span) = all.spans.take_any() {
-            let held = ReleaseOne { span, source };
-            // SAFETY: GC spans are ours; the heap is being dropped, so nothing else uses them.
-            let s = unsafe { span.as_ref() };
+            let held = ReleaseOne {
+                span: Some(span),
+                source,
+            };
+            let s = held.span.as_ref().expect("held");
             if !s.class().noscan() {
                 for idx in (0..s.nelems()).filter(|&i| s.is_allocated(i)) {
                     // SAFETY: an allocated, initialized object of a scan span.
@@ -189,14 +189,15 @@ impl Inner {
 
 /// Gives one span back to the page heap when dropped (normally or by a panicking finalizer).
 struct ReleaseOne {
-    span: NonNull<Span>,
+    span: Option<GcSpan>,
     source: &'static dyn SpanSource,
 }
 
 impl Drop for ReleaseOne {
     fn drop(&mut self) {
-        // SAFETY: a span of the heap being dropped, taken out of its set: nothing refers to it after this.
-        unsafe { self.source.free_span(self.span) };
+        if let Some(span) = self.span.take() {
+            self.source.free_span(span);
+        }
     }
 }
 
@@ -209,8 +210,7 @@ struct ReleaseAll {
 impl Drop for ReleaseAll {
     fn drop(&mut self) {
         while let Some(span) = self.spans.take_any() {
-            // SAFETY: as in `ReleaseOne`.
-            unsafe { self.source.free_span(span) };
+            self.source.free_span(span);
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use core::ptr::NonNull;
 
-use super::spans::SpanSource;
+use super::spans::{GcSpan, SpanSource};
 use crate::addr::{PageCount, VirtAddr, PAGE_SIZE};
 use crate::sizeclass::{SizeClass, SpanClass};
 use crate::span::Span;
@@ -76,11 +76,10 @@ impl GreyStack {
                 let Some(span) = source.alloc_span(class, PageCount(1), 0) else {
                     return false;
                 };
-                // SAFETY: a fresh span from the page heap: its page is mapped and ours.
-                let base = unsafe { span.as_ref() }.base();
-                let c = base.as_mut_ptr::<Chunk>();
-                // SAFETY: the page is ours, mapped and page aligned, the size of a Chunk.
-                unsafe { (*c).span = span };
+                let c = span.base().as_mut_ptr::<Chunk>();
+                // SAFETY: the page is ours, mapped and page aligned, the size of a Chunk. The chunk keeps
+                // the span's handle (as a raw pointer) until it is freed.
+                unsafe { (*c).span = span.into_raw() };
                 // SAFETY: `c` is a page address, never null.
                 unsafe { NonNull::new_unchecked(c) }
             }
@@ -116,25 +115,26 @@ impl GreyStack {
         self.chunks -= 1;
         match self.spare.replace(top) {
             None => {}
-            // SAFETY: the old spare is an empty chunk nobody refers to; its span came from `source`.
-            Some(old) => unsafe { source.free_span((*old.as_ptr()).span) },
+            // SAFETY: the old spare is an empty chunk nobody refers to; it held its span's handle.
+            Some(old) => source.free_span(unsafe { GcSpan::from_raw((*old.as_ptr()).span) }),
         }
     }
 
     /// Gives every chunk back (the stack must be empty or abandoned).
     pub(crate) fn release(&mut self, source: &dyn SpanSource) {
         while let Some(c) = self.top {
-            // SAFETY: `c` is ours; after this nobody refers to it.
-            unsafe {
+            // SAFETY: `c` is ours and held its span's handle; after this nobody refers to it.
+            let span = unsafe {
                 self.top = (*c.as_ptr()).prev;
-                source.free_span((*c.as_ptr()).span);
-            }
+                GcSpan::from_raw((*c.as_ptr()).span)
+            };
+            source.free_span(span);
         }
         self.len = 0;
         self.chunks = 0;
         if let Some(c) = self.spare.take() {
             // SAFETY: as above.
-            unsafe { source.free_span((*c.as_ptr()).span) };
+            source.free_span(unsafe { GcSpan::from_raw((*c.as_ptr()).span) });
         }
     }
 }
