@@ -13,9 +13,12 @@
 //!   `mutate`), where no `Gc` is on the stack and no cell is borrowed. Inside `mutate` the collector
 //!   only drains the grey stack (assists) and sweeps spans (lazy sweeping), both of which are safe with
 //!   `Gc`s on the stack (see barrier.rs).
-//! - `State::marking` mirrors `Inner::marking`; `busy` is set while `Inner` is borrowed mutably, so a
-//!   `Trace` impl or finalizer that calls back into the heap (breaking the Trace contract) panics
-//!   instead of aliasing.
+//! - `State::marking` mirrors `Inner::marking`, and is synchronised before any user code runs after a
+//!   change (the root's `Trace` at mark start, the trace sink at termination), so the barrier is on
+//!   exactly while a mark runs even if that code panics. `busy` is set while `Inner` is borrowed mutably,
+//!   so a `Trace` impl or finalizer that calls back into the heap (breaking the Trace contract) panics
+//!   instead of aliasing; its guard clears it on unwind too, which is right because every operation
+//!   leaves `Inner` consistent whenever user code can panic (sweep.rs, mark.rs, cycle.rs).
 //! - `heap_live` (Go's heapLive): bytes of objects allocated since the last termination plus the bytes
 //!   marked by it; a current span counts whole when it is cached and gives back its free slots when put
 //!   back, so the allocation fast path updates no counter.

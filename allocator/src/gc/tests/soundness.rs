@@ -130,6 +130,7 @@ impl Rootable for Unit {
         GcCell<'gc, Option<Gc<'gc, ()>>>,
         GcCell<'gc, Option<Gc<'gc, [u64; 0]>>>,
         GcCell<'gc, Option<Gc<'gc, u64>>>,
+        GcCell<'gc, Option<GcWeak<'gc, ()>>>,
     );
 }
 
@@ -165,10 +166,14 @@ fn a_zero_sized_gc_after_a_full_tiny_block_is_never_shaded() {
         assert_eq!(*root.2.get().unwrap(), 3);
         assert_eq!(*root.0.get().unwrap(), ());
         assert!(root.1.get().unwrap().is_empty());
-        // Weak refs to a zero-sized value never die (it has no memory to free).
-        let w = GcWeak::new(mc, root.0.get().unwrap());
+        // A weak ref to a zero-sized value: its target has no memory, counts as marked, never dies.
+        root.3.set(mc, Some(GcWeak::new(mc, root.0.get().unwrap())));
         root.0.set(mc, None);
-        let _ = w;
+    });
+    gc.collect();
+    gc.mutate(|mc, root| {
+        let w = root.3.get().unwrap();
+        assert!(!w.is_dead() && w.upgrade(mc).is_some());
     });
 }
 
