@@ -20,9 +20,14 @@ unsafe impl<'gc> Trace for Zombie<'gc> {
     }
 }
 
+/// Keeps a Gc past its heap's control.
+fn resurrect(g: Gc<'static, u64>) {
+    RESURRECTED.with(|r| *r.borrow_mut() = Some(g));
+}
+
 impl<'gc> Drop for Zombie<'gc> {
     fn drop(&mut self) {
-        RESURRECTED.with(|r| *r.borrow_mut() = Some(self.target));
+        resurrect(self.target);
     }
 }
 
