@@ -151,11 +151,16 @@ impl Inner {
         if let Some(old) = self.spans.current[c].take() {
             self.uncache(old);
         }
-        let mut s = self.find_span(class)?;
+        // The clock is user code: read only while no span is out of the lists (a panic must lose none).
+        let t0 = self.now();
+        let (mut s, swept) = self.find_span(class)?;
         s.sweepgen = self.sweepgen.wrapping_add(3);
         let bytes = (s.nelems() - s.alloc_count()) * s.elem_size();
         self.heap_live += bytes;
         self.spans.current[c] = Some(s);
+        if swept {
+            self.log.sweep_ns += self.now().saturating_sub(t0);
+        }
         Some(bytes)
     }
 
@@ -165,22 +170,25 @@ impl Inner {
         self.spans.put_swept(s, self.sweepgen);
     }
 
-    /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one.
-    fn find_span(&mut self, class: SpanClass) -> Option<GcSpan> {
+    /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one; and
+    /// whether any span was swept. Runs no user code but finalizers (inside `sweep_span`, which files
+    /// its span back if one panics).
+    fn find_span(&mut self, class: SpanClass) -> Option<(GcSpan, bool)> {
         let h = self.sweepgen;
         if let Some(s) = self.spans.take_swept_partial(class, h) {
-            return Some(s);
+            return Some((s, false));
         }
+        let mut swept = false;
         for _ in 0..SWEEP_BUDGET {
             let Some(span) = self.spans.take_unswept(class, h) else {
                 break;
             };
-            let t0 = self.now();
-            let kept = self.sweep_span(span, true);
-            self.log.sweep_ns += self.now().saturating_sub(t0);
-            let Some(span) = kept else { continue };
+            swept = true;
+            let Some(span) = self.sweep_span(span, true) else {
+                continue;
+            };
             if !span.is_full() {
-                return Some(span);
+                return Some((span, true));
             }
             self.spans.put_swept(span, h);
         }
@@ -190,7 +198,7 @@ impl Inner {
             .alloc_span(class, PageCount(0), self.marker.owner)?;
         s.sweepgen = h;
         self.spans.pages += s.npages().0;
-        Some(s)
+        Some((s, swept))
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).

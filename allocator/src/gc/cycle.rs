@@ -8,8 +8,9 @@
 //! missed object). Both can be cut short and redone: the rescan keeps `interrupted` set while it runs;
 //! the checkmark's guard gives its table back, empties the grey stack of check entries and restores the
 //! grey-stack limit whatever happens, so the real mark state is untouched and the heap stays in the
-//! marking phase (nothing is freed) until a termination completes. `end_mark` runs no user code; it
-//! returns the gctrace line for the caller to emit once the barrier flag matches the phase.
+//! marking phase (nothing is freed) until a termination completes. `begin_mark` and `end_mark` read the
+//! clock (user code) before changing anything and run no other user code; `end_mark` returns the
+//! gctrace line for the caller to emit once the barrier flag matches the phase.
 
 use super::gctrace::{CycleLog, Line};
 use super::heap::{Inner, Mode};
@@ -23,6 +24,8 @@ impl Inner {
     /// Mark setup; the caller shades the root next.
     pub(crate) fn begin_mark(&mut self) {
         debug_assert!(!self.marking && self.spans.unswept_pages == 0);
+        // The clock is user code: read before any state changes.
+        let start_ns = self.now();
         self.cycle_requested = false;
         self.tiny = (0, 0);
         self.marking = true;
@@ -32,7 +35,7 @@ impl Inner {
         self.marker.marked_objects = 0;
         self.marker.scan_work = 0;
         self.log = CycleLog {
-            start_ns: self.now(),
+            start_ns,
             heap_start: self.heap_live,
             goal: self.pacer.goal,
             sweep_ns: self.log.sweep_ns,
@@ -65,6 +68,8 @@ impl Inner {
 
     /// Mark termination; returns the gctrace line to emit, if a sink is set.
     pub(crate) fn end_mark(&mut self) -> Option<Line> {
+        // The clock is user code: read before any state changes.
+        let end_ns = self.now();
         self.weak.clear_dead(&self.marker);
         for c in 0..NUM_SPAN_CLASSES {
             if let Some(span) = self.spans.current[c].take() {
@@ -89,7 +94,7 @@ impl Inner {
         let line = self.config.trace_sink.map(|_| Line {
             cycle: self.stats.cycles,
             log: self.log,
-            mark_ns: self.now().saturating_sub(self.log.start_ns),
+            mark_ns: end_ns.saturating_sub(self.log.start_ns),
             heap_end,
             live,
             marked_objects: self.marker.marked_objects,

@@ -72,7 +72,8 @@ pub struct GcConfig {
     /// Overwrite freed objects with 0xA5 (Go's clobberfree): use-after-free reads garbage at once.
     pub poison: bool,
     pub stress: Stress,
-    /// Monotonic nanoseconds, for gctrace times and pauses (no clock: times read 0).
+    /// Monotonic nanoseconds, for gctrace times and pauses (no clock: times read 0). Read only where the
+    /// collector's state is consistent, so a panicking clock is as harmless as a panicking hook.
     pub clock: Option<fn() -> u64>,
     /// Receives one gctrace line per cycle.
     pub trace_sink: Option<fn(&str)>,

@@ -52,7 +52,8 @@
 //! - Finalization: a dead object's `Drop` runs once, when the sweeper frees it (or when the `GcHeap` is
 //!   dropped). It must not dereference any `Gc` (its target may be freed already) nor use the heap.
 //! - Weak references: [`GcWeak::new`] / [`GcWeak::upgrade`].
-//! - Panics in user code (a `Drop`, a `Trace` impl, the root's `Trace`, the trace sink, the pause hook)
+//! - Panics in user code (a `Drop`, a `Trace` impl, the root's `Trace`, the trace sink, the pause hook,
+//!   the clock)
 //!   may be caught by the caller of `mutate`/`step`/`collect`/drop: the collector is panic-safe rather
 //!   than aborting. Its state is made consistent before user code runs or repaired by a guard on unwind:
 //!   a span whose finalizer panicked is filed back swept (its other dead objects are leaked, never

@@ -531,3 +531,66 @@ fn a_panicking_finalizer_in_a_lazy_sweep_inside_mutate_is_contained() {
     assert_eq!(bomb_ids(&mut gc), (100, 101));
     take_finalized();
 }
+
+std::thread_local! {
+    /// 0: off; n: the n-th clock read from now panics.
+    static CLOCK_FUSE: Cell<u32> = const { Cell::new(0) };
+}
+
+fn fused_clock() -> u64 {
+    let n = CLOCK_FUSE.with(|f| f.get());
+    if n != 0 {
+        CLOCK_FUSE.with(|f| f.set(n - 1));
+        if n == 1 {
+            panic!("test: the clock panics");
+        }
+    }
+    now_ns()
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn a_panicking_clock_leaves_the_heap_consistent_wherever_it_is_read() {
+    // The clock is user code read all over the collector: fail its n-th read for every n along a lazy
+    // sweep, a cycle start, a step and a termination.
+    let mut panicked = 0;
+    for fuse in 1..=40 {
+        let mut gc = slots_heap(GcConfig {
+            clock: Some(fused_clock),
+            ..config()
+        });
+        gc.mutate(|mc, root| {
+            for id in 0..50 {
+                let n = node(mc, id, root[0].get());
+                root[0].set(mc, Some(n));
+                node(mc, 1000 + id, None);
+            }
+        });
+        gc.start_cycle();
+        gc.finish_mark(); // the nodes' spans wait for the lazy sweeper
+        CLOCK_FUSE.with(|f| f.set(fuse));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            gc.mutate(|mc, _| {
+                for id in 0..100 {
+                    node(mc, 2000 + id, None);
+                }
+            });
+            gc.start_cycle();
+            gc.step(1);
+            gc.finish_mark();
+        }));
+        CLOCK_FUSE.with(|f| f.set(0));
+        panicked += usize::from(r.is_err());
+        let marking = gc.phase() == Phase::Marking;
+        gc.mutate(|mc, _| assert_eq!(mc.is_marking(), marking, "fuse {fuse}"));
+        for _ in 0..2 {
+            gc.collect();
+        }
+        assert_eq!(list_ids(&mut gc, 0).len(), 50, "fuse {fuse}");
+        gc.mutate(|mc, root| root[0].set(mc, None));
+        gc.collect();
+        assert_eq!(gc.stats().pages, 0, "fuse {fuse}: a span went missing");
+        take_finalized();
+    }
+    assert!(panicked > 5, "only {panicked} clock reads were failed");
+}
