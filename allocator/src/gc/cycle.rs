@@ -52,15 +52,11 @@ impl Inner {
             self.stats.overflow_rescans += 1;
             let (spans, marker) = (&self.spans, &mut self.marker);
             marker.scanning(|marker| {
-                spans.for_each(|s| {
-                    if s.class().noscan() {
-                        return;
-                    }
-                    for idx in (0..s.nelems()).filter(|&i| s.is_marked(i)) {
-                        // SAFETY: a marked object is allocated, and at a safe point initialized.
-                        marker.scan(unsafe { Headed::new(s.object_addr(idx)) });
-                        marker.drain(usize::MAX);
-                    }
+                // Scanning marks objects of these very spans: no span reference may be held meanwhile.
+                spans.for_each_marked_scan_object(|obj| {
+                    // SAFETY: a marked object is allocated, and at a safe point initialized.
+                    marker.scan(unsafe { Headed::new(obj) });
+                    marker.drain(usize::MAX);
                 })
             });
         }

@@ -14,7 +14,7 @@
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
-use crate::addr::PageCount;
+use crate::addr::{PageCount, VirtAddr};
 use crate::heap::Heap;
 use crate::platform::Platform;
 use crate::sizeclass::{SpanClass, NUM_SPAN_CLASSES};
@@ -182,6 +182,36 @@ impl SpanSet {
                 // SAFETY: listed spans are the collector's and have no handle (`put_swept`); `&self` keeps
                 // the lists, hence every span in them, unchanged while `f` looks.
                 list.iter().for_each(|s| f(unsafe { s.as_ref() }));
+            }
+        }
+    }
+
+    /// Calls `f` with the address of every marked object of every scan span, current or filed. Holds no
+    /// reference to any span struct while `f` runs, so `f` may mark objects (write the mark bits of these
+    /// spans). The set must not change meanwhile (`&self`).
+    pub(crate) fn for_each_marked_scan_object(&self, mut f: impl FnMut(VirtAddr)) {
+        let mut visit = |span: NonNull<Span>| {
+            let view = || {
+                // SAFETY: a span of the collector (current or listed); the reference lives only inside
+                // this closure call, never across `f`.
+                unsafe { span.as_ref() }
+            };
+            if view().class().noscan() {
+                return;
+            }
+            for idx in 0..view().nelems() {
+                let (marked, obj) = (view().is_marked(idx), view().object_addr(idx));
+                if marked {
+                    f(obj);
+                }
+            }
+        };
+        for s in self.current.iter().flatten() {
+            visit(s.0);
+        }
+        for lists in self.partial.iter().chain(self.full.iter()) {
+            for list in lists {
+                list.iter().for_each(&mut visit);
             }
         }
     }

@@ -288,7 +288,8 @@ fn a_trace_impl_panicking_mid_scan_cannot_free_a_reachable_object() {
             let s = Gc::new(
                 mc,
                 Split {
-                    a: GcCell::new(Some(node(mc, 1, None))),
+                    // Node 3 shares node 1's span: the rescan marks into the span it walks.
+                    a: GcCell::new(Some(node(mc, 1, Some(node(mc, 3, None))))),
                     b: GcCell::new(Some(node(mc, 2, None))),
                 },
             );
@@ -312,9 +313,10 @@ fn a_trace_impl_panicking_mid_scan_cannot_free_a_reachable_object() {
         );
         let ids = gc.mutate(|_, root| {
             let s = root.get().unwrap();
-            (s.a.get().unwrap().id, s.b.get().unwrap().id)
+            let a = s.a.get().unwrap();
+            (a.id, a.next.get().unwrap().id, s.b.get().unwrap().id)
         });
-        assert_eq!(ids, (1, 2), "{mode:?}");
+        assert_eq!(ids, (1, 3, 2), "{mode:?}");
     }
 }
 
