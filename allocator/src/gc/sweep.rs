@@ -108,11 +108,10 @@ impl Inner {
                 let slot = held.object_addr(idx);
                 if !noscan {
                     // SAFETY: an initialized object of a scan span that was allocated until the sweep
-                    // above and that nothing reachable points to; its slot is reused only after this loop.
-                    let obj = unsafe { Headed::new(slot) };
-                    // SAFETY: dead (unmarked), finalized once: here (it is no longer allocated, so neither
-                    // a later sweep nor `release_all` sees it).
-                    if unsafe { obj.finalize() } {
+                    // above and that nothing reachable points to (unmarked); its slot is reused only
+                    // after this loop. Finalized once: here (it is no longer allocated, so neither a later
+                    // sweep nor `release_all` sees it).
+                    if unsafe { Headed::new(slot).finalize() } {
                         self.stats.finalized += 1;
                     }
                 }
@@ -175,11 +174,10 @@ impl Inner {
             let s = held.span.as_ref().expect("held");
             if !s.class().noscan() {
                 for idx in (0..s.nelems()).filter(|&i| s.is_allocated(i)) {
-                    // SAFETY: an allocated, initialized object of a scan span.
-                    let obj = unsafe { Headed::new(s.object_addr(idx)) };
-                    // SAFETY: the heap is going away: nothing uses the object after this, and its span is
-                    // freed right after its objects (never finalized twice).
-                    unsafe { obj.finalize() };
+                    // SAFETY: an allocated, initialized object of a scan span. The heap is going away:
+                    // nothing uses the object after this, and its span is freed right after its objects
+                    // (never finalized twice).
+                    unsafe { Headed::new(s.object_addr(idx)).finalize() };
                 }
             }
             drop(held);
