@@ -78,6 +78,11 @@ pub struct Span {
     pub(crate) state: SpanState,
     /// The pages may hold old data (false when known zero, e.g. fresh frames).
     pub(crate) needzero: bool,
+    /// Which garbage-collected heap holds the span's objects: 0 for none (the explicit heap, or a span
+    /// the collector uses for its own metadata), else that `GcHeap`'s id. Set by the collector when it
+    /// takes a span for objects and cleared when it gives it back; its marker refuses any address whose
+    /// span does not carry its own id (gc/mark.rs).
+    pub(crate) owner: u32,
 }
 
 // SAFETY: a Span owns its external bitmap storage exclusively (the `init_small` contract), like a Box,
@@ -164,6 +169,7 @@ impl Span {
             class,
             state: SpanState::InUse,
             needzero,
+            owner: 0,
         };
         span.alloc_cache = span.free_mask_from(0);
         span
@@ -224,6 +230,7 @@ impl Span {
             class,
             state: SpanState::InUse,
             needzero,
+            owner: 0,
         }
     }
 

@@ -6,6 +6,8 @@
 //! - Objects allocated while marking are allocated black (mark bit set at once, never scanned).
 //! - A span is swept before it becomes current (lazy sweeping: `find_span` sweeps unswept spans of the
 //!   class first, Go's mcentral.cacheSpan).
+//! - Headerless zero-sized values take no slot (object.rs); every other object gets a slot of its own
+//!   or a tiny-block range that lies wholly inside its block.
 //! - The tiny block is 0 or a 16 B noscan slot allocated in the current cycle's marking state: it is
 //!   dropped when a mark starts, so a tiny object is never placed in a white block during a mark.
 //! - Assists and proportional sweeps run after the new object is written (`debt` carries the bytes
@@ -17,10 +19,10 @@ use core::ptr::NonNull;
 
 use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
+use super::spans::GcSpan;
 use super::trace::Trace;
 use crate::addr::{PageCount, VirtAddr};
 use crate::sizeclass::{SizeClass, SpanClass};
-use crate::span::Span;
 
 /// Tiny blocks: the 16 B noscan class.
 const TINY_CLASS: SpanClass = match SizeClass::for_size(TINY_SIZE) {
@@ -41,6 +43,12 @@ impl State {
                 "gc: managed types may be aligned to 8 KiB at most"
             )
         };
+        if Layout::<T>::ZERO_SIZED {
+            // No memory: the dangling address the marker knows never to shade (object.rs). Nothing to
+            // drop either (headerless types have no drop glue).
+            core::mem::forget(value);
+            return Ok(NonNull::dangling());
+        }
         let (_busy, inner) = self.enter();
         let slot = if Layout::<T>::TINY {
             inner.alloc_tiny(size_of::<T>(), align_of::<T>())
@@ -77,9 +85,7 @@ impl State {
 impl Inner {
     #[inline]
     pub(crate) fn alloc_small(&mut self, class: SpanClass) -> Option<VirtAddr> {
-        if let Some(span) = self.spans.current[class.index()] {
-            // SAFETY: current spans are ours, swept and cached; no other reference to this one is live.
-            let s = unsafe { &mut *span.as_ptr() };
+        if let Some(s) = &mut self.spans.current[class.index()] {
             if let Some(idx) = s.next_free() {
                 if self.marking {
                     s.mark(idx);
@@ -121,9 +127,10 @@ impl Inner {
     pub(crate) fn alloc_large(&mut self, size: usize, noscan: bool) -> Option<VirtAddr> {
         let npages = PageCount::covering(size)?;
         let class = SpanClass::new(SizeClass::LARGE, noscan);
-        let span = self.marker.source.alloc_span(class, npages)?;
-        // SAFETY: a fresh span, ours alone.
-        let s = unsafe { &mut *span.as_ptr() };
+        let mut s = self
+            .marker
+            .source
+            .alloc_span(class, npages, self.marker.owner)?;
         let bytes = npages.bytes();
         if self.marking {
             s.mark(0);
@@ -132,7 +139,7 @@ impl Inner {
         }
         let addr = s.base();
         self.spans.pages += npages.0;
-        self.spans.put_swept(span, self.sweepgen);
+        self.spans.put_swept(s, self.sweepgen);
         self.heap_live += bytes;
         self.debt += bytes;
         Some(addr)
@@ -144,50 +151,54 @@ impl Inner {
         if let Some(old) = self.spans.current[c].take() {
             self.uncache(old);
         }
-        let span = self.find_span(class)?;
-        // SAFETY: GC spans are ours; no other reference to this one is live.
-        let s = unsafe { &mut *span.as_ptr() };
+        // The clock is user code: read only while no span is out of the lists (a panic must lose none).
+        let t0 = self.now();
+        let (mut s, swept) = self.find_span(class)?;
         s.sweepgen = self.sweepgen.wrapping_add(3);
         let bytes = (s.nelems() - s.alloc_count()) * s.elem_size();
         self.heap_live += bytes;
-        self.spans.current[c] = Some(span);
+        self.spans.current[c] = Some(s);
+        if swept {
+            self.log.sweep_ns += self.now().saturating_sub(t0);
+        }
         Some(bytes)
     }
 
     /// Puts a current span back on the lists; its free slots stop counting as live.
-    pub(crate) fn uncache(&mut self, span: NonNull<Span>) {
-        // SAFETY: GC spans are ours; no other reference to this one is live.
-        let s = unsafe { span.as_ref() };
+    pub(crate) fn uncache(&mut self, s: GcSpan) {
         self.heap_live -= (s.nelems() - s.alloc_count()) * s.elem_size();
-        self.spans.put_swept(span, self.sweepgen);
+        self.spans.put_swept(s, self.sweepgen);
     }
 
-    /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one.
-    fn find_span(&mut self, class: SpanClass) -> Option<NonNull<Span>> {
+    /// A swept span of `class` with room: a swept partial one, else one swept now, else a fresh one; and
+    /// whether any span was swept. Runs no user code but finalizers (inside `sweep_span`, which files
+    /// its span back if one panics).
+    fn find_span(&mut self, class: SpanClass) -> Option<(GcSpan, bool)> {
         let h = self.sweepgen;
         if let Some(s) = self.spans.take_swept_partial(class, h) {
-            return Some(s);
+            return Some((s, false));
         }
+        let mut swept = false;
         for _ in 0..SWEEP_BUDGET {
             let Some(span) = self.spans.take_unswept(class, h) else {
                 break;
             };
-            let t0 = self.now();
-            let kept = self.sweep_span(span, true);
-            self.log.sweep_ns += self.now().saturating_sub(t0);
-            let Some(span) = kept else { continue };
-            // SAFETY: GC spans are ours.
-            if !unsafe { span.as_ref() }.is_full() {
-                return Some(span);
+            swept = true;
+            let Some(span) = self.sweep_span(span, true) else {
+                continue;
+            };
+            if !span.is_full() {
+                return Some((span, true));
             }
             self.spans.put_swept(span, h);
         }
-        let span = self.marker.source.alloc_span(class, PageCount(0))?;
-        // SAFETY: a fresh span, ours alone.
-        let s = unsafe { &mut *span.as_ptr() };
+        let mut s = self
+            .marker
+            .source
+            .alloc_span(class, PageCount(0), self.marker.owner)?;
         s.sweepgen = h;
         self.spans.pages += s.npages().0;
-        Some(span)
+        Some((s, swept))
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).

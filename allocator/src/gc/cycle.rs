@@ -3,9 +3,19 @@
 //!
 //! Invariants: both run at safe points only (heap.rs), with the previous sweep finished before setup
 //! (so no object is freed while a mark runs) and the grey stack empty at termination.
+//!
+//! Panic safety: the rescan and the checkmark run user `Trace` impls (and the checkmark panics on a
+//! missed object). Both can be cut short and redone: the rescan keeps `interrupted` set while it runs;
+//! the checkmark's guard gives its table back, empties the grey stack of check entries and restores the
+//! grey-stack limit whatever happens, so the real mark state is untouched and the heap stays in the
+//! marking phase (nothing is freed) until a termination completes. `begin_mark` and `end_mark` read the
+//! clock (user code) before changing anything and run no other user code; `end_mark` returns the
+//! gctrace line for the caller to emit once the barrier flag matches the phase.
 
-use super::gctrace::{emit, CycleLog, Line};
+use super::gctrace::{CycleLog, Line};
 use super::heap::{Inner, Mode};
+use super::mark::Marker;
+use super::object::Headed;
 use super::trace::Trace;
 use super::verify::CheckTable;
 use crate::sizeclass::NUM_SPAN_CLASSES;
@@ -14,14 +24,18 @@ impl Inner {
     /// Mark setup; the caller shades the root next.
     pub(crate) fn begin_mark(&mut self) {
         debug_assert!(!self.marking && self.spans.unswept_pages == 0);
+        // The clock is user code: read before any state changes.
+        let start_ns = self.now();
         self.cycle_requested = false;
         self.tiny = (0, 0);
         self.marking = true;
+        // Every mark bit was cleared by the sweep: an interruption of an earlier mark means nothing now.
+        self.marker.interrupted = false;
         self.marker.marked_bytes = 0;
         self.marker.marked_objects = 0;
         self.marker.scan_work = 0;
         self.log = CycleLog {
-            start_ns: self.now(),
+            start_ns,
             heap_start: self.heap_live,
             goal: self.pacer.goal,
             sweep_ns: self.log.sweep_ns,
@@ -37,23 +51,21 @@ impl Inner {
             self.marker.overflow = false;
             self.stats.overflow_rescans += 1;
             let (spans, marker) = (&self.spans, &mut self.marker);
-            spans.for_each(|span| {
-                // SAFETY: GC spans are ours; read only while their objects are scanned.
-                let s = unsafe { span.as_ref() };
-                if s.class().noscan() {
-                    return;
-                }
-                for idx in (0..s.nelems()).filter(|&i| s.is_marked(i)) {
+            marker.scanning(|marker| {
+                // Scanning marks objects of these very spans: no span reference may be held meanwhile.
+                spans.for_each_marked_scan_object(|obj| {
                     // SAFETY: a marked object is allocated, and at a safe point initialized.
-                    unsafe { marker.scan(s.object_addr(idx)) };
+                    marker.scan(unsafe { Headed::new(obj) });
                     marker.drain(usize::MAX);
-                }
+                })
             });
         }
     }
 
-    /// Mark termination.
-    pub(crate) fn end_mark(&mut self) {
+    /// Mark termination; returns the gctrace line to emit, if a sink is set.
+    pub(crate) fn end_mark(&mut self) -> Option<Line> {
+        // The clock is user code: read before any state changes.
+        let end_ns = self.now();
         self.weak.clear_dead(&self.marker);
         for c in 0..NUM_SPAN_CLASSES {
             if let Some(span) = self.spans.current[c].take() {
@@ -75,18 +87,16 @@ impl Inner {
             self.spans.unswept_pages,
             self.config.mode == Mode::StopTheWorld,
         );
-        if let Some(sink) = self.config.trace_sink {
-            let line = Line {
-                cycle: self.stats.cycles,
-                log: self.log,
-                mark_ns: self.now().saturating_sub(self.log.start_ns),
-                heap_end,
-                live,
-                marked_objects: self.marker.marked_objects,
-            };
-            emit(sink, &line);
-        }
+        let line = self.config.trace_sink.map(|_| Line {
+            cycle: self.stats.cycles,
+            log: self.log,
+            mark_ns: end_ns.saturating_sub(self.log.start_ns),
+            heap_end,
+            live,
+            marked_objects: self.marker.marked_objects,
+        });
         self.log.sweep_ns = 0;
+        line
     }
 
     /// Verification: marks everything reachable from `root` again into a check table; panics on any
@@ -96,8 +106,7 @@ impl Inner {
         let (mut n, mut words) = (0, 0);
         self.spans.for_each(|s| {
             n += 1;
-            // SAFETY: GC spans are ours; read only.
-            words += unsafe { s.as_ref() }.nelems().div_ceil(64);
+            words += s.nelems().div_ceil(64);
         });
         let spans = &self.spans;
         let table = CheckTable::build(self.marker.source, n, words, self.stats.cycles + 1, |f| {
@@ -107,10 +116,33 @@ impl Inner {
         self.marker.check = Some(table);
         // The check has no overflow fallback: lift a test's cap on the grey stack while it runs.
         let limit = core::mem::replace(&mut self.marker.grey.limit, usize::MAX);
-        self.marker.tracer().trace(root);
-        self.marker.drain(usize::MAX);
-        self.marker.grey.limit = limit;
-        let table = self.marker.check.take().expect("check table");
-        table.release(self.marker.source);
+        // A failed (panicking) check leaves `interrupted` set: the next termination rescans the root and
+        // every marked object before checking again.
+        self.marker.interrupted = true;
+        let check = CheckRun {
+            marker: &mut self.marker,
+            limit,
+        };
+        check.marker.tracer().trace(root);
+        check.marker.drain(usize::MAX);
+        check.marker.interrupted = false;
+    }
+}
+
+/// Ends a checkmark run, normally or by a panic (module docs): the real mark state is as before it.
+struct CheckRun<'a> {
+    marker: &'a mut Marker,
+    limit: usize,
+}
+
+impl Drop for CheckRun<'_> {
+    fn drop(&mut self) {
+        let m = &mut *self.marker;
+        let source = m.source;
+        while m.grey.pop(source).is_some() {}
+        m.grey.limit = self.limit;
+        if let Some(table) = m.check.take() {
+            table.release(source);
+        }
     }
 }

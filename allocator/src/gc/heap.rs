@@ -13,16 +13,20 @@
 //!   `mutate`), where no `Gc` is on the stack and no cell is borrowed. Inside `mutate` the collector
 //!   only drains the grey stack (assists) and sweeps spans (lazy sweeping), both of which are safe with
 //!   `Gc`s on the stack (see barrier.rs).
-//! - `State::marking` mirrors `Inner::marking`; `busy` is set while `Inner` is borrowed mutably, so a
-//!   `Trace` impl or finalizer that calls back into the heap (breaking the Trace contract) panics
-//!   instead of aliasing.
+//! - `State::marking` mirrors `Inner::marking`, and is synchronised before any user code runs after a
+//!   change (the root's `Trace` at mark start, the trace sink at termination), so the barrier is on
+//!   exactly while a mark runs even if that code panics. `busy` is set while `Inner` is borrowed mutably,
+//!   so a `Trace` impl or finalizer that calls back into the heap (breaking the Trace contract) panics
+//!   instead of aliasing; its guard clears it on unwind too, which is right because every operation
+//!   leaves `Inner` consistent whenever user code can panic (sweep.rs, mark.rs, cycle.rs).
 //! - `heap_live` (Go's heapLive): bytes of objects allocated since the last termination plus the bytes
 //!   marked by it; a current span counts whole when it is cached and gives back its free slots when put
 //!   back, so the allocation fast path updates no counter.
 
 use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
 
-use super::gctrace::{CycleLog, GcStats};
+use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
@@ -68,7 +72,8 @@ pub struct GcConfig {
     /// Overwrite freed objects with 0xA5 (Go's clobberfree): use-after-free reads garbage at once.
     pub poison: bool,
     pub stress: Stress,
-    /// Monotonic nanoseconds, for gctrace times and pauses (no clock: times read 0).
+    /// Monotonic nanoseconds, for gctrace times and pauses (no clock: times read 0). Read only where the
+    /// collector's state is consistent, so a panicking clock is as harmless as a panicking hook.
     pub clock: Option<fn() -> u64>,
     /// Receives one gctrace line per cycle.
     pub trace_sink: Option<fn(&str)>,
@@ -149,10 +154,17 @@ impl Inner {
 
 /// The heap's state, lent to the mutator as a [`Mutation`].
 pub(crate) struct State {
+    /// Single-threaded by design, not by accident of the fields below: the heap's mark bits, grey stack
+    /// and spans are touched without atomics, and finalizers run on the heap's thread. This makes
+    /// `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
+    _single_threaded: SingleThreaded,
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
     marking: Cell<bool>,
 }
+
+/// Neither `Send` nor `Sync` (see `State`).
+pub(crate) struct SingleThreaded(PhantomData<*mut ()>);
 
 /// Clears `busy` when a mutable borrow of `Inner` ends.
 pub(crate) struct Busy<'a>(&'a Cell<bool>);
@@ -192,6 +204,23 @@ impl State {
     }
 }
 
+/// A fresh heap id (the `owner` of its spans): ids are never reused, so a span of a dropped heap can
+/// never pass for one of a later heap's.
+fn next_heap_id() -> u32 {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let mut id = NEXT.load(Ordering::Relaxed);
+    loop {
+        let next = id
+            .checked_add(1)
+            .expect("gc: 2^32 - 1 GC heaps made; heap ids are never reused");
+        match NEXT.compare_exchange_weak(id, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return id,
+            Err(now) => id = now,
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn reentered() -> ! {
@@ -216,7 +245,7 @@ impl<R: Rootable> GcHeap<R> {
         let source: &'static dyn SpanSource = heap;
         let inner = Inner {
             config,
-            marker: Marker::new(heap.gc_span_map(), source),
+            marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
             spans: SpanSet::new(),
             pacer: Pacer::new(config.gogc, config.min_heap, config.memory_limit),
             weak: WeakList::new(),
@@ -233,6 +262,7 @@ impl<R: Rootable> GcHeap<R> {
             barrier_off: false,
         };
         let state = State {
+            _single_threaded: SingleThreaded(PhantomData),
             inner: UnsafeCell::new(inner),
             busy: Cell::new(false),
             marking: Cell::new(false),
@@ -250,11 +280,7 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
     ) -> T {
-        let out = {
-            // SAFETY: only the brand changes; the borrow of `self` bounds the new brand.
-            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
-            f(Mutation::new(&self.state), root)
-        };
+        let out = f(Mutation::new(&self.state), rebrand::<R>(&self.root));
         self.safepoint();
         out
     }
@@ -266,7 +292,7 @@ impl<R: Rootable> GcHeap<R> {
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
     ) -> T {
         let out = {
-            // SAFETY: as in `mutate`.
+            // SAFETY: as in `rebrand`: only the brand changes, and the borrow of `self` bounds it.
             let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
             f(Mutation::new(&self.state), root)
         };
@@ -301,10 +327,10 @@ impl<R: Rootable> GcHeap<R> {
     /// Objects allocated in the heap now (dead ones not yet swept included; tiny blocks count once).
     pub fn allocated_objects(&mut self) -> usize {
         let mut n = 0;
-        self.state.get_mut().spans.for_each(|s| {
-            // SAFETY: GC spans are ours; read only.
-            n += unsafe { s.as_ref() }.alloc_count()
-        });
+        self.state
+            .get_mut()
+            .spans
+            .for_each(|s| n += s.alloc_count());
         n
     }
 
@@ -408,11 +434,13 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
-        // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
-        let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
-        inner.marker.tracer().trace(root);
-        inner.log.root_ns = inner.now().saturating_sub(t0);
+        // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
         self.state.sync_marking();
+        let inner = self.state.get_mut();
+        let root = rebrand::<R>(&self.root);
+        // A panic here leaves `interrupted` set: termination traces the root again (mark.rs).
+        inner.marker.scanning(|m| m.tracer().trace(root));
+        inner.log.root_ns = inner.now().saturating_sub(t0);
     }
 
     fn stw_cycle(&mut self, eager_sweep: bool) {
@@ -437,18 +465,42 @@ impl<R: Rootable> GcHeap<R> {
     }
 
     /// Mark termination; the grey stack must be empty.
+    ///
+    /// Panic safety: until `end_mark` the heap stays in the marking phase, and everything before it can
+    /// be redone (a panicking `Trace` impl or checkmark leaves the mark unfinished and the next safe
+    /// point tries again); `end_mark` and the barrier's switch run no user code; the trace sink runs
+    /// last, with the state consistent.
     fn end_cycle(&mut self) {
         let inner = self.state.get_mut();
+        let root = rebrand::<R>(&self.root);
+        if inner.marker.interrupted {
+            // A scan was cut short by a panic: the root (this trace) and every marked object (the
+            // rescan below) are scanned again; `interrupted` is cleared only once both are done.
+            inner.marker.tracer().trace(root);
+            inner.marker.drain(usize::MAX);
+            inner.marker.overflow = true;
+        }
         inner.rescan_overflow();
+        inner.marker.interrupted = false;
         debug_assert!(inner.marking && inner.marker.grey.is_empty());
         if inner.config.verify {
-            // SAFETY: only the brand changes; `&mut self` keeps the root unborrowed meanwhile.
-            let root = unsafe { &*core::ptr::from_ref(&self.root).cast::<R::Root<'_>>() };
             inner.checkmark(root);
         }
-        inner.end_mark();
+        let line = inner.end_mark();
         self.state.sync_marking();
+        let inner = self.state.get_mut();
+        if let (Some(sink), Some(line)) = (inner.config.trace_sink, line) {
+            emit(sink, &line);
+        }
     }
+}
+
+/// The stored root, lent with its brand bounded by the borrow: shared, as the marker and `mutate` use it.
+/// Only `GcHeap`'s own root goes through here, and a `Mutation` of the same brand exists only inside
+/// `mutate`, where the borrow of the heap bounds both.
+fn rebrand<'a, R: Rootable>(root: &'a R::Root<'static>) -> &'a R::Root<'a> {
+    // SAFETY: only the brand changes (lifetimes do not change layout), shortened to the borrow's.
+    unsafe { &*core::ptr::from_ref(root).cast::<R::Root<'a>>() }
 }
 
 impl<R: Rootable> Drop for GcHeap<R> {

@@ -7,22 +7,36 @@
 //! Invariants:
 //! - Only allocated objects are marked; an object is pushed at most once per cycle (when its mark bit
 //!   goes from 0 to 1), so marking costs O(live objects + pointers).
+//! - Only objects of this heap are marked: every address shaded or tested is checked to lie in an
+//!   allocated object of an in-use span whose `owner` is this heap's id (one compare and one bitmap load
+//!   on the span struct the lookup found), and the marker panics naming any other address (a `Gc` from
+//!   another heap, a freed object, an explicit-heap object) instead of reading it as a header. The one
+//!   exception is the address of a headerless zero-sized value (object.rs, `is_zero_sized`): it has no
+//!   memory, is never marked, scanned nor freed, and shading it does nothing.
 //! - In verification mode (`check` is `Some`) the same walk sets bits in the check table instead and
 //!   leaves the real mark bits alone (see verify.rs).
+//! - Panics: a `Trace` impl may panic in the middle of a scan (object or root), leaving a marked object
+//!   whose children were not all shaded. `interrupted` is set for the length of every scan and restored
+//!   only when the scan returns, so after such a panic it stays set, and termination rescans the root and
+//!   every marked object before the mark may end (heap.rs `end_cycle`): a cycle never ends with a
+//!   reachable white object, whatever `Trace` does. Shading itself runs no user code.
 
 use core::ptr::NonNull;
 
-use super::object::vtable_of;
+use super::object::{is_zero_sized, Headed};
 use super::spans::SpanSource;
 use super::trace::Tracer;
 use super::verify::CheckTable;
 use super::workbuf::GreyStack;
 use crate::addr::VirtAddr;
+use crate::span::Span;
 use crate::spanmap::SpanMap;
 
 pub(crate) struct Marker {
     spans: &'static SpanMap,
     pub(crate) source: &'static dyn SpanSource,
+    /// This heap's id: the `owner` of every span holding its objects (spans.rs).
+    pub(crate) owner: u32,
     pub(crate) grey: GreyStack,
     /// Bytes (slot sizes) and objects marked this cycle, black allocation included.
     pub(crate) marked_bytes: usize,
@@ -33,19 +47,66 @@ pub(crate) struct Marker {
     /// An object was marked but could not be pushed (no memory for the grey stack): marked objects must
     /// be rescanned before the mark can end (`Inner::rescan_overflow`).
     pub(crate) overflow: bool,
+    /// A scan was cut short by a panic (module invariants): the root and every marked object must be
+    /// rescanned before the mark can end.
+    pub(crate) interrupted: bool,
 }
 
 impl Marker {
-    pub(crate) fn new(spans: &'static SpanMap, source: &'static dyn SpanSource) -> Self {
+    pub(crate) fn new(
+        spans: &'static SpanMap,
+        source: &'static dyn SpanSource,
+        owner: u32,
+    ) -> Self {
         Self {
             spans,
             source,
+            owner,
             grey: GreyStack::new(),
             marked_bytes: 0,
             marked_objects: 0,
             scan_work: 0,
             check: None,
             overflow: false,
+            interrupted: false,
+        }
+    }
+
+    /// Runs `scan` (which may run `Trace` impls) with `interrupted` set; restores it only if `scan`
+    /// returns, so a panic leaves it set (module invariants).
+    #[inline]
+    pub(crate) fn scanning<T>(&mut self, scan: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = core::mem::replace(&mut self.interrupted, true);
+        let out = scan(self);
+        self.interrupted = outer;
+        out
+    }
+
+    /// The span and index of the allocated object of this heap containing `addr`; `None` for the address
+    /// of a headerless zero-sized value. Panics, naming `addr`, for anything else.
+    #[inline]
+    fn locate(&self, addr: VirtAddr) -> Option<(NonNull<Span>, usize)> {
+        let Some((span, _)) = self.spans.lookup(addr) else {
+            return if is_zero_sized(addr) {
+                None
+            } else {
+                not_managed(addr, "in no in-use span")
+            };
+        };
+        // SAFETY: span-map entries point at live span structs. Only the `owner` field is read until it
+        // says the span is ours: collectors write it only when they take or give back a span, and the
+        // explicit heap never does.
+        let owner = unsafe { core::ptr::addr_of!((*span.as_ptr()).owner).read() };
+        if owner != self.owner {
+            not_managed(addr, "in a span this GC heap does not own");
+        }
+        // SAFETY: the span is this heap's (its owner is our id), and only this single-threaded heap
+        // touches its struct; read only here.
+        let s = unsafe { span.as_ref() };
+        match s.object_index(addr) {
+            Some(idx) if s.is_allocated(idx) => Some((span, idx)),
+            Some(_) => not_managed(addr, "in a free slot"),
+            None => not_managed(addr, "past the span's last object"),
         }
     }
 
@@ -53,18 +114,16 @@ impl Marker {
         Tracer { m: self }
     }
 
-    /// Shades the object containing `addr`.
+    /// Shades the object containing `addr` (panics if it is not an object of this heap).
     #[inline]
     pub(crate) fn shade(&mut self, addr: VirtAddr) {
-        let Some((span, class)) = self.spans.lookup(addr) else {
-            not_managed(addr)
+        let Some((span, idx)) = self.locate(addr) else {
+            return;
         };
-        // SAFETY: `addr` comes from a live `Gc`, so its span is an in-use span of this GC heap, whose
-        // struct only this (single-threaded) heap touches; no other reference to it is live.
+        // SAFETY: `locate` found the span ours; only this (single-threaded) heap touches its struct, and
+        // no other reference to it is live.
         let s = unsafe { &mut *span.as_ptr() };
-        let Some(idx) = s.object_index(addr) else {
-            not_managed(addr)
-        };
+        let class = s.class();
         if let Some(check) = &mut self.check {
             if !check.shade(s, idx) {
                 return;
@@ -89,14 +148,18 @@ impl Marker {
 
     /// Scans grey objects until `budget` bytes of them are scanned or none is left; returns the work done.
     pub(crate) fn drain(&mut self, budget: usize) -> usize {
-        let mut done = 0;
-        while done < budget {
-            let Some(obj) = self.grey.pop(self.source) else {
-                break;
-            };
-            // SAFETY: only allocated, initialized objects of scan spans are pushed (`shade`).
-            done += unsafe { self.scan(obj) };
-        }
+        let done = self.scanning(|m| {
+            let mut done = 0;
+            while done < budget {
+                let Some(obj) = m.grey.pop(m.source) else {
+                    break;
+                };
+                // SAFETY: only allocated objects of scan spans are pushed (`shade`), and every allocated
+                // slot is initialized whenever the marker runs (alloc.rs).
+                done += m.scan(unsafe { Headed::new(obj) });
+            }
+            done
+        });
         if self.check.is_none() {
             self.scan_work += done;
         }
@@ -105,43 +168,31 @@ impl Marker {
 }
 
 impl Marker {
-    /// Scans the object at `obj` (grey -> black); returns its size.
-    ///
-    /// # Safety
-    /// `obj` is the start of an allocated, initialized object of a scan span.
+    /// Scans `obj` (grey -> black); returns its size. The caller sets `interrupted` around it
+    /// (`scanning`): the object's `Trace` impl may panic.
     #[inline]
-    pub(crate) unsafe fn scan(&mut self, obj: VirtAddr) -> usize {
-        let slot = NonNull::new(obj.as_mut_ptr::<u8>()).expect("grey object at address 0");
-        // SAFETY: the caller's contract.
-        let vt = unsafe { vtable_of(slot) };
-        if let Some(trace) = vt.trace {
-            // SAFETY: as above: `slot` holds the initialized value this vtable describes.
-            unsafe { trace(slot, &mut self.tracer()) };
-        }
-        vt.size
+    pub(crate) fn scan(&mut self, obj: Headed) -> usize {
+        obj.trace(&mut self.tracer());
+        obj.size()
+    }
+
+    /// Whether the object containing `addr` is marked (panics if it is not an object of this heap; the
+    /// address of a zero-sized value, which is never freed, counts as marked).
+    pub(crate) fn is_marked(&self, addr: VirtAddr) -> bool {
+        let Some((span, idx)) = self.locate(addr) else {
+            return true;
+        };
+        // SAFETY: `locate` found the span ours; read only.
+        unsafe { span.as_ref() }.is_marked(idx)
     }
 }
 
 #[cold]
 #[inline(never)]
-fn not_managed(addr: VirtAddr) -> ! {
+fn not_managed(addr: VirtAddr, why: &str) -> ! {
     panic!(
-        "gc: {:#x} is not an object of this GC heap (a Gc from another heap, or a freed object)",
+        "gc: {:#x} is not an object of this GC heap ({why}): a Gc from another heap, a freed object or \
+         a foreign pointer reached the marker",
         addr.as_u64()
     )
-}
-
-impl Marker {
-    /// Whether the object containing `addr` is marked (an object of this heap).
-    pub(crate) fn is_marked(&self, addr: VirtAddr) -> bool {
-        let Some((span, _)) = self.spans.lookup(addr) else {
-            not_managed(addr)
-        };
-        // SAFETY: GC spans are ours; read only.
-        let s = unsafe { span.as_ref() };
-        let Some(idx) = s.object_index(addr) else {
-            not_managed(addr)
-        };
-        s.is_marked(idx)
-    }
 }

@@ -44,10 +44,24 @@
 //! - Gc fields change only through [`GcCell`] (`Copy` values) or [`GcRefCell`] (anything else); their
 //!   writes take the `&Mutation` and run the write barrier.
 //! - Pointer-free types without drop glue (`Trace::NEEDS_TRACE == false`, e.g. `[u64; 4]`, `u32`) get no
-//!   header, go to noscan spans and are never scanned; below 16 B they share tiny blocks.
+//!   header, go to noscan spans and are never scanned; below 16 B they share tiny blocks. Zero-sized ones
+//!   take no memory: their `Gc` holds the dangling address `align_of::<T>()`, which the marker ignores.
+//! - The marker shades only objects of its own heap: an address that is not an allocated object of a span
+//!   this `GcHeap` owns (`Span::owner`, a fresh id per heap) is refused with a panic naming it, never read
+//!   as a header.
 //! - Finalization: a dead object's `Drop` runs once, when the sweeper frees it (or when the `GcHeap` is
 //!   dropped). It must not dereference any `Gc` (its target may be freed already) nor use the heap.
 //! - Weak references: [`GcWeak::new`] / [`GcWeak::upgrade`].
+//! - Panics in user code (a `Drop`, a `Trace` impl, the root's `Trace`, the trace sink, the pause hook,
+//!   the clock)
+//!   may be caught by the caller of `mutate`/`step`/`collect`/drop: the collector is panic-safe rather
+//!   than aborting. Its state is made consistent before user code runs or repaired by a guard on unwind:
+//!   a span whose finalizer panicked is filed back swept (its other dead objects are leaked, never
+//!   finalized); a scan cut short leaves `interrupted` set, so termination rescans the root and every
+//!   marked object before the mark may end; a failed checkmark leaves the heap marking (nothing freed)
+//!   and the next termination rescans and checks again; the barrier flag is switched before user code
+//!   runs; dropping the heap gives every span back whatever a finalizer does. Nothing reachable is ever
+//!   freed; the worst outcome is leaked finalizers. Tests: gc/tests/soundness.rs.
 //! - Observability: [`GcConfig::trace_sink`] gets one gctrace line per cycle; [`GcConfig::verify`]
 //!   re-marks every cycle with the world stopped and panics naming any object the mark missed;
 //!   [`GcHeap::stats`] returns counters.

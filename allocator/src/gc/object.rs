@@ -7,6 +7,15 @@
 //!
 //! A type with neither (no pointers, no drop glue) is *headerless*: the value is the whole slot, it lives
 //! in a noscan span, is never scanned and never finalized; below 16 B it is packed by the tiny allocator.
+//! A headerless *zero-sized* value needs no memory at all: it gets no slot, and its `Gc` holds the
+//! dangling address `align_of::<T>()` (at most `PAGE_SIZE`, so never a heap address), which the marker
+//! recognises (`is_zero_sized`) and never shades. A headed zero-sized value (one with a `Drop`) gets a
+//! slot of at least header + 1 byte, so its `Gc` points inside its own slot, not at the next one.
+//!
+//! Raw object memory is read only through [`Headed`]: a handle whose (unsafe) constructor states the
+//! one fact everything rests on — the address starts an allocated, initialized object of a scan span —
+//! and whose methods (vtable, trace, size, name) are then safe; finalizing stays `unsafe` (the object
+//! must be dead).
 //!
 //! Invariants:
 //! - A span's class says which kind it holds: noscan spans hold only headerless objects, scan spans only
@@ -20,7 +29,7 @@ use core::mem::{align_of, needs_drop, size_of};
 use core::ptr::NonNull;
 
 use super::trace::{Trace, Tracer};
-use crate::addr::PAGE_SIZE;
+use crate::addr::{VirtAddr, PAGE_SIZE};
 use crate::sizeclass::{SizeClass, SpanClass};
 
 /// Bytes of the header word.
@@ -59,12 +68,20 @@ impl<T: Trace> Layout<T> {
     } else {
         0
     };
-    /// Slot bytes needed.
-    pub(crate) const SIZE: usize = Self::OFFSET + size_of::<T>();
+    /// A headerless zero-sized value: no slot at all (module docs).
+    pub(crate) const ZERO_SIZED: bool = !Self::HEADED && size_of::<T>() == 0;
+    /// Slot bytes needed; a headed value takes at least one byte past its header, so that the value's
+    /// address lies inside its own slot even when `T` is zero-sized.
+    pub(crate) const SIZE: usize = Self::OFFSET
+        + if Self::HEADED {
+            max(size_of::<T>(), 1)
+        } else {
+            size_of::<T>()
+        };
     pub(crate) const ALIGN: usize = max(8, align_of::<T>());
     /// Packed by the tiny allocator.
     pub(crate) const TINY: bool =
-        !Self::HEADED && size_of::<T>() < TINY_SIZE && align_of::<T>() <= 8;
+        !Self::HEADED && !Self::ZERO_SIZED && size_of::<T>() < TINY_SIZE && align_of::<T>() <= 8;
     /// The span class of a small object; `None` for a large one (its own span).
     pub(crate) const CLASS: Option<SpanClass> = match SizeClass::for_layout(Self::SIZE, Self::ALIGN)
     {
@@ -105,12 +122,65 @@ unsafe fn drop_slot<T: Trace>(slot: NonNull<u8>) {
     unsafe { core::ptr::drop_in_place(slot.as_ptr().add(Layout::<T>::OFFSET).cast::<T>()) };
 }
 
-/// The vtable of the headed object whose slot starts at `slot`.
-///
-/// # Safety
-/// `slot` is the start of an allocated, initialized object in a scan span.
+/// Whether `addr` is the address of a headerless zero-sized value (`NonNull::dangling()` of a type
+/// aligned to at most `PAGE_SIZE`): never a heap address, never an object.
 #[inline]
-pub(crate) unsafe fn vtable_of(slot: NonNull<u8>) -> &'static VTable {
-    // SAFETY: scan-span objects start with their header (module invariant), written at allocation.
-    unsafe { *slot.as_ptr().cast::<&'static VTable>() }
+pub(crate) fn is_zero_sized(addr: VirtAddr) -> bool {
+    (1..=PAGE_SIZE as u64).contains(&addr.as_u64())
+}
+
+/// An allocated, initialized object of a scan span (its slot start): the audited door to raw object
+/// memory (module docs).
+#[derive(Clone, Copy)]
+pub(crate) struct Headed {
+    slot: NonNull<u8>,
+    vtable: &'static VTable,
+}
+
+impl Headed {
+    /// # Safety
+    /// `slot` is the start of an initialized object of a scan span — allocated, or dead and not finalized
+    /// yet (the sweeper's case) — that is not finalized nor reused while the handle is used.
+    #[inline]
+    pub(crate) unsafe fn new(slot: VirtAddr) -> Headed {
+        let slot = NonNull::new(slot.as_mut_ptr::<u8>()).expect("gc: object at address 0");
+        // SAFETY: scan-span objects start with their header (module invariant), written at allocation
+        // before any `Gc` to them exists; the caller's contract says this one is allocated.
+        let vtable = unsafe { *slot.as_ptr().cast::<&'static VTable>() };
+        Headed { slot, vtable }
+    }
+
+    /// Slot bytes used (the scan work the object costs).
+    pub(crate) fn size(self) -> usize {
+        self.vtable.size
+    }
+
+    /// The type name.
+    pub(crate) fn name(self) -> &'static str {
+        (self.vtable.name)()
+    }
+
+    /// Reports the object's `Gc`s to `t` (runs its `Trace` impl, which may panic).
+    #[inline]
+    pub(crate) fn trace(self, t: &mut Tracer<'_>) {
+        if let Some(trace) = self.vtable.trace {
+            // SAFETY: the slot holds the initialized value this vtable describes (`new`'s contract).
+            unsafe { trace(self.slot, t) };
+        }
+    }
+
+    /// Drops the value (runs its `Drop`, which may panic); returns whether it had drop glue.
+    ///
+    /// # Safety
+    /// The object is dead: nothing uses it after this call (the slot is freed or about to be).
+    pub(crate) unsafe fn finalize(self) -> bool {
+        match self.vtable.drop {
+            Some(drop) => {
+                // SAFETY: the slot holds the value this vtable describes, used never again (contract).
+                unsafe { drop(self.slot) };
+                true
+            }
+            None => false,
+        }
+    }
 }

@@ -11,29 +11,80 @@
 //!   before `h` grows, so no span is allocated from while unswept.
 //! - `pages` counts the pages of all spans; `unswept_pages` those in the unswept set.
 
+use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
-use crate::addr::PageCount;
+use crate::addr::{PageCount, VirtAddr};
 use crate::heap::Heap;
 use crate::platform::Platform;
 use crate::sizeclass::{SpanClass, NUM_SPAN_CLASSES};
 use crate::span::{Span, SpanList};
 
+/// The collector's handle on a span it took from its [`SpanSource`]: the one door to span structs in
+/// the collector (the marker's span-map lookups aside, mark.rs).
+///
+/// Exactly one handle exists per span the collector holds: `SpanSource::alloc_span` makes it, it is
+/// moved (never copied) into a `SpanSet` list and back out, and `SpanSource::free_span` consumes it.
+/// While the collector holds a span nobody else writes its struct (the explicit heap never touches a
+/// span the page heap handed out to the collector; markers of other heaps only read `owner`), and a
+/// heap is single-threaded. So whoever has `&mut GcSpan` has the span struct to itself, and reaching it
+/// through `Deref`/`DerefMut` is safe; the `unsafe` is in making a handle (`from_raw`), where the one-
+/// handle rule is promised.
+pub(crate) struct GcSpan(NonNull<Span>);
+
+impl GcSpan {
+    /// # Safety
+    /// `span` is a live span struct the collector took from its source, and no other handle to it
+    /// exists (it was just made, or just unlinked from the list that stood for its handle).
+    pub(crate) unsafe fn from_raw(span: NonNull<Span>) -> Self {
+        GcSpan(span)
+    }
+
+    /// Gives up the handle (to link the span in a list, or store it in raw memory).
+    pub(crate) fn into_raw(self) -> NonNull<Span> {
+        self.0
+    }
+}
+
+impl Deref for GcSpan {
+    type Target = Span;
+    fn deref(&self) -> &Span {
+        // SAFETY: the only handle to a live span struct nobody else writes (type docs).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl DerefMut for GcSpan {
+    fn deref_mut(&mut self) -> &mut Span {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference made through the handle.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+}
+
 /// Where the collector gets spans: the page heap of an explicit [`Heap`].
 pub(crate) trait SpanSource {
-    fn alloc_span(&self, class: SpanClass, npages: PageCount) -> Option<NonNull<Span>>;
-    /// # Safety
-    /// `span` came from `alloc_span` here and nobody uses it after this call.
-    unsafe fn free_span(&self, span: NonNull<Span>);
+    /// A fresh span whose `owner` is `owner` (a `GcHeap`'s id for object spans, 0 for the collector's
+    /// own metadata: grey-stack chunks, check tables).
+    fn alloc_span(&self, class: SpanClass, npages: PageCount, owner: u32) -> Option<GcSpan>;
+    /// Gives the span back (its objects, finalized or not, are gone with it).
+    fn free_span(&self, span: GcSpan);
 }
 
 impl<P: Platform, const FULL_CHECKS: bool> SpanSource for Heap<P, FULL_CHECKS> {
-    fn alloc_span(&self, class: SpanClass, npages: PageCount) -> Option<NonNull<Span>> {
-        self.gc_alloc_span(class, npages)
+    fn alloc_span(&self, class: SpanClass, npages: PageCount, owner: u32) -> Option<GcSpan> {
+        // SAFETY: a fresh span from the page heap, handed to the collector alone: this is its handle.
+        let mut span = unsafe { GcSpan::from_raw(self.gc_alloc_span(class, npages)?) };
+        // Published in the span map already, but markers only read `owner` (mark.rs).
+        span.owner = owner;
+        Some(span)
     }
-    unsafe fn free_span(&self, span: NonNull<Span>) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.gc_free_span(span) }
+
+    fn free_span(&self, mut span: GcSpan) {
+        // Cleared first, so no marker takes the span for one of its own while the page heap reuses it.
+        span.owner = 0;
+        // SAFETY: the span came from `gc_alloc_span` on this heap, and its only handle is consumed here:
+        // nobody uses it after this call.
+        unsafe { self.gc_free_span(span.into_raw()) }
     }
 }
 
@@ -43,7 +94,7 @@ pub(crate) const fn swept_set(h: u32) -> usize {
 }
 
 pub(crate) struct SpanSet {
-    pub(crate) current: [Option<NonNull<Span>>; NUM_SPAN_CLASSES],
+    pub(crate) current: [Option<GcSpan>; NUM_SPAN_CLASSES],
     partial: [[SpanList; 2]; NUM_SPAN_CLASSES],
     full: [[SpanList; 2]; NUM_SPAN_CLASSES],
     pub(crate) pages: usize,
@@ -55,7 +106,7 @@ pub(crate) struct SpanSet {
 impl SpanSet {
     pub(crate) const fn new() -> Self {
         Self {
-            current: [None; NUM_SPAN_CLASSES],
+            current: [const { None }; NUM_SPAN_CLASSES],
             partial: [const { [const { SpanList::new() }; 2] }; NUM_SPAN_CLASSES],
             full: [const { [const { SpanList::new() }; 2] }; NUM_SPAN_CLASSES],
             pages: 0,
@@ -65,38 +116,45 @@ impl SpanSet {
     }
 
     /// Files a swept span (not current) under the swept set of `h`.
-    pub(crate) fn put_swept(&mut self, span: NonNull<Span>, h: u32) {
-        // SAFETY: GC spans are ours; no reference to this one is live.
-        let s = unsafe { &mut *span.as_ptr() };
-        s.sweepgen = h;
-        let (c, set) = (s.class().index(), swept_set(h));
-        let list = if s.is_full() || s.class().is_large() {
+    pub(crate) fn put_swept(&mut self, mut span: GcSpan, h: u32) {
+        span.sweepgen = h;
+        let (c, set) = (span.class().index(), swept_set(h));
+        let list = if span.is_full() || span.class().is_large() {
             &mut self.full[c][set]
         } else {
             &mut self.partial[c][set]
         };
-        // SAFETY: the span is in no list (it was current, fresh, or just popped) and stays put.
-        unsafe { list.push_front(span) };
+        // SAFETY: a span with a handle is in no list; the list stands for the handle from now on.
+        unsafe { list.push_front(span.into_raw()) };
+    }
+
+    /// The handle of a span just unlinked from one of the lists.
+    fn unlinked(span: NonNull<Span>) -> GcSpan {
+        // SAFETY: listed spans are the collector's, and a listed span has no handle (the list stood for
+        // it, `put_swept`) until this one.
+        unsafe { GcSpan::from_raw(span) }
     }
 
     /// A swept span of `class` with a free slot, if one is filed.
-    pub(crate) fn take_swept_partial(&mut self, class: SpanClass, h: u32) -> Option<NonNull<Span>> {
-        self.partial[class.index()][swept_set(h)].pop()
+    pub(crate) fn take_swept_partial(&mut self, class: SpanClass, h: u32) -> Option<GcSpan> {
+        self.partial[class.index()][swept_set(h)]
+            .pop()
+            .map(Self::unlinked)
     }
 
     /// An unswept span of `class`, partial ones first (they are likelier to have room).
-    pub(crate) fn take_unswept(&mut self, class: SpanClass, h: u32) -> Option<NonNull<Span>> {
+    pub(crate) fn take_unswept(&mut self, class: SpanClass, h: u32) -> Option<GcSpan> {
         let (c, set) = (class.index(), 1 - swept_set(h));
         let span = self.partial[c][set]
             .pop()
-            .or_else(|| self.full[c][set].pop())?;
-        // SAFETY: GC spans are ours.
-        self.unswept_pages -= unsafe { span.as_ref() }.npages().0;
+            .or_else(|| self.full[c][set].pop())
+            .map(Self::unlinked)?;
+        self.unswept_pages -= span.npages().0;
         Some(span)
     }
 
     /// The next unswept span of any class (the proportional and background sweeper's walk).
-    pub(crate) fn next_unswept(&mut self, h: u32) -> Option<NonNull<Span>> {
+    pub(crate) fn next_unswept(&mut self, h: u32) -> Option<GcSpan> {
         while self.cursor < NUM_SPAN_CLASSES {
             let class = SpanClass::from_raw(self.cursor as u8);
             if let Some(s) = self.take_unswept(class, h) {
@@ -115,26 +173,62 @@ impl SpanSet {
     }
 
     /// Every span, current and filed, in no particular order. The set must not change meanwhile.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(NonNull<Span>)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Span)) {
         for s in self.current.iter().flatten() {
-            f(*s);
+            f(s);
         }
         for lists in self.partial.iter().chain(self.full.iter()) {
             for list in lists {
-                list.iter().for_each(&mut f);
+                // SAFETY: listed spans are the collector's and have no handle (`put_swept`); `&self` keeps
+                // the lists, hence every span in them, unchanged while `f` looks.
+                list.iter().for_each(|s| f(unsafe { s.as_ref() }));
             }
         }
     }
 
-    /// Unlinks every filed span and hands it to `f` (current spans are left alone).
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(NonNull<Span>)) {
+    /// Calls `f` with the address of every marked object of every scan span, current or filed. Holds no
+    /// reference to any span struct while `f` runs, so `f` may mark objects (write the mark bits of these
+    /// spans). The set must not change meanwhile (`&self`).
+    pub(crate) fn for_each_marked_scan_object(&self, mut f: impl FnMut(VirtAddr)) {
+        let mut visit = |span: NonNull<Span>| {
+            let view = || {
+                // SAFETY: a span of the collector (current or listed); the reference lives only inside
+                // this closure call, never across `f`.
+                unsafe { span.as_ref() }
+            };
+            if view().class().noscan() {
+                return;
+            }
+            for idx in 0..view().nelems() {
+                let (marked, obj) = (view().is_marked(idx), view().object_addr(idx));
+                if marked {
+                    f(obj);
+                }
+            }
+        };
+        for s in self.current.iter().flatten() {
+            visit(s.0);
+        }
+        for lists in self.partial.iter().chain(self.full.iter()) {
+            for list in lists {
+                list.iter().for_each(&mut visit);
+            }
+        }
+    }
+
+    /// Unlinks and returns some span, current or filed (the heap is going away); `None` when none is left.
+    pub(crate) fn take_any(&mut self) -> Option<GcSpan> {
+        if let Some(s) = self.current.iter_mut().find_map(Option::take) {
+            return Some(s);
+        }
         for lists in self.partial.iter_mut().chain(self.full.iter_mut()) {
             for list in lists {
-                while let Some(s) = list.pop() {
-                    f(s);
+                if let Some(s) = list.pop() {
+                    return Some(Self::unlinked(s));
                 }
             }
         }
         self.unswept_pages = 0;
+        None
     }
 }

@@ -9,6 +9,9 @@
 //! - Neither `trace` nor the type's `Drop` (the finalizer, run when the sweeper frees the object)
 //!   touches the GC heap: no allocation, no cell writes, and `Drop` dereferences no `Gc` (the object it
 //!   points to may have been freed first). Holding `Gc`s and being dropped is fine.
+//! - Panicking is allowed (it breaks no invariant of the collector, see mod.rs "Panics"): a `trace`
+//!   that panics makes the mark rescan before it ends; a `Drop` that panics leaks the other dead
+//!   objects of its span.
 
 use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;

@@ -2,7 +2,8 @@
 //! stopped, into a separate bitmap, and panic naming any reachable object the first mark missed.
 //!
 //! The check table is built from every span of the heap: one entry per span, sorted by base address,
-//! and one bitmap per span, all in pages taken from the page heap and given back afterwards.
+//! and one bitmap per span, all in pages taken from the page heap and given back afterwards (safe
+//! slices over the pages: the one `unsafe` is `words_mut`).
 //!
 //! Invariants:
 //! - While a check runs, the real mark bits are read, never written.
@@ -10,96 +11,81 @@
 
 use core::ptr::NonNull;
 
-use super::object::vtable_of;
-use super::spans::SpanSource;
+use super::object::Headed;
+use super::spans::{GcSpan, SpanSource};
 use crate::addr::{PageCount, VirtAddr};
 use crate::sizeclass::{SizeClass, SpanClass};
 use crate::span::Span;
 
-#[derive(Clone, Copy)]
-struct Entry {
-    base: u64,
-    /// First word of this span's bitmap in `bits`.
-    word: usize,
-}
-
+/// The check table in its storage pages, as words: `n` entries of two words (`[span base, first word
+/// of its bitmap]`) sorted by base, then the bitmaps.
 pub(crate) struct CheckTable {
-    storage: NonNull<Span>,
-    entries: NonNull<Entry>,
+    storage: GcSpan,
+    words: NonNull<[u64]>,
     n: usize,
-    bits: NonNull<u64>,
     /// Objects found reachable by the check.
     pub(crate) reached: usize,
     cycle: u64,
 }
 
 impl CheckTable {
-    /// A table over `spans` (their count is `n`); `None` when the pages for it cannot be had.
+    /// A table over `spans` (their count is `n`, their bitmaps `words` words); `None` when the pages for
+    /// it cannot be had.
     pub(crate) fn build(
         source: &dyn SpanSource,
         n: usize,
         words: usize,
         cycle: u64,
-        for_each: impl FnOnce(&mut dyn FnMut(NonNull<Span>)),
+        for_each: impl FnOnce(&mut dyn FnMut(&Span)),
     ) -> Option<Self> {
-        let entry_bytes = (n * core::mem::size_of::<Entry>()).next_multiple_of(8);
-        let bytes = entry_bytes + words * 8;
-        let pages = PageCount::covering(bytes.max(1))?;
-        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages)?;
-        // SAFETY: a fresh span: its pages are mapped and ours.
-        let base = unsafe { storage.as_ref() }.base().as_mut_ptr::<u8>();
-        let entries = NonNull::new(base.cast::<Entry>())?;
-        // SAFETY: entries come first in the storage, the bitmaps right after them, 8-aligned.
-        let bits = NonNull::new(unsafe { base.add(entry_bytes) }.cast::<u64>())?;
-        // SAFETY: `words` words after the entries lie in the storage.
-        unsafe { bits.as_ptr().write_bytes(0, words) };
+        let len = 2 * n + words;
+        let pages = PageCount::covering((len * 8).max(1))?;
+        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
+        let base = NonNull::new(storage.base().as_mut_ptr::<u64>())?;
+        let mut t = CheckTable {
+            words: NonNull::slice_from_raw_parts(base, len),
+            storage,
+            n,
+            reached: 0,
+            cycle,
+        };
+        let table = t.words_mut();
+        table.fill(0);
+        let (entries, _) = table.as_chunks_mut::<2>();
         let (mut i, mut word) = (0, 0);
-        for_each(&mut |span| {
+        for_each(&mut |s| {
             assert!(i < n, "gc checkmark: more spans than counted");
-            // SAFETY: GC spans are ours; read only.
-            let s = unsafe { span.as_ref() };
-            // SAFETY: `i < n` entries fit in the storage.
-            unsafe {
-                entries.as_ptr().add(i).write(Entry {
-                    base: s.base().as_u64(),
-                    word,
-                })
-            };
+            entries[i] = [s.base().as_u64(), word as u64];
             word += s.nelems().div_ceil(64);
             i += 1;
         });
         assert!(i == n && word == words, "gc checkmark: span count changed");
-        let mut t = CheckTable {
-            storage,
-            entries,
-            n,
-            bits,
-            reached: 0,
-            cycle,
-        };
-        t.entries_mut().sort_unstable_by_key(|e| e.base);
+        entries[..n].sort_unstable_by_key(|e| e[0]);
         Some(t)
     }
 
-    fn entries_mut(&mut self) -> &mut [Entry] {
-        // SAFETY: `n` entries were written in `build`; `&mut self` makes this the only view.
-        unsafe { core::slice::from_raw_parts_mut(self.entries.as_ptr(), self.n) }
+    /// The table's words; `&mut self` makes this the only view.
+    fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: `words` lies in the storage span's pages (mapped, page aligned, `len * 8` bytes at most
+        // their size), which only this table uses until `release` gives them back; plain words, so any
+        // bits are valid.
+        unsafe { self.words.as_mut() }
     }
 
     /// Sets the check bit of object `idx` of `s`; returns whether it was clear. Panics, naming the object,
     /// if the real mark missed it.
     pub(crate) fn shade(&mut self, s: &Span, idx: usize) -> bool {
         let base = s.base().as_u64();
-        let cycle = self.cycle;
-        let entries = self.entries_mut();
-        let Ok(e) = entries.binary_search_by_key(&base, |e| e.base) else {
+        let (cycle, n) = (self.cycle, self.n);
+        let (table, bits) = self.words_mut().split_at_mut(2 * n);
+        let (entries, _) = table.as_chunks::<2>();
+        let Ok(e) = entries.binary_search_by_key(&base, |e| e[0]) else {
             panic!(
                 "gc checkmark (cycle {cycle}): span at {base:#x} is not one of this heap's spans"
             );
         };
-        let word = entries[e].word + idx / 64;
-        // SAFETY: the span's bitmap words lie in the storage (`build` counted `nelems` bits per span).
-        let w = unsafe { &mut *self.bits.as_ptr().add(word) };
+        // `build` counted `nelems` bits for the span, so the word is in its bitmap.
+        let w = &mut bits[entries[e][1] as usize + idx / 64];
         let bit = 1u64 << (idx % 64);
         if *w & bit != 0 {
             return false;
@@ -113,8 +99,7 @@ impl CheckTable {
     }
 
     pub(crate) fn release(self, source: &dyn SpanSource) {
-        // SAFETY: the storage span is ours and nothing refers to it after this.
-        unsafe { source.free_span(self.storage) };
+        source.free_span(self.storage);
     }
 }
 
@@ -126,7 +111,7 @@ fn missed(s: &Span, idx: usize, cycle: u64) -> ! {
         "a pointer-free object"
     } else {
         // SAFETY: an allocated object of a scan span (it is reachable, hence initialized).
-        (unsafe { vtable_of(NonNull::new(addr.as_mut_ptr()).expect("object at 0")) }.name)()
+        unsafe { Headed::new(addr) }.name()
     };
     panic!(
         "gc checkmark (cycle {cycle}): object at {:#x} ({what}, {} B slot, span at {:#x}) is reachable \

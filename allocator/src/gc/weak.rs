@@ -4,9 +4,13 @@
 //! sweeping, so a box never points at a freed (or reused) slot.
 //!
 //! Invariants:
-//! - The list holds every allocated box (boxes are only freed by the sweeper, after termination removed
-//!   the dead ones from the list).
+//! - The list holds every box a `GcWeak` was made from (boxes are only freed by the sweeper, after
+//!   termination removed the dead ones from the list). A box whose allocation panicked in an assist
+//!   (a `Trace` impl) before `GcWeak::new` linked it is reachable from nowhere and simply freed.
 //! - A box's target is `None` or an object that was marked by the last termination or allocated since.
+//!   A zero-sized target (object.rs) has no memory: it counts as marked and is never cleared.
+//! - No user code runs here: `clear_dead` and `upgrade` only test and set mark bits, so a panic can only
+//!   come from the marker refusing an address that is not this heap's object (a bug, reported).
 //! - Upgrading while a mark runs shades the target: it becomes visible to the mutator, so a
 //!   snapshot-at-the-beginning mark must keep it (it may have been unreachable at the snapshot).
 

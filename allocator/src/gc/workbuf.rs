@@ -7,29 +7,74 @@
 //!   then falls back to rescanning (mark.rs).
 //! - At most one empty chunk is kept as `spare` (a push/pop pair at a chunk boundary must not allocate
 //!   and free a page each time); the rest go back to the page heap when emptied.
+//! - Chunk memory is reached only through [`ChunkPtr`], the one owning handle of a chunk (like `GcSpan`
+//!   for spans): the stack's logic above it is safe code.
 
+use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
-use super::spans::SpanSource;
+use super::spans::{GcSpan, SpanSource};
 use crate::addr::{PageCount, VirtAddr, PAGE_SIZE};
 use crate::sizeclass::{SizeClass, SpanClass};
-use crate::span::Span;
 
 const CAP: usize = (PAGE_SIZE - 2 * 8) / 8;
 
+/// One page of grey entries; it holds the handle of its own span.
 #[repr(C)]
 struct Chunk {
-    prev: Option<NonNull<Chunk>>,
-    span: NonNull<Span>,
+    prev: Option<ChunkPtr>,
+    span: GcSpan,
     entries: [VirtAddr; CAP],
 }
 
 const _: () = assert!(core::mem::size_of::<Chunk>() == PAGE_SIZE);
 
+/// The owning handle of a chunk: made from a fresh span by `new`, given back by `free`; exactly one
+/// exists per chunk (moved between `top`, `prev` links and `spare`, never copied).
+struct ChunkPtr(NonNull<Chunk>);
+
+impl ChunkPtr {
+    /// A chunk in the page of `span` (a fresh one-page span of the collector's own).
+    fn new(span: GcSpan) -> ChunkPtr {
+        let c = NonNull::new(span.base().as_mut_ptr::<Chunk>()).expect("gc: span at address 0");
+        // SAFETY: the span's page is mapped, page aligned, the size of a Chunk, and ours alone (we hold
+        // the span's only handle, moved into the chunk here). Every byte is written, so the chunk is
+        // fully initialized before any reference to it is made.
+        unsafe {
+            c.as_ptr().cast::<u8>().write_bytes(0, PAGE_SIZE);
+            core::ptr::addr_of_mut!((*c.as_ptr()).span).write(span);
+        }
+        ChunkPtr(c)
+    }
+
+    /// Gives the chunk's page back to the page heap.
+    fn free(self, source: &dyn SpanSource) {
+        // SAFETY: the chunk is ours (its only handle is consumed here) and initialized; its span handle
+        // is moved out, and nothing touches the chunk's memory after this.
+        let span = unsafe { core::ptr::addr_of!((*self.0.as_ptr()).span).read() };
+        source.free_span(span);
+    }
+}
+
+impl Deref for ChunkPtr {
+    type Target = Chunk;
+    fn deref(&self) -> &Chunk {
+        // SAFETY: an initialized chunk (`new`) reached through its only handle.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl DerefMut for ChunkPtr {
+    fn deref_mut(&mut self) -> &mut Chunk {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+}
+
 pub(crate) struct GreyStack {
-    top: Option<NonNull<Chunk>>,
+    top: Option<ChunkPtr>,
     len: usize,
-    spare: Option<NonNull<Chunk>>,
+    spare: Option<ChunkPtr>,
     /// Chunks in use (the spare not counted), and how many may be (tests force overflows with it).
     chunks: usize,
     pub(crate) limit: usize,
@@ -53,10 +98,9 @@ impl GreyStack {
     /// Pushes `obj`; false only when no page can be had for a new chunk.
     #[inline]
     pub(crate) fn push(&mut self, obj: VirtAddr, source: &dyn SpanSource) -> bool {
-        match self.top {
+        match &mut self.top {
             Some(top) if self.len < CAP => {
-                // SAFETY: `top` is a chunk we own (invariant) with room at `len`.
-                unsafe { (*top.as_ptr()).entries[self.len] = obj };
+                top.entries[self.len] = obj;
                 self.len += 1;
                 true
             }
@@ -69,27 +113,18 @@ impl GreyStack {
         if self.chunks >= self.limit {
             return false;
         }
-        let chunk = match self.spare.take() {
+        let mut chunk = match self.spare.take() {
             Some(c) => c,
             None => {
                 let class = SpanClass::new(SizeClass::LARGE, true);
-                let Some(span) = source.alloc_span(class, PageCount(1)) else {
+                let Some(span) = source.alloc_span(class, PageCount(1), 0) else {
                     return false;
                 };
-                // SAFETY: a fresh span from the page heap: its page is mapped and ours.
-                let base = unsafe { span.as_ref() }.base();
-                let c = base.as_mut_ptr::<Chunk>();
-                // SAFETY: the page is ours, mapped and page aligned, the size of a Chunk.
-                unsafe { (*c).span = span };
-                // SAFETY: `c` is a page address, never null.
-                unsafe { NonNull::new_unchecked(c) }
+                ChunkPtr::new(span)
             }
         };
-        // SAFETY: the chunk's page is ours; entries are plain addresses, any bits will do.
-        unsafe {
-            (*chunk.as_ptr()).prev = self.top;
-            (*chunk.as_ptr()).entries[0] = obj;
-        }
+        chunk.prev = self.top.take();
+        chunk.entries[0] = obj;
         self.top = Some(chunk);
         self.len = 1;
         self.chunks += 1;
@@ -98,43 +133,36 @@ impl GreyStack {
 
     #[inline]
     pub(crate) fn pop(&mut self, source: &dyn SpanSource) -> Option<VirtAddr> {
-        let top = self.top?;
+        let top = self.top.as_ref()?;
         self.len -= 1;
-        // SAFETY: `top` is ours and holds `len + 1` entries.
-        let obj = unsafe { (*top.as_ptr()).entries[self.len] };
+        let obj = top.entries[self.len];
         if self.len == 0 {
-            self.pop_chunk(top, source);
+            self.pop_chunk(source);
         }
         Some(obj)
     }
 
     #[cold]
-    fn pop_chunk(&mut self, top: NonNull<Chunk>, source: &dyn SpanSource) {
-        // SAFETY: `top` is ours; older chunks are full (invariant).
-        self.top = unsafe { (*top.as_ptr()).prev };
+    fn pop_chunk(&mut self, source: &dyn SpanSource) {
+        let mut top = self.top.take().expect("a chunk to pop");
+        self.top = top.prev.take();
         self.len = if self.top.is_some() { CAP } else { 0 };
         self.chunks -= 1;
-        match self.spare.replace(top) {
-            None => {}
-            // SAFETY: the old spare is an empty chunk nobody refers to; its span came from `source`.
-            Some(old) => unsafe { source.free_span((*old.as_ptr()).span) },
+        if let Some(old) = self.spare.replace(top) {
+            old.free(source);
         }
     }
 
     /// Gives every chunk back (the stack must be empty or abandoned).
     pub(crate) fn release(&mut self, source: &dyn SpanSource) {
-        while let Some(c) = self.top {
-            // SAFETY: `c` is ours; after this nobody refers to it.
-            unsafe {
-                self.top = (*c.as_ptr()).prev;
-                source.free_span((*c.as_ptr()).span);
-            }
+        while let Some(mut c) = self.top.take() {
+            self.top = c.prev.take();
+            c.free(source);
         }
         self.len = 0;
         self.chunks = 0;
         if let Some(c) = self.spare.take() {
-            // SAFETY: as above.
-            unsafe { source.free_span((*c.as_ptr()).span) };
+            c.free(source);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! mutator in model.rs.
 
 mod model;
+mod soundness;
 
 use std::cell::RefCell;
 use std::string::{String, ToString};
@@ -72,7 +73,11 @@ unsafe impl<'gc> Trace for Node<'gc> {
     }
 }
 
-fn node<'gc>(mc: &Mutation<'gc>, id: u64, next: Option<Gc<'gc, Node<'gc>>>) -> Gc<'gc, Node<'gc>> {
+pub(super) fn node<'gc>(
+    mc: &Mutation<'gc>,
+    id: u64,
+    next: Option<Gc<'gc, Node<'gc>>>,
+) -> Gc<'gc, Node<'gc>> {
     Gc::new(
         mc,
         Node {

@@ -1,0 +1,18 @@
+//! Compile-fail tests of the collector's type-level guarantees (trybuild): each case in compile_fail/
+//! must fail to compile with the error in its committed `.stderr`, which names the guarantee it breaks.
+//! - `gc_escapes_mutate*`: a `Gc` cannot leave the `mutate` call it was made in (its brand `'gc` is a
+//!   fresh, higher-ranked lifetime per call): neither as the result nor through a captured variable.
+//! - `gc_crosses_heaps`: a `Gc` of one heap cannot be stored in another heap's cell (the brands differ).
+//! - `*_not_send`: `Gc`, `GcHeap` and `Mutation` cannot cross threads (a heap is single-threaded: one
+//!   per CPU).
+//! - `finalizer_resurrects`: a `Drop` (a finalizer) cannot move a `Gc` it holds into a `'static` place.
+//!
+//! Run by plain `cargo test` (the allocator is a default member of the workspace; its dev-dependency on
+//! itself turns the `gc` feature on for integration tests). `TRYBUILD=overwrite cargo test -p spanalloc
+//! --test gc_compile_fail` rewrites the `.stderr` files after a deliberate change of the messages.
+
+#[test]
+fn gc_type_guarantees_are_enforced_by_the_compiler() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/compile_fail/*.rs");
+}
