@@ -19,6 +19,8 @@
 
 pub mod addr;
 pub mod arena;
+#[cfg(feature = "bootloader")]
+pub mod bootloader;
 mod cache;
 mod central;
 pub mod frames;
@@ -30,10 +32,14 @@ pub mod pagealloc;
 pub mod pageheap;
 pub mod paging;
 pub mod platform;
+#[cfg(target_arch = "x86_64")]
+pub mod platforms;
+pub mod share;
 pub mod sizeclass;
 pub mod span;
 mod spanmap;
 pub mod stats;
+pub mod takeover;
 
 #[cfg(any(test, feature = "host"))]
 pub mod host;
@@ -44,3 +50,6 @@ pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE,
 pub use heap::{Heap, MAX_CPUS};
 pub use platform::Platform;
 pub use stats::Stats;
+#[cfg(target_arch = "x86_64")]
+pub use takeover::take_over;
+pub use takeover::{Limits, TakeOver, TakeOverError, TakeOverPlatform};

@@ -90,6 +90,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         pages.as_mut().map(|h| f(&mut h.space))
     }
 
+    /// The platform the heap was made with.
+    pub fn platform(&self) -> &'static P {
+        self.platform
+    }
+
     /// This CPU's cache: created on first use, `None` only when metadata cannot be had.
     ///
     /// # Safety
