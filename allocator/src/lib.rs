@@ -1,8 +1,10 @@
-//! spanalloc: a `no_std` allocator for kernels, built on the Go runtime's design.
+#![doc = include_str!("../README.md")]
 //!
-//! Layers, bottom up (see ARCHITECTURE.md):
+//! ## Modules
+//!
+//! Layers, bottom up (see ARCHITECTURE.md in the repository):
 //! - [`addr`]: typed addresses and units (frames, heap pages, counts).
-//! - [`platform`]: the small trait a kernel (or the host, for tests) implements.
+//! - [`platform`]: the small trait a kernel (or the host, for tests) implements; [`platforms`]: ready ones.
 //! - [`pagealloc`]: bitmap + radix tree of summaries that finds N contiguous free units without scanning;
 //!   used for physical frames and for heap pages alike.
 //! - [`frames`]: the physical frame allocator built from the boot memory map.
@@ -13,6 +15,8 @@
 //! - `meta`, `pageheap`, `spanmap`: metadata, the page heap (Go's mheap) and the page -> span map.
 //! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs).
 //! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
+//! - [`takeover`]: boot memory map to running heap in one call; `bootloader` (feature `bootloader`): the
+//!   same from `bootloader_api`'s `BootInfo`; [`share`]: the kernel's frames and mappings after take-over.
 //! - `gc` (feature `gc`): a garbage-collected heap on the same spans and page heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]

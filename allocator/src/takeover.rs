@@ -109,7 +109,7 @@ pub enum TakeOverError {
     /// The heap has its memory already (take-over ran before).
     AlreadyInitialized,
     /// The bootloader mapped no physical memory (with `bootloader_api`: the config lacks
-    /// `mappings.physical_memory = Some(Mapping::Dynamic)`; use [`crate::bootloader::CONFIG`]).
+    /// `mappings.physical_memory = Some(Mapping::Dynamic)`; use `spanalloc::bootloader::CONFIG`, feature `bootloader`).
     NoPhysicalMemoryMapping,
     /// The memory map cannot support a frame allocator.
     Frames(FrameInitError),

@@ -3,7 +3,7 @@
 //! An allocation flows: size class lookup -> this CPU's cache (cache.rs, the fast path) -> on a miss the
 //! class's central list (central.rs) -> on a miss a new span from the page heap (pageheap.rs) -> on a miss
 //! a new arena mapped from the window with frames from the frame allocator (arena.rs, frames.rs).
-//! Objects over 32 KiB (or aligned beyond a page... beyond 8 KiB) skip the caches: their own span, straight
+//! Objects over 32 KiB (or aligned beyond 8 KiB, the heap page) skip the caches: their own span, straight
 //! from the page heap.
 //!
 //! Invariants:
