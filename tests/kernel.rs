@@ -164,7 +164,8 @@ fn unknown_test_fails() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Boots the example kernel: it must pass and print what it did (take-over, `alloc`, the GC, the stats).
+/// Boots the example kernel: it must pass and print what it did (take-over, `alloc`, the GC, a page of its
+/// own, the stats).
 fn example_hello_kernel() -> Result<(), Failed> {
     let qemu = Qemu {
         image: Some(EXAMPLE_BIOS_IMAGE.into()),
@@ -186,6 +187,7 @@ fn example_hello_kernel() -> Result<(), Failed> {
                 .lines()
                 .any(|l| l.starts_with("example: gc ok: ") && l.ends_with(", 100 live")),
         ),
+        ("`example: share ok`", has_line(serial, "example: share ok")),
         (
             "the heap stats",
             serial.lines().any(|l| l.starts_with("in use: ")),

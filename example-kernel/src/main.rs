@@ -1,6 +1,7 @@
 //! The smallest kernel that uses spanalloc, written only from the README's "Use spanalloc in your kernel"
 //! section: single CPU, the ready [`Uniprocessor`] platform and the one-call `bootloader_api` take-over.
-//! It allocates through `alloc`, runs a garbage-collected list, prints the heap's stats and exits QEMU.
+//! It allocates through `alloc`, runs a garbage-collected list, maps a page of its own through the heap's
+//! address space, prints the heap's stats and exits QEMU.
 //! `cargo test` boots it as the trial `example::hello_kernel`; `example::readme_snippet` checks that the
 //! README's snippet lines are the ones below, in order, so neither can change without the other.
 //!
@@ -14,6 +15,7 @@ extern crate alloc;
 use alloc::{boxed::Box, collections::BTreeMap, vec::Vec};
 use bootloader_api::BootInfo;
 use core::fmt::Write;
+use spanalloc::addr::{Page, PageTableFlags};
 use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Rootable, Trace, Tracer};
 
 // glue: begin
@@ -77,6 +79,39 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         stats.cycles, stats.objects_freed
     );
     drop(gc);
+
+    // Sharing the machine: a page of the kernel's own, backed by a frame, through the heap's address space.
+    let shared = HEAP.with_address_space(|s| {
+        let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let in_window = Page::containing_address(memory.window_base);
+        // SAFETY: refused before anything happens (the page is the heap's).
+        check(
+            unsafe { s.map_fresh_kernel_page(in_window, flags) }.is_err(),
+            "share: window",
+        );
+        let page =
+            Page::containing_address(s.mapper.free_p4_range(true, 1).expect("free P4 entry"));
+        // SAFETY: a page under an empty top-level entry holds nothing.
+        let frame = unsafe { s.map_fresh_kernel_page(page, flags) }.expect("map");
+        // SAFETY: the page was just mapped to a zeroed frame of ours; the frame is in the direct map.
+        let seen = unsafe {
+            page.start_address()
+                .as_mut_ptr::<u64>()
+                .write_volatile(0x5a5a);
+            (s.frames.phys_offset() + frame.start_address().as_u64())
+                .as_ptr::<u64>()
+                .read_volatile()
+        };
+        // SAFETY: nothing refers to the page any more.
+        let back = unsafe { s.unmap_kernel_page(page) }.expect("unmap");
+        s.frames.free(back);
+        seen == 0x5a5a && back == frame
+    });
+    check(
+        shared == Some(true),
+        "share: the page did not reach its frame",
+    );
+    println!("example: share ok");
 
     HEAP.trim();
     print!("{}", HEAP.stats());

@@ -66,7 +66,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Hands the heap its address space (frames + page tables) and the virtual window to grow in; the heap
-    /// will hold at most `max_bytes` (fitted to the window).
+    /// will hold at most `max_bytes` (fitted to the window; what to choose: [`crate::takeover::Limits`]).
+    /// [`crate::takeover::take_over`] does all of this in one call.
     pub fn init(
         &'static self,
         space: AddressSpace<P>,
