@@ -1,5 +1,7 @@
 //! Builds the kernel for x86_64-unknown-none with a nested cargo, then its BIOS and UEFI disk images, and hands
-//! the images' paths to the runner as `BIOS_IMAGE` / `UEFI_IMAGE`.
+//! the images' paths to the runner as `BIOS_IMAGE` / `UEFI_IMAGE`. The same nested build makes the example
+//! kernel (example-kernel/, the README's "use it in your kernel" lines), whose BIOS image is
+//! `EXAMPLE_BIOS_IMAGE`.
 //!
 //! Why a nested cargo rather than an artifact dependency: artifact dependencies are unstable (`-Z bindeps`),
 //! and stable cargo refuses to parse a manifest that uses one, yet the allocator must build on stable from
@@ -18,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const KERNEL_PACKAGE: &str = "kernel";
+/// The example kernel: package and binary name.
+const EXAMPLE_PACKAGE: &str = "example-kernel";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// Defined in the root Cargo.toml: release with debug assertions and overflow checks.
 const KERNEL_PROFILE: &str = "kernel";
@@ -25,6 +29,7 @@ const KERNEL_PROFILE: &str = "kernel";
 /// Paths, relative to the workspace root, whose changes can change the kernel.
 const KERNEL_INPUTS: &[&str] = &[
     "kernel",
+    "example-kernel",
     "allocator",
     "Cargo.toml",
     "Cargo.lock",
@@ -78,7 +83,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
 
-    let kernel = build_kernel(&root, &target_dir(&out_dir, &root).join("kernel-build"));
+    let [kernel, example] = build_kernels(&root, &target_dir(&out_dir, &root).join("kernel-build"));
 
     let bios = out_dir.join("bios.img");
     bootloader::BiosBoot::new(&kernel)
@@ -101,8 +106,23 @@ fn main() {
             )
         });
 
+    let example_bios = out_dir.join("example-bios.img");
+    bootloader::BiosBoot::new(&example)
+        .create_disk_image(&example_bios)
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the example BIOS image {} from {}: {e:#}",
+                example_bios.display(),
+                example.display()
+            )
+        });
+
     println!("cargo:rustc-env=BIOS_IMAGE={}", bios.display());
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
+    println!(
+        "cargo:rustc-env=EXAMPLE_BIOS_IMAGE={}",
+        example_bios.display()
+    );
 }
 
 fn var(name: &str) -> String {
@@ -121,10 +141,11 @@ fn target_dir(out_dir: &Path, root: &Path) -> PathBuf {
         .map_or_else(|| root.join("target"), Path::to_path_buf)
 }
 
-/// Runs `cargo build -p kernel --target x86_64-unknown-none --profile kernel` and returns the kernel's path.
+/// Runs `cargo build -p kernel -p example-kernel --target x86_64-unknown-none --profile kernel` (one build, so
+/// the two share their dependencies' artifacts) and returns the kernel's and the example's paths.
 /// The nested cargo's stderr (its progress and errors) goes to this script's stderr, which cargo shows when
 /// the script fails; its stdout carries the JSON messages that name the executable.
-fn build_kernel(root: &Path, target_dir: &Path) -> PathBuf {
+fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 2] {
     let cargo = var("CARGO");
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root)
@@ -134,6 +155,8 @@ fn build_kernel(root: &Path, target_dir: &Path) -> PathBuf {
         .args([
             "--package",
             KERNEL_PACKAGE,
+            "--package",
+            EXAMPLE_PACKAGE,
             "--target",
             KERNEL_TARGET,
             "--profile",
@@ -174,22 +197,27 @@ fn build_kernel(root: &Path, target_dir: &Path) -> PathBuf {
     }
 
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
+    let messages: Vec<serde_json::Value> = stdout
         .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find_map(|message| kernel_executable(&message))
-        .unwrap_or_else(|| {
-            panic!("the kernel build succeeded but named no `{KERNEL_PACKAGE}` executable.\ncommand: {shown}")
-        })
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    [KERNEL_PACKAGE, EXAMPLE_PACKAGE].map(|name| {
+        messages
+            .iter()
+            .find_map(|message| executable(message, name))
+            .unwrap_or_else(|| {
+                panic!("the kernel build succeeded but named no `{name}` executable.\ncommand: {shown}")
+            })
+    })
 }
 
-/// The executable of a `compiler-artifact` message for the kernel binary, if `message` is one.
-fn kernel_executable(message: &serde_json::Value) -> Option<PathBuf> {
+/// The executable of a `compiler-artifact` message for the binary `name`, if `message` is one.
+fn executable(message: &serde_json::Value, name: &str) -> Option<PathBuf> {
     let target = &message["target"];
-    let is_kernel_bin = message["reason"] == "compiler-artifact"
-        && target["name"] == KERNEL_PACKAGE
+    let is_bin = message["reason"] == "compiler-artifact"
+        && target["name"] == name
         && target["kind"].as_array()?.iter().any(|kind| kind == "bin");
-    if !is_kernel_bin {
+    if !is_bin {
         return None;
     }
     message["executable"].as_str().map(PathBuf::from)

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const BIOS_IMAGE: &str = env!("BIOS_IMAGE");
 /// The UEFI disk image built by build.rs.
 pub const UEFI_IMAGE: &str = env!("UEFI_IMAGE");
+/// The example kernel's BIOS disk image (example-kernel/), built by build.rs.
+pub const EXAMPLE_BIOS_IMAGE: &str = env!("EXAMPLE_BIOS_IMAGE");
 
 /// The fw_cfg file the kernel reads its command line from.
 pub const CMDLINE_FW_CFG_NAME: &str = "opt/spanalloc/cmdline";
@@ -57,6 +59,9 @@ pub struct Qemu {
     pub args: Vec<String>,
     /// The QEMU executable; `qemu-system-x86_64` from `PATH` unless changed.
     pub qemu_binary: PathBuf,
+    /// A disk image to boot instead of the kernel's (e.g. [`EXAMPLE_BIOS_IMAGE`]); `None`: the kernel's
+    /// BIOS or UEFI image as `uefi` says.
+    pub image: Option<PathBuf>,
 }
 
 impl Default for Qemu {
@@ -68,6 +73,7 @@ impl Default for Qemu {
             timeout: Duration::from_secs(120),
             args: Vec::new(),
             qemu_binary: QEMU_BINARY.into(),
+            image: None,
         }
     }
 }
@@ -217,7 +223,11 @@ impl Qemu {
     /// The QEMU command for this run; `vars` is the firmware-variables copy for UEFI runs.
     fn command(&self, vars: Option<&Path>) -> Command {
         let mut cmd = Command::new(&self.qemu_binary);
-        let image = if self.uefi { UEFI_IMAGE } else { BIOS_IMAGE };
+        let image = match &self.image {
+            Some(image) => image.to_string_lossy(),
+            None if self.uefi => UEFI_IMAGE.into(),
+            None => BIOS_IMAGE.into(),
+        };
         if let Some(vars) = vars {
             cmd.arg("-drive").arg(format!(
                 "if=pflash,format=raw,readonly=on,file={}",
@@ -231,7 +241,7 @@ impl Qemu {
         // snapshot=on: writes go to a throwaway overlay, so parallel runs can share the image file.
         cmd.arg("-drive").arg(format!(
             "format=raw,snapshot=on,file={}",
-            escape_option_value(image)
+            escape_option_value(&image)
         ));
         cmd.args(["-serial", "stdio", "-display", "none", "--no-reboot"]);
         cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);

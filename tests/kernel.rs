@@ -3,13 +3,15 @@
 //! The kernel image is booted once with `list` to learn the in-kernel tests; each then becomes its own trial
 //! `kernel::<name>`, booting `test <name>` and failing with the kernel's whole serial output. The other trials
 //! check the demo under BIOS and UEFI, that a failing kernel run is seen as failing, and the runner itself.
+//! The `example::` trials boot the example kernel (example-kernel/) and check that the README's "Use
+//! spanalloc in your kernel" snippet is, line for line, the glue that kernel runs.
 //!
 //! At most two trials run at once by default (the machines have two cores; each QEMU is one busy thread with
 //! `-smp 1`).
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use spanalloc_runner::cli::{self, Action};
-use spanalloc_runner::{Outcome, Qemu, RunError, Verdict};
+use spanalloc_runner::{Outcome, Qemu, RunError, Verdict, EXAMPLE_BIOS_IMAGE};
 use std::time::Duration;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -162,6 +164,79 @@ fn unknown_test_fails() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Boots the example kernel: it must pass and print what it did (take-over, `alloc`, the GC, a page of its
+/// own, the stats).
+fn example_hello_kernel() -> Result<(), Failed> {
+    let qemu = Qemu {
+        image: Some(EXAMPLE_BIOS_IMAGE.into()),
+        ..qemu(&[], 1)
+    };
+    let outcome = boot_passing(&qemu)?;
+    let serial = &outcome.serial;
+    for (what, found) in [
+        (
+            "the take-over line",
+            serial
+                .lines()
+                .any(|l| l.starts_with("example: spanalloc: ") && l.contains("heap window")),
+        ),
+        ("`example: alloc ok`", has_line(serial, "example: alloc ok")),
+        (
+            "the GC line with 100 live objects",
+            serial
+                .lines()
+                .any(|l| l.starts_with("example: gc ok: ") && l.ends_with(", 100 live")),
+        ),
+        ("`example: share ok`", has_line(serial, "example: share ok")),
+        (
+            "the heap stats",
+            serial.lines().any(|l| l.starts_with("in use: ")),
+        ),
+        ("`example: done`", has_line(serial, "example: done")),
+    ] {
+        if !found {
+            return Err(format!("no {what}\n{}", describe(&qemu, &outcome)).into());
+        }
+    }
+    Ok(())
+}
+
+/// The README's snippet (the ```rust block after "Use spanalloc in your kernel") must be the example kernel's
+/// glue: every non-blank, non-`// ...` line of it appears in example-kernel/src/main.rs, in the same order.
+fn example_readme_snippet() -> Result<(), Failed> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).map_err(|e| e.to_string())?;
+    let example = std::fs::read_to_string(format!("{root}/example-kernel/src/main.rs"))
+        .map_err(|e| e.to_string())?;
+    let section = readme
+        .split("## Use spanalloc in your kernel")
+        .nth(1)
+        .ok_or("README.md has no `## Use spanalloc in your kernel` section")?;
+    let snippet = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .ok_or("the README section has no ```rust block")?;
+    let mut example_lines = example.lines().map(str::trim);
+    let mut checked = 0;
+    for line in snippet.lines().map(str::trim) {
+        if line.is_empty() || line == "// ..." {
+            continue;
+        }
+        if !example_lines.any(|l| l == line) {
+            return Err(format!(
+                "README snippet line `{line}` is not in example-kernel/src/main.rs (in order)"
+            )
+            .into());
+        }
+        checked += 1;
+    }
+    if checked < 5 {
+        return Err(format!("the README snippet has only {checked} lines").into());
+    }
+    Ok(())
+}
+
 fn parse_run(args: &[&str]) -> Result<(Qemu, bool), String> {
     match cli::parse(args.iter().copied()) {
         Ok(Action::Run { qemu, verbose }) => Ok((qemu, verbose)),
@@ -264,6 +339,8 @@ fn main() {
         Trial::test("kernel::demo", demo_bios),
         Trial::test("kernel::uefi_boot", demo_uefi),
         Trial::test("kernel::unknown_test_fails", unknown_test_fails),
+        Trial::test("example::hello_kernel", example_hello_kernel),
+        Trial::test("example::readme_snippet", example_readme_snippet),
         Trial::test("runner::parses_options", runner_parses_options),
         Trial::test("runner::rejects_bad_options", runner_rejects_bad_options),
         Trial::test("runner::reports_missing_qemu", runner_reports_missing_qemu),

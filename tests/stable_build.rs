@@ -1,7 +1,8 @@
 //! The allocator must build on stable Rust from the repository root, with the command a user would type:
-//! `cargo +stable build -p spanalloc --target x86_64-unknown-none`. This catches nightly-only code in the
-//! allocator and anything in the workspace's manifests or cargo config that stable cargo cannot parse (such
-//! as an artifact dependency).
+//! `cargo +stable build -p spanalloc --target x86_64-unknown-none`, and again with `--features bootloader,gc`
+//! (what a kernel adds). This catches nightly-only code in the allocator and anything in the workspace's
+//! manifests or cargo config (.cargo/config.toml) that stable cargo cannot parse (such as an artifact
+//! dependency).
 //!
 //! It needs rustup and a stable toolchain with the x86_64-unknown-none target (`.ci/setup` adds the target).
 //! When any of them is missing the test fails and says what to do: a skipped check would pass silently.
@@ -70,6 +71,14 @@ fn allocator_builds_on_stable() {
         targets.split_whitespace().collect::<Vec<_>>().join(", ")
     );
 
+    // Without features (what a kernel gets by default), then with those a kernel adds (the bootloader_api
+    // integration, the collector).
+    for features in [None, Some("bootloader,gc")] {
+        stable_build(features);
+    }
+}
+
+fn stable_build(features: Option<&str>) {
     // Own target directory: the outer `cargo test` holds the lock on the usual one.
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stable-check");
     let mut cargo = Command::new("cargo");
@@ -78,6 +87,9 @@ fn allocator_builds_on_stable() {
         .args(["+stable", "build", "-p", "spanalloc", "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
+    if let Some(features) = features {
+        cargo.args(["--features", features]);
+    }
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         if LEAKING_VARS.contains(&name)
@@ -91,7 +103,8 @@ fn allocator_builds_on_stable() {
     let output = run(&mut cargo);
     assert!(
         output.status.success(),
-        "`cargo +stable build -p spanalloc --target {TARGET}` failed ({}):\n{}",
+        "`cargo +stable build -p spanalloc --target {TARGET}{}` failed ({}):\n{}",
+        features.map_or(String::new(), |f| format!(" --features {f}")),
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );

@@ -90,6 +90,9 @@ pub struct AddressSpace<P: Platform> {
     pub mapper: Mapper,
     pub platform: &'static P,
     held: u64,
+    /// The heap's window, if recorded (take-over does): the kernel-facing mapping methods of
+    /// [`share`](crate::share) refuse pages inside it.
+    heap_window: Option<(VirtAddr, VirtAddr)>,
 }
 
 impl<P: Platform> AddressSpace<P> {
@@ -99,7 +102,19 @@ impl<P: Platform> AddressSpace<P> {
             mapper,
             platform,
             held: 0,
+            heap_window: None,
         }
+    }
+
+    /// Records `window` as the heap's, so that [`share`](crate::share)'s mapping methods keep the kernel's
+    /// own pages out of it. [`take_over`](crate::takeover::take_over) does this.
+    pub fn set_heap_window(&mut self, window: &ArenaWindow) {
+        self.heap_window = Some((window.base(), window.end()));
+    }
+
+    /// The heap's window `[base, end)` as recorded by [`AddressSpace::set_heap_window`].
+    pub fn heap_window(&self) -> Option<(VirtAddr, VirtAddr)> {
+        self.heap_window
     }
 
     /// Backs `count` pages from `start` with fresh frames (zeroed through the direct map if `zeroed`),

@@ -1,8 +1,10 @@
-//! spanalloc: a `no_std` allocator for kernels, built on the Go runtime's design.
+#![doc = include_str!("../README.md")]
 //!
-//! Layers, bottom up (see ARCHITECTURE.md):
+//! ## Modules
+//!
+//! Layers, bottom up (see ARCHITECTURE.md in the repository):
 //! - [`addr`]: typed addresses and units (frames, heap pages, counts).
-//! - [`platform`]: the small trait a kernel (or the host, for tests) implements.
+//! - [`platform`]: the small trait a kernel (or the host, for tests) implements; [`platforms`]: ready ones.
 //! - [`pagealloc`]: bitmap + radix tree of summaries that finds N contiguous free units without scanning;
 //!   used for physical frames and for heap pages alike.
 //! - [`frames`]: the physical frame allocator built from the boot memory map.
@@ -14,12 +16,16 @@
 //! - `central`, `cache`: per-class central lists and per-CPU caches (the fast path lives in cache.rs);
 //!   `freemark`: the marks on free objects that let every free be checked.
 //! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
+//! - [`takeover`]: boot memory map to running heap in one call; `bootloader` (feature `bootloader`): the
+//!   same from `bootloader_api`'s `BootInfo`; [`share`]: the kernel's frames and mappings after take-over.
 //! - `gc` (feature `gc`): a garbage-collected heap on the same spans and page heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod addr;
 pub mod arena;
+#[cfg(feature = "bootloader")]
+pub mod bootloader;
 mod cache;
 mod central;
 pub mod frames;
@@ -32,10 +38,14 @@ pub mod pagealloc;
 pub mod pageheap;
 pub mod paging;
 pub mod platform;
+#[cfg(target_arch = "x86_64")]
+pub mod platforms;
+pub mod share;
 pub mod sizeclass;
 pub mod span;
 mod spanmap;
 pub mod stats;
+pub mod takeover;
 
 #[cfg(any(test, feature = "host"))]
 pub mod host;
@@ -46,3 +56,6 @@ pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE,
 pub use heap::Heap;
 pub use platform::{Platform, MAX_CPUS};
 pub use stats::Stats;
+#[cfg(target_arch = "x86_64")]
+pub use takeover::take_over;
+pub use takeover::{Limits, TakeOver, TakeOverError, TakeOverPlatform};

@@ -10,7 +10,10 @@ use crate::addr::{Page, PhysFrame, VirtAddr};
 /// heap is built). Per-CPU state is laid out for this many CPUs, used up to `Platform::MAX_CPUS`.
 pub const MAX_CPUS: usize = 64;
 
-/// What spanalloc needs from the machine.
+/// What spanalloc needs from the machine. Ready implementations for x86_64: [`crate::platforms`].
+///
+/// The heap calls `cpu_index`, `page_mapped` and `pages_unmapped` with interrupts masked on the calling CPU,
+/// the last two also with the page-heap lock held: no method may allocate.
 ///
 /// # Safety
 /// Implementors promise what each method documents: above all that `physical_memory_offset` really maps
@@ -36,11 +39,12 @@ pub unsafe trait Platform: Sync + 'static {
     /// Physical address `p` is readable and writable at `physical_memory_offset() + p`.
     fn physical_memory_offset(&self) -> VirtAddr;
 
-    /// Called after `page` was mapped to `frame` in the active page tables.
+    /// Called after the 4 KiB `page` was mapped to the 4 KiB `frame` in the active page tables.
     /// A kernel has nothing to do (no CPU caches a not-present translation); the host mirrors the mapping.
     fn page_mapped(&self, page: Page, frame: PhysFrame);
 
-    /// Called after the pages `[start, start + count)` were unmapped. On return no CPU may still hold a
-    /// translation for them (TLB shootdown).
+    /// Called after the pages `[start, start + count)` were unmapped: `start` is a 4 KiB page and `count`
+    /// counts 4 KiB pages (not the heap's 8 KiB pages). On return no CPU may still hold a translation for
+    /// them (TLB shootdown: the local flush plus every other CPU's).
     fn pages_unmapped(&self, start: Page, count: u64);
 }

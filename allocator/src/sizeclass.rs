@@ -4,7 +4,7 @@
 //! `objects_per_span` objects of that size in `pages` heap pages. Class 0 stands for "large": one object
 //! in a span of its own, straight from the page heap.
 //!
-//! The rule (see [`generate`]): candidate sizes step by 8 B, by 16 B from 32 B, by size/8 from 128 B and
+//! The rule (see `generate`): candidate sizes step by 8 B, by 16 B from 32 B, by size/8 from 128 B and
 //! by 256 B from 2 KiB (each step change happens at a power of two), so rounding a request up wastes at
 //! most about 1/8. A class's span is the fewest pages whose tail (the bytes after the last whole object)
 //! is at most 1/8 of the span. A candidate that gets the same page count and object count as the class

@@ -1,7 +1,7 @@
 //! The physical frame allocator: hands out 4 KiB frames of the usable memory in the boot memory map.
 //!
 //! Invariants:
-//! - Every frame is in exactly one class (see [`sweep`]): managed (at or above 1 MiB, wholly usable, touched
+//! - Every frame is in exactly one class (see the `sweep` submodule): managed (at or above 1 MiB, wholly usable, touched
 //!   by no reserved region), low (the same below 1 MiB), metadata, reserved (with the map's reason) or not
 //!   usable at all. The classes are fixed at `new` and stored as a sorted segment table.
 //! - `pages` (a [`PageAlloc`] with one unit per frame, units = frame numbers) marks a frame free only if it

@@ -3,9 +3,9 @@
 //! An allocation flows: size class lookup -> this CPU's cache (cache.rs, the fast path) -> on a miss the
 //! class's central list (central.rs) -> on a miss a new span from the page heap (pageheap.rs) -> on a miss
 //! a new arena mapped from the window with frames from the frame allocator (arena.rs, frames.rs).
-//! Objects over 32 KiB (or aligned beyond 8 KiB) skip the caches: their own span, straight from the page
-//! heap. A CPU without a cache (an index at or over `Platform::MAX_CPUS`, or no memory for one) is served
-//! through the central lists' locks.
+//! Objects over 32 KiB (or aligned beyond 8 KiB, the heap page) skip the caches: their own span, straight
+//! from the page heap. A CPU without a cache (an index at or over `Platform::MAX_CPUS`, or no memory for
+//! one) is served through the central lists' locks.
 //!
 //! Invariants:
 //! - Nothing here panics on a failed allocation: out of memory is a null pointer.
@@ -85,7 +85,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// Hands the heap its address space (frames + page tables) and the virtual window to grow in. The heap
     /// will hold at most `max_bytes` of heap pages (rounded down to 8 KiB pages; `usize::MAX` for no limit
     /// beyond the window), besides its metadata; the window must also hold the metadata area (whole
-    /// 64 MiB arenas at its start). Errors name what does not fit.
+    /// 64 MiB arenas at its start). Errors name what does not fit. What to choose:
+    /// [`crate::takeover::Limits`]; [`crate::takeover::take_over`] does all of this in one call.
     pub fn init(
         &'static self,
         space: AddressSpace<P>,
@@ -109,6 +110,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // allocates would then spin on it forever.
         let mut pages = self.pages.lock();
         pages.as_mut().map(|h| f(&mut h.space))
+    }
+
+    /// The platform the heap was made with.
+    pub fn platform(&self) -> &'static P {
+        self.platform
     }
 
     /// This CPU's cache: created on first use; `None` for a CPU without one (index at or over
