@@ -82,6 +82,7 @@ pub struct Span {
     /// the collector uses for its own metadata), else that `GcHeap`'s id. Set by the collector when it
     /// takes a span for objects and cleared when it gives it back; its marker refuses any address whose
     /// span does not carry its own id (gc/mark.rs).
+    #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
     pub(crate) owner: u32,
 }
 
