@@ -14,7 +14,6 @@
 use core::ptr::NonNull;
 
 use crate::addr::VirtAddr;
-use crate::freemark::FreeMarks;
 use crate::pageheap::PageHeap;
 use crate::platform::Platform;
 use crate::sizeclass::{SizeClass, SpanClass};
@@ -67,15 +66,14 @@ impl Central {
     }
 
     /// Fills `out` with up to `out.len()` free objects of `class`, taking new spans from the page heap as
-    /// needed (from `cpu`'s page cache if given; every object of a new span gets its free mark). Returns
-    /// how many it wrote (0 only when memory is exhausted).
+    /// needed (from `cpu`'s page cache if given). Returns how many it wrote (0 only when memory is
+    /// exhausted).
     pub(crate) fn refill<P: Platform>(
         &self,
         class: SizeClass,
         out: &mut [VirtAddr],
         pages: &spin::Mutex<Option<PageHeap<P>>>,
         cpu: Option<usize>,
-        marks: &FreeMarks,
     ) -> usize {
         let mut l = self.lists.lock();
         let mut n = 0;
@@ -88,7 +86,7 @@ impl Central {
                     let spc = SpanClass::new(class, false);
                     let npages = class.pages().0;
                     let owner = Owner::Explicit;
-                    let Some(s) = heap.alloc_span(npages, 1, spc, cpu, owner, Some(marks)) else {
+                    let Some(s) = heap.alloc_span(npages, 1, spc, cpu, owner) else {
                         break;
                     };
                     drop(guard);

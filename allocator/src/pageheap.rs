@@ -22,7 +22,7 @@ use core::ptr::NonNull;
 
 use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
-use crate::freemark::FreeMarks;
+use crate::freemark;
 use crate::meta::{LazyRegion, MetaAlloc};
 use crate::pagealloc::PageAlloc;
 use crate::platform::{Platform, MAX_CPUS};
@@ -507,8 +507,8 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map; small spans
-    /// come from `cpu`'s page cache when given. With `marks`, every object of a small span gets its free
-    /// mark before the span is published (the explicit heap's spans).
+    /// come from `cpu`'s page cache when given. Every object of a small span of the explicit heap gets its
+    /// free mark before the span is published.
     pub(crate) fn alloc_span(
         &mut self,
         npages: usize,
@@ -516,7 +516,6 @@ impl<P: Platform> PageHeap<P> {
         class: SpanClass,
         cpu: Option<usize>,
         owner: Owner,
-        marks: Option<&FreeMarks>,
     ) -> Option<NonNull<Span>> {
         let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
         let base = self.page_addr(first);
@@ -527,11 +526,13 @@ impl<P: Platform> PageHeap<P> {
                 return None;
             }
         };
-        if let (Some(marks), false) = (marks, class.is_large()) {
+        if owner == Owner::Explicit && !class.is_large() {
             // Before the span map publishes the span: a free of one of its slots, however early, finds
             // the slot's mark (freemark.rs).
             // SAFETY: a fresh small span, its pages mapped (alloc_pages backed them), no object out.
-            unsafe { marks.stamp_span(span.as_ref()) };
+            unsafe {
+                freemark::stamp_span(span.as_ref(), |k| SpanMap::encode(span, class, owner, k))
+            };
         }
         self.spanmap.set(first, npages, Some((span, class, owner)));
         Some(span)

@@ -183,6 +183,24 @@ impl SpanMap {
         self.entry(addr.as_u64()).map(|e| (e.span(), e.class()))
     }
 
+    /// The entry page `k` of span `s` of class `c` has (what [`SpanMap::set`] writes).
+    pub(crate) fn encode(s: NonNull<Span>, c: SpanClass, owner: Owner, k: usize) -> u64 {
+        let mut kind = c.size_class().index() as u64;
+        if c.noscan() {
+            kind |= KIND_NOSCAN;
+        }
+        if owner == Owner::Collector {
+            kind |= OWNER_GC;
+        }
+        let page = if c.is_large() {
+            0
+        } else {
+            debug_assert!(k < MAX_SMALL_SPAN_PAGES);
+            k as u64
+        };
+        (s.as_ptr() as u64 & ADDR_MASK) | page << ADDR_BITS | kind << KIND_SHIFT
+    }
+
     /// Sets the entries of pages `[first, first + n)` (under the heap lock): to `span` if given, whose
     /// first page is `first` when it is small (large spans record no page index), else to 0.
     pub(crate) fn set(
@@ -197,25 +215,7 @@ impl SpanMap {
             "spanmap: pages {first}+{n} not grown"
         );
         for (k, i) in (first..first + n).enumerate() {
-            let e = match span {
-                Some((s, c, owner)) => {
-                    let mut kind = c.size_class().index() as u64;
-                    if c.noscan() {
-                        kind |= KIND_NOSCAN;
-                    }
-                    if owner == Owner::Collector {
-                        kind |= OWNER_GC;
-                    }
-                    let page = if c.is_large() {
-                        0
-                    } else {
-                        debug_assert!(k < MAX_SMALL_SPAN_PAGES);
-                        k as u64
-                    };
-                    (s.as_ptr() as u64 & ADDR_MASK) | page << ADDR_BITS | kind << KIND_SHIFT
-                }
-                None => 0,
-            };
+            let e = span.map_or(0, |(s, c, owner)| Self::encode(s, c, owner, k));
             // SAFETY: i < pages: the entry is mapped (invariant).
             unsafe { (*entries.add(i)).store(e, Ordering::Release) };
         }

@@ -26,7 +26,7 @@ use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
 use crate::cache::{stack_cap, Cache};
 use crate::central::Central;
-use crate::freemark::{self, FreeMarks};
+use crate::freemark;
 use crate::pageheap::{InitError, PageHeap};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
@@ -50,7 +50,6 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     central: [Central; NUM_SIZE_CLASSES],
     pages: spin::Mutex<Option<PageHeap<P>>>,
     spanmap: SpanMap,
-    marks: FreeMarks,
     large_objects: AtomicUsize,
     large_pages: AtomicUsize,
 }
@@ -76,7 +75,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             central: [const { Central::new() }; NUM_SIZE_CLASSES],
             pages: spin::Mutex::new(None),
             spanmap: SpanMap::new(),
-            marks: FreeMarks::new(),
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
         }
@@ -96,8 +94,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
         assert!(pages.is_none(), "spanalloc: Heap::init called twice");
-        let salt = (self as *const Self as u64) ^ window.base().as_u64().rotate_left(17);
-        self.marks.init(freemark::seed(salt));
         *pages = Some(PageHeap::new(space, window, max_bytes, &self.spanmap)?);
         Ok(())
     }
@@ -189,7 +185,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 let p = p.as_mut_ptr();
                 // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
                 // (>= 8 B, 8-aligned) that only we hold.
-                unsafe { FreeMarks::clear(p, class) };
+                unsafe { freemark::clear(p, class) };
                 return p;
             }
         }
@@ -206,55 +202,52 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
             // No cache for this CPU: one object straight from the central list.
             let mut one = [VirtAddr::zero()];
-            let n = central.refill(class, &mut one, &self.pages, None, &self.marks);
+            let n = central.refill(class, &mut one, &self.pages, None);
             if n == 0 {
                 return ptr::null_mut();
             }
             let p = one[0].as_mut_ptr();
             // SAFETY: a fresh object from its span, only ours.
-            unsafe { FreeMarks::clear(p, class) };
+            unsafe { freemark::clear(p, class) };
             return p;
         };
         let batch = (stack_cap(class.index()) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = central.refill(
-            class,
-            &mut spare[..want],
-            &self.pages,
-            Some(cpu),
-            &self.marks,
-        );
+        let n = central.refill(class, &mut spare[..want], &self.pages, Some(cpu));
         cache.filled(class, n);
         match cache.pop(class) {
             Some(p) => {
                 let p = p.as_mut_ptr();
                 // SAFETY: a fresh object from the cache, only ours.
-                unsafe { FreeMarks::clear(p, class) };
+                unsafe { freemark::clear(p, class) };
                 p
             }
             None => ptr::null_mut(),
         }
     }
 
-    /// Whether `ptr` starts an object of an in-use explicit-heap span of `class` (not foreign, not a
-    /// collector's, not interior, not in a span's tail): the span-map entry alone answers, without
-    /// touching the span.
+    /// The span-map entry of `ptr`'s page if `ptr` starts an object of an in-use explicit-heap span of
+    /// `class` (not foreign, not a collector's, not interior, not in a span's tail), else `None`: the
+    /// entry alone answers, without touching the span.
     #[inline(always)]
-    fn is_small_object(&self, class: SizeClass, ptr: *mut u8) -> bool {
+    fn small_object_entry(&self, class: SizeClass, ptr: *mut u8) -> Option<u64> {
         let raw = self.spanmap.raw_entry(ptr as u64);
         // A small class's kind is never 0, so this also refuses pages without a span.
-        spanmap::kind_of(raw) == Entry::explicit_kind(class)
-            && class.is_object_start(spanmap::offset_in_span(raw, ptr as u64))
+        (spanmap::kind_of(raw) == Entry::explicit_kind(class)
+            && class.is_object_start(spanmap::offset_in_span(raw, ptr as u64)))
+        .then_some(raw)
     }
 
-    /// Whether `ptr` is a small object of `class` that a user may hold: [`Heap::is_small_object`], and
-    /// not carrying its free mark.
+    /// Whether `ptr` is a small object of `class` that a user may hold: an object start (see
+    /// [`Heap::small_object_entry`]) not carrying its free mark.
     #[inline(always)]
     fn is_live_small(&self, class: SizeClass, ptr: *mut u8) -> bool {
-        // SAFETY: `is_small_object` is checked first: `ptr` then starts an object of an in-use span, so
-        // it is mapped, 8-aligned and at least 8 bytes; the caller claims to hold it.
-        self.is_small_object(class, ptr) && !unsafe { self.marks.is_free(ptr, class) }
+        self.small_object_entry(class, ptr).is_some_and(|entry| {
+            // SAFETY: `ptr` starts an object of an in-use span (checked by `small_object_entry`), so it
+            // is mapped and its mark word in bounds; the caller claims to hold it.
+            !unsafe { freemark::is_free(ptr, class, entry) }
+        })
     }
 
     /// A small object failed [`Heap::is_live_small`] (or was found carrying its free mark): find out why
@@ -393,7 +386,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
-        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit, None) else {
+        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit) else {
             return ptr::null_mut();
         };
         drop(guard);
@@ -626,11 +619,10 @@ fn bad_free(op: Op, addr: VirtAddr, layout: Layout, why: core::fmt::Arguments<'_
 // aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are placed at an
 // address aligned as requested), not handed out again until it is deallocated.
 unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_CHECKS> {
+    /// A zero size (which `GlobalAlloc` callers must not ask for) gets an 8-byte object, freed as one: no
+    /// test for it on the fast path.
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() == 0 {
-            return ptr::null_mut();
-        }
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => self.alloc_small(class),
             None => self.alloc_large(layout, false),
@@ -641,12 +633,12 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
-                if !self.is_small_object(class, ptr) {
+                let Some(entry) = self.small_object_entry(class, ptr) else {
                     self.refuse_small(Op::Dealloc, ptr, layout, class)
-                }
+                };
                 // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
-                // mapped, 8-aligned, at least 8 bytes; the caller gives it back.
-                if unsafe { self.marks.stamp_was_free(ptr, class) } {
+                // mapped, its mark word in bounds; the caller gives it back.
+                if unsafe { freemark::stamp_was_free(ptr, class, entry) } {
                     self.refuse_small(Op::Dealloc, ptr, layout, class)
                 }
                 if FULL_CHECKS {
@@ -662,9 +654,6 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() == 0 {
-            return ptr::null_mut();
-        }
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 let p = self.alloc_small(class);
@@ -738,7 +727,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let mut pages = self.pages.lock();
         pages
             .as_mut()?
-            .alloc_span(n, 1, class, None, Owner::Collector, None)
+            .alloc_span(n, 1, class, None, Owner::Collector)
     }
 
     /// Gives a span from [`Heap::gc_alloc_span`] back to the page heap (whose scavenger may then return its

@@ -275,11 +275,16 @@ proptest! {
 }
 
 #[test]
-fn zero_and_absurd_sizes_return_null() {
+fn zero_and_absurd_sizes() {
     let heap = heap(16);
     // SAFETY: test code: the pointer is a live block of this heap with this layout (or a fresh one).
     unsafe {
-        assert!(heap.alloc(Layout::from_size_align(0, 1).unwrap()).is_null());
+        // Size 0 (which `GlobalAlloc` callers must not ask for) gets a unique 8-byte object, freed as one.
+        let z = Layout::from_size_align(0, 1).unwrap();
+        let (a, b) = (heap.alloc(z), heap.alloc_zeroed(z));
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        heap.dealloc(a, z);
+        heap.dealloc(b, z);
         for size in [isize::MAX as usize - 7, 1 << 62, 1 << 40] {
             let l = Layout::from_size_align(size, 8).unwrap();
             assert!(heap.alloc(l).is_null(), "size {size:#x} did not fail");
