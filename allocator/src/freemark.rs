@@ -3,16 +3,15 @@
 //!
 //! Every free object of the explicit heap's small spans — sitting in a CPU cache, or free in its span's
 //! bitmap, whether it was freed before or never handed out — holds its *free mark* in its mark word:
-//! `address ^ entry`, where `entry` is the span-map entry of the object's page (the span struct's
-//! address, the page's index in the span and the span's kind, spanmap.rs). A user holds an object only
-//! after allocation cleared that word, so `dealloc` finds the mark there exactly when the object is free
+//! a hash of its address and the span-map entry of its page (the span struct's address, the page's
+//! index in the span and the span's kind, spanmap.rs): `(address ^ entry) * K` with an odd `K`, a
+//! bijection that spreads every bit of both over the whole word. A user holds an object only after
+//! allocation cleared that word, so `dealloc` finds the mark there exactly when the object is free
 //! already (a double free, a free of a slot never handed out, a free of an object waiting in some CPU's
-//! cache) — or when the user stored that very value. The entry's top 16 bits (kind and page index) are
-//! never all zeros nor all ones, so a mark is never a canonical pointer, a small integer or a pointer
-//! difference: only data indistinguishable from random (a hash, say) can equal it, with odds of 2^-64.
-//! The free path has the entry in a register already (it checked the span with it), so the mark costs
-//! no extra load. Interior pointers, foreign pointers, wrong layouts and collector objects are told
-//! apart by the entry before the word is read (heap/mod.rs), so the word read is always inside a mapped
+//! cache) — or when the user's data equals that pseudo-random value, by chance (2^-64). The free path has
+//! the entry in a register already (it checked the span with it), so the mark costs one multiplication
+//! and no load. Interior pointers, foreign pointers, wrong layouts and collector objects are told apart
+//! by the entry before the word is read (heap/mod.rs), so the word read is always inside a mapped
 //! object.
 //!
 //! The mark word is the object's second word (bytes 8..16; the first for the 8-byte class), as glibc's
@@ -37,10 +36,10 @@
 use crate::sizeclass::SizeClass;
 use crate::span::Span;
 
-/// `obj`'s free mark, given the span-map entry of its page.
+/// `obj`'s free mark, given the span-map entry of its page (see the module documentation).
 #[inline(always)]
 fn mark(obj: *const u8, entry: u64) -> u64 {
-    obj as u64 ^ entry
+    (obj as u64 ^ entry).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Where `obj`'s mark lives: its second word, or its only word in the 8-byte class. The offset sits in
