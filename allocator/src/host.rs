@@ -9,8 +9,8 @@
 //!   unmapped page faults as on the real machine.
 //! - Virtual windows come from `reserve_window`: PROT_NONE|MAP_NORESERVE reservations aligned to
 //!   [`ARENA_SIZE`], so the mapper's addresses are the host addresses.
-//! - CPUs are threads: each thread takes the lowest free index on first use and gives it back when it
-//!   exits, so no two live threads share one; a thread that finds all [`MAX_CPUS`] taken (or runs after
+//! - CPUs are threads: each thread takes the lowest free index on first use (the heap's slow path,
+//!   `cpu_index_slow`) and gives it back when it exits, so no two live threads share one; a thread that finds all [`MAX_CPUS`] taken (or runs after
 //!   its thread-local state is gone) gets [`NO_CPU`], an index past every cache, and the heap serves it
 //!   through its locked path. A thread may also pin an index with [`HostPlatform::set_cpu_index`].
 //!   Interrupts do not exist: masking is a no-op guard.
@@ -112,17 +112,6 @@ pub fn leak<T>(value: T) -> &'static T {
         keep_forever((leaked as *const T).cast());
     }
     leaked
-}
-
-/// A thread without a cache index: assign one on its first call.
-#[cold]
-#[inline(never)]
-fn no_cache_index(index: usize) -> usize {
-    if index == UNASSIGNED {
-        assign_cpu()
-    } else {
-        index
-    }
 }
 
 /// First use of `cpu_index` on a thread: the lowest index no live thread holds, or [`NO_CPU`] (not
@@ -349,14 +338,17 @@ unsafe impl Platform for HostPlatform {
     type InterruptGuard = HostInterruptGuard;
     const MAX_CPUS: usize = MAX_CPUS;
 
+    /// One TLS load: a thread without an index yet reads `UNASSIGNED` (past every cache), so the heap
+    /// takes its slow path, whose `cpu_index_slow` assigns one. No call on the fast path.
     #[inline]
     fn cpu_index(&self) -> usize {
-        // One compare, which the heap's own `cpu < MAX_CPUS` test repeats: the optimizer merges them.
-        let index = CPU.with(Cell::get);
-        if index < MAX_CPUS {
-            index
-        } else {
-            no_cache_index(index)
+        CPU.with(Cell::get)
+    }
+
+    fn cpu_index_slow(&self) -> usize {
+        match CPU.with(Cell::get) {
+            UNASSIGNED => assign_cpu(),
+            index => index,
         }
     }
 

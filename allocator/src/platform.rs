@@ -33,6 +33,15 @@ pub unsafe trait Platform: Sync + 'static {
     /// interrupts are masked.
     fn cpu_index(&self) -> usize;
 
+    /// The running CPU's index for the heap's slow paths, which call it after `cpu_index` gave an index
+    /// at or over `MAX_CPUS` (or the CPU's cache missed). A platform that hands out indices lazily (the
+    /// host test platform: one per thread, on first use) may return an out-of-range index from
+    /// `cpu_index` until this has assigned one, which keeps any call out of the fast path. The default is
+    /// `cpu_index`.
+    fn cpu_index_slow(&self) -> usize {
+        self.cpu_index()
+    }
+
     /// Masks interrupts on this CPU until the guard is dropped (nesting allowed).
     fn mask_interrupts(&self) -> Self::InterruptGuard;
 

@@ -175,21 +175,47 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.central[class.index()].track(span, addr, live)
     }
 
+    /// The fast path: a pop from this CPU's existing cache. Everything else (no cache yet, or none for
+    /// this CPU; an empty stack) is one out-of-line call, so the fast path saves no registers.
     #[inline(always)]
     fn alloc_small_unchecked(&self, class: SizeClass) -> *mut u8 {
-        let _irq = self.platform.mask_interrupts();
-        let cpu = self.platform.cpu_index();
-        // SAFETY: `cpu` is ours and interrupts are masked until we return.
-        if let Some(cache) = unsafe { self.local_cache(cpu) } {
-            if let Some(p) = cache.pop(class) {
-                let p = p.as_mut_ptr();
-                // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
-                // (>= 8 B, 8-aligned) that only we hold.
-                unsafe { freemark::clear(p, class) };
-                return p;
+        {
+            let _irq = self.platform.mask_interrupts();
+            let cpu = self.platform.cpu_index();
+            // SAFETY: `cpu` is ours and interrupts are masked until the block ends.
+            if let Some(cache) = unsafe { self.existing_cache(cpu) } {
+                if let Some(p) = cache.pop(class) {
+                    let p = p.as_mut_ptr();
+                    // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
+                    // that only we hold.
+                    unsafe { freemark::clear(p, class) };
+                    return p;
+                }
             }
         }
-        // SAFETY: as above.
+        self.alloc_small_miss(class)
+    }
+
+    /// This CPU's cache if it exists (no creation): the fast paths' view.
+    ///
+    /// # Safety
+    /// As for [`Heap::local_cache`].
+    #[inline(always)]
+    unsafe fn existing_cache<'a>(&self, cpu: usize) -> Option<&'a mut Cache> {
+        if cpu >= P::MAX_CPUS {
+            return None;
+        }
+        let c = NonNull::new(self.caches[cpu].load(Ordering::Acquire))?;
+        // SAFETY: as in `local_cache`.
+        Some(unsafe { &mut *c.as_ptr() })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_miss(&self, class: SizeClass) -> *mut u8 {
+        let _irq = self.platform.mask_interrupts();
+        let cpu = self.platform.cpu_index_slow();
+        // SAFETY: `cpu` is ours and interrupts are masked until we return.
         unsafe { self.alloc_small_slow(cpu, class) }
     }
 
@@ -341,13 +367,30 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         )
     }
 
-    /// Gives back an object that carries its free mark now.
+    /// Gives back an object that carries its free mark now: a push on this CPU's existing cache, or one
+    /// out-of-line call for everything else (so the fast path saves no registers).
     #[inline(always)]
     fn free_small(&self, class: SizeClass, ptr: *mut u8) {
         // SAFETY: `ptr` is in the heap (checked by the caller), hence canonical.
         let obj = unsafe { VirtAddr::new_unsafe(ptr as u64) };
+        {
+            let _irq = self.platform.mask_interrupts();
+            let cpu = self.platform.cpu_index();
+            // SAFETY: `cpu` is ours and interrupts are masked until the block ends.
+            if let Some(cache) = unsafe { self.existing_cache(cpu) } {
+                if cache.push(class, obj) {
+                    return;
+                }
+            }
+        }
+        self.free_small_miss(class, obj)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_small_miss(&self, class: SizeClass, obj: VirtAddr) {
         let _irq = self.platform.mask_interrupts();
-        let cpu = self.platform.cpu_index();
+        let cpu = self.platform.cpu_index_slow();
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
         let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
             // No cache for this CPU: give the object straight back to its span.
@@ -383,7 +426,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let Some(heap) = guard.as_mut() else {
             return ptr::null_mut();
         };
-        let cpu = self.platform.cpu_index();
+        let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
         let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit) else {
@@ -523,7 +566,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     pub fn trim(&self) {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
-        if let Some(cache) = unsafe { self.local_cache(self.platform.cpu_index()) } {
+        if let Some(cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
             for class in SizeClass::small() {
                 let c = class.index();
                 let n = cache.cached(c);

@@ -359,6 +359,9 @@ unsafe impl Platform for TwoCpus {
     fn cpu_index(&self) -> usize {
         self.0.cpu_index()
     }
+    fn cpu_index_slow(&self) -> usize {
+        self.0.cpu_index_slow()
+    }
     fn mask_interrupts(&self) -> Self::InterruptGuard {
         self.0.mask_interrupts()
     }
