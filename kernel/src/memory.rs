@@ -22,7 +22,7 @@ use core::fmt;
 use spanalloc::arena::{AddressSpace, ArenaWindow};
 use spanalloc::frames::{FrameAllocator, FrameReport, MemoryRegion, RegionKind};
 use spanalloc::paging::{Mapper, P4_ENTRY_SPAN};
-use spanalloc::{PhysAddr, TakeOverPlatform, VirtAddr};
+use spanalloc::{PhysAddr, VirtAddr};
 use x86_64::registers::control::Cr3;
 
 /// What the boot memory map holds, in bytes per region kind.
