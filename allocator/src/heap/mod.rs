@@ -276,14 +276,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         })
     }
 
-    /// A small object failed [`Heap::is_live_small`] (or was found carrying its free mark): find out why
-    /// and panic saying so.
-    #[cold]
-    #[inline(never)]
+    /// The span-map entry of `addr`'s page, which must belong to an in-use span of the explicit heap;
+    /// panics naming the reason otherwise (the first two checks of every refused free).
     #[track_caller]
-    fn refuse_small(&self, op: Op, ptr: *mut u8, layout: Layout, class: SizeClass) -> ! {
-        let addr = VirtAddr::new_truncate(ptr as u64);
-        let Some(e) = self.spanmap.entry(ptr as u64) else {
+    fn explicit_entry(&self, op: Op, addr: VirtAddr, layout: Layout) -> Entry {
+        let Some(e) = self.spanmap.entry(addr.as_u64()) else {
             bad_free(
                 op,
                 addr,
@@ -301,6 +298,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 format_args!("an object of a garbage-collected heap (only its collector frees it)"),
             )
         }
+        e
+    }
+
+    /// A small object failed [`Heap::is_live_small`] (or was found carrying its free mark): find out why
+    /// and panic saying so.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn refuse_small(&self, op: Op, ptr: *mut u8, layout: Layout, class: SizeClass) -> ! {
+        let addr = VirtAddr::new_truncate(ptr as u64);
+        let e = self.explicit_entry(op, addr, layout);
         let got = e.class().size_class();
         if got != class {
             if got.is_large() {
@@ -450,24 +458,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// starting at `addr` whose page count is what `layout` allocates. Panics naming the reason otherwise.
     #[track_caller]
     fn checked_large(&self, op: Op, addr: VirtAddr, layout: Layout) -> NonNull<Span> {
-        let Some(e) = self.spanmap.entry(addr.as_u64()) else {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!(
-                    "not a live heap object (freed already, or never allocated by this heap)"
-                ),
-            )
-        };
-        if e.owner() == Owner::Collector {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!("an object of a garbage-collected heap (only its collector frees it)"),
-            )
-        }
+        let e = self.explicit_entry(op, addr, layout);
         let class = e.class().size_class();
         if !class.is_large() {
             bad_free(
