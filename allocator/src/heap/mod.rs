@@ -307,7 +307,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[inline(never)]
     #[track_caller]
     fn refuse_small(&self, op: Op, ptr: *mut u8, layout: Layout, class: SizeClass) -> ! {
-        let addr = VirtAddr::new_truncate(ptr as u64);
+        let addr = canonical(op, ptr, layout);
         let e = self.explicit_entry(op, addr, layout);
         let got = e.class().size_class();
         if got != class {
@@ -620,9 +620,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
-/// The address of a large object's pointer; a non-canonical one is refused as not a heap object.
+/// The address of a pointer given back; a non-canonical one is refused as not a heap object.
 #[track_caller]
-fn large_addr(op: Op, ptr: *mut u8, layout: Layout) -> VirtAddr {
+fn canonical(op: Op, ptr: *mut u8, layout: Layout) -> VirtAddr {
     VirtAddr::try_new(ptr as u64).unwrap_or_else(|_| {
         bad_free(
             op,
@@ -683,7 +683,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 }
                 self.free_small(class, ptr)
             }
-            None => self.free_large(large_addr(Op::Dealloc, ptr, layout), layout),
+            None => self.free_large(canonical(Op::Dealloc, ptr, layout), layout),
         }
     }
 
@@ -714,7 +714,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 }
             }
             None => {
-                if self.realloc_large(large_addr(Op::Realloc, ptr, layout), layout, new_size) {
+                if self.realloc_large(canonical(Op::Realloc, ptr, layout), layout, new_size) {
                     return ptr;
                 }
             }
