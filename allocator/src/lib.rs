@@ -35,6 +35,8 @@ pub mod span;
 mod spanmap;
 pub mod stats;
 
+#[cfg(test)]
+mod differential;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
 #[cfg(test)]
