@@ -30,7 +30,7 @@ const LIMIT: u64 = 1 << 40;
 /// Frames below this (1 MiB) are only for `allocate_low`.
 const LOW: u64 = 256;
 /// Drain and compare whole sets when the model counts at most this many usable frames.
-const DRAIN_MAX: u64 = 1 << 14;
+const DRAIN_MAX: u64 = 2048;
 
 const REASONS: [&str; 3] = ["firmware", "bootloader", "acpi"];
 
@@ -103,10 +103,10 @@ struct Input {
 /// 16 MiB (up to `LIMIT`). Maps reaching far up make the allocator's metadata big (a bit per frame up to
 /// the last usable one: 32 MiB at 1 TiB), and so an input slow: they are the rarer kinds.
 fn scaled(v: u16, unit: u8) -> u64 {
-    let unit = match unit % 16 {
-        0..=3 => 1,
-        4..=12 => FRAME_SIZE,
-        13 | 14 => 1 << 20,
+    let unit = match unit % 32 {
+        0..=7 => 1,
+        8..=28 => FRAME_SIZE,
+        29 | 30 => 1 << 20,
         _ => 16 << 20,
     };
     (u64::from(v) * unit).min(LIMIT)
@@ -404,10 +404,10 @@ fuzz_target!(|input: Input| {
         frames.managed(),
         "not every frame came back"
     );
-    drop(frames);
     // Give the pages the allocator touched back to the OS, so the process stays small across inputs.
     let end = regions.iter().map(|r| r.end.as_u64()).max().unwrap_or(0);
-    // SAFETY: [base, base + end) lies in the mapping, and nothing uses it any more (the allocator is gone);
+    // SAFETY: [base, base + end) lies in the mapping, and nothing uses it any more (`frames` is not used
+    // after this);
     // MADV_DONTNEED on a private anonymous mapping makes it read as zero again.
     unsafe {
         libc::madvise(

@@ -116,7 +116,7 @@ fuzz_target!(|input: Input| {
     let mut storage = vec![GARBAGE; words];
     let ptr = NonNull::new(storage.as_mut_ptr()).unwrap().cast::<u8>();
     // SAFETY: `storage` is 8-byte aligned, big enough for `capacity` units, all of it valid for reads and
-    // writes, and used only through `pa` until `pa` is dropped (before `storage`, declared after it).
+    // writes, and used only through `pa`, which is declared after it and so dropped before it.
     let mut pa = unsafe { PageAlloc::new(ptr, capacity) };
     let mut m = Model {
         free: Vec::new(),
@@ -241,6 +241,4 @@ fuzz_target!(|input: Input| {
         }
     }
     pa.check_invariants();
-    drop(pa);
-    drop(storage);
 });
