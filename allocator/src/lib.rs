@@ -47,6 +47,8 @@ mod spanmap;
 pub mod stats;
 pub mod takeover;
 
+#[cfg(test)]
+mod differential;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
 #[cfg(test)]
