@@ -173,13 +173,19 @@ impl Central {
         }
     }
 
-    /// Whether object `idx` of `span` is allocated in its span's bitmap (taken out by a refill): for
-    /// naming what a refused free was (a cached object, or one free in its span).
-    pub(crate) fn is_allocated(&self, span: NonNull<Span>, idx: usize) -> bool {
+    /// Whether object `idx` of the span `span()` finds, under the class lock, is allocated in its span's
+    /// bitmap (taken out by a refill): for naming what a refused free was (a cached object, or one free
+    /// in its span). `None` if `span()` finds no span (it was released meanwhile).
+    pub(crate) fn is_allocated(
+        &self,
+        idx: usize,
+        span: impl FnOnce() -> Option<NonNull<Span>>,
+    ) -> Option<bool> {
         let _l = self.lists.lock();
-        // SAFETY: the span is an in-use span of this class (the span map says so), so it is on one of our
-        // lists; we hold the lock, and only read.
-        unsafe { span.as_ref() }.is_allocated(idx)
+        let span = span()?;
+        // SAFETY: the span is an in-use span of this class (the span map says so, read under our lock,
+        // which every release of one of our spans holds), so it is on one of our lists; read only.
+        Some(unsafe { span.as_ref() }.is_allocated(idx))
     }
 
     /// Full checks: records that the object at `addr` went to a user (`live`) or came back from one, using

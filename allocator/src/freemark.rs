@@ -30,8 +30,10 @@
 //! - An object handed to a user has had its mark word set to 0, so a fresh allocation never shows a mark.
 //!
 //! Out of scope: a *stale* free (an address freed, reallocated to a new owner, then freed by the old
-//! one) frees the new owner's object, as in every allocator without quarantine; and two CPUs freeing the
-//! same object at the same instant can both miss the mark (`debug-checks` catches that under a lock).
+//! one) frees the new owner's object, as in every allocator without quarantine; a double free after the
+//! program wrote into the freed object's mark word (a use after free that erased the mark); and two
+//! CPUs freeing the same object at the same instant, which can both miss the mark. `debug-checks`
+//! catches the last two under the class lock.
 
 use crate::sizeclass::SizeClass;
 use crate::span::Span;

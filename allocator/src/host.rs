@@ -228,19 +228,32 @@ impl HostPlatform {
         base
     }
 
-    /// Pins the calling thread to "CPU" `index` (any value: one at or over `MAX_CPUS` takes the heap's
-    /// locked path). The caller keeps pinned indices apart: two live threads pinned to one index below
-    /// `MAX_CPUS` must not use one heap. A pinned index is held against automatic assignment while the
-    /// thread lives if it was free; an index the thread took automatically is given back.
-    pub fn set_cpu_index(index: usize) {
-        let old = CPU.with(|c| c.replace(index));
-        let owned = RELEASE.with(|r| r.0.get());
-        if owned && old < MAX_CPUS {
+    /// Pins the calling thread to "CPU" `index` if no other live thread holds it, and says whether it
+    /// did. An index at or over `MAX_CPUS` always pins (the thread then takes the heap's locked path); an
+    /// index another live thread holds does not (the thread then takes a free index on its next
+    /// allocation, as an unpinned one does): two live threads never share an index below `MAX_CPUS`,
+    /// which `Platform::cpu_index` promises. The index the thread held before is given back first; the
+    /// pinned one is given back when the thread exits.
+    pub fn set_cpu_index(index: usize) -> bool {
+        let old = CPU.with(|c| c.replace(UNASSIGNED));
+        if RELEASE.with(|r| r.0.replace(false)) && old < MAX_CPUS {
             TAKEN.fetch_and(!(1 << old), Ordering::AcqRel);
         }
-        let claimed =
-            index < MAX_CPUS && TAKEN.fetch_or(1 << index, Ordering::AcqRel) & (1 << index) == 0;
-        RELEASE.with(|r| r.0.set(claimed));
+        if index >= MAX_CPUS {
+            CPU.with(|c| c.set(NO_CPU));
+            return true;
+        }
+        // Register the release before claiming: a thread whose destructors can no longer be registered
+        // must not hold an index it would never give back.
+        if RELEASE.try_with(|r| r.0.set(false)).is_err() {
+            return false;
+        }
+        if TAKEN.fetch_or(1 << index, Ordering::AcqRel) & (1 << index) != 0 {
+            return false;
+        }
+        RELEASE.with(|r| r.0.set(true));
+        CPU.with(|c| c.set(index));
+        true
     }
 
     /// Panics unless `count` pages from `start` lie inside one window this platform reserved: the mirrors

@@ -59,6 +59,40 @@ impl LazyRegion {
     }
 }
 
+impl LazyRegion {
+    /// Makes sure every page of `[base + start, base + end)` is mapped (zeroed frames), leaving pages
+    /// that are mapped already alone: for a region holding several arrays that each grow as a prefix
+    /// (the page allocator's bitmap and summary levels), so backing one array's prefix never maps the
+    /// arrays before it whole. Fails if that passes the region's end or frames run out; on failure the
+    /// pages mapped so far stay mapped (zeroed, unused) and are found mapped on the next call.
+    pub(crate) fn ensure_pages<P: Platform>(
+        &mut self,
+        space: &mut AddressSpace<P>,
+        start: u64,
+        end: u64,
+    ) -> Result<(), MapError> {
+        if start >= end {
+            return Ok(());
+        }
+        let end = end.div_ceil(FRAME_SIZE) * FRAME_SIZE;
+        if end > self.size {
+            let page = Page::containing_address(self.base + self.size);
+            return Err(MapError::OutOfFrames { page });
+        }
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let mut at = start / FRAME_SIZE * FRAME_SIZE;
+        while at < end {
+            let page = Page::containing_address(self.base + at);
+            if space.mapper.translate(page.start_address()).is_none() {
+                space.map_range(page, 1, flags, true)?;
+            }
+            at += FRAME_SIZE;
+        }
+        self.mapped = self.mapped.max(end);
+        Ok(())
+    }
+}
+
 const MIN_BLOCK_SHIFT: u32 = 4;
 const MAX_BLOCK_SHIFT: u32 = 17;
 const LISTS: usize = (MAX_BLOCK_SHIFT - MIN_BLOCK_SHIFT + 1) as usize;

@@ -36,6 +36,12 @@ pub const ARENA_PAGES: usize = ARENA_SIZE / PAGE_SIZE;
 /// Spans below this many pages come from the CPU's page cache (Go: pageCachePages / 4).
 const PAGE_CACHE_MAX_SPAN: usize = 16;
 
+/// Heaps of fewer pages use no page caches (1 GiB). A page cache reserves a 64-page block per CPU; in a
+/// small heap a few CPUs' blocks cover it all and their small spans, one per block, leave no long free
+/// run (16 CPUs in an 8 MiB heap: no 1 MiB object with 7.5 MiB free). Small heaps take every span
+/// first-fit from the page allocator instead, which keeps them compact.
+const PAGE_CACHE_MIN_CAPACITY: usize = (1 << 30) / PAGE_SIZE;
+
 /// One CPU's page cache: pages `base + i` for each set bit `i` of `free` are reserved for it.
 #[derive(Clone, Copy)]
 struct PageCache {
@@ -312,9 +318,11 @@ impl<P: Platform> PageHeap<P> {
         let old = self.grown;
         // Back the metadata of the new pages first, so a failure leaves the heap as it was.
         for range in PageAlloc::backing_needed(self.capacity, target) {
+            // Each array's prefix on its own: the bitmap of a large capacity comes first in the storage,
+            // and mapping everything up to a summary level's prefix would map all of it.
             if self
                 .pages_storage
-                .ensure(&mut self.space, range.end as u64)
+                .ensure_pages(&mut self.space, range.start as u64, range.end as u64)
                 .is_err()
             {
                 return false;
@@ -398,7 +406,12 @@ impl<P: Platform> PageHeap<P> {
             return None;
         }
         let cached = match cpu {
-            Some(cpu) if npages < PAGE_CACHE_MAX_SPAN && align == 1 && cpu < MAX_CPUS => {
+            Some(cpu)
+                if npages < PAGE_CACHE_MAX_SPAN
+                    && align == 1
+                    && cpu < MAX_CPUS
+                    && self.capacity >= PAGE_CACHE_MIN_CAPACITY =>
+            {
                 self.take_from_page_cache(cpu, npages)
             }
             _ => None,
@@ -448,12 +461,19 @@ impl<P: Platform> PageHeap<P> {
         }
         let first = match self.pages.alloc(run, step) {
             Some(f) => f,
-            None => {
-                if !self.grow(run.checked_add(step - 1)?) {
-                    return None;
+            None => match run
+                .checked_add(step - 1)
+                .filter(|&n| self.grow(n))
+                .and_then(|_| self.pages.alloc(run, step))
+            {
+                Some(f) => f,
+                None => {
+                    // No room, and the heap cannot grow (its limit, or the window): pages may still
+                    // sit unused in the CPUs' page caches (64-page blocks each). Give them back, retry.
+                    self.flush_page_caches();
+                    self.pages.alloc(run, step)?
                 }
-                self.pages.alloc(run, step)?
-            }
+            },
         };
         if run == npages {
             return Some(first);

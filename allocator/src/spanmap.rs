@@ -55,7 +55,7 @@ pub(crate) enum Owner {
 }
 
 /// A span-map entry (never 0).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     raw: u64,
 }

@@ -314,8 +314,24 @@ fn cpu_indices() {
         "no index came back: {again}"
     );
     std::thread::spawn(|| {
-        HostPlatform::set_cpu_index(42);
-        assert_eq!(HostPlatform::new(4 * MIB).cpu_index_slow(), 42);
+        // Pinned unless another live thread (another test's) holds 42 right now.
+        let pinned = HostPlatform::set_cpu_index(42);
+        assert_eq!(HostPlatform::new(4 * MIB).cpu_index_slow() == 42, pinned);
+    })
+    .join()
+    .unwrap();
+    // A live thread's index cannot be pinned by another; an index past the caches always pins.
+    let p2: &'static HostPlatform = crate::host::leak(HostPlatform::new(4 * MIB));
+    let held = p2.cpu_index_slow();
+    assert!(held < HostPlatform::MAX_CPUS);
+    std::thread::spawn(move || {
+        assert!(
+            !HostPlatform::set_cpu_index(held),
+            "pinned index {held}, held by a live thread"
+        );
+        assert_ne!(p2.cpu_index_slow(), held);
+        assert!(HostPlatform::set_cpu_index(usize::MAX));
+        assert_eq!(p2.cpu_index_slow(), crate::host::NO_CPU);
     })
     .join()
     .unwrap();

@@ -271,7 +271,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     fn is_live_small(&self, class: SizeClass, ptr: *mut u8) -> bool {
         self.small_object_entry(class, ptr).is_some_and(|entry| {
             // SAFETY: `ptr` starts an object of an in-use span (checked by `small_object_entry`), so it
-            // is mapped and its mark word in bounds; the caller claims to hold it.
+            // is mapped and its mark word in bounds, as long as the caller really holds it or its span
+            // stays in use (a free racing with another free of the same object is out of scope: see
+            // freemark.rs); the caller claims to hold it.
             !unsafe { freemark::is_free(ptr, class, entry) }
         })
     }
@@ -357,7 +359,22 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         };
         let cached = {
             let _irq = self.platform.mask_interrupts();
-            self.central[class.index()].is_allocated(e.span(), idx)
+            // The entry was read without a lock: under the class lock, look again (another CPU's flush
+            // may have released the span meanwhile; then the free is of a freed span's object).
+            self.central[class.index()].is_allocated(idx, || {
+                self.spanmap
+                    .entry(addr.as_u64())
+                    .filter(|&now| now == e)
+                    .map(|now| now.span())
+            })
+        };
+        let Some(cached) = cached else {
+            bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("not a live heap object (its span was freed meanwhile)"),
+            )
         };
         if cached {
             bad_free(
@@ -425,7 +442,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     fn alloc_large(&self, layout: Layout, zero: bool) -> *mut u8 {
-        let Some(npages) = PageCount::covering(layout.size()) else {
+        let Some(npages) = large_pages(layout.size()) else {
             return ptr::null_mut();
         };
         let align = (layout.align() / PAGE_SIZE).max(1);
@@ -487,7 +504,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 ),
             )
         }
-        if PageCount::covering(layout.size()) != Some(s.npages()) {
+        if large_pages(layout.size()) != Some(s.npages()) {
             bad_free(
                 op,
                 addr,
@@ -524,7 +541,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if SizeClass::for_layout(new_size, layout.align()).is_some() {
             return false;
         }
-        let Some(new_pages) = PageCount::covering(new_size) else {
+        let Some(new_pages) = large_pages(new_size) else {
             return false;
         };
         let heap = guard.as_mut().expect("large spans exist only after init");
@@ -620,6 +637,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+/// The pages of a large object of `size` bytes: at least one (a zero size, outside `GlobalAlloc`'s
+/// contract, with an alignment only a large span meets, gets a page); `None` if that overflows.
+fn large_pages(size: usize) -> Option<PageCount> {
+    PageCount::covering(size.max(1))
+}
+
 /// The address of a pointer given back; a non-canonical one is refused as not a heap object.
 #[track_caller]
 fn canonical(op: Op, ptr: *mut u8, layout: Layout) -> VirtAddr {
@@ -671,7 +694,8 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                     self.refuse_small(Op::Dealloc, ptr, layout, class)
                 };
                 // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
-                // mapped, its mark word in bounds; the caller gives it back.
+                // mapped, its mark word in bounds, while the caller holds it (the caller gives it back;
+                // a free racing with another free of it is out of scope, see freemark.rs).
                 if unsafe { freemark::stamp_was_free(ptr, class, entry) } {
                     self.refuse_small(Op::Dealloc, ptr, layout, class)
                 }
@@ -791,6 +815,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+// Heavy (huge windows, dozens of threads): not under Miri.
+#[cfg(all(test, not(miri)))]
+mod attack_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]

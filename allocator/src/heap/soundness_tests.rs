@@ -349,18 +349,22 @@ fn a_limit_below_one_page_is_a_named_error() {
     assert!(std::format!("{e}").contains("4096"));
 }
 
-/// The host platform, with caches for only two CPUs.
+std::thread_local! {
+    /// The CPU index a thread reports to [`TwoCpus`], set by the test (each test thread its own).
+    static TWO_CPUS_INDEX: core::cell::Cell<usize> = const { core::cell::Cell::new(usize::MAX) };
+}
+
+/// The host platform, with caches for only two CPUs, and CPU indices the test sets per thread (the
+/// host's are shared with every other test running at the same time).
 struct TwoCpus(&'static HostPlatform);
 
-// SAFETY: delegates everything to the host platform; only the cache limit differs.
+// SAFETY: delegates everything but the CPU index to the host platform; the test gives each of its threads
+// a distinct index, and only one thread at a time uses this platform's heap.
 unsafe impl Platform for TwoCpus {
     type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
     const MAX_CPUS: usize = 2;
     fn cpu_index(&self) -> usize {
-        self.0.cpu_index()
-    }
-    fn cpu_index_slow(&self) -> usize {
-        self.0.cpu_index_slow()
+        TWO_CPUS_INDEX.with(|c| c.get())
     }
     fn mask_interrupts(&self) -> Self::InterruptGuard {
         self.0.mask_interrupts()
@@ -386,7 +390,7 @@ fn platform_max_cpus_is_honoured() {
     let class = SizeClass::for_size(32).unwrap().index();
     std::thread::scope(|s| {
         s.spawn(|| {
-            HostPlatform::set_cpu_index(1);
+            TWO_CPUS_INDEX.with(|c| c.set(1));
             // SAFETY: test code.
             unsafe { heap.dealloc(heap.alloc(lay(32)), lay(32)) };
             assert!(heap.stats().classes[class].cached > 0, "CPU 1 has a cache");
@@ -395,7 +399,7 @@ fn platform_max_cpus_is_honoured() {
     let cached = heap.stats().classes[class].cached;
     std::thread::scope(|s| {
         s.spawn(|| {
-            HostPlatform::set_cpu_index(5);
+            TWO_CPUS_INDEX.with(|c| c.set(5));
             // SAFETY: test code.
             let ps: Vec<_> = (0..100).map(|_| unsafe { heap.alloc(lay(32)) }).collect();
             assert!(ps.iter().all(|p| !p.is_null()));
