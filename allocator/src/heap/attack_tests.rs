@@ -14,18 +14,7 @@ use crate::platform::Platform;
 use crate::sizeclass::SizeClass;
 use crate::Heap;
 
-type Plain = Heap<HostPlatform, false>;
-
-fn plain_heap(phys_mib: usize, window: usize, max: usize) -> &'static Plain {
-    let m = HostMachine::new(phys_mib << 20, window);
-    let heap: &'static Plain = crate::host::leak(Heap::new(m.platform));
-    heap.init(m.space, m.window, max).expect("heap init");
-    heap
-}
-
-fn small_heap() -> &'static Plain {
-    plain_heap(16, 256 << 20, 64 << 20)
-}
+use super::soundness_tests::{lay, plain_heap, small_heap, Plain};
 
 fn panic_message(f: impl FnOnce()) -> Option<String> {
     let err = catch_unwind(AssertUnwindSafe(f)).err()?;
@@ -36,10 +25,6 @@ fn panic_message(f: impl FnOnce()) -> Option<String> {
     } else {
         String::from("<non-string panic>")
     })
-}
-
-fn lay(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
 }
 
 /// Runs `f` on a fresh thread pinned to CPU `cpu` (the heaps here are private to one test, so no other
@@ -192,6 +177,7 @@ fn holds_every_class_full_spans_and_bad_frees() {
         let set: BTreeSet<usize> = ps.iter().map(|&p| p as usize).collect();
         assert_eq!(set.len(), count, "class {}: duplicate", class.get());
         for (i, &p) in ps.iter().enumerate() {
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             unsafe { core::ptr::write_bytes(p, 0xA5 ^ i as u8, size) };
         }
         let (base, nelems) = span_of(heap, ps[0]);
@@ -200,9 +186,11 @@ fn holds_every_class_full_spans_and_bad_frees() {
         // Tail.
         if span_bytes > n * size {
             let tail = (base + n * size) as *mut u8;
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let msg = panic_message(|| unsafe { heap.dealloc(tail, l) }).expect("tail accepted");
             assert!(msg.contains("tail"), "class {}: {msg}", class.get());
             let last = (base + span_bytes - 8) as *mut u8;
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let msg = panic_message(|| unsafe { heap.dealloc(last, l) }).expect("tail accepted");
             assert!(msg.contains("tail") || msg.contains("interior"), "{msg}");
         }
@@ -220,16 +208,19 @@ fn holds_every_class_full_spans_and_bad_frees() {
             if size == 8 {
                 break;
             }
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let msg = panic_message(|| unsafe { heap.dealloc(q as *mut u8, l) })
                 .expect("interior accepted");
             assert!(msg.contains("interior"), "class {}: {msg}", class.get());
         }
         // Free everything, then every object of the first span once more.
         for &p in &ps {
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             unsafe { heap.dealloc(p, l) };
         }
         for k in 0..n {
             let q = (base + k * size) as *mut u8;
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let msg = panic_message(|| unsafe { heap.dealloc(q, l) }).unwrap_or_else(|| {
                 panic!("class {}: double free of slot {k} accepted", class.get())
             });
@@ -241,17 +232,20 @@ fn holds_every_class_full_spans_and_bad_frees() {
         }
         // Zeroed and plain reallocation still sees no marks and no duplicates.
         let zs: Vec<*mut u8> = (0..count)
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             .map(|_| unsafe { heap.alloc_zeroed(l) })
             .collect();
         let set: BTreeSet<usize> = zs.iter().map(|&p| p as usize).collect();
         assert_eq!(set.len(), count);
         for &p in &zs {
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let s = unsafe { core::slice::from_raw_parts(p, size) };
             assert!(
                 s.iter().all(|&b| b == 0),
                 "class {}: not zeroed",
                 class.get()
             );
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             unsafe { heap.dealloc(p, l) };
         }
     }
@@ -270,10 +264,12 @@ fn holds_never_handed_out_last_slots() {
         let (base, n) = span_of(heap, p);
         let last = (base + (n - 1) * class.size()) as *mut u8;
         if last != p {
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             let msg = panic_message(|| unsafe { heap.dealloc(last, l) })
                 .unwrap_or_else(|| panic!("class {}: last slot accepted", class.get()));
             assert!(msg.contains("double free"), "{msg}");
         }
+        // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
         unsafe { heap.dealloc(p, l) };
     }
 }
@@ -299,9 +295,11 @@ fn holds_alignments_and_zero_sizes_in_small_classes() {
                     .collect();
                 for &p in &ps {
                     assert!(!p.is_null() && (p as usize).is_multiple_of(align), "{l:?}");
+                    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                     unsafe { core::ptr::write_bytes(p, 0xFF, size) };
                 }
                 for p in ps {
+                    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                     unsafe { heap.dealloc(p, l) };
                 }
             }
@@ -338,6 +336,7 @@ fn holds_realloc_chains_and_in_place_large_resizes() {
         }
     }
     // Large in place: grow, shrink, free; a wrong old size after the resize is refused.
+    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     unsafe {
         let p = heap.alloc(lay(64 << 10));
         let q = heap.realloc(p, lay(64 << 10), 200 << 10);
@@ -422,6 +421,7 @@ fn holds_objects_cross_between_the_locked_and_the_cached_path() {
     });
     let b: Vec<usize> = on_cpu(1, || {
         (0..500)
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             .map(|_| unsafe { heap.alloc(l) } as usize)
             .collect()
     });
@@ -429,13 +429,16 @@ fn holds_objects_cross_between_the_locked_and_the_cached_path() {
     assert_eq!(all.len(), 1000);
     on_cpu(1, || {
         a.iter()
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             .for_each(|&p| unsafe { heap.dealloc(p as *mut u8, l) })
     });
     on_cpu(100, || {
         b.iter()
+            // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
             .for_each(|&p| unsafe { heap.dealloc(p as *mut u8, l) })
     });
     on_cpu(100, || {
+        // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
         let m = panic_message(|| unsafe { heap.dealloc(a[3] as *mut u8, l) }).expect("refused");
         assert!(
             m.contains("double free") || m.contains("freed already"),
@@ -443,6 +446,7 @@ fn holds_objects_cross_between_the_locked_and_the_cached_path() {
         );
     });
     on_cpu(1, || {
+        // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
         let m = panic_message(|| unsafe { heap.dealloc(b[3] as *mut u8, l) }).expect("refused");
         assert!(
             m.contains("double free") || m.contains("freed already"),
@@ -599,12 +603,14 @@ fn holds_cpus_between_platform_max_and_max_cpus() {
                     live.push((p, l));
                     if i % 3 == 0 {
                         let (p, l) = live.swap_remove(i % live.len());
+                        // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                         let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
                         assert!(s.iter().all(|&b| b == cpu as u8));
                         unsafe { heap.dealloc(p, l) };
                     }
                 }
                 for (p, l) in live {
+                    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                     unsafe { heap.dealloc(p, l) };
                 }
                 heap.trim();
@@ -638,6 +644,7 @@ fn holds_limits_that_cut_a_page_cache_block() {
                     if p.is_null() {
                         break;
                     }
+                    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                     unsafe { core::ptr::write_bytes(p, 1, size) };
                     got.push((p, size));
                 }
@@ -650,6 +657,7 @@ fn holds_limits_that_cut_a_page_cache_block() {
             );
             assert!(s.pages.in_use <= pages);
             for (p, size) in got {
+                // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                 unsafe { heap.dealloc(p, lay(size)) };
             }
             heap.trim();

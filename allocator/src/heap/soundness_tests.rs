@@ -18,16 +18,16 @@ use crate::sizeclass::SizeClass;
 use crate::Heap;
 
 /// A heap with the default build's checks only (whatever features the test build has).
-type Plain = Heap<HostPlatform, false>;
+pub(super) type Plain = Heap<HostPlatform, false>;
 
-fn plain_heap(phys_mib: usize, window: usize, max: usize) -> &'static Plain {
+pub(super) fn plain_heap(phys_mib: usize, window: usize, max: usize) -> &'static Plain {
     let m = HostMachine::new(phys_mib << 20, window);
     let heap: &'static Plain = crate::host::leak(Heap::new(m.platform));
     heap.init(m.space, m.window, max).expect("heap init");
     heap
 }
 
-fn small_heap() -> &'static Plain {
+pub(super) fn small_heap() -> &'static Plain {
     plain_heap(16, 256 << 20, 64 << 20)
 }
 
@@ -43,7 +43,7 @@ fn panic_message(f: impl FnOnce()) -> String {
     }
 }
 
-fn lay(size: usize) -> Layout {
+pub(super) fn lay(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 
@@ -132,6 +132,7 @@ fn free_of_a_slot_never_handed_out_is_named() {
         msg.contains("double free") && msg.contains("CPU cache"),
         "{msg}"
     );
+    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let never = unsafe { base.add(400 * 16) };
     let msg = panic_message(|| unsafe { heap.dealloc(never, l) });
     assert!(msg.contains("in its span"), "{msg}");
@@ -178,6 +179,7 @@ fn realloc_checks_before_it_copies_or_resizes() {
     let heap = small_heap();
     // A stack pointer in one class: refused, not handed back as live.
     let mut local = [0u64; 2];
+    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let msg = panic_message(|| unsafe {
         heap.realloc(local.as_mut_ptr().cast(), lay(16), 12);
     });
@@ -195,6 +197,7 @@ fn realloc_checks_before_it_copies_or_resizes() {
     assert!(msg.contains("double free"), "{msg}");
     // An old layout larger than the object: refused before copying 4096 bytes out of a 16 B object.
     let q = unsafe { heap.alloc(lay(16)) };
+    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let msg = panic_message(|| unsafe {
         heap.realloc(q, lay(4096), 8192);
     });
@@ -209,6 +212,7 @@ fn realloc_checks_before_it_copies_or_resizes() {
         "{msg}"
     );
     // A large object with the wrong size.
+    // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let big = unsafe { heap.alloc(lay(64 << 10)) };
     let msg = panic_message(|| unsafe {
         heap.realloc(big, lay(128 << 10), 256 << 10);
