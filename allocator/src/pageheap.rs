@@ -11,7 +11,9 @@
 //! extend the heap to), zeroed at init; the heap's pages follow from the next 8 KiB boundary. Nothing
 //! is ever mapped or unmapped: no page is ever scavenged, and the metadata allocator takes its chunks
 //! from the heap's own pages. Regions are added in increasing address order; the pages between two
-//! regions (gaps) stay in use in `pages` for good and belong to no span.
+//! regions (gaps) stay in use in `pages` for good and belong to no span. The reach lies in one
+//! canonical half and ends at least one 8 KiB page short of the half's end (2^47 or 2^64, no address),
+//! so every page address up to `capacity` is canonical.
 //!
 //! Invariants (all under the heap lock, except where the span map says otherwise):
 //! - Page `i` is `base + i * PAGE_SIZE`; pages `[0, grown)` are tracked by `pages`, the rest do not exist.
@@ -172,6 +174,25 @@ enum Backing<P: Platform> {
     Regions { reach_end: u64 },
 }
 
+/// Region mode: the bytes from `start` to the end of its canonical half (2^47 or 2^64); `None` for
+/// address 0 or a non-canonical one.
+fn half_room(start: u64) -> Option<u64> {
+    VirtAddr::try_new(start).ok().filter(|_| start != 0)?;
+    Some(if start < 1 << 47 {
+        (1 << 47) - start
+    } else {
+        start.wrapping_neg()
+    })
+}
+
+/// Region mode: the reach [`crate::Heap::init_region`] chooses for a first region of `len` bytes at
+/// `start`: eight times `len`, or up to the end of the canonical half when that is nearer.
+pub(crate) fn default_reach(start: u64, len: usize) -> usize {
+    let room = half_room(start).unwrap_or(0);
+    len.saturating_mul(8)
+        .min(room.min(usize::MAX as u64) as usize)
+}
+
 /// The address space of a mapped heap; `None` in region mode.
 fn space_of<P: Platform>(backing: &mut Backing<P>) -> Option<&mut AddressSpace<P>> {
     match backing {
@@ -219,7 +240,8 @@ pub struct RegionInfo {
     /// Bytes at the region's start taken by metadata (page allocator, span map), with the rounding up
     /// to the first 8 KiB page.
     pub metadata_bytes: u64,
-    /// Later regions ([`crate::Heap::add_region`]) must end at or below this address.
+    /// Later regions ([`crate::Heap::add_region`]) must end at or below this address: `start + reach`,
+    /// or one 8 KiB page short of the end of the canonical half when the reach goes that far.
     pub reach_end: VirtAddr,
 }
 
@@ -351,7 +373,8 @@ impl<P: Platform> PageHeap<P> {
 
     /// Region mode: a heap in `[start, start + len)`, mapped and writable, whose later regions
     /// ([`PageHeap::add_region`]) may reach up to `start + reach` (`reach >= len`). See the module docs
-    /// for the layout.
+    /// for the layout. The region and its reach lie in one canonical half; the half's last 8 KiB are
+    /// never a heap page (their end is no address).
     ///
     /// # Safety
     /// The region is mapped, writable, and the heap's alone from now on, as is every later region.
@@ -363,17 +386,16 @@ impl<P: Platform> PageHeap<P> {
     ) -> Result<(Self, RegionInfo), InitError> {
         let misplaced = InitError::RegionMisplaced { start, len };
         let page = PAGE_SIZE as u64;
-        if start == 0 {
+        let room = half_room(start).ok_or(misplaced)?;
+        let reach = reach.max(len) as u64;
+        if reach > room {
             return Err(misplaced);
         }
-        let reach = reach.max(len) as u64;
-        let in_half =
-            |end: u64| VirtAddr::try_new(end - 1).is_ok() && (end - 1) >> 47 == start >> 47;
-        let reach_end = start
-            .checked_add(reach)
-            .filter(|&e| in_half(e))
-            .ok_or(misplaced)?;
-        let end = start + len as u64;
+        // The end of a canonical half (2^47, 2^64) is no address: the heap stops one page short of it,
+        // so every page address up to the capacity's end is canonical (and fits in a `u64`).
+        let usable = room.saturating_sub(page);
+        let reach_end = start + reach.min(usable);
+        let end = start + (len as u64).min(usable);
         // The metadata covers every page up to the reach; sizing it for an upper bound of the page
         // count (the heap's first page comes after it) wastes a few bytes, not a page.
         let capacity = (reach / page) as usize;
@@ -381,17 +403,18 @@ impl<P: Platform> PageHeap<P> {
         let spanmap_bytes = SpanMap::bytes_for(capacity);
         let scav_bytes = capacity.div_ceil(64) as u64 * 8;
         let meta_bytes = storage + spanmap_bytes + scav_bytes;
-        // The metadata's arrays are of `u64`s: from the first 8-byte boundary.
-        let meta_start = start.next_multiple_of(8);
-        let base = (meta_start + meta_bytes).next_multiple_of(page);
-        let too_small = InitError::RegionTooSmall {
-            start,
-            len,
-            needed: base + page - start,
+        // The metadata's arrays are of `u64`s: from the first 8-byte boundary; then the first heap page.
+        // In `u128`: near the top of the higher half these roundings pass 2^64.
+        let needed = {
+            let (start, page) = (u128::from(start), u128::from(page));
+            let meta_end = start.next_multiple_of(8) + u128::from(meta_bytes);
+            u64::try_from(meta_end.next_multiple_of(page) + page - start).unwrap_or(u64::MAX)
         };
-        if base + page > end {
-            return Err(too_small);
+        if needed > end - start {
+            return Err(InitError::RegionTooSmall { start, len, needed });
         }
+        let meta_start = start.next_multiple_of(8);
+        let base = start + needed - page;
         let capacity = ((reach_end - base) / page) as usize;
         let pages_here = ((end - base) / page) as usize;
         let at = |off: u64| VirtAddr::new(meta_start + off);

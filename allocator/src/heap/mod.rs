@@ -113,9 +113,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// `start` may be any address and `len` any size that leaves one 8 KiB heap page after the
     /// metadata (about 0.1% of the reach, from the region's start, then up to the next 8 KiB boundary):
     /// 100 KiB at a 4 KiB boundary gives 11 heap pages. Later regions may be added with
-    /// [`Heap::add_region`] up to eight times `len` from `start`; [`Heap::init_region_with_reach`]
-    /// chooses another reach. Heaps under 1 MiB have no per-CPU caches (a cache takes 64 KiB of
-    /// metadata): every CPU is served through the central lists' locks until regions make it bigger.
+    /// [`Heap::add_region`] up to eight times `len` from `start` (or to the end of its canonical half,
+    /// if that is nearer); [`Heap::init_region_with_reach`] chooses another reach. The last 8 KiB of a
+    /// canonical half are never a heap page (their end, 2^47 or 2^64, is no address). Heaps under
+    /// 1 MiB have no per-CPU caches (a cache takes 64 KiB of metadata): every CPU is served through the
+    /// central lists' locks until regions make it bigger.
     ///
     /// ```no_run
     /// # use spanalloc::{Heap, platforms::{Uniprocessor, UNIPROCESSOR}};
@@ -136,8 +138,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         start: *mut u8,
         len: usize,
     ) -> Result<RegionInfo, InitError> {
+        let reach = crate::pageheap::default_reach(start.addr() as u64, len);
         // SAFETY: the caller's contract is ours.
-        unsafe { self.init_region_with_reach(start, len, len.saturating_mul(8)) }
+        unsafe { self.init_region_with_reach(start, len, reach) }
     }
 
     /// [`Heap::init_region`] for a region the program owns as a `'static` array, e.g. a
@@ -151,8 +154,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// [`Heap::init_region`] with the reach chosen: later regions must end at most `reach` bytes after
-    /// `start` (at least `len`). The metadata covers the reach: about 8 bytes per 8 KiB of it, in the
-    /// first region.
+    /// `start` (at least `len`; within `start`'s canonical half, and one 8 KiB page short of its end:
+    /// see [`RegionInfo::reach_end`]). The metadata covers the reach: about 8 bytes per 8 KiB of it, in
+    /// the first region.
     ///
     /// # Safety
     /// As for [`Heap::init_region`].
@@ -944,6 +948,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 // Heavy (huge windows, dozens of threads): not under Miri.
 #[cfg(all(test, not(miri)))]
 mod attack_tests;
+#[cfg(all(test, not(miri)))]
+mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
 #[cfg(test)]

@@ -359,7 +359,11 @@ fn empty_spans_the_central_lists_keep_come_back_when_memory_is_short() {
         }
     }
     let st = heap.stats();
-    assert!(st.pages.dirty_free <= 2 && st.objects() == 0, "{:?}", st.pages);
+    assert!(
+        st.pages.dirty_free <= 2 && st.objects() == 0,
+        "{:?}",
+        st.pages
+    );
     // Every page but the metadata's is free for a large object: the kept spans make room for it.
     let meta_pages = st.pages.meta_mapped as usize / PAGE_SIZE;
     let big = lay((st.pages.grown - meta_pages) * PAGE_SIZE);

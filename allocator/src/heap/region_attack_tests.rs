@@ -1,0 +1,259 @@
+//! An attacker's pass over region mode (`Heap::init_region`, `Heap::add_region`): the edges of the
+//! canonical halves, and dirty memory. Each test failed before the fix it names.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::mem::MaybeUninit;
+use std::boxed::Box;
+use std::vec;
+use std::vec::Vec;
+
+use crate::addr::PAGE_SIZE;
+use crate::host::{leak, HostPlatform};
+use crate::pageheap::InitError;
+use crate::Heap;
+
+type RegionHeap = Heap<HostPlatform, false>;
+
+/// The end of the lower canonical half.
+const LOWER_HALF_END: usize = 1 << 47;
+
+fn new_heap() -> &'static RegionHeap {
+    leak(Heap::new(leak(HostPlatform::new(4096))))
+}
+
+/// `len` bytes of leaked host memory filled with garbage, starting `misalign` bytes past an 8 KiB
+/// boundary.
+fn region(len: usize, misalign: usize) -> &'static mut [MaybeUninit<u8>] {
+    let buf: &'static mut [MaybeUninit<u8>] = Box::leak(
+        vec![MaybeUninit::new(0xAAu8); len + 2 * PAGE_SIZE + misalign].into_boxed_slice(),
+    );
+    let skip = buf.as_ptr().align_offset(PAGE_SIZE) + misalign;
+    &mut buf[skip..skip + len]
+}
+
+/// `len` bytes of fresh memory mapped at exactly `addr` (never over an existing mapping), filled with
+/// garbage, or `None` if something is there already.
+fn map_at(addr: usize, len: usize) -> Option<&'static mut [MaybeUninit<u8>]> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: the call creates a new one or fails.
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as usize != addr {
+        // A kernel without MAP_FIXED_NOREPLACE took it as a hint.
+        // SAFETY: the mapping just made, which nothing uses.
+        unsafe { libc::munmap(p, len) };
+        return None;
+    }
+    // SAFETY: a fresh private mapping of `len` bytes, leaked: ours alone for good.
+    let r = unsafe { core::slice::from_raw_parts_mut(p.cast::<MaybeUninit<u8>>(), len) };
+    r.fill(MaybeUninit::new(0xAA));
+    Some(r)
+}
+
+/// `len` bytes mapped at the first of `starts` where nothing is mapped yet (the stack and the vDSO
+/// sit near the top of the lower half).
+fn map_first_free(starts: &[usize], len: usize) -> &'static mut [MaybeUninit<u8>] {
+    starts
+        .iter()
+        .find_map(|&s| map_at(s, len))
+        .unwrap_or_else(|| panic!("none of {starts:#x?} is free for {len:#x} bytes"))
+}
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Page-sized objects fill the heap up to its last pages (the top ones hold metadata: span structs, a per-CPU cache), and are usable.
+fn use_the_top(heap: &RegionHeap, top: u64) {
+    // SAFETY: test code: fresh blocks, written within their size, freed with their layouts.
+    unsafe {
+        let mut got = Vec::new();
+        loop {
+            let p = heap.alloc(lay(PAGE_SIZE));
+            if p.is_null() {
+                break;
+            }
+            core::ptr::write_bytes(p, 0x55, PAGE_SIZE);
+            got.push(p);
+        }
+        let highest = got.iter().map(|&p| p as u64).max().unwrap() + PAGE_SIZE as u64;
+        let meta = heap.stats().pages.meta_mapped;
+        assert!(
+            highest <= top && top - highest <= meta,
+            "the highest object ends at {highest:#x}, the heap at {top:#x}"
+        );
+        for p in got {
+            heap.dealloc(p, lay(PAGE_SIZE));
+        }
+    }
+}
+
+#[test]
+fn a_reach_ending_at_the_top_of_the_lower_half_is_taken_without_panicking() {
+    // Reach up to exactly 2^47 (not a canonical address itself): "regions anywhere above me".
+    let len = 4 << 20;
+    let starts: Vec<usize> = [256, 320, 384, 448, 512]
+        .iter()
+        .map(|mib| LOWER_HALF_END - (mib << 20))
+        .collect();
+    let r = map_first_free(&starts, len);
+    let start = r.as_mut_ptr() as usize;
+    let heap = new_heap();
+    // SAFETY: a fresh mapping of `len` bytes, leaked, given to the heap alone.
+    let info =
+        unsafe { heap.init_region_with_reach(start as *mut u8, len, LOWER_HALF_END - start) }
+            .expect("a reach up to the end of the half");
+    assert!(info.reach_end.as_u64() <= LOWER_HALF_END as u64, "{info}");
+    assert!(info.pages.1.as_u64() <= (start + len) as u64, "{info}");
+    // A later region just below the reach's end: its pages up to the reach are the heap's.
+    let later_len = 2 << 20;
+    let later_starts: Vec<usize> = [64, 96, 128, 160]
+        .iter()
+        .map(|mib| LOWER_HALF_END - (mib << 20))
+        .collect();
+    let later = map_first_free(&later_starts, later_len);
+    let later_start = later.as_mut_ptr() as usize;
+    // SAFETY: a fresh mapping, leaked, given to the heap alone.
+    let (s, e) = unsafe { heap.add_region(later_start as *mut u8, later_len) }.unwrap();
+    assert!(
+        s.as_u64() >= later_start as u64 && e.as_u64() == (later_start + later_len) as u64,
+        "{s:?}..{e:?}"
+    );
+    use_the_top(heap, e.as_u64());
+}
+
+#[test]
+fn the_default_reach_stops_at_the_end_of_the_half() {
+    // A region in the top 8 x `len` of the lower half: eight times `len` would leave the half, but the
+    // region itself is fine and the default reach must not refuse it.
+    let len = 16 << 20;
+    let starts: Vec<usize> = [64, 80, 96, 112]
+        .iter()
+        .map(|mib| LOWER_HALF_END - (mib << 20))
+        .collect();
+    let r = map_first_free(&starts, len);
+    let start = r.as_ptr() as usize;
+    let heap = new_heap();
+    let info = heap
+        .init_region_from_slice(r)
+        .expect("a region near the top of the lower half");
+    assert!(
+        info.reach_end.as_u64() > (start + len) as u64
+            && info.reach_end.as_u64() <= LOWER_HALF_END as u64,
+        "{info}"
+    );
+    use_the_top(heap, info.pages.1.as_u64());
+}
+
+#[test]
+fn a_region_at_the_top_of_the_higher_half_is_refused_without_overflow() {
+    let heap = new_heap();
+    for (start, len, reach) in [
+        (0xffff_ffff_ffff_f000u64, 0x800usize, 0x800usize),
+        (0xffff_ffff_ffff_e000, 0x1000, 0x2000),
+        (0xffff_ffff_ffff_ff00, 0x100, 0),
+    ] {
+        // SAFETY: nothing is mapped there, and nothing must be touched: the region holds no heap page.
+        let err = unsafe { heap.init_region_with_reach(start as *mut u8, len, reach) }.unwrap_err();
+        assert!(
+            matches!(err, InitError::RegionTooSmall { .. }),
+            "{start:#x} + {len:#x}: {err:?}"
+        );
+        let text = std::format!("{err}");
+        assert!(text.contains("too small"), "{text}");
+    }
+    // Still uninitialized: allocations fail.
+    // SAFETY: test code: a non-zero layout.
+    assert!(unsafe { heap.alloc(lay(8)) }.is_null());
+}
+
+#[test]
+fn zeroed_allocations_are_zero_in_dirty_regions() {
+    let heap = new_heap();
+    heap.init_region_from_slice(region(2 << 20, 4096)).unwrap();
+    for round in 0..3 {
+        // SAFETY: test code: fresh blocks, written within their size, freed with their layouts.
+        unsafe {
+            for size in [8, 100, 4096, 20 << 10, 40 << 10, 300 << 10] {
+                let p = heap.alloc_zeroed(lay(size));
+                assert!(!p.is_null(), "round {round}: {size} B");
+                assert!(
+                    core::slice::from_raw_parts(p, size).iter().all(|&b| b == 0),
+                    "round {round}: {size} B at {p:?} not zeroed"
+                );
+                core::ptr::write_bytes(p, 0xEE, size);
+                heap.dealloc(p, lay(size));
+            }
+        }
+    }
+}
+
+#[test]
+fn regions_added_while_threads_allocate_with_page_caches_on() {
+    // A reach of 2 GiB: capacity over the page caches' minimum, so small spans come from per-CPU page
+    // caches, while regions are added and metadata chunks are taken from the top.
+    let heap = new_heap();
+    let first = 4 << 20;
+    let parts = 6;
+    let part = 1 << 20;
+    let all = region(first + parts * 2 * part, 0);
+    let base = all.as_mut_ptr().cast::<u8>();
+    let (lo, hi) = (base as usize, base as usize + all.len());
+    // SAFETY: test code: disjoint parts of a leaked buffer, given to the heap once each.
+    unsafe { heap.init_region_with_reach(base, first, 2 << 30) }.unwrap();
+    std::thread::scope(|s| {
+        for t in 0..3usize {
+            s.spawn(move || {
+                let mut live: Vec<(usize, usize)> = Vec::new();
+                for i in 0..30_000usize {
+                    let size = [24, 200, 3000, 20 << 10, 70 << 10][(i + t) % 5];
+                    // SAFETY: test code: live blocks of this heap, freed once with their layout.
+                    unsafe {
+                        let p = heap.alloc(lay(size));
+                        if !p.is_null() {
+                            assert!(lo <= p as usize && p as usize + size <= hi, "{p:?}");
+                            core::ptr::write_bytes(p, t as u8 + 1, size);
+                            live.push((p as usize, size));
+                        }
+                        if live.len() > 40 || (p.is_null() && !live.is_empty()) {
+                            let (q, n) = live.swap_remove((i * 7) % live.len());
+                            let q = q as *mut u8;
+                            assert!(
+                                *q == t as u8 + 1 && *q.add(n - 1) == t as u8 + 1,
+                                "block {q:?} overwritten"
+                            );
+                            heap.dealloc(q, lay(n));
+                        }
+                    }
+                }
+                for (q, n) in live {
+                    // SAFETY: test code: the blocks left, live.
+                    unsafe { heap.dealloc(q as *mut u8, lay(n)) };
+                }
+            });
+        }
+        let base = base as usize;
+        s.spawn(move || {
+            for k in 0..parts {
+                std::thread::yield_now();
+                // SAFETY: test code: every other part of the buffer, in increasing order.
+                unsafe { heap.add_region((base + first + (2 * k + 1) * part) as *mut u8, part) }
+                    .unwrap();
+            }
+        });
+    });
+    assert_eq!(heap.stats().objects(), 0);
+    heap.trim();
+    // Every page of the regions but metadata is free again: one large object takes most of the last
+    // region.
+    // SAFETY: test code: a fresh block, freed with its layout.
+    unsafe {
+        let p = heap.alloc(lay(part / 2));
+        assert!(!p.is_null());
+        heap.dealloc(p, lay(part / 2));
+    }
+}
