@@ -211,6 +211,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         pages.as_mut().and_then(|h| h.space()).map(f)
     }
 
+    /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
+    pub(crate) fn is_initialized(&self) -> bool {
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let pages = self.pages.lock();
+        pages.is_some()
+    }
+
     /// The platform the heap was made with.
     pub fn platform(&self) -> &'static P {
         self.platform

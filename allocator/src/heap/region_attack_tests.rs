@@ -1,5 +1,5 @@
 //! An attacker's pass over region mode (`Heap::init_region`, `Heap::add_region`): the edges of the
-//! canonical halves, and dirty memory. Each test failed before the fix it names.
+//! canonical halves, take-over on a region heap, and dirty memory. Each test failed before the fix it names.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
@@ -7,9 +7,11 @@ use std::boxed::Box;
 use std::vec;
 use std::vec::Vec;
 
-use crate::addr::PAGE_SIZE;
+use crate::addr::{Page, PhysFrame, VirtAddr, PAGE_SIZE};
 use crate::host::{leak, HostPlatform};
 use crate::pageheap::InitError;
+use crate::platform::Platform;
+use crate::takeover::{take_over_tables, Limits, TakeOverError, TakeOverPlatform};
 use crate::Heap;
 
 type RegionHeap = Heap<HostPlatform, false>;
@@ -169,6 +171,60 @@ fn a_region_at_the_top_of_the_higher_half_is_refused_without_overflow() {
     // Still uninitialized: allocations fail.
     // SAFETY: test code: a non-zero layout.
     assert!(unsafe { heap.alloc(lay(8)) }.is_null());
+}
+
+/// A take-over platform over the host one (take-over needs to tell it the physical-memory offset).
+struct TakeOverHost(&'static HostPlatform);
+
+// SAFETY: every call is the host platform's.
+unsafe impl Platform for TakeOverHost {
+    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
+    const MAX_CPUS: usize = <HostPlatform as Platform>::MAX_CPUS;
+    fn cpu_index(&self) -> usize {
+        self.0.cpu_index()
+    }
+    fn cpu_index_slow(&self) -> usize {
+        self.0.cpu_index_slow()
+    }
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.0.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.0.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.0.page_mapped(page, frame)
+    }
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        self.0.pages_unmapped(start, count)
+    }
+}
+
+impl TakeOverPlatform for TakeOverHost {
+    fn set_physical_memory_offset(&self, _offset: VirtAddr) {}
+}
+
+#[test]
+fn take_over_refuses_a_heap_in_region_mode() {
+    let heap: &'static Heap<TakeOverHost, false> =
+        leak(Heap::new(leak(TakeOverHost(leak(HostPlatform::new(4096))))));
+    heap.init_region_from_slice(region(256 << 10, 0)).unwrap();
+    // SAFETY: the heap is initialized, so take-over must refuse before reading the (empty) memory map
+    // or any page table.
+    let err = unsafe {
+        take_over_tables(
+            heap,
+            core::iter::empty(),
+            VirtAddr::new(0x1000_0000_0000),
+            PhysFrame::containing_address(crate::PhysAddr::new(0x1000)),
+            Limits::default(),
+        )
+    }
+    .unwrap_err();
+    assert!(matches!(err, TakeOverError::AlreadyInitialized), "{err:?}");
+    // The region heap still serves.
+    // SAFETY: test code: a fresh block, freed with its layout.
+    unsafe { heap.dealloc(heap.alloc(lay(64)), lay(64)) };
 }
 
 #[test]
