@@ -171,7 +171,8 @@ enum Backing<P: Platform> {
     },
     /// Regions the kernel mapped (region mode): nothing is mapped or unmapped here. Regions may reach up
     /// to `reach_end` (an address; the last whole page below it is page `capacity - 1`).
-    Regions { reach_end: u64 },
+    /// `gap_pages` of the tracked pages lie between regions (in use for good, in no span).
+    Regions { reach_end: u64, gap_pages: usize },
 }
 
 /// Region mode: the bytes from `start` to the end of its canonical half (2^47 or 2^64); `None` for
@@ -428,7 +429,10 @@ impl<P: Platform> PageHeap<P> {
         spanmap.init(at(storage), VirtAddr::new(base));
         let premapped = |off: u64, size: u64| LazyRegion::premapped(at(off), size);
         let mut heap = Self {
-            backing: Backing::Regions { reach_end },
+            backing: Backing::Regions {
+                reach_end,
+                gap_pages: 0,
+            },
             base: VirtAddr::new(base),
             capacity,
             grown: 0,
@@ -465,7 +469,7 @@ impl<P: Platform> PageHeap<P> {
         start: u64,
         len: usize,
     ) -> Result<(VirtAddr, VirtAddr), InitError> {
-        let Backing::Regions { reach_end } = self.backing else {
+        let Backing::Regions { reach_end, .. } = self.backing else {
             return Err(InitError::NotRegionMode);
         };
         let page = PAGE_SIZE as u64;
@@ -503,6 +507,9 @@ impl<P: Platform> PageHeap<P> {
     /// stays in use for good.
     fn track_region(&mut self, first: usize, end: usize) {
         debug_assert!(self.grown <= first && first < end && end <= self.capacity);
+        if let Backing::Regions { gap_pages, .. } = &mut self.backing {
+            *gap_pages += first - self.grown;
+        }
         // The storage is premapped whole: nothing to back.
         self.pages.grow(end);
         self.pages.free(first, end - first);
@@ -572,9 +579,14 @@ impl<P: Platform> PageHeap<P> {
         }
     }
 
-    /// Bytes of heap pages tracked so far (in region mode: the regions, with the gaps between them).
-    pub(crate) fn grown_bytes(&self) -> usize {
-        self.grown * PAGE_SIZE
+    /// Bytes of heap pages tracked so far (in region mode: the regions' pages, not the gaps between
+    /// them).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let gaps = match self.backing {
+            Backing::Regions { gap_pages, .. } => gap_pages,
+            Backing::Mapped { .. } => 0,
+        };
+        (self.grown - gaps) * PAGE_SIZE
     }
 
     pub(crate) fn stats(&self) -> PageStats {

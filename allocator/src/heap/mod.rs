@@ -173,7 +173,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let (heap, info) =
             unsafe { PageHeap::new_region(start.addr() as u64, len, reach, &self.spanmap)? };
         self.caches_off
-            .store(heap.grown_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
+            .store(heap.heap_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
         *pages = Some(heap);
         Ok(info)
     }
@@ -196,7 +196,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: the caller's contract is ours.
         let added = unsafe { heap.add_region(start.addr() as u64, len)? };
         self.caches_off
-            .store(heap.grown_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
+            .store(heap.heap_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
         Ok(added)
     }
 

@@ -1,5 +1,5 @@
 //! An attacker's pass over region mode (`Heap::init_region`, `Heap::add_region`): the edges of the
-//! canonical halves, take-over on a region heap, and dirty memory. Each test failed before the fix it names.
+//! canonical halves, take-over on a region heap, gaps between regions, and dirty memory. Each test failed before the fix it names.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
@@ -225,6 +225,28 @@ fn take_over_refuses_a_heap_in_region_mode() {
     // The region heap still serves.
     // SAFETY: test code: a fresh block, freed with its layout.
     unsafe { heap.dealloc(heap.alloc(lay(64)), lay(64)) };
+}
+
+#[test]
+fn a_gap_between_regions_does_not_turn_the_caches_on() {
+    let heap = new_heap();
+    let all = region(4 << 20, 0);
+    let base = all.as_mut_ptr().cast::<u8>();
+    // 200 KiB, then 100 KiB 3 MiB further on: 300 KiB of heap, under the 1 MiB caches need.
+    // SAFETY: test code: two disjoint parts of a leaked buffer, given to the heap once each.
+    unsafe {
+        heap.init_region_with_reach(base, 200 << 10, 4 << 20)
+            .unwrap();
+        heap.add_region(base.add(3 << 20), 100 << 10).unwrap();
+    }
+    // SAFETY: test code: a fresh block, freed with its layout.
+    unsafe { heap.dealloc(heap.alloc(lay(64)), lay(64)) };
+    let st = heap.stats();
+    assert!(
+        st.pages.meta_mapped < 64 << 10,
+        "a 300 KiB heap made a per-CPU cache: {} bytes of metadata",
+        st.pages.meta_mapped
+    );
 }
 
 #[test]
