@@ -11,7 +11,8 @@
 //! extend the heap to), zeroed at init; the heap's pages follow from the next 8 KiB boundary. Nothing
 //! is ever mapped or unmapped: no page is ever scavenged, and the metadata allocator takes its chunks
 //! from the heap's own pages. Regions are added in increasing address order; the pages between two
-//! regions (gaps) stay in use in `pages` for good and belong to no span. The reach lies in one
+//! regions (gaps) stay in use in `pages` for good and belong to no span (a region that starts where
+//! the last one ended leaves no gap: the page across the boundary is whole). The reach lies in one
 //! canonical half and ends at least one 8 KiB page short of the half's end (2^47 or 2^64, no address),
 //! so every page address up to `capacity` is canonical.
 //!
@@ -170,9 +171,14 @@ enum Backing<P: Platform> {
         window: ArenaWindow,
     },
     /// Regions the kernel mapped (region mode): nothing is mapped or unmapped here. Regions may reach up
-    /// to `reach_end` (an address; the last whole page below it is page `capacity - 1`).
+    /// to `reach_end` (an address; the last whole page below it is page `capacity - 1`). The last region
+    /// given ends at `regions_end` (an address, at or past the heap's end: its tail holds no whole page);
     /// `gap_pages` of the tracked pages lie between regions (in use for good, in no span).
-    Regions { reach_end: u64, gap_pages: usize },
+    Regions {
+        reach_end: u64,
+        regions_end: u64,
+        gap_pages: usize,
+    },
 }
 
 /// Region mode: the bytes from `start` to the end of its canonical half (2^47 or 2^64); `None` for
@@ -431,6 +437,7 @@ impl<P: Platform> PageHeap<P> {
         let mut heap = Self {
             backing: Backing::Regions {
                 reach_end,
+                regions_end: end,
                 gap_pages: 0,
             },
             base: VirtAddr::new(base),
@@ -469,7 +476,12 @@ impl<P: Platform> PageHeap<P> {
         start: u64,
         len: usize,
     ) -> Result<(VirtAddr, VirtAddr), InitError> {
-        let Backing::Regions { reach_end, .. } = self.backing else {
+        let Backing::Regions {
+            reach_end,
+            regions_end,
+            ..
+        } = self.backing
+        else {
             return Err(InitError::NotRegionMode);
         };
         let page = PAGE_SIZE as u64;
@@ -487,16 +499,26 @@ impl<P: Platform> PageHeap<P> {
         if start < heap_end || end > reach_end {
             return Err(out_of_reach);
         }
-        let first = (start.next_multiple_of(page) - self.base.as_u64()) / page;
+        // A region that starts where the last one ended (or in its tail) continues it: the page across
+        // the boundary is whole, and the heap's.
+        let from = if start <= regions_end {
+            heap_end
+        } else {
+            start
+        };
+        let first = (from.next_multiple_of(page) - self.base.as_u64()) / page;
         let last = (end - self.base.as_u64()) / page;
         if first >= last {
             return Err(InitError::RegionTooSmall {
                 start,
                 len,
-                needed: start.next_multiple_of(page) + page - start,
+                needed: from.next_multiple_of(page) + page - start,
             });
         }
         self.track_region(first as usize, last as usize);
+        if let Backing::Regions { regions_end, .. } = &mut self.backing {
+            *regions_end = end;
+        }
         Ok((
             self.page_addr(first as usize),
             self.page_addr(last as usize),

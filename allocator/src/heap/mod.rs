@@ -181,7 +181,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// Region mode: adds `[start, start + len)`, mapped and writable, to the heap. Regions are added in
     /// increasing address order, above the heap's end and within the reach chosen at init (see
     /// [`RegionInfo::reach_end`]); the heap uses the whole 8 KiB pages the region holds. Returns those
-    /// pages, `[start, end)`. Errors name the region and the rule it breaks; nothing changes then.
+    /// pages, `[start, end)`: a region that starts where the last one ended continues it, so the page
+    /// across their boundary is used too. Errors name the region and the rule it breaks; nothing
+    /// changes then.
     ///
     /// # Safety
     /// As for [`Heap::init_region`].

@@ -1,5 +1,6 @@
 //! An attacker's pass over region mode (`Heap::init_region`, `Heap::add_region`): the edges of the
-//! canonical halves, take-over on a region heap, gaps between regions, and dirty memory. Each test failed before the fix it names.
+//! canonical halves, take-over on a region heap, gaps between regions, regions that follow each other
+//! directly, and dirty memory. Each test failed before the fix it names.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
@@ -247,6 +248,34 @@ fn a_gap_between_regions_does_not_turn_the_caches_on() {
         "a 300 KiB heap made a per-CPU cache: {} bytes of metadata",
         st.pages.meta_mapped
     );
+}
+
+#[test]
+fn a_region_right_after_the_last_one_loses_no_page() {
+    let heap = new_heap();
+    // The first region ends 4 KiB into an 8 KiB page; the next one starts right there.
+    let all = region(600 << 10, 0);
+    let base = all.as_mut_ptr().cast::<u8>();
+    let first_len = (200 << 10) + 4096;
+    // SAFETY: test code: consecutive parts of a leaked buffer, given to the heap once each.
+    let info = unsafe { heap.init_region(base, first_len) }.unwrap();
+    assert_eq!(info.pages.1.as_u64(), base as u64 + (200 << 10));
+    // SAFETY: as above.
+    let (s, e) = unsafe { heap.add_region(base.add(first_len), (304 << 10) - 4096) }.unwrap();
+    assert_eq!(
+        s, info.pages.1,
+        "the page across the two regions' boundary was lost"
+    );
+    assert_eq!(e.as_u64(), base as u64 + (504 << 10));
+    // One object across the boundary: both regions' pages in one run.
+    // SAFETY: test code: a fresh block, written within its size, freed with its layout.
+    unsafe {
+        let big = lay(400 << 10);
+        let p = heap.alloc(big);
+        assert!(!p.is_null());
+        core::ptr::write_bytes(p, 1, big.size());
+        heap.dealloc(p, big);
+    }
 }
 
 #[test]
