@@ -90,7 +90,9 @@ pub enum InitError {
     LimitTooSmall { max_bytes: usize },
     /// Region mode: a region at address 0, or one that leaves the canonical half.
     RegionMisplaced { start: u64, len: usize },
-    /// Region mode: the region holds no whole 8 KiB heap page besides the metadata it needs.
+    /// Region mode: the region holds fewer than two whole 8 KiB heap pages besides the metadata it needs
+    /// (a first region: one for objects, one for their spans' metadata), or none (a later region).
+    /// `needed` is the least length from `start` that is enough.
     RegionTooSmall { start: u64, len: usize, needed: u64 },
     /// Region mode: a later region below the heap's end or overlapping it (regions are added in
     /// increasing address order), or ending beyond the reach chosen at init.
@@ -124,7 +126,7 @@ impl core::fmt::Display for InitError {
             InitError::RegionTooSmall { start, len, needed } => write!(
                 f,
                 "region {start:#x} + {len:#x} bytes is too small: it needs {needed:#x} bytes for its \
-                 metadata and one {PAGE_SIZE}-byte heap page"
+                 metadata (if any) and its {PAGE_SIZE}-byte heap pages (two in a first region)"
             ),
             InitError::RegionOutOfReach {
                 start,
@@ -192,12 +194,56 @@ fn half_room(start: u64) -> Option<u64> {
     })
 }
 
-/// Region mode: the reach [`crate::Heap::init_region`] chooses for a first region of `len` bytes at
-/// `start`: eight times `len`, or up to the end of the canonical half when that is nearer.
-pub(crate) fn default_reach(start: u64, len: usize) -> usize {
-    let room = half_room(start).unwrap_or(0);
-    len.saturating_mul(8)
-        .min(room.min(usize::MAX as u64) as usize)
+/// Region mode: the reach of a first region of `len` bytes at `start`: `reach` if given (at least
+/// `len`), else ([`crate::Heap::init_region`]) eight times `len`, or up to the end of the canonical half
+/// when that is nearer. In bytes from `start`.
+fn region_reach(start: u64, len: u64, reach: Option<usize>) -> u64 {
+    match reach {
+        Some(r) => (r as u64).max(len),
+        None => len
+            .saturating_mul(8)
+            .min(half_room(start).unwrap_or(0))
+            .max(len),
+    }
+}
+
+/// Heap pages a first region must hold besides its metadata: one for a span, one for the chunk of
+/// metadata its span struct comes from (taken from the heap's pages, see `meta_alloc`). With one, the
+/// heap could allocate nothing.
+const FIRST_REGION_PAGES: u64 = 2;
+
+/// Region mode: the bytes a first region at `start` with a reach of `reach` bytes needs for its
+/// metadata (the page allocator's storage, the span map, the scavenged bitmap: see
+/// [`PageHeap::new_region`]), from its first 8-byte boundary, and [`FIRST_REGION_PAGES`] heap pages
+/// from the next 8 KiB boundary. In `u128`: near the top of the higher half these roundings pass 2^64
+/// (`u64::MAX` then).
+fn region_needed(start: u64, reach: u64) -> u64 {
+    let capacity = (reach / PAGE_SIZE as u64) as usize;
+    let (start, page) = (u128::from(start), PAGE_SIZE as u128);
+    let meta_end = start.next_multiple_of(8) + u128::from(RegionMeta::new(capacity).bytes());
+    let end = meta_end.next_multiple_of(page) + u128::from(FIRST_REGION_PAGES) * page;
+    u64::try_from(end - start).unwrap_or(u64::MAX)
+}
+
+/// Region mode: the sizes of the arrays at the start of the first region, for `capacity` pages.
+struct RegionMeta {
+    storage: u64,
+    spanmap: u64,
+    scav: u64,
+}
+
+impl RegionMeta {
+    fn new(capacity: usize) -> Self {
+        Self {
+            storage: (PageAlloc::storage_bytes(capacity) as u64).next_multiple_of(8),
+            spanmap: SpanMap::bytes_for(capacity),
+            scav: capacity.div_ceil(64) as u64 * 8,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.storage + self.spanmap + self.scav
+    }
 }
 
 /// The address space of a mapped heap; `None` in region mode.
@@ -388,13 +434,14 @@ impl<P: Platform> PageHeap<P> {
     pub(crate) unsafe fn new_region(
         start: u64,
         len: usize,
-        reach: usize,
+        reach: Option<usize>,
         spanmap: &'static SpanMap,
     ) -> Result<(Self, RegionInfo), InitError> {
         let misplaced = InitError::RegionMisplaced { start, len };
         let page = PAGE_SIZE as u64;
         let room = half_room(start).ok_or(misplaced)?;
-        let reach = reach.max(len) as u64;
+        let reach_of = |len: u64| region_reach(start, len, reach);
+        let reach = reach_of(len as u64);
         if reach > room {
             return Err(misplaced);
         }
@@ -405,23 +452,28 @@ impl<P: Platform> PageHeap<P> {
         let end = start + (len as u64).min(usable);
         // The metadata covers every page up to the reach; sizing it for an upper bound of the page
         // count (the heap's first page comes after it) wastes a few bytes, not a page.
-        let capacity = (reach / page) as usize;
-        let storage = (PageAlloc::storage_bytes(capacity) as u64).next_multiple_of(8);
-        let spanmap_bytes = SpanMap::bytes_for(capacity);
-        let scav_bytes = capacity.div_ceil(64) as u64 * 8;
+        let RegionMeta {
+            storage,
+            spanmap: spanmap_bytes,
+            scav: scav_bytes,
+        } = RegionMeta::new((reach / page) as usize);
         let meta_bytes = storage + spanmap_bytes + scav_bytes;
-        // The metadata's arrays are of `u64`s: from the first 8-byte boundary; then the first heap page.
-        // In `u128`: near the top of the higher half these roundings pass 2^64.
-        let needed = {
-            let (start, page) = (u128::from(start), u128::from(page));
-            let meta_end = start.next_multiple_of(8) + u128::from(meta_bytes);
-            u64::try_from(meta_end.next_multiple_of(page) + page - start).unwrap_or(u64::MAX)
-        };
+        let needed = region_needed(start, reach);
         if needed > end - start {
+            // A longer region may have a longer reach, hence more metadata: name the least length
+            // that is enough for its own reach (metadata is ~0.1% of the reach: a few steps).
+            let mut needed = needed;
+            loop {
+                let more = region_needed(start, reach_of(needed));
+                if more <= needed {
+                    break;
+                }
+                needed = more;
+            }
             return Err(InitError::RegionTooSmall { start, len, needed });
         }
         let meta_start = start.next_multiple_of(8);
-        let base = start + needed - page;
+        let base = start + needed - FIRST_REGION_PAGES * page;
         let capacity = ((reach_end - base) / page) as usize;
         let pages_here = ((end - base) / page) as usize;
         let at = |off: u64| VirtAddr::new(meta_start + off);

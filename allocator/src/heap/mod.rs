@@ -110,9 +110,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// objects from `[start, start + len)`, memory the kernel has mapped (present, writable), with the
     /// same size classes, central lists and page heap as ever. It never maps or unmaps anything.
     ///
-    /// `start` may be any address and `len` any size that leaves one 8 KiB heap page after the
-    /// metadata (about 0.1% of the reach, from the region's start, then up to the next 8 KiB boundary):
-    /// 100 KiB at a 4 KiB boundary gives 11 heap pages. Later regions may be added with
+    /// `start` may be any address and `len` any size that leaves two 8 KiB heap pages after the
+    /// metadata (about 0.1% of the reach, from the region's start, then up to the next 8 KiB boundary;
+    /// one page for objects, one for their spans' metadata): 100 KiB at a 4 KiB boundary gives 11 heap
+    /// pages. Later regions may be added with
     /// [`Heap::add_region`] up to eight times `len` from `start` (or to the end of its canonical half,
     /// if that is nearer); [`Heap::init_region_with_reach`] chooses another reach. The last 8 KiB of a
     /// canonical half are never a heap page (their end, 2^47 or 2^64, is no address). Heaps under
@@ -130,6 +131,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// unsafe { HEAP.init_region(HEAP_START as *mut u8, HEAP_SIZE) }.expect("heap");
     /// ```
     ///
+    /// # Panics
+    /// If the heap is initialized already ([`Heap::init`] or a region-mode init succeeded).
+    ///
     /// # Safety
     /// `[start, start + len)` is mapped and writable on every CPU that will use the heap, stays so for
     /// the rest of the program, and nothing else reads or writes it from now on.
@@ -138,13 +142,15 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         start: *mut u8,
         len: usize,
     ) -> Result<RegionInfo, InitError> {
-        let reach = crate::pageheap::default_reach(start.addr() as u64, len);
         // SAFETY: the caller's contract is ours.
-        unsafe { self.init_region_with_reach(start, len, reach) }
+        unsafe { self.init_region_in(start, len, None) }
     }
 
     /// [`Heap::init_region`] for a region the program owns as a `'static` array, e.g. a
     /// `static mut` one taken once with `&raw mut`. Safe: the exclusive borrow is the contract.
+    ///
+    /// # Panics
+    /// If the heap is initialized already.
     pub fn init_region_from_slice(
         &'static self,
         region: &'static mut [MaybeUninit<u8>],
@@ -158,6 +164,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// see [`RegionInfo::reach_end`]). The metadata covers the reach: about 8 bytes per 8 KiB of it, in
     /// the first region.
     ///
+    /// # Panics
+    /// If the heap is initialized already.
+    ///
     /// # Safety
     /// As for [`Heap::init_region`].
     pub unsafe fn init_region_with_reach(
@@ -165,6 +174,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         start: *mut u8,
         len: usize,
         reach: usize,
+    ) -> Result<RegionInfo, InitError> {
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.init_region_in(start, len, Some(reach)) }
+    }
+
+    /// Region-mode init with the reach given, or (`None`) the default one.
+    ///
+    /// # Safety
+    /// As for [`Heap::init_region`].
+    unsafe fn init_region_in(
+        &'static self,
+        start: *mut u8,
+        len: usize,
+        reach: Option<usize>,
     ) -> Result<RegionInfo, InitError> {
         let _irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();

@@ -364,3 +364,106 @@ fn regions_added_while_threads_allocate_with_page_caches_on() {
         heap.dealloc(p, lay(part / 2));
     }
 }
+
+#[test]
+fn the_collector_runs_on_a_region_heap() {
+    use crate::gc::{Gc, GcCell, GcConfig, GcHeap, Rootable, Trace, Tracer};
+
+    struct Cell<'gc> {
+        id: u64,
+        data: [u64; 6],
+        next: GcCell<'gc, Option<Gc<'gc, Cell<'gc>>>>,
+    }
+    // SAFETY: `trace` traces the one `Gc` a Cell holds.
+    unsafe impl<'gc> Trace for Cell<'gc> {
+        fn trace(&self, t: &mut Tracer<'_>) {
+            t.trace(&self.next);
+        }
+    }
+    struct Root;
+    impl Rootable for Root {
+        type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Cell<'gc>>>>;
+    }
+    let heap = new_heap();
+    heap.init_region_from_slice(region(2 << 20, 4096)).unwrap();
+    let config = GcConfig {
+        verify: true,
+        poison: true,
+        ..GcConfig::default()
+    };
+    let mut gc: GcHeap<Root> = GcHeap::new(heap, config, |_| GcCell::new(None));
+    for round in 0..30u64 {
+        gc.mutate(|mc, root| {
+            // A list of 2000 cells, every other one kept; big arrays come and go beside it.
+            let mut kept = None;
+            for id in 0..2000 {
+                let c = Gc::new(
+                    mc,
+                    Cell {
+                        id: round * 10_000 + id,
+                        data: [id; 6],
+                        next: GcCell::new(None),
+                    },
+                );
+                if id % 2 == 0 {
+                    c.next.set(mc, kept);
+                    kept = Some(c);
+                }
+                if id % 500 == 0 {
+                    let big = Gc::new(mc, [round; 4096]);
+                    assert!(big.iter().all(|&x| x == round));
+                }
+            }
+            root.set(mc, kept);
+        });
+        gc.collect();
+        gc.mutate(|_, root| {
+            let (mut n, mut cur) = (0, root.get());
+            while let Some(c) = cur {
+                assert_eq!(c.id, round * 10_000 + 1998 - 2 * n, "round {round}");
+                assert!(c.data.iter().all(|&x| x == 1998 - 2 * n));
+                n += 1;
+                cur = c.next.get();
+            }
+            assert_eq!(n, 1000, "round {round}");
+        });
+    }
+}
+
+#[test]
+fn a_region_of_exactly_the_size_needed_serves_and_one_byte_less_is_refused() {
+    for misalign in [0, 1, 7, 8, 4095, 4096, 8191] {
+        for reach in [0, 1 << 20, 1 << 30] {
+            let heap = new_heap();
+            let r = region(64 << 10, misalign);
+            let start = r.as_mut_ptr().cast::<u8>();
+            // SAFETY: test code: a leaked buffer; a refused region is not touched.
+            let needed = match unsafe { heap.init_region_with_reach(start, 1, reach) } {
+                Err(InitError::RegionTooSmall { needed, .. }) => needed as usize,
+                other => panic!("{other:?}"),
+            };
+            if needed > r.len() {
+                continue;
+            }
+            // SAFETY: as above.
+            let err = unsafe { heap.init_region_with_reach(start, needed - 1, reach) }.unwrap_err();
+            assert!(matches!(err, InitError::RegionTooSmall { .. }), "{err:?}");
+            // SAFETY: as above: the first `needed` bytes of the buffer, the heap's alone.
+            let info = unsafe { heap.init_region_with_reach(start, needed, reach) }.unwrap();
+            assert_eq!(
+                info.pages.1 - info.pages.0,
+                2 * PAGE_SIZE as u64,
+                "misalign {misalign}, reach {reach:#x}: {info}"
+            );
+            assert_eq!(info.pages.1.as_u64(), start as u64 + needed as u64);
+            // SAFETY: test code: fresh blocks within the one page, freed with their layouts.
+            unsafe {
+                let p = heap.alloc(lay(16));
+                assert!(!p.is_null(), "misalign {misalign}, reach {reach:#x}");
+                let q = heap.alloc(lay(PAGE_SIZE));
+                assert!(q.is_null(), "one page holds objects, the other metadata");
+                heap.dealloc(p, lay(16));
+            }
+        }
+    }
+}
