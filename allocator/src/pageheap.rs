@@ -95,7 +95,8 @@ pub enum InitError {
     /// `needed` is the least length from `start` that is enough.
     RegionTooSmall { start: u64, len: usize, needed: u64 },
     /// Region mode: a later region below the heap's end or overlapping it (regions are added in
-    /// increasing address order), or ending beyond the reach chosen at init.
+    /// increasing address order), or ending beyond the reach chosen at init, or whose first whole
+    /// 8 KiB page would (so that no length would do).
     RegionOutOfReach {
         start: u64,
         len: usize,
@@ -561,10 +562,16 @@ impl<P: Platform> PageHeap<P> {
         let first = (from.next_multiple_of(page) - self.base.as_u64()) / page;
         let last = (end - self.base.as_u64()) / page;
         if first >= last {
+            // The end of the region's first whole page (in `u128`: at the top of the higher half it
+            // may be 2^64). Past the reach, no length would do: out of reach, not too small.
+            let first_end = u128::from(from.next_multiple_of(page)) + u128::from(page);
+            if first_end > u128::from(reach_end) {
+                return Err(out_of_reach);
+            }
             return Err(InitError::RegionTooSmall {
                 start,
                 len,
-                needed: from.next_multiple_of(page) + page - start,
+                needed: (first_end - u128::from(start)) as u64,
             });
         }
         self.track_region(first as usize, last as usize);

@@ -467,3 +467,29 @@ fn a_region_of_exactly_the_size_needed_serves_and_one_byte_less_is_refused() {
         }
     }
 }
+
+#[test]
+fn a_region_whose_first_page_would_pass_the_reach_is_out_of_reach() {
+    let heap = new_heap();
+    let all = region(256 << 10, 0);
+    let base = all.as_mut_ptr().cast::<u8>();
+    // SAFETY: test code: parts of a leaked buffer, given to the heap once each.
+    let info = unsafe { heap.init_region_with_reach(base, 100 << 10, 200 << 10) }.unwrap();
+    let reach_end = info.reach_end.as_u64() as usize;
+    assert_eq!(reach_end, base as usize + (200 << 10));
+    // 4 KiB just below the reach's end: its first whole page would end past the reach, so no length
+    // would do; "too small, needs N bytes" would send the caller to a region the heap refuses.
+    // SAFETY: as above.
+    let err = unsafe { heap.add_region((reach_end - 4096) as *mut u8, 4096) }.unwrap_err();
+    assert!(matches!(err, InitError::RegionOutOfReach { .. }), "{err:?}");
+    // Where a longer region would do, the length it names is enough.
+    // SAFETY: as above.
+    let err = unsafe { heap.add_region((reach_end - (20 << 10)) as *mut u8, 4096) }.unwrap_err();
+    let InitError::RegionTooSmall { needed, .. } = err else {
+        panic!("{err:?}")
+    };
+    // SAFETY: as above.
+    let (s, e) =
+        unsafe { heap.add_region((reach_end - (20 << 10)) as *mut u8, needed as usize) }.unwrap();
+    assert_eq!(e - s, PAGE_SIZE as u64);
+}
