@@ -55,6 +55,7 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     central: [Central; NUM_SIZE_CLASSES],
     pages: spin::Mutex<Option<PageHeap<P>>>,
     /// Set while the heap is too small for per-CPU caches (region mode): every CPU takes the locked path.
+    /// Written under the page-heap lock; `create_cache` reads it again under that lock.
     caches_off: AtomicBool,
     spanmap: SpanMap,
     large_objects: AtomicUsize,
@@ -274,6 +275,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         debug_assert!(cpu < P::MAX_CPUS);
         let mut guard = self.pages.lock();
         let heap = guard.as_mut()?;
+        // Again under the lock: `local_cache` may have read `caches_off` before a region-mode init,
+        // which sets it under this lock, and waited here for that init to finish.
+        if self.caches_off.load(Ordering::Relaxed) {
+            return None;
+        }
         let size = core::mem::size_of::<Cache>();
         let mem = match heap.meta_alloc(size) {
             Some(m) => m,

@@ -493,3 +493,27 @@ fn a_region_whose_first_page_would_pass_the_reach_is_out_of_reach() {
         unsafe { heap.add_region((reach_end - (20 << 10)) as *mut u8, needed as usize) }.unwrap();
     assert_eq!(e - s, PAGE_SIZE as u64);
 }
+
+#[test]
+fn an_allocation_racing_init_makes_no_cache_in_a_small_heap() {
+    // The interleaving: a CPU allocates while another initializes the heap. It reads `caches_off`
+    // (false: not set yet) in `local_cache`, finds no cache and calls `create_cache`, which waits for
+    // the page-heap lock that init holds. Init sets `caches_off` (a 200 KiB heap) and lets go; the
+    // CPU then gets the lock and finds a heap. Here the second half of that, on one thread.
+    let heap = new_heap();
+    heap.init_region_from_slice(region(200 << 10, 0)).unwrap();
+    assert!(heap.caches_off.load(core::sync::atomic::Ordering::Relaxed));
+    let cpu = heap.platform().cpu_index_slow();
+    assert!(
+        heap.create_cache(cpu).is_none(),
+        "a 200 KiB heap made a per-CPU cache"
+    );
+    // SAFETY: test code: a fresh block, freed with its layout.
+    unsafe { heap.dealloc(heap.alloc(lay(64)), lay(64)) };
+    let st = heap.stats();
+    assert!(
+        st.pages.meta_mapped < 64 << 10,
+        "{} bytes of metadata",
+        st.pages.meta_mapped
+    );
+}
