@@ -517,3 +517,169 @@ fn an_allocation_racing_init_makes_no_cache_in_a_small_heap() {
         st.pages.meta_mapped
     );
 }
+
+/// A small xorshift generator: reproducible runs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_regions_and_operations_keep_every_block_in_its_regions() {
+    for seed in 1..=24u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let heap = new_heap();
+        let total = 6 << 20;
+        let all = region(total, rng.below(8192) as usize);
+        let base = all.as_mut_ptr() as usize;
+        // The first region, then later ones: contiguous, or after a gap, of random lengths.
+        let mut first = (24 << 10) + rng.below(400 << 10) as usize;
+        let reach = [0, total, 1 << 30][rng.below(3) as usize];
+        // SAFETY: test code: disjoint parts of a leaked buffer, given to the heap once each.
+        if let Err(InitError::RegionTooSmall { needed, .. }) =
+            unsafe { heap.init_region_with_reach(base as *mut u8, first, reach) }
+        {
+            first = needed as usize + rng.below(100 << 10) as usize;
+            // SAFETY: as above.
+            unsafe { heap.init_region_with_reach(base as *mut u8, first, reach) }.unwrap();
+        }
+        let mut regions = vec![(base, base + first)];
+        let mut at = base + first;
+        let mut live: Vec<(usize, Layout, u8)> = Vec::new();
+        for step in 0..4000u32 {
+            match rng.below(100) {
+                0..=1 => {
+                    let gap = if rng.below(2) == 0 {
+                        0
+                    } else {
+                        rng.below(100 << 10) as usize
+                    };
+                    let len = 1 + rng.below(600 << 10) as usize;
+                    let (s, e) = (at + gap, at + gap + len);
+                    if e <= base + total {
+                        // SAFETY: as above.
+                        if unsafe { heap.add_region(s as *mut u8, len) }.is_ok() {
+                            // Contiguous regions are one range of memory: a block may span both.
+                            match regions.last_mut() {
+                                Some(last) if last.1 == s => last.1 = e,
+                                _ => regions.push((s, e)),
+                            }
+                            at = e;
+                        }
+                    }
+                }
+                2..=50 => {
+                    let size = match rng.below(10) {
+                        0..=6 => 1 + rng.below(2048),
+                        7..=8 => 1 + rng.below(40 << 10),
+                        _ => 1 + rng.below(300 << 10),
+                    } as usize;
+                    let align = 1usize << rng.below(17);
+                    let layout = Layout::from_size_align(size, align).unwrap();
+                    let zero = rng.below(4) == 0;
+                    // SAFETY: test code: a non-zero layout.
+                    let p = unsafe {
+                        if zero {
+                            heap.alloc_zeroed(layout)
+                        } else {
+                            heap.alloc(layout)
+                        }
+                    };
+                    if p.is_null() {
+                        continue;
+                    }
+                    let a = p as usize;
+                    assert!(
+                        a.is_multiple_of(align),
+                        "seed {seed} step {step}: {p:?} not aligned to {align}"
+                    );
+                    assert!(
+                        regions.iter().any(|&(s, e)| s <= a && a + size <= e),
+                        "seed {seed} step {step}: {p:?}+{size} outside the regions {regions:#x?}"
+                    );
+                    // SAFETY: a fresh block of `size` bytes.
+                    unsafe {
+                        if zero {
+                            assert!(
+                                core::slice::from_raw_parts(p, size).iter().all(|&b| b == 0),
+                                "seed {seed} step {step}: zeroed {p:?}+{size} is not"
+                            );
+                        }
+                        let tag = (step % 251) as u8 + 1;
+                        core::ptr::write_bytes(p, tag, size);
+                        live.push((a, layout, tag));
+                    }
+                }
+                51..=85 if !live.is_empty() => {
+                    let (a, layout, tag) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    // SAFETY: test code: a live block, checked, freed once with its layout.
+                    unsafe {
+                        let s = core::slice::from_raw_parts(a as *const u8, layout.size());
+                        assert!(
+                            s.iter().all(|&b| b == tag),
+                            "seed {seed} step {step}: block {a:#x}+{} overwritten",
+                            layout.size()
+                        );
+                        heap.dealloc(a as *mut u8, layout);
+                    }
+                }
+                86..=97 if !live.is_empty() => {
+                    let i = rng.below(live.len() as u64) as usize;
+                    let (a, layout, tag) = live[i];
+                    let new_size = 1 + rng.below(400 << 10) as usize;
+                    // SAFETY: test code: a live block with its layout; on success the old one is gone.
+                    unsafe {
+                        let p = heap.realloc(a as *mut u8, layout, new_size);
+                        if p.is_null() {
+                            continue;
+                        }
+                        let kept = layout.size().min(new_size);
+                        let s = core::slice::from_raw_parts(p, kept);
+                        assert!(
+                            s.iter().all(|&b| b == tag),
+                            "seed {seed} step {step}: realloc lost contents"
+                        );
+                        let q = p as usize;
+                        assert!(
+                            regions.iter().any(|&(s, e)| s <= q && q + new_size <= e),
+                            "seed {seed} step {step}: realloc to {p:?}+{new_size} outside the regions {regions:#x?}"
+                        );
+                        core::ptr::write_bytes(p, tag, new_size);
+                        let nl = Layout::from_size_align(new_size, layout.align()).unwrap();
+                        live[i] = (q, nl, tag);
+                    }
+                }
+                _ => heap.trim(),
+            }
+            if step % 500 == 0 {
+                // No two live blocks overlap.
+                let mut v: Vec<(usize, usize)> =
+                    live.iter().map(|&(a, l, _)| (a, a + l.size())).collect();
+                v.sort_unstable();
+                for w in v.windows(2) {
+                    assert!(w[0].1 <= w[1].0, "seed {seed} step {step}: {w:#x?} overlap");
+                }
+            }
+        }
+        for (a, layout, tag) in live {
+            // SAFETY: test code: the blocks left, live.
+            unsafe {
+                assert!(core::slice::from_raw_parts(a as *const u8, layout.size())
+                    .iter()
+                    .all(|&b| b == tag));
+                heap.dealloc(a as *mut u8, layout);
+            }
+        }
+        assert_eq!(heap.stats().objects(), 0, "seed {seed}");
+    }
+}
