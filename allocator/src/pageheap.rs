@@ -630,6 +630,9 @@ impl<P: Platform> PageHeap<P> {
     /// metadata allocator needs a chunk (metadata is never given back, so at most once per chunk of the
     /// heap's peak).
     fn take_top(&mut self, n: usize) -> Option<usize> {
+        if self.pages.free_count() < n {
+            return None; // A full heap costs no scan.
+        }
         let mut end = self.grown;
         for i in (0..self.grown).rev() {
             if !self.pages.is_free(i) {
