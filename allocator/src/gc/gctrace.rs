@@ -4,8 +4,10 @@
 //! `gc 7 incr: pause max 0.041 ms (root 0.012 ms, 35 steps, 12 assists), mark 1.830 ms, sweep 0.210 ms, heap 8.11 -> 9.02 -> 4.37 MiB, goal 8.74 MiB, 31208 objects marked`
 //!
 //! - `incr` or `stw`: how the mark ran.
-//! - pause max: the longest piece of collector work the mutator waited for in this cycle (for `stw`, the
-//!   whole mark); root: the cycle start (sweep termination + root scan).
+//! - pause max: the longest piece of collector work the mutator waited for in this cycle, the one still
+//!   running at termination included up to the termination (for `stw`, the whole cycle from sweep
+//!   termination to mark termination; `collect`'s eager sweep afterwards is not in the line); root: the
+//!   cycle start (sweep termination + root scan).
 //! - mark: from the cycle start to termination (wall time, mutator included when incremental).
 //! - sweep: time spent sweeping the *previous* cycle's spans (sweeping is lazy, so it is only known
 //!   when the next cycle starts).
@@ -48,6 +50,9 @@ pub(crate) struct CycleLog {
     pub(crate) start_ns: u64,
     pub(crate) root_ns: u64,
     pub(crate) pause_max_ns: u64,
+    /// Start of the pause that runs the termination (the stop-the-world cycle, `finish_mark` or the
+    /// termination itself): it ends after the line is made, so the line counts it up to termination.
+    pub(crate) pause_t0: Option<u64>,
     pub(crate) steps: u64,
     pub(crate) assists: u64,
     pub(crate) sweep_ns: u64,

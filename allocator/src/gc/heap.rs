@@ -423,6 +423,7 @@ impl<R: Rootable> GcHeap<R> {
             return;
         }
         let t0 = inner.now();
+        inner.log.pause_t0 = Some(t0);
         inner.marker.drain(usize::MAX);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
@@ -448,6 +449,7 @@ impl<R: Rootable> GcHeap<R> {
         self.begin_cycle();
         let inner = self.state.get_mut();
         inner.log.stw = true;
+        inner.log.pause_t0 = Some(t0);
         inner.marker.drain(usize::MAX);
         self.end_cycle();
         let inner = self.state.get_mut();
@@ -459,7 +461,9 @@ impl<R: Rootable> GcHeap<R> {
 
     /// Mark termination as a pause of its own.
     fn terminate(&mut self) {
-        let t0 = self.state.get_mut().now();
+        let inner = self.state.get_mut();
+        let t0 = inner.now();
+        inner.log.pause_t0 = Some(t0);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
