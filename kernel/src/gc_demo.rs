@@ -7,7 +7,7 @@ use crate::gc::PauseLog;
 use crate::heap::HEAP;
 use crate::println;
 use crate::tests::workload::Rng;
-use spanalloc::gc::{Gc, GcCell, GcHeap, Mode, Mutation, Rootable, Trace, Tracer};
+use spanalloc::gc::{Gc, GcCell, GcHeap, Mode, Mutation, Rootable, Trace};
 
 /// Depth of binary-trees' long-lived tree (its stretch tree is one deeper); a few seconds under TCG.
 const MAX_DEPTH: u32 = 14;
@@ -20,46 +20,25 @@ const ROUNDS: usize = 20_000;
 /// Marking work per explicit step in incremental mode (Go's background mark worker, in bytes).
 const STEP_BUDGET: usize = 32 << 10;
 
+#[derive(Trace)]
 struct Tree<'gc> {
     left: Option<Gc<'gc, Tree<'gc>>>,
     right: Option<Gc<'gc, Tree<'gc>>>,
 }
 
-// SAFETY: traces both children; no Drop.
-unsafe impl Trace for Tree<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
-}
-
 /// A record of the long-lived structure: its payload is a function of its id, so a record the
 /// collector freed too early (and something else reused) shows up as a wrong payload.
+#[derive(Trace)]
 struct Record<'gc> {
     id: u64,
     data: GcCell<'gc, Gc<'gc, [u64; 32]>>,
     next: GcCell<'gc, Option<Gc<'gc, Record<'gc>>>>,
 }
 
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for Record<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.data);
-        t.trace(&self.next);
-    }
-}
-
+#[derive(Trace)]
 struct DemoRoot<'gc> {
     long_lived: GcCell<'gc, Option<Gc<'gc, Tree<'gc>>>>,
     lists: [GcCell<'gc, Option<Gc<'gc, Record<'gc>>>>; LISTS],
-}
-
-// SAFETY: traces every Gc the root holds.
-unsafe impl Trace for DemoRoot<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.long_lived);
-        t.trace(&self.lists);
-    }
 }
 
 struct Root;

@@ -15,7 +15,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, Mode, Rootable, Trace, Tracer};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, Mode, Rootable, Trace};
 use spanalloc::host::{HostMachine, HostPlatform};
 use spanalloc::Heap;
 
@@ -60,18 +60,11 @@ fn record_pause(ns: u64) {
 // ---------------------------------------------------------------------------------------------------
 // 1. Pauses
 
+#[derive(Trace)]
 struct TNode<'gc> {
     left: GcCell<'gc, Option<Gc<'gc, TNode<'gc>>>>,
     right: GcCell<'gc, Option<Gc<'gc, TNode<'gc>>>>,
     val: u64,
-}
-
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for TNode<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
 }
 
 fn tree<'gc>(mc: &spanalloc::gc::Mutation<'gc>, depth: u32, val: u64) -> Gc<'gc, TNode<'gc>> {

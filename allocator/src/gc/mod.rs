@@ -4,17 +4,14 @@
 //! # Usage (for kernel code)
 //!
 //! ```ignore
-//! use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mutation, Rootable, Trace, Tracer};
+//! use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mutation, Rootable, Trace};
 //!
-//! // A managed type. `unsafe impl Trace`: report every Gc field; Drop (if any) must not touch Gc's.
+//! // A managed type. `#[derive(Trace)]` traces every field and refuses a `Drop` impl (a finalizer must
+//! // not reach a Gc); a hand-written `unsafe impl Trace` must keep the same contract (trace.rs).
+//! #[derive(Trace)]
 //! struct Node<'gc> {
 //!     value: u64,
 //!     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
-//! }
-//! unsafe impl<'gc> Trace for Node<'gc> {
-//!     fn trace(&self, t: &mut Tracer<'_>) {
-//!         t.trace(&self.next);
-//!     }
 //! }
 //!
 //! // The root: everything that must survive between `mutate` calls hangs off it.
@@ -36,7 +33,8 @@
 //! gc.collect(); // full stop-the-world cycle, sweeps everything (finalizers run)
 //! ```
 //!
-//! Rules of the API (all checked by the type system except the `unsafe impl Trace` contract):
+//! Rules of the API (all checked by the type system except the contract of a hand-written
+//! `unsafe impl Trace`; `#[derive(Trace)]`, from the spanalloc-derive crate, writes sound ones):
 //! - A `Gc<'gc, T>` lives inside one `mutate` call (`'gc` is that call's brand). Keep objects across
 //!   calls by making them reachable from the root. Allocation never collects inside `mutate`; cycles
 //!   start and end at safe points: the end of `mutate`, `step`, `collect`, `start_cycle`,
@@ -104,6 +102,10 @@ pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};
 pub use pacer::MIN_HEAP;
 pub use ptr::Gc;
+/// `#[derive(Trace)]`: a safe `Trace` impl (every field traced; no `Drop` unless the type is `'static`).
+/// See the `spanalloc-derive` crate for what it refuses and why.
+#[cfg(any(test, feature = "gc"))]
+pub use spanalloc_derive::Trace;
 pub use trace::{Trace, Tracer};
 pub use weak::GcWeak;
 

@@ -23,7 +23,13 @@ use crate::addr::VirtAddr;
 ///
 /// # Safety
 /// Implementors promise the contract in the module documentation: a missed `Gc` is freed while still
-/// reachable, and a `Drop` that dereferences a `Gc` may read freed memory.
+/// reachable, and a `Drop` that dereferences a `Gc` may read freed memory. `#[derive(Trace)]` writes a
+/// sound impl (every field traced, no `Drop` on a type that may hold a `Gc`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be traced by the garbage collector",
+    label = "not `Trace`",
+    note = "managed values hold `Gc`s only through `Trace` types: `Gc`, `GcCell`, `GcRefCell`, `Option`, arrays, tuples, `'static` data; derive `Trace` for your own types, or wrap the field in `#[trace(skip)]` if it is `'static`"
+)]
 pub unsafe trait Trace {
     /// Whether the type may hold `Gc` pointers. `false` puts headerless objects in noscan spans.
     const NEEDS_TRACE: bool = true;

@@ -10,9 +10,7 @@ use crate::ktest::TestCtx;
 use crate::smp::{self, run_on_all};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use spanalloc::gc::{
-    Gc, GcCell, GcConfig, GcHeap, GcWeak, Mode, Mutation, Rootable, Trace, Tracer,
-};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcWeak, Mode, Mutation, Rootable, Trace};
 use spanalloc::Stats;
 
 /// Lists the nodes are spread over (node `i` is in list `i % LISTS`, newest first).
@@ -27,34 +25,19 @@ const DROP_EVERY: u64 = 3;
 const RENEW_EVERY: u64 = 5;
 const RENEWED: u64 = 1 << 63;
 
+#[derive(Trace)]
 struct Node<'gc> {
     id: u64,
     data: GcCell<'gc, Gc<'gc, [u64; 32]>>,
     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
 }
 
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for Node<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.data);
-        t.trace(&self.next);
-    }
-}
-
+#[derive(Trace)]
 struct Lists<'gc> {
     heads: [GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>; LISTS],
     /// Weak references to the first node unlinked and the first node kept.
     dropped: GcCell<'gc, Option<GcWeak<'gc, Node<'gc>>>>,
     kept: GcCell<'gc, Option<GcWeak<'gc, Node<'gc>>>>,
-}
-
-// SAFETY: traces every Gc the root holds.
-unsafe impl Trace for Lists<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.heads);
-        t.trace(&self.dropped);
-        t.trace(&self.kept);
-    }
 }
 
 struct Root;
