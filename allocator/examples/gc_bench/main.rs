@@ -3,19 +3,22 @@
 //! 1. Pause distribution at 64 MiB live: stop-the-world vs incremental (every piece of collector work
 //!    the mutator waits for — cycle, start, step, assist, termination, proportional sweep — is one
 //!    pause, reported through `GcConfig::pause_hook`).
+//!
+//! 1b. Parallel marking: the wall time of a full mark of the same 64 MiB live heap by one worker and by
+//!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
 //! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench.
 //!    gc-arena runs with its default incremental pacing, `collect_debt` after every `mutate`; spanalloc's
 //!    collector with its defaults (incremental, GOGC 100), a safe point after every `mutate`. Each
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
-//! (`-- quick` for a short smoke run; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
+//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
 use std::sync::Mutex;
 use std::time::Instant;
 
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, Mode, Rootable, Trace};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, Rootable, Trace};
 use spanalloc::host::{HostMachine, HostPlatform};
 use spanalloc::Heap;
 
@@ -162,6 +165,43 @@ fn pause_bench(mode: Mode, step: usize, cycles: u64) -> PauseReport {
     }
 }
 
+/// Wall time of full marks (`start_cycle` + `finish_mark`: the root scan, the drain and termination) of
+/// the same 64 MiB live forest by one worker and by `workers`, alternating, `runs` each; medians.
+fn parallel_mark(workers: MarkWorkers, runs: usize) -> (u64, u64) {
+    const TREES: usize = 32;
+    const DEPTH: u32 = 15;
+    let heap_with = |w: Option<MarkWorkers>| {
+        let cfg = GcConfig {
+            mode: Mode::StopTheWorld,
+            gogc: None,
+            mark_workers: w,
+            ..GcConfig::default()
+        };
+        let mut gc: GcHeap<Forest> =
+            GcHeap::new(span_heap(1024), cfg, |_| GcRefCell::new(vec![None; TREES]));
+        for i in 0..TREES {
+            gc.mutate(|mc, root| {
+                let t = tree(mc, DEPTH, i as u64);
+                root.borrow_mut(mc)[i] = Some(t);
+            });
+        }
+        gc.collect();
+        gc
+    };
+    let mut heaps = [heap_with(None), heap_with(Some(workers))];
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (gc, t) in heaps.iter_mut().zip(&mut times) {
+            gc.start_cycle();
+            let t0 = Instant::now();
+            gc.finish_mark();
+            t.push(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    let [one, par] = times;
+    (median(one), median(par))
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 2. Throughput (ours.rs, arena.rs)
 
@@ -205,6 +245,22 @@ fn time(runs: usize, mut f: impl FnMut() -> u64) -> (u64, u64) {
     (median(t), out)
 }
 
+fn parallel_mark_line(quick: bool) {
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2)
+        - 1;
+    let runs = if quick { 3 } else { 9 };
+    let (one, par) = parallel_mark(MarkWorkers::threads(helpers), runs);
+    println!(
+        "parallel mark at 64 MiB live: {} mark workers (host threads): {} vs one worker {}: speed-up {:.2}x (median of {runs}, wall time; target on 2 cores: 1.7x)",
+        helpers + 1,
+        ms(par),
+        ms(one),
+        one as f64 / par as f64
+    );
+}
+
 fn bench(quick: bool) {
     let cycles = if quick { 2 } else { 6 };
     println!(
@@ -243,6 +299,20 @@ fn bench(quick: bool) {
             stw_max as f64 / r.max as f64
         );
     }
+
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2)
+        - 1;
+    let runs = if quick { 3 } else { 9 };
+    let (one, par) = parallel_mark(MarkWorkers::threads(helpers), runs);
+    println!(
+        "\nparallel mark at 64 MiB live: {} mark workers (host threads): {} vs one worker {}: speed-up {:.2}x (median of {runs}, wall time; target on 2 cores: 1.7x)",
+        helpers + 1,
+        ms(par),
+        ms(one),
+        one as f64 / par as f64
+    );
 
     let runs = if quick { 1 } else { 3 };
     println!("\n== throughput vs gc-arena (median of {runs} runs, alternating)");
@@ -287,6 +357,10 @@ fn bench(quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `-- mark`: only the parallel-mark line.
+    if std::env::args().any(|a| a == "mark") {
+        return parallel_mark_line(quick);
+    }
     // GCBench builds its 4 MB array on the stack before moving it into the heap.
     std::thread::Builder::new()
         .stack_size(256 << 20)

@@ -30,6 +30,7 @@ use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
+use super::par::MarkWorkers;
 use super::spans::{SpanSet, SpanSource};
 use super::weak::WeakList;
 use crate::heap::Heap;
@@ -80,6 +81,9 @@ pub struct GcConfig {
     /// Called with the length in ns of every piece of collector work the mutator waited for
     /// (stop-the-world cycle, cycle start, step, assist, termination).
     pub pause_hook: Option<fn(u64)>,
+    /// Mark workers on other CPUs for stop-the-world marks (par.rs); `None`: mark on the heap's CPU.
+    /// With workers, `Trace` impls run on their CPUs too (trace.rs).
+    pub mark_workers: Option<MarkWorkers>,
 }
 
 impl Default for GcConfig {
@@ -95,6 +99,7 @@ impl Default for GcConfig {
             clock: None,
             trace_sink: None,
             pause_hook: None,
+            mark_workers: None,
         }
     }
 }
@@ -242,7 +247,7 @@ impl<R: Rootable> GcHeap<R> {
         config: GcConfig,
         init: impl for<'gc> FnOnce(&'gc Mutation<'gc>) -> R::Root<'gc>,
     ) -> Self {
-        let source: &'static dyn SpanSource = heap;
+        let source: &'static (dyn SpanSource + Sync) = heap;
         let inner = Inner {
             config,
             marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
@@ -424,7 +429,7 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        inner.marker.drain(usize::MAX);
+        inner.drain_all();
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -450,7 +455,7 @@ impl<R: Rootable> GcHeap<R> {
         let inner = self.state.get_mut();
         inner.log.stw = true;
         inner.log.pause_t0 = Some(t0);
-        inner.marker.drain(usize::MAX);
+        inner.drain_all();
         self.end_cycle();
         let inner = self.state.get_mut();
         if eager_sweep {

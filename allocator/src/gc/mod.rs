@@ -68,12 +68,15 @@
 //!   their frames.
 //!
 //! SMP: a `GcHeap` is neither `Send` nor `Sync`; each CPU can run its own heap on the shared `Heap`
-//! (spans are taken under the page-heap lock with interrupts masked). Parallel marking on other CPUs
-//! (the stretch goal) is not done: the grey stack and the mark bits are touched without atomics.
+//! (spans are taken under the page-heap lock with interrupts masked). Parallel marking
+//! ([`GcConfig::mark_workers`], [`MarkWorkers`]): stop-the-world marks (`collect`, `finish_mark`,
+//! stop-the-world mode) are drained by workers on other CPUs too, with atomic mark bits and a shared
+//! pool of grey chunks (par.rs); incremental steps and assists mark on the heap's CPU. Concurrent
+//! marking (workers running beside the mutator) is not done.
 //!
 //! Design (ARCHITECTURE.md, "Collector"): heap.rs (state, safe points, cycle driver), alloc.rs (current
 //! span per class, tiny allocator, large objects, assists), mark.rs (shade/scan), workbuf.rs (grey
-//! stack), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
+//! stack, shared chunk pool), par.rs (parallel marking), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
 //! (span lists by sweepgen), pacer.rs (goal, trigger, assist ratio), cycle.rs (mark setup/termination),
 //! verify.rs (checkmark), gctrace.rs (stats and trace lines), weak.rs, object.rs (headers, vtables),
 //! trace.rs, ptr.rs, cell.rs, mutation.rs (the API types).
@@ -88,6 +91,7 @@ mod mark;
 mod mutation;
 mod object;
 mod pacer;
+mod par;
 mod ptr;
 mod spans;
 mod sweep;
@@ -101,6 +105,7 @@ pub use gctrace::GcStats;
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};
 pub use pacer::MIN_HEAP;
+pub use par::MarkWorkers;
 pub use ptr::Gc;
 /// `#[derive(Trace)]`: a safe `Trace` impl (every field traced; no `Drop` unless the type is `'static`).
 /// See the `spanalloc-derive` crate for what it refuses and why.

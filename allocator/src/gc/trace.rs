@@ -9,6 +9,10 @@
 //! - Neither `trace` nor the type's `Drop` (the finalizer, run when the sweeper frees the object)
 //!   touches the GC heap: no allocation, no cell writes, and `Drop` dereferences no `Gc` (the object it
 //!   points to may have been freed first). Holding `Gc`s and being dropped is fine.
+//! - With parallel marking (`GcConfig::mark_workers`), `trace` runs on other CPUs/threads, at the same
+//!   time as other objects' `trace` (never the same object's twice at once), while the mutator is
+//!   stopped: it must touch nothing but the value itself and the tracer (no thread-local or other
+//!   shared unsynchronised state). Every impl in this crate and every derived impl qualifies.
 //! - Panicking is allowed (it breaks no invariant of the collector, see mod.rs "Panics"): a `trace`
 //!   that panics makes the mark rescan before it ends; a `Drop` that panics leaks the other dead
 //!   objects of its span.

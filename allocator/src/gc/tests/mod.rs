@@ -3,6 +3,7 @@
 
 mod derive;
 mod model;
+mod par;
 mod soundness;
 
 use std::cell::RefCell;

@@ -401,6 +401,22 @@ fn model_stop_the_world() {
     );
 }
 
+/// Stop-the-world marks on 3 threads: random mutation against parallel workers, checkmark on.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn model_stop_the_world_parallel() {
+    run(
+        GcConfig {
+            mode: Mode::StopTheWorld,
+            mark_workers: Some(MarkWorkers::threads(2)),
+            ..GcConfig::default()
+        },
+        usize::MAX,
+        3,
+        3000,
+    );
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_incremental_step_sizes() {
