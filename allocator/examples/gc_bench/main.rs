@@ -165,9 +165,26 @@ fn pause_bench(mode: Mode, step: usize, cycles: u64) -> PauseReport {
     }
 }
 
-/// Wall time of full marks (`start_cycle` + `finish_mark`: the root scan, the drain and termination) of
-/// the same 64 MiB live forest by one worker and by `workers`, alternating, `runs` each; medians.
-fn parallel_mark(workers: MarkWorkers, runs: usize) -> (u64, u64) {
+/// CPU time of the whole process (all mark workers).
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Medians of full marks of one configuration: wall time and process CPU time.
+struct MarkTimes {
+    wall: u64,
+    cpu: u64,
+}
+
+/// Full marks (`start_cycle` + `finish_mark`: the root scan, the drain and termination) of the same 64
+/// MiB live forest by one worker and by `workers`, alternating, `runs` each.
+fn parallel_mark(workers: MarkWorkers, runs: usize) -> (MarkTimes, MarkTimes) {
     const TREES: usize = 32;
     const DEPTH: u32 = 15;
     let heap_with = |w: Option<MarkWorkers>| {
@@ -189,17 +206,29 @@ fn parallel_mark(workers: MarkWorkers, runs: usize) -> (u64, u64) {
         gc
     };
     let mut heaps = [heap_with(None), heap_with(Some(workers))];
-    let mut times = [Vec::new(), Vec::new()];
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     for _ in 0..runs {
-        for (gc, t) in heaps.iter_mut().zip(&mut times) {
+        for ((gc, w), c) in heaps.iter_mut().zip(&mut wall).zip(&mut cpu) {
             gc.start_cycle();
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), process_cpu_ns());
             gc.finish_mark();
-            t.push(t0.elapsed().as_nanos() as u64);
+            c.push(process_cpu_ns() - c0);
+            w.push(t0.elapsed().as_nanos() as u64);
         }
     }
-    let [one, par] = times;
-    (median(one), median(par))
+    let [w1, wp] = wall;
+    let [c1, cp] = cpu;
+    (
+        MarkTimes {
+            wall: median(w1),
+            cpu: median(c1),
+        },
+        MarkTimes {
+            wall: median(wp),
+            cpu: median(cp),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -255,9 +284,16 @@ fn parallel_mark_line(quick: bool) {
     println!(
         "parallel mark at 64 MiB live: {} mark workers (host threads): {} vs one worker {}: speed-up {:.2}x (median of {runs}, wall time; target on 2 cores: 1.7x)",
         helpers + 1,
-        ms(par),
-        ms(one),
-        one as f64 / par as f64
+        ms(par.wall),
+        ms(one.wall),
+        one.wall as f64 / par.wall as f64
+    );
+    // What the machine gave: CPUs busy during the parallel mark (at most the worker count; less on a
+    // loaded machine), and the CPU time all workers spent over one worker's (the cost of sharing work).
+    println!(
+        "  CPUs in use during the parallel mark: {:.2}; its CPU time over one worker's: {:.2}x",
+        par.cpu as f64 / par.wall as f64,
+        par.cpu as f64 / one.cpu as f64
     );
 }
 
@@ -300,19 +336,8 @@ fn bench(quick: bool) {
         );
     }
 
-    let helpers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .max(2)
-        - 1;
-    let runs = if quick { 3 } else { 9 };
-    let (one, par) = parallel_mark(MarkWorkers::threads(helpers), runs);
-    println!(
-        "\nparallel mark at 64 MiB live: {} mark workers (host threads): {} vs one worker {}: speed-up {:.2}x (median of {runs}, wall time; target on 2 cores: 1.7x)",
-        helpers + 1,
-        ms(par),
-        ms(one),
-        one as f64 / par as f64
-    );
+    println!();
+    parallel_mark_line(quick);
 
     let runs = if quick { 1 } else { 3 };
     println!("\n== throughput vs gc-arena (median of {runs} runs, alternating)");

@@ -439,6 +439,22 @@ fn model_stress_collect_every_safepoint() {
     );
 }
 
+/// A parallel mark at every safe point: many small marks, where workers mostly find little to share.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn model_stress_collect_every_safepoint_parallel() {
+    run(
+        GcConfig {
+            stress: Stress::CollectEverySafepoint,
+            mark_workers: Some(MarkWorkers::threads(2)),
+            ..GcConfig::default()
+        },
+        64,
+        2,
+        1000,
+    );
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_stress_step_every_alloc() {
