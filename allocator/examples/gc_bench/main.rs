@@ -6,7 +6,9 @@
 //!
 //! 1b. Parallel marking: the wall time of a full mark of the same 64 MiB live heap by one worker and by
 //!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
-//! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench.
+//! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench;
+//!    where `go` is installed, binary-trees in Go too (binarytrees.go, GOMAXPROCS=1, its loop timed by
+//!    itself), beside spanalloc::gc's time of the same run.
 //!    gc-arena runs with its default incremental pacing, `collect_debt` after every `mutate`; spanalloc's
 //!    collector with its defaults (incremental, GOGC 100), a safe point after every `mutate`. Each
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
@@ -274,6 +276,52 @@ fn time(runs: usize, mut f: impl FnMut() -> u64) -> (u64, u64) {
     (median(t), out)
 }
 
+/// The Go version of binary-trees (binarytrees.go), built into the temporary directory, if `go` is
+/// installed (Debian's `golang-go`; the reference is Go 1.19).
+fn go_binary_trees() -> Option<std::path::PathBuf> {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gc_bench/binarytrees.go");
+    let out = std::env::temp_dir().join(format!("spanalloc-gc-bench-go-{}", std::process::id()));
+    let version = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .ok()?;
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?;
+    if !built.success() {
+        println!(
+            "(go is installed but building {} failed: no Go row)",
+            src.display()
+        );
+        return None;
+    }
+    println!(
+        "Go rows: {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    Some(out)
+}
+
+/// One run of the Go binary-trees at depth `d` with GOMAXPROCS=1: (its own timing in ns, checksum).
+fn go_run(go: &std::path::Path, d: u32) -> (u64, u64) {
+    let out = std::process::Command::new(go)
+        .arg(d.to_string())
+        .env("GOMAXPROCS", "1")
+        .output()
+        .expect("running the Go binary-trees");
+    assert!(out.status.success(), "Go binary-trees failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text
+        .split_whitespace()
+        .map(|w| w.parse::<u64>().expect("a number"));
+    let (check, ns) = (words.next().expect("checksum"), words.next().expect("time"));
+    (ns, check)
+}
+
 fn parallel_mark_line(quick: bool) {
     let helpers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -342,8 +390,9 @@ fn bench(quick: bool) {
     let runs = if quick { 1 } else { 3 };
     println!("\n== throughput vs gc-arena (median of {runs} runs, alternating)");
     let depths: &[u32] = if quick { &[14] } else { &[16, 17, 18] };
+    let go = go_binary_trees();
     for &d in depths {
-        let (mut a, mut o) = (Vec::new(), Vec::new());
+        let (mut a, mut o, mut g) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ca, mut co) = (0, 0);
         for _ in 0..runs {
             let heap = span_heap(2048);
@@ -353,6 +402,11 @@ fn bench(quick: bool) {
             let (t, c) = time(1, || arena::binary_trees(d));
             a.push(t);
             ca = c;
+            if let Some(go) = &go {
+                let (t, c) = go_run(go, d);
+                assert_eq!(c, co, "binary-trees checksums differ (Go)");
+                g.push(t);
+            }
         }
         assert_eq!(ca, co, "binary-trees checksums differ");
         let (a, o) = (median(a), median(o));
@@ -362,6 +416,18 @@ fn bench(quick: bool) {
             ms(a),
             a as f64 / o as f64
         );
+        if !g.is_empty() {
+            let g = median(g);
+            println!(
+                "binary-trees {d}: spanalloc::gc {:>10}  Go (GOMAXPROCS=1) {:>10}  speedup {:.2}x",
+                ms(o),
+                ms(g),
+                g as f64 / o as f64
+            );
+        }
+    }
+    if let Some(go) = go {
+        let _ = std::fs::remove_file(go);
     }
     if !quick {
         let (mut a, mut o) = (Vec::new(), Vec::new());
