@@ -160,8 +160,9 @@ impl Inner {
 /// The heap's state, lent to the mutator as a [`Mutation`].
 pub(crate) struct State {
     /// Single-threaded by design, not by accident of the fields below: the heap's mark bits, grey stack
-    /// and spans are touched without atomics, and finalizers run on the heap's thread. This makes
-    /// `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
+    /// and spans are touched without atomics (parallel mark workers, par.rs, run only inside a call that
+    /// holds the heap mutably, and set mark bits atomically), and finalizers run on the heap's thread.
+    /// This makes `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
     _single_threaded: SingleThreaded,
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
