@@ -161,16 +161,16 @@ unsafe impl Trace for Split<'_> {
     }
 }
 
-#[test]
-fn a_trace_impl_panicking_on_a_worker_cannot_free_a_reachable_object() {
+/// Builds two lists under a `Split`, arms it and collects with `workers`; `propagates`: whether the
+/// panic reaches `collect`'s caller. Then collects again and checks that nothing reachable was freed.
+fn panicking_worker(workers: MarkWorkers, propagates: bool, verify: bool) {
     struct R;
     impl Rootable for R {
         type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Split<'gc>>>>;
     }
-    // No checkmark: what is tested is that the nodes behind `b` are not freed (poisoned, finalized).
     let cfg = GcConfig {
-        verify: false,
-        ..parallel_config(MarkWorkers::threads(2), Mode::StopTheWorld)
+        verify,
+        ..parallel_config(workers, Mode::StopTheWorld)
     };
     let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), cfg, |_| GcCell::new(None));
     take_finalized();
@@ -193,8 +193,16 @@ fn a_trace_impl_panicking_on_a_worker_cannot_free_a_reachable_object() {
     });
     BOOM.store(true, Ordering::SeqCst);
     let r = catch_unwind(AssertUnwindSafe(|| gc.collect()));
-    assert!(r.is_err(), "the armed Trace impl did not panic");
-    assert!(!BOOM.load(Ordering::SeqCst));
+    assert_eq!(
+        r.is_err(),
+        propagates,
+        "the panic reached collect: {}",
+        r.is_err()
+    );
+    assert!(
+        !BOOM.load(Ordering::SeqCst),
+        "the armed Trace impl did not run"
+    );
     gc.collect();
     let freed = take_finalized();
     assert!(freed.is_empty(), "freed while reachable: {freed:?}");
@@ -211,6 +219,40 @@ fn a_trace_impl_panicking_on_a_worker_cannot_free_a_reachable_object() {
         (count(s.a.get()), count(s.b.get()))
     });
     assert_eq!((na, nb), (len, len));
+}
+
+/// Both panic tests arm the one global `BOOM`: they must not run at once.
+static BOOM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_trace_impl_panicking_on_a_worker_cannot_free_a_reachable_object() {
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // No checkmark: what is tested is that the nodes behind `b` are not freed (poisoned, finalized).
+    panicking_worker(MarkWorkers::threads(2), true, false);
+}
+
+#[test]
+fn a_worker_panic_that_run_swallows_makes_the_mark_rescan() {
+    /// Catches each job's panic: the collector never sees it, only the lost work.
+    fn swallowing(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|s| {
+            for i in 0..=helpers {
+                s.spawn(move || {
+                    let _ = catch_unwind(AssertUnwindSafe(|| job(i)));
+                });
+            }
+        });
+    }
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // With checkmark: the same collect's termination must already see everything marked.
+    panicking_worker(
+        MarkWorkers {
+            helpers: 2,
+            run: swallowing,
+        },
+        false,
+        true,
+    );
 }
 
 #[test]
