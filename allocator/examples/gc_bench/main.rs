@@ -14,7 +14,8 @@
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
-//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
+//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- trees N` for
+//! spanalloc::gc's binary-trees at depth N alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
 use std::sync::Mutex;
@@ -448,6 +449,18 @@ fn bench(quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `-- trees N`: only spanalloc::gc's binary-trees at depth N, once (for profiling).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(d) = args
+        .iter()
+        .position(|a| a == "trees")
+        .and_then(|i| args.get(i + 1))
+    {
+        let d: u32 = d.parse().expect("a depth");
+        let (t, c) = time(1, || ours::binary_trees(span_heap(2048), d));
+        println!("binary-trees {d}: spanalloc::gc {} (check {c})", ms(t));
+        return;
+    }
     // `-- mark`: only the parallel-mark line.
     if std::env::args().any(|a| a == "mark") {
         return parallel_mark_line(quick);
