@@ -20,7 +20,7 @@ impl Rootable for Lists {
 
 fn nodes() -> u64 {
     if cfg!(miri) {
-        64
+        32
     } else {
         60_000
     }
@@ -174,7 +174,7 @@ fn panicking_worker(workers: MarkWorkers, propagates: bool, verify: bool) {
     };
     let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), cfg, |_| GcCell::new(None));
     take_finalized();
-    let len = if cfg!(miri) { 20 } else { 2000 };
+    let len = if cfg!(miri) { 8 } else { 2000 };
     gc.mutate(|mc, root| {
         let mut a = None;
         let mut b = None;
