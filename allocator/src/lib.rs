@@ -22,6 +22,10 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// `#[derive(Trace)]` names `::spanalloc::gc`: the collector's own tests use the derive too.
+#[cfg(test)]
+extern crate self as spanalloc;
+
 pub mod addr;
 pub mod arena;
 #[cfg(feature = "bootloader")]

@@ -541,5 +541,105 @@ impl Span {
     }
 }
 
+/// A read-only view of a span for markers on several CPUs at once (gc/par.rs): the fields that do not
+/// change while a mark runs with the mutator stopped, read once through a raw pointer, and the mark
+/// bitmap set with atomic read-modify-writes. No reference to the `Span` is made, so other CPUs may set
+/// mark bits of the same span meanwhile.
+#[cfg(any(test, feature = "gc"))]
+#[derive(Clone, Copy)]
+pub(crate) struct SharedSpan {
+    base: VirtAddr,
+    elem_size: usize,
+    nelems: u16,
+    magic: u32,
+    class: SpanClass,
+    alloc: *const u64,
+    mark: *mut u64,
+}
+
+#[cfg(any(test, feature = "gc"))]
+impl SharedSpan {
+    /// The view of `span`.
+    ///
+    /// # Safety
+    /// `span` points at a live, initialized span, and until the view's last use nothing writes the span
+    /// or its bitmaps except [`SharedSpan::mark`] (of this or another view).
+    #[inline]
+    pub(crate) unsafe fn new(span: NonNull<Span>) -> Self {
+        let p = span.as_ptr();
+        // SAFETY: (all reads) `p` is a live initialized span that nobody writes meanwhile (contract);
+        // field reads through the raw pointer make no reference to the span.
+        unsafe {
+            let nelems = core::ptr::addr_of!((*p).nelems).read();
+            let (alloc, mark) = match core::ptr::addr_of!((*p).ext_bits).read() {
+                Some(bits) => {
+                    let words = Span::bitmap_words(nelems as usize);
+                    (bits.as_ptr().cast_const(), bits.as_ptr().add(words))
+                }
+                None => {
+                    let inline = core::ptr::addr_of_mut!((*p).inline_bits).cast::<u64>();
+                    (inline.cast_const(), inline.add(1))
+                }
+            };
+            SharedSpan {
+                base: core::ptr::addr_of!((*p).base).read(),
+                elem_size: core::ptr::addr_of!((*p).elem_size).read(),
+                nelems,
+                magic: core::ptr::addr_of!((*p).magic).read(),
+                class: core::ptr::addr_of!((*p).class).read(),
+                alloc,
+                mark,
+            }
+        }
+    }
+
+    pub(crate) fn class(&self) -> SpanClass {
+        self.class
+    }
+
+    pub(crate) fn elem_size(&self) -> usize {
+        self.elem_size
+    }
+
+    /// As [`Span::object_index`].
+    #[inline]
+    pub(crate) fn object_index(&self, addr: VirtAddr) -> Option<usize> {
+        let off = addr.as_u64().wrapping_sub(self.base.as_u64());
+        if off >= self.nelems as u64 * self.elem_size as u64 {
+            return None;
+        }
+        Some(((off * self.magic as u64) >> 32) as usize)
+    }
+
+    /// As [`Span::object_addr`].
+    #[inline]
+    pub(crate) fn object_addr(&self, idx: usize) -> VirtAddr {
+        debug_assert!(idx < self.nelems as usize);
+        self.base + (idx * self.elem_size) as u64
+    }
+
+    /// As [`Span::is_allocated`]; `idx` must be below the span's object count (`object_index` made it).
+    #[inline]
+    pub(crate) fn is_allocated(&self, idx: usize) -> bool {
+        assert!(idx < self.nelems as usize);
+        // SAFETY: the alloc bitmap has a word for every 64 objects; nobody writes it meanwhile (`new`).
+        let word = unsafe { self.alloc.add(idx / WORD_BITS).read() };
+        word & (1 << (idx % WORD_BITS)) != 0
+    }
+
+    /// Sets object `idx`'s mark bit atomically; returns whether it was clear (exactly one of several
+    /// CPUs marking the same object at once gets `true`).
+    #[inline]
+    pub(crate) fn mark(&self, idx: usize) -> bool {
+        assert!(idx < self.nelems as usize);
+        let bit = 1u64 << (idx % WORD_BITS);
+        // SAFETY: the mark word exists (as above), is 8-aligned (u64 storage: the span struct's field or
+        // the page-heap's bitmap words), and during the view's life is accessed only atomically (`new`).
+        let word =
+            unsafe { core::sync::atomic::AtomicU64::from_ptr(self.mark.add(idx / WORD_BITS)) };
+        word.fetch_or(bit, core::sync::atomic::Ordering::Relaxed) & bit == 0
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,9 @@
 //! - `*_not_send`: `Gc`, `GcHeap` and `Mutation` cannot cross threads (a heap is single-threaded: one
 //!   per CPU).
 //! - `finalizer_resurrects`: a `Drop` (a finalizer) cannot move a `Gc` it holds into a `'static` place.
+//! - `derive_*`: what `#[derive(Trace)]` refuses: a field type that is not `Trace`, a `&'gc` field, a
+//!   `Drop` impl on the derived type, `#[trace(drop)]` on a type with a lifetime, a `#[trace(skip)]`
+//!   field that is not `'static`, a union.
 //!
 //! Run by plain `cargo test` (the allocator is a default member of the workspace; its dev-dependency on
 //! itself turns the `gc` feature on for integration tests). `TRYBUILD=overwrite cargo test -p spanalloc

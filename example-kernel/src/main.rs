@@ -15,7 +15,7 @@ extern crate alloc;
 use alloc::{boxed::Box, collections::BTreeMap, vec::Vec};
 use bootloader_api::BootInfo;
 use spanalloc::addr::{Page, PageTableFlags};
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Rootable, Trace, Tracer};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Rootable, Trace};
 
 // glue: begin
 use spanalloc::platforms::{Uniprocessor, UNIPROCESSOR};
@@ -118,16 +118,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     exit(0x10)
 }
 
+#[derive(Trace)]
 struct Node<'gc> {
     value: u64,
     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
-}
-
-// SAFETY: traces its one Gc field; no Drop.
-unsafe impl<'gc> Trace for Node<'gc> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.next);
-    }
 }
 
 struct ListRoot;

@@ -1,5 +1,6 @@
 //! The kernel's side of spanalloc's garbage collector: a [`GcConfig`] wired to the TSC clock and the
-//! serial console, the `gctrace=` switch, and a recorder of pauses for summaries (max, p99, total).
+//! serial console, the `gctrace=` switch, a recorder of pauses for summaries (max, p99, total), and
+//! mark workers on the other CPUs (parallel marking).
 //!
 //! Invariants:
 //! - The pause hook never allocates: it writes into a buffer reserved by [`PauseLog::start`] before the
@@ -9,10 +10,11 @@
 
 use crate::clock;
 use crate::println;
+use crate::smp;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
-use spanalloc::gc::{GcConfig, Mode};
+use spanalloc::gc::{GcConfig, MarkWorkers, Mode};
 use spin::Mutex;
 
 static TRACE: AtomicBool = AtomicBool::new(true);
@@ -40,6 +42,24 @@ pub fn config(mode: Mode) -> GcConfig {
         trace_sink: Some(trace_line),
         ..GcConfig::default()
     }
+}
+
+/// Parallel marking on the online CPUs (the boot CPU's marks get a worker on every AP); `None` on one
+/// CPU. For heaps on the boot CPU only: the workers are started with `smp::run_on`.
+pub fn mark_workers() -> Option<MarkWorkers> {
+    let helpers = smp::online_count().saturating_sub(1);
+    (helpers > 0).then_some(MarkWorkers {
+        helpers,
+        run: run_mark_workers,
+    })
+}
+
+fn run_mark_workers(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
+    // The boot CPU (bit 0) and the first `helpers` APs.
+    let targets = smp::bits(smp::online_mask())
+        .take(helpers + 1)
+        .fold(1u64, |mask, cpu| mask | 1 << cpu);
+    smp::run_on(targets, &|cpu: usize| job(cpu));
 }
 
 /// Pauses of the current run, in ns; never grows past the capacity `start` reserved.

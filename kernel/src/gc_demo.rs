@@ -1,13 +1,15 @@
 //! The garbage collector's demo, run after the heap demo: binary-trees (the benchmarks game's GC test) and
-//! a long-lived linked structure under mutation, once with stop-the-world marking and once incremental,
-//! each printing the collector's gctrace lines and a summary of the pauses the mutator saw.
+//! a long-lived linked structure under mutation, once with stop-the-world marking, once incremental and
+//! (with more than one CPU) once stop-the-world with parallel marking on every CPU, each printing the
+//! collector's gctrace lines and a summary of the pauses the mutator saw.
 
 use crate::clock::Instant;
 use crate::gc::PauseLog;
 use crate::heap::HEAP;
 use crate::println;
 use crate::tests::workload::Rng;
-use spanalloc::gc::{Gc, GcCell, GcHeap, Mode, Mutation, Rootable, Trace, Tracer};
+use alloc::vec;
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mode, Mutation, Rootable, Trace};
 
 /// Depth of binary-trees' long-lived tree (its stretch tree is one deeper); a few seconds under TCG.
 const MAX_DEPTH: u32 = 14;
@@ -20,46 +22,25 @@ const ROUNDS: usize = 20_000;
 /// Marking work per explicit step in incremental mode (Go's background mark worker, in bytes).
 const STEP_BUDGET: usize = 32 << 10;
 
+#[derive(Trace)]
 struct Tree<'gc> {
     left: Option<Gc<'gc, Tree<'gc>>>,
     right: Option<Gc<'gc, Tree<'gc>>>,
 }
 
-// SAFETY: traces both children; no Drop.
-unsafe impl Trace for Tree<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
-}
-
 /// A record of the long-lived structure: its payload is a function of its id, so a record the
 /// collector freed too early (and something else reused) shows up as a wrong payload.
+#[derive(Trace)]
 struct Record<'gc> {
     id: u64,
     data: GcCell<'gc, Gc<'gc, [u64; 32]>>,
     next: GcCell<'gc, Option<Gc<'gc, Record<'gc>>>>,
 }
 
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for Record<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.data);
-        t.trace(&self.next);
-    }
-}
-
+#[derive(Trace)]
 struct DemoRoot<'gc> {
     long_lived: GcCell<'gc, Option<Gc<'gc, Tree<'gc>>>>,
     lists: [GcCell<'gc, Option<Gc<'gc, Record<'gc>>>>; LISTS],
-}
-
-// SAFETY: traces every Gc the root holds.
-unsafe impl Trace for DemoRoot<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.long_lived);
-        t.trace(&self.lists);
-    }
 }
 
 struct Root;
@@ -181,14 +162,23 @@ fn linked_structure(gc: &mut GcHeap<Root>, mode: Mode) {
 }
 
 pub fn run() {
-    for (mode, name) in [
-        (Mode::StopTheWorld, "stw"),
-        (Mode::Incremental, "incremental"),
-    ] {
+    let mut runs = vec![
+        (Mode::StopTheWorld, "stw", None),
+        (Mode::Incremental, "incremental", None),
+    ];
+    // Stop-the-world again with its marks spread over every CPU (its gctrace lines say by how many).
+    if let Some(workers) = crate::gc::mark_workers() {
+        runs.push((Mode::StopTheWorld, "stw, parallel mark", Some(workers)));
+    }
+    for (mode, name, workers) in runs {
         println!("gc demo: {name} mode");
         let log = PauseLog::start(1 << 16);
         let wall = Instant::now();
-        let mut gc: GcHeap<Root> = GcHeap::new(&HEAP, log.config(mode), |_| DemoRoot {
+        let config = GcConfig {
+            mark_workers: workers,
+            ..log.config(mode)
+        };
+        let mut gc: GcHeap<Root> = GcHeap::new(&HEAP, config, |_| DemoRoot {
             long_lived: GcCell::new(None),
             lists: core::array::from_fn(|_| GcCell::new(None)),
         });

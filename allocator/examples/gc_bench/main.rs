@@ -3,19 +3,25 @@
 //! 1. Pause distribution at 64 MiB live: stop-the-world vs incremental (every piece of collector work
 //!    the mutator waits for — cycle, start, step, assist, termination, proportional sweep — is one
 //!    pause, reported through `GcConfig::pause_hook`).
-//! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench.
+//!
+//! 1b. Parallel marking: the wall time of a full mark of the same 64 MiB live heap by one worker and by
+//!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
+//! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench;
+//!    where `go` is installed, binary-trees in Go too (binarytrees.go, GOMAXPROCS=1, its loop timed by
+//!    itself), beside spanalloc::gc's time of the same run.
 //!    gc-arena runs with its default incremental pacing, `collect_debt` after every `mutate`; spanalloc's
 //!    collector with its defaults (incremental, GOGC 100), a safe point after every `mutate`. Each
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
-//! (`-- quick` for a short smoke run; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
+//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- trees N` for
+//! spanalloc::gc's binary-trees at depth N alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
 use std::sync::Mutex;
 use std::time::Instant;
 
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, Mode, Rootable, Trace, Tracer};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, Rootable, Trace};
 use spanalloc::host::{HostMachine, HostPlatform};
 use spanalloc::Heap;
 
@@ -60,18 +66,11 @@ fn record_pause(ns: u64) {
 // ---------------------------------------------------------------------------------------------------
 // 1. Pauses
 
+#[derive(Trace)]
 struct TNode<'gc> {
     left: GcCell<'gc, Option<Gc<'gc, TNode<'gc>>>>,
     right: GcCell<'gc, Option<Gc<'gc, TNode<'gc>>>>,
     val: u64,
-}
-
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for TNode<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
 }
 
 fn tree<'gc>(mc: &spanalloc::gc::Mutation<'gc>, depth: u32, val: u64) -> Gc<'gc, TNode<'gc>> {
@@ -169,6 +168,72 @@ fn pause_bench(mode: Mode, step: usize, cycles: u64) -> PauseReport {
     }
 }
 
+/// CPU time of the whole process (all mark workers).
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Medians of full marks of one configuration: wall time and process CPU time.
+struct MarkTimes {
+    wall: u64,
+    cpu: u64,
+}
+
+/// Full marks (`start_cycle` + `finish_mark`: the root scan, the drain and termination) of the same 64
+/// MiB live forest by one worker and by `workers`, alternating, `runs` each.
+fn parallel_mark(workers: MarkWorkers, runs: usize) -> (MarkTimes, MarkTimes) {
+    const TREES: usize = 32;
+    const DEPTH: u32 = 15;
+    let heap_with = |w: Option<MarkWorkers>| {
+        let cfg = GcConfig {
+            mode: Mode::StopTheWorld,
+            gogc: None,
+            mark_workers: w,
+            ..GcConfig::default()
+        };
+        let mut gc: GcHeap<Forest> =
+            GcHeap::new(span_heap(1024), cfg, |_| GcRefCell::new(vec![None; TREES]));
+        for i in 0..TREES {
+            gc.mutate(|mc, root| {
+                let t = tree(mc, DEPTH, i as u64);
+                root.borrow_mut(mc)[i] = Some(t);
+            });
+        }
+        gc.collect();
+        gc
+    };
+    let mut heaps = [heap_with(None), heap_with(Some(workers))];
+    let mut wall = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for ((gc, w), c) in heaps.iter_mut().zip(&mut wall).zip(&mut cpu) {
+            gc.start_cycle();
+            let (t0, c0) = (Instant::now(), process_cpu_ns());
+            gc.finish_mark();
+            c.push(process_cpu_ns() - c0);
+            w.push(t0.elapsed().as_nanos() as u64);
+        }
+    }
+    let [w1, wp] = wall;
+    let [c1, cp] = cpu;
+    (
+        MarkTimes {
+            wall: median(w1),
+            cpu: median(c1),
+        },
+        MarkTimes {
+            wall: median(wp),
+            cpu: median(cp),
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 2. Throughput (ours.rs, arena.rs)
 
@@ -212,6 +277,75 @@ fn time(runs: usize, mut f: impl FnMut() -> u64) -> (u64, u64) {
     (median(t), out)
 }
 
+/// The Go version of binary-trees (binarytrees.go), built into the temporary directory, if `go` is
+/// installed (Debian's `golang-go`; the reference is Go 1.19).
+fn go_binary_trees() -> Option<std::path::PathBuf> {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gc_bench/binarytrees.go");
+    let out = std::env::temp_dir().join(format!("spanalloc-gc-bench-go-{}", std::process::id()));
+    let version = std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .ok()?;
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?;
+    if !built.success() {
+        println!(
+            "(go is installed but building {} failed: no Go row)",
+            src.display()
+        );
+        return None;
+    }
+    println!(
+        "Go rows: {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    Some(out)
+}
+
+/// One run of the Go binary-trees at depth `d` with GOMAXPROCS=1: (its own timing in ns, checksum).
+fn go_run(go: &std::path::Path, d: u32) -> (u64, u64) {
+    let out = std::process::Command::new(go)
+        .arg(d.to_string())
+        .env("GOMAXPROCS", "1")
+        .output()
+        .expect("running the Go binary-trees");
+    assert!(out.status.success(), "Go binary-trees failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text
+        .split_whitespace()
+        .map(|w| w.parse::<u64>().expect("a number"));
+    let (check, ns) = (words.next().expect("checksum"), words.next().expect("time"));
+    (ns, check)
+}
+
+fn parallel_mark_line(quick: bool) {
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2)
+        - 1;
+    let runs = if quick { 3 } else { 9 };
+    let (one, par) = parallel_mark(MarkWorkers::threads(helpers), runs);
+    println!(
+        "parallel mark at 64 MiB live: {} mark workers (host threads): {} vs one worker {}: speed-up {:.2}x (median of {runs}, wall time; target on 2 cores: 1.7x)",
+        helpers + 1,
+        ms(par.wall),
+        ms(one.wall),
+        one.wall as f64 / par.wall as f64
+    );
+    // What the machine gave: CPUs busy during the parallel mark (at most the worker count; less on a
+    // loaded machine), and the CPU time all workers spent over one worker's (the cost of sharing work).
+    println!(
+        "  CPUs in use during the parallel mark: {:.2}; its CPU time over one worker's: {:.2}x",
+        par.cpu as f64 / par.wall as f64,
+        par.cpu as f64 / one.cpu as f64
+    );
+}
+
 fn bench(quick: bool) {
     let cycles = if quick { 2 } else { 6 };
     println!(
@@ -251,11 +385,15 @@ fn bench(quick: bool) {
         );
     }
 
+    println!();
+    parallel_mark_line(quick);
+
     let runs = if quick { 1 } else { 3 };
     println!("\n== throughput vs gc-arena (median of {runs} runs, alternating)");
     let depths: &[u32] = if quick { &[14] } else { &[16, 17, 18] };
+    let go = go_binary_trees();
     for &d in depths {
-        let (mut a, mut o) = (Vec::new(), Vec::new());
+        let (mut a, mut o, mut g) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ca, mut co) = (0, 0);
         for _ in 0..runs {
             let heap = span_heap(2048);
@@ -265,6 +403,11 @@ fn bench(quick: bool) {
             let (t, c) = time(1, || arena::binary_trees(d));
             a.push(t);
             ca = c;
+            if let Some(go) = &go {
+                let (t, c) = go_run(go, d);
+                assert_eq!(c, co, "binary-trees checksums differ (Go)");
+                g.push(t);
+            }
         }
         assert_eq!(ca, co, "binary-trees checksums differ");
         let (a, o) = (median(a), median(o));
@@ -274,6 +417,18 @@ fn bench(quick: bool) {
             ms(a),
             a as f64 / o as f64
         );
+        if !g.is_empty() {
+            let g = median(g);
+            println!(
+                "binary-trees {d}: spanalloc::gc {:>10}  Go (GOMAXPROCS=1) {:>10}  speedup {:.2}x",
+                ms(o),
+                ms(g),
+                g as f64 / o as f64
+            );
+        }
+    }
+    if let Some(go) = go {
+        let _ = std::fs::remove_file(go);
     }
     if !quick {
         let (mut a, mut o) = (Vec::new(), Vec::new());
@@ -294,6 +449,22 @@ fn bench(quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `-- trees N`: only spanalloc::gc's binary-trees at depth N, once (for profiling).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(d) = args
+        .iter()
+        .position(|a| a == "trees")
+        .and_then(|i| args.get(i + 1))
+    {
+        let d: u32 = d.parse().expect("a depth");
+        let (t, c) = time(1, || ours::binary_trees(span_heap(2048), d));
+        println!("binary-trees {d}: spanalloc::gc {} (check {c})", ms(t));
+        return;
+    }
+    // `-- mark`: only the parallel-mark line.
+    if std::env::args().any(|a| a == "mark") {
+        return parallel_mark_line(quick);
+    }
     // GCBench builds its 4 MB array on the stack before moving it into the heap.
     std::thread::Builder::new()
         .stack_size(256 << 20)

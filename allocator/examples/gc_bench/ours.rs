@@ -2,18 +2,11 @@
 
 use super::*;
 
+#[derive(Trace)]
 pub struct Node<'gc> {
     pub left: Option<Gc<'gc, Node<'gc>>>,
     pub right: Option<Gc<'gc, Node<'gc>>>,
 }
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for Node<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
-}
-
 fn bottom_up<'gc>(mc: &spanalloc::gc::Mutation<'gc>, d: u32) -> Gc<'gc, Node<'gc>> {
     if d == 0 {
         return Gc::new(
@@ -55,20 +48,13 @@ pub fn binary_trees(heap: &'static Heap<HostPlatform>, max: u32) -> u64 {
     out + gc.mutate(|_, root| check(root.get().unwrap()))
 }
 
+#[derive(Trace)]
 pub struct BNode<'gc> {
     left: GcCell<'gc, Option<Gc<'gc, BNode<'gc>>>>,
     right: GcCell<'gc, Option<Gc<'gc, BNode<'gc>>>>,
     i: i32,
     j: i32,
 }
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for BNode<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.left);
-        t.trace(&self.right);
-    }
-}
-
 fn leaf<'gc>(mc: &spanalloc::gc::Mutation<'gc>) -> Gc<'gc, BNode<'gc>> {
     Gc::new(
         mc,

@@ -87,9 +87,13 @@ impl Inner {
             self.spans.unswept_pages,
             self.config.mode == Mode::StopTheWorld,
         );
+        let mut log = self.log;
+        if let Some(t0) = log.pause_t0 {
+            log.pause_max_ns = log.pause_max_ns.max(end_ns.saturating_sub(t0));
+        }
         let line = self.config.trace_sink.map(|_| Line {
             cycle: self.stats.cycles,
-            log: self.log,
+            log,
             mark_ns: end_ns.saturating_sub(self.log.start_ns),
             heap_end,
             live,

@@ -1,16 +1,20 @@
 //! Counters and the gctrace line (Go's GODEBUG=gctrace=1): one line per cycle, written at mark
 //! termination to the caller's sink (a `fn(&str)`: no_std has no stderr):
 //!
-//! `gc 7 incr: pause max 0.041 ms (root 0.012 ms, 35 steps, 12 assists), mark 1.830 ms, sweep 0.210 ms, heap 8.11 -> 9.02 -> 4.37 MiB, goal 8.74 MiB, 31208 objects marked`
+//! `gc 7 incr: pause max 0.041 ms (root 0.012 ms, 35 steps, 12 assists), mark 1.830 ms, sweep 0.210 ms, heap 8.11 -> 9.02 -> 4.37 MiB, goal 8.74 MiB, 31208 objects marked by 1 CPU`
 //!
 //! - `incr` or `stw`: how the mark ran.
-//! - pause max: the longest piece of collector work the mutator waited for in this cycle (for `stw`, the
-//!   whole mark); root: the cycle start (sweep termination + root scan).
+//! - pause max: the longest piece of collector work the mutator waited for in this cycle, the one still
+//!   running at termination included up to the termination (for `stw`, the whole cycle from sweep
+//!   termination to mark termination; `collect`'s eager sweep afterwards is not in the line); root: the
+//!   cycle start (sweep termination + root scan).
 //! - mark: from the cycle start to termination (wall time, mutator included when incremental).
 //! - sweep: time spent sweeping the *previous* cycle's spans (sweeping is lazy, so it is only known
 //!   when the next cycle starts).
 //! - heap A -> B -> C: heap_live at the start, at termination, and marked (live) bytes; goal: the goal
 //!   the cycle paced to.
+//! - by N CPUs: the most mark workers that scanned objects in one drain of this cycle (parallel marking,
+//!   `GcConfig::mark_workers`); 1 when the heap's CPU marked alone.
 //!
 //! Invariants: formatting never allocates (a fixed buffer; an over-long line is cut, not lost).
 
@@ -48,7 +52,12 @@ pub(crate) struct CycleLog {
     pub(crate) start_ns: u64,
     pub(crate) root_ns: u64,
     pub(crate) pause_max_ns: u64,
+    /// Start of the pause that runs the termination (the stop-the-world cycle, `finish_mark` or the
+    /// termination itself): it ends after the line is made, so the line counts it up to termination.
+    pub(crate) pause_t0: Option<u64>,
     pub(crate) steps: u64,
+    /// Most CPUs that marked at once in this cycle (parallel marking, par.rs); 0 if nothing was scanned.
+    pub(crate) mark_cpus: usize,
     pub(crate) assists: u64,
     pub(crate) sweep_ns: u64,
     pub(crate) heap_start: usize,
@@ -85,7 +94,7 @@ impl fmt::Display for Line {
         let l = &self.log;
         write!(
             f,
-            "gc {} {}: pause max {} (root {}, {} steps, {} assists), mark {}, sweep {}, heap {} -> {} -> {} MiB, goal {} MiB, {} objects marked",
+            "gc {} {}: pause max {} (root {}, {} steps, {} assists), mark {}, sweep {}, heap {} -> {} -> {} MiB, goal {} MiB, {} objects marked by {} CPU{}",
             self.cycle,
             if l.stw { "stw" } else { "incr" },
             Ms(l.pause_max_ns),
@@ -98,7 +107,9 @@ impl fmt::Display for Line {
             Mib(self.heap_end),
             Mib(self.live),
             Mib(l.goal),
-            self.marked_objects
+            self.marked_objects,
+            l.mark_cpus.max(1),
+            if l.mark_cpus > 1 { "s" } else { "" }
         )
     }
 }

@@ -30,6 +30,7 @@ use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
+use super::par::MarkWorkers;
 use super::spans::{SpanSet, SpanSource};
 use super::weak::WeakList;
 use crate::heap::Heap;
@@ -80,6 +81,9 @@ pub struct GcConfig {
     /// Called with the length in ns of every piece of collector work the mutator waited for
     /// (stop-the-world cycle, cycle start, step, assist, termination).
     pub pause_hook: Option<fn(u64)>,
+    /// Mark workers on other CPUs for stop-the-world marks (par.rs); `None`: mark on the heap's CPU.
+    /// With workers, `Trace` impls run on their CPUs too (trace.rs).
+    pub mark_workers: Option<MarkWorkers>,
 }
 
 impl Default for GcConfig {
@@ -95,6 +99,7 @@ impl Default for GcConfig {
             clock: None,
             trace_sink: None,
             pause_hook: None,
+            mark_workers: None,
         }
     }
 }
@@ -155,8 +160,9 @@ impl Inner {
 /// The heap's state, lent to the mutator as a [`Mutation`].
 pub(crate) struct State {
     /// Single-threaded by design, not by accident of the fields below: the heap's mark bits, grey stack
-    /// and spans are touched without atomics, and finalizers run on the heap's thread. This makes
-    /// `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
+    /// and spans are touched without atomics (parallel mark workers, par.rs, run only inside a call that
+    /// holds the heap mutably, and set mark bits atomically), and finalizers run on the heap's thread.
+    /// This makes `GcHeap` and `Mutation` neither `Send` nor `Sync` whatever the other fields are.
     _single_threaded: SingleThreaded,
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
@@ -242,7 +248,7 @@ impl<R: Rootable> GcHeap<R> {
         config: GcConfig,
         init: impl for<'gc> FnOnce(&'gc Mutation<'gc>) -> R::Root<'gc>,
     ) -> Self {
-        let source: &'static dyn SpanSource = heap;
+        let source: &'static (dyn SpanSource + Sync) = heap;
         let inner = Inner {
             config,
             marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
@@ -423,7 +429,8 @@ impl<R: Rootable> GcHeap<R> {
             return;
         }
         let t0 = inner.now();
-        inner.marker.drain(usize::MAX);
+        inner.log.pause_t0 = Some(t0);
+        inner.drain_all();
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -448,7 +455,8 @@ impl<R: Rootable> GcHeap<R> {
         self.begin_cycle();
         let inner = self.state.get_mut();
         inner.log.stw = true;
-        inner.marker.drain(usize::MAX);
+        inner.log.pause_t0 = Some(t0);
+        inner.drain_all();
         self.end_cycle();
         let inner = self.state.get_mut();
         if eager_sweep {
@@ -459,7 +467,9 @@ impl<R: Rootable> GcHeap<R> {
 
     /// Mark termination as a pause of its own.
     fn terminate(&mut self) {
-        let t0 = self.state.get_mut().now();
+        let inner = self.state.get_mut();
+        let t0 = inner.now();
+        inner.log.pause_t0 = Some(t0);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }

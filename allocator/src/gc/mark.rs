@@ -29,12 +29,12 @@ use super::trace::Tracer;
 use super::verify::CheckTable;
 use super::workbuf::GreyStack;
 use crate::addr::VirtAddr;
-use crate::span::Span;
+use crate::span::{SharedSpan, Span};
 use crate::spanmap::SpanMap;
 
 pub(crate) struct Marker {
-    spans: &'static SpanMap,
-    pub(crate) source: &'static dyn SpanSource,
+    pub(crate) spans: &'static SpanMap,
+    pub(crate) source: &'static (dyn SpanSource + Sync),
     /// This heap's id: the `owner` of every span holding its objects (spans.rs).
     pub(crate) owner: u32,
     pub(crate) grey: GreyStack,
@@ -50,15 +50,19 @@ pub(crate) struct Marker {
     /// A scan was cut short by a panic (module invariants): the root and every marked object must be
     /// rescanned before the mark can end.
     pub(crate) interrupted: bool,
+    /// A parallel mark worker (par.rs): mark bits are set atomically through span views, and no
+    /// reference to a span is made (other CPUs mark in the same spans).
+    shared: bool,
 }
 
 impl Marker {
     pub(crate) fn new(
         spans: &'static SpanMap,
-        source: &'static dyn SpanSource,
+        source: &'static (dyn SpanSource + Sync),
         owner: u32,
     ) -> Self {
         Self {
+            shared: false,
             spans,
             source,
             owner,
@@ -69,6 +73,18 @@ impl Marker {
             check: None,
             overflow: false,
             interrupted: false,
+        }
+    }
+
+    /// A marker for a parallel mark worker (par.rs).
+    pub(crate) fn new_shared(
+        spans: &'static SpanMap,
+        source: &'static (dyn SpanSource + Sync),
+        owner: u32,
+    ) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(spans, source, owner)
         }
     }
 
@@ -86,6 +102,21 @@ impl Marker {
     /// of a headerless zero-sized value. Panics, naming `addr`, for anything else.
     #[inline]
     fn locate(&self, addr: VirtAddr) -> Option<(NonNull<Span>, usize)> {
+        let span = self.own_span(addr)?;
+        // SAFETY: the span is this heap's (its owner is our id), and only this single-threaded heap
+        // touches its struct; read only here.
+        let s = unsafe { span.as_ref() };
+        match s.object_index(addr) {
+            Some(idx) if s.is_allocated(idx) => Some((span, idx)),
+            Some(_) => not_managed(addr, "in a free slot"),
+            None => not_managed(addr, "past the span's last object"),
+        }
+    }
+
+    /// The span of this heap holding `addr`; `None` for the address of a headerless zero-sized value.
+    /// Panics, naming `addr`, if it is in no span of this heap.
+    #[inline]
+    fn own_span(&self, addr: VirtAddr) -> Option<NonNull<Span>> {
         let Some((span, _)) = self.spans.lookup(addr) else {
             return if is_zero_sized(addr) {
                 None
@@ -100,13 +131,30 @@ impl Marker {
         if owner != self.owner {
             not_managed(addr, "in a span this GC heap does not own");
         }
-        // SAFETY: the span is this heap's (its owner is our id), and only this single-threaded heap
-        // touches its struct; read only here.
-        let s = unsafe { span.as_ref() };
-        match s.object_index(addr) {
-            Some(idx) if s.is_allocated(idx) => Some((span, idx)),
+        Some(span)
+    }
+
+    /// `shade` for a parallel worker: the same checks, on a span view, with an atomic mark.
+    fn shade_shared(&mut self, addr: VirtAddr) {
+        let Some(span) = self.own_span(addr) else {
+            return;
+        };
+        // SAFETY: the span is ours and live; while parallel workers run, nothing writes this heap's spans
+        // but mark bits, set only through views (par.rs invariants).
+        let s = unsafe { SharedSpan::new(span) };
+        let idx = match s.object_index(addr) {
+            Some(idx) if s.is_allocated(idx) => idx,
             Some(_) => not_managed(addr, "in a free slot"),
             None => not_managed(addr, "past the span's last object"),
+        };
+        if !s.mark(idx) {
+            return;
+        }
+        self.marked_bytes += s.elem_size();
+        self.marked_objects += 1;
+        if !s.class().noscan() && !self.grey.push(s.object_addr(idx), self.source) {
+            // Marked but not pushed: the rescan at termination finds it (as in `shade`).
+            self.overflow = true;
         }
     }
 
@@ -117,6 +165,9 @@ impl Marker {
     /// Shades the object containing `addr` (panics if it is not an object of this heap).
     #[inline]
     pub(crate) fn shade(&mut self, addr: VirtAddr) {
+        if self.shared {
+            return self.shade_shared(addr);
+        }
         let Some((span, idx)) = self.locate(addr) else {
             return;
         };

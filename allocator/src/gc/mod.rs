@@ -4,17 +4,14 @@
 //! # Usage (for kernel code)
 //!
 //! ```ignore
-//! use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mutation, Rootable, Trace, Tracer};
+//! use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mutation, Rootable, Trace};
 //!
-//! // A managed type. `unsafe impl Trace`: report every Gc field; Drop (if any) must not touch Gc's.
+//! // A managed type. `#[derive(Trace)]` traces every field and refuses a `Drop` impl (a finalizer must
+//! // not reach a Gc); a hand-written `unsafe impl Trace` must keep the same contract (trace.rs).
+//! #[derive(Trace)]
 //! struct Node<'gc> {
 //!     value: u64,
 //!     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
-//! }
-//! unsafe impl<'gc> Trace for Node<'gc> {
-//!     fn trace(&self, t: &mut Tracer<'_>) {
-//!         t.trace(&self.next);
-//!     }
 //! }
 //!
 //! // The root: everything that must survive between `mutate` calls hangs off it.
@@ -36,7 +33,8 @@
 //! gc.collect(); // full stop-the-world cycle, sweeps everything (finalizers run)
 //! ```
 //!
-//! Rules of the API (all checked by the type system except the `unsafe impl Trace` contract):
+//! Rules of the API (all checked by the type system except the contract of a hand-written
+//! `unsafe impl Trace`; `#[derive(Trace)]`, from the spanalloc-derive crate, writes sound ones):
 //! - A `Gc<'gc, T>` lives inside one `mutate` call (`'gc` is that call's brand). Keep objects across
 //!   calls by making them reachable from the root. Allocation never collects inside `mutate`; cycles
 //!   start and end at safe points: the end of `mutate`, `step`, `collect`, `start_cycle`,
@@ -67,15 +65,20 @@
 //!   [`GcHeap::stats`] returns counters.
 //! - Memory: the collector's spans come from the `Heap`'s page heap (same spans, size classes and
 //!   pages as the explicit heap); dead spans go back to it, and its scavenger (or `Heap::trim`) returns
-//!   their frames.
+//!   their frames, keeping free pages mapped up to 110% of the heap goal (Go's scavenger goal: the heap
+//!   grows back to its goal before the next cycle, and unmapping pages only to map them again is
+//!   costly).
 //!
 //! SMP: a `GcHeap` is neither `Send` nor `Sync`; each CPU can run its own heap on the shared `Heap`
-//! (spans are taken under the page-heap lock with interrupts masked). Parallel marking on other CPUs
-//! (the stretch goal) is not done: the grey stack and the mark bits are touched without atomics.
+//! (spans are taken under the page-heap lock with interrupts masked). Parallel marking
+//! ([`GcConfig::mark_workers`], [`MarkWorkers`]): stop-the-world marks (`collect`, `finish_mark`,
+//! stop-the-world mode) are drained by workers on other CPUs too, with atomic mark bits and a shared
+//! pool of grey chunks (par.rs); incremental steps and assists mark on the heap's CPU. Concurrent
+//! marking (workers running beside the mutator) is not done.
 //!
 //! Design (ARCHITECTURE.md, "Collector"): heap.rs (state, safe points, cycle driver), alloc.rs (current
 //! span per class, tiny allocator, large objects, assists), mark.rs (shade/scan), workbuf.rs (grey
-//! stack), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
+//! stack, shared chunk pool), par.rs (parallel marking), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
 //! (span lists by sweepgen), pacer.rs (goal, trigger, assist ratio), cycle.rs (mark setup/termination),
 //! verify.rs (checkmark), gctrace.rs (stats and trace lines), weak.rs, object.rs (headers, vtables),
 //! trace.rs, ptr.rs, cell.rs, mutation.rs (the API types).
@@ -90,6 +93,7 @@ mod mark;
 mod mutation;
 mod object;
 mod pacer;
+mod par;
 mod ptr;
 mod spans;
 mod sweep;
@@ -103,7 +107,12 @@ pub use gctrace::GcStats;
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};
 pub use pacer::MIN_HEAP;
+pub use par::MarkWorkers;
 pub use ptr::Gc;
+/// `#[derive(Trace)]`: a safe `Trace` impl (every field traced; no `Drop` unless the type is `'static`).
+/// See the `spanalloc-derive` crate for what it refuses and why.
+#[cfg(any(test, feature = "gc"))]
+pub use spanalloc_derive::Trace;
 pub use trace::{Trace, Tracer};
 pub use weak::GcWeak;
 

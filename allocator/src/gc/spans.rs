@@ -67,7 +67,12 @@ pub(crate) trait SpanSource {
     /// own metadata: grey-stack chunks, check tables).
     fn alloc_span(&self, class: SpanClass, npages: PageCount, owner: u32) -> Option<GcSpan>;
     /// Gives the span back (its objects, finalized or not, are gone with it).
-    fn free_span(&self, span: GcSpan);
+    fn free_span(&self, span: GcSpan) {
+        self.free_span_keeping(span, 0);
+    }
+    /// As `free_span`, keeping free pages mapped up to `mapped_goal` bytes in the page heap (the sweeper
+    /// passes 110% of the heap goal: the heap grows back to it before the next cycle).
+    fn free_span_keeping(&self, span: GcSpan, mapped_goal: usize);
 }
 
 impl<P: Platform, const FULL_CHECKS: bool> SpanSource for Heap<P, FULL_CHECKS> {
@@ -79,12 +84,12 @@ impl<P: Platform, const FULL_CHECKS: bool> SpanSource for Heap<P, FULL_CHECKS> {
         Some(span)
     }
 
-    fn free_span(&self, mut span: GcSpan) {
+    fn free_span_keeping(&self, mut span: GcSpan, mapped_goal: usize) {
         // Cleared first, so no marker takes the span for one of its own while the page heap reuses it.
         span.owner = 0;
         // SAFETY: the span came from `gc_alloc_span` on this heap, and its only handle is consumed here:
         // nobody uses it after this call.
-        unsafe { self.gc_free_span(span.into_raw()) }
+        unsafe { self.gc_free_span(span.into_raw(), mapped_goal) }
     }
 }
 

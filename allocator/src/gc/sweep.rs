@@ -128,7 +128,10 @@ impl Inner {
         if s.is_empty() && !keep {
             self.spans.pages -= s.npages().0;
             self.stats.spans_freed += 1;
-            self.marker.source.free_span(s);
+            let goal = self.pacer.goal;
+            self.marker
+                .source
+                .free_span_keeping(s, goal.saturating_add(goal / 10));
             return None;
         }
         Some(s)

@@ -9,6 +9,10 @@
 //! - Neither `trace` nor the type's `Drop` (the finalizer, run when the sweeper frees the object)
 //!   touches the GC heap: no allocation, no cell writes, and `Drop` dereferences no `Gc` (the object it
 //!   points to may have been freed first). Holding `Gc`s and being dropped is fine.
+//! - With parallel marking (`GcConfig::mark_workers`), `trace` runs on other CPUs/threads, at the same
+//!   time as other objects' `trace` (never the same object's twice at once), while the mutator is
+//!   stopped: it must touch nothing but the value itself and the tracer (no thread-local or other
+//!   shared unsynchronised state). Every impl in this crate and every derived impl qualifies.
 //! - Panicking is allowed (it breaks no invariant of the collector, see mod.rs "Panics"): a `trace`
 //!   that panics makes the mark rescan before it ends; a `Drop` that panics leaks the other dead
 //!   objects of its span.
@@ -23,7 +27,13 @@ use crate::addr::VirtAddr;
 ///
 /// # Safety
 /// Implementors promise the contract in the module documentation: a missed `Gc` is freed while still
-/// reachable, and a `Drop` that dereferences a `Gc` may read freed memory.
+/// reachable, and a `Drop` that dereferences a `Gc` may read freed memory. `#[derive(Trace)]` writes a
+/// sound impl (every field traced, no `Drop` on a type that may hold a `Gc`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be traced by the garbage collector",
+    label = "not `Trace`",
+    note = "managed values hold `Gc`s only through `Trace` types: `Gc`, `GcCell`, `GcRefCell`, `Option`, arrays, tuples, `'static` data; derive `Trace` for your own types, or wrap the field in `#[trace(skip)]` if it is `'static`"
+)]
 pub unsafe trait Trace {
     /// Whether the type may hold `Gc` pointers. `false` puts headerless objects in noscan spans.
     const NEEDS_TRACE: bool = true;

@@ -17,13 +17,15 @@ use super::spans::{GcSpan, SpanSource};
 use crate::addr::{PageCount, VirtAddr, PAGE_SIZE};
 use crate::sizeclass::{SizeClass, SpanClass};
 
-const CAP: usize = (PAGE_SIZE - 2 * 8) / 8;
+const CAP: usize = (PAGE_SIZE - 3 * 8) / 8;
 
 /// One page of grey entries; it holds the handle of its own span.
 #[repr(C)]
 struct Chunk {
     prev: Option<ChunkPtr>,
     span: GcSpan,
+    /// Entries in use while the chunk is in a [`Pool`] (the stack keeps its top's count in `len`).
+    len: usize,
     entries: [VirtAddr; CAP],
 }
 
@@ -32,6 +34,10 @@ const _: () = assert!(core::mem::size_of::<Chunk>() == PAGE_SIZE);
 /// The owning handle of a chunk: made from a fresh span by `new`, given back by `free`; exactly one
 /// exists per chunk (moved between `top`, `prev` links and `spare`, never copied).
 struct ChunkPtr(NonNull<Chunk>);
+
+// SAFETY: the handle owns its page exclusively (like a `Box`), so moving it to another CPU moves that
+// ownership; the page holds addresses only. Parallel markers hand chunks over through a `Pool`.
+unsafe impl Send for ChunkPtr {}
 
 impl ChunkPtr {
     /// A chunk in the page of `span` (a fresh one-page span of the collector's own).
@@ -153,6 +159,52 @@ impl GreyStack {
         }
     }
 
+    /// Takes the top chunk off the stack with its entries (for a [`Pool`]); `None` when empty.
+    fn take_top(&mut self) -> Option<ChunkPtr> {
+        let mut top = self.top.take()?;
+        top.len = self.len;
+        self.top = top.prev.take();
+        self.len = if self.top.is_some() { CAP } else { 0 };
+        self.chunks -= 1;
+        Some(top)
+    }
+
+    /// Makes `chunk` (from a [`Pool`], not empty) the stack's only chunk; the stack must be empty.
+    fn adopt(&mut self, chunk: ChunkPtr) {
+        debug_assert!(self.top.is_none() && chunk.len > 0 && chunk.prev.is_none());
+        self.len = chunk.len;
+        self.top = Some(chunk);
+        self.chunks += 1;
+    }
+
+    /// Entries in the stack's chunks under the top one (all full).
+    fn has_older(&self) -> bool {
+        self.top.as_ref().is_some_and(|t| t.prev.is_some())
+    }
+
+    /// Takes the older half of the top chunk's entries into a chunk of their own (work to share); `None`
+    /// when the top holds fewer than 2 entries or no page can be had.
+    fn split(&mut self, source: &dyn SpanSource) -> Option<ChunkPtr> {
+        if self.len < 2 {
+            return None;
+        }
+        let mut chunk = match self.spare.take() {
+            Some(c) => c,
+            None => {
+                let class = SpanClass::new(SizeClass::LARGE, true);
+                ChunkPtr::new(source.alloc_span(class, PageCount(1), 0)?)
+            }
+        };
+        let top = self.top.as_mut()?;
+        let half = self.len / 2;
+        chunk.entries[..half].copy_from_slice(&top.entries[..half]);
+        chunk.len = half;
+        chunk.prev = None;
+        top.entries.copy_within(half..self.len, 0);
+        self.len -= half;
+        Some(chunk)
+    }
+
     /// Gives every chunk back (the stack must be empty or abandoned).
     pub(crate) fn release(&mut self, source: &dyn SpanSource) {
         while let Some(mut c) = self.top.take() {
@@ -162,6 +214,102 @@ impl GreyStack {
         self.len = 0;
         self.chunks = 0;
         if let Some(c) = self.spare.take() {
+            c.free(source);
+        }
+    }
+}
+
+/// Grey chunks shared by parallel markers (Go's work.full list): a stack of chunks under a spin lock,
+/// each carrying its entry count.
+///
+/// Invariants: every chunk in the pool holds at least one entry; `len` is the number of chunks (read
+/// without the lock as a hint only).
+pub(crate) struct Pool {
+    head: spin::Mutex<Option<ChunkPtr>>,
+    len: core::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    pub(crate) const fn new() -> Self {
+        Self {
+            head: spin::Mutex::new(None),
+            len: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the pool looks empty (a hint: chunks come and go meanwhile).
+    pub(crate) fn looks_empty(&self) -> bool {
+        self.len.load(core::sync::atomic::Ordering::Relaxed) == 0
+    }
+
+    fn put(&self, mut chunk: ChunkPtr) {
+        debug_assert!(chunk.len > 0);
+        let mut head = self.head.lock();
+        chunk.prev = head.take();
+        *head = Some(chunk);
+        self.len.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Option<ChunkPtr> {
+        let mut head = self.head.lock();
+        let mut chunk = head.take()?;
+        *head = chunk.prev.take();
+        self.len.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+        Some(chunk)
+    }
+
+    /// Whether the pool is empty (under its lock).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.lock().is_none()
+    }
+
+    /// Moves every chunk of `stack` into the pool.
+    pub(crate) fn put_all(&self, stack: &mut GreyStack) {
+        while let Some(c) = stack.take_top() {
+            if c.len > 0 {
+                self.put(c);
+            }
+        }
+    }
+
+    /// Moves the stack's full older chunks into the pool.
+    pub(crate) fn put_older(&self, stack: &mut GreyStack) {
+        if !stack.has_older() {
+            return;
+        }
+        // The top is never empty (a stack's emptied top becomes its spare at once), so it can be
+        // taken off and put back whole.
+        let top = stack.take_top().expect("a top chunk");
+        self.put_all(stack);
+        stack.adopt(top);
+    }
+
+    /// Shares half of the stack's top chunk; false if there was nothing to share or no page for it.
+    pub(crate) fn share(&self, stack: &mut GreyStack, source: &dyn SpanSource) -> bool {
+        match stack.split(source) {
+            Some(c) => {
+                self.put(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves one chunk of the pool onto the (empty) stack; false if the pool is empty.
+    pub(crate) fn take_into(&self, stack: &mut GreyStack) -> bool {
+        match self.take() {
+            Some(c) => {
+                stack.adopt(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives every chunk back to `source` (their entries are dropped: the caller has made sure the mark
+    /// rescans, or the pool is empty).
+    pub(crate) fn release(&self, source: &dyn SpanSource) {
+        while let Some(c) = self.take() {
             c.free(source);
         }
     }

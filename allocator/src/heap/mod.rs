@@ -958,11 +958,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Gives a span from [`Heap::gc_alloc_span`] back to the page heap (whose scavenger may then return its
-    /// frames).
+    /// frames). `mapped_goal`: the collector's goal for the pages it keeps mapped, in bytes (Go's
+    /// scavenger keeps 110% of the heap goal): free pages are kept up to it, because the collected heap
+    /// grows back to its goal before the next cycle, and returning them only to map them again costs
+    /// more than the sweep that freed them. 0: the page heap's own policy alone.
     ///
     /// # Safety
     /// `span` came from `gc_alloc_span` on this heap and nobody uses it or its objects after this call.
-    pub(crate) unsafe fn gc_free_span(&self, span: NonNull<Span>) {
+    pub(crate) unsafe fn gc_free_span(&self, span: NonNull<Span>, mapped_goal: usize) {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
         let heap = guard.as_mut().expect("spans exist only after init");
@@ -972,7 +975,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // pages), but in steps of at most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and
         // unmapping a whole burst at once would be a pause of many milliseconds inside an allocation.
         let s = heap.stats();
-        let retain = (s.in_use / 8).max((4 << 20) / PAGE_SIZE);
+        let retain = (s.in_use / 8)
+            .max((4 << 20) / PAGE_SIZE)
+            .max((mapped_goal / PAGE_SIZE).saturating_sub(s.in_use));
         if s.dirty_free > retain + retain / 2 {
             heap.scavenge((s.dirty_free - retain).min(GC_SCAVENGE_STEP));
         }

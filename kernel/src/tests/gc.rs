@@ -1,6 +1,7 @@
 //! The garbage-collected heap in the kernel: 64 MiB of live managed objects under stop-the-world and
 //! incremental (checkmark-verified) collection, mutated and verified, with every frame back afterwards;
-//! and one managed heap per CPU at once.
+//! the same with its stop-the-world marks spread over every CPU (parallel marking); and one managed
+//! heap per CPU at once.
 //!
 //! Snapshots of the span heap are compared under [`Quiet`] (the timer handler allocates too).
 
@@ -9,9 +10,9 @@ use crate::heap::{Quiet, HEAP};
 use crate::ktest::TestCtx;
 use crate::smp::{self, run_on_all};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spanalloc::gc::{
-    Gc, GcCell, GcConfig, GcHeap, GcWeak, Mode, Mutation, Rootable, Trace, Tracer,
+    Gc, GcCell, GcConfig, GcHeap, GcWeak, MarkWorkers, Mode, Mutation, Rootable, Trace,
 };
 use spanalloc::Stats;
 
@@ -27,34 +28,19 @@ const DROP_EVERY: u64 = 3;
 const RENEW_EVERY: u64 = 5;
 const RENEWED: u64 = 1 << 63;
 
+#[derive(Trace)]
 struct Node<'gc> {
     id: u64,
     data: GcCell<'gc, Gc<'gc, [u64; 32]>>,
     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
 }
 
-// SAFETY: traces both Gc fields; no Drop.
-unsafe impl Trace for Node<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.data);
-        t.trace(&self.next);
-    }
-}
-
+#[derive(Trace)]
 struct Lists<'gc> {
     heads: [GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>; LISTS],
     /// Weak references to the first node unlinked and the first node kept.
     dropped: GcCell<'gc, Option<GcWeak<'gc, Node<'gc>>>>,
     kept: GcCell<'gc, Option<GcWeak<'gc, Node<'gc>>>>,
-}
-
-// SAFETY: traces every Gc the root holds.
-unsafe impl Trace for Lists<'_> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.heads);
-        t.trace(&self.dropped);
-        t.trace(&self.kept);
-    }
 }
 
 struct Root;
@@ -217,7 +203,7 @@ fn footprint(s: &Stats) -> (usize, usize, u64) {
     (s.objects(), s.pages.dirty_free, non_meta_frames(s))
 }
 
-fn managed_64mib(mode: Mode, verify: bool) {
+fn managed_64mib(mode: Mode, verify: bool, mark_workers: Option<MarkWorkers>) {
     // 64 MiB of nodes with their payloads (a 32 B node and a 256 B payload).
     const NODES: u64 = (64 << 20) / 288 + 8192;
     let _quiet = Quiet::new();
@@ -225,6 +211,7 @@ fn managed_64mib(mode: Mode, verify: bool) {
     let before = HEAP.stats();
     let mut gc = new_heap(GcConfig {
         verify,
+        mark_workers,
         ..crate::gc::config(mode)
     });
     let (built, kept) = build_mutate_verify(&mut gc, NODES, mode == Mode::Incremental);
@@ -255,11 +242,39 @@ fn managed_64mib(mode: Mode, verify: bool) {
 }
 
 pub fn gc_stw_64mib(_ctx: &mut TestCtx) {
-    managed_64mib(Mode::StopTheWorld, false);
+    managed_64mib(Mode::StopTheWorld, false, None);
+}
+
+/// CPUs that ran a mark job in `gc_parallel_64mib` (each counts once).
+static MARK_CPUS: AtomicU64 = AtomicU64::new(0);
+
+fn counting_mark_workers(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
+    let workers = crate::gc::mark_workers().expect("more than one CPU");
+    (workers.run)(helpers, &|cpu| {
+        MARK_CPUS.fetch_or(1 << cpu, Ordering::Relaxed);
+        job(cpu);
+    });
+}
+
+/// Stop-the-world marks spread over every online CPU, checkmark on.
+pub fn gc_parallel_64mib(_ctx: &mut TestCtx) {
+    let workers = crate::gc::mark_workers().expect("more than one CPU");
+    MARK_CPUS.store(0, Ordering::Relaxed);
+    managed_64mib(
+        Mode::StopTheWorld,
+        true,
+        Some(MarkWorkers {
+            run: counting_mark_workers,
+            ..workers
+        }),
+    );
+    let cpus = MARK_CPUS.load(Ordering::Relaxed).count_ones() as usize;
+    assert_eq!(cpus, smp::online_count(), "mark jobs ran on {cpus} CPUs");
+    log::info!("parallel marks ran on {cpus} CPUs");
 }
 
 pub fn gc_incremental_64mib(_ctx: &mut TestCtx) {
-    managed_64mib(Mode::Incremental, true);
+    managed_64mib(Mode::Incremental, true, None);
 }
 
 pub fn gc_per_cpu_heaps(_ctx: &mut TestCtx) {

@@ -1,7 +1,9 @@
 //! Host tests of the collector: the API and each mechanism on its own here, the model-based random
 //! mutator in model.rs.
 
+mod derive;
 mod model;
+mod par;
 mod soundness;
 
 use std::cell::RefCell;
@@ -353,6 +355,52 @@ fn gctrace_writes_one_line_per_cycle() {
             l.contains(" -> ") && l.contains("goal 4.00 MiB") && l.contains("1 objects marked")
         );
     }
+    take_finalized();
+}
+
+/// The number before " ms" after `key` in a gctrace line, in microseconds.
+fn trace_us(line: &str, key: &str) -> u64 {
+    let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+    let num = &rest[..rest.find(" ms").expect("ms")];
+    let (ms, frac) = num.split_once('.').expect("ms with 3 decimals");
+    ms.parse::<u64>().expect("ms") * 1000 + frac.parse::<u64>().expect("us")
+}
+
+#[test]
+fn a_stop_the_world_line_counts_its_own_pause() {
+    // A clock that advances 10 us per read: every measured interval is non-zero and deterministic.
+    std::thread_local!(static TICKS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) });
+    fn ticking() -> u64 {
+        TICKS.with(|t| t.replace(t.get() + 10_000))
+    }
+    fn sink(s: &str) {
+        LINES.with(|l| l.borrow_mut().push(s.to_string()));
+    }
+    let mut gc = slots_heap(GcConfig {
+        trace_sink: Some(sink),
+        clock: Some(ticking),
+        mode: Mode::StopTheWorld,
+        ..config()
+    });
+    gc.mutate(|mc, root| root[0].set(mc, Some(node(mc, 1, None))));
+    gc.collect();
+    // An incremental cycle ended by `finish_mark`: its last pause is the whole remaining mark.
+    gc.start_cycle();
+    gc.finish_mark();
+    let lines = LINES.with(|l| core::mem::take(&mut *l.borrow_mut()));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let (pause, mark) = (trace_us(l, "pause max "), trace_us(l, "mark "));
+        assert!(pause > 0, "{l}");
+        if l.contains(" stw: ") {
+            // The mark is part of the stop-the-world pause.
+            assert!(pause >= mark, "{l}");
+        }
+    }
+    assert!(lines[0].contains(" stw: "), "{}", lines[0]);
+    // The stop-the-world pause as the pause hook and stats see it (its eager sweep included).
+    let stw_pause = trace_us(&lines[0], "pause max ") * 1000;
+    assert!(gc.stats().pause_max_ns >= stw_pause);
     take_finalized();
 }
 

@@ -401,6 +401,22 @@ fn model_stop_the_world() {
     );
 }
 
+/// Stop-the-world marks on 3 threads: random mutation against parallel workers, checkmark on.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn model_stop_the_world_parallel() {
+    run(
+        GcConfig {
+            mode: Mode::StopTheWorld,
+            mark_workers: Some(MarkWorkers::threads(2)),
+            ..GcConfig::default()
+        },
+        usize::MAX,
+        3,
+        3000,
+    );
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_incremental_step_sizes() {
@@ -420,6 +436,22 @@ fn model_stress_collect_every_safepoint() {
         64,
         2,
         1500,
+    );
+}
+
+/// A parallel mark at every safe point: many small marks, where workers mostly find little to share.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn model_stress_collect_every_safepoint_parallel() {
+    run(
+        GcConfig {
+            stress: Stress::CollectEverySafepoint,
+            mark_workers: Some(MarkWorkers::threads(2)),
+            ..GcConfig::default()
+        },
+        64,
+        2,
+        1000,
     );
 }
 

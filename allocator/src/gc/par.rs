@@ -1,0 +1,254 @@
+//! Parallel marking: the grey set drained by mark workers on several CPUs (or host threads) at once,
+//! while the mutator is stopped (Go's gcDrain run by several mark workers, with its work.full list).
+//!
+//! How: the heap's own grey chunks go into a shared [`Pool`]; [`MarkWorkers::run`] runs `job(i)` on
+//! other CPUs besides the heap's own; each job is a worker with a private `Marker` (its own grey stack,
+//! counters) that sets mark bits with atomic read-modify-writes through [`SharedSpan`] views, hands full
+//! chunks to the pool, and splits off half of its chunk when another worker waits and the pool is empty.
+//!
+//! Invariants:
+//! - While workers run, the mutator is stopped (the heap's `&mut self` is held by the caller, which
+//!   waits in `run`) and nothing writes the heap's spans or objects except mark bits, which are set
+//!   only atomically: workers read span fields and objects that do not change, and `SharedSpan` makes
+//!   no reference to a span that another CPU's mark-bit write could invalidate.
+//! - An object is pushed by exactly one worker (the one whose atomic `fetch_or` set its mark bit) and
+//!   scanned once per mark, as in the single-threaded marker.
+//! - Termination: a worker holding grey entries is counted in `busy`; only busy workers put chunks in
+//!   the pool; a worker leaves when it sees `busy == 0` and then the pool empty (nothing can appear after
+//!   that: a worker becomes busy only by taking a chunk). The last worker to leave sees every chunk.
+//! - Whatever `run` does (a job never run, run twice, run one after another, a worker that panics), the
+//!   mark stays correct: after `run` the caller drains whatever the pool still holds on its own CPU,
+//!   and a worker that unwinds gives back its chunks, leaves `busy`, and sets `lost`, which makes the
+//!   mark rescan the root and every marked object before it may end (mark.rs, `interrupted`). A safe
+//!   `run` cannot keep a job past its return (the job borrows the caller's frame).
+//! - `Trace` impls run on the workers' CPUs, at the same time as other objects' (the `Trace` contract
+//!   in trace.rs).
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::heap::Inner;
+use super::mark::Marker;
+use super::object::Headed;
+use super::spans::SpanSource;
+use super::workbuf::Pool;
+use crate::spanmap::SpanMap;
+
+/// How to run mark workers on other CPUs or threads (`GcConfig::mark_workers`): stop-the-world marks
+/// (`collect`, `finish_mark`, stop-the-world mode) spread over `1 + helpers` workers.
+#[derive(Clone, Copy, Debug)]
+pub struct MarkWorkers {
+    /// Workers besides the heap's own CPU.
+    pub helpers: usize,
+    /// Runs `job(i)` for `i` in `1..=helpers` on other CPUs or threads, concurrently with `job(0)` on
+    /// the calling CPU, and returns once all have returned. Correctness does not depend on it (module
+    /// docs): a `run` that runs fewer jobs, or one after another, only marks slower.
+    pub run: fn(helpers: usize, job: &(dyn Fn(usize) + Sync)),
+}
+
+#[cfg(any(test, feature = "std"))]
+impl MarkWorkers {
+    /// `helpers` host threads (scoped threads spawned for each mark), besides the caller's.
+    pub fn threads(helpers: usize) -> Self {
+        fn run(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
+            std::thread::scope(|s| {
+                for i in 1..=helpers {
+                    s.spawn(move || job(i));
+                }
+                job(0);
+            });
+        }
+        Self { helpers, run }
+    }
+}
+
+/// Scans between looks at the other workers (sharing work, handing over full chunks).
+const SHARE_EVERY: usize = 32;
+
+/// What the workers of one parallel drain share.
+struct Shared {
+    pool: Pool,
+    spans: &'static SpanMap,
+    source: &'static (dyn SpanSource + Sync),
+    owner: u32,
+    /// Workers holding grey entries.
+    busy: AtomicUsize,
+    /// Workers waiting for work.
+    idle: AtomicUsize,
+    marked_bytes: AtomicUsize,
+    marked_objects: AtomicUsize,
+    scan_work: AtomicUsize,
+    /// Workers that scanned at least one object.
+    workers: AtomicUsize,
+    overflow: AtomicBool,
+    /// A worker unwound with grey entries in hand (they are lost: the mark must rescan).
+    lost: AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Normally empty; after a panic in `run`, the chunks go back (the caller's marker rescans).
+        self.pool.release(self.source);
+    }
+}
+
+/// A worker's state; gives its chunks back and leaves the counts if it unwinds.
+struct Worker<'a> {
+    sh: &'a Shared,
+    m: Marker,
+    busy: bool,
+    idle: bool,
+    done: bool,
+}
+
+impl Worker<'_> {
+    fn set_busy(&mut self, busy: bool) {
+        if busy != self.busy {
+            self.busy = busy;
+            if busy {
+                self.sh.busy.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.sh.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn set_idle(&mut self, idle: bool) {
+        if idle != self.idle {
+            self.idle = idle;
+            if idle {
+                self.sh.idle.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.sh.idle.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes a chunk from the pool (becoming busy); false when the mark is over (module invariants).
+    fn acquire(&mut self) -> bool {
+        debug_assert!(!self.busy && self.m.grey.is_empty());
+        loop {
+            if !self.sh.pool.looks_empty() {
+                self.set_busy(true);
+                if self.sh.pool.take_into(&mut self.m.grey) {
+                    self.set_idle(false);
+                    return true;
+                }
+                self.set_busy(false);
+            }
+            if self.sh.busy.load(Ordering::SeqCst) == 0 && self.sh.pool.is_empty() {
+                self.set_idle(false);
+                return false;
+            }
+            self.set_idle(true);
+            core::hint::spin_loop();
+            #[cfg(any(test, feature = "std"))]
+            std::thread::yield_now();
+        }
+    }
+
+    fn run(&mut self) {
+        let mut scanned = 0usize;
+        while self.acquire() {
+            let mut n = 0;
+            while let Some(obj) = self.m.grey.pop(self.sh.source) {
+                // SAFETY: only allocated objects of scan spans are pushed (`shade`), and every allocated
+                // slot is initialized while the mutator is stopped (alloc.rs).
+                self.m.scan_work += self.m.scan(unsafe { Headed::new(obj) });
+                n += 1;
+                if n % SHARE_EVERY == 0 {
+                    self.sh.pool.put_older(&mut self.m.grey);
+                    if self.sh.idle.load(Ordering::Relaxed) > 0 && self.sh.pool.looks_empty() {
+                        self.sh.pool.share(&mut self.m.grey, self.sh.source);
+                    }
+                }
+            }
+            scanned += n;
+            self.set_busy(false);
+        }
+        let sh = self.sh;
+        sh.marked_bytes
+            .fetch_add(self.m.marked_bytes, Ordering::Relaxed);
+        sh.marked_objects
+            .fetch_add(self.m.marked_objects, Ordering::Relaxed);
+        sh.scan_work.fetch_add(self.m.scan_work, Ordering::Relaxed);
+        if scanned > 0 {
+            sh.workers.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.m.overflow {
+            sh.overflow.store(true, Ordering::Relaxed);
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Unwinding from a `Trace` impl: this worker's grey entries are lost.
+            self.sh.lost.store(true, Ordering::SeqCst);
+        }
+        self.m.grey.release(self.sh.source);
+        self.set_busy(false);
+        self.set_idle(false);
+    }
+}
+
+impl Inner {
+    /// Drains the grey stack to empty, with the configured mark workers if there are any (not during a
+    /// checkmark, which stays on the heap's CPU). Records how many CPUs marked.
+    pub(crate) fn drain_all(&mut self) {
+        let workers = match self.config.mark_workers {
+            Some(w) if w.helpers > 0 && self.marker.check.is_none() => w,
+            _ => {
+                if self.marker.drain(usize::MAX) > 0 {
+                    self.log.mark_cpus = self.log.mark_cpus.max(1);
+                }
+                return;
+            }
+        };
+        let m = &mut self.marker;
+        let sh = Shared {
+            pool: Pool::new(),
+            spans: m.spans,
+            source: m.source,
+            owner: m.owner,
+            busy: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            marked_bytes: AtomicUsize::new(0),
+            marked_objects: AtomicUsize::new(0),
+            scan_work: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            overflow: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+        };
+        sh.pool.put_all(&mut m.grey);
+        if sh.pool.is_empty() {
+            return;
+        }
+        let job = |_: usize| {
+            let mut w = Worker {
+                sh: &sh,
+                m: Marker::new_shared(sh.spans, sh.source, sh.owner),
+                busy: false,
+                idle: false,
+                done: false,
+            };
+            w.run();
+        };
+        // `run` may panic (a worker's `Trace` impl): `interrupted` then stays set and the mark rescans.
+        m.scanning(|_| (workers.run)(workers.helpers, &job));
+        if sh.lost.load(Ordering::SeqCst) {
+            m.interrupted = true;
+        }
+        m.overflow |= sh.overflow.load(Ordering::Relaxed);
+        m.marked_bytes += sh.marked_bytes.load(Ordering::Relaxed);
+        m.marked_objects += sh.marked_objects.load(Ordering::Relaxed);
+        m.scan_work += sh.scan_work.load(Ordering::Relaxed);
+        let cpus = sh.workers.load(Ordering::Relaxed);
+        // Whatever the workers left (a `run` that did not run them all) is drained here.
+        while sh.pool.take_into(&mut m.grey) {
+            m.drain(usize::MAX);
+        }
+        self.log.mark_cpus = self.log.mark_cpus.max(cpus.max(1));
+    }
+}
