@@ -34,12 +34,15 @@ pub unsafe trait Platform: Sync + 'static {
     /// path exactly as without it; [`Sampled`] turns it on for any platform.
     const SAMPLING: bool = false;
 
-    /// The running code's call stack, return addresses innermost first, written to `out`; returns how many.
-    /// Called (with interrupts masked) for sampled allocations only; it must not allocate or fault. The
-    /// default records none. On x86_64, [`crate::profile::stack::frame_pointer_walk`] over the running
-    /// stack's bounds does it for code built with frame pointers.
-    fn stack_trace(&self, out: &mut [u64]) -> usize {
-        let _ = out;
+    /// The running code's call stack from the frame `from` outward (`from` is the frame pointer of the
+    /// heap's entry function, see [`crate::profile::stack::current_frame`], so that the first address is
+    /// the return address into the code that called the heap): return addresses innermost first, written
+    /// to `out`; returns how many. Called (with interrupts masked) for sampled allocations only; it must
+    /// not allocate or fault, whatever `from` is (on code without frame pointers it may be any value). The
+    /// default records none. On x86_64, [`crate::profile::stack::frame_pointer_walk`] up to the running
+    /// stack's top does it for code built with frame pointers.
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        let _ = (from, out);
         0
     }
 
@@ -104,7 +107,7 @@ unsafe impl<P: Platform> Platform for Sampled<P> {
     fn pages_unmapped(&self, start: Page, count: u64) {
         self.0.pages_unmapped(start, count)
     }
-    fn stack_trace(&self, out: &mut [u64]) -> usize {
-        self.0.stack_trace(out)
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        self.0.stack_trace(from, out)
     }
 }

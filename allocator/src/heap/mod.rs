@@ -228,7 +228,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index_slow();
         if P::SAMPLING {
             // SAFETY: `cpu` is ours and interrupts are masked until we return.
-            if let Some(p) = unsafe { self.sample_small(cpu, layout) } {
+            // The stack is recorded from this function's frame out: it starts in the heap's caller.
+            let frame = crate::profile::stack::current_frame();
+            if let Some(p) = unsafe { self.sample_small(cpu, layout, frame) } {
                 return p;
             }
         }
@@ -458,6 +460,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         |a| self.spanmap.lookup(a).map(|(s, _)| s)
     }
 
+    /// Not inlined: its frame is where a sampled large object's recorded stack starts.
+    #[inline(never)]
     fn alloc_large(&self, layout: Layout, zero: bool) -> *mut u8 {
         let Some(npages) = large_pages(layout.size()) else {
             return ptr::null_mut();
@@ -481,7 +485,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let s = unsafe { span.as_ref() };
         let p = s.base().as_mut_ptr::<u8>();
         if P::SAMPLING && self.sample_large(layout.size()) {
-            self.record_large(p, layout.size());
+            self.record_large(p, layout.size(), crate::profile::stack::current_frame());
         }
         if zero && s.needzero() {
             // SAFETY: the span's pages are mapped and ours; npages * PAGE_SIZE >= layout.size().

@@ -268,7 +268,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// `cpu` is the running CPU's index and interrupts are masked.
     #[cold]
     #[inline(never)]
-    pub(super) unsafe fn sample_small(&self, cpu: usize, layout: Layout) -> Option<*mut u8> {
+    pub(super) unsafe fn sample_small(
+        &self,
+        cpu: usize,
+        layout: Layout,
+        frame: u64,
+    ) -> Option<*mut u8> {
         // SAFETY: forwarded from the caller.
         let cache = unsafe { self.local_cache(cpu) }?;
         let st = &mut cache.sample;
@@ -283,7 +288,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return None;
         }
         let mut frames = [0u64; MAX_FRAMES];
-        let depth = self.platform.stack_trace(&mut frames).min(MAX_FRAMES);
+        let depth = self
+            .platform
+            .stack_trace(frame, &mut frames)
+            .min(MAX_FRAMES);
         let frames = &frames[..depth];
         if guard {
             if let Some(p) = self.alloc_guarded(layout, frames) {
@@ -323,10 +331,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         profile
     }
 
-    /// Records a sampled allocation with the running stack (large objects, from `alloc_large`).
-    pub(super) fn record_large(&self, addr: *mut u8, size: usize) {
+    /// Records a sampled large allocation with the stack from `frame` (`alloc_large`'s) outward.
+    pub(super) fn record_large(&self, addr: *mut u8, size: usize, frame: u64) {
         let mut frames = [0u64; MAX_FRAMES];
-        let depth = self.platform.stack_trace(&mut frames).min(MAX_FRAMES);
+        let depth = self
+            .platform
+            .stack_trace(frame, &mut frames)
+            .min(MAX_FRAMES);
         self.record(addr as u64, size, &frames[..depth], Kind::Large);
     }
 

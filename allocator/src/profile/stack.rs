@@ -32,23 +32,41 @@ pub fn walk(fp: u64, lo: u64, hi: u64, out: &mut [u64], read: impl Fn(u64) -> u6
     n
 }
 
-/// The caller's stack on x86_64, by frame pointers, within the stack `[lo, hi)` (pass the running
-/// stack's bounds; `lo` may be the current stack pointer). The first entry is the return address into
-/// this function's caller's caller (this function and its caller are not included when they keep frame
-/// pointers).
+/// The frame pointer of the calling function (inline: the caller's own frame), 0 where there is none
+/// (not x86_64). Only an address: reading through it is the walk's business.
+#[inline(always)]
+pub fn current_frame() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fp: u64;
+        // SAFETY: reads a register; no memory, no flags.
+        unsafe {
+            core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+        };
+        fp
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
+/// The stack on x86_64 by frame pointers, from the frame at `from` (see [`current_frame`]) up to `top`
+/// (exclusive): the first address is the return address into the caller of the function whose frame
+/// `from` is. Pass the top of the running stack as `top`, or the frame of a function that never returns
+/// (the walk stops below it).
 ///
 /// # Safety
-/// Every byte of `[lo, hi)` is mapped and readable while this runs (the running CPU's own stack).
+/// Every byte from the current stack pointer up to `top` is mapped and readable while this runs (it is
+/// the running CPU's own stack).
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
-pub unsafe fn frame_pointer_walk(lo: u64, hi: u64, out: &mut [u64]) -> usize {
-    let fp: u64;
+pub unsafe fn frame_pointer_walk(from: u64, top: u64, out: &mut [u64]) -> usize {
+    let sp: u64;
     // SAFETY: reads a register; no memory, no flags.
     unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
     };
-    walk(fp, lo, hi, out, |a| {
-        // SAFETY: `walk` reads only 8-aligned words inside [lo, hi), mapped by the caller's contract;
+    walk(from, sp, top, out, |a| {
+        // SAFETY: `walk` reads only 8-aligned words inside [sp, top), mapped by the caller's contract;
         // a volatile read, since the stack may belong to frames the compiler considers dead.
         unsafe { core::ptr::read_volatile(a as *const u64) }
     })
