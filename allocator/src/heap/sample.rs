@@ -8,7 +8,7 @@
 //! own (slow) path.
 //!
 //! How a sampled small object's free is recognised at no cost to the free fast path: it never lives in a
-//! small span. A profiled small object gets a one-page large span of its own (as TCMalloc's sampled
+//! small span. A profiled small object gets a large span of its own (as TCMalloc's sampled
 //! objects), a guarded one a page of the guard pool (outside every span); either way the span-map check
 //! the free does anyway fails, and the cold path ([`Heap::free_sampled_small`]) finds it in the profile's
 //! live table or the pool, checks it as strictly as any free (address, layout, double free), and gives it
@@ -351,7 +351,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             .is_ok()
     }
 
-    /// A profiled small object: alone in a one-page large span, recorded before it is handed out.
+    /// A profiled small object: alone in a large span of its own, recorded before it is handed out.
     fn alloc_profiled_small(&self, layout: Layout, frames: &[u64]) -> Option<*mut u8> {
         {
             let t = self.sampler.tables.lock();
@@ -361,11 +361,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
         }
         let class = SpanClass::new(SizeClass::LARGE, false);
+        // Small classes go up to 32 KiB: the pages the object needs (alignment: a span starts a heap page,
+        // and small layouts are aligned to at most a heap page).
+        let npages = layout.size().div_ceil(PAGE_SIZE).max(1);
         let span = {
             let mut pages = self.pages.lock();
             pages
                 .as_mut()?
-                .alloc_span(1, 1, class, None, Owner::Explicit)?
+                .alloc_span(npages, 1, class, None, Owner::Explicit)?
         };
         // SAFETY: a fresh large span, ours.
         let p = unsafe { span.as_ref() }.base().as_mut_ptr::<u8>();

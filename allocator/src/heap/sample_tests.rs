@@ -188,7 +188,16 @@ fn sampled_objects_realloc_and_refuse_bad_frees() {
         heap.dealloc(q, l200);
         let msg = refused(|| heap.dealloc(q, l200));
         assert!(msg.contains("not a live heap object"), "{msg}");
+        // The largest small class (32 KiB) fits its span too, every byte of it.
+        let l32k = Layout::from_size_align(32 << 10, 8).unwrap();
+        let big_small = heap.alloc(l32k);
+        big_small.write_bytes(3, 32 << 10);
+        assert!(std::slice::from_raw_parts(big_small, 32 << 10)
+            .iter()
+            .all(|&b| b == 3));
+        heap.dealloc(big_small, l32k);
         let m = by_size(&profile_of(heap));
+        assert_eq!(m[&(32 << 10)], [1, 32 << 10, 0, 0]);
         assert_eq!(m[&40], [1, 40, 0, 0]);
         assert_eq!(m[&200], [1, 200, 0, 0]);
     }
