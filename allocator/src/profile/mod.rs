@@ -23,8 +23,9 @@ pub(crate) mod decode;
 /// Go's `runtime.MemProfileRate` default: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_PROFILE_RATE: usize = 512 << 10;
 
-/// The default guard-page interval: one small allocation per 4 MiB allocated (per CPU) gets a guarded page.
-pub const DEFAULT_GUARD_INTERVAL: usize = 4 << 20;
+/// The default guard-page interval: one small allocation per 16 MiB allocated (per CPU) gets a guarded page
+/// (mapping and unmapping its page is the costly part of guard sampling).
+pub const DEFAULT_GUARD_INTERVAL: usize = 16 << 20;
 
 /// Return addresses kept per sampled call stack (deeper stacks are cut at the caller end).
 pub const MAX_FRAMES: usize = 24;

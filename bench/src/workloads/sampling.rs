@@ -5,7 +5,7 @@
 //! - `idle`: sampling compiled in (`Heap<Sampled<HostPlatform>>`: the per-CPU byte countdown on the
 //!   fast path) but switched off;
 //! - `default`: compiled in and on at the default rates (`Sampling::DEFAULT`: a profile sample per 512 KiB
-//!   on average, a guarded allocation per 4 MiB).
+//!   on average, a guarded allocation per 16 MiB).
 //!
 //! Metrics `sampling_<workload>_<variant>`, recorded under spanalloc; the report gives each variant's
 //! cost as a ratio to `off`, taken per repetition.
