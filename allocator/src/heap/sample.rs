@@ -327,6 +327,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             // The guard event falls on an object the pool cannot take: the next small allocation gets it.
             st.guard_left = -1;
             st.countdown = 0;
+            st.armed = 0;
         }
         profile
     }
@@ -361,9 +362,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
         }
         let class = SpanClass::new(SizeClass::LARGE, false);
-        // Small classes go up to 32 KiB: the pages the object needs (alignment: a span starts a heap page,
-        // and small layouts are aligned to at most a heap page).
-        let npages = layout.size().div_ceil(PAGE_SIZE).max(1);
+        // Small classes go up to 32 KiB: the pages the object's whole class size needs (a realloc may use
+        // all of it), a heap page at least (alignment: a span starts a heap page, and small layouts are
+        // aligned to at most a heap page).
+        let class_size = SizeClass::for_layout(layout.size(), layout.align())
+            .map_or(layout.size(), |c| c.size());
+        let npages = class_size.div_ceil(PAGE_SIZE).max(1);
         let span = {
             let mut pages = self.pages.lock();
             pages
