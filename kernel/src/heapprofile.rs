@@ -18,6 +18,11 @@ use bootloader_api::BootInfo;
 use core::fmt::Write;
 use spanalloc::profile::pprof::Mapping;
 
+/// Where the bootloader loaded the kernel (`BootInfo::kernel_image_offset`), recorded at boot: a return
+/// address `a` in a report is at `a - KERNEL_IMAGE_OFFSET` in the kernel executable (`addr2line -f -e`).
+pub static KERNEL_IMAGE_OFFSET: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
+
 /// Runs the workload and dumps the profile; ends the boot.
 pub fn run(boot_info: &BootInfo) -> ! {
     let s = HEAP.sampling();

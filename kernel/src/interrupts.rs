@@ -83,8 +83,11 @@ extern "x86-interrupt" fn page_fault(
         crate::heap::HEAP.guard_report(spanalloc::VirtAddr::new(fault_addr.as_u64()))
     {
         panic!(
-            "{report} (page fault at ip {:#x}, error code {error_code:?})",
-            frame.instruction_pointer.as_u64()
+            "{report} (page fault at ip {:#x}, error code {error_code:?}; kernel loaded at {:#x}: \
+             `addr2line -f -e <kernel> ADDRESS-{:#x}` names an address)",
+            frame.instruction_pointer.as_u64(),
+            crate::heapprofile::KERNEL_IMAGE_OFFSET.load(core::sync::atomic::Ordering::Relaxed),
+            crate::heapprofile::KERNEL_IMAGE_OFFSET.load(core::sync::atomic::Ordering::Relaxed),
         );
     }
     emergency_println!(

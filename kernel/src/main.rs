@@ -78,6 +78,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let report = memory::take_over(boot_info);
     println!("{}", report.map);
+    heapprofile::KERNEL_IMAGE_OFFSET.store(
+        boot_info.kernel_image_offset,
+        core::sync::atomic::Ordering::Relaxed,
+    );
     heap::start_sampling(&cmdline);
     clock::init();
     smp::init(boot_info, &report);
