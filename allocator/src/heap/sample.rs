@@ -296,7 +296,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if guard {
             if let Some(p) = self.alloc_guarded(layout, frames) {
                 if profile {
-                    self.record(p as u64, layout.size(), frames, Kind::Guarded);
+                    self.record(p as u64, class_size(layout), frames, Kind::Guarded);
                 }
                 return Some(p);
             }
@@ -365,9 +365,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // Small classes go up to 32 KiB: the pages the object's whole class size needs (a realloc may use
         // all of it), a heap page at least (alignment: a span starts a heap page, and small layouts are
         // aligned to at most a heap page).
-        let class_size = SizeClass::for_layout(layout.size(), layout.align())
-            .map_or(layout.size(), |c| c.size());
-        let npages = class_size.div_ceil(PAGE_SIZE).max(1);
+        let npages = class_size(layout).div_ceil(PAGE_SIZE).max(1);
         let span = {
             let mut pages = self.pages.lock();
             pages
@@ -376,7 +374,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         };
         // SAFETY: a fresh large span, ours.
         let p = unsafe { span.as_ref() }.base().as_mut_ptr::<u8>();
-        if self.record(p as u64, layout.size(), frames, Kind::Small) {
+        if self.record(p as u64, class_size(layout), frames, Kind::Small) {
             return Some(p);
         }
         let mut pages = self.pages.lock();
@@ -633,6 +631,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         s
     }
+}
+
+/// The size a small object of `layout` is profiled with: its size class's (as Go's profile, which also keeps
+/// the number of buckets down: one per stack and class, not per requested size).
+fn class_size(layout: Layout) -> usize {
+    SizeClass::for_layout(layout.size(), layout.align()).map_or(layout.size(), |c| c.size())
 }
 
 /// The first damaged canary byte around slot `slot`'s object, as a report.

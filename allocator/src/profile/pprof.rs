@@ -6,7 +6,7 @@
 //! (call stack and size), its values scaled by Go's formula for Poisson sampling: an object of `s` bytes
 //! is sampled with probability `1 - exp(-s / rate)`, so each sample counts `1 / (1 - exp(-s / rate))`
 //! objects (no scaling at rate 1: every allocation is sampled). Each sample carries the numeric label
-//! `bytes` = the object size.
+//! `bytes` = the object size (the heap records a small object's size class size, as Go does).
 //!
 //! Locations: one per frame of each bucket (pprof merges equal addresses when it symbolizes), at the
 //! return address minus one, so that a call that ends its function is attributed to it. With a
