@@ -83,6 +83,9 @@ pub enum SamplingError {
     NoHeap,
     /// No memory for the profile's tables or the guard pool.
     OutOfMemory,
+    /// Guard pages need a heap that maps its own pages; a heap over memory regions (region mode) has no
+    /// page tables to unmap a guard page in. The heap profile works there.
+    NoAddressSpace,
 }
 
 impl core::fmt::Display for SamplingError {
@@ -93,6 +96,9 @@ impl core::fmt::Display for SamplingError {
             }
             SamplingError::NoHeap => "the heap has no memory yet (Heap::init)",
             SamplingError::OutOfMemory => "no memory for the sampling tables or the guard pool",
+            SamplingError::NoAddressSpace => {
+                "guard pages need a heap that maps its pages (not a heap over memory regions)"
+            }
         })
     }
 }
@@ -180,6 +186,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         let mut pages = self.pages.lock();
         let heap = pages.as_mut().ok_or(SamplingError::NoHeap)?;
+        if heap.space().is_none() {
+            return Err(SamplingError::NoAddressSpace);
+        }
         let npages = (guard::POOL_BYTES as usize) / PAGE_SIZE;
         let window = heap
             .alloc_private(npages)
@@ -188,10 +197,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             .alloc_private(POOL_STRUCT_PAGES)
             .ok_or(SamplingError::OutOfMemory)?;
         // Every page of the stretch starts unmapped: guard pages stay so, object pages are mapped while live.
-        heap.space.unmap_range(
-            Page::containing_address(window),
-            guard::POOL_BYTES / guard::PAGE,
-        );
+        heap.space()
+            .expect("checked above: the heap maps its pages")
+            .unmap_range(
+                Page::containing_address(window),
+                guard::POOL_BYTES / guard::PAGE,
+            );
         let p = mem.as_mut_ptr::<Pool>();
         // SAFETY: fresh zeroed private pages, big enough and aligned for a Pool, ours alone.
         unsafe { Pool::init(p, window.as_u64()) };
@@ -398,8 +409,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             let mut pages = self.pages.lock();
             let flags =
                 PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-            pages.as_mut().is_some_and(|h| {
-                h.space
+            pages.as_mut().and_then(|h| h.space()).is_some_and(|space| {
+                space
                     .map_range(
                         Page::containing_address(VirtAddr::new(page)),
                         1,
@@ -529,7 +540,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 let heap = pages
                     .as_mut()
                     .expect("guarded objects exist only after init");
-                heap.space
+                heap.space()
+                    .expect("the pool exists only on a heap that maps its pages")
                     .unmap_range(Page::containing_address(VirtAddr::new(page)), 1);
             }
             pool.release(slot);
