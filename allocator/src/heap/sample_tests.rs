@@ -4,6 +4,7 @@
 //! heap about addresses; the faults themselves are the kernel tests' (kernel/src/tests/guard.rs).
 
 use core::alloc::{GlobalAlloc, Layout};
+use std::boxed::Box;
 use std::collections::BTreeMap;
 use std::vec;
 use std::vec::Vec;
@@ -336,4 +337,44 @@ fn the_pool_recycles_quarantine_and_a_mixed_workload_is_intact() {
         frames_before,
         heap.stats().frames_held
     );
+}
+
+#[test]
+fn a_region_heap_profiles_but_has_no_guard_pages() {
+    use core::mem::MaybeUninit;
+    let platform: &'static Sampled<HostPlatform> =
+        crate::host::leak(Sampled(crate::host::leak(HostPlatform::new(4096))));
+    let heap: &'static SHeap = crate::host::leak(Heap::new(platform));
+    let region: &'static mut [MaybeUninit<u8>] =
+        Box::leak(vec![MaybeUninit::new(0u8); 8 << 20].into_boxed_slice());
+    heap.init_region_from_slice(region).expect("init_region");
+    assert_eq!(
+        heap.set_sampling(Sampling {
+            guard_interval: 1,
+            ..Sampling::OFF
+        }),
+        Err(SamplingError::NoAddressSpace)
+    );
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .expect("the profile needs no mapping");
+    let l = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: each pointer freed once with its layout.
+    unsafe {
+        let ps: Vec<*mut u8> = (0..10).map(|_| heap.alloc(l)).collect();
+        for &p in &ps {
+            assert!(!p.is_null());
+            p.write_bytes(9, 100);
+        }
+        for &p in &ps[..4] {
+            heap.dealloc(p, l);
+        }
+        let m = by_size(&profile_of(heap));
+        assert_eq!(m[&112], [10, 1120, 6, 672]);
+        for &p in &ps[4..] {
+            heap.dealloc(p, l);
+        }
+    }
 }
