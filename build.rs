@@ -132,6 +132,8 @@ fn main() {
         });
 
     println!("cargo:rustc-env=BIOS_IMAGE={}", bios.display());
+    // The kernel executable itself, for symbolizing its heap profiles (`go tool pprof KERNEL_ELF ...`).
+    println!("cargo:rustc-env=KERNEL_ELF={}", kernel.display());
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
     println!(
         "cargo:rustc-env=EXAMPLE_BIOS_IMAGE={}",
@@ -196,6 +198,11 @@ fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 3] {
             cmd.env_remove(name);
         }
     }
+
+    // Frame pointers in every kernel function: the heap profile's call stacks are frame-pointer walks
+    // (spanalloc::profile::stack). Set after the clean-up above, for the kernels only (with `--target`,
+    // cargo gives these flags to target artifacts, not to build scripts).
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Cforce-frame-pointers=yes");
 
     let shown = format!(
         "{cargo} {}",

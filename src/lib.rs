@@ -11,6 +11,7 @@
 //! returns, and the firmware-variables copy of a UEFI run is deleted with it.
 
 pub mod cli;
+pub mod heapprofile;
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};

@@ -6,6 +6,9 @@ use spanalloc_runner::Verdict;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// Where a heap profile the kernel prints (`heapprofile` command) is written, in the current directory.
+const PROFILE_FILE: &str = "heapprofile.pb";
+
 fn main() -> ExitCode {
     let (qemu, verbose) = match cli::parse(std::env::args().skip(1)) {
         Ok(Action::Help) => {
@@ -22,11 +25,27 @@ fn main() -> ExitCode {
         eprintln!("running: {}", qemu.command_line());
     }
     let stdout = std::io::stdout();
+    let mut profile = spanalloc_runner::heapprofile::Collector::default();
     let outcome = qemu.run_with(|line| {
+        if profile.line(line) {
+            return;
+        }
         let mut out = stdout.lock();
         let _ = out.write_all(line.as_bytes());
         let _ = out.flush();
     });
+    match profile.finish() {
+        Some(Ok(bytes)) => match std::fs::write(PROFILE_FILE, &bytes) {
+            Ok(()) => eprintln!(
+                "heap profile ({} bytes) written to {PROFILE_FILE}; read it with:\n  go tool pprof -top {} {PROFILE_FILE}",
+                bytes.len(),
+                env!("KERNEL_ELF")
+            ),
+            Err(e) => eprintln!("error: cannot write the heap profile to {PROFILE_FILE}: {e}"),
+        },
+        Some(Err(e)) => eprintln!("error: the kernel's heap profile is unreadable: {e}"),
+        None => {}
+    }
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(err) => {

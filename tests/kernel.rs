@@ -155,6 +155,65 @@ fn demo_uefi() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `heapprofile`: the kernel prints a heap profile the runner's extraction reads back; with `go` on the
+/// PATH, `go tool pprof` opens it and names the workload's kernel functions.
+fn heap_profile() -> Result<(), Failed> {
+    let qemu = qemu(&["heapprofile"], 1);
+    let outcome = boot_passing(&qemu)?;
+    let mut collector = spanalloc_runner::heapprofile::Collector::default();
+    for line in outcome.serial.lines() {
+        collector.line(line);
+    }
+    let bytes = match collector.finish() {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => {
+            return Err(format!("bad profile: {e}\n{}", describe(&qemu, &outcome)).into())
+        }
+        None => return Err(format!("no profile printed\n{}", describe(&qemu, &outcome)).into()),
+    };
+    let has = |s: &[u8]| bytes.windows(s.len()).any(|w| w == s);
+    if !has(b"inuse_space") || !has(b"alloc_objects") {
+        return Err(format!(
+            "{} bytes without the heap profile's sample types",
+            bytes.len()
+        )
+        .into());
+    }
+    let Ok(go) = std::process::Command::new("go").arg("version").output() else {
+        eprintln!("heap_profile: `go` not found; go tool pprof not tried (Debian: golang-go)");
+        return Ok(());
+    };
+    if !go.status.success() {
+        return Ok(());
+    }
+    let file =
+        std::env::temp_dir().join(format!("spanalloc-heapprofile-{}.pb", std::process::id()));
+    std::fs::write(&file, &bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    let out = std::process::Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-sample_index=alloc_space",
+            "-top",
+            env!("KERNEL_ELF"),
+        ])
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("go tool pprof: {e}"))?;
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in ["kernel_main", "churn"] {
+        if !text.contains(name) {
+            return Err(format!(
+                "go tool pprof -top does not name `{name}`:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn unknown_test_fails() -> Result<(), Failed> {
     let qemu = qemu(&["test", "no_such_test"], 1);
     let outcome = boot(&qemu)?;
@@ -396,6 +455,7 @@ fn main() {
         Trial::test("kernel::demo", demo_bios),
         Trial::test("kernel::uefi_boot", demo_uefi),
         Trial::test("kernel::unknown_test_fails", unknown_test_fails),
+        Trial::test("kernel::heap_profile", heap_profile),
         Trial::test("example::hello_kernel", example_hello_kernel),
         Trial::test("example::readme_snippet", example_readme_snippet),
         Trial::test("example::region_kernel", example_region_kernel),

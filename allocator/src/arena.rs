@@ -17,7 +17,7 @@
 use crate::addr::{FrameCount, Page, PageTableFlags, VirtAddr, FRAME_SIZE};
 use crate::frames::FrameAllocator;
 use crate::paging::{MapError, Mapper};
-use crate::platform::Platform;
+use crate::platform::{Platform, Sampled};
 
 /// Size and alignment of one heap arena (Go's heapArena).
 pub const ARENA_SIZE: usize = 64 << 20;
@@ -103,6 +103,22 @@ impl<P: Platform> AddressSpace<P> {
             platform,
             held: 0,
             heap_window: None,
+        }
+    }
+
+    /// The same address space seen through [`Sampled`]`<P>` (for a heap that samples over a platform that
+    /// does not compile sampling in by itself). `sampled` must wrap this space's own platform.
+    pub fn sampled(self, sampled: &'static Sampled<P>) -> AddressSpace<Sampled<P>> {
+        assert!(
+            core::ptr::eq(sampled.0, self.platform),
+            "arena: Sampled wraps another platform than the address space's"
+        );
+        AddressSpace {
+            frames: self.frames,
+            mapper: self.mapper,
+            platform: sampled,
+            held: self.held,
+            heap_window: self.heap_window,
         }
     }
 

@@ -75,8 +75,35 @@ fn slot(slots: &mut [VirtAddr; TOTAL_SLOTS], at: *mut VirtAddr) -> *mut VirtAddr
     slots.as_mut_ptr().with_addr(at.addr())
 }
 
+/// One CPU's sampling state (heap/sample.rs): `countdown` is what the allocation fast path touches, on
+/// platforms that compile sampling in (`Platform::SAMPLING`); the rest is for the cold path. All-zero
+/// (a fresh cache) makes the first allocation take the cold path, which arms it.
+#[derive(Debug)]
+pub(crate) struct SampleState {
+    /// Bytes left until the next sampling event; negative: the allocation that made it so is one.
+    pub(crate) countdown: isize,
+    /// `countdown` as last armed (bytes allocated since = armed - countdown).
+    pub(crate) armed: isize,
+    /// Bytes left until the next heap-profile sample and the next guarded allocation.
+    pub(crate) profile_left: i64,
+    pub(crate) guard_left: i64,
+    pub(crate) rng: u64,
+    /// The sampler's settings generation this state was armed with.
+    pub(crate) epoch: u32,
+}
+
+impl SampleState {
+    /// Counts `bytes` allocated; `false` when this allocation is a sampling event (the cold path decides).
+    #[inline(always)]
+    pub(crate) fn take(&mut self, bytes: usize) -> bool {
+        self.countdown = self.countdown.wrapping_sub(bytes as isize);
+        self.countdown >= 0
+    }
+}
+
 /// One CPU's cache.
 pub(crate) struct Cache {
+    pub(crate) sample: SampleState,
     stacks: [Stack; NUM_SIZE_CLASSES],
     slots: [VirtAddr; TOTAL_SLOTS],
 }

@@ -18,6 +18,7 @@
 //! - [`heap`]: [`Heap`], the `GlobalAlloc`; [`stats`]: its counters.
 //! - [`takeover`]: boot memory map to running heap in one call; `bootloader` (feature `bootloader`): the
 //!   same from `bootloader_api`'s `BootInfo`; [`share`]: the kernel's frames and mappings after take-over.
+//! - [`profile`]: sampled heap profiles (pprof) and guard pages; the heap's side is `Heap::set_sampling`.
 //! - `gc` (feature `gc`): a garbage-collected heap on the same spans and page heap.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -44,6 +45,7 @@ pub mod paging;
 pub mod platform;
 #[cfg(target_arch = "x86_64")]
 pub mod platforms;
+pub mod profile;
 pub mod share;
 pub mod sizeclass;
 pub mod span;

@@ -940,6 +940,19 @@ impl<P: Platform> PageHeap<P> {
         }
     }
 
+    /// `npages` zeroed, mapped pages for the heap's own use outside any span (the sampler's tables, the
+    /// guard pool's stretch of address space): never freed, never in the span map (so no free of an
+    /// address in them is taken for an object's). `None` when memory runs out.
+    pub(crate) fn alloc_private(&mut self, npages: usize) -> Option<VirtAddr> {
+        let (first, needzero) = self.alloc_pages(npages, 1, None)?;
+        let base = self.page_addr(first);
+        if needzero {
+            // SAFETY: the pages were just allocated (mapped by `alloc_pages`) and belong to no one else.
+            unsafe { core::ptr::write_bytes(base.as_mut_ptr::<u8>(), 0, npages * PAGE_SIZE) };
+        }
+        Some(base)
+    }
+
     /// Gives every CPU's cached pages back to the page allocator (before scavenging everything).
     pub(crate) fn flush_page_caches(&mut self) {
         for cpu in 0..MAX_CPUS {

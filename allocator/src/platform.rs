@@ -28,6 +28,24 @@ pub unsafe trait Platform: Sync + 'static {
     /// served, through the central lists' locks (slower, never unsound).
     const MAX_CPUS: usize;
 
+    /// Whether a heap on this platform compiles in sampling (the heap profile and guard pages, see
+    /// [`Heap::set_sampling`](crate::Heap::set_sampling)): one subtraction and one branch on the small
+    /// allocation fast path, whether sampling is switched on or not. The default, `false`, leaves the fast
+    /// path exactly as without it; [`Sampled`] turns it on for any platform.
+    const SAMPLING: bool = false;
+
+    /// The running code's call stack from the frame `from` outward (`from` is the frame pointer of the
+    /// heap's entry function, see [`crate::profile::stack::current_frame`], so that the first address is
+    /// the return address into the code that called the heap): return addresses innermost first, written
+    /// to `out`; returns how many. Called (with interrupts masked) for sampled allocations only; it must
+    /// not allocate or fault, whatever `from` is (on code without frame pointers it may be any value). The
+    /// default records none. On x86_64, [`crate::profile::stack::frame_pointer_walk`] up to the running
+    /// stack's top does it for code built with frame pointers.
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        let _ = (from, out);
+        0
+    }
+
     /// Index of the CPU running this code. Two CPUs (or threads) running at once must never report the
     /// same index below `MAX_CPUS`: the cache of an index is used without a lock. Stable while
     /// interrupts are masked.
@@ -56,4 +74,40 @@ pub unsafe trait Platform: Sync + 'static {
     /// counts 4 KiB pages (not the heap's 8 KiB pages). On return no CPU may still hold a translation for
     /// them (TLB shootdown: the local flush plus every other CPU's).
     fn pages_unmapped(&self, start: Page, count: u64);
+}
+
+/// `P` with sampling compiled in ([`Platform::SAMPLING`]): everything else is `P`'s. For a heap that
+/// profiles over a platform that does not say so itself (the host benchmarks compare both).
+pub struct Sampled<P: Platform>(pub &'static P);
+
+// SAFETY: every duty is delegated to `P`, which keeps its promises; `SAMPLING` is no promise about the
+// machine.
+unsafe impl<P: Platform> Platform for Sampled<P> {
+    type InterruptGuard = P::InterruptGuard;
+    const MAX_CPUS: usize = P::MAX_CPUS;
+    const SAMPLING: bool = true;
+
+    #[inline(always)]
+    fn cpu_index(&self) -> usize {
+        self.0.cpu_index()
+    }
+    fn cpu_index_slow(&self) -> usize {
+        self.0.cpu_index_slow()
+    }
+    #[inline(always)]
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.0.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.0.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.0.page_mapped(page, frame)
+    }
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        self.0.pages_unmapped(start, count)
+    }
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        self.0.stack_trace(from, out)
+    }
 }

@@ -267,13 +267,14 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
     let shared = needs(|k| {
         !matches!(
             k,
-            Kind::HeapEfficiency | Kind::Footprint | Kind::PageScaling
+            Kind::HeapEfficiency | Kind::Footprint | Kind::PageScaling | Kind::SamplingCost
         )
     })
     .then(|| Contestants::new(cfg.arena_bytes));
     let fresh_region =
         needs(|k| matches!(k, Kind::HeapEfficiency)).then(|| Region::new(cfg.arena_bytes, false));
     let mut scaled: Vec<ScaledHeap> = Vec::new();
+    let mut sampling: Option<workloads::sampling::SamplingHeaps> = None;
     let mut results = Results::new(reps);
     let mut order_rng = rng::Rng::new(cfg.seed ^ 0x0bde);
     for rep in 0..reps {
@@ -310,6 +311,14 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
                         }
                         Kind::Footprint => workloads::memory::footprint_in_child(id, &cfg),
                         Kind::PageScaling => page_scaling(&mut scaled, &cfg, &mut order_rng),
+                        Kind::SamplingCost => {
+                            let heaps = sampling.get_or_insert_with(|| {
+                                workloads::sampling::SamplingHeaps::build(cfg.arena_bytes)
+                            });
+                            let mut order = [0, 1, 2];
+                            order_rng.shuffle(&mut order);
+                            heaps.measure(&cfg, &order)
+                        }
                         _ => {
                             let job = Job {
                                 kind: bench.kind,

@@ -275,6 +275,7 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
 
     thread_scaling(w, results, &rows, &ids);
     page_scaling(w, results);
+    sampling_cost(w, results);
     s
 }
 
@@ -317,6 +318,52 @@ fn thread_scaling(w: &mut String, results: &Results, rows: &[Row], ids: &[Id]) {
                 Some(s) => write!(w, " {} |", short(s.median)).unwrap(),
                 None => write!(w, " – |").unwrap(),
             }
+        }
+        writeln!(w).unwrap();
+    }
+}
+
+/// Heap sampling's cost (bench/src/workloads/sampling.rs): each variant's cost over the heap without
+/// sampling compiled in, per repetition (time per op ratio; for throughput, the inverse ratio).
+fn sampling_cost(w: &mut String, results: &Results) {
+    use crate::workloads::sampling::{VARIANTS, WORKLOADS};
+    let have = WORKLOADS.iter().any(|wl| {
+        results
+            .values(&format!("sampling_{wl}_off"), 1, Id::Spanalloc)
+            .is_some()
+    });
+    if !have {
+        return;
+    }
+    writeln!(
+        w,
+        "\n## Heap sampling's cost (spanalloc; cost ratio to the heap without sampling compiled in, per repetition; > 1: slower)\n"
+    )
+    .unwrap();
+    writeln!(w, "| workload | unit | off | idle (compiled in, off) | default rates | idle ratio | default ratio |").unwrap();
+    writeln!(w, "|---|---|---|---|---|---|---|").unwrap();
+    for wl in WORKLOADS {
+        let base = format!("sampling_{wl}_off");
+        let unit = crate::workloads::unit_of(&base);
+        write!(w, "| {wl} | {} |", unit.label()).unwrap();
+        for v in VARIANTS {
+            let m = format!("sampling_{wl}_{v}");
+            let s = results
+                .values(&m, 1, Id::Spanalloc)
+                .and_then(|v| Summary::of(&v.iter().flatten().copied().collect::<Vec<_>>()));
+            write!(w, " {} |", s.as_ref().map_or("–".into(), spread)).unwrap();
+        }
+        for v in &VARIANTS[1..] {
+            let m = format!("sampling_{wl}_{v}");
+            let higher_better = unit.higher_is_better();
+            let r = results.paired((&m, 1, Id::Spanalloc), (&base, 1, Id::Spanalloc), |x, y| {
+                if higher_better {
+                    y / x
+                } else {
+                    x / y
+                }
+            });
+            write!(w, " {} |", r.as_ref().map_or("–".into(), spread)).unwrap();
         }
         writeln!(w).unwrap();
     }

@@ -2,9 +2,13 @@
 //!
 //! Grammar (space-separated words): options `key=value` anywhere, and at most one command:
 //! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test),
-//! `bench` (measure allocator throughput on 1, 2 and 4 CPUs).
+//! `bench` (measure allocator throughput on 1, 2 and 4 CPUs), `heapprofile` (run a workload with the heap
+//! profile on and dump the profile over serial, see `heapprofile.rs`).
 //! Options: `log=<off|error|warn|info|debug|trace>` (default `info`); `gctrace=<0|1>` (default 1: the
-//! garbage collector prints one line per cycle, as Go's GODEBUG=gctrace=1).
+//! garbage collector prints one line per cycle, as Go's GODEBUG=gctrace=1); `profilerate=<bytes>` (heap
+//! profile sampling rate, 0 = off: the default, except 512 KiB for `heapprofile`); `guard=<bytes>` (one
+//! small allocation per that many bytes gets a guarded page, 0 = off: the default); `guardside=<right|left>`
+//! (which overrun faults at once, default right).
 
 use core::fmt;
 use log::LevelFilter;
@@ -13,7 +17,7 @@ use log::LevelFilter;
 pub const FW_CFG_FILE: &str = "opt/spanalloc/cmdline";
 
 pub const USAGE: &str =
-    "[demo | list | test <name> | bench] [log=<off|error|warn|info|debug|trace>] [gctrace=<0|1>]";
+    "[demo | list | test <name> | bench | heapprofile] [log=<off|error|warn|info|debug|trace>] [gctrace=<0|1>] [profilerate=<bytes>] [guard=<bytes>] [guardside=<right|left>]";
 
 /// Longest command line accepted; anything longer is a runner bug, not a real request.
 pub const MAX_LEN: usize = 4096;
@@ -24,6 +28,7 @@ pub enum Command<'a> {
     List,
     Test(&'a str),
     Bench,
+    HeapProfile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,10 @@ pub struct Cmdline<'a> {
     pub log_level: LevelFilter,
     /// Print the collector's per-cycle trace lines.
     pub gctrace: bool,
+    /// Heap sampling asked for (`profilerate=`, `guard=`, `guardside=`); `None` fields: not given.
+    pub profile_rate: Option<usize>,
+    pub guard_interval: Option<usize>,
+    pub guard_left: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +51,8 @@ pub enum CmdlineError<'a> {
     UnknownOption(&'a str),
     BadLogLevel(&'a str),
     BadGctrace(&'a str),
+    BadNumber(&'a str, &'a str),
+    BadGuardSide(&'a str),
 }
 
 impl fmt::Display for CmdlineError<'_> {
@@ -53,6 +64,10 @@ impl fmt::Display for CmdlineError<'_> {
             Self::UnknownOption(key) => write!(f, "unknown option `{key}=`"),
             Self::BadLogLevel(level) => write!(f, "bad log level `{level}`"),
             Self::BadGctrace(value) => write!(f, "bad gctrace value `{value}` (0 or 1)"),
+            Self::BadNumber(key, value) => {
+                write!(f, "bad {key} value `{value}` (a number of bytes)")
+            }
+            Self::BadGuardSide(value) => write!(f, "bad guardside value `{value}` (right or left)"),
         }
     }
 }
@@ -89,6 +104,9 @@ pub fn load(buf: &mut Buffer) -> &str {
 pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
     let mut log_level = LevelFilter::Info;
     let mut gctrace = true;
+    let mut profile_rate = None;
+    let mut guard_interval = None;
+    let mut guard_left = false;
     // A command takes at most two words, so the third one, if any, is the first extra word to report.
     let mut words = [""; 3];
     let mut count = 0;
@@ -106,6 +124,23 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadGctrace(value)),
                 };
             }
+            Some((key @ ("profilerate" | "guard"), value)) => {
+                let n = value
+                    .parse::<usize>()
+                    .map_err(|_| CmdlineError::BadNumber(key, value))?;
+                if key == "guard" {
+                    guard_interval = Some(n);
+                } else {
+                    profile_rate = Some(n);
+                }
+            }
+            Some(("guardside", value)) => {
+                guard_left = match value {
+                    "left" => true,
+                    "right" => false,
+                    _ => return Err(CmdlineError::BadGuardSide(value)),
+                };
+            }
             Some((key, _)) => return Err(CmdlineError::UnknownOption(key)),
             None if count < words.len() => {
                 words[count] = word;
@@ -119,6 +154,7 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
         ["demo", rest @ ..] => (Command::Demo, rest),
         ["list", rest @ ..] => (Command::List, rest),
         ["bench", rest @ ..] => (Command::Bench, rest),
+        ["heapprofile", rest @ ..] => (Command::HeapProfile, rest),
         ["test"] => return Err(CmdlineError::MissingTestName),
         ["test", name, rest @ ..] => (Command::Test(name), rest),
         [unknown, ..] => return Err(CmdlineError::UnknownCommand(unknown)),
@@ -130,5 +166,8 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
         command,
         log_level,
         gctrace,
+        profile_rate,
+        guard_interval,
+        guard_left,
     })
 }

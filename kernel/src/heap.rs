@@ -19,6 +19,31 @@ pub const HEAP_MAX_BYTES: usize = 64 << 30;
 #[global_allocator]
 pub static HEAP: Heap<KernelPlatform> = Heap::new(&PLATFORM);
 
+/// Switches heap sampling on as the command line asks (`profilerate=`, `guard=`, `guardside=`; the
+/// `heapprofile` command profiles at Go's default rate unless told otherwise). Off by default.
+pub fn start_sampling(cmdline: &crate::cmdline::Cmdline) {
+    use spanalloc::profile::{GuardSide, Sampling, DEFAULT_PROFILE_RATE};
+    let default_rate = match cmdline.command {
+        crate::cmdline::Command::HeapProfile => DEFAULT_PROFILE_RATE,
+        _ => 0,
+    };
+    let s = Sampling {
+        profile_rate: cmdline.profile_rate.unwrap_or(default_rate),
+        guard_interval: cmdline.guard_interval.unwrap_or(0),
+        guard_side: if cmdline.guard_left {
+            GuardSide::Left
+        } else {
+            GuardSide::Right
+        },
+    };
+    if s != Sampling::OFF {
+        match HEAP.set_sampling(s) {
+            Ok(()) => log::info!("heap sampling on: {s:?}"),
+            Err(e) => crate::println!("warning: heap sampling not started: {e}"),
+        }
+    }
+}
+
 /// Keeps the kernel's own background users off the heap while alive (today: the timer handler's
 /// allocations, on every CPU), so that a test can compare heap snapshots taken at different times. Drop
 /// restores the previous setting.

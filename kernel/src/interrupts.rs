@@ -4,7 +4,8 @@
 //! - Handlers that may run while the serial lock is held (any exception can) print only through
 //!   `emergency_println!`.
 //! - Fatal handlers never return: they report and end QEMU with failure. The page-fault handler is fatal
-//!   except for faults of a [`probe`](crate::probe) read, which it turns into values.
+//!   except for faults of a [`probe`](crate::probe) read, which it turns into values; a fault on a
+//!   guarded heap object (guard sampling) panics with the heap's report.
 //! - The double-fault handler runs on its own IST stack (see [`gdt`](crate::gdt)).
 
 use crate::{apic, emergency_println, gdt, pic, probe, qemu, smp, timer};
@@ -75,6 +76,19 @@ extern "x86-interrupt" fn page_fault(
     let fault_addr = Cr2::read().unwrap_or(VirtAddr::zero());
     if probe::recover(&mut frame, fault_addr, error_code) {
         return;
+    }
+    // An access to a guarded object's guard page or freed page (heap guard sampling): the heap says what
+    // it was. A panic, so that the report goes through the panic handler (and a test can expect it).
+    if let Some(report) =
+        crate::heap::HEAP.guard_report(spanalloc::VirtAddr::new(fault_addr.as_u64()))
+    {
+        panic!(
+            "{report} (page fault at ip {:#x}, error code {error_code:?}; kernel loaded at {:#x}: \
+             `addr2line -f -e <kernel> ADDRESS-{:#x}` names an address)",
+            frame.instruction_pointer.as_u64(),
+            crate::heapprofile::KERNEL_IMAGE_OFFSET.load(core::sync::atomic::Ordering::Relaxed),
+            crate::heapprofile::KERNEL_IMAGE_OFFSET.load(core::sync::atomic::Ordering::Relaxed),
+        );
     }
     emergency_println!(
         "EXCEPTION: page fault accessing {:#x} at ip {:#x}, error code {:?}\n{frame:#?}",

@@ -22,6 +22,7 @@ mod gc;
 mod gc_demo;
 mod gdt;
 mod heap;
+mod heapprofile;
 mod interrupts;
 mod ktest;
 mod logger;
@@ -53,6 +54,7 @@ bootloader_api::entry_point!(kernel_main, config = &CONFIG);
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     // First: the heap (and anything per-CPU) finds the current CPU through GS.
     percpu::install(0);
+    percpu::mark_stack_top();
     serial::init();
     gdt::init();
     interrupts::init();
@@ -76,6 +78,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let report = memory::take_over(boot_info);
     println!("{}", report.map);
+    heapprofile::KERNEL_IMAGE_OFFSET.store(
+        boot_info.kernel_image_offset,
+        core::sync::atomic::Ordering::Relaxed,
+    );
+    heap::start_sampling(&cmdline);
     clock::init();
     smp::init(boot_info, &report);
 
@@ -84,6 +91,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Command::Demo => demo::run(boot_info, &report, cpus),
         Command::List => ktest::list(tests::TESTS),
         Command::Bench => bench::run(),
+        Command::HeapProfile => heapprofile::run(boot_info),
         Command::Test(name) => {
             let mut ctx = ktest::TestCtx {
                 boot_info,

@@ -36,6 +36,9 @@ pub struct PerCpu {
     pub shootdown_pending: AtomicBool,
     /// TLB shootdowns this CPU served.
     pub shootdowns: AtomicU64,
+    /// The frame pointer of this CPU's entry function (which never returns), 0 until recorded: the top
+    /// of the stack the heap profile's frame-pointer walks may read (see `platform::stack_trace`).
+    pub stack_top: AtomicU64,
 }
 
 impl PerCpu {
@@ -49,6 +52,7 @@ impl PerCpu {
             timer_allocs_in_loop: AtomicU64::new(0),
             shootdown_pending: AtomicBool::new(false),
             shootdowns: AtomicU64::new(0),
+            stack_top: AtomicU64::new(0),
         }
     }
 
@@ -75,6 +79,20 @@ pub fn install(index: usize) {
         "percpu: CPU index {index} is over the limit of {MAX_CPUS} CPUs"
     );
     GsBase::write(VirtAddr::from_ptr(&BLOCKS[index]));
+}
+
+/// Records the calling function's frame as the top of this CPU's stack: call it first thing in the CPU's
+/// entry function (which never returns), after [`install`]. Frame-pointer walks stop below it.
+#[inline(always)]
+pub fn mark_stack_top() {
+    let fp: u64;
+    // SAFETY: reads a register (the caller's frame pointer: this function is inlined).
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    current()
+        .stack_top
+        .store(fp, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The index of the CPU running this code (after its [`install`]).

@@ -109,6 +109,22 @@ pub(crate) fn flush_local(start: Page, count: u64) {
 unsafe impl Platform for KernelPlatform {
     type InterruptGuard = InterruptGuard;
     const MAX_CPUS: usize = spanalloc::MAX_CPUS;
+    /// Heap profiles and guard pages compiled in (switched on from the command line: `profilerate=`,
+    /// `guard=`, the `heapprofile` command).
+    const SAMPLING: bool = true;
+
+    /// A frame-pointer walk (the kernel is built with frame pointers, build.rs) over this CPU's stack,
+    /// from the heap's frame up to the frame of the CPU's entry function (`percpu::mark_stack_top`).
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        let top = crate::percpu::current().stack_top.load(Ordering::Relaxed);
+        if top == 0 {
+            return 0;
+        }
+        // SAFETY: from the stack pointer up to `top` is the live part of this CPU's one stack (allocations,
+        // interrupt handlers included, run on it: the only IST stack is the double fault's, which
+        // allocates nothing), all mapped; `top` is the frame of an entry function that never returns.
+        unsafe { spanalloc::profile::stack::frame_pointer_walk(from, top, out) }
+    }
 
     #[inline(always)]
     fn cpu_index(&self) -> usize {

@@ -60,6 +60,8 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     spanmap: SpanMap,
     large_objects: AtomicUsize,
     large_pages: AtomicUsize,
+    /// The heap profile and guard pages (sample.rs); used only when `P::SAMPLING`.
+    sampler: sample::Sampler,
 }
 
 /// Which call a refused pointer came through, for the message.
@@ -86,6 +88,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             spanmap: SpanMap::new(),
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
+            sampler: sample::Sampler::new(),
         }
     }
 
@@ -299,9 +302,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     #[inline(always)]
-    fn alloc_small(&self, class: SizeClass) -> *mut u8 {
-        let p = self.alloc_small_unchecked(class);
-        if FULL_CHECKS && !p.is_null() {
+    fn alloc_small(&self, class: SizeClass, layout: Layout) -> *mut u8 {
+        let p = self.alloc_small_unchecked(class, layout);
+        // (A sampled object lives outside small spans: nothing to track.)
+        if FULL_CHECKS
+            && !p.is_null()
+            && (!P::SAMPLING || self.small_object_entry(class, p).is_some())
+        {
             self.track(class, VirtAddr::from_ptr(p), true)
                 .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
         }
@@ -319,23 +326,27 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     /// The fast path: a pop from this CPU's existing cache. Everything else (no cache yet, or none for
     /// this CPU; an empty stack) is one out-of-line call, so the fast path saves no registers.
+    /// With `P::SAMPLING`, the allocation also counts its bytes down to the next sampling event (one
+    /// subtraction and one branch; sample.rs).
     #[inline(always)]
-    fn alloc_small_unchecked(&self, class: SizeClass) -> *mut u8 {
+    fn alloc_small_unchecked(&self, class: SizeClass, layout: Layout) -> *mut u8 {
         {
             let _irq = self.platform.mask_interrupts();
             let cpu = self.platform.cpu_index();
             // SAFETY: `cpu` is ours and interrupts are masked until the block ends.
             if let Some(cache) = unsafe { self.existing_cache(cpu) } {
-                if let Some(p) = cache.pop(class) {
-                    let p = p.as_mut_ptr();
-                    // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
-                    // that only we hold.
-                    unsafe { freemark::clear(p, class) };
-                    return p;
+                if !P::SAMPLING || cache.sample.take(layout.size()) {
+                    if let Some(p) = cache.pop(class) {
+                        let p = p.as_mut_ptr();
+                        // SAFETY: `p` was just taken from the cache: the start of a mapped object of
+                        // `class` that only we hold.
+                        unsafe { freemark::clear(p, class) };
+                        return p;
+                    }
                 }
             }
         }
-        self.alloc_small_miss(class)
+        self.alloc_small_miss(class, layout)
     }
 
     /// This CPU's cache if it exists (no creation): the fast paths' view.
@@ -354,9 +365,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     #[cold]
     #[inline(never)]
-    fn alloc_small_miss(&self, class: SizeClass) -> *mut u8 {
+    fn alloc_small_miss(&self, class: SizeClass, layout: Layout) -> *mut u8 {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
+        if P::SAMPLING {
+            // SAFETY: `cpu` is ours and interrupts are masked until we return.
+            // The stack is recorded from this function's frame out: it starts in the heap's caller.
+            let frame = crate::profile::stack::current_frame();
+            if let Some(p) = unsafe { self.sample_small(cpu, layout, frame) } {
+                return p;
+            }
+        }
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
         unsafe { self.alloc_small_slow(cpu, class) }
     }
@@ -605,6 +624,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         |a| self.spanmap.lookup(a).map(|(s, _)| s)
     }
 
+    /// Not inlined: its frame is where a sampled large object's recorded stack starts.
+    #[inline(never)]
     fn alloc_large(&self, layout: Layout, zero: bool) -> *mut u8 {
         let Some(npages) = large_pages(layout.size()) else {
             return ptr::null_mut();
@@ -630,6 +651,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: the span is ours (large spans belong to their one object).
         let s = unsafe { span.as_ref() };
         let p = s.base().as_mut_ptr::<u8>();
+        if P::SAMPLING && self.sample_large(layout.size()) {
+            self.record_large(p, layout.size(), crate::profile::stack::current_frame());
+        }
         if zero && s.needzero() {
             // SAFETY: the span's pages are mapped and ours; npages * PAGE_SIZE >= layout.size().
             unsafe { ptr::write_bytes(p, 0, layout.size()) };
@@ -689,6 +713,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
         let span = self.checked_large(Op::Dealloc, addr, layout);
+        if P::SAMPLING {
+            self.forget_large(Op::Dealloc, addr, layout);
+        }
         let heap = guard.as_mut().expect("large spans exist only after init");
         // SAFETY: a large span belongs to its object, which the caller is freeing.
         let npages = unsafe { span.as_ref() }.npages().0;
@@ -705,6 +732,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
         let span = self.checked_large(Op::Realloc, addr, layout);
+        if P::SAMPLING {
+            self.forget_large(Op::Realloc, addr, layout);
+        }
         if SizeClass::for_layout(new_size, layout.align()).is_some() {
             return false;
         }
@@ -850,7 +880,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match SizeClass::for_layout(layout.size(), layout.align()) {
-            Some(class) => self.alloc_small(class),
+            Some(class) => self.alloc_small(class, layout),
             None => self.alloc_large(layout, false),
         }
     }
@@ -860,6 +890,9 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 let Some(entry) = self.small_object_entry(class, ptr) else {
+                    if P::SAMPLING && self.free_sampled_small(ptr, layout, class) {
+                        return;
+                    }
                     self.refuse_small(Op::Dealloc, ptr, layout, class)
                 };
                 // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
@@ -883,7 +916,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
-                let p = self.alloc_small(class);
+                let p = self.alloc_small(class, layout);
                 if !p.is_null() {
                     // SAFETY: p is a fresh block of at least layout.size() bytes.
                     unsafe { ptr::write_bytes(p, 0, layout.size()) };
@@ -900,9 +933,11 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 if !self.is_live_small(class, ptr) {
-                    self.refuse_small(Op::Realloc, ptr, layout, class)
-                }
-                if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
+                    // A sampled object lives alone: it always moves (and its free is counted).
+                    if !(P::SAMPLING && self.is_sampled_small(ptr, layout, class)) {
+                        self.refuse_small(Op::Realloc, ptr, layout, class)
+                    }
+                } else if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
                     return ptr;
                 }
             }
@@ -989,6 +1024,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+mod sample;
+pub use sample::{SamplingError, SamplingStats};
+
 // Heavy (huge windows, dozens of threads): not under Miri.
 #[cfg(all(test, not(miri)))]
 mod attack_tests;
@@ -996,6 +1034,8 @@ mod attack_tests;
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
+#[cfg(all(test, not(miri)))]
+mod sample_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::contestants::Contestant;
 use crate::timing::{CpuClock, StopFlag, Tsc};
 
 pub mod memory;
+pub mod sampling;
 pub mod scaling;
 pub mod single;
 pub mod threaded;
@@ -198,6 +199,7 @@ pub enum Kind {
     HeapEfficiency,
     Footprint,
     PageScaling,
+    SamplingCost,
 }
 
 /// A benchmark: a name to filter on, the thread counts it runs at, and who takes part.
@@ -292,12 +294,19 @@ pub fn suite() -> Vec<Bench> {
         &[1],
         Who::Spanalloc,
     ));
+    v.push(b(
+        "sampling_cost".into(),
+        Kind::SamplingCost,
+        &[1],
+        Who::Spanalloc,
+    ));
     v
 }
 
 /// The unit of a metric, from its name (metrics are named `<benchmark>[_<variant>]`).
 pub fn unit_of(metric: &str) -> Unit {
     if metric.starts_with("random_actions")
+        || metric.starts_with("sampling_random_actions")
         || metric.starts_with("glibc_simple")
         || metric.starts_with("larson")
         || metric.starts_with("cache_scratch")
@@ -336,8 +345,10 @@ impl crate::contestants::Workload for Job<'_> {
             Kind::Xmalloc => threaded::xmalloc(a, cfg, t),
             Kind::CacheScratch => threaded::cache_scratch(a, cfg, t),
             Kind::HeapEfficiency => memory::heap_efficiency(a, cfg),
-            Kind::Footprint | Kind::PageScaling => {
-                unreachable!("footprint and page scaling run outside the shared contestants")
+            Kind::Footprint | Kind::PageScaling | Kind::SamplingCost => {
+                unreachable!(
+                    "footprint, page scaling and sampling cost run outside the shared contestants"
+                )
             }
         }
     }

@@ -238,6 +238,7 @@ fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 extern "C" fn ap_entry(index: u64) -> ! {
     let index = index as usize;
     percpu::install(index);
+    percpu::mark_stack_top();
     let tables = AP_TABLES[index].load(Ordering::Acquire);
     // SAFETY: the boot CPU stored a leaked (so 'static) CpuTables for this index before starting us.
     gdt::load(unsafe { &*tables });

@@ -7,6 +7,7 @@ mod boot_info;
 mod faults;
 mod frames;
 mod gc;
+mod guard;
 mod heap;
 mod panics;
 mod smp;
@@ -50,6 +51,23 @@ pub static TESTS: &[KernelTest] = &[
         .should_panic(bad_free::DOUBLE_FREE_SMALL),
     KernelTest::new("bad_free_interior_small", bad_free::bad_free_interior_small)
         .should_panic(bad_free::INTERIOR_SMALL),
+    // Heap sampling: guard pages (faults and canaries reported) and the profile, under the workload.
+    KernelTest::new("guard_overflow_faults", guard::guard_overflow_faults)
+        .should_panic(guard::OVERFLOW),
+    KernelTest::new(
+        "guard_use_after_free_faults",
+        guard::guard_use_after_free_faults,
+    )
+    .should_panic(guard::USE_AFTER_FREE),
+    KernelTest::new(
+        "guard_canary_damage_at_free",
+        guard::guard_canary_damage_at_free,
+    )
+    .should_panic(guard::CANARY),
+    KernelTest::new(
+        "sampling_workload_unchanged",
+        guard::sampling_workload_unchanged,
+    ),
     // The garbage-collected heap (spanalloc::gc) on the kernel's span heap.
     KernelTest::new("gc_stw_64mib", gc::gc_stw_64mib),
     KernelTest::new("gc_incremental_64mib", gc::gc_incremental_64mib),

@@ -1,0 +1,678 @@
+//! Sampling in the heap: the heap profile and guard pages (profile/ holds the bookkeeping).
+//!
+//! Which allocations: each CPU counts down bytes allocated (`SampleState::countdown` in its cache; the
+//! fast path subtracts the layout's size and branches to the miss when it goes negative, on platforms
+//! with `Platform::SAMPLING`). The miss path ([`Heap::sample_small`]) then decides whether this allocation
+//! is a profile sample (exponential intervals of mean `profile_rate` bytes), a guarded one (every
+//! `guard_interval` bytes), both or neither, and re-arms the countdown. Large allocations count on their
+//! own (slow) path.
+//!
+//! How a sampled small object's free is recognised at no cost to the free fast path: it never lives in a
+//! small span. A profiled small object gets a large span of its own (as TCMalloc's sampled
+//! objects), a guarded one a page of the guard pool (outside every span); either way the span-map check
+//! the free does anyway fails, and the cold path ([`Heap::free_sampled_small`]) finds it in the profile's
+//! live table or the pool, checks it as strictly as any free (address, layout, double free), and gives it
+//! back. A sampled large object is its own span anyway: `free_large` looks it up.
+//!
+//! Invariants:
+//! - Lock order: pool -> page heap -> profile tables. The tables' lock is never held while taking
+//!   another; all three only with interrupts masked.
+//! - A profiled small object is recorded in the tables before its address is returned and removed before
+//!   its span is freed; a large sampled object is removed under the page-heap lock that frees its span.
+//! - The tables and the pool's bookkeeping live in pages of the heap's own (`alloc_private`), made when
+//!   sampling is first switched on, never freed.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::{bad_free, Heap, Op};
+use crate::addr::{Page, PageTableFlags, VirtAddr, PAGE_SIZE};
+use crate::cache::SampleState;
+use crate::platform::Platform;
+use crate::profile::guard::{self, ErrorKind, FreeError, Pool, Report};
+use crate::profile::pprof::{self, Header, Mapping};
+use crate::profile::table::{Kind, Tables};
+use crate::profile::{next_interval, GuardSide, Rng, Sampling, MAX_FRAMES};
+use crate::sizeclass::{SizeClass, SpanClass};
+use crate::spanmap::Owner;
+
+/// The heap's sampling settings and state (see the module documentation).
+pub(crate) struct Sampler {
+    profile_rate: AtomicUsize,
+    guard_interval: AtomicUsize,
+    guard_left: AtomicBool,
+    /// Grows with every change of settings; each CPU re-arms when it sees a new one.
+    epoch: AtomicU32,
+    tables: spin::Mutex<Option<NonNull<Tables>>>,
+    pool: spin::Mutex<Option<NonNull<Pool>>>,
+    /// The pool's base, 0 before it exists: a lock-free "could this be a guarded address?".
+    pool_base: AtomicU64,
+}
+
+// SAFETY: the pointers are to the heap's own private pages, reached only under their locks.
+unsafe impl Send for Sampler {}
+// SAFETY: as above.
+unsafe impl Sync for Sampler {}
+
+impl Sampler {
+    pub(crate) const fn new() -> Self {
+        Sampler {
+            profile_rate: AtomicUsize::new(0),
+            guard_interval: AtomicUsize::new(0),
+            guard_left: AtomicBool::new(false),
+            epoch: AtomicU32::new(1),
+            tables: spin::Mutex::new(None),
+            pool: spin::Mutex::new(None),
+            pool_base: AtomicU64::new(0),
+        }
+    }
+
+    fn in_pool(&self, addr: u64) -> bool {
+        let base = self.pool_base.load(Ordering::Acquire);
+        base != 0 && addr.wrapping_sub(base) < guard::POOL_BYTES
+    }
+}
+
+/// Why [`Heap::set_sampling`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingError {
+    /// The heap's platform does not compile sampling in (`Platform::SAMPLING` is false).
+    NotCompiledIn,
+    /// `Heap::init` has not run yet.
+    NoHeap,
+    /// No memory for the profile's tables or the guard pool.
+    OutOfMemory,
+    /// Guard pages need a heap that maps its own pages; a heap over memory regions (region mode) has no
+    /// page tables to unmap a guard page in. The heap profile works there.
+    NoAddressSpace,
+}
+
+impl core::fmt::Display for SamplingError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SamplingError::NotCompiledIn => {
+                "sampling is not compiled in: the heap's platform has Platform::SAMPLING = false"
+            }
+            SamplingError::NoHeap => "the heap has no memory yet (Heap::init)",
+            SamplingError::OutOfMemory => "no memory for the sampling tables or the guard pool",
+            SamplingError::NoAddressSpace => {
+                "guard pages need a heap that maps its pages (not a heap over memory regions)"
+            }
+        })
+    }
+}
+
+/// Counters of the sampler (see [`Heap::sampling_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplingStats {
+    /// Profile buckets (call stack and size) and sampled objects live now.
+    pub buckets: usize,
+    pub live_samples: usize,
+    /// Samples not recorded because a table was full.
+    pub dropped: u64,
+    /// Guarded allocations made since the start, and those refused (pool full, object too big).
+    pub guarded: u64,
+    pub guard_refused: u64,
+}
+
+const POOL_STRUCT_PAGES: usize = core::mem::size_of::<Pool>().div_ceil(PAGE_SIZE);
+const TABLE_PAGES: usize = Tables::BYTES.div_ceil(PAGE_SIZE);
+
+impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
+    /// Switches sampling on, off, or to other rates: the heap profile ([`Heap::write_heap_profile`]) and
+    /// guard pages ([`Heap::guard_report`]); see [`Sampling`]. The calling CPU follows at once, every
+    /// other at its next cache refill or sampling event. The first call that switches a feature on takes
+    /// its memory (some 300 KiB of tables, a 2 MiB stretch of address space for the guard pool), kept for
+    /// good. Needs a platform with `Platform::SAMPLING` and an initialized heap.
+    pub fn set_sampling(&self, s: Sampling) -> Result<(), SamplingError> {
+        if !P::SAMPLING {
+            return Err(SamplingError::NotCompiledIn);
+        }
+        let _irq = self.platform.mask_interrupts();
+        if s.profile_rate > 0 && self.sampler.tables.lock().is_none() {
+            let mem = {
+                let mut pages = self.pages.lock();
+                let heap = pages.as_mut().ok_or(SamplingError::NoHeap)?;
+                heap.alloc_private(TABLE_PAGES)
+                    .ok_or(SamplingError::OutOfMemory)?
+            };
+            let mut t = self.sampler.tables.lock();
+            // A racing call may have made them meanwhile: then these pages stay unused.
+            if t.is_none() {
+                *t = Some(
+                    NonNull::new(mem.as_mut_ptr::<Tables>()).expect("heap pages are not null"),
+                );
+            }
+        }
+        if s.guard_interval > 0 {
+            self.make_pool()?;
+        }
+        self.sampler
+            .profile_rate
+            .store(s.profile_rate, Ordering::Relaxed);
+        self.sampler
+            .guard_interval
+            .store(s.guard_interval, Ordering::Relaxed);
+        self.sampler
+            .guard_left
+            .store(s.guard_side == GuardSide::Left, Ordering::Relaxed);
+        self.sampler.epoch.fetch_add(1, Ordering::Release);
+        // SAFETY: the index is ours and interrupts are masked until we return.
+        if let Some(cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
+            self.rearm(&mut cache.sample);
+        }
+        Ok(())
+    }
+
+    /// The current settings.
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            profile_rate: self.sampler.profile_rate.load(Ordering::Relaxed),
+            guard_interval: self.sampler.guard_interval.load(Ordering::Relaxed),
+            guard_side: if self.sampler.guard_left.load(Ordering::Relaxed) {
+                GuardSide::Left
+            } else {
+                GuardSide::Right
+            },
+        }
+    }
+
+    /// Creates the guard pool if it does not exist: 2 MiB of address space from the page heap, unmapped.
+    fn make_pool(&self) -> Result<(), SamplingError> {
+        let mut pool = self.sampler.pool.lock();
+        if pool.is_some() {
+            return Ok(());
+        }
+        let mut pages = self.pages.lock();
+        let heap = pages.as_mut().ok_or(SamplingError::NoHeap)?;
+        if heap.space().is_none() {
+            return Err(SamplingError::NoAddressSpace);
+        }
+        let npages = (guard::POOL_BYTES as usize) / PAGE_SIZE;
+        let window = heap
+            .alloc_private(npages)
+            .ok_or(SamplingError::OutOfMemory)?;
+        let mem = heap
+            .alloc_private(POOL_STRUCT_PAGES)
+            .ok_or(SamplingError::OutOfMemory)?;
+        // Every page of the stretch starts unmapped: guard pages stay so, object pages are mapped while live.
+        heap.space()
+            .expect("checked above: the heap maps its pages")
+            .unmap_range(
+                Page::containing_address(window),
+                guard::POOL_BYTES / guard::PAGE,
+            );
+        let p = mem.as_mut_ptr::<Pool>();
+        // SAFETY: fresh zeroed private pages, big enough and aligned for a Pool, ours alone.
+        unsafe { Pool::init(p, window.as_u64()) };
+        *pool = NonNull::new(p);
+        self.sampler
+            .pool_base
+            .store(window.as_u64(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Re-arms a CPU's countdown for the current settings, without a sample.
+    fn rearm(&self, st: &mut SampleState) {
+        let epoch = self.sampler.epoch.load(Ordering::Acquire);
+        if st.rng == 0 {
+            st.rng = (st as *mut SampleState as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        }
+        st.epoch = epoch;
+        let mut rng = Rng::new(st.rng);
+        st.profile_left =
+            next_interval(self.sampler.profile_rate.load(Ordering::Relaxed), &mut rng) as i64;
+        st.guard_left = self
+            .sampler
+            .guard_interval
+            .load(Ordering::Relaxed)
+            .saturating_sub(1) as i64;
+        st.rng = rng.next_u64();
+        self.arm(st);
+    }
+
+    fn arm(&self, st: &mut SampleState) {
+        let rate = self.sampler.profile_rate.load(Ordering::Relaxed);
+        let interval = self.sampler.guard_interval.load(Ordering::Relaxed);
+        let mut next = i64::MAX / 4;
+        if rate > 0 {
+            next = next.min(st.profile_left.max(0));
+        }
+        if interval > 0 {
+            next = next.min(st.guard_left.max(0));
+        }
+        st.countdown = next as isize;
+        st.armed = next as isize;
+    }
+
+    /// A sampling event on this CPU (its countdown went negative): which of profile and guard it is,
+    /// with the countdown re-armed.
+    fn sample_event(&self, st: &mut SampleState) -> (bool, bool) {
+        if st.epoch != self.sampler.epoch.load(Ordering::Acquire) {
+            self.rearm(st);
+            return (false, false);
+        }
+        let consumed = (st.armed as i64).saturating_sub(st.countdown as i64);
+        st.profile_left = st.profile_left.saturating_sub(consumed);
+        st.guard_left = st.guard_left.saturating_sub(consumed);
+        let rate = self.sampler.profile_rate.load(Ordering::Relaxed);
+        let interval = self.sampler.guard_interval.load(Ordering::Relaxed);
+        let profile = rate > 0 && st.profile_left < 0;
+        let guard = interval > 0 && st.guard_left < 0;
+        if profile {
+            let mut rng = Rng::new(st.rng);
+            st.profile_left = next_interval(rate, &mut rng) as i64;
+            st.rng = rng.next_u64();
+        }
+        if guard {
+            st.guard_left = interval.saturating_sub(1) as i64;
+        }
+        self.arm(st);
+        (profile, guard)
+    }
+
+    /// The miss path's sampling step for a small allocation of `layout` on CPU `cpu`: a sampled object
+    /// (profiled and/or guarded), or `None` to allocate as usual.
+    ///
+    /// # Safety
+    /// `cpu` is the running CPU's index and interrupts are masked.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn sample_small(
+        &self,
+        cpu: usize,
+        layout: Layout,
+        frame: u64,
+    ) -> Option<*mut u8> {
+        // SAFETY: forwarded from the caller.
+        let cache = unsafe { self.local_cache(cpu) }?;
+        let st = &mut cache.sample;
+        if st.countdown >= 0 {
+            if st.epoch != self.sampler.epoch.load(Ordering::Relaxed) {
+                self.rearm(st);
+            }
+            return None;
+        }
+        let (profile, guard) = self.sample_event(st);
+        if !profile && !guard {
+            return None;
+        }
+        let mut frames = [0u64; MAX_FRAMES];
+        let depth = self
+            .platform
+            .stack_trace(frame, &mut frames)
+            .min(MAX_FRAMES);
+        let frames = &frames[..depth];
+        if guard {
+            if let Some(p) = self.alloc_guarded(layout, frames) {
+                if profile {
+                    self.record(p as u64, class_size(layout), frames, Kind::Guarded);
+                }
+                return Some(p);
+            }
+        }
+        if profile {
+            return self.alloc_profiled_small(layout, frames);
+        }
+        None
+    }
+
+    /// Counts a large allocation of `size` bytes on this CPU; whether it is a profile sample (guard pages
+    /// are for small objects only).
+    pub(super) fn sample_large(&self, size: usize) -> bool {
+        let _irq = self.platform.mask_interrupts();
+        // SAFETY: the index is ours and interrupts are masked until we return.
+        let Some(cache) = (unsafe { self.local_cache(self.platform.cpu_index_slow()) }) else {
+            return false;
+        };
+        let st = &mut cache.sample;
+        st.countdown = st
+            .countdown
+            .saturating_sub(size.min(isize::MAX as usize) as isize);
+        if st.countdown >= 0 {
+            return false;
+        }
+        let (profile, guard) = self.sample_event(st);
+        if guard {
+            // The guard event falls on an object the pool cannot take: the next small allocation gets it.
+            st.guard_left = -1;
+            st.countdown = 0;
+            st.armed = 0;
+        }
+        profile
+    }
+
+    /// Records a sampled large allocation with the stack from `frame` (`alloc_large`'s) outward.
+    pub(super) fn record_large(&self, addr: *mut u8, size: usize, frame: u64) {
+        let mut frames = [0u64; MAX_FRAMES];
+        let depth = self
+            .platform
+            .stack_trace(frame, &mut frames)
+            .min(MAX_FRAMES);
+        self.record(addr as u64, size, &frames[..depth], Kind::Large);
+    }
+
+    fn record(&self, addr: u64, size: usize, frames: &[u64], kind: Kind) -> bool {
+        let _irq = self.platform.mask_interrupts();
+        let mut t = self.sampler.tables.lock();
+        let Some(t) = t.as_mut() else { return false };
+        // SAFETY: the tables live in the heap's private pages; the lock makes us their only user.
+        unsafe { t.as_mut() }
+            .record(addr, size as u64, frames, kind)
+            .is_ok()
+    }
+
+    /// A profiled small object: alone in a large span of its own, recorded before it is handed out.
+    fn alloc_profiled_small(&self, layout: Layout, frames: &[u64]) -> Option<*mut u8> {
+        {
+            let t = self.sampler.tables.lock();
+            // SAFETY: as in `record`.
+            if !t.is_some_and(|t| unsafe { t.as_ref() }.has_room()) {
+                return None;
+            }
+        }
+        let class = SpanClass::new(SizeClass::LARGE, false);
+        // Small classes go up to 32 KiB: the pages the object's whole class size needs (a realloc may use
+        // all of it), a heap page at least (alignment: a span starts a heap page, and small layouts are
+        // aligned to at most a heap page).
+        let npages = class_size(layout).div_ceil(PAGE_SIZE).max(1);
+        let span = {
+            let mut pages = self.pages.lock();
+            pages
+                .as_mut()?
+                .alloc_span(npages, 1, class, None, Owner::Explicit)?
+        };
+        // SAFETY: a fresh large span, ours.
+        let p = unsafe { span.as_ref() }.base().as_mut_ptr::<u8>();
+        if self.record(p as u64, class_size(layout), frames, Kind::Small) {
+            return Some(p);
+        }
+        let mut pages = self.pages.lock();
+        // SAFETY: the span was never handed out.
+        unsafe { pages.as_mut()?.free_span(span) };
+        None
+    }
+
+    /// A guarded object in the pool: its own page, mapped now, the rest of the page canary.
+    fn alloc_guarded(&self, layout: Layout, frames: &[u64]) -> Option<*mut u8> {
+        if layout.size() > guard::MAX_SIZE || layout.align() as u64 > guard::PAGE {
+            return None;
+        }
+        let side = self.sampling().guard_side;
+        let mut pool = self.sampler.pool.lock();
+        // SAFETY: the pool's bookkeeping lives in the heap's private pages; its lock is held.
+        let pool = unsafe { pool.as_mut()?.as_mut() };
+        let (slot, addr) = pool.take(layout.size().max(1), layout.align(), side)?;
+        let page = pool.page_of(slot);
+        let mapped = {
+            let mut pages = self.pages.lock();
+            let flags =
+                PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+            pages.as_mut().and_then(|h| h.space()).is_some_and(|space| {
+                space
+                    .map_range(
+                        Page::containing_address(VirtAddr::new(page)),
+                        1,
+                        flags,
+                        false,
+                    )
+                    .is_ok()
+            })
+        };
+        if !mapped {
+            pool.untake(slot);
+            return None;
+        }
+        let end = addr + layout.size().max(1) as u64;
+        for a in (page..addr).chain(end..page + guard::PAGE) {
+            // SAFETY: the slot's page was just mapped and is ours; `a` lies in it.
+            unsafe { (a as *mut u8).write(guard::canary(a)) };
+        }
+        pool.commit(slot, addr, layout.size().max(1), frames);
+        Some(addr as *mut u8)
+    }
+
+    /// Whether `ptr` is a live sampled small object that `layout` (of class `class`) may free or
+    /// reallocate (the cold path of `realloc`, after the small-object check failed).
+    pub(super) fn is_sampled_small(&self, ptr: *mut u8, layout: Layout, class: SizeClass) -> bool {
+        let addr = ptr as u64;
+        let _irq = self.platform.mask_interrupts();
+        if self.sampler.in_pool(addr) {
+            let pool = self.sampler.pool.lock();
+            // SAFETY: as in `alloc_guarded`.
+            return pool.is_some_and(|p| {
+                unsafe { p.as_ref() }.live_size(addr) == Some(layout.size().max(1))
+            });
+        }
+        let t = self.sampler.tables.lock();
+        // SAFETY: as in `record`.
+        t.and_then(|t| unsafe { t.as_ref() }.live(addr))
+            .is_some_and(|(kind, size)| {
+                kind == Kind::Small
+                    && SizeClass::for_layout(size as usize, layout.align()) == Some(class)
+            })
+    }
+
+    /// The free of a small layout that is not in a small span: a sampled object is checked and given
+    /// back (`true`); anything else is left to the caller to refuse (`false`).
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    pub(super) fn free_sampled_small(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        class: SizeClass,
+    ) -> bool {
+        let addr = ptr as u64;
+        let _irq = self.platform.mask_interrupts();
+        if self.sampler.in_pool(addr) {
+            self.free_guarded(addr, layout);
+            return true;
+        }
+        let removed = {
+            let mut t = self.sampler.tables.lock();
+            let Some(t) = t.as_mut() else { return false };
+            // SAFETY: as in `record`.
+            let t = unsafe { t.as_mut() };
+            match t.live(addr) {
+                Some((Kind::Small, size))
+                    if SizeClass::for_layout(size as usize, layout.align()) == Some(class) =>
+                {
+                    t.remove_live(addr)
+                }
+                _ => None,
+            }
+        };
+        if removed.is_none() {
+            return false;
+        }
+        let mut pages = self.pages.lock();
+        let heap = pages
+            .as_mut()
+            .expect("sampled objects exist only after init");
+        let span = self
+            .spanmap
+            .lookup(VirtAddr::new_truncate(addr))
+            .map(|(s, _)| s)
+            .expect("spanalloc: a recorded sampled object lost its span");
+        // SAFETY: the span holds only this object, which the caller gives back (its record is gone, so
+        // no other free of it gets here).
+        unsafe { heap.free_span(span) };
+        true
+    }
+
+    #[track_caller]
+    fn free_guarded(&self, addr: u64, layout: Layout) {
+        let va = VirtAddr::new_truncate(addr);
+        {
+            let mut pool = self.sampler.pool.lock();
+            // SAFETY: as in `alloc_guarded`.
+            let pool = unsafe { pool.as_mut().expect("the pool exists").as_mut() };
+            let slot = match pool.check_free(addr, layout.size().max(1)) {
+                Ok(slot) => slot,
+                Err(FreeError::DoubleFree { object, size }) => bad_free(
+                    Op::Dealloc,
+                    va,
+                    layout,
+                    format_args!("double free of the guarded object at {object:#x} ({size} B), which waits in quarantine"),
+                ),
+                Err(FreeError::WrongSize { size }) => bad_free(
+                    Op::Dealloc,
+                    va,
+                    layout,
+                    format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
+                ),
+                Err(FreeError::NotAnObject) => bad_free(
+                    Op::Dealloc,
+                    va,
+                    layout,
+                    format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
+                ),
+            };
+            if let Some(report) = check_canary(pool, slot) {
+                panic!("{report}");
+            }
+            let page = pool.page_of(slot);
+            {
+                let mut pages = self.pages.lock();
+                let heap = pages
+                    .as_mut()
+                    .expect("guarded objects exist only after init");
+                heap.space()
+                    .expect("the pool exists only on a heap that maps its pages")
+                    .unmap_range(Page::containing_address(VirtAddr::new(page)), 1);
+            }
+            pool.release(slot);
+        }
+        let mut t = self.sampler.tables.lock();
+        if let Some(t) = t.as_mut() {
+            // SAFETY: as in `record`.
+            unsafe { t.as_mut() }.remove_live(addr);
+        }
+    }
+
+    /// Checks and forgets a large object's profile record, under the page-heap lock that frees it;
+    /// panics if `addr` is a profiled *small* object (a large layout for it).
+    #[track_caller]
+    pub(super) fn forget_large(&self, op: Op, addr: VirtAddr, layout: Layout) {
+        let mut t = self.sampler.tables.lock();
+        let Some(t) = t.as_mut() else { return };
+        // SAFETY: as in `record`.
+        let t = unsafe { t.as_mut() };
+        match t.live(addr.as_u64()) {
+            Some((Kind::Large, _)) if matches!(op, Op::Dealloc) => {
+                t.remove_live(addr.as_u64());
+            }
+            Some((Kind::Small, size)) => {
+                bad_free(
+                    op,
+                    addr,
+                    layout,
+                    format_args!("the layout's size class differs from the allocation's (a small object of {size} B, the layout says a large object)"),
+                )
+            }
+            _ => {}
+        }
+    }
+
+    /// What a fault at `addr` means if it lies in the guard pool: a use after free or an out-of-bounds
+    /// access, naming the object, its size and (with the profile's stacks) where it was allocated. For a
+    /// page-fault handler: takes no lock it could wait on (`None` if the pool is busy), allocates nothing.
+    pub fn guard_report(&self, addr: VirtAddr) -> Option<Report> {
+        if !self.sampler.in_pool(addr.as_u64()) {
+            return None;
+        }
+        let pool = self.sampler.pool.try_lock()?;
+        // SAFETY: as in `alloc_guarded`.
+        pool.and_then(|p| unsafe { p.as_ref() }.classify(addr.as_u64()))
+    }
+
+    /// Whether `ptr` is a live guarded object (tests, diagnostics).
+    pub fn is_guarded(&self, ptr: *const u8) -> bool {
+        let addr = ptr as u64;
+        if !self.sampler.in_pool(addr) {
+            return false;
+        }
+        let _irq = self.platform.mask_interrupts();
+        let pool = self.sampler.pool.lock();
+        // SAFETY: as in `alloc_guarded`.
+        pool.is_some_and(|p| unsafe { p.as_ref() }.live_size(addr).is_some())
+    }
+
+    /// Writes the heap profile in pprof's protobuf format into `out` (see [`crate::profile::pprof`]):
+    /// `Ok(bytes written)` or `Err(bytes needed)`. `mapping` names the executable the stacks' addresses
+    /// belong to, so that `go tool pprof` can name the functions. Empty (no samples) before profiling
+    /// was switched on.
+    pub fn write_heap_profile(
+        &self,
+        mapping: Option<Mapping<'_>>,
+        out: &mut [u8],
+    ) -> Result<usize, usize> {
+        let header = Header {
+            rate: self.sampler.profile_rate.load(Ordering::Relaxed),
+            mapping,
+            drop_frames: pprof::DROP_FRAMES,
+        };
+        let _irq = self.platform.mask_interrupts();
+        let t = self.sampler.tables.lock();
+        match *t {
+            // SAFETY: as in `record`.
+            Some(t) => pprof::encode(unsafe { t.as_ref() }.buckets(), &header, out),
+            None => pprof::encode(core::iter::empty(), &header, out),
+        }
+    }
+
+    /// The sampler's counters.
+    pub fn sampling_stats(&self) -> SamplingStats {
+        let _irq = self.platform.mask_interrupts();
+        let mut s = SamplingStats::default();
+        if let Some(t) = *self.sampler.tables.lock() {
+            // SAFETY: as in `record`.
+            let t = unsafe { t.as_ref() };
+            s.buckets = t.nbuckets;
+            s.live_samples = t.nlive;
+            s.dropped = t.dropped;
+        }
+        if let Some(p) = *self.sampler.pool.lock() {
+            // SAFETY: as in `alloc_guarded`.
+            let p = unsafe { p.as_ref() };
+            s.guarded = p.allocated;
+            s.guard_refused = p.refused;
+        }
+        s
+    }
+}
+
+/// The size a small object of `layout` is profiled with: its size class's (as Go's profile, which also keeps
+/// the number of buckets down: one per stack and class, not per requested size).
+fn class_size(layout: Layout) -> usize {
+    SizeClass::for_layout(layout.size(), layout.align()).map_or(layout.size(), |c| c.size())
+}
+
+/// The first damaged canary byte around slot `slot`'s object, as a report.
+fn check_canary(pool: &Pool, slot: usize) -> Option<Report> {
+    let (addr, size) = pool.object(slot);
+    let page = pool.page_of(slot);
+    let end = addr + size as u64;
+    for a in (end..page + guard::PAGE).chain(page..addr) {
+        // SAFETY: the slot is live, so its page is mapped; `a` lies in it, outside the object.
+        let b = unsafe { ptr::read_volatile(a as *const u8) };
+        if b != guard::canary(a) {
+            let kind = if a >= end {
+                ErrorKind::CanaryDamaged {
+                    after: true,
+                    distance: a - end + 1,
+                }
+            } else {
+                ErrorKind::CanaryDamaged {
+                    after: false,
+                    distance: addr - a,
+                }
+            };
+            return Some(pool.report(slot, kind, a));
+        }
+    }
+    None
+}
