@@ -29,7 +29,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Alloc+free pairs per CPU per run.
-const PAIRS_PER_CPU: u64 = 200_000;
+const PAIRS_PER_CPU: u64 = 400_000;
 /// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
 const LIVE: usize = 64;
 const REPEATS: usize = 7;
