@@ -82,7 +82,8 @@ struct Stack {
     limit: *mut VirtAddr,
 }
 
-/// One CPU's cache.
+/// One CPU's cache. `repr(C)`: the busy flag shares its cache line with the first stacks' tops.
+#[repr(C)]
 pub(crate) struct Cache {
     /// Set while the fast path pops or pushes (see the module docs).
     busy: AtomicBool,
