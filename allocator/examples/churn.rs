@@ -57,7 +57,10 @@ fn main() {
             let r = &mut reallocs[kind(layout.size())][kind(new_size)];
             r.0 += 1;
             r.1 += u64::from(q == p);
-            live[k] = (q, Layout::from_size_align(new_size, layout.align()).unwrap());
+            live[k] = (
+                q,
+                Layout::from_size_align(new_size, layout.align()).unwrap(),
+            );
         } else if action < 3 || live.len() < 300 {
             let cap = rng.range(16, max);
             let size = rng.range(4, cap.max(5));
@@ -74,6 +77,16 @@ fn main() {
             // SAFETY: a live block with its layout, dropped from the list.
             unsafe { heap.dealloc(p, layout) };
         }
+        if std::env::var_os("CHURN_TRACE").is_some() && i % 100_000 == 0 {
+            let p = heap.stats().pages;
+            eprintln!(
+                "{i}: in use {} dirty free {} released {} live {}",
+                p.in_use,
+                p.dirty_free,
+                p.released_total,
+                live.len()
+            );
+        }
         if i % 4096 == 0 {
             peak_frames = peak_frames.max(heap.stats().frames_held.0);
         }
@@ -89,7 +102,7 @@ fn main() {
         "pages released by the scavenger: {} ({} MiB); frames held: {} at the end, {} at the peak; {} live \
          blocks, {} KiB in use",
         s.pages.released_total,
-        s.pages.released_total as usize * PAGE_SIZE >> 20,
+        (s.pages.released_total as usize * PAGE_SIZE) >> 20,
         s.frames_held.0,
         peak_frames,
         live.len(),

@@ -12,8 +12,8 @@ pub const MAX_CPUS: usize = 64;
 
 /// What spanalloc needs from the machine. Ready implementations for x86_64: [`crate::platforms`].
 ///
-/// The heap calls `page_mapped` and `pages_unmapped` with interrupts masked on the calling CPU and the
-/// page-heap lock held, and `cpu_index` on every allocation and free: no method may allocate.
+/// The heap calls `page_mapped`, `pages_mapped` and `pages_unmapped` with interrupts masked on the calling
+/// CPU and the page-heap lock held, and `cpu_index` on every allocation and free: no method may allocate.
 ///
 /// **Interrupt handlers may allocate and free**, at any point of the code they interrupt, including the
 /// heap's own code. NMI handlers (and anything else that runs while interrupts are masked, e.g. a
@@ -67,6 +67,15 @@ pub unsafe trait Platform: Sync + 'static {
     /// Called after the 4 KiB `page` was mapped to the 4 KiB `frame` in the active page tables.
     /// A kernel has nothing to do (no CPU caches a not-present translation); the host mirrors the mapping.
     fn page_mapped(&self, page: Page, frame: PhysFrame);
+
+    /// Called after the `count` 4 KiB pages from `start` were mapped to the `count` contiguous frames
+    /// from `frame` (page `start + i` to frame `frame + i`): the heap maps runs of pages and reports each
+    /// run of contiguous frames in one call. The default calls [`Platform::page_mapped`] for each page.
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        for i in 0..count {
+            self.page_mapped(start + i, frame + i);
+        }
+    }
 
     /// Called after the pages `[start, start + count)` were unmapped: `start` is a 4 KiB page and `count`
     /// counts 4 KiB pages (not the heap's 8 KiB pages). On return no CPU may still hold a translation for

@@ -820,13 +820,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let heap = guard.as_mut().expect("spans exist only after init");
         // SAFETY: forwarded from the caller.
         unsafe { heap.free_span(span) };
-        // The page heap's policy (keep an eighth of the in-use pages, at least 4 MiB, as mapped free
-        // pages), but in steps of at most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and
-        // unmapping a whole burst at once would be a pause of many milliseconds inside an allocation.
-        let s = heap.stats();
-        let retain = (s.in_use / 8).max((4 << 20) / PAGE_SIZE);
-        if s.dirty_free > retain + retain / 2 {
-            heap.scavenge((s.dirty_free - retain).min(GC_SCAVENGE_STEP));
+        // The page heap's policy (its retained goal, see pageheap.rs), but in steps of at most
+        // `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and unmapping a whole burst at once
+        // would be a pause of many milliseconds inside an allocation.
+        let excess = heap.excess_pages();
+        if excess > 0 {
+            heap.scavenge(excess.min(GC_SCAVENGE_STEP));
         }
     }
 
