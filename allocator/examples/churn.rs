@@ -44,6 +44,8 @@ fn main() {
     // [from kind][to kind] = (reallocs, kept in place); kinds: 0 small, 1 large.
     let mut reallocs = [[(0u64, 0u64); 2]; 2];
     let mut peak_frames = 0;
+    // CHURN_TRACE=1: a line of page counts every 100,000 operations, on stderr.
+    let trace = std::env::var_os("CHURN_TRACE").is_some();
     let t = std::time::Instant::now();
     for i in 0..ops {
         let action = rng.range(0, 7);
@@ -77,7 +79,7 @@ fn main() {
             // SAFETY: a live block with its layout, dropped from the list.
             unsafe { heap.dealloc(p, layout) };
         }
-        if std::env::var_os("CHURN_TRACE").is_some() && i % 100_000 == 0 {
+        if trace && i % 100_000 == 0 {
             let p = heap.stats().pages;
             eprintln!(
                 "{i}: in use {} dirty free {} released {} live {}",
