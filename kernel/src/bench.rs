@@ -143,6 +143,10 @@ pub fn run() -> ! {
          {REPEATS} runs, {online} CPUs online"
     );
     let clock = Instant::now();
+    let (released_before, shootdowns_before) = (
+        HEAP.stats().pages.released_total,
+        crate::smp::shootdown::requests(),
+    );
     let mut results: Vec<(&str, usize, u64)> = Vec::new();
     // Per CPU count: median of the per-repetition ratios spanalloc/buddy and spanalloc/linked, in 1/100.
     let mut ratios: Vec<(usize, u64, u64)> = Vec::new();
@@ -188,6 +192,13 @@ pub fn run() -> ! {
     }
     println!(
         "bench: ops/s are medians; the ratios are medians of the {REPEATS} per-repetition ratios"
+    );
+    let stats = HEAP.stats();
+    println!(
+        "bench: spanalloc released {} pages ({} TLB shootdowns); {} operations interrupted a fast path",
+        stats.pages.released_total - released_before,
+        crate::smp::shootdown::requests() - shootdowns_before,
+        stats.interrupted_fast_paths
     );
     for (name, cpus, ops) in &results {
         println!("BENCH {name} {cpus} {ops}");
