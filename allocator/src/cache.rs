@@ -135,14 +135,15 @@ impl Cache {
     }
 
     /// The fast path's pop: an object of `class`, or `None` when the stack is empty or the cache is busy
-    /// (an interrupt landed in this CPU's own fast path).
+    /// (an interrupt landed in this CPU's own fast path). `guard`: use the busy window (false only on a
+    /// platform whose interrupt handlers never allocate).
     ///
     /// # Safety
     /// The caller runs on this cache's CPU and stays on it until the call returns (interrupt handlers
-    /// may nest, and must return to it).
+    /// may nest, and must return to it); with `guard` false, no interrupt handler uses the heap.
     #[inline(always)]
-    pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<VirtAddr> {
-        if !self.enter() {
+    pub(crate) unsafe fn pop(&self, class: SizeClass, guard: bool) -> Option<VirtAddr> {
+        if guard && !self.enter() {
             return None;
         }
         let s = &self.stacks[class.index()];
@@ -159,18 +160,20 @@ impl Cache {
             s.top.store(top, Ordering::Relaxed);
             Some(obj)
         };
-        self.leave();
+        if guard {
+            self.leave();
+        }
         got
     }
 
     /// The fast path's push of a freed object; `false` (nothing pushed) when the stack is full or the
-    /// cache is busy.
+    /// cache is busy. `guard` as for [`Cache::pop`].
     ///
     /// # Safety
     /// As for [`Cache::pop`].
     #[inline(always)]
-    pub(crate) unsafe fn push(&self, class: SizeClass, obj: VirtAddr) -> bool {
-        if !self.enter() {
+    pub(crate) unsafe fn push(&self, class: SizeClass, obj: VirtAddr, guard: bool) -> bool {
+        if guard && !self.enter() {
             return false;
         }
         let s = &self.stacks[class.index()];
@@ -184,7 +187,9 @@ impl Cache {
             unsafe { *self.slot(top) = obj };
             s.top.store(top.wrapping_add(1), Ordering::Relaxed);
         }
-        self.leave();
+        if guard {
+            self.leave();
+        }
         pushed
     }
 

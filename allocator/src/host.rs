@@ -13,9 +13,10 @@
 //!   `cpu_index_slow`) and gives it back when it exits, so no two live threads share one; a thread that finds all [`MAX_CPUS`] taken (or runs after
 //!   its thread-local state is gone) gets [`NO_CPU`], an index past every cache, and the heap serves it
 //!   through its locked path. A thread may also pin an index with [`HostPlatform::set_cpu_index`].
-//!   Interrupts do not exist: masking is a no-op guard, and a thread keeps its index while it lives, so
-//!   the heap's fast paths run unmasked as on a kernel (`INTERRUPTED_CODE_STAYS_ON_CPU`); the heap's tests
-//!   simulate interrupts with a hook in cache.rs.
+//!   Interrupts do not exist: masking is a no-op guard, a thread keeps its index while it lives and no
+//!   handler allocates, so the fast paths guard against nothing (`INTERRUPTED_CODE_STAYS_ON_CPU`, not
+//!   `INTERRUPT_HANDLERS_ALLOCATE`). The heap's tests of the kernel's busy window wrap this platform
+//!   (heap/interrupt_tests.rs).
 //!
 //! Linux caps the mappings of a process (vm.max_map_count, 65530 by default). Each window page mapped to a
 //! frame whose memfd offset does not continue its neighbour's costs one mapping, so some 250 MiB of badly
@@ -352,8 +353,10 @@ impl Drop for HostPlatform {
 unsafe impl Platform for HostPlatform {
     type InterruptGuard = HostInterruptGuard;
     const MAX_CPUS: usize = MAX_CPUS;
-    /// A thread keeps its index while it lives (and no signal handler allocates).
+    /// A thread keeps its index while it lives.
     const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
+    /// No signal handler allocates (none may: the heap is not async-signal-safe on the host).
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = false;
 
     /// One TLS load: a thread without an index yet reads `UNASSIGNED` (past every cache), so the heap
     /// takes its slow path, whose `cpu_index_slow` assigns one. No call on the fast path.

@@ -43,6 +43,12 @@ pub unsafe trait Platform: Sync + 'static {
     /// x86 costs a `pushf`/`cli`/`popf` per allocation and per free.
     const INTERRUPTED_CODE_STAYS_ON_CPU: bool = false;
 
+    /// Whether an interrupt handler (or, on a hosted platform, a signal handler) may allocate or free
+    /// through the heap. `false` promises none ever does on a CPU the heap serves (the host platform:
+    /// threads as CPUs, no handler allocates); with [`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`] the fast
+    /// paths then guard against nothing (no busy flag). The default, `true`, is what a kernel wants.
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = true;
+
     /// Index of the CPU running this code. Two CPUs (or threads) running at once must never report the
     /// same index below `MAX_CPUS`: the cache of an index is used without a lock. Stable while
     /// interrupts are masked, and (if [`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`]) for as long as the

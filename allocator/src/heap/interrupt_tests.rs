@@ -14,8 +14,56 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use super::soundness_tests::{plain_heap, Plain};
+use crate::addr::{Page, PhysFrame, VirtAddr};
 use crate::cache::interrupt_hook::HOOK;
+use crate::host::{HostMachine, HostPlatform};
+use crate::platform::Platform;
+use crate::Heap;
+
+/// The host platform as a kernel's: interrupt handlers allocate (here: the hook's simulated ones), so the
+/// heap guards its fast paths with the busy window.
+struct Kernelish(&'static HostPlatform);
+
+// SAFETY: delegates everything to the host platform, whose threads keep their index while they live;
+// its only difference, that handlers allocate, makes the heap guard more, not less.
+unsafe impl Platform for Kernelish {
+    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
+    const MAX_CPUS: usize = HostPlatform::MAX_CPUS;
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = true;
+    fn cpu_index(&self) -> usize {
+        self.0.cpu_index()
+    }
+    fn cpu_index_slow(&self) -> usize {
+        self.0.cpu_index_slow()
+    }
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.0.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.0.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: Page, frame: PhysFrame) {
+        self.0.page_mapped(page, frame)
+    }
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        self.0.pages_mapped(start, frame, count)
+    }
+    fn pages_unmapped(&self, start: Page, count: u64) {
+        self.0.pages_unmapped(start, count)
+    }
+}
+
+type Plain = Heap<Kernelish, false>;
+
+fn plain_heap(phys_mib: usize, window: usize, max: usize) -> &'static Plain {
+    let m = HostMachine::new(phys_mib << 20, window);
+    let platform: &'static Kernelish = crate::host::leak(Kernelish(m.platform));
+    let space = crate::arena::AddressSpace::new(m.space.frames, m.space.mapper, platform);
+    let heap: &'static Plain = crate::host::leak(Heap::new(platform));
+    heap.init(space, m.window, max).expect("heap init");
+    heap
+}
 
 /// Sizes the interrupted code and the handlers share (classes 1, 2, 4, 6 and a 1 KiB one).
 const SIZES: [usize; 5] = [8, 16, 32, 64, 1024];

@@ -188,6 +188,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.central[class.index()].track(span, addr, live)
     }
 
+    /// Whether the fast paths use the cache's busy window: unless no interrupt handler ever allocates
+    /// (`Platform::INTERRUPT_HANDLERS_ALLOCATE`) and no interrupted code changes CPU (then nothing can
+    /// land in the middle of a pop or push on this CPU's cache).
+    const GUARD_CACHE: bool = P::INTERRUPT_HANDLERS_ALLOCATE || !P::INTERRUPTED_CODE_STAYS_ON_CPU;
+
     /// Masks interrupts for a fast path if the platform cannot promise that interrupted code stays on its
     /// CPU (see `Platform::INTERRUPTED_CODE_STAYS_ON_CPU`); nothing otherwise.
     #[inline(always)]
@@ -205,8 +210,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             let cpu = self.platform.cpu_index();
             if let Some(cache) = self.existing_cache(cpu) {
                 // SAFETY: `cpu` is the running CPU's index, which stays ours until the block ends: the
-                // platform promises interrupted code stays on its CPU, or we masked interrupts.
-                if let Some(p) = unsafe { cache.pop(class) } {
+                // platform promises interrupted code stays on its CPU, or we masked interrupts; the busy
+                // window is skipped only if the platform promises no interrupt handler allocates.
+                if let Some(p) = unsafe { cache.pop(class, Self::GUARD_CACHE) } {
                     let p = p.as_mut_ptr();
                     // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
                     // that only we hold.
@@ -423,7 +429,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             let cpu = self.platform.cpu_index();
             if let Some(cache) = self.existing_cache(cpu) {
                 // SAFETY: as in `alloc_small_unchecked`.
-                if unsafe { cache.push(class, obj) } {
+                if unsafe { cache.push(class, obj, Self::GUARD_CACHE) } {
                     return;
                 }
             }
