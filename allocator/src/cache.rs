@@ -135,12 +135,13 @@ impl Cache {
     }
 
     /// The fast path's pop: an object of `class`, or `None` when the stack is empty or the cache is busy
-    /// (an interrupt landed in this CPU's own fast path). `guard`: use the busy window (false only on a
-    /// platform whose interrupt handlers never allocate).
+    /// (an interrupt landed in this CPU's own fast path). `guard`: use the busy window (false when no
+    /// interrupt can land in the middle: masked, or no handler allocates).
     ///
     /// # Safety
     /// The caller runs on this cache's CPU and stays on it until the call returns (interrupt handlers
-    /// may nest, and must return to it); with `guard` false, no interrupt handler uses the heap.
+    /// may nest, and must return to it); with `guard` false, no interrupt handler uses the heap on this
+    /// CPU until the call returns.
     #[inline(always)]
     pub(crate) unsafe fn pop(&self, class: SizeClass, guard: bool) -> Option<VirtAddr> {
         if guard && !self.enter() {
@@ -155,7 +156,8 @@ impl Cache {
             #[cfg(test)]
             interrupt_hook::fire();
             // SAFETY: base < top + 1 <= limit, all within `slots` (init), so `top` is an initialized slot
-            // of this stack; the busy window makes us its only user (caller's contract: our CPU).
+            // of this stack; we are its only user (our CPU, caller's contract; no handler in the middle:
+            // the busy window, or the caller's promise that none uses the heap).
             let obj = unsafe { *self.slot(top) };
             s.top.store(top, Ordering::Relaxed);
             Some(obj)
@@ -182,8 +184,8 @@ impl Cache {
         if pushed {
             #[cfg(test)]
             interrupt_hook::fire();
-            // SAFETY: base <= top < limit: a slot of this stack inside `slots`; the busy window makes us
-            // its only user (caller's contract: our CPU).
+            // SAFETY: base <= top < limit: a slot of this stack inside `slots`; we are its only user (as
+            // in `pop`).
             unsafe { *self.slot(top) = obj };
             s.top.store(top.wrapping_add(1), Ordering::Relaxed);
         }

@@ -188,10 +188,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.central[class.index()].track(span, addr, live)
     }
 
-    /// Whether the fast paths use the cache's busy window: unless no interrupt handler ever allocates
-    /// (`Platform::INTERRUPT_HANDLERS_ALLOCATE`) and no interrupted code changes CPU (then nothing can
-    /// land in the middle of a pop or push on this CPU's cache).
-    const GUARD_CACHE: bool = P::INTERRUPT_HANDLERS_ALLOCATE || !P::INTERRUPTED_CODE_STAYS_ON_CPU;
+    /// Whether the fast paths use the cache's busy window: when they run with interrupts enabled
+    /// (`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`) and an interrupt handler may allocate
+    /// (`Platform::INTERRUPT_HANDLERS_ALLOCATE`). Otherwise nothing can land in the middle of a pop or
+    /// push on this CPU's cache: interrupts are masked there, or no handler uses the heap.
+    const GUARD_CACHE: bool = P::INTERRUPTED_CODE_STAYS_ON_CPU && P::INTERRUPT_HANDLERS_ALLOCATE;
 
     /// Masks interrupts for a fast path if the platform cannot promise that interrupted code stays on its
     /// CPU (see `Platform::INTERRUPTED_CODE_STAYS_ON_CPU`); nothing otherwise.
