@@ -1,7 +1,7 @@
 //! Builds the kernel for x86_64-unknown-none with a nested cargo, then its BIOS and UEFI disk images, and hands
 //! the images' paths to the runner as `BIOS_IMAGE` / `UEFI_IMAGE`. The same nested build makes the example
-//! kernel (example-kernel/, the README's "use it in your kernel" lines), whose BIOS image is
-//! `EXAMPLE_BIOS_IMAGE`.
+//! kernels (example-kernel/, the README's "use it in your kernel" lines and its region-mode lines), whose
+//! BIOS images are `EXAMPLE_BIOS_IMAGE` and `EXAMPLE_REGION_BIOS_IMAGE`.
 //!
 //! Why a nested cargo rather than an artifact dependency: artifact dependencies are unstable (`-Z bindeps`),
 //! and stable cargo refuses to parse a manifest that uses one, yet the allocator must build on stable from
@@ -22,6 +22,8 @@ use std::process::{Command, Stdio};
 const KERNEL_PACKAGE: &str = "kernel";
 /// The example kernel: package and binary name.
 const EXAMPLE_PACKAGE: &str = "example-kernel";
+/// The example package's region-mode kernel: binary name.
+const EXAMPLE_REGION: &str = "example-region";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// Defined in the root Cargo.toml: release with debug assertions and overflow checks.
 const KERNEL_PROFILE: &str = "kernel";
@@ -83,7 +85,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
 
-    let [kernel, example] = build_kernels(&root, &target_dir(&out_dir, &root).join("kernel-build"));
+    let [kernel, example, example_region] =
+        build_kernels(&root, &target_dir(&out_dir, &root).join("kernel-build"));
 
     let bios = out_dir.join("bios.img");
     bootloader::BiosBoot::new(&kernel)
@@ -117,11 +120,26 @@ fn main() {
             )
         });
 
+    let example_region_bios = out_dir.join("example-region-bios.img");
+    bootloader::BiosBoot::new(&example_region)
+        .create_disk_image(&example_region_bios)
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the region example's BIOS image {} from {}: {e:#}",
+                example_region_bios.display(),
+                example_region.display()
+            )
+        });
+
     println!("cargo:rustc-env=BIOS_IMAGE={}", bios.display());
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
     println!(
         "cargo:rustc-env=EXAMPLE_BIOS_IMAGE={}",
         example_bios.display()
+    );
+    println!(
+        "cargo:rustc-env=EXAMPLE_REGION_BIOS_IMAGE={}",
+        example_region_bios.display()
     );
 }
 
@@ -142,10 +160,10 @@ fn target_dir(out_dir: &Path, root: &Path) -> PathBuf {
 }
 
 /// Runs `cargo build -p kernel -p example-kernel --target x86_64-unknown-none --profile kernel` (one build, so
-/// the two share their dependencies' artifacts) and returns the kernel's and the example's paths.
+/// they share their dependencies' artifacts) and returns the kernel's and the two examples' paths.
 /// The nested cargo's stderr (its progress and errors) goes to this script's stderr, which cargo shows when
 /// the script fails; its stdout carries the JSON messages that name the executable.
-fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 2] {
+fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 3] {
     let cargo = var("CARGO");
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root)
@@ -201,7 +219,7 @@ fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 2] {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect();
-    [KERNEL_PACKAGE, EXAMPLE_PACKAGE].map(|name| {
+    [KERNEL_PACKAGE, EXAMPLE_PACKAGE, EXAMPLE_REGION].map(|name| {
         messages
             .iter()
             .find_map(|message| executable(message, name))

@@ -27,6 +27,8 @@ pub const BIOS_IMAGE: &str = env!("BIOS_IMAGE");
 pub const UEFI_IMAGE: &str = env!("UEFI_IMAGE");
 /// The example kernel's BIOS disk image (example-kernel/), built by build.rs.
 pub const EXAMPLE_BIOS_IMAGE: &str = env!("EXAMPLE_BIOS_IMAGE");
+/// BIOS image of the region-mode example kernel (example-kernel/src/region.rs).
+pub const EXAMPLE_REGION_BIOS_IMAGE: &str = env!("EXAMPLE_REGION_BIOS_IMAGE");
 
 /// The fw_cfg file the kernel reads its command line from.
 pub const CMDLINE_FW_CFG_NAME: &str = "opt/spanalloc/cmdline";

@@ -11,7 +11,9 @@
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use spanalloc_runner::cli::{self, Action};
-use spanalloc_runner::{Outcome, Qemu, RunError, Verdict, EXAMPLE_BIOS_IMAGE};
+use spanalloc_runner::{
+    Outcome, Qemu, RunError, Verdict, EXAMPLE_BIOS_IMAGE, EXAMPLE_REGION_BIOS_IMAGE,
+};
 use std::time::Duration;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -201,17 +203,72 @@ fn example_hello_kernel() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Boots the region-mode example kernel (its own paging, 100 KiB at 0x4444_4444_0000, a second region
+/// added later): it must pass and print what it did.
+fn example_region_kernel() -> Result<(), Failed> {
+    let qemu = Qemu {
+        image: Some(EXAMPLE_REGION_BIOS_IMAGE.into()),
+        ..qemu(&[], 1)
+    };
+    let outcome = boot_passing(&qemu)?;
+    let serial = &outcome.serial;
+    for (what, found) in [
+        (
+            "the region line",
+            serial.lines().any(|l| {
+                l.starts_with("example-region: heap pages 0x444444442000..")
+                    || l.starts_with("example-region: heap pages 0x444444444000..")
+            }),
+        ),
+        (
+            "`example-region: tutorial tests ok`",
+            has_line(serial, "example-region: tutorial tests ok"),
+        ),
+        (
+            "the added region",
+            serial
+                .lines()
+                .any(|l| l.starts_with("example-region: added ") && l.ends_with("big vec ok")),
+        ),
+        (
+            "the heap stats",
+            serial.lines().any(|l| l.starts_with("in use: ")),
+        ),
+        (
+            "`example-region: done`",
+            has_line(serial, "example-region: done"),
+        ),
+    ] {
+        if !found {
+            return Err(format!("no {what}\n{}", describe(&qemu, &outcome)).into());
+        }
+    }
+    Ok(())
+}
+
 /// The README's snippet (the ```rust block after "Use spanalloc in your kernel") must be the example kernel's
-/// glue: every non-blank, non-`// ...` line of it appears in example-kernel/src/main.rs, in the same order.
+/// glue: every non-blank line not starting `// ...` appears in example-kernel/src/main.rs, in the same order.
 fn example_readme_snippet() -> Result<(), Failed> {
+    readme_snippet_in("## Use spanalloc in your kernel", "main.rs")
+}
+
+/// The README's region-mode snippet (the ```rust block after "### Region mode") is the region example's
+/// glue, line by line, in order.
+fn example_region_readme_snippet() -> Result<(), Failed> {
+    readme_snippet_in("### Region mode", "region.rs")
+}
+
+/// Every non-blank, non-`// ...` line of the first ```rust block after `heading` in README.md appears in
+/// example-kernel/src/`file`, in the same order; at least five of them.
+fn readme_snippet_in(heading: &str, file: &str) -> Result<(), Failed> {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).map_err(|e| e.to_string())?;
-    let example = std::fs::read_to_string(format!("{root}/example-kernel/src/main.rs"))
+    let example = std::fs::read_to_string(format!("{root}/example-kernel/src/{file}"))
         .map_err(|e| e.to_string())?;
     let section = readme
-        .split("## Use spanalloc in your kernel")
+        .split(heading)
         .nth(1)
-        .ok_or("README.md has no `## Use spanalloc in your kernel` section")?;
+        .ok_or_else(|| format!("README.md has no `{heading}` section"))?;
     let snippet = section
         .split("```rust\n")
         .nth(1)
@@ -220,12 +277,12 @@ fn example_readme_snippet() -> Result<(), Failed> {
     let mut example_lines = example.lines().map(str::trim);
     let mut checked = 0;
     for line in snippet.lines().map(str::trim) {
-        if line.is_empty() || line == "// ..." {
+        if line.is_empty() || line.starts_with("// ...") {
             continue;
         }
         if !example_lines.any(|l| l == line) {
             return Err(format!(
-                "README snippet line `{line}` is not in example-kernel/src/main.rs (in order)"
+                "README snippet line `{line}` is not in example-kernel/src/{file} (in order)"
             )
             .into());
         }
@@ -341,6 +398,11 @@ fn main() {
         Trial::test("kernel::unknown_test_fails", unknown_test_fails),
         Trial::test("example::hello_kernel", example_hello_kernel),
         Trial::test("example::readme_snippet", example_readme_snippet),
+        Trial::test("example::region_kernel", example_region_kernel),
+        Trial::test(
+            "example::region_readme_snippet",
+            example_region_readme_snippet,
+        ),
         Trial::test("runner::parses_options", runner_parses_options),
         Trial::test("runner::rejects_bad_options", runner_rejects_bad_options),
         Trial::test("runner::reports_missing_qemu", runner_reports_missing_qemu),

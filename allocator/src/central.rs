@@ -160,8 +160,13 @@ impl Central {
     }
 
     /// Releases every span of the class whose objects are all free (including the one `flush` keeps).
-    pub(crate) fn release_empty<P: Platform>(&self, pages: &spin::Mutex<Option<PageHeap<P>>>) {
+    /// Returns how many it released.
+    pub(crate) fn release_empty<P: Platform>(
+        &self,
+        pages: &spin::Mutex<Option<PageHeap<P>>>,
+    ) -> usize {
         let mut l = self.lists.lock();
+        let mut released = 0;
         loop {
             // SAFETY: spans on our lists are valid and owned by us under the lock.
             let empty = l.partial.iter().find(|s| unsafe { s.as_ref() }.is_empty());
@@ -173,7 +178,9 @@ impl Central {
             let heap = guard.as_mut().expect("spans exist only after init");
             // SAFETY: the span came from this page heap and is unlinked and unused now.
             unsafe { heap.free_span(span) };
+            released += 1;
         }
+        released
     }
 
     /// Whether object `idx` of the span `span()` finds, under the class lock, is allocated in its span's

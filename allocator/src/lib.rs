@@ -56,6 +56,7 @@ mod testing;
 
 pub use addr::{FrameCount, PageCount, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
 pub use heap::Heap;
+pub use pageheap::{InitError, RegionInfo};
 pub use platform::{Platform, MAX_CPUS};
 pub use stats::Stats;
 #[cfg(target_arch = "x86_64")]

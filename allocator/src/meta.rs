@@ -3,10 +3,15 @@
 //!
 //! Invariants:
 //! - A [`LazyRegion`] is mapped as one prefix `[base, base + mapped)`; nothing beyond it is ever touched.
-//!   Mapped metadata pages are never unmapped (metadata is bounded by the heap's peak, as in Go).
+//!   Mapped metadata pages are never unmapped (metadata is bounded by the heap's peak, as in Go). A region
+//!   of a heap in region mode (no address space of its own) is mapped whole from the start, by the
+//!   kernel, and zeroed by the heap before use ([`LazyRegion::premapped`]).
 //! - [`MetaAlloc`] hands out blocks whose size is a power of two from `MIN_BLOCK` to `MAX_BLOCK`, aligned to
 //!   their size, zeroed. A freed block goes on its size's free list (the link lives in the block) and is
-//!   zeroed again before it is handed out.
+//!   zeroed again before it is handed out. In region mode the bump area is a chunk of heap pages the page
+//!   heap hands over ([`MetaAlloc::add_chunk`], zeroed) when the current one is used up; the rest of the
+//!   old chunk goes onto the free lists, so nothing is lost. Blocks are then aligned to their size up to
+//!   the chunk's own alignment (a heap page).
 
 use core::ptr::NonNull;
 
@@ -20,6 +25,8 @@ pub(crate) struct LazyRegion {
     base: VirtAddr,
     size: u64,
     mapped: u64,
+    /// Mapped whole by the kernel (region mode): nothing to map, ever.
+    premapped: bool,
 }
 
 impl LazyRegion {
@@ -28,6 +35,17 @@ impl LazyRegion {
             base,
             size,
             mapped: 0,
+            premapped: false,
+        }
+    }
+
+    /// A region the caller has mapped whole and zeroed: `ensure` never maps anything in it.
+    pub(crate) const fn premapped(base: VirtAddr, size: u64) -> Self {
+        Self {
+            base,
+            size,
+            mapped: size,
+            premapped: true,
         }
     }
 
@@ -36,20 +54,23 @@ impl LazyRegion {
     }
 
     /// Makes sure `[base, base + bytes)` is mapped (zeroed frames). Fails if that passes the region's end or
-    /// frames run out; on failure nothing more is mapped than before.
+    /// frames run out, or if it needs mapping and there is no address space (region mode); on failure
+    /// nothing more is mapped than before.
     pub(crate) fn ensure<P: Platform>(
         &mut self,
-        space: &mut AddressSpace<P>,
+        space: Option<&mut AddressSpace<P>>,
         bytes: u64,
     ) -> Result<(), MapError> {
         if bytes <= self.mapped {
             return Ok(());
         }
         let want = bytes.div_ceil(FRAME_SIZE) * FRAME_SIZE;
-        if want > self.size {
-            let page = Page::containing_address(self.base + self.size);
-            return Err(MapError::OutOfFrames { page });
-        }
+        let beyond = || MapError::OutOfFrames {
+            page: Page::containing_address(self.base + self.size),
+        };
+        let Some(space) = space.filter(|_| want <= self.size) else {
+            return Err(beyond());
+        };
         let start = Page::containing_address(self.base + self.mapped);
         let count = (want - self.mapped) / FRAME_SIZE;
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
@@ -67,18 +88,20 @@ impl LazyRegion {
     /// pages mapped so far stay mapped (zeroed, unused) and are found mapped on the next call.
     pub(crate) fn ensure_pages<P: Platform>(
         &mut self,
-        space: &mut AddressSpace<P>,
+        space: Option<&mut AddressSpace<P>>,
         start: u64,
         end: u64,
     ) -> Result<(), MapError> {
-        if start >= end {
+        // `mapped` bounds what was asked for, not what is mapped (the arrays are backed sparsely), so
+        // only a premapped region can skip the walk.
+        if start >= end || (self.premapped && end <= self.size) {
             return Ok(());
         }
         let end = end.div_ceil(FRAME_SIZE) * FRAME_SIZE;
-        if end > self.size {
+        let Some(space) = space.filter(|_| end <= self.size) else {
             let page = Page::containing_address(self.base + self.size);
             return Err(MapError::OutOfFrames { page });
-        }
+        };
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         let mut at = start / FRAME_SIZE * FRAME_SIZE;
         while at < end {
@@ -110,6 +133,8 @@ pub(crate) struct MetaAlloc {
     free: [Option<NonNull<FreeBlock>>; LISTS],
     /// Bytes handed out and not freed.
     in_use: u64,
+    /// Bytes of the chunks used up before the current one (region mode).
+    retired: u64,
 }
 
 // SAFETY: MetaAlloc exclusively owns the blocks on its free lists; it has no thread affinity.
@@ -122,7 +147,34 @@ impl MetaAlloc {
             bump: 0,
             free: [None; LISTS],
             in_use: 0,
+            retired: 0,
         }
+    }
+
+    /// Region mode: makes `[base, base + size)` (zeroed, mapped, aligned to [`crate::addr::PAGE_SIZE`],
+    /// ours for good) the bump area. What is left of the old one goes onto the free lists in the largest
+    /// aligned blocks it holds.
+    pub(crate) fn add_chunk(&mut self, base: VirtAddr, size: u64) {
+        let old = core::mem::replace(&mut self.region, LazyRegion::premapped(base, size));
+        let mut at = self.bump;
+        self.bump = 0;
+        self.retired += old.mapped;
+        while old.mapped - at >= 1 << MIN_BLOCK_SHIFT {
+            // The largest block that is aligned at `at` (blocks are aligned to their size) and fits.
+            let fit = 63 - (old.mapped - at).leading_zeros();
+            let shift = fit.min(at.trailing_zeros()).min(MAX_BLOCK_SHIFT);
+            let i = (shift - MIN_BLOCK_SHIFT) as usize;
+            let node = (old.base + at).as_mut_ptr::<FreeBlock>();
+            // SAFETY: `[at, at + 2^shift)` is unused bump space of the old chunk, mapped, ours, aligned.
+            unsafe { node.write(FreeBlock { next: self.free[i] }) };
+            self.free[i] = NonNull::new(node);
+            at += 1 << shift;
+        }
+    }
+
+    /// Bytes of the block `alloc(_, size)` hands out.
+    pub(crate) fn block_bytes(size: usize) -> usize {
+        1 << (Self::list_index(size) as u32 + MIN_BLOCK_SHIFT)
     }
 
     fn list_index(size: usize) -> usize {
@@ -133,7 +185,7 @@ impl MetaAlloc {
     /// A zeroed block of at least `size` bytes (`size <= MAX_BLOCK`), aligned to its rounded size.
     pub(crate) fn alloc<P: Platform>(
         &mut self,
-        space: &mut AddressSpace<P>,
+        space: Option<&mut AddressSpace<P>>,
         size: usize,
     ) -> Option<NonNull<u8>> {
         assert!(
@@ -180,6 +232,6 @@ impl MetaAlloc {
 
     /// Bytes of metadata mapped (in use, on free lists, or bump slack).
     pub(crate) fn mapped(&self) -> u64 {
-        self.region.mapped
+        self.retired + self.region.mapped
     }
 }

@@ -5,6 +5,17 @@
 //! lazily mapped region: the page allocator's bitmap + summaries, the span map, the scavenged bitmap and
 //! the metadata allocator (span structs, span bitmaps, per-CPU caches).
 //!
+//! Region mode (a kernel that keeps its own frames and page tables, `Backing::Regions`): the heap
+//! lives in regions the kernel mapped. The first region starts with the page allocator's storage, the
+//! span map and the scavenged bitmap, sized for the *reach* (the address range later regions may
+//! extend the heap to), zeroed at init; the heap's pages follow from the next 8 KiB boundary. Nothing
+//! is ever mapped or unmapped: no page is ever scavenged, and the metadata allocator takes its chunks
+//! from the heap's own pages. Regions are added in increasing address order; the pages between two
+//! regions (gaps) stay in use in `pages` for good and belong to no span (a region that starts where
+//! the last one ended leaves no gap: the page across the boundary is whole). The reach lies in one
+//! canonical half and ends at least one 8 KiB page short of the half's end (2^47 or 2^64, no address),
+//! so every page address up to `capacity` is canonical.
+//!
 //! Invariants (all under the heap lock, except where the span map says otherwise):
 //! - Page `i` is `base + i * PAGE_SIZE`; pages `[0, grown)` are tracked by `pages`, the rest do not exist.
 //! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
@@ -90,6 +101,23 @@ pub enum InitError {
     OutOfFrames,
     /// `max_bytes` is below one heap page.
     LimitTooSmall { max_bytes: usize },
+    /// Region mode: a region at address 0, or one that leaves the canonical half.
+    RegionMisplaced { start: u64, len: usize },
+    /// Region mode: the region holds fewer than two whole 8 KiB heap pages besides the metadata it needs
+    /// (a first region: one for objects, one for their spans' metadata), or none (a later region).
+    /// `needed` is the least length from `start` that is enough.
+    RegionTooSmall { start: u64, len: usize, needed: u64 },
+    /// Region mode: a later region below the heap's end or overlapping it (regions are added in
+    /// increasing address order), or ending beyond the reach chosen at init, or whose first whole
+    /// 8 KiB page would (so that no length would do).
+    RegionOutOfReach {
+        start: u64,
+        len: usize,
+        heap_end: u64,
+        reach_end: u64,
+    },
+    /// `add_region` on a heap that is not in region mode (or not initialized).
+    NotRegionMode,
 }
 
 impl core::fmt::Display for InitError {
@@ -104,6 +132,29 @@ impl core::fmt::Display for InitError {
                 f,
                 "heap limit of {max_bytes} bytes is below one {PAGE_SIZE}-byte heap page"
             ),
+            InitError::RegionMisplaced { start, len } => write!(
+                f,
+                "region {start:#x} + {len:#x} bytes: a region must not start at 0 and must lie, with \
+                 its reach, in one canonical half"
+            ),
+            InitError::RegionTooSmall { start, len, needed } => write!(
+                f,
+                "region {start:#x} + {len:#x} bytes is too small: it needs {needed:#x} bytes for its \
+                 metadata (if any) and its {PAGE_SIZE}-byte heap pages (two in a first region)"
+            ),
+            InitError::RegionOutOfReach {
+                start,
+                len,
+                heap_end,
+                reach_end,
+            } => write!(
+                f,
+                "region {start:#x} + {len:#x} bytes is out of reach: regions are added above the heap's \
+                 end {heap_end:#x} and up to the reach {reach_end:#x} chosen at init"
+            ),
+            InitError::NotRegionMode => {
+                write!(f, "add_region: the heap was not initialized in region mode")
+            }
         }
     }
 }
@@ -126,9 +177,99 @@ pub struct PageStats {
     pub meta_mapped: u64,
 }
 
+/// Where the heap's pages come from.
+// One per heap, inside it: the unused bytes of `Regions` cost nothing, and there is no heap to box in.
+#[allow(clippy::large_enum_variant)]
+enum Backing<P: Platform> {
+    /// Arenas taken from a window of virtual addresses, backed with frames the heap maps itself.
+    Mapped {
+        space: AddressSpace<P>,
+        window: ArenaWindow,
+    },
+    /// Regions the kernel mapped (region mode): nothing is mapped or unmapped here. Regions may reach up
+    /// to `reach_end` (an address; the last whole page below it is page `capacity - 1`). The last region
+    /// given ends at `regions_end` (an address, at or past the heap's end: its tail holds no whole page);
+    /// `gap_pages` of the tracked pages lie between regions (in use for good, in no span).
+    Regions {
+        reach_end: u64,
+        regions_end: u64,
+        gap_pages: usize,
+    },
+}
+
+/// Region mode: the bytes from `start` to the end of its canonical half (2^47 or 2^64); `None` for
+/// address 0 or a non-canonical one.
+fn half_room(start: u64) -> Option<u64> {
+    VirtAddr::try_new(start).ok().filter(|_| start != 0)?;
+    Some(if start < 1 << 47 {
+        (1 << 47) - start
+    } else {
+        start.wrapping_neg()
+    })
+}
+
+/// Region mode: the reach of a first region of `len` bytes at `start`: `reach` if given (at least
+/// `len`), else ([`crate::Heap::init_region`]) eight times `len`, or up to the end of the canonical half
+/// when that is nearer. In bytes from `start`.
+fn region_reach(start: u64, len: u64, reach: Option<usize>) -> u64 {
+    match reach {
+        Some(r) => (r as u64).max(len),
+        None => len
+            .saturating_mul(8)
+            .min(half_room(start).unwrap_or(0))
+            .max(len),
+    }
+}
+
+/// Heap pages a first region must hold besides its metadata: one for a span, one for the chunk of
+/// metadata its span struct comes from (taken from the heap's pages, see `meta_alloc`). With one, the
+/// heap could allocate nothing.
+const FIRST_REGION_PAGES: u64 = 2;
+
+/// Region mode: the bytes a first region at `start` with a reach of `reach` bytes needs for its
+/// metadata (the page allocator's storage, the span map, the scavenged bitmap: see
+/// [`PageHeap::new_region`]), from its first 8-byte boundary, and [`FIRST_REGION_PAGES`] heap pages
+/// from the next 8 KiB boundary. In `u128`: near the top of the higher half these roundings pass 2^64
+/// (`u64::MAX` then).
+fn region_needed(start: u64, reach: u64) -> u64 {
+    let capacity = (reach / PAGE_SIZE as u64) as usize;
+    let (start, page) = (u128::from(start), PAGE_SIZE as u128);
+    let meta_end = start.next_multiple_of(8) + u128::from(RegionMeta::new(capacity).bytes());
+    let end = meta_end.next_multiple_of(page) + u128::from(FIRST_REGION_PAGES) * page;
+    u64::try_from(end - start).unwrap_or(u64::MAX)
+}
+
+/// Region mode: the sizes of the arrays at the start of the first region, for `capacity` pages.
+struct RegionMeta {
+    storage: u64,
+    spanmap: u64,
+    scav: u64,
+}
+
+impl RegionMeta {
+    fn new(capacity: usize) -> Self {
+        Self {
+            storage: (PageAlloc::storage_bytes(capacity) as u64).next_multiple_of(8),
+            spanmap: SpanMap::bytes_for(capacity),
+            scav: capacity.div_ceil(64) as u64 * 8,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.storage + self.spanmap + self.scav
+    }
+}
+
+/// The address space of a mapped heap; `None` in region mode.
+fn space_of<P: Platform>(backing: &mut Backing<P>) -> Option<&mut AddressSpace<P>> {
+    match backing {
+        Backing::Mapped { space, .. } => Some(space),
+        Backing::Regions { .. } => None,
+    }
+}
+
 pub(crate) struct PageHeap<P: Platform> {
-    pub(crate) space: AddressSpace<P>,
-    window: ArenaWindow,
+    backing: Backing<P>,
     base: VirtAddr,
     capacity: usize,
     grown: usize,
@@ -142,6 +283,8 @@ pub(crate) struct PageHeap<P: Platform> {
     dirty_free: usize,
     released_total: u64,
     arenas: usize,
+    /// Heap pages the metadata allocator took (region mode): in use in `pages` for good.
+    meta_pages: usize,
     page_caches: [PageCache; MAX_CPUS],
     /// The recent peak of `in_use` (see "Scavenging" in the module docs).
     peak_in_use: usize,
@@ -164,6 +307,34 @@ struct MetaLayout {
     spanmap: u64,
     scav: u64,
     meta: u64,
+}
+
+/// The first region of a heap in region mode, as the heap laid it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// The heap's pages in this region: `[start, end)`, 8 KiB aligned.
+    pub pages: (VirtAddr, VirtAddr),
+    /// Bytes at the region's start taken by metadata (page allocator, span map), with the rounding up
+    /// to the first 8 KiB page.
+    pub metadata_bytes: u64,
+    /// Later regions ([`crate::Heap::add_region`]) must end at or below this address: `start + reach`,
+    /// or one 8 KiB page short of the end of the canonical half when the reach goes that far.
+    pub reach_end: VirtAddr,
+}
+
+impl core::fmt::Display for RegionInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (start, end) = self.pages;
+        write!(
+            f,
+            "heap pages {:#x}..{:#x} ({} KiB), {} bytes of metadata, regions may be added up to {:#x}",
+            start.as_u64(),
+            end.as_u64(),
+            (end.as_u64() - start.as_u64()) >> 10,
+            self.metadata_bytes,
+            self.reach_end.as_u64()
+        )
+    }
 }
 
 impl MetaLayout {
@@ -258,8 +429,7 @@ impl<P: Platform> PageHeap<P> {
         let pages = unsafe { PageAlloc::new(storage, capacity) };
         spanmap.init(spanmap_region.base(), base);
         Ok(Self {
-            space,
-            window,
+            backing: Backing::Mapped { space, window },
             base,
             capacity,
             grown: 0,
@@ -273,6 +443,7 @@ impl<P: Platform> PageHeap<P> {
             dirty_free: 0,
             released_total: 0,
             arenas: 0,
+            meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
             peak_in_use: 0,
             epoch_max: 0,
@@ -280,9 +451,255 @@ impl<P: Platform> PageHeap<P> {
         })
     }
 
+    /// Region mode: a heap in `[start, start + len)`, mapped and writable, whose later regions
+    /// ([`PageHeap::add_region`]) may reach up to `start + reach` (`reach >= len`). See the module docs
+    /// for the layout. The region and its reach lie in one canonical half; the half's last 8 KiB are
+    /// never a heap page (their end is no address).
+    ///
+    /// # Safety
+    /// The region is mapped, writable, and the heap's alone from now on, as is every later region.
+    pub(crate) unsafe fn new_region(
+        start: u64,
+        len: usize,
+        reach: Option<usize>,
+        spanmap: &'static SpanMap,
+    ) -> Result<(Self, RegionInfo), InitError> {
+        let misplaced = InitError::RegionMisplaced { start, len };
+        let page = PAGE_SIZE as u64;
+        let room = half_room(start).ok_or(misplaced)?;
+        let reach_of = |len: u64| region_reach(start, len, reach);
+        let reach = reach_of(len as u64);
+        if reach > room {
+            return Err(misplaced);
+        }
+        // The end of a canonical half (2^47, 2^64) is no address: the heap stops one page short of it,
+        // so every page address up to the capacity's end is canonical (and fits in a `u64`).
+        let usable = room.saturating_sub(page);
+        let reach_end = start + reach.min(usable);
+        let end = start + (len as u64).min(usable);
+        // The metadata covers every page up to the reach; sizing it for an upper bound of the page
+        // count (the heap's first page comes after it) wastes a few bytes, not a page.
+        let RegionMeta {
+            storage,
+            spanmap: spanmap_bytes,
+            scav: scav_bytes,
+        } = RegionMeta::new((reach / page) as usize);
+        let meta_bytes = storage + spanmap_bytes + scav_bytes;
+        let needed = region_needed(start, reach);
+        if needed > end - start {
+            // A longer region may have a longer reach, hence more metadata: name the least length
+            // that is enough for its own reach (metadata is ~0.1% of the reach: a few steps).
+            let mut needed = needed;
+            loop {
+                let more = region_needed(start, reach_of(needed));
+                if more <= needed {
+                    break;
+                }
+                needed = more;
+            }
+            return Err(InitError::RegionTooSmall { start, len, needed });
+        }
+        let meta_start = start.next_multiple_of(8);
+        let base = start + needed - FIRST_REGION_PAGES * page;
+        let capacity = ((reach_end - base) / page) as usize;
+        let pages_here = ((end - base) / page) as usize;
+        let at = |off: u64| VirtAddr::new(meta_start + off);
+        // SAFETY: the caller gives us the region, mapped and writable; the metadata is its first
+        // `meta_bytes` bytes, below `base` and so outside every heap page.
+        unsafe { core::ptr::write_bytes(at(0).as_mut_ptr::<u8>(), 0, meta_bytes as usize) };
+        let storage_ptr = NonNull::new(at(0).as_mut_ptr::<u8>()).ok_or(misplaced)?;
+        // SAFETY: the storage is ours, 8-byte aligned, `storage_bytes(capacity)` long (`capacity` only
+        // shrank), and mapped whole for the heap's lifetime (the caller's contract).
+        let pages = unsafe { PageAlloc::new(storage_ptr, capacity) };
+        spanmap.init(at(storage), VirtAddr::new(base));
+        let premapped = |off: u64, size: u64| LazyRegion::premapped(at(off), size);
+        let mut heap = Self {
+            backing: Backing::Regions {
+                reach_end,
+                regions_end: end,
+                gap_pages: 0,
+            },
+            base: VirtAddr::new(base),
+            capacity,
+            grown: 0,
+            pages,
+            pages_storage: premapped(0, storage),
+            spanmap_region: premapped(storage, spanmap_bytes),
+            scav: premapped(storage + spanmap_bytes, scav_bytes),
+            spanmap,
+            // Its chunks come from heap pages (`meta_block`).
+            meta: MetaAlloc::new(LazyRegion::premapped(VirtAddr::new(base), 0)),
+            in_use: 0,
+            dirty_free: 0,
+            released_total: 0,
+            arenas: 0,
+            meta_pages: 0,
+            page_caches: [PageCache::EMPTY; MAX_CPUS],
+            peak_in_use: 0,
+            epoch_max: 0,
+            epoch_allocated: 0,
+        };
+        heap.track_region(0, pages_here);
+        let info = RegionInfo {
+            pages: (VirtAddr::new(base), heap.page_addr(pages_here)),
+            metadata_bytes: base - start,
+            reach_end: VirtAddr::new(reach_end),
+        };
+        Ok((heap, info))
+    }
+
+    /// Region mode: adds the heap pages of `[start, start + len)` (mapped and writable, the heap's
+    /// alone from now on, above the heap's end and within its reach). Returns the pages added.
+    ///
+    /// # Safety
+    /// As for [`PageHeap::new_region`].
+    pub(crate) unsafe fn add_region(
+        &mut self,
+        start: u64,
+        len: usize,
+    ) -> Result<(VirtAddr, VirtAddr), InitError> {
+        let Backing::Regions {
+            reach_end,
+            regions_end,
+            ..
+        } = self.backing
+        else {
+            return Err(InitError::NotRegionMode);
+        };
+        let page = PAGE_SIZE as u64;
+        let heap_end = self.page_addr(self.grown).as_u64();
+        let out_of_reach = InitError::RegionOutOfReach {
+            start,
+            len,
+            heap_end,
+            reach_end,
+        };
+        if start == 0 {
+            return Err(InitError::RegionMisplaced { start, len });
+        }
+        let end = start.checked_add(len as u64).ok_or(out_of_reach)?;
+        if start < heap_end || end > reach_end {
+            return Err(out_of_reach);
+        }
+        // A region that starts where the last one ended (or in its tail) continues it: the page across
+        // the boundary is whole, and the heap's.
+        let from = if start <= regions_end {
+            heap_end
+        } else {
+            start
+        };
+        let first = (from.next_multiple_of(page) - self.base.as_u64()) / page;
+        let last = (end - self.base.as_u64()) / page;
+        if first >= last {
+            // The end of the region's first whole page (in `u128`: at the top of the higher half it
+            // may be 2^64). Past the reach, no length would do: out of reach, not too small.
+            let first_end = u128::from(from.next_multiple_of(page)) + u128::from(page);
+            if first_end > u128::from(reach_end) {
+                return Err(out_of_reach);
+            }
+            return Err(InitError::RegionTooSmall {
+                start,
+                len,
+                needed: (first_end - u128::from(start)) as u64,
+            });
+        }
+        self.track_region(first as usize, last as usize);
+        if let Backing::Regions { regions_end, .. } = &mut self.backing {
+            *regions_end = end;
+        }
+        Ok((
+            self.page_addr(first as usize),
+            self.page_addr(last as usize),
+        ))
+    }
+
+    /// Region mode: starts tracking pages `[first, end)` as free and mapped; the gap `[grown, first)`
+    /// stays in use for good.
+    fn track_region(&mut self, first: usize, end: usize) {
+        debug_assert!(self.grown <= first && first < end && end <= self.capacity);
+        if let Backing::Regions { gap_pages, .. } = &mut self.backing {
+            *gap_pages += first - self.grown;
+        }
+        // The storage is premapped whole: nothing to back.
+        self.pages.grow(end);
+        self.pages.free(first, end - first);
+        self.dirty_free += end - first;
+        self.grown = end;
+        self.spanmap.publish(end);
+    }
+
     /// A zeroed metadata block of `size` bytes (e.g. a per-CPU cache); `None` when no frame can be had.
     pub(crate) fn meta_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
-        self.meta.alloc(&mut self.space, size)
+        if let Some(block) = self.meta.alloc(space_of(&mut self.backing), size) {
+            return Some(block);
+        }
+        if !matches!(self.backing, Backing::Regions { .. }) {
+            return None;
+        }
+        // Region mode: the next chunk is a run of the heap's own pages, at least one.
+        let npages = MetaAlloc::block_bytes(size).div_ceil(PAGE_SIZE);
+        // From the top: spans are taken first-fit from the bottom, so metadata there splits no run.
+        let first = match self.take_top(npages) {
+            Some(f) => f,
+            None => {
+                self.flush_page_caches();
+                self.take_top(npages)?
+            }
+        };
+        self.dirty_free -= npages;
+        self.meta_pages += npages;
+        let chunk = self.page_addr(first);
+        // SAFETY: pages just taken from `pages` for good: in a region (mapped, ours), in no span.
+        unsafe { core::ptr::write_bytes(chunk.as_mut_ptr::<u8>(), 0, npages * PAGE_SIZE) };
+        self.meta.add_chunk(chunk, (npages * PAGE_SIZE) as u64);
+        self.meta.alloc(space_of(&mut self.backing), size)
+    }
+
+    /// The highest run of `n` free pages, marked in use. A scan down the bitmap: it runs only when the
+    /// metadata allocator needs a chunk (metadata is never given back, so at most once per chunk of the
+    /// heap's peak).
+    fn take_top(&mut self, n: usize) -> Option<usize> {
+        if self.pages.free_count() < n {
+            return None; // A full heap costs no scan.
+        }
+        let mut end = self.grown;
+        for i in (0..self.grown).rev() {
+            if !self.pages.is_free(i) {
+                end = i;
+            } else if end - i == n {
+                self.pages.alloc_range(i, n);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Whether the heap lives in regions the kernel mapped.
+    pub(crate) fn is_region_mode(&self) -> bool {
+        matches!(self.backing, Backing::Regions { .. })
+    }
+
+    /// The heap's address space; `None` in region mode.
+    pub(crate) fn space(&mut self) -> Option<&mut AddressSpace<P>> {
+        space_of(&mut self.backing)
+    }
+
+    /// The heap's address space, shared; `None` in region mode.
+    pub(crate) fn space_ref(&self) -> Option<&AddressSpace<P>> {
+        match &self.backing {
+            Backing::Mapped { space, .. } => Some(space),
+            Backing::Regions { .. } => None,
+        }
+    }
+
+    /// Bytes of heap pages tracked so far (in region mode: the regions' pages, not the gaps between
+    /// them).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let gaps = match self.backing {
+            Backing::Regions { gap_pages, .. } => gap_pages,
+            Backing::Mapped { .. } => 0,
+        };
+        (self.grown - gaps) * PAGE_SIZE
     }
 
     pub(crate) fn stats(&self) -> PageStats {
@@ -331,6 +748,10 @@ impl<P: Platform> PageHeap<P> {
     /// window as the tracked pages reach into them. Fails when the capacity, the window or frames for
     /// metadata run out.
     fn grow(&mut self, npages: usize) -> bool {
+        let Backing::Mapped { space, window } = &mut self.backing else {
+            // Region mode: the kernel adds regions (`add_region`), the heap cannot.
+            return false;
+        };
         let Some(want) = npages
             .checked_next_multiple_of(ARENA_PAGES)
             .and_then(|n| n.checked_add(self.grown))
@@ -348,7 +769,7 @@ impl<P: Platform> PageHeap<P> {
             // and mapping everything up to a summary level's prefix would map all of it.
             if self
                 .pages_storage
-                .ensure_pages(&mut self.space, range.start as u64, range.end as u64)
+                .ensure_pages(Some(&mut *space), range.start as u64, range.end as u64)
                 .is_err()
             {
                 return false;
@@ -356,21 +777,21 @@ impl<P: Platform> PageHeap<P> {
         }
         if self
             .scav
-            .ensure(&mut self.space, target.div_ceil(64) as u64 * 8)
+            .ensure(Some(&mut *space), target.div_ceil(64) as u64 * 8)
             .is_err()
             || self
                 .spanmap_region
-                .ensure(&mut self.space, SpanMap::bytes_for(target))
+                .ensure(Some(&mut *space), SpanMap::bytes_for(target))
                 .is_err()
         {
             return false;
         }
         while self.arenas * ARENA_PAGES < target {
-            let arena = self
-                .window
-                .take_arena()
-                .expect("window holds `capacity` pages");
-            debug_assert_eq!(arena, self.page_addr(self.arenas * ARENA_PAGES));
+            let arena = window.take_arena().expect("window holds `capacity` pages");
+            debug_assert_eq!(
+                arena,
+                self.base + (self.arenas * ARENA_PAGES * PAGE_SIZE) as u64
+            );
             self.arenas += 1;
         }
         self.grown = target;
@@ -402,7 +823,10 @@ impl<P: Platform> PageHeap<P> {
             }
             let start = Page::containing_address(self.page_addr(run_start));
             let frames = ((i - run_start) as u64) * FRAMES_PER_PAGE;
-            if self.space.map_range(start, frames, flags, true).is_err() {
+            let Some(space) = space_of(&mut self.backing) else {
+                unreachable!("pageheap: a scavenged page in region mode");
+            };
+            if space.map_range(start, frames, flags, true).is_err() {
                 // Undo: the pages mapped so far in this call go back to scavenged.
                 self.unback(first, run_start);
                 return Err(());
@@ -608,12 +1032,9 @@ impl<P: Platform> PageHeap<P> {
         let bits = if words == 0 {
             None
         } else {
-            Some(self.meta.alloc(&mut self.space, words * 8)?.cast::<u64>())
+            Some(self.meta_alloc(words * 8)?.cast::<u64>())
         };
-        let Some(mem) = self
-            .meta
-            .alloc(&mut self.space, core::mem::size_of::<Span>())
-        else {
+        let Some(mem) = self.meta_alloc(core::mem::size_of::<Span>()) else {
             if let Some(b) = bits {
                 // SAFETY: `b` came from `alloc(words * 8)` just above and was not shared.
                 unsafe { self.meta.free(b.cast(), words * 8) };
@@ -718,6 +1139,9 @@ impl<P: Platform> PageHeap<P> {
     pub(crate) fn scavenge(&mut self, max_pages: usize) -> usize {
         // From the top down, as Go does: first-fit allocation reuses the lowest free pages next, so those are
         // the ones worth keeping mapped.
+        if self.is_region_mode() {
+            return 0; // The kernel's pages stay mapped.
+        }
         let mut released = 0;
         let mut end = self.grown;
         while end > 0 && released < max_pages && self.dirty_free > 0 {
@@ -731,7 +1155,8 @@ impl<P: Platform> PageHeap<P> {
                 start -= 1;
             }
             let page = Page::containing_address(self.page_addr(start));
-            self.space
+            space_of(&mut self.backing)
+                .expect("not in region mode")
                 .unmap_range(page, ((end - start) as u64) * FRAMES_PER_PAGE);
             for p in start..end {
                 self.set_scavenged(p, true);
@@ -758,6 +1183,9 @@ impl<P: Platform> PageHeap<P> {
 
     /// Scavenging policy on a free: back down to the retained goal once over its band.
     pub(crate) fn scavenge_if_needed(&mut self) {
+        if self.is_region_mode() {
+            return;
+        }
         let excess = self.excess_pages();
         if excess > 0 {
             self.scavenge(excess);

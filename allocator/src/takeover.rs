@@ -106,7 +106,7 @@ impl fmt::Display for TakeOver {
 /// Why [`take_over`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TakeOverError {
-    /// The heap has its memory already (take-over ran before).
+    /// The heap has its memory already (take-over ran before, or `init`/`init_region`).
     AlreadyInitialized,
     /// The bootloader mapped no physical memory (with `bootloader_api`: the config lacks
     /// `mappings.physical_memory = Some(Mapping::Dynamic)`; use `spanalloc::bootloader::CONFIG`, feature `bootloader`).
@@ -202,8 +202,9 @@ pub unsafe fn take_over_tables<P: TakeOverPlatform, const FULL_CHECKS: bool>(
     p4: PhysFrame,
     limits: Limits,
 ) -> Result<TakeOver, TakeOverError> {
-    // Before building a frame allocator over memory a running heap may be using.
-    if heap.with_address_space(|_| ()).is_some() {
+    // Before building a frame allocator over memory a running heap may be using (in region mode too:
+    // it has no address space, but its regions are in use).
+    if heap.is_initialized() {
         return Err(TakeOverError::AlreadyInitialized);
     }
     let platform = heap.platform();

@@ -14,7 +14,6 @@ extern crate alloc;
 
 use alloc::{boxed::Box, collections::BTreeMap, vec::Vec};
 use bootloader_api::BootInfo;
-use core::fmt::Write;
 use spanalloc::addr::{Page, PageTableFlags};
 use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Rootable, Trace, Tracer};
 
@@ -142,29 +141,6 @@ fn check(ok: bool, what: &str) {
     }
 }
 
-// The example's own I/O: COM1 (QEMU needs no UART setup) and QEMU's isa-debug-exit (0x10 pass, 0x11 fail).
-struct Serial;
-impl Write for Serial {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        // SAFETY: COM1's data register; writing a byte only sends it.
-        s.bytes()
-            .for_each(|b| unsafe { x86_64::instructions::port::Port::new(0x3f8).write(b) });
-        Ok(())
-    }
-}
-#[macro_export]
-macro_rules! print { ($($a:tt)*) => { let _ = write!(Serial, $($a)*); } }
-#[macro_export]
-macro_rules! println { ($($a:tt)*) => { let _ = writeln!(Serial, $($a)*); } }
-fn exit(code: u32) -> ! {
-    // SAFETY: QEMU's isa-debug-exit device (iobase 0xf4): the write ends the VM.
-    unsafe { x86_64::instructions::port::Port::new(0xf4).write(code) };
-    loop {
-        x86_64::instructions::hlt();
-    }
-}
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    println!("example: panic: {info}");
-    exit(0x11)
-}
+// The example's own serial output and QEMU exit (not spanalloc's business).
+mod io;
+use io::exit;

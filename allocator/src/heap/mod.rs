@@ -22,20 +22,25 @@
 //!   interrupted). So an interrupt handler may allocate and free at any instruction.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
 use crate::cache::{stack_cap, Cache, Stacks};
 use crate::central::Central;
 use crate::freemark;
-use crate::pageheap::{InitError, PageHeap};
+use crate::pageheap::{InitError, PageHeap, RegionInfo};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
 use crate::spanmap::{self, Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
+
+/// Heaps smaller than this have no per-CPU caches: 16 times a cache's metadata block (a cache holds up
+/// to 32 KiB of objects per class; in a smaller heap the caches would hold much of it).
+const CACHES_MIN_HEAP: usize = 16 * core::mem::size_of::<Cache>().next_power_of_two();
 
 /// Whether [`Heap`] runs its full checks unless told otherwise: the `debug-checks` feature.
 pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
@@ -52,6 +57,9 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     caches: [AtomicPtr<Cache>; MAX_CPUS],
     central: [Central; NUM_SIZE_CLASSES],
     pages: spin::Mutex<Option<PageHeap<P>>>,
+    /// Set while the heap is too small for per-CPU caches (region mode): every CPU takes the locked path.
+    /// Written under the page-heap lock; `create_cache` reads it again under that lock.
+    caches_off: AtomicBool,
     spanmap: SpanMap,
     large_objects: AtomicUsize,
     large_pages: AtomicUsize,
@@ -79,6 +87,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS],
             central: [const { Central::new() }; NUM_SIZE_CLASSES],
             pages: spin::Mutex::new(None),
+            caches_off: AtomicBool::new(false),
             spanmap: SpanMap::new(),
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
@@ -104,14 +113,142 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         Ok(())
     }
 
-    /// Runs `f` on the heap's address space, e.g. to take frames for other uses. `None` before `init`.
+    /// Region mode, for a kernel that keeps its own frame allocator and page tables: the heap serves
+    /// objects from `[start, start + len)`, memory the kernel has mapped (present, writable), with the
+    /// same size classes, central lists and page heap as ever. It never maps or unmaps anything.
+    ///
+    /// `start` may be any address and `len` any size that leaves two 8 KiB heap pages after the
+    /// metadata (about 0.1% of the reach, from the region's start, then up to the next 8 KiB boundary;
+    /// one page for objects, one for their spans' metadata): 100 KiB at a 4 KiB boundary gives 11 heap
+    /// pages. Later regions may be added with
+    /// [`Heap::add_region`] up to eight times `len` from `start` (or to the end of its canonical half,
+    /// if that is nearer); [`Heap::init_region_with_reach`] chooses another reach. The last 8 KiB of a
+    /// canonical half are never a heap page (their end, 2^47 or 2^64, is no address). Heaps under
+    /// 1 MiB have no per-CPU caches (a cache takes 64 KiB of metadata): every CPU is served through the
+    /// central lists' locks until regions make it bigger.
+    ///
+    /// ```no_run
+    /// # use spanalloc::{Heap, platforms::{Uniprocessor, UNIPROCESSOR}};
+    /// # const HEAP_START: usize = 0x_4444_4444_0000;
+    /// # const HEAP_SIZE: usize = 100 * 1024;
+    /// #[global_allocator]
+    /// static HEAP: Heap<Uniprocessor> = Heap::new(&UNIPROCESSOR);
+    /// // Once the kernel has mapped HEAP_SIZE bytes at HEAP_START:
+    /// // SAFETY: mapped, writable, used by nothing else from now on.
+    /// unsafe { HEAP.init_region(HEAP_START as *mut u8, HEAP_SIZE) }.expect("heap");
+    /// ```
+    ///
+    /// # Panics
+    /// If the heap is initialized already ([`Heap::init`] or a region-mode init succeeded).
+    ///
+    /// # Safety
+    /// `[start, start + len)` is mapped and writable on every CPU that will use the heap, stays so for
+    /// the rest of the program, and nothing else reads or writes it from now on.
+    pub unsafe fn init_region(
+        &'static self,
+        start: *mut u8,
+        len: usize,
+    ) -> Result<RegionInfo, InitError> {
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.init_region_in(start, len, None) }
+    }
+
+    /// [`Heap::init_region`] for a region the program owns as a `'static` array, e.g. a
+    /// `static mut` one taken once with `&raw mut`. Safe: the exclusive borrow is the contract.
+    ///
+    /// # Panics
+    /// If the heap is initialized already.
+    pub fn init_region_from_slice(
+        &'static self,
+        region: &'static mut [MaybeUninit<u8>],
+    ) -> Result<RegionInfo, InitError> {
+        // SAFETY: a `&'static mut` slice is mapped, writable, and ours alone for good.
+        unsafe { self.init_region(region.as_mut_ptr().cast(), region.len()) }
+    }
+
+    /// [`Heap::init_region`] with the reach chosen: later regions must end at most `reach` bytes after
+    /// `start` (at least `len`; within `start`'s canonical half, and one 8 KiB page short of its end:
+    /// see [`RegionInfo::reach_end`]). The metadata covers the reach: about 8 bytes per 8 KiB of it, in
+    /// the first region.
+    ///
+    /// # Panics
+    /// If the heap is initialized already.
+    ///
+    /// # Safety
+    /// As for [`Heap::init_region`].
+    pub unsafe fn init_region_with_reach(
+        &'static self,
+        start: *mut u8,
+        len: usize,
+        reach: usize,
+    ) -> Result<RegionInfo, InitError> {
+        // SAFETY: the caller's contract is ours.
+        unsafe { self.init_region_in(start, len, Some(reach)) }
+    }
+
+    /// Region-mode init with the reach given, or (`None`) the default one.
+    ///
+    /// # Safety
+    /// As for [`Heap::init_region`].
+    unsafe fn init_region_in(
+        &'static self,
+        start: *mut u8,
+        len: usize,
+        reach: Option<usize>,
+    ) -> Result<RegionInfo, InitError> {
+        let _irq = self.platform.mask_interrupts();
+        let mut pages = self.pages.lock();
+        assert!(pages.is_none(), "spanalloc: Heap initialized twice");
+        // SAFETY: the caller's contract is ours.
+        let (heap, info) =
+            unsafe { PageHeap::new_region(start.addr() as u64, len, reach, &self.spanmap)? };
+        self.caches_off
+            .store(heap.heap_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
+        *pages = Some(heap);
+        Ok(info)
+    }
+
+    /// Region mode: adds `[start, start + len)`, mapped and writable, to the heap. Regions are added in
+    /// increasing address order, above the heap's end and within the reach chosen at init (see
+    /// [`RegionInfo::reach_end`]); the heap uses the whole 8 KiB pages the region holds. Returns those
+    /// pages, `[start, end)`: a region that starts where the last one ended continues it, so the page
+    /// across their boundary is used too. Errors name the region and the rule it breaks; nothing
+    /// changes then.
+    ///
+    /// # Safety
+    /// As for [`Heap::init_region`].
+    pub unsafe fn add_region(
+        &self,
+        start: *mut u8,
+        len: usize,
+    ) -> Result<(VirtAddr, VirtAddr), InitError> {
+        let _irq = self.platform.mask_interrupts();
+        let mut pages = self.pages.lock();
+        let heap = pages.as_mut().ok_or(InitError::NotRegionMode)?;
+        // SAFETY: the caller's contract is ours.
+        let added = unsafe { heap.add_region(start.addr() as u64, len)? };
+        self.caches_off
+            .store(heap.heap_bytes() < CACHES_MIN_HEAP, Ordering::Relaxed);
+        Ok(added)
+    }
+
+    /// Runs `f` on the heap's address space, e.g. to take frames for other uses. `None` before `init`
+    /// and in region mode (the kernel kept its address space).
     pub fn with_address_space<R>(&self, f: impl FnOnce(&mut AddressSpace<P>) -> R) -> Option<R> {
         let _irq = self.platform.mask_interrupts();
         // A named guard drops before `_irq`; a temporary in the tail expression would be dropped after it
         // (edition 2021), re-enabling interrupts while the lock is still held: an interrupt handler that
         // allocates would then spin on it forever.
         let mut pages = self.pages.lock();
-        pages.as_mut().map(|h| f(&mut h.space))
+        pages.as_mut().and_then(|h| h.space()).map(f)
+    }
+
+    /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
+    pub(crate) fn is_initialized(&self) -> bool {
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let pages = self.pages.lock();
+        pages.is_some()
     }
 
     /// The platform the heap was made with.
@@ -128,7 +265,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// used, and the caller makes no other `Stacks` of that cache meanwhile.
     #[inline(always)]
     unsafe fn local_cache<'a>(&'a self, cpu: usize) -> Option<Stacks<'a>> {
-        if cpu >= P::MAX_CPUS {
+        if cpu >= P::MAX_CPUS || self.caches_off.load(Ordering::Relaxed) {
             return None;
         }
         let c = match NonNull::new(self.caches[cpu].load(Ordering::Acquire)) {
@@ -150,6 +287,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         debug_assert!(cpu < P::MAX_CPUS);
         let mut guard = self.pages.lock();
         let heap = guard.as_mut()?;
+        // Again under the lock: `local_cache` may have read `caches_off` before a region-mode init,
+        // which sets it under this lock, and waited here for that init to finish.
+        if self.caches_off.load(Ordering::Relaxed) {
+            return None;
+        }
         let size = core::mem::size_of::<Cache>();
         let mem = match heap.meta_alloc(size) {
             Some(m) => m,
@@ -249,13 +391,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// As for [`Heap::local_cache`].
     #[cold]
     unsafe fn alloc_small_slow(&self, cpu: usize, class: SizeClass) -> *mut u8 {
-        let central = &self.central[class.index()];
         // SAFETY: forwarded from the caller.
         let Some(mut cache) = (unsafe { self.local_cache(cpu) }) else {
             // No cache for this CPU (or it is busy: we interrupted its fast path): one object straight
             // from the central list.
             let mut one = [VirtAddr::zero()];
-            let n = central.refill(class, &mut one, &self.pages, None);
+            let n = self.refill(class, &mut one, None);
             if n == 0 {
                 return ptr::null_mut();
             }
@@ -267,7 +408,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let batch = (stack_cap(class.index()) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = central.refill(class, &mut spare[..want], &self.pages, Some(cpu));
+        let n = self.refill(class, &mut spare[..want], Some(cpu));
         cache.filled(class, n);
         match cache.pop(class) {
             Some(p) => {
@@ -278,6 +419,29 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
             None => ptr::null_mut(),
         }
+    }
+
+    /// Up to `out.len()` free objects of `class` from its central list. When the page heap has no span
+    /// for it, the empty spans other classes keep are given back first and the refill tried once more:
+    /// in a small heap they may be all its pages.
+    fn refill(&self, class: SizeClass, out: &mut [VirtAddr], cpu: Option<usize>) -> usize {
+        let central = &self.central[class.index()];
+        match central.refill(class, out, &self.pages, cpu) {
+            0 if self.release_empty_spans() > 0 => central.refill(class, out, &self.pages, cpu),
+            n => n,
+        }
+    }
+
+    /// Gives every span whose objects are all free back to the page heap (the central lists each keep
+    /// one against thrashing). Returns how many. Takes the class locks, then the page-heap lock: the
+    /// caller holds neither.
+    #[cold]
+    fn release_empty_spans(&self) -> usize {
+        let _irq = self.platform.mask_interrupts();
+        self.central
+            .iter()
+            .map(|c| c.release_empty(&self.pages))
+            .sum()
     }
 
     /// The span-map entry of `ptr`'s page if `ptr` starts an object of an in-use explicit-heap span of
@@ -475,17 +639,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         };
         let align = (layout.align() / PAGE_SIZE).max(1);
         let _irq = self.platform.mask_interrupts();
-        let mut guard = self.pages.lock();
-        let Some(heap) = guard.as_mut() else {
-            return ptr::null_mut();
-        };
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
-        let Some(span) = heap.alloc_span(npages.0, align, class, cpu, Owner::Explicit) else {
+        let alloc = || {
+            self.pages
+                .lock()
+                .as_mut()?
+                .alloc_span(npages.0, align, class, cpu, Owner::Explicit)
+        };
+        // No room: the central lists' empty spans may hold it (see `refill`).
+        let span = alloc().or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten());
+        let Some(span) = span else {
             return ptr::null_mut();
         };
-        drop(guard);
         self.large_objects.fetch_add(1, Ordering::Relaxed);
         self.large_pages.fetch_add(npages.0, Ordering::Relaxed);
         // SAFETY: the span is ours (large spans belong to their one object).
@@ -651,8 +818,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         s.interrupted_fast_paths = self.interrupted_fast_paths.load(Ordering::Relaxed);
         if let Some(heap) = self.pages.lock().as_ref() {
             s.pages = heap.stats();
-            s.frames_held = heap.space.frames_held();
-            s.frames_free = heap.space.frames.free_frames();
+            if let Some(space) = heap.space_ref() {
+                s.frames_held = space.frames_held();
+                s.frames_free = space.frames.free_frames();
+            }
         } else {
             s.frames_held = FrameCount(0);
         }
@@ -847,6 +1016,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 mod attack_tests;
 #[cfg(test)]
 mod interrupt_tests;
+#[cfg(all(test, not(miri)))]
+mod region_attack_tests;
+#[cfg(all(test, not(miri)))]
+mod region_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]
