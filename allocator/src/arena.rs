@@ -14,7 +14,7 @@
 //! Window: arenas of [`ARENA_SIZE`] are handed out contiguously upward from the window's base, so the heap's
 //! address range is always one interval `[base, base + arenas * ARENA_SIZE)`.
 
-use crate::addr::{FrameCount, Page, PageTableFlags, VirtAddr, FRAME_SIZE};
+use crate::addr::{FrameCount, Page, PageTableFlags, PhysFrame, VirtAddr, FRAME_SIZE};
 use crate::frames::FrameAllocator;
 use crate::paging::{MapError, Mapper};
 use crate::platform::{Platform, Sampled};
@@ -134,8 +134,9 @@ impl<P: Platform> AddressSpace<P> {
     }
 
     /// Backs `count` pages from `start` with fresh frames (zeroed through the direct map if `zeroed`),
-    /// mapped with `flags` (PRESENT implied), telling the platform of each. On failure everything this call
-    /// mapped is unmapped and every frame it took is returned.
+    /// mapped with `flags` (PRESENT implied), telling the platform of each run of pages mapped to
+    /// contiguous frames in one call (`Platform::pages_mapped`). On failure everything this call mapped is
+    /// unmapped and every frame it took is returned.
     pub fn map_range(
         &mut self,
         start: Page,
@@ -145,9 +146,25 @@ impl<P: Platform> AddressSpace<P> {
     ) -> Result<(), MapError> {
         check_range(start, count);
         let before = self.frames.free_frames();
+        // The run of pages mapped to contiguous frames the platform has not been told of yet.
+        let mut run: Option<(Page, PhysFrame, u64)> = None;
         for i in 0..count {
             let page = start + i;
-            if let Err(e) = self.map_one(page, flags, zeroed) {
+            let mapped = self.map_one(page, flags, zeroed);
+            let continues = matches!((&mapped, run), (Ok(f), Some((_, f0, n))) if *f == f0 + n);
+            if continues {
+                if let Some((_, _, n)) = &mut run {
+                    *n += 1;
+                }
+                continue;
+            }
+            if let Some((p, f, n)) = run.take() {
+                self.platform.pages_mapped(p, f, n);
+            }
+            if let Ok(frame) = mapped {
+                run = Some((page, frame, 1));
+            }
+            if let Err(e) = mapped {
                 self.release(start, i);
                 debug_assert_eq!(
                     self.frames.free_frames(),
@@ -157,11 +174,20 @@ impl<P: Platform> AddressSpace<P> {
                 return Err(e);
             }
         }
+        if let Some((p, f, n)) = run {
+            self.platform.pages_mapped(p, f, n);
+        }
         self.held += before.0 - self.frames.free_frames().0;
         Ok(())
     }
 
-    fn map_one(&mut self, page: Page, flags: PageTableFlags, zeroed: bool) -> Result<(), MapError> {
+    /// Maps `page` to a fresh frame (the platform is told by the caller) and returns the frame.
+    fn map_one(
+        &mut self,
+        page: Page,
+        flags: PageTableFlags,
+        zeroed: bool,
+    ) -> Result<PhysFrame, MapError> {
         let frame = if zeroed {
             self.frames.allocate_zeroed()
         } else {
@@ -172,8 +198,7 @@ impl<P: Platform> AddressSpace<P> {
             self.frames.free(frame);
             return Err(e);
         }
-        self.platform.page_mapped(page, frame);
-        Ok(())
+        Ok(frame)
     }
 
     /// Unmaps `count` pages from `start` (all must be mapped: panics naming the first that is not, before

@@ -1,24 +1,37 @@
 //! The per-CPU cache (Go's mcache, in TCMalloc's per-CPU form): for each size class a stack of free
-//! objects. **This is the allocation and free fast path**: pop or push on the current CPU's stack with
-//! interrupts masked; no lock, no atomic read-modify-write.
+//! objects. **This is the allocation and free fast path**: pop or push on the current CPU's stack, no
+//! lock, no atomic read-modify-write, and (unless the platform asks for it) no interrupt masking.
 //!
 //! Why stacks of objects rather than Go's "one span per class": Rust frees explicitly and `dealloc`
 //! may run on any CPU. With per-CPU object stacks a free is a push on the *current* CPU whatever CPU
 //! allocated the object (objects migrate, as in TCMalloc), so a remote free costs the same as a local
 //! one; spans are only touched in batches by the central lists (see central.rs).
 //!
+//! **Interrupts: the busy flag.** A pop or push is a few loads and stores; an interrupt handler that
+//! allocated on the same CPU between them would see (and leave) a half-done stack. So the fast path sets
+//! the cache's `busy` flag, does the pop or push, and clears the flag ([`Cache::pop`], [`Cache::push`]);
+//! it refuses (returns `None`/`false`) when it finds the flag set, and the heap then serves the operation
+//! through the central lists' locks without touching this cache. The flag is only ever written by its own
+//! CPU (by the code running there and by the interrupt handlers that nest in it, in LIFO order), so plain
+//! stores with compiler fences are enough: an interrupt either lands before the flag is set (the handler
+//! finishes its own use of the cache, leaving it consistent, before the interrupted code reads anything
+//! of it) or while it is set (the handler does not touch the stacks). Slow paths use the cache with
+//! interrupts masked, through [`Cache::stacks`], which also refuses a busy cache.
+//!
 //! Invariants:
-//! - A cache is used only by its CPU, with interrupts masked on that CPU for the whole operation
-//!   (an interrupt handler that allocates would otherwise interleave with a half-done push/pop).
+//! - A cache is used only by its CPU: by the fast path inside a busy window, or with interrupts masked
+//!   while not busy (slow paths). Anything else (an interrupt handler finding it busy) leaves the stacks
+//!   alone.
 //! - Every object in a stack is allocated in its span's bitmap (the central list took it out of the span)
 //!   and is of the stack's size class.
 //! - Stack `c` owns `slots[base(c) .. limit(c))` and holds objects in `[base, top)`; the stacks tile
 //!   `slots` without overlap. The cache never moves after `init` (its pointers point into itself).
-//! - Those pointers are used for their addresses only: a slot is always reached through the `&mut self`
-//!   of the call (`slot`). Each `&mut Cache` the heap makes asserts unique access to the whole cache,
-//!   which invalidates pointers kept from an earlier one (Stacked and Tree Borrows; Miri reports it).
+//! - Those pointers are used for their addresses only: a slot is always reached through a pointer derived
+//!   from `slots`' `UnsafeCell` (`slot`), and no `&mut` to a cache exists after `init`: an interrupt
+//!   handler may read `busy` (and another CPU the tops, for statistics) at any time.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, Ordering};
 
 use crate::addr::VirtAddr;
 use crate::sizeclass::{SizeClass, NUM_SIZE_CLASSES};
@@ -69,15 +82,10 @@ struct Stack {
     limit: *mut VirtAddr,
 }
 
-/// The slot at `at`'s address, as a pointer derived from `slots` (see the module's invariants).
-#[inline(always)]
-fn slot(slots: &mut [VirtAddr; TOTAL_SLOTS], at: *mut VirtAddr) -> *mut VirtAddr {
-    slots.as_mut_ptr().with_addr(at.addr())
-}
-
 /// One CPU's sampling state (heap/sample.rs): `countdown` is what the allocation fast path touches, on
-/// platforms that compile sampling in (`Platform::SAMPLING`); the rest is for the cold path. All-zero
-/// (a fresh cache) makes the first allocation take the cold path, which arms it.
+/// platforms that compile sampling in (`Platform::SAMPLING`), inside its busy window; the rest is for the
+/// cold path, through [`Stacks::sample`]. All-zero (a fresh cache) makes the first allocation take the
+/// cold path, which arms it.
 #[derive(Debug)]
 pub(crate) struct SampleState {
     /// Bytes left until the next sampling event; negative: the allocation that made it so is one.
@@ -92,27 +100,23 @@ pub(crate) struct SampleState {
     pub(crate) epoch: u32,
 }
 
-impl SampleState {
-    /// Counts `bytes` allocated; `false` when this allocation is a sampling event (the cold path decides).
-    #[inline(always)]
-    pub(crate) fn take(&mut self, bytes: usize) -> bool {
-        self.countdown = self.countdown.wrapping_sub(bytes as isize);
-        self.countdown >= 0
-    }
-}
-
-/// One CPU's cache.
+/// One CPU's cache. `repr(C)`: the busy flag shares its cache line with the first stacks' tops.
+#[repr(C)]
 pub(crate) struct Cache {
-    pub(crate) sample: SampleState,
+    /// Set while the fast path pops or pushes (see the module docs).
+    busy: AtomicBool,
     stacks: [Stack; NUM_SIZE_CLASSES],
-    slots: [VirtAddr; TOTAL_SLOTS],
+    /// Sampling (used only on platforms with `Platform::SAMPLING`): the fast path's countdown inside its
+    /// busy window, the rest through [`Stacks::sample`].
+    sample: UnsafeCell<SampleState>,
+    slots: UnsafeCell<[VirtAddr; TOTAL_SLOTS]>,
 }
 
 impl Cache {
-    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty). The cache must not
-    /// move afterwards (it lives in metadata for the heap's lifetime).
+    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty, not busy). The
+    /// cache must not move afterwards (it lives in metadata for the heap's lifetime).
     pub(crate) fn init(&mut self) {
-        let slots = self.slots.as_mut_ptr();
+        let slots = self.slots.get_mut().as_mut_ptr();
         let mut start = 0;
         for (c, s) in self.stacks.iter_mut().enumerate() {
             let cap = stack_cap(c);
@@ -124,38 +128,127 @@ impl Cache {
         }
     }
 
-    /// Pops an object of `class`; `None` when the stack is empty.
+    /// The slot at `at`'s address, as a pointer derived from `slots` (see the module's invariants).
     #[inline(always)]
-    pub(crate) fn pop(&mut self, class: SizeClass) -> Option<VirtAddr> {
-        let s = &self.stacks[class.index()];
-        let top = s.top.load(Ordering::Relaxed);
-        if top == s.base {
-            return None;
-        }
-        // SAFETY: base < top <= limit, all within `slots` (init), so top - 1 is an initialized slot of
-        // this stack; `&mut self` makes us its only user, and `slot` derives the pointer from it.
-        unsafe {
-            let top = top.sub(1);
-            s.top.store(top, Ordering::Relaxed);
-            Some(*slot(&mut self.slots, top))
-        }
+    fn slot(&self, at: *mut VirtAddr) -> *mut VirtAddr {
+        self.slots.get().cast::<VirtAddr>().with_addr(at.addr())
     }
 
-    /// Pushes a freed object; `false` (nothing pushed) when the stack is full.
+    /// Opens the busy window; `false` if it is open already (we interrupted this CPU's fast path).
     #[inline(always)]
-    pub(crate) fn push(&mut self, class: SizeClass, obj: VirtAddr) -> bool {
-        let s = &self.stacks[class.index()];
-        let top = s.top.load(Ordering::Relaxed);
-        if top == s.limit {
+    fn enter(&self) -> bool {
+        if self.busy.load(Ordering::Relaxed) {
             return false;
         }
-        // SAFETY: base <= top < limit: a slot of this stack inside `slots`; `&mut self` makes us its only
-        // user, and `slot` derives the pointer from it.
-        unsafe {
-            *slot(&mut self.slots, top) = obj;
-            s.top.store(top.add(1), Ordering::Relaxed);
-        }
+        #[cfg(test)]
+        interrupt_hook::fire();
+        self.busy.store(true, Ordering::Relaxed);
+        // The stack's loads may not move above the flag's store (an interrupt handler runs on this CPU,
+        // so ordering the compiler's output is all it takes).
+        compiler_fence(Ordering::SeqCst);
         true
+    }
+
+    #[inline(always)]
+    fn leave(&self) {
+        compiler_fence(Ordering::SeqCst);
+        self.busy.store(false, Ordering::Relaxed);
+    }
+
+    /// The fast path's pop: an object of `class`, or `None` when the stack is empty or the cache is busy
+    /// (an interrupt landed in this CPU's own fast path). `guard`: use the busy window (false when no
+    /// interrupt can land in the middle: masked, or no handler allocates).
+    ///
+    /// # Safety
+    /// The caller runs on this cache's CPU and stays on it until the call returns (interrupt handlers
+    /// may nest, and must return to it); with `guard` false, no interrupt handler uses the heap on this
+    /// CPU until the call returns.
+    ///
+    /// `count`: with `Some(bytes)` (sampling compiled in), the allocation first counts its bytes down to
+    /// the next sampling event, and a count that goes negative is a miss (`None`, nothing popped): the
+    /// cold path takes the event.
+    #[inline(always)]
+    pub(crate) unsafe fn pop(
+        &self,
+        class: SizeClass,
+        guard: bool,
+        count: Option<usize>,
+    ) -> Option<VirtAddr> {
+        if guard && !self.enter() {
+            return None;
+        }
+        if let Some(bytes) = count {
+            // SAFETY: the countdown is ours as the stacks are (the busy window or the caller's promise);
+            // no reference to it outlives this statement.
+            let left = unsafe {
+                let st = &mut *self.sample.get();
+                st.countdown = st.countdown.wrapping_sub(bytes as isize);
+                st.countdown
+            };
+            if left < 0 {
+                if guard {
+                    self.leave();
+                }
+                return None;
+            }
+        }
+        let s = &self.stacks[class.index()];
+        let top = s.top.load(Ordering::Relaxed);
+        let got = if top == s.base {
+            None
+        } else {
+            let top = top.wrapping_sub(1);
+            #[cfg(test)]
+            interrupt_hook::fire();
+            // SAFETY: base < top + 1 <= limit, all within `slots` (init), so `top` is an initialized slot
+            // of this stack; we are its only user (our CPU, caller's contract; no handler in the middle:
+            // the busy window, or the caller's promise that none uses the heap).
+            let obj = unsafe { *self.slot(top) };
+            s.top.store(top, Ordering::Relaxed);
+            Some(obj)
+        };
+        if guard {
+            self.leave();
+        }
+        got
+    }
+
+    /// The fast path's push of a freed object; `false` (nothing pushed) when the stack is full or the
+    /// cache is busy. `guard` as for [`Cache::pop`].
+    ///
+    /// # Safety
+    /// As for [`Cache::pop`].
+    #[inline(always)]
+    pub(crate) unsafe fn push(&self, class: SizeClass, obj: VirtAddr, guard: bool) -> bool {
+        if guard && !self.enter() {
+            return false;
+        }
+        let s = &self.stacks[class.index()];
+        let top = s.top.load(Ordering::Relaxed);
+        let pushed = top != s.limit;
+        if pushed {
+            #[cfg(test)]
+            interrupt_hook::fire();
+            // SAFETY: base <= top < limit: a slot of this stack inside `slots`; we are its only user (as
+            // in `pop`).
+            unsafe { *self.slot(top) = obj };
+            s.top.store(top.wrapping_add(1), Ordering::Relaxed);
+        }
+        if guard {
+            self.leave();
+        }
+        pushed
+    }
+
+    /// The slow paths' access to the stacks, `None` while the fast path is inside its busy window on this
+    /// CPU (the caller interrupted it).
+    ///
+    /// # Safety
+    /// The caller runs on this cache's CPU with interrupts masked until it drops the result, and makes no
+    /// other [`Stacks`] of this cache meanwhile.
+    #[inline(always)]
+    pub(crate) unsafe fn stacks(&self) -> Option<Stacks<'_>> {
+        (!self.busy.load(Ordering::Relaxed)).then_some(Stacks(self))
     }
 
     fn len(s: &Stack) -> usize {
@@ -169,21 +262,76 @@ impl Cache {
 
     /// Index of `s`'s first slot in `slots`.
     fn start(&self, s: &Stack) -> usize {
-        (s.base as usize - self.slots.as_ptr() as usize) / core::mem::size_of::<VirtAddr>()
+        (s.base as usize - self.slots.get() as usize) / core::mem::size_of::<VirtAddr>()
     }
 
-    /// The free part of `class`'s stack, to be filled by the central list; commit with [`Cache::filled`].
+    /// Objects cached for `class` (may be stale when read from another CPU).
+    pub(crate) fn cached(&self, class: usize) -> usize {
+        Self::len(&self.stacks[class])
+    }
+}
+
+/// Exclusive use of a cache's stacks by a slow path (interrupts masked, cache not busy): see
+/// [`Cache::stacks`].
+pub(crate) struct Stacks<'a>(&'a Cache);
+
+impl Stacks<'_> {
+    /// The cache's sampling state (exclusive, as the slots: see [`Cache::stacks`]'s contract).
+    pub(crate) fn sample(&mut self) -> &mut SampleState {
+        // SAFETY: as in `slots`: a `Stacks` is the cache's only user while it lives, and `&mut self`
+        // keeps this borrow its only one.
+        unsafe { &mut *self.0.sample.get() }
+    }
+
+    /// All slots, for the methods below (exclusive: see [`Cache::stacks`]'s contract).
+    fn slots(&mut self) -> &mut [VirtAddr; TOTAL_SLOTS] {
+        // SAFETY: a `Stacks` is the only user of the slots while it lives (its maker's contract), and
+        // `&mut self` keeps this borrow its only one.
+        unsafe { &mut *self.0.slots.get() }
+    }
+
+    /// Pops an object of `class`; `None` when the stack is empty.
+    pub(crate) fn pop(&mut self, class: SizeClass) -> Option<VirtAddr> {
+        let s = &self.0.stacks[class.index()];
+        let (start, len) = (self.0.start(s), Cache::len(s));
+        if len == 0 {
+            return None;
+        }
+        let obj = self.slots()[start + len - 1];
+        s.top.store(
+            s.top.load(Ordering::Relaxed).wrapping_sub(1),
+            Ordering::Relaxed,
+        );
+        Some(obj)
+    }
+
+    /// Pushes a freed object; `false` (nothing pushed) when the stack is full.
+    pub(crate) fn push(&mut self, class: SizeClass, obj: VirtAddr) -> bool {
+        let s = &self.0.stacks[class.index()];
+        let (start, len) = (self.0.start(s), Cache::len(s));
+        if len == Cache::cap(s) {
+            return false;
+        }
+        self.slots()[start + len] = obj;
+        s.top.store(
+            s.top.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        true
+    }
+
+    /// The free part of `class`'s stack, to be filled by the central list; commit with [`Stacks::filled`].
     pub(crate) fn spare_slots(&mut self, class: SizeClass) -> &mut [VirtAddr] {
-        let s = &self.stacks[class.index()];
-        let (start, len, cap) = (self.start(s), Self::len(s), Self::cap(s));
-        &mut self.slots[start + len..start + cap]
+        let s = &self.0.stacks[class.index()];
+        let (start, len, cap) = (self.0.start(s), Cache::len(s), Cache::cap(s));
+        &mut self.slots()[start + len..start + cap]
     }
 
-    /// Records that the central list wrote `n` objects into [`Cache::spare_slots`].
+    /// Records that the central list wrote `n` objects into [`Stacks::spare_slots`].
     pub(crate) fn filled(&mut self, class: SizeClass, n: usize) {
-        let s = &self.stacks[class.index()];
+        let s = &self.0.stacks[class.index()];
         assert!(
-            Self::len(s) + n <= Self::cap(s),
+            Cache::len(s) + n <= Cache::cap(s),
             "cache: overfilled class {}",
             class.get()
         );
@@ -195,17 +343,34 @@ impl Cache {
 
     /// Removes the oldest `n` objects of `class`'s stack (the bottom: the coldest) and passes them to `f`.
     pub(crate) fn drain_bottom(&mut self, class: SizeClass, n: usize, f: impl FnOnce(&[VirtAddr])) {
-        let s = &self.stacks[class.index()];
-        let (start, len) = (self.start(s), Self::len(s));
+        let s = &self.0.stacks[class.index()];
+        let (start, len) = (self.0.start(s), Cache::len(s));
         let n = n.min(len);
-        f(&self.slots[start..start + n]);
-        self.slots.copy_within(start + n..start + len, start);
-        let s = &self.stacks[class.index()];
+        f(&self.slots()[start..start + n]);
+        self.slots().copy_within(start + n..start + len, start);
+        let s = &self.0.stacks[class.index()];
         s.top.store(s.base.wrapping_add(len - n), Ordering::Relaxed);
     }
 
-    /// Objects cached for `class` (may be stale when read from another CPU).
+    /// Objects cached for `class`.
     pub(crate) fn cached(&self, class: usize) -> usize {
-        Self::len(&self.stacks[class])
+        self.0.cached(class)
+    }
+}
+
+/// Test hook: called where a real interrupt could land in the fast path and find the cache half used:
+/// between the busy flag's test and its setting, and inside the busy window between the loads of a stack
+/// and the stores to it (heap tests simulate interrupts with it; see heap/interrupt_tests.rs).
+#[cfg(test)]
+pub(crate) mod interrupt_hook {
+    use std::cell::Cell;
+    std::thread_local! {
+        pub(crate) static HOOK: Cell<Option<fn()>> = const { Cell::new(None) };
+    }
+    #[inline(always)]
+    pub(crate) fn fire() {
+        if let Some(f) = HOOK.with(Cell::get) {
+            f()
+        }
     }
 }

@@ -135,6 +135,9 @@ impl Central {
             if let Err(e) = s.free_object(addr) {
                 panic!("spanalloc: {e}");
             }
+            // Read before the list operations below, which reach the span through `span`: `s` (a unique
+            // borrow) may not be used after them (Stacked Borrows; Miri reported it).
+            let now_empty = s.is_empty();
             l.out -= 1;
             if was_full {
                 // SAFETY: a full span is on `full`; it now has a free slot.
@@ -143,7 +146,7 @@ impl Central {
                     l.partial.push_front(span);
                 }
             }
-            if s.is_empty() && l.partial.len() > 1 {
+            if now_empty && l.partial.len() > 1 {
                 // SAFETY: the empty span is on `partial`; after removal nobody else refers to it.
                 unsafe { l.partial.remove(span) };
                 l.spans -= 1;

@@ -13,7 +13,10 @@
 //!   `cpu_index_slow`) and gives it back when it exits, so no two live threads share one; a thread that finds all [`MAX_CPUS`] taken (or runs after
 //!   its thread-local state is gone) gets [`NO_CPU`], an index past every cache, and the heap serves it
 //!   through its locked path. A thread may also pin an index with [`HostPlatform::set_cpu_index`].
-//!   Interrupts do not exist: masking is a no-op guard.
+//!   Interrupts do not exist: masking is a no-op guard, a thread keeps its index while it lives and no
+//!   handler allocates, so the fast paths guard against nothing (`INTERRUPTED_CODE_STAYS_ON_CPU`, not
+//!   `INTERRUPT_HANDLERS_ALLOCATE`). The heap's tests of the kernel's busy window wrap this platform
+//!   (heap/interrupt_tests.rs).
 //!
 //! Linux caps the mappings of a process (vm.max_map_count, 65530 by default). Each window page mapped to a
 //! frame whose memfd offset does not continue its neighbour's costs one mapping, so some 250 MiB of badly
@@ -270,11 +273,11 @@ impl HostPlatform {
         );
     }
 
-    fn check_frame(&self, frame: PhysFrame) {
-        let end = frame.start_address().as_u64() + FRAME_SIZE;
+    fn check_frames(&self, frame: PhysFrame, count: u64) {
+        let end = frame.start_address().as_u64() + count * FRAME_SIZE;
         assert!(
             end <= self.phys_bytes as u64,
-            "host: frame {:#x} lies beyond the fake physical memory of {:#x} bytes",
+            "host: {count} frames from {:#x} reach beyond the fake physical memory of {:#x} bytes",
             frame.start_address().as_u64(),
             self.phys_bytes
         );
@@ -344,12 +347,16 @@ impl Drop for HostPlatform {
     }
 }
 
-// SAFETY: the direct map covers all of the fake physical memory, and `check_frame` refuses frames beyond it;
+// SAFETY: the direct map covers all of the fake physical memory, and `check_frames` refuses frames beyond it;
 // `pages_unmapped` replaces the mirrors before returning, and no CPU (thread) caches translations the host
 // kernel does not keep coherent.
 unsafe impl Platform for HostPlatform {
     type InterruptGuard = HostInterruptGuard;
     const MAX_CPUS: usize = MAX_CPUS;
+    /// A thread keeps its index while it lives.
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
+    /// No signal handler allocates (none may: the heap is not async-signal-safe on the host).
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = false;
 
     /// One TLS load: a thread without an index yet reads `UNASSIGNED` (past every cache), so the heap
     /// takes its slow path, whose `cpu_index_slow` assigns one. No call on the fast path.
@@ -374,38 +381,44 @@ unsafe impl Platform for HostPlatform {
         self.phys
     }
 
-    #[cfg(not(miri))]
     fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.check_pages(page, 1);
-        self.check_frame(frame);
-        let at = page.start_address().as_mut_ptr::<libc::c_void>();
+        self.pages_mapped(page, frame, 1)
+    }
+
+    /// One mmap for the whole run (a host artifact: one per 4 KiB page would weigh on the heap's numbers).
+    #[cfg(not(miri))]
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        self.check_pages(start, count);
+        self.check_frames(frame, count);
+        let at = start.start_address().as_mut_ptr::<libc::c_void>();
         let offset = frame.start_address().as_u64() as libc::off_t;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_FIXED | libc::MAP_SHARED;
-        // SAFETY: the page lies in a window this platform reserved (checked), which holds no Rust object;
+        let len = (count * FRAME_SIZE) as usize;
+        // SAFETY: the pages lie in a window this platform reserved (checked), which holds no Rust object;
         // MAP_FIXED replaces the reservation there.
-        let got = unsafe { libc::mmap(at, FRAME_SIZE as usize, prot, flags, self.memfd, offset) };
+        let got = unsafe { libc::mmap(at, len, prot, flags, self.memfd, offset) };
         if got == libc::MAP_FAILED {
             os_error(&std::format!(
-                "mmap of frame {:#x} at page {:#x} (vm.max_map_count reached?)",
+                "mmap of {count} frames from {:#x} at page {:#x} (vm.max_map_count reached?)",
                 frame.start_address().as_u64(),
-                page.start_address().as_u64()
+                start.start_address().as_u64()
             ));
         }
     }
 
     #[cfg(miri)]
-    fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.check_pages(page, 1);
-        self.check_frame(frame);
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        self.check_pages(start, count);
+        self.check_frames(frame, count);
         let from = (self.phys + frame.start_address().as_u64()).as_ptr::<u8>();
-        // SAFETY: `from` is a frame inside the fake physical memory (checked), the page lies in a window
-        // allocation; they are different allocations, so they do not overlap.
+        // SAFETY: `from` starts `count` frames inside the fake physical memory (checked), the pages lie in
+        // a window allocation; they are different allocations, so they do not overlap.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 from,
-                page.start_address().as_mut_ptr(),
-                FRAME_SIZE as usize,
+                start.start_address().as_mut_ptr(),
+                (count * FRAME_SIZE) as usize,
             )
         };
     }

@@ -28,6 +28,19 @@
 //!   and the scavenger cannot reach them until the cache is flushed (`flush_page_caches`).
 //! - A span struct and its bitmaps live in metadata and belong to the page heap while the span is free
 //!   (they are released then), to its owner (central list or large-object path) while in use.
+//! - `peak_in_use >= in_use` and `peak_in_use >= epoch_max >= in_use` after every allocation (see
+//!   "Scavenging" below).
+//!
+//! Scavenging (Go's scavenger keeps the heap mapped up to a goal instead of unmapping on every free): the
+//! heap keeps mapped pages (in use + dirty free) up to a *retained goal* of 5/4 of the recent peak of
+//! pages in use, at least in use + 4 MiB, so a workload whose use swings below its peak finds its pages
+//! still mapped when it swings back (unmapping them meant a frame, a zeroing and a map per 4 KiB page
+//! later). Frees scavenge once mapped pages exceed the goal by 1/16 (hysteresis), back down to the goal,
+//! from the top of the heap. The peak forgets: each time the heap has allocated as many pages as the
+//! peak (an *epoch*: allocation traffic is the only clock a heap without a timer has), the peak drops by
+//! a quarter of its excess over the highest use seen in that epoch. So memory a workload stopped using is
+//! returned after it turned the heap over a few times (90% of it after 8 turns); `Heap::trim` returns it
+//! at once. (Go keeps 10% over its heap goal, itself twice the live heap by default.)
 
 use core::ptr::NonNull;
 
@@ -273,7 +286,17 @@ pub(crate) struct PageHeap<P: Platform> {
     /// Heap pages the metadata allocator took (region mode): in use in `pages` for good.
     meta_pages: usize,
     page_caches: [PageCache; MAX_CPUS],
+    /// The recent peak of `in_use` (see "Scavenging" in the module docs).
+    peak_in_use: usize,
+    /// The highest `in_use` of the current epoch, and the pages allocated in it.
+    epoch_max: usize,
+    epoch_allocated: usize,
 }
+
+/// The retained goal's floor above the pages in use, in pages (4 MiB).
+const MIN_RETAINED_FREE: usize = (4 << 20) / PAGE_SIZE;
+/// Shortest epoch of the peak's decay, in pages allocated (4 MiB).
+const MIN_EPOCH: usize = (4 << 20) / PAGE_SIZE;
 
 // SAFETY: the page heap owns its metadata and is only used under the heap lock.
 unsafe impl<P: Platform> Send for PageHeap<P> {}
@@ -422,6 +445,9 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            peak_in_use: 0,
+            epoch_max: 0,
+            epoch_allocated: 0,
         })
     }
 
@@ -509,6 +535,9 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            peak_in_use: 0,
+            epoch_max: 0,
+            epoch_allocated: 0,
         };
         heap.track_region(0, pages_here);
         let info = RegionInfo {
@@ -856,8 +885,21 @@ impl<P: Platform> PageHeap<P> {
                 }
             }
         };
-        self.in_use += npages;
+        self.note_alloc(npages);
         Some((first, !fresh))
+    }
+
+    /// Counts `npages` more pages in use, and moves the recent peak (module docs, "Scavenging").
+    fn note_alloc(&mut self, npages: usize) {
+        self.in_use += npages;
+        self.epoch_max = self.epoch_max.max(self.in_use);
+        self.peak_in_use = self.peak_in_use.max(self.in_use);
+        self.epoch_allocated += npages;
+        if self.epoch_allocated >= self.peak_in_use.max(MIN_EPOCH) {
+            self.peak_in_use = self.epoch_max + (self.peak_in_use - self.epoch_max) * 3 / 4;
+            self.epoch_max = self.in_use;
+            self.epoch_allocated = 0;
+        }
     }
 
     /// First fit for `npages` pages whose *address* is a multiple of `align` pages, growing the heap if
@@ -1084,7 +1126,7 @@ impl<P: Platform> PageHeap<P> {
                 return None;
             }
         };
-        self.in_use += extra;
+        self.note_alloc(extra);
         s.set_npages(PageCount(s.npages().0 + extra));
         // Only the explicit heap resizes large objects in place.
         self.spanmap
@@ -1140,14 +1182,26 @@ impl<P: Platform> PageHeap<P> {
         released
     }
 
-    /// Scavenging policy: keep at most an eighth of the in-use heap (and at least 4 MiB) as dirty free pages.
+    /// Mapped pages over the retained goal, once they exceed it by the hysteresis band (else 0): what the
+    /// scavenger should release (module docs, "Scavenging").
+    pub(crate) fn excess_pages(&self) -> usize {
+        let goal = (self.peak_in_use + self.peak_in_use / 4).max(self.in_use + MIN_RETAINED_FREE);
+        let mapped = self.in_use + self.dirty_free;
+        if mapped > goal + goal / 16 {
+            mapped - goal
+        } else {
+            0
+        }
+    }
+
+    /// Scavenging policy on a free: back down to the retained goal once over its band.
     pub(crate) fn scavenge_if_needed(&mut self) {
         if self.is_region_mode() {
             return;
         }
-        let retain = (self.in_use / 8).max((4 << 20) / PAGE_SIZE);
-        if self.dirty_free > retain + retain / 2 {
-            self.scavenge(self.dirty_free - retain);
+        let excess = self.excess_pages();
+        if excess > 0 {
+            self.scavenge(excess);
         }
     }
 }

@@ -12,8 +12,12 @@ pub const MAX_CPUS: usize = 64;
 
 /// What spanalloc needs from the machine. Ready implementations for x86_64: [`crate::platforms`].
 ///
-/// The heap calls `cpu_index`, `page_mapped` and `pages_unmapped` with interrupts masked on the calling CPU,
-/// the last two also with the page-heap lock held: no method may allocate.
+/// The heap calls `page_mapped`, `pages_mapped` and `pages_unmapped` with interrupts masked on the calling
+/// CPU and the page-heap lock held, and `cpu_index` on every allocation and free: no method may allocate.
+///
+/// **Interrupt handlers may allocate and free**, at any point of the code they interrupt, including the
+/// heap's own code. NMI handlers (and anything else that runs while interrupts are masked, e.g. a
+/// machine-check handler) must not: the code they interrupt may hold a heap lock.
 ///
 /// # Safety
 /// Implementors promise what each method documents: above all that `physical_memory_offset` really maps
@@ -46,9 +50,27 @@ pub unsafe trait Platform: Sync + 'static {
         0
     }
 
+    /// Whether code an interrupt lands in always resumes on the CPU it was interrupted on: `true` for a
+    /// kernel that never moves interrupted code to another CPU (no scheduler, or one that preempts but
+    /// only resumes a thread on the CPU it left; also any uniprocessor kernel). The heap then runs its
+    /// fast paths with interrupts enabled: it marks the CPU's cache busy for the few instructions of a pop
+    /// or push, and an interrupt handler that allocates or frees while it is busy is served through
+    /// locks instead (a thread preempted inside that window only makes the others on its CPU take the
+    /// locked path until it resumes). `false` (the default) masks interrupts around every use of a cache,
+    /// which is right whatever the kernel does (e.g. a scheduler that migrates preempted threads), and on
+    /// x86 costs a `pushf`/`cli`/`popf` per allocation and per free.
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = false;
+
+    /// Whether an interrupt handler (or, on a hosted platform, a signal handler) may allocate or free
+    /// through the heap. `false` promises none ever does on a CPU the heap serves (the host platform:
+    /// threads as CPUs, no handler allocates); with [`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`] the fast
+    /// paths then guard against nothing (no busy flag). The default, `true`, is what a kernel wants.
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = true;
+
     /// Index of the CPU running this code. Two CPUs (or threads) running at once must never report the
     /// same index below `MAX_CPUS`: the cache of an index is used without a lock. Stable while
-    /// interrupts are masked.
+    /// interrupts are masked, and (if [`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`]) for as long as the
+    /// calling code runs.
     fn cpu_index(&self) -> usize;
 
     /// The running CPU's index for the heap's slow paths, which call it after `cpu_index` gave an index
@@ -69,6 +91,15 @@ pub unsafe trait Platform: Sync + 'static {
     /// Called after the 4 KiB `page` was mapped to the 4 KiB `frame` in the active page tables.
     /// A kernel has nothing to do (no CPU caches a not-present translation); the host mirrors the mapping.
     fn page_mapped(&self, page: Page, frame: PhysFrame);
+
+    /// Called after the `count` 4 KiB pages from `start` were mapped to the `count` contiguous frames
+    /// from `frame` (page `start + i` to frame `frame + i`): the heap maps runs of pages and reports each
+    /// run of contiguous frames in one call. The default calls [`Platform::page_mapped`] for each page.
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        for i in 0..count {
+            self.page_mapped(start + i, frame + i);
+        }
+    }
 
     /// Called after the pages `[start, start + count)` were unmapped: `start` is a 4 KiB page and `count`
     /// counts 4 KiB pages (not the heap's 8 KiB pages). On return no CPU may still hold a translation for

@@ -1,10 +1,13 @@
 //! Ready-made [`Platform`]s for x86_64 kernels, so that most kernels implement nothing:
 //!
 //! - [`Uniprocessor`] (and its one instance [`UNIPROCESSOR`]): a kernel that runs on one CPU. CPU index 0,
-//!   interrupts masked with `cli` and restored on drop, TLB entries dropped on this CPU only (`invlpg`, or a
-//!   CR3 reload for long ranges).
+//!   interrupts masked with `cli` and restored on drop (slow paths only: with one CPU, interrupted code
+//!   always resumes on it, so the fast paths mask nothing), TLB entries dropped on this CPU only
+//!   (`invlpg`, or a CR3 reload for long ranges).
 //! - [`Smp`]: a kernel that runs on several CPUs. It takes two functions from the kernel: the index of the
 //!   running CPU and a TLB shootdown of the other CPUs; masking and the local flush are done here.
+//!   `Smp<true>` (built the same way) is for a kernel that never moves interrupted code to another CPU:
+//!   its fast paths mask nothing ([`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`]).
 //!
 //! Both learn where physical memory is mapped from [`take_over`](crate::takeover::take_over) (through
 //! [`TakeOverPlatform`]), so they can be built in a `static` before the kernel knows it.
@@ -122,8 +125,8 @@ impl PhysOffset {
     }
 }
 
-/// The platform of a kernel that runs on one CPU: index 0, `cli`/restore interrupt masking, local TLB
-/// flushes. Use its one instance, [`UNIPROCESSOR`].
+/// The platform of a kernel that runs on one CPU: index 0, `cli`/restore interrupt masking (slow paths),
+/// local TLB flushes. Use its one instance, [`UNIPROCESSOR`].
 ///
 /// Only for a kernel that never starts a second CPU: with another CPU running, it would share CPU 0's cache
 /// and keep stale translations.
@@ -155,12 +158,14 @@ impl TakeOverPlatform for Uniprocessor {
     }
 }
 
-// SAFETY: one CPU, so index 0 is always right and below MAX_CPUS (1); the guard really masks interrupts on
-// it; the offset is the one take-over was given (whose caller promises it maps all physical memory), and
-// asking before it is known panics instead of guessing; `pages_unmapped` flushes the only TLB there is.
+// SAFETY: one CPU, so index 0 is always right and below MAX_CPUS (1), and interrupted code can only resume
+// on it; the guard really masks interrupts on it; the offset is the one take-over was given (whose caller
+// promises it maps all physical memory), and asking before it is known panics instead of guessing;
+// `pages_unmapped` flushes the only TLB there is.
 unsafe impl Platform for Uniprocessor {
     type InterruptGuard = InterruptGuard;
     const MAX_CPUS: usize = 1;
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
 
     #[inline(always)]
     fn cpu_index(&self) -> usize {
@@ -196,6 +201,11 @@ unsafe impl Platform for Uniprocessor {
 ///   lock with their interrupts masked: an ordinary IPI would not be taken there, so use an NMI or make
 ///   the waiting CPUs serve requests (see ARCHITECTURE.md, "TLB shootdown"). It must not allocate.
 ///
+/// `Smp` (that is, `Smp<false>`) masks interrupts around every use of a CPU's cache, which is right
+/// whatever the kernel's scheduler does. `Smp<true>` adds one duty: code an interrupt lands in always
+/// resumes on the CPU it was interrupted on (no scheduler, or one that never migrates a preempted thread);
+/// in exchange the fast paths mask nothing (see [`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`]).
+///
 /// ```no_run
 /// # fn my_cpu_index() -> usize { 0 }
 /// # fn my_shootdown(_: spanalloc::addr::Page, _: u64) {}
@@ -203,14 +213,16 @@ unsafe impl Platform for Uniprocessor {
 /// static PLATFORM: Smp = Smp::new(my_cpu_index, my_shootdown);
 /// #[global_allocator]
 /// static HEAP: Heap<Smp> = Heap::new(&PLATFORM);
+/// // A kernel that never migrates interrupted code: `static PLATFORM: Smp<true> = Smp::new(...);`
+/// // and `Heap<Smp<true>>`.
 /// ```
-pub struct Smp {
+pub struct Smp<const INTERRUPTED_CODE_STAYS_ON_CPU: bool = false> {
     phys_offset: PhysOffset,
     cpu_index: fn() -> usize,
     shoot_down_others: fn(Page, u64),
 }
 
-impl Smp {
+impl<const STAYS: bool> Smp<STAYS> {
     /// A platform over the kernel's CPU-index function and TLB shootdown (their duties: see [`Smp`]).
     pub const fn new(cpu_index: fn() -> usize, shoot_down_others: fn(Page, u64)) -> Self {
         Smp {
@@ -221,18 +233,20 @@ impl Smp {
     }
 }
 
-impl TakeOverPlatform for Smp {
+impl<const STAYS: bool> TakeOverPlatform for Smp<STAYS> {
     fn set_physical_memory_offset(&self, offset: VirtAddr) {
         self.phys_offset.set(offset);
     }
 }
 
 // SAFETY: the CPU index and the shootdown are the kernel's, which `Smp::new` documents as duties (an index
-// below MAX_CPUS fixed per CPU; a shootdown that returns once every other CPU flushed); the local flush and
-// the masking are done here; the offset is set by take-over as for `Uniprocessor`.
-unsafe impl Platform for Smp {
+// below MAX_CPUS fixed per CPU; a shootdown that returns once every other CPU flushed; with `STAYS`, no
+// migration of interrupted code); the local flush and the masking are done here; the offset is set by
+// take-over as for `Uniprocessor`.
+unsafe impl<const STAYS: bool> Platform for Smp<STAYS> {
     type InterruptGuard = InterruptGuard;
     const MAX_CPUS: usize = crate::MAX_CPUS;
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = STAYS;
 
     #[inline(always)]
     fn cpu_index(&self) -> usize {
@@ -295,8 +309,10 @@ mod tests {
         fn shoot(_: Page, count: u64) {
             SHOT.fetch_add(count as usize, Ordering::Relaxed);
         }
-        let p = Smp::new(cpu, shoot);
+        let p: Smp = Smp::new(cpu, shoot);
         assert_eq!(p.cpu_index(), 3);
+        const { assert!(!Smp::<false>::INTERRUPTED_CODE_STAYS_ON_CPU) };
+        const { assert!(Smp::<true>::INTERRUPTED_CODE_STAYS_ON_CPU) };
         // `pages_unmapped` is not called here: its local `invlpg` is a privileged instruction.
         (p.shoot_down_others)(Page::containing_address(VirtAddr::new(0x1000)), 2);
         assert_eq!(SHOT.load(Ordering::Relaxed), 2);

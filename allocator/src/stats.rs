@@ -33,6 +33,9 @@ pub struct Stats {
     pub frames_held: FrameCount,
     /// Frames left in the frame allocator.
     pub frames_free: FrameCount,
+    /// Allocations and frees that interrupted their CPU's fast path (an interrupt handler's, landing
+    /// inside the cache's busy window) and were served through the central lists' locks instead.
+    pub interrupted_fast_paths: usize,
 }
 
 impl Default for Stats {
@@ -44,6 +47,7 @@ impl Default for Stats {
             pages: PageStats::default(),
             frames_held: FrameCount(0),
             frames_free: FrameCount(0),
+            interrupted_fast_paths: 0,
         }
     }
 }

@@ -4,13 +4,17 @@
 //! `linked_list_allocator::LockedHeap` (one spin lock around a first-fit free list), each over an arena of
 //! its own.
 //!
-//! Output: a table, then one line per measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, for scripts.
+//! Output: a table, then one line per measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, and one per ratio,
+//! `BENCH_RATIO spanalloc/<peer> <cpus> <ratio>x`, for scripts.
 //!
 //! Method: every CPU of a run does the same number of operations (so total work grows with the CPUs: ideal
 //! scaling keeps the time flat and multiplies ops/s); a run's time is from the first CPU's start to the last
-//! CPU's end, after a barrier. Each configuration runs [`REPEATS`] times and the median is reported. The
-//! timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG the
-//! vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
+//! CPU's end, after a barrier. Each CPU count runs [`REPEATS`] repetitions; a repetition runs every
+//! allocator once, back to back (the order rotating between repetitions), so the ratios of one repetition
+//! share the machine's load of that moment. Reported: the median ops/s of each allocator, and the median of
+//! the per-repetition ratios (which a load spike in one repetition moves less than a ratio of medians).
+//! The timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG
+//! the vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
 //!
 //! Invariant: the peer heaps are only used here, and never from an interrupt handler (their locks do not
 //! mask interrupts, so an allocating handler could deadlock on them).
@@ -25,10 +29,10 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Alloc+free pairs per CPU per run.
-const PAIRS_PER_CPU: u64 = 200_000;
+const PAIRS_PER_CPU: u64 = 400_000;
 /// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
 const LIVE: usize = 64;
-const REPEATS: usize = 3;
+const REPEATS: usize = 7;
 /// Each peer heap's arena.
 const PEER_ARENA: usize = 32 << 20;
 
@@ -139,33 +143,75 @@ pub fn run() -> ! {
          {REPEATS} runs, {online} CPUs online"
     );
     let clock = Instant::now();
+    let (released_before, shootdowns_before) = (
+        HEAP.stats().pages.released_total,
+        crate::smp::shootdown::requests(),
+    );
     let mut results: Vec<(&str, usize, u64)> = Vec::new();
+    // Per CPU count: median of the per-repetition ratios spanalloc/buddy and spanalloc/linked, in 1/100.
+    let mut ratios: Vec<(usize, u64, u64)> = Vec::new();
+    let ratio = |a: u64, b: u64| a * 100 / b.max(1);
     for &cpus in &counts {
-        let spanalloc = median((0..REPEATS).map(|_| measure(&HEAP, cpus)).collect());
-        let buddy = median((0..REPEATS).map(|_| measure(&BUDDY, cpus)).collect());
-        let linked = median((0..REPEATS).map(|_| measure(&LINKED_LIST, cpus)).collect());
-        results.push(("spanalloc", cpus, spanalloc));
-        results.push(("buddy_locked", cpus, buddy));
-        results.push(("linked_list_locked", cpus, linked));
+        let mut samples: [Vec<u64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for rep in 0..REPEATS {
+            for k in 0..3 {
+                let which = (rep + k) % 3;
+                let ops = match which {
+                    0 => measure(&HEAP, cpus),
+                    1 => measure(&BUDDY, cpus),
+                    _ => measure(&LINKED_LIST, cpus),
+                };
+                samples[which].push(ops);
+            }
+        }
+        let per_rep = |other: usize| {
+            median(
+                (0..REPEATS)
+                    .map(|r| ratio(samples[0][r], samples[other][r]))
+                    .collect(),
+            )
+        };
+        ratios.push((cpus, per_rep(1), per_rep(2)));
+        let [ours, buddy, linked] = samples;
+        results.push(("spanalloc", cpus, median(ours)));
+        results.push(("buddy_locked", cpus, median(buddy)));
+        results.push(("linked_list_locked", cpus, median(linked)));
     }
     println!(
         "bench: {:>5} {:>16} {:>16} {:>16} {:>9} {:>9}",
         "cpus", "spanalloc ops/s", "buddy ops/s", "linked ops/s", "vs buddy", "vs linked"
     );
-    let ratio = |a: u64, b: u64| {
-        let r = a * 100 / b.max(1);
-        alloc::format!("{}.{:02}x", r / 100, r % 100)
-    };
-    for row in results.chunks(3) {
-        let (cpus, ours, buddy, linked) = (row[0].1, row[0].2, row[1].2, row[2].2);
+    let shown = |r: u64| alloc::format!("{}.{:02}x", r / 100, r % 100);
+    for (row, &(cpus, vs_buddy, vs_linked)) in results.chunks(3).zip(&ratios) {
+        let (ours, buddy, linked) = (row[0].2, row[1].2, row[2].2);
         println!(
             "bench: {cpus:>5} {ours:>16} {buddy:>16} {linked:>16} {:>9} {:>9}",
-            ratio(ours, buddy),
-            ratio(ours, linked)
+            shown(vs_buddy),
+            shown(vs_linked)
         );
     }
+    println!(
+        "bench: ops/s are medians; the ratios are medians of the {REPEATS} per-repetition ratios"
+    );
+    let stats = HEAP.stats();
+    println!(
+        "bench: spanalloc released {} pages ({} TLB shootdowns); {} operations interrupted a fast path",
+        stats.pages.released_total - released_before,
+        crate::smp::shootdown::requests() - shootdowns_before,
+        stats.interrupted_fast_paths
+    );
     for (name, cpus, ops) in &results {
         println!("BENCH {name} {cpus} {ops}");
+    }
+    for (cpus, vs_buddy, vs_linked) in &ratios {
+        println!(
+            "BENCH_RATIO spanalloc/buddy_locked {cpus} {}",
+            shown(*vs_buddy)
+        );
+        println!(
+            "BENCH_RATIO spanalloc/linked_list_locked {cpus} {}",
+            shown(*vs_linked)
+        );
     }
     println!("bench: done in {} ms", clock.elapsed().as_millis());
     qemu::exit(qemu::ExitCode::Success)

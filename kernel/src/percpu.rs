@@ -10,7 +10,7 @@
 //! - The counters are atomics so that other CPUs (tests, reports) may read them; they are written only by
 //!   the owning CPU, from normal code and its interrupt handlers.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
@@ -32,6 +32,11 @@ pub struct PerCpu {
     pub in_alloc_loop: AtomicBool,
     /// Timer-handler allocations that happened while `in_alloc_loop` was set.
     pub timer_allocs_in_loop: AtomicU64,
+    /// A block the timer handler allocated and keeps until its next tick (see `timer::set_hold_in_handler`),
+    /// null if none; its length in `u64` words and its tag.
+    pub timer_held: AtomicPtr<u64>,
+    pub timer_held_words: AtomicUsize,
+    pub timer_held_tag: AtomicU64,
     /// A TLB shootdown for this CPU waits in the request slot (see `smp::shootdown`).
     pub shootdown_pending: AtomicBool,
     /// TLB shootdowns this CPU served.
@@ -50,6 +55,9 @@ impl PerCpu {
             timer_allocs: AtomicU64::new(0),
             in_alloc_loop: AtomicBool::new(false),
             timer_allocs_in_loop: AtomicU64::new(0),
+            timer_held: AtomicPtr::new(core::ptr::null_mut()),
+            timer_held_words: AtomicUsize::new(0),
+            timer_held_tag: AtomicU64::new(0),
             shootdown_pending: AtomicBool::new(false),
             shootdowns: AtomicU64::new(0),
             stack_top: AtomicU64::new(0),

@@ -105,7 +105,8 @@ pub(crate) fn flush_local(start: Page, count: u64) {
 // SAFETY: `physical_memory_offset` returns the bootloader's mapping of all physical memory (set at take-over
 // from BootInfo, requested with `Mapping::Dynamic`); `pages_unmapped` invalidates the local TLB and, through
 // `shoot_down_other_cpus`, every other online CPU's (a CPU not yet online has cached none of them, see
-// smp::shootdown); `cpu_index` is below MAX_CPUS (percpu::install checks) and never changes on a CPU.
+// smp::shootdown); `cpu_index` is below MAX_CPUS (percpu::install checks) and never changes on a CPU; no
+// code ever changes CPU (no scheduler, no migration: each CPU runs the work it is given to the end).
 unsafe impl Platform for KernelPlatform {
     type InterruptGuard = InterruptGuard;
     const MAX_CPUS: usize = spanalloc::MAX_CPUS;
@@ -125,6 +126,9 @@ unsafe impl Platform for KernelPlatform {
         // allocates nothing), all mapped; `top` is the frame of an entry function that never returns.
         unsafe { spanalloc::profile::stack::frame_pointer_walk(from, top, out) }
     }
+
+    /// The kernel has no scheduler: an interrupt handler always returns to the code it interrupted.
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
 
     #[inline(always)]
     fn cpu_index(&self) -> usize {

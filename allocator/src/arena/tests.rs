@@ -232,17 +232,57 @@ fn one_shootdown_per_unmap_range() {
     assert_eq!(space.frames_held(), FrameCount(0));
 }
 
-/// A host platform that counts shootdowns.
+/// A run of pages mapped to contiguous frames is reported to the platform in one call (on the host: one
+/// mmap instead of one per 4 KiB page), and the mirrors hold what the frames hold.
+#[test]
+fn contiguous_frames_are_reported_in_one_call() {
+    let host = HostMachine::new(16 * MIB, ARENA_SIZE);
+    let HostMachine {
+        space, mut window, ..
+    } = host;
+    let mut space = AddressSpace::new(space.frames, space.mapper, leak_counting(space.platform));
+    let start = Page::containing_address(window.take_arena().unwrap());
+    let count = if cfg!(miri) { 8 } else { 600 };
+    space.map_range(start, count, RW, true).unwrap();
+    let frames: Vec<PhysFrame> = (0..count)
+        .map(|i| {
+            let at = (start + i).start_address();
+            PhysFrame::containing_address(space.mapper.translate(at).expect("mapped"))
+        })
+        .collect();
+    let runs = 1 + frames.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
+    let p = space.platform;
+    assert_eq!(
+        p.mapped_calls.load(Ordering::Relaxed),
+        runs,
+        "one call per run of contiguous frames"
+    );
+    assert_eq!(p.mapped_pages.load(Ordering::Relaxed), count);
+    assert!(runs < count / 2, "{runs} runs of frames in {count} pages");
+    // Writes through the window land in the frames (the host mirrors each run).
+    for (i, &f) in frames.iter().enumerate() {
+        let page = (start + i as u64).start_address();
+        write_u64(page + 8u64, 0xf00d + i as u64);
+        let direct = space.platform.physical_memory_offset() + f.start_address().as_u64();
+        assert_eq!(read_u64(direct + 8u64), 0xf00d + i as u64, "page {i}");
+    }
+}
+
+/// A host platform that counts shootdowns and mapping reports.
 fn leak_counting(host: &'static HostPlatform) -> &'static CountingPlatform {
     crate::host::leak(CountingPlatform {
         host,
         shootdowns: AtomicU64::new(0),
+        mapped_calls: AtomicU64::new(0),
+        mapped_pages: AtomicU64::new(0),
     })
 }
 
 struct CountingPlatform {
     host: &'static HostPlatform,
     shootdowns: AtomicU64,
+    mapped_calls: AtomicU64,
+    mapped_pages: AtomicU64,
 }
 
 // SAFETY: delegates everything to the host platform.
@@ -262,7 +302,12 @@ unsafe impl Platform for CountingPlatform {
         self.host.physical_memory_offset()
     }
     fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.host.page_mapped(page, frame)
+        self.pages_mapped(page, frame, 1)
+    }
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        self.mapped_calls.fetch_add(1, Ordering::Relaxed);
+        self.mapped_pages.fetch_add(count, Ordering::Relaxed);
+        self.host.pages_mapped(start, frame, count)
     }
     fn pages_unmapped(&self, start: Page, count: u64) {
         self.shootdowns.fetch_add(1, Ordering::Relaxed);

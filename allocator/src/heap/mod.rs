@@ -15,8 +15,11 @@
 //!   its page count), and a small object must not carry its free mark (freemark.rs: not freed twice, not
 //!   a slot never handed out, not waiting in a cache). Else it panics naming the address, the layout
 //!   and the reason. `debug-checks` adds a locked check of the span's bitmaps (racing double frees).
-//! - Interrupts are masked on this CPU while its cache is used and while any heap lock is held, so an
-//!   interrupt handler may allocate and free.
+//! - Interrupts are masked on this CPU while any heap lock is held and while a slow path uses its cache;
+//!   the fast paths mask nothing unless the platform asks for it (`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`
+//!   false): they use the cache inside its busy window (cache.rs), and an interrupt handler that lands
+//!   in that window is served through the central lists' locks (no lock is held by the code it
+//!   interrupted). So an interrupt handler may allocate and free at any instruction.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::mem::MaybeUninit;
@@ -25,7 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
-use crate::cache::{stack_cap, Cache};
+use crate::cache::{stack_cap, Cache, Stacks};
 use crate::central::Central;
 use crate::freemark;
 use crate::pageheap::{InitError, PageHeap, RegionInfo};
@@ -62,6 +65,8 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     large_pages: AtomicUsize,
     /// The heap profile and guard pages (sample.rs); used only when `P::SAMPLING`.
     sampler: sample::Sampler,
+    /// Operations served through the central lists because they interrupted their CPU's fast path.
+    interrupted_fast_paths: AtomicUsize,
 }
 
 /// Which call a refused pointer came through, for the message.
@@ -89,6 +94,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
             sampler: sample::Sampler::new(),
+            interrupted_fast_paths: AtomicUsize::new(0),
         }
     }
 
@@ -253,14 +259,15 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.platform
     }
 
-    /// This CPU's cache: created on first use; `None` for a CPU without one (index at or over
-    /// `Platform::MAX_CPUS`, or no metadata to be had), which then takes the locked path.
+    /// This CPU's cache for a slow path: created on first use; `None` for a CPU without one (index at or
+    /// over `Platform::MAX_CPUS`, or no metadata to be had) or whose cache is busy (the caller
+    /// interrupted this CPU's fast path), which then takes the locked path.
     ///
     /// # Safety
     /// `cpu` is the index of the CPU running the caller, interrupts stay masked on it while the result is
-    /// used, and the caller makes no other reference to that cache meanwhile.
+    /// used, and the caller makes no other `Stacks` of that cache meanwhile.
     #[inline(always)]
-    unsafe fn local_cache<'a>(&self, cpu: usize) -> Option<&'a mut Cache> {
+    unsafe fn local_cache<'a>(&'a self, cpu: usize) -> Option<Stacks<'a>> {
         if cpu >= P::MAX_CPUS || self.caches_off.load(Ordering::Relaxed) {
             return None;
         }
@@ -268,9 +275,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             Some(c) => c,
             None => self.create_cache(cpu)?,
         };
-        // SAFETY: a published cache is an initialized Cache in metadata that lives as long as the heap;
-        // only its CPU uses it mutably, and (caller's contract) that is us, uninterrupted.
-        Some(unsafe { &mut *c.as_ptr() })
+        // SAFETY: a published cache is an initialized Cache in metadata that lives as long as the heap.
+        let cache = unsafe { c.as_ref() };
+        // SAFETY: the caller's contract: our CPU, interrupts masked, no other `Stacks`.
+        let stacks = unsafe { cache.stacks() };
+        if stacks.is_none() {
+            self.interrupted_fast_paths.fetch_add(1, Ordering::Relaxed);
+        }
+        stacks
     }
 
     #[cold]
@@ -295,7 +307,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         .cast::<Cache>();
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
-        // integers and addresses), and `init` then lays the stacks out. Not yet published: ours alone.
+        // integers and addresses; not busy), and `init` then lays the stacks out. Not yet published: ours
+        // alone.
         unsafe { (*mem.as_ptr()).init() };
         self.caches[cpu].store(mem.as_ptr(), Ordering::Release);
         Some(mem)
@@ -324,43 +337,54 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         self.central[class.index()].track(span, addr, live)
     }
 
+    /// Whether the fast paths use the cache's busy window: when they run with interrupts enabled
+    /// (`Platform::INTERRUPTED_CODE_STAYS_ON_CPU`) and an interrupt handler may allocate
+    /// (`Platform::INTERRUPT_HANDLERS_ALLOCATE`). Otherwise nothing can land in the middle of a pop or
+    /// push on this CPU's cache: interrupts are masked there, or no handler uses the heap.
+    const GUARD_CACHE: bool = P::INTERRUPTED_CODE_STAYS_ON_CPU && P::INTERRUPT_HANDLERS_ALLOCATE;
+
+    /// Masks interrupts for a fast path if the platform cannot promise that interrupted code stays on its
+    /// CPU (see `Platform::INTERRUPTED_CODE_STAYS_ON_CPU`); nothing otherwise.
+    #[inline(always)]
+    fn fast_path_guard(&self) -> Option<P::InterruptGuard> {
+        (!P::INTERRUPTED_CODE_STAYS_ON_CPU).then(|| self.platform.mask_interrupts())
+    }
+
     /// The fast path: a pop from this CPU's existing cache. Everything else (no cache yet, or none for
-    /// this CPU; an empty stack) is one out-of-line call, so the fast path saves no registers.
-    /// With `P::SAMPLING`, the allocation also counts its bytes down to the next sampling event (one
-    /// subtraction and one branch; sample.rs).
+    /// this CPU; an empty stack; a busy cache) is one out-of-line call, so the fast path saves no
+    /// registers. With `P::SAMPLING`, the allocation also counts its bytes down to the next sampling
+    /// event inside the pop (one subtraction and one branch; sample.rs).
     #[inline(always)]
     fn alloc_small_unchecked(&self, class: SizeClass, layout: Layout) -> *mut u8 {
         {
-            let _irq = self.platform.mask_interrupts();
+            let _irq = self.fast_path_guard();
             let cpu = self.platform.cpu_index();
-            // SAFETY: `cpu` is ours and interrupts are masked until the block ends.
-            if let Some(cache) = unsafe { self.existing_cache(cpu) } {
-                if !P::SAMPLING || cache.sample.take(layout.size()) {
-                    if let Some(p) = cache.pop(class) {
-                        let p = p.as_mut_ptr();
-                        // SAFETY: `p` was just taken from the cache: the start of a mapped object of
-                        // `class` that only we hold.
-                        unsafe { freemark::clear(p, class) };
-                        return p;
-                    }
+            if let Some(cache) = self.existing_cache(cpu) {
+                let count = P::SAMPLING.then_some(layout.size());
+                // SAFETY: `cpu` is the running CPU's index, which stays ours until the block ends: the
+                // platform promises interrupted code stays on its CPU, or we masked interrupts; the busy
+                // window is skipped only if the platform promises no interrupt handler allocates.
+                if let Some(p) = unsafe { cache.pop(class, Self::GUARD_CACHE, count) } {
+                    let p = p.as_mut_ptr();
+                    // SAFETY: `p` was just taken from the cache: the start of a mapped object of `class`
+                    // that only we hold.
+                    unsafe { freemark::clear(p, class) };
+                    return p;
                 }
             }
         }
         self.alloc_small_miss(class, layout)
     }
 
-    /// This CPU's cache if it exists (no creation): the fast paths' view.
-    ///
-    /// # Safety
-    /// As for [`Heap::local_cache`].
+    /// CPU `cpu`'s cache if it exists (no creation): the fast paths' view.
     #[inline(always)]
-    unsafe fn existing_cache<'a>(&self, cpu: usize) -> Option<&'a mut Cache> {
+    fn existing_cache(&self, cpu: usize) -> Option<&Cache> {
         if cpu >= P::MAX_CPUS {
             return None;
         }
-        let c = NonNull::new(self.caches[cpu].load(Ordering::Acquire))?;
-        // SAFETY: as in `local_cache`.
-        Some(unsafe { &mut *c.as_ptr() })
+        // SAFETY: a published cache is an initialized Cache in metadata that lives as long as the heap;
+        // a shared reference asserts nothing about its stacks (interior mutability).
+        unsafe { self.caches[cpu].load(Ordering::Acquire).as_ref() }
     }
 
     #[cold]
@@ -385,8 +409,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[cold]
     unsafe fn alloc_small_slow(&self, cpu: usize, class: SizeClass) -> *mut u8 {
         // SAFETY: forwarded from the caller.
-        let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
-            // No cache for this CPU: one object straight from the central list.
+        let Some(mut cache) = (unsafe { self.local_cache(cpu) }) else {
+            // No cache for this CPU (or it is busy: we interrupted its fast path): one object straight
+            // from the central list.
             let mut one = [VirtAddr::zero()];
             let n = self.refill(class, &mut one, None);
             if n == 0 {
@@ -582,11 +607,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: `ptr` is in the heap (checked by the caller), hence canonical.
         let obj = unsafe { VirtAddr::new_unsafe(ptr as u64) };
         {
-            let _irq = self.platform.mask_interrupts();
+            let _irq = self.fast_path_guard();
             let cpu = self.platform.cpu_index();
-            // SAFETY: `cpu` is ours and interrupts are masked until the block ends.
-            if let Some(cache) = unsafe { self.existing_cache(cpu) } {
-                if cache.push(class, obj) {
+            if let Some(cache) = self.existing_cache(cpu) {
+                // SAFETY: as in `alloc_small_unchecked`.
+                if unsafe { cache.push(class, obj, Self::GUARD_CACHE) } {
                     return;
                 }
             }
@@ -600,19 +625,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
-        let Some(cache) = (unsafe { self.local_cache(cpu) }) else {
-            // No cache for this CPU: give the object straight back to its span.
+        let Some(mut cache) = (unsafe { self.local_cache(cpu) }) else {
+            // No cache for this CPU (or it is busy: we interrupted its fast path): give the object
+            // straight back to its span.
             return self.central[class.index()].flush(&[obj], self.spans(), &self.pages);
         };
         if !cache.push(class, obj) {
-            self.flush_half(cache, class);
+            self.flush_half(&mut cache, class);
             let pushed = cache.push(class, obj);
             debug_assert!(pushed);
         }
     }
 
     #[cold]
-    fn flush_half(&self, cache: &mut Cache, class: SizeClass) {
+    fn flush_half(&self, cache: &mut Stacks<'_>, class: SizeClass) {
         let n = (stack_cap(class.index()) / 2).max(1);
         let central = &self.central[class.index()];
         cache.drain_bottom(class, n, |objs| {
@@ -771,7 +797,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     pub fn trim(&self) {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
-        if let Some(cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
+        if let Some(mut cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
             for class in SizeClass::small() {
                 let c = class.index();
                 let n = cache.cached(c);
@@ -817,6 +843,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         s.large_objects = self.large_objects.load(Ordering::Relaxed);
         s.large_bytes = self.large_pages.load(Ordering::Relaxed) * PAGE_SIZE;
+        s.interrupted_fast_paths = self.interrupted_fast_paths.load(Ordering::Relaxed);
         if let Some(heap) = self.pages.lock().as_ref() {
             s.pages = heap.stats();
             if let Some(space) = heap.space_ref() {
@@ -830,9 +857,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     fn cache_ref(&self, cpu: usize) -> Option<&Cache> {
-        // SAFETY: caches live as long as the heap; reading stack lengths from another CPU is what their
-        // atomic `len` is for (a shared reference reads nothing else).
-        unsafe { self.caches[cpu].load(Ordering::Acquire).as_ref() }
+        // Reading stack lengths from another CPU is what their atomic tops are for.
+        self.existing_cache(cpu)
     }
 }
 
@@ -1006,15 +1032,18 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let heap = guard.as_mut().expect("spans exist only after init");
         // SAFETY: forwarded from the caller.
         unsafe { heap.free_span(span) };
-        // The page heap's policy (keep an eighth of the in-use pages, at least 4 MiB, as mapped free
-        // pages), but in steps of at most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and
-        // unmapping a whole burst at once would be a pause of many milliseconds inside an allocation.
+        // The page heap's policy (its retained goal, see pageheap.rs), but keeping mapped what the
+        // collector's heap goal will use again (`mapped_goal`, Go's scavenger goal), and in steps of at
+        // most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and unmapping a whole burst at
+        // once would be a pause of many milliseconds inside an allocation.
         let s = heap.stats();
-        let retain = (s.in_use / 8)
-            .max((4 << 20) / PAGE_SIZE)
-            .max((mapped_goal / PAGE_SIZE).saturating_sub(s.in_use));
-        if s.dirty_free > retain + retain / 2 {
-            heap.scavenge((s.dirty_free - retain).min(GC_SCAVENGE_STEP));
+        let for_gc = s.dirty_free
+            - (mapped_goal / PAGE_SIZE)
+                .saturating_sub(s.in_use)
+                .min(s.dirty_free);
+        let excess = heap.excess_pages().min(for_gc);
+        if excess > 0 {
+            heap.scavenge(excess.min(GC_SCAVENGE_STEP));
         }
     }
 
@@ -1030,6 +1059,8 @@ pub use sample::{SamplingError, SamplingStats};
 // Heavy (huge windows, dozens of threads): not under Miri.
 #[cfg(all(test, not(miri)))]
 mod attack_tests;
+#[cfg(test)]
+mod interrupt_tests;
 #[cfg(all(test, not(miri)))]
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]

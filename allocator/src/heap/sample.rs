@@ -159,8 +159,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             .store(s.guard_side == GuardSide::Left, Ordering::Relaxed);
         self.sampler.epoch.fetch_add(1, Ordering::Release);
         // SAFETY: the index is ours and interrupts are masked until we return.
-        if let Some(cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
-            self.rearm(&mut cache.sample);
+        if let Some(mut cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
+            self.rearm(cache.sample());
         }
         Ok(())
     }
@@ -286,8 +286,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         frame: u64,
     ) -> Option<*mut u8> {
         // SAFETY: forwarded from the caller.
-        let cache = unsafe { self.local_cache(cpu) }?;
-        let st = &mut cache.sample;
+        let mut cache = unsafe { self.local_cache(cpu) }?;
+        let st = cache.sample();
         if st.countdown >= 0 {
             if st.epoch != self.sampler.epoch.load(Ordering::Relaxed) {
                 self.rearm(st);
@@ -323,10 +323,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     pub(super) fn sample_large(&self, size: usize) -> bool {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
-        let Some(cache) = (unsafe { self.local_cache(self.platform.cpu_index_slow()) }) else {
+        let Some(mut cache) = (unsafe { self.local_cache(self.platform.cpu_index_slow()) }) else {
             return false;
         };
-        let st = &mut cache.sample;
+        let st = cache.sample();
         st.countdown = st
             .countdown
             .saturating_sub(size.min(isize::MAX as usize) as isize);

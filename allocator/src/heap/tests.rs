@@ -678,3 +678,68 @@ fn full_checks_accept_correct_use() {
     heap.trim();
     assert_eq!(heap.stats().objects(), 0);
 }
+
+/// The scavenger's hysteresis (pageheap.rs, "Scavenging"): a workload whose use swings below its peak and
+/// back finds its pages still mapped (nothing released, so nothing remapped), and once it settles far
+/// below the peak, its allocation traffic makes the heap return the pages it no longer uses.
+#[test]
+#[cfg_attr(miri, ignore = "maps 64 MiB several times over")]
+fn swings_keep_their_pages_and_a_lower_level_returns_them() {
+    let heap = heap(256);
+    let big = Layout::from_size_align(256 << 10, 8).unwrap();
+    let alloc = || {
+        // SAFETY: test code: a non-zero layout.
+        let p = unsafe { heap.alloc(big) };
+        assert!(!p.is_null());
+        // SAFETY: a fresh block of 256 KiB.
+        unsafe { p.write_bytes(0x5a, big.size()) };
+        p
+    };
+    // SAFETY (both closures' blocks): test code: live blocks of this heap with this layout, freed once.
+    let free = |p: *mut u8| unsafe { heap.dealloc(p, big) };
+    // 64 MiB live, then ten swings down to 16 MiB and back.
+    let mut live: Vec<*mut u8> = (0..256).map(|_| alloc()).collect();
+    let at_peak = heap.stats();
+    for _ in 0..10 {
+        for p in live.drain(64..) {
+            free(p);
+        }
+        while live.len() < 256 {
+            live.push(alloc());
+        }
+    }
+    let swung = heap.stats();
+    assert_eq!(
+        swung.pages.released_total, at_peak.pages.released_total,
+        "swings below the peak released pages (remapped on the way back up):\n{swung}"
+    );
+    // Down to 4 MiB for good; 1 MiB blocks come and go, 40 times the old peak's worth.
+    for p in live.drain(16..) {
+        free(p);
+    }
+    let churn = Layout::from_size_align(1 << 20, 8).unwrap();
+    for _ in 0..40 * 64 {
+        // SAFETY: test code: a non-zero layout; freed at once with it.
+        unsafe {
+            let p = heap.alloc(churn);
+            assert!(!p.is_null());
+            heap.dealloc(p, churn);
+        }
+    }
+    let settled = heap.stats();
+    let mapped = |s: &crate::Stats| (s.pages.in_use + s.pages.dirty_free) * crate::PAGE_SIZE;
+    assert!(
+        settled.pages.released_total > swung.pages.released_total,
+        "nothing released after the heap settled at a sixteenth of its peak"
+    );
+    assert!(
+        mapped(&settled) < mapped(&at_peak) / 4,
+        "{} MiB still mapped after settling at {} MiB in use (peak {} MiB mapped):\n{settled}",
+        mapped(&settled) >> 20,
+        (settled.pages.in_use * crate::PAGE_SIZE) >> 20,
+        mapped(&at_peak) >> 20
+    );
+    for p in live {
+        free(p);
+    }
+}

@@ -83,6 +83,10 @@ pub static TESTS: &[KernelTest] = &[
     )
     .min_cpus(4),
     KernelTest::new(
+        "interrupts_inside_the_fast_path",
+        smp::interrupts_inside_the_fast_path,
+    ),
+    KernelTest::new(
         "smp_unmap_while_others_allocate",
         smp::smp_unmap_while_others_allocate,
     )

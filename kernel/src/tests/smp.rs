@@ -398,6 +398,89 @@ pub fn smp_alloc_in_timer_interrupt(_ctx: &mut TestCtx) {
     assert_eq!(live_objects(), start, "objects leaked:\n{}", HEAP.stats());
 }
 
+/// Interrupts that must land inside a CPU's fast path (the heap's count of operations served through
+/// its locks because they found their CPU's cache busy), all CPUs together.
+const INTERRUPTED_FAST_PATHS_WANTED: usize = 40;
+
+/// Timer interrupts landing inside the heap's fast path: every CPU hammers alloc/free of the sizes the
+/// timer handler uses (8..512 B) while the handler allocates and frees, and keeps a block from one tick
+/// to the next. Every block is filled and checked before it is freed, so an object handed out twice (an
+/// interrupt that used a half-updated cache) shows as changed contents; the heap must report interrupts
+/// that found the cache busy, and count as many live objects at the end as at the start.
+pub fn interrupts_inside_the_fast_path(_ctx: &mut TestCtx) {
+    const RING: usize = 64;
+    let (count, _) = online();
+    let was_on = timer::set_alloc_in_handler(true);
+    let was_holding = timer::set_hold_in_handler(true);
+    let start = live_objects();
+    let interrupted_before = HEAP.stats().interrupted_fast_paths;
+    let interrupted = || HEAP.stats().interrupted_fast_paths - interrupted_before;
+    let ops = AtomicU64::new(0);
+    let barrier = Barrier::new(count);
+    run_on_all(&|cpu| {
+        let mut rng = Rng::new(0x1a7e_0000 + cpu as u64);
+        let mut ring: [(*mut u64, usize, u64); RING] = [(core::ptr::null_mut(), 0, 0); RING];
+        barrier.wait();
+        let clock = Instant::now();
+        let mut done = 0u64;
+        while !(done % 4096 == 0
+            && (interrupted() >= INTERRUPTED_FAST_PATHS_WANTED
+                || clock.elapsed() >= TIMER_TEST_LIMIT))
+        {
+            let slot = &mut ring[done as usize % RING];
+            if !slot.0.is_null() {
+                let (p, words, tag) = *slot;
+                for i in 0..words {
+                    // SAFETY: a live block of `words` u64s, written below.
+                    let w = unsafe { p.add(i).read() };
+                    assert_eq!(
+                        w,
+                        tag ^ i as u64,
+                        "CPU {cpu}: block {p:p} changed at word {i}"
+                    );
+                }
+                // SAFETY: allocated below with this layout, freed once.
+                unsafe { HEAP.dealloc(p.cast(), Layout::array::<u64>(words).unwrap()) };
+            }
+            let words = rng.between(1, 64);
+            let tag = rng.next();
+            // SAFETY: a non-zero size.
+            let p = unsafe { HEAP.alloc(Layout::array::<u64>(words).unwrap()) }.cast::<u64>();
+            assert!(!p.is_null(), "CPU {cpu}: out of memory");
+            for i in 0..words {
+                // SAFETY: a fresh block of `words` u64s.
+                unsafe { p.add(i).write(tag ^ i as u64) };
+            }
+            *slot = (p, words, tag);
+            done += 1;
+        }
+        for &(p, words, _) in &ring {
+            if !p.is_null() {
+                // SAFETY: live blocks of this layout, freed once.
+                unsafe { HEAP.dealloc(p.cast(), Layout::array::<u64>(words).unwrap()) };
+            }
+        }
+        ops.fetch_add(done, Ordering::Relaxed);
+    });
+    timer::set_hold_in_handler(was_holding);
+    // Each CPU takes back the block its handler still holds (holding is off: no handler touches it now).
+    run_on_all(&|_| {
+        timer::take_held();
+    });
+    timer::set_alloc_in_handler(was_on);
+    let n = interrupted();
+    log::info!(
+        "{n} interrupts landed inside a fast path during {} operations on {count} CPUs",
+        ops.load(Ordering::Relaxed)
+    );
+    assert!(
+        n >= INTERRUPTED_FAST_PATHS_WANTED,
+        "only {n} interrupts landed inside a fast path in {} s",
+        TIMER_TEST_LIMIT.as_secs()
+    );
+    assert_eq!(live_objects(), start, "objects leaked:\n{}", HEAP.stats());
+}
+
 /// Operations each allocating CPU runs in `smp_unmap_while_others_allocate`.
 const UNMAP_TEST_OPS: u64 = 150_000;
 
