@@ -107,7 +107,8 @@ pub unsafe trait Platform: Sync + 'static {
     fn pages_unmapped(&self, start: Page, count: u64);
 }
 
-/// `P` with sampling compiled in ([`Platform::SAMPLING`]): everything else is `P`'s. For a heap that
+/// `P` with sampling compiled in ([`Platform::SAMPLING`]): everything else is `P`'s, provided items
+/// included (so that a benchmark of `Sampled<P>` against `P` measures sampling alone). For a heap that
 /// profiles over a platform that does not say so itself (the host benchmarks compare both).
 pub struct Sampled<P: Platform>(pub &'static P);
 
@@ -117,6 +118,8 @@ unsafe impl<P: Platform> Platform for Sampled<P> {
     type InterruptGuard = P::InterruptGuard;
     const MAX_CPUS: usize = P::MAX_CPUS;
     const SAMPLING: bool = true;
+    const INTERRUPTED_CODE_STAYS_ON_CPU: bool = P::INTERRUPTED_CODE_STAYS_ON_CPU;
+    const INTERRUPT_HANDLERS_ALLOCATE: bool = P::INTERRUPT_HANDLERS_ALLOCATE;
 
     #[inline(always)]
     fn cpu_index(&self) -> usize {
@@ -135,10 +138,37 @@ unsafe impl<P: Platform> Platform for Sampled<P> {
     fn page_mapped(&self, page: Page, frame: PhysFrame) {
         self.0.page_mapped(page, frame)
     }
+    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
+        self.0.pages_mapped(start, frame, count)
+    }
     fn pages_unmapped(&self, start: Page, count: u64) {
         self.0.pages_unmapped(start, count)
     }
     fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
         self.0.stack_trace(from, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Platform, Sampled};
+    use crate::host::HostPlatform;
+
+    /// `Sampled` changes `SAMPLING` only: a provided item it failed to forward would give the wrapped
+    /// platform the trait's default (the host's masking and per-page mapping), and the sampling
+    /// benchmark would measure that too.
+    #[test]
+    fn sampled_forwards_every_provided_const() {
+        type S = Sampled<HostPlatform>;
+        assert!(S::SAMPLING && !HostPlatform::SAMPLING);
+        assert_eq!(
+            S::INTERRUPTED_CODE_STAYS_ON_CPU,
+            HostPlatform::INTERRUPTED_CODE_STAYS_ON_CPU
+        );
+        assert_eq!(
+            S::INTERRUPT_HANDLERS_ALLOCATE,
+            HostPlatform::INTERRUPT_HANDLERS_ALLOCATE
+        );
+        assert_eq!(S::MAX_CPUS, HostPlatform::MAX_CPUS);
     }
 }
