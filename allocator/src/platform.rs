@@ -160,15 +160,13 @@ mod tests {
     #[test]
     fn sampled_forwards_every_provided_const() {
         type S = Sampled<HostPlatform>;
-        assert!(S::SAMPLING && !HostPlatform::SAMPLING);
-        assert_eq!(
-            S::INTERRUPTED_CODE_STAYS_ON_CPU,
-            HostPlatform::INTERRUPTED_CODE_STAYS_ON_CPU
-        );
-        assert_eq!(
-            S::INTERRUPT_HANDLERS_ALLOCATE,
-            HostPlatform::INTERRUPT_HANDLERS_ALLOCATE
-        );
-        assert_eq!(S::MAX_CPUS, HostPlatform::MAX_CPUS);
+        type H = HostPlatform;
+        // Checked by the compiler: a wrong forward fails the build of the tests.
+        const {
+            assert!(S::SAMPLING && !H::SAMPLING);
+            assert!(S::INTERRUPTED_CODE_STAYS_ON_CPU == H::INTERRUPTED_CODE_STAYS_ON_CPU);
+            assert!(S::INTERRUPT_HANDLERS_ALLOCATE == H::INTERRUPT_HANDLERS_ALLOCATE);
+            assert!(S::MAX_CPUS == H::MAX_CPUS);
+        }
     }
 }
