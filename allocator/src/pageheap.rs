@@ -21,6 +21,8 @@
 //! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
 //!   an in-use page is always mapped. Free pages may be mapped ("dirty") or scavenged.
 //! - `dirty_free` counts free pages that are mapped.
+//! - Every mapped page has an index below `mapped_top` (mapped mode), so the scavenger starts there, not
+//!   at the top of a heap whose address space may be 64 GiB of unmapped pages.
 //! - The span-map entry of every page of an in-use span encodes that span and its class; every other
 //!   entry is 0. Entries are written here, under the lock, and read lock-free by `dealloc` (see spanmap).
 //! - Pages in a CPU's page cache (Go's pageCache: a 64-page aligned block and a bitmap of its free pages)
@@ -291,6 +293,11 @@ pub(crate) struct PageHeap<P: Platform> {
     /// The highest `in_use` of the current epoch, and the pages allocated in it.
     epoch_max: usize,
     epoch_allocated: usize,
+    /// No page at or above it is mapped (see the invariants).
+    mapped_top: usize,
+    /// Pages the scavenger has looked at, for tests of its cost.
+    #[cfg(test)]
+    pub(crate) scavenge_visits: u64,
 }
 
 /// The retained goal's floor above the pages in use, in pages (4 MiB).
@@ -446,6 +453,9 @@ impl<P: Platform> PageHeap<P> {
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
             peak_in_use: 0,
+            mapped_top: 0,
+            #[cfg(test)]
+            scavenge_visits: 0,
             epoch_max: 0,
             epoch_allocated: 0,
         })
@@ -536,6 +546,9 @@ impl<P: Platform> PageHeap<P> {
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
             peak_in_use: 0,
+            mapped_top: 0,
+            #[cfg(test)]
+            scavenge_visits: 0,
             epoch_max: 0,
             epoch_allocated: 0,
         };
@@ -834,6 +847,7 @@ impl<P: Platform> PageHeap<P> {
             for p in run_start..i {
                 self.set_scavenged(p, false);
             }
+            self.mapped_top = self.mapped_top.max(i);
         }
         Ok(all_fresh)
     }
@@ -1156,10 +1170,19 @@ impl<P: Platform> PageHeap<P> {
             return 0; // The kernel's pages stay mapped.
         }
         let mut released = 0;
-        let mut end = self.grown;
+        // Pages at or above `end` have been looked at; the highest of them still mapped (in use).
+        let mut end = self.mapped_top.min(self.grown);
+        let mut mapped_above = 0;
         while end > 0 && released < max_pages && self.dirty_free > 0 {
             let dirty_free = |h: &Self, p: usize| h.pages.is_free(p) && !h.is_scavenged(p);
+            #[cfg(test)]
+            {
+                self.scavenge_visits += 1;
+            }
             if !dirty_free(self, end - 1) {
+                if mapped_above == 0 && !self.is_scavenged(end - 1) {
+                    mapped_above = end;
+                }
                 end -= 1;
                 continue;
             }
@@ -1178,6 +1201,8 @@ impl<P: Platform> PageHeap<P> {
             self.dirty_free -= end - start;
             end = start;
         }
+        // Pages below `end` were not looked at; above it only `mapped_above` bounds what is mapped.
+        self.mapped_top = end.max(mapped_above);
         self.released_total += released as u64;
         released
     }
