@@ -195,15 +195,18 @@ fn a_full_region_answers_null_and_loses_nothing() {
 fn bad_frees_are_named_in_region_mode() {
     let heap = new_heap();
     heap.init_region_from_slice(region(200 << 10, 0)).unwrap();
-    // SAFETY: test code: deliberate bad frees, which must panic before changing anything.
+    // SAFETY: test code: a valid layout.
     let p = unsafe { heap.alloc(lay(32)) };
+    // SAFETY: test code: the block just allocated, freed with its layout.
     unsafe { heap.dealloc(p, lay(32)) };
+    // SAFETY: test code: a deliberate double free, which must panic before changing anything.
     let msg = catch_unwind(AssertUnwindSafe(|| unsafe { heap.dealloc(p, lay(32)) }))
         .expect_err("double free");
     let msg = msg.downcast_ref::<std::string::String>().unwrap();
     assert!(msg.contains("double free"), "{msg}");
     let local = 0u64;
     let foreign = &local as *const u64 as *mut u8;
+    // SAFETY: test code: a deliberate free of a stack address, which must panic before changing anything.
     let msg = catch_unwind(AssertUnwindSafe(|| unsafe {
         heap.dealloc(foreign, lay(8))
     }))
@@ -214,6 +217,7 @@ fn bad_frees_are_named_in_region_mode() {
         "{msg}"
     );
     // The heap still works and counts nothing live.
+    // SAFETY: test code: a fresh block, freed with its layout.
     unsafe { heap.dealloc(heap.alloc(lay(32)), lay(32)) };
     assert_eq!(heap.stats().objects(), 0);
 }
@@ -232,16 +236,19 @@ fn later_regions_extend_the_heap_and_gaps_stay_out() {
     assert!(!first.is_empty());
     let gap = (lo + (200 << 10), lo + (300 << 10));
     // Out of order (below the heap's end) and beyond the reach: refused, nothing changes.
+    // SAFETY: test code: refused before anything changes (the region is below the heap's end).
     let below = unsafe { heap.add_region(base.add(50 << 10), 10 << 10) };
     assert!(
         matches!(below, Err(InitError::RegionOutOfReach { .. })),
         "{below:?}"
     );
+    // SAFETY: test code: refused before anything changes (the region passes the reach).
     let beyond = unsafe { heap.add_region(base.add(700 << 10), 200 << 10) };
     assert!(
         matches!(beyond, Err(InitError::RegionOutOfReach { .. })),
         "{beyond:?}"
     );
+    // SAFETY: test code: refused before anything changes (no whole page).
     let tiny = unsafe { heap.add_region(base.add(150 << 10), 100) };
     assert!(
         matches!(tiny, Err(InitError::RegionTooSmall { .. })),
@@ -252,6 +259,7 @@ fn later_regions_extend_the_heap_and_gaps_stay_out() {
     // It starts where the first region ended: it continues the heap, the page across the boundary
     // included.
     assert!(s == info.pages.1 && e.as_u64() <= gap.0 as u64);
+    // SAFETY: as above: the buffer's last part, not given to the heap before.
     let (s2, e2) = unsafe { heap.add_region(gap.1 as *mut u8, 500 << 10) }.unwrap();
     assert!(s2.as_u64() >= gap.1 as u64 && e2.as_u64() <= hi as u64);
     // Still under 1 MiB with the gap: no per-CPU caches, every CPU on the locked path.
@@ -283,14 +291,18 @@ fn later_regions_extend_the_heap_and_gaps_stay_out() {
 fn init_errors_name_the_region() {
     let heap = new_heap();
     let r = region(6 << 10, 0);
+    // SAFETY: test code: a leaked region (refused: too small).
     let err = unsafe { heap.init_region(r.as_mut_ptr().cast(), r.len()) }.unwrap_err();
     assert!(matches!(err, InitError::RegionTooSmall { .. }), "{err:?}");
     assert!(std::format!("{err}").contains("too small"), "{err}");
+    // SAFETY: test code: refused before anything is touched (address 0).
     let err = unsafe { heap.init_region(core::ptr::null_mut(), 1 << 20) }.unwrap_err();
     assert!(matches!(err, InitError::RegionMisplaced { .. }), "{err:?}");
     // A failed init leaves the heap uninitialized: allocations fail, a later init works.
+    // SAFETY: test code: a valid layout; the heap is not initialized, so null.
     assert!(unsafe { heap.alloc(lay(8)) }.is_null());
     heap.init_region_from_slice(region(100 << 10, 0)).unwrap();
+    // SAFETY: test code: a valid layout; the block is leaked with the heap.
     assert!(!unsafe { heap.alloc(lay(8)) }.is_null());
     // A heap with its own address space takes no regions.
     let mapped: &'static RegionHeap = {
@@ -300,6 +312,7 @@ fn init_errors_name_the_region() {
         h
     };
     let r = region(100 << 10, 0);
+    // SAFETY: test code: refused before anything is touched (the heap maps its own pages).
     let err = unsafe { mapped.add_region(r.as_mut_ptr().cast(), r.len()) }.unwrap_err();
     assert_eq!(err, InitError::NotRegionMode);
 }
