@@ -46,3 +46,45 @@ pub(crate) fn hoard_all_but(
     }
     hoard
 }
+
+/// `unsafe impl Platform for $name` where `$name` wraps a `&'static HostPlatform` (field 0): every method
+/// goes to the host platform; the associated consts are the ones given (the trait's defaults otherwise).
+/// For tests that need the host machine with another CPU limit or another interrupt contract.
+macro_rules! host_platform_wrapper {
+    ($name:ident { $($consts:item)* }) => {
+        // SAFETY: every duty is the host platform's, which keeps its promises; the consts given make
+        // the heap guard the same or more (callers say why in their own comment).
+        unsafe impl $crate::platform::Platform for $name {
+            type InterruptGuard =
+                <$crate::host::HostPlatform as $crate::platform::Platform>::InterruptGuard;
+            $($consts)*
+            fn cpu_index(&self) -> usize {
+                self.0.cpu_index()
+            }
+            fn cpu_index_slow(&self) -> usize {
+                self.0.cpu_index_slow()
+            }
+            fn mask_interrupts(&self) -> Self::InterruptGuard {
+                self.0.mask_interrupts()
+            }
+            fn physical_memory_offset(&self) -> $crate::addr::VirtAddr {
+                self.0.physical_memory_offset()
+            }
+            fn page_mapped(&self, page: $crate::addr::Page, frame: $crate::addr::PhysFrame) {
+                self.0.page_mapped(page, frame)
+            }
+            fn pages_mapped(
+                &self,
+                start: $crate::addr::Page,
+                frame: $crate::addr::PhysFrame,
+                count: u64,
+            ) {
+                self.0.pages_mapped(start, frame, count)
+            }
+            fn pages_unmapped(&self, start: $crate::addr::Page, count: u64) {
+                self.0.pages_unmapped(start, count)
+            }
+        }
+    };
+}
+pub(crate) use host_platform_wrapper;

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::string::String;
 use std::vec::Vec;
 
-use crate::addr::{Page, PhysFrame, VirtAddr, PAGE_SIZE};
+use crate::addr::{VirtAddr, PAGE_SIZE};
 use crate::host::{HostMachine, HostPlatform};
 use crate::platform::Platform;
 use crate::sizeclass::SizeClass;
@@ -554,29 +554,10 @@ fn holds_overflowing_sizes_and_alignments_give_null() {
 /// A platform with caches for only four CPUs (over-MAX indices and page caches).
 struct FourCpus(&'static HostPlatform);
 
-// SAFETY: delegates everything to the host platform; only the cache limit differs.
-unsafe impl Platform for FourCpus {
-    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
+// Only the cache limit differs from the host platform.
+crate::testing::host_platform_wrapper!(FourCpus {
     const MAX_CPUS: usize = 4;
-    fn cpu_index(&self) -> usize {
-        self.0.cpu_index()
-    }
-    fn cpu_index_slow(&self) -> usize {
-        self.0.cpu_index_slow()
-    }
-    fn mask_interrupts(&self) -> Self::InterruptGuard {
-        self.0.mask_interrupts()
-    }
-    fn physical_memory_offset(&self) -> VirtAddr {
-        self.0.physical_memory_offset()
-    }
-    fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.0.page_mapped(page, frame)
-    }
-    fn pages_unmapped(&self, start: Page, count: u64) {
-        self.0.pages_unmapped(start, count)
-    }
-}
+});
 
 /// CPUs 4..64 have an index the page heap would accept for a page cache but no heap cache: large
 /// objects and small spans they make go through no page cache; nothing is lost or shared.

@@ -14,45 +14,20 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use crate::addr::{Page, PhysFrame, VirtAddr};
 use crate::cache::interrupt_hook::HOOK;
 use crate::host::{HostMachine, HostPlatform};
-use crate::platform::Platform;
 use crate::Heap;
 
 /// The host platform as a kernel's: interrupt handlers allocate (here: the hook's simulated ones), so the
 /// heap guards its fast paths with the busy window.
 struct Kernelish(&'static HostPlatform);
 
-// SAFETY: delegates everything to the host platform, whose threads keep their index while they live;
-// its only difference, that handlers allocate, makes the heap guard more, not less.
-unsafe impl Platform for Kernelish {
-    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
-    const MAX_CPUS: usize = HostPlatform::MAX_CPUS;
+// The host's threads keep their index while they live; that handlers allocate makes the heap guard more, not less.
+crate::testing::host_platform_wrapper!(Kernelish {
+    const MAX_CPUS: usize = crate::host::HostPlatform::MAX_CPUS;
     const INTERRUPTED_CODE_STAYS_ON_CPU: bool = true;
     const INTERRUPT_HANDLERS_ALLOCATE: bool = true;
-    fn cpu_index(&self) -> usize {
-        self.0.cpu_index()
-    }
-    fn cpu_index_slow(&self) -> usize {
-        self.0.cpu_index_slow()
-    }
-    fn mask_interrupts(&self) -> Self::InterruptGuard {
-        self.0.mask_interrupts()
-    }
-    fn physical_memory_offset(&self) -> VirtAddr {
-        self.0.physical_memory_offset()
-    }
-    fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.0.page_mapped(page, frame)
-    }
-    fn pages_mapped(&self, start: Page, frame: PhysFrame, count: u64) {
-        self.0.pages_mapped(start, frame, count)
-    }
-    fn pages_unmapped(&self, start: Page, count: u64) {
-        self.0.pages_unmapped(start, count)
-    }
-}
+});
 
 type Plain = Heap<Kernelish, false>;
 

@@ -8,7 +8,7 @@ use std::boxed::Box;
 use std::vec;
 use std::vec::Vec;
 
-use crate::addr::{Page, PhysFrame, VirtAddr, PAGE_SIZE};
+use crate::addr::{PhysFrame, VirtAddr, PAGE_SIZE};
 use crate::host::{leak, HostPlatform};
 use crate::pageheap::InitError;
 use crate::platform::Platform;
@@ -177,29 +177,10 @@ fn a_region_at_the_top_of_the_higher_half_is_refused_without_overflow() {
 /// A take-over platform over the host one (take-over needs to tell it the physical-memory offset).
 struct TakeOverHost(&'static HostPlatform);
 
-// SAFETY: every call is the host platform's.
-unsafe impl Platform for TakeOverHost {
-    type InterruptGuard = <HostPlatform as Platform>::InterruptGuard;
-    const MAX_CPUS: usize = <HostPlatform as Platform>::MAX_CPUS;
-    fn cpu_index(&self) -> usize {
-        self.0.cpu_index()
-    }
-    fn cpu_index_slow(&self) -> usize {
-        self.0.cpu_index_slow()
-    }
-    fn mask_interrupts(&self) -> Self::InterruptGuard {
-        self.0.mask_interrupts()
-    }
-    fn physical_memory_offset(&self) -> VirtAddr {
-        self.0.physical_memory_offset()
-    }
-    fn page_mapped(&self, page: Page, frame: PhysFrame) {
-        self.0.page_mapped(page, frame)
-    }
-    fn pages_unmapped(&self, start: Page, count: u64) {
-        self.0.pages_unmapped(start, count)
-    }
-}
+// Every call is the host platform's.
+crate::testing::host_platform_wrapper!(TakeOverHost {
+    const MAX_CPUS: usize = crate::host::HostPlatform::MAX_CPUS;
+});
 
 impl TakeOverPlatform for TakeOverHost {
     fn set_physical_memory_offset(&self, _offset: VirtAddr) {}
