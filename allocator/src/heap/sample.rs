@@ -425,9 +425,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return None;
         }
         let end = addr + layout.size().max(1) as u64;
-        for a in (page..addr).chain(end..page + guard::PAGE) {
-            // SAFETY: the slot's page was just mapped and is ours; `a` lies in it.
-            unsafe { (a as *mut u8).write(guard::canary(a)) };
+        // SAFETY: the slot's page was just mapped and is ours; both ranges lie in it, outside the object.
+        unsafe {
+            fill_canary(page, addr);
+            fill_canary(end, page + guard::PAGE);
         }
         pool.commit(slot, addr, layout.size().max(1), frames);
         Some(addr as *mut u8)
@@ -656,23 +657,165 @@ fn check_canary(pool: &Pool, slot: usize) -> Option<Report> {
     let (addr, size) = pool.object(slot);
     let page = pool.page_of(slot);
     let end = addr + size as u64;
-    for a in (end..page + guard::PAGE).chain(page..addr) {
-        // SAFETY: the slot is live, so its page is mapped; `a` lies in it, outside the object.
-        let b = unsafe { ptr::read_volatile(a as *const u8) };
-        if b != guard::canary(a) {
-            let kind = if a >= end {
-                ErrorKind::CanaryDamaged {
-                    after: true,
-                    distance: a - end + 1,
-                }
-            } else {
-                ErrorKind::CanaryDamaged {
-                    after: false,
-                    distance: addr - a,
-                }
-            };
-            return Some(pool.report(slot, kind, a));
+    // After the object first (an overflow is the likelier damage), then before it; the report names the
+    // damaged byte nearest the object on the side it found.
+    // SAFETY: the slot is live, so its page is mapped; both ranges lie in it, outside the object.
+    if let Some(a) = unsafe { first_bad_canary(end, page + guard::PAGE, true) } {
+        let kind = ErrorKind::CanaryDamaged {
+            after: true,
+            distance: a - end + 1,
+        };
+        return Some(pool.report(slot, kind, a));
+    }
+    // SAFETY: as above.
+    let a = unsafe { first_bad_canary(page, addr, false) }?;
+    let kind = ErrorKind::CanaryDamaged {
+        after: false,
+        distance: addr - a,
+    };
+    Some(pool.report(slot, kind, a))
+}
+
+/// The canary as a word: the canary bytes of an 8-byte aligned word (the byte depends on the address's low
+/// three bits only), so the middle of a range is filled and checked a word at a time, which matters: a
+/// guarded 16 B object has some 8 KiB of canary around it.
+const fn canary_word() -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        w |= (guard::canary(i) as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// Fills `[from, to)` with the canary.
+///
+/// # Safety
+/// The range is mapped, writable and nobody else's.
+unsafe fn fill_canary(from: u64, to: u64) {
+    let mut a = from;
+    while a < to {
+        if a % 8 == 0 && to - a >= 8 {
+            // SAFETY: an aligned word inside the range (the caller's promise).
+            unsafe { (a as *mut u64).write(canary_word()) };
+            a += 8;
+        } else {
+            // SAFETY: a byte inside the range.
+            unsafe { (a as *mut u8).write(guard::canary(a)) };
+            a += 1;
         }
     }
-    None
+}
+
+/// The address of the damaged canary byte in `[from, to)` nearest `from` (`from_low`) or nearest `to`,
+/// if any. Reads are volatile: the bytes are compared against what the program may have written out of
+/// bounds, which the compiler cannot see.
+///
+/// # Safety
+/// The range is mapped and readable.
+unsafe fn first_bad_canary(from: u64, to: u64, from_low: bool) -> Option<u64> {
+    // Word-wise over the aligned middle, byte-wise at the edges and inside a damaged word.
+    let bad_byte = |a: u64| {
+        // SAFETY: `a` is inside the range (the caller's promise).
+        (unsafe { ptr::read_volatile(a as *const u8) } != guard::canary(a)).then_some(a)
+    };
+    let bad_in_word = |w: u64| {
+        let mut bytes = (w..w + 8).filter_map(bad_byte);
+        if from_low {
+            bytes.next()
+        } else {
+            bytes.next_back()
+        }
+    };
+    let mid_lo = from.next_multiple_of(8).min(to);
+    let mid_hi = (to & !7).max(mid_lo);
+    let words = (mid_hi - mid_lo) / 8;
+    let scan_words = |i: u64| {
+        let w = mid_lo + 8 * i;
+        // SAFETY: an aligned word inside the range.
+        let v = unsafe { ptr::read_volatile(w as *const u64) };
+        if v == canary_word() {
+            None
+        } else {
+            bad_in_word(w)
+        }
+    };
+    if from_low {
+        (from..mid_lo)
+            .find_map(bad_byte)
+            .or_else(|| (0..words).find_map(scan_words))
+            .or_else(|| (mid_hi..to).find_map(bad_byte))
+    } else {
+        (mid_hi..to)
+            .rev()
+            .find_map(bad_byte)
+            .or_else(|| (0..words).rev().find_map(scan_words))
+            .or_else(|| (from..mid_lo).rev().find_map(bad_byte))
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::{fill_canary, first_bad_canary, guard};
+    use std::vec;
+
+    /// The word-wise fill and scan against their byte-wise definition: every range of a buffer (aligned
+    /// and not, shorter than a word and longer), clean and with one or two damaged bytes anywhere.
+    #[test]
+    fn word_wise_canary_matches_the_byte_wise_definition() {
+        let mut buf = vec![0u64; 8]; // 64 B, 8-aligned
+        let base = buf.as_mut_ptr() as u64;
+        for from in 0..24u64 {
+            for to in from..64u64 {
+                let (lo, hi) = (base + from, base + to);
+                buf.fill(0);
+                // SAFETY: the range lies in `buf`, ours.
+                unsafe { fill_canary(lo, hi) };
+                for a in base..base + 64 {
+                    // SAFETY: inside `buf`.
+                    let b = unsafe { *(a as *const u8) };
+                    let want = if (lo..hi).contains(&a) {
+                        guard::canary(a)
+                    } else {
+                        0
+                    };
+                    assert_eq!(b, want, "fill [{from}, {to}) at {}", a - base);
+                }
+                for low in [true, false] {
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { first_bad_canary(lo, hi, low) }, None);
+                }
+                for bad in lo..hi {
+                    for second in [None, Some(lo), Some(hi.saturating_sub(1)), Some(bad ^ 9)] {
+                        let second = second.filter(|s| (lo..hi).contains(s));
+                        // SAFETY: inside the range.
+                        unsafe {
+                            fill_canary(lo, hi);
+                            *(bad as *mut u8) ^= 0x40;
+                            if let Some(s) = second.filter(|&s| s != bad) {
+                                *(s as *mut u8) ^= 0x01;
+                            }
+                        }
+                        let damaged: vec::Vec<u64> = (lo..hi)
+                            .filter(|&a| unsafe { *(a as *const u8) } != guard::canary(a))
+                            .collect();
+                        // SAFETY: inside the range.
+                        let (first, last) = unsafe {
+                            (
+                                first_bad_canary(lo, hi, true),
+                                first_bad_canary(lo, hi, false),
+                            )
+                        };
+                        assert_eq!(
+                            first,
+                            damaged.first().copied(),
+                            "[{from}, {to}) bad {bad:#x}"
+                        );
+                        assert_eq!(last, damaged.last().copied(), "[{from}, {to}) bad {bad:#x}");
+                    }
+                }
+            }
+        }
+    }
 }

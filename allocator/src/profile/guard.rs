@@ -30,7 +30,7 @@ pub const STACK: usize = 16;
 pub const MAX_SIZE: usize = PAGE as usize;
 
 /// The canary byte at `addr`: varies with the address so that a shifted copy of it is still caught.
-pub fn canary(addr: u64) -> u8 {
+pub const fn canary(addr: u64) -> u8 {
     0xaa ^ (addr & 7) as u8
 }
 
