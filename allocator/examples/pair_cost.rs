@@ -48,6 +48,7 @@ fn main() {
     }
 }
 
+#[inline(never)]
 fn run<P: Platform>(heap: &'static Heap<P>, pairs: usize, reps: usize) {
     let layout = std::hint::black_box(Layout::from_size_align(16, 8).expect("layout"));
     let mut best = f64::MAX;
