@@ -50,6 +50,8 @@ struct Args {
     contestants: Option<Vec<Id>>,
     list: bool,
     footprint_child: Option<Id>,
+    /// `--instr-child NAME WORKLOAD N` (instructions.rs).
+    instr_child: Option<(String, String, u64)>,
     seed: u64,
     arena_mib: Option<usize>,
 }
@@ -64,6 +66,7 @@ fn parse_args() -> Args {
         contestants: None,
         list: false,
         footprint_child: None,
+        instr_child: None,
         seed: 0x5eed,
         arena_mib: None,
     };
@@ -117,6 +120,12 @@ fn parse_args() -> Args {
                     Id::from_name(&n).unwrap_or_else(|| fail(format!("unknown contestant '{n}'"))),
                 );
             }
+            "--instr-child" => {
+                let name = value("--instr-child");
+                let workload = value("--instr-child");
+                let n = number("--instr-child", value("--instr-child"));
+                a.instr_child = Some((name, workload, n));
+            }
             "--help" | "-h" => {
                 print!("{USAGE}");
                 std::process::exit(0)
@@ -132,6 +141,10 @@ fn main() {
     let arena_bytes = args.arena_mib.unwrap_or(if args.quick { 32 } else { 256 }) << 20;
     if let Some(id) = args.footprint_child {
         workloads::memory::run_footprint_child(id, arena_bytes, args.quick, args.seed);
+        return;
+    }
+    if let Some((name, workload, n)) = &args.instr_child {
+        workloads::instructions::run_child(name, workload, *n, args.seed);
         return;
     }
     let benches: Vec<Bench> = workloads::suite()
@@ -267,7 +280,11 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
     let shared = needs(|k| {
         !matches!(
             k,
-            Kind::HeapEfficiency | Kind::Footprint | Kind::PageScaling | Kind::SamplingCost
+            Kind::HeapEfficiency
+                | Kind::Footprint
+                | Kind::PageScaling
+                | Kind::SamplingCost
+                | Kind::Instructions
         )
     })
     .then(|| Contestants::new(cfg.arena_bytes));
@@ -275,6 +292,11 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
         needs(|k| matches!(k, Kind::HeapEfficiency)).then(|| Region::new(cfg.arena_bytes, false));
     let mut scaled: Vec<ScaledHeap> = Vec::new();
     let mut sampling: Option<workloads::sampling::SamplingHeaps> = None;
+    let valgrind =
+        needs(|k| matches!(k, Kind::Instructions)) && workloads::instructions::valgrind_available();
+    if needs(|k| matches!(k, Kind::Instructions)) && !valgrind {
+        eprintln!("instructions: valgrind not found, no instruction counts (Debian: apt install valgrind)");
+    }
     let mut results = Results::new(reps);
     let mut order_rng = rng::Rng::new(cfg.seed ^ 0x0bde);
     for rep in 0..reps {
@@ -310,14 +332,22 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
                             })
                         }
                         Kind::Footprint => workloads::memory::footprint_in_child(id, &cfg),
+                        Kind::Instructions if rep > 0 || !valgrind => Vec::new(),
+                        Kind::Instructions => {
+                            let mut v = workloads::instructions::count(id.name(), &cfg);
+                            if id == Id::Spanalloc {
+                                for variant in workloads::instructions::SAMPLING_VARIANTS {
+                                    v.extend(workloads::instructions::count(variant, &cfg));
+                                }
+                            }
+                            v
+                        }
                         Kind::PageScaling => page_scaling(&mut scaled, &cfg, &mut order_rng),
                         Kind::SamplingCost => {
                             let heaps = sampling.get_or_insert_with(|| {
                                 workloads::sampling::SamplingHeaps::build(cfg.arena_bytes)
                             });
-                            let mut order = [0, 1, 2];
-                            order_rng.shuffle(&mut order);
-                            heaps.measure(&cfg, &order)
+                            heaps.measure(&cfg, &mut order_rng)
                         }
                         _ => {
                             let job = Job {

@@ -146,6 +146,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ">= 90",
         |x| x >= 90.0,
     );
+    for wl in ["pair_16", "random_actions_200"] {
+        push(
+            format!("heap sampling at default rates, {wl}: instructions / without sampling"),
+            sampling_instr_ratio(r, wl, "default"),
+            "<= 1.03",
+            |x| x <= 1.03,
+        );
+    }
     let sizes = scaling::sizes(false);
     let (small, big) = (
         scaling::size_label(sizes[0]),
@@ -192,7 +200,15 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     writeln!(
         w,
         "- cells: median over the repetitions, and in brackets spanalloc's advantage (peer cost / spanalloc \
-         cost, taken per repetition, median): **>1 means spanalloc is better**\n"
+         cost, taken per repetition, median): **>1 means spanalloc is better**"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "- `instr_*` rows: instructions per operation counted by valgrind's cachegrind (deterministic, counted \
+         once), every contestant called through the same non-inlined functions; the harness's own \
+         instructions (loop, calls, random numbers) are included, the same for all \
+         (bench/src/workloads/instructions.rs)\n"
     )
     .unwrap();
     for p in plots {
@@ -226,7 +242,7 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     writeln!(w).unwrap();
     writeln!(w, "|---|---|---|{}", "---|".repeat(ids.len())).unwrap();
     for (metric, threads) in keys(&rows) {
-        if metric.starts_with("page_scaling") {
+        if metric.starts_with("page_scaling") || metric.starts_with("instr_sampling") {
             continue;
         }
         let unit = crate::workloads::unit_of(&metric);
@@ -257,7 +273,7 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     writeln!(w).unwrap();
     writeln!(w, "|---|---|{}", "---|".repeat(ids.len())).unwrap();
     for (metric, threads) in keys(&rows) {
-        if metric.starts_with("page_scaling") {
+        if metric.starts_with("page_scaling") || metric.starts_with("instr_sampling") {
             continue;
         }
         write!(w, "| {metric} | {threads} |").unwrap();
@@ -276,6 +292,7 @@ pub fn markdown(results: &Results, info: &RunInfo, plots: &[&str]) -> String {
     thread_scaling(w, results, &rows, &ids);
     page_scaling(w, results);
     sampling_cost(w, results);
+    sampling_instructions(w, results);
     s
 }
 
@@ -366,6 +383,59 @@ fn sampling_cost(w: &mut String, results: &Results) {
             write!(w, " {} |", r.as_ref().map_or("–".into(), spread)).unwrap();
         }
         writeln!(w).unwrap();
+    }
+}
+
+/// Instructions per operation of spanalloc with sampling compiled in (`variant`: idle or default) over
+/// those of the heap without it (instructions.rs; counted once, so a single value).
+fn sampling_instr_ratio(r: &Results, workload: &str, variant: &str) -> Option<Summary> {
+    let one = |m: &str| {
+        r.values(m, 1, Id::Spanalloc)
+            .and_then(|v| v.iter().flatten().copied().next())
+    };
+    let with = one(&format!("instr_sampling_{workload}_{variant}"))?;
+    let without = one(&format!("instr_{workload}"))?;
+    Summary::of(&[with / without])
+}
+
+/// Heap sampling's cost in instructions (cachegrind; instructions.rs): deterministic, unlike the times.
+fn sampling_instructions(w: &mut String, results: &Results) {
+    use crate::workloads::instructions::WORKLOADS;
+    if sampling_instr_ratio(results, WORKLOADS[0], "idle").is_none() {
+        return;
+    }
+    writeln!(
+        w,
+        "\n## Heap sampling's cost in instructions per operation (spanalloc, cachegrind; ratio to the heap without sampling compiled in)\n"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "| workload | off | idle (compiled in, off) | default rates | idle ratio | default ratio |"
+    )
+    .unwrap();
+    writeln!(w, "|---|---|---|---|---|---|").unwrap();
+    let one = |m: &str| {
+        results
+            .values(m, 1, Id::Spanalloc)
+            .and_then(|v| v.iter().flatten().copied().next())
+            .map_or("–".into(), short)
+    };
+    for wl in WORKLOADS {
+        let ratio = |v: &str| {
+            sampling_instr_ratio(results, wl, v)
+                .map_or("–".into(), |s| format!("{:.4}", s.median))
+        };
+        writeln!(
+            w,
+            "| {wl} | {} | {} | {} | {} | {} |",
+            one(&format!("instr_{wl}")),
+            one(&format!("instr_sampling_{wl}_idle")),
+            one(&format!("instr_sampling_{wl}_default")),
+            ratio("idle"),
+            ratio("default")
+        )
+        .unwrap();
     }
 }
 

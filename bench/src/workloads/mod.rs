@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::contestants::Contestant;
 use crate::timing::{CpuClock, StopFlag, Tsc};
 
+pub mod instructions;
 pub mod memory;
 pub mod sampling;
 pub mod scaling;
@@ -64,6 +65,8 @@ pub enum Unit {
     HeldPerLive,
     /// Percent of the peak live bytes still held (lower is better).
     PercentHeld,
+    /// Instructions per operation, counted by cachegrind (lower is better).
+    Instr,
 }
 
 impl Unit {
@@ -74,6 +77,7 @@ impl Unit {
             Unit::PercentUsed => "% used",
             Unit::HeldPerLive => "held/live",
             Unit::PercentHeld => "% of peak live held",
+            Unit::Instr => "instr/op",
         }
     }
 
@@ -188,10 +192,18 @@ pub enum Who {
 /// What a benchmark runs.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
-    Pair { size: usize },
-    RandomActions { max: usize, realloc: bool },
+    Pair {
+        size: usize,
+    },
+    RandomActions {
+        max: usize,
+        realloc: bool,
+    },
     Latency,
-    HighAlign { size: usize, align: usize },
+    HighAlign {
+        size: usize,
+        align: usize,
+    },
     GlibcSimple,
     Larson,
     Xmalloc,
@@ -200,6 +212,9 @@ pub enum Kind {
     Footprint,
     PageScaling,
     SamplingCost,
+    /// Instructions per operation under cachegrind, in child processes (instructions.rs); counted in the
+    /// first repetition only (the counts are deterministic).
+    Instructions,
 }
 
 /// A benchmark: a name to filter on, the thread counts it runs at, and who takes part.
@@ -300,12 +315,15 @@ pub fn suite() -> Vec<Bench> {
         &[1],
         Who::Spanalloc,
     ));
+    v.push(b("instructions".into(), Kind::Instructions, &[1], Who::All));
     v
 }
 
 /// The unit of a metric, from its name (metrics are named `<benchmark>[_<variant>]`).
 pub fn unit_of(metric: &str) -> Unit {
-    if metric.starts_with("random_actions")
+    if metric.starts_with("instr_") {
+        Unit::Instr
+    } else if metric.starts_with("random_actions")
         || metric.starts_with("sampling_random_actions")
         || metric.starts_with("glibc_simple")
         || metric.starts_with("larson")
@@ -345,9 +363,9 @@ impl crate::contestants::Workload for Job<'_> {
             Kind::Xmalloc => threaded::xmalloc(a, cfg, t),
             Kind::CacheScratch => threaded::cache_scratch(a, cfg, t),
             Kind::HeapEfficiency => memory::heap_efficiency(a, cfg),
-            Kind::Footprint | Kind::PageScaling | Kind::SamplingCost => {
+            Kind::Footprint | Kind::PageScaling | Kind::SamplingCost | Kind::Instructions => {
                 unreachable!(
-                    "footprint, page scaling and sampling cost run outside the shared contestants"
+                    "footprint, page scaling, sampling cost and instruction counts run outside the shared contestants"
                 )
             }
         }
