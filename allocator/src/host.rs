@@ -72,6 +72,75 @@ std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(UNASSIGNED) };
     /// Registered on the first automatic assignment: gives the index back when the thread exits.
     static RELEASE: CpuRelease = const { CpuRelease(Cell::new(false)) };
+    /// The end (highest address, exclusive) of this thread's stack, 0 until first asked
+    /// ([`stack_top`]). No drop glue, as `CPU`.
+    static STACK_TOP: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The end of the mapping that holds the running thread's stack pointer, from `/proc/self/maps` (read
+/// once per thread), or 0 if it cannot be had. That mapping is mapped whole, so everything from the stack
+/// pointer up to its end may be read. Not `pthread_getattr_np`: glibc's allocates (the main thread's
+/// reads `/proc/self/maps` through `fopen`, every thread's gets its CPU set with `realloc`), and this
+/// runs inside the allocator, which may be the program's `malloc`. Here: raw `open`/`read` into a stack
+/// buffer, no allocation.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
+fn stack_top() -> u64 {
+    let top = STACK_TOP.try_with(Cell::get).unwrap_or(0);
+    if top != 0 {
+        return top;
+    }
+    // An address in the running stack: a local's.
+    let probe = 0u8;
+    let sp = core::hint::black_box(&probe) as *const u8 as u64;
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return 0;
+    }
+    let mut buf = [0u8; 4096];
+    let mut have = 0; // bytes of `buf` holding unparsed text (a partial line at its start)
+    let mut top = 0;
+    'read: loop {
+        // SAFETY: reads into the free tail of `buf`, a local.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        let mut start = 0;
+        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+            if let Some((lo, hi)) = parse_range(&buf[start..start + nl]) {
+                if (lo..hi).contains(&sp) {
+                    top = hi;
+                    break 'read;
+                }
+            }
+            start += nl + 1;
+        }
+        if start == 0 && have == buf.len() {
+            break; // a line longer than the buffer: give up rather than misparse
+        }
+        buf.copy_within(start..have, 0);
+        have -= start;
+    }
+    // SAFETY: our descriptor, opened above.
+    unsafe { libc::close(fd) };
+    let _ = STACK_TOP.try_with(|t| t.set(top));
+    top
+}
+
+/// `start-end` (hex) at the beginning of a `/proc/self/maps` line.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
+fn parse_range(line: &[u8]) -> Option<(u64, u64)> {
+    let field = line.split(|&b| b == b' ').next()?;
+    let dash = field.iter().position(|&b| b == b'-')?;
+    let hex = |s: &[u8]| u64::from_str_radix(core::str::from_utf8(s).ok()?, 16).ok();
+    Some((hex(&field[..dash])?, hex(&field[dash + 1..])?))
 }
 
 /// Gives an automatically taken index back when its thread exits; the thread's later calls get
@@ -377,6 +446,28 @@ unsafe impl Platform for HostPlatform {
         HostInterruptGuard(())
     }
 
+    /// A frame-pointer walk over the running thread's stack, as the kernel's: real call stacks where the
+    /// program keeps frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; debug builds mostly do),
+    /// and otherwise short or meaningless ones, but never a fault: the walk reads only inside the
+    /// thread's own live stack (profile/stack.rs). None under Miri or off x86_64 Linux.
+    fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
+        {
+            let top = stack_top();
+            if top == 0 {
+                return 0;
+            }
+            // SAFETY: from the stack pointer up to `top` is this thread's live stack, all mapped
+            // (`stack_top`); the walk runs on this thread.
+            unsafe { crate::profile::stack::frame_pointer_walk(from, top, out) }
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64", not(miri))))]
+        {
+            let _ = (from, out);
+            0
+        }
+    }
+
     fn physical_memory_offset(&self) -> VirtAddr {
         self.phys
     }
@@ -521,5 +612,56 @@ impl HostMachine {
             region(hole, hole + HOLE_BYTES, RegionKind::Reserved("bootloader")),
             region(hole + HOLE_BYTES, phys_bytes, RegionKind::Usable),
         ]
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64", not(miri)))]
+mod stack_tests {
+    use super::{stack_top, HostPlatform};
+    use crate::platform::Platform;
+
+    /// The host's stack walk finds its thread's stack in `/proc/self/maps` and follows a frame chain in it:
+    /// a chain of two records laid out by hand in a local array (the test build has no frame pointers to
+    /// walk), and one whose next record would lie past the stack's end, which the walk must not read.
+    #[test]
+    fn host_stack_walk_follows_a_chain_inside_the_thread_stack_only() {
+        let top = stack_top();
+        let local = 0u8;
+        let at = core::hint::black_box(&local) as *const u8 as u64;
+        assert!(
+            top > at,
+            "the stack's end {top:#x} lies above a local ({at:#x})"
+        );
+        assert!(
+            top - at < 64 << 20,
+            "the stack's end {top:#x} is this thread's, near a local ({at:#x})"
+        );
+        let m = crate::host::HostMachine::new(4 << 20, 1 << 30);
+        let p = m.platform;
+        let mut chain = [0u64; 4];
+        chain[0] = core::ptr::addr_of!(chain[2]) as u64; // next record
+        chain[1] = 0x1111; // return address
+        chain[2] = 0; // the end of the chain
+        chain[3] = 0x2222;
+        let from = core::hint::black_box(&chain) as *const [u64; 4] as u64;
+        let mut out = [0u64; 8];
+        let n = p.stack_trace(from, &mut out);
+        assert_eq!(&out[..n], &[0x1111, 0x2222]);
+
+        let mut beyond = [0u64; 2];
+        beyond[0] = top - 8; // a record straddling the end of the stack
+        beyond[1] = 0x3333;
+        let from = core::hint::black_box(&beyond) as *const [u64; 2] as u64;
+        let n = p.stack_trace(from, &mut out);
+        assert_eq!(&out[..n], &[0x3333], "stops before the record past the end");
+    }
+
+    /// The same from another thread: each thread finds its own stack.
+    #[test]
+    fn each_thread_finds_its_own_stack() {
+        let main_top = stack_top();
+        let other_top = std::thread::spawn(stack_top).join().unwrap();
+        assert!(main_top != 0 && other_top != 0);
+        assert_ne!(main_top, other_top);
     }
 }
