@@ -617,7 +617,7 @@ impl HostMachine {
 
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64", not(miri)))]
 mod stack_tests {
-    use super::{stack_top, HostPlatform};
+    use super::stack_top;
     use crate::platform::Platform;
 
     /// The host's stack walk finds its thread's stack in `/proc/self/maps` and follows a frame chain in it:
