@@ -25,7 +25,8 @@ Kernel args (joined with spaces, read by the kernel from fw_cfg):
   list              print the in-kernel tests
   test NAME         run one in-kernel test
   heapprofile       run a workload with the heap profile on; the runner writes it to heapprofile.pb
-  profilerate=BYTES heap profile sampling rate (0 off; 524288 for heapprofile)
+  profilerate=BYTES heap profile sampling rate (0 off; 524288 for heapprofile); with demo, the
+                    demo dumps its profile at the end (written to heapprofile.pb)
   guard=BYTES       one small allocation per BYTES allocated gets a guard page (0 off, the default)
   guardside=SIDE    right (overflows fault, default) or left (underflows fault)
   log=LEVEL         kernel log level: off, error, warn, info (default), debug, trace";

@@ -6,7 +6,8 @@
 //! profile on and dump the profile over serial, see `heapprofile.rs`).
 //! Options: `log=<off|error|warn|info|debug|trace>` (default `info`); `gctrace=<0|1>` (default 1: the
 //! garbage collector prints one line per cycle, as Go's GODEBUG=gctrace=1); `profilerate=<bytes>` (heap
-//! profile sampling rate, 0 = off: the default, except 512 KiB for `heapprofile`); `guard=<bytes>` (one
+//! profile sampling rate, 0 = off: the default, except 512 KiB for `heapprofile`; the demo dumps its
+//! profile at the end when it is on); `guard=<bytes>` (one
 //! small allocation per that many bytes gets a guarded page, 0 = off: the default); `guardside=<right|left>`
 //! (which overrun faults at once, default right).
 

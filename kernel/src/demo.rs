@@ -44,6 +44,11 @@ pub fn run(boot_info: &BootInfo, memory: &MemoryReport, cpus: usize) -> ! {
         HEAP.stats()
     );
     crate::gc_demo::run();
+    if HEAP.sampling().profile_rate > 0 {
+        // `cargo run -- profilerate=<bytes>`: the demo's own heap profile, written to a file by the
+        // runner as for the `heapprofile` command.
+        crate::heapprofile::dump(boot_info);
+    }
     println!("demo: done");
     qemu::exit(qemu::ExitCode::Success)
 }
