@@ -56,6 +56,22 @@ fn expected() -> Vec<(String, Vec<usize>, &'static [&'static str])> {
     for m in ["glibc_simple", "larson", "xmalloc", "cache_scratch"] {
         v.push((m.into(), vec![1, 2, 4], &CONTESTANTS));
     }
+    v.push(("xmalloc_pipeline".into(), vec![2, 4], &CONTESTANTS));
+    // Instruction counts need valgrind (the suite says so and skips them without it).
+    let valgrind = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if valgrind {
+        v.push(("instr_pair_16".into(), vec![1], &CONTESTANTS));
+        for variant in ["idle", "default"] {
+            v.push((
+                format!("instr_sampling_pair_16_{variant}"),
+                vec![1],
+                &["spanalloc"],
+            ));
+        }
+    }
     v.push(("heap_efficiency".into(), vec![1], &ARENAS));
     for m in [
         "footprint_peak",

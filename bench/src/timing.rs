@@ -3,8 +3,9 @@
 //! Why CPU time and not wall time: the machine is shared (other builds and tests run beside the suite), and
 //! a thread that is descheduled for a while would otherwise be charged for time in which it ran nothing.
 //! A thread's CPU time still counts everything it does itself: spinning on a lock, cache misses from
-//! false sharing, system calls. Rates of T threads are `operations / mean CPU time per thread`: what T
-//! CPUs of a quiet machine would do (with 4 threads on 2 cores, what 4 CPUs would do).
+//! false sharing, system calls. That holds for one thread; rates of several threads are per second of
+//! wall-clock time (`workloads::mops`): their CPU times would extrapolate to T CPUs, more than the machine
+//! has when T exceeds its cores (the report flags those rows as oversubscribed).
 //!
 //! Invariants: `Tsc::ns_per_cycle` is calibrated once against `Instant` (the TSC is invariant on any x86_64
 //! machine this runs on); loops look at the stop flag only every few dozen operations, to keep the check out

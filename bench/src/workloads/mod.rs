@@ -128,9 +128,22 @@ pub struct Ran {
     pub extra: [u64; 3],
 }
 
+/// The reports of one measured pass, and its wall-clock length (from the start barrier to the stop flag).
+pub struct Pass {
+    pub runs: Vec<Ran>,
+    pub wall: Duration,
+}
+
+impl core::ops::Deref for Pass {
+    type Target = [Ran];
+    fn deref(&self) -> &[Ran] {
+        &self.runs
+    }
+}
+
 /// Runs `body` in `threads` threads for a warm-up pass and then a measured pass of `cfg.duration`; returns
 /// the measured pass's reports.
-pub fn timed_threads<A, F>(a: &A, threads: usize, cfg: &Config, body: F) -> Vec<Ran>
+pub fn timed_threads<A, F>(a: &A, threads: usize, cfg: &Config, body: F) -> Pass
 where
     A: Contestant,
     F: Fn(&A, usize, &Phase) -> Ran + Sync,
@@ -139,7 +152,7 @@ where
     one_pass(a, threads, cfg.duration, &body)
 }
 
-fn one_pass<A, F>(a: &A, threads: usize, duration: Duration, body: &F) -> Vec<Ran>
+fn one_pass<A, F>(a: &A, threads: usize, duration: Duration, body: &F) -> Pass
 where
     A: Contestant,
     F: Fn(&A, usize, &Phase) -> Ran + Sync,
@@ -156,20 +169,28 @@ where
             })
             .collect();
         phase.start.wait();
+        let t0 = std::time::Instant::now();
         std::thread::sleep(duration);
         phase.stop.raise();
-        handles
+        let wall = t0.elapsed();
+        let runs = handles
             .into_iter()
             .map(|h| h.join().expect("bench: a workload thread panicked"))
-            .collect()
+            .collect();
+        Pass { runs, wall }
     })
 }
 
-/// Total operations per second of CPU time per thread, in millions: operations / mean CPU time of a thread
-/// (see timing.rs for why CPU time).
-pub fn mops(runs: &[Ran]) -> f64 {
-    let ops: u64 = runs.iter().map(|r| r.ops).sum();
-    let secs = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / runs.len() as f64;
+/// Millions of operations per second. One thread: per second of its CPU time (see timing.rs). Several:
+/// per second of wall-clock time, all threads' operations together; their CPU time would extrapolate to
+/// as many CPUs as threads, past the machine's cores when it has fewer (the report flags such rows).
+pub fn mops(pass: &Pass) -> f64 {
+    let ops: u64 = pass.runs.iter().map(|r| r.ops).sum();
+    let secs = if pass.runs.len() == 1 {
+        pass.runs[0].elapsed.as_secs_f64()
+    } else {
+        pass.wall.as_secs_f64()
+    };
     ops as f64 / secs / 1e6
 }
 

@@ -217,7 +217,17 @@ pub fn xmalloc<A: Contestant>(a: &A, cfg: &Config, threads: usize) -> Vec<Sample
     let (free_ns, frees) = runs
         .iter()
         .fold((0, 0), |(c, f), r| (c + r.extra[0], f + r.extra[1]));
-    vec![Sample::new("xmalloc", free_ns as f64 / frees as f64)]
+    let mut v = vec![Sample::new("xmalloc", free_ns as f64 / frees as f64)];
+    if threads > 1 {
+        // The whole pipeline, producer and consumer both: wall-clock ns per object a pair moved (allocated
+        // by its producer, freed by its consumer, the two at once) while the pass ran.
+        let produced: u64 = runs.iter().step_by(2).map(|r| r.ops).sum();
+        v.push(Sample::new(
+            "xmalloc_pipeline",
+            runs.wall.as_nanos() as f64 * pairs as f64 / produced as f64,
+        ));
+    }
+    v
 }
 
 /// Cost of reading the thread CPU clock twice, in ns (median of many), subtracted from each timed batch.
