@@ -184,9 +184,7 @@ fn extract_profile(qemu: &Qemu, outcome: &Outcome) -> Result<Vec<u8>, Failed> {
     }
     let bytes = match collector.finish() {
         Some(Ok(bytes)) => bytes,
-        Some(Err(e)) => {
-            return Err(format!("bad profile: {e}\n{}", describe(qemu, outcome)).into())
-        }
+        Some(Err(e)) => return Err(format!("bad profile: {e}\n{}", describe(qemu, outcome)).into()),
         None => return Err(format!("no profile printed\n{}", describe(qemu, outcome)).into()),
     };
     let has = |s: &[u8]| bytes.windows(s.len()).any(|w| w == s);
