@@ -72,26 +72,41 @@ std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(UNASSIGNED) };
     /// Registered on the first automatic assignment: gives the index back when the thread exits.
     static RELEASE: CpuRelease = const { CpuRelease(Cell::new(false)) };
-    /// The end (highest address, exclusive) of this thread's stack, 0 until first asked
-    /// ([`stack_top`]). No drop glue, as `CPU`.
-    static STACK_TOP: Cell<u64> = const { Cell::new(0) };
+    /// `[start, end)` of the mapping that held this thread's stack pointer when last looked up
+    /// ([`stack_top`]), empty until then. No drop glue, as `CPU`.
+    static STACK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
-/// The end of the mapping that holds the running thread's stack pointer, from `/proc/self/maps` (read
-/// once per thread), or 0 if it cannot be had. That mapping is mapped whole, so everything from the stack
-/// pointer up to its end may be read. Not `pthread_getattr_np`: glibc's allocates (the main thread's
-/// reads `/proc/self/maps` through `fopen`, every thread's gets its CPU set with `realloc`), and this
-/// runs inside the allocator, which may be the program's `malloc`. Here: raw `open`/`read` into a stack
-/// buffer, no allocation.
+/// The end of the mapping that holds the running thread's stack pointer, or 0 if it cannot be had. That
+/// mapping is mapped whole, so everything from the stack pointer up to its end may be read.
+///
+/// The mapping comes from `/proc/self/maps` and is kept per thread; it is looked up again whenever the
+/// stack pointer lies outside the one kept (the main thread's stack grew past it, or the code runs on
+/// another stack: a coroutine's, a signal stack), so the end returned is always that of the stack the
+/// caller runs on. Not `pthread_getattr_np`: glibc's allocates (the main thread's reads `/proc/self/maps`
+/// through `fopen`, every thread's gets its CPU set with `realloc`), and this runs inside the allocator,
+/// which may be the program's `malloc`. Here: raw `open`/`read` into a stack buffer, no allocation.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
 fn stack_top() -> u64 {
-    let top = STACK_TOP.try_with(Cell::get).unwrap_or(0);
-    if top != 0 {
-        return top;
-    }
     // An address in the running stack: a local's.
     let probe = 0u8;
     let sp = core::hint::black_box(&probe) as *const u8 as u64;
+    let (lo, hi) = STACK.try_with(Cell::get).unwrap_or((0, 0));
+    if (lo..hi).contains(&sp) {
+        return hi;
+    }
+    let (lo, hi) = mapping_containing(sp).unwrap_or((0, 0));
+    let _ = STACK.try_with(|t| t.set((lo, hi)));
+    if (lo..hi).contains(&sp) {
+        hi
+    } else {
+        0
+    }
+}
+
+/// The `[start, end)` of the mapping holding `addr`, read from `/proc/self/maps` without allocating.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
+fn mapping_containing(addr: u64) -> Option<(u64, u64)> {
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = unsafe {
         libc::open(
@@ -100,11 +115,11 @@ fn stack_top() -> u64 {
         )
     };
     if fd < 0 {
-        return 0;
+        return None;
     }
     let mut buf = [0u8; 4096];
     let mut have = 0; // bytes of `buf` holding unparsed text (a partial line at its start)
-    let mut top = 0;
+    let mut found = None;
     'read: loop {
         // SAFETY: reads into the free tail of `buf`, a local.
         let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
@@ -115,8 +130,8 @@ fn stack_top() -> u64 {
         let mut start = 0;
         while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
             if let Some((lo, hi)) = parse_range(&buf[start..start + nl]) {
-                if (lo..hi).contains(&sp) {
-                    top = hi;
+                if (lo..hi).contains(&addr) {
+                    found = Some((lo, hi));
                     break 'read;
                 }
             }
@@ -130,8 +145,7 @@ fn stack_top() -> u64 {
     }
     // SAFETY: our descriptor, opened above.
     unsafe { libc::close(fd) };
-    let _ = STACK_TOP.try_with(|t| t.set(top));
-    top
+    found
 }
 
 /// `start-end` (hex) at the beginning of a `/proc/self/maps` line.
@@ -447,9 +461,10 @@ unsafe impl Platform for HostPlatform {
     }
 
     /// A frame-pointer walk over the running thread's stack, as the kernel's: real call stacks where the
-    /// program keeps frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; debug builds mostly do),
-    /// and otherwise short or meaningless ones, but never a fault: the walk reads only inside the
-    /// thread's own live stack (profile/stack.rs). None under Miri or off x86_64 Linux.
+    /// program keeps frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; without it, debug builds
+    /// included, the walk mostly stops at once), and never a fault: it reads only inside the stack the
+    /// caller runs on, from its stack pointer to the end of that stack's mapping (profile/stack.rs,
+    /// [`stack_top`]). None under Miri or off x86_64 Linux.
     fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
         #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
         {
@@ -654,6 +669,29 @@ mod stack_tests {
         let from = core::hint::black_box(&beyond) as *const [u64; 2] as u64;
         let n = p.stack_trace(from, &mut out);
         assert_eq!(&out[..n], &[0x3333], "stops before the record past the end");
+    }
+
+    /// A kept mapping that does not hold the stack pointer (the stack grew past it, or the code runs on
+    /// another stack) is looked up again, not trusted.
+    #[test]
+    fn a_stale_stack_mapping_is_looked_up_again() {
+        let top = stack_top();
+        super::STACK.with(|s| s.set((0x1000, 0x2000)));
+        assert_eq!(stack_top(), top);
+        super::STACK.with(|s| s.set((0x1000, top)));
+        assert_eq!(
+            stack_top(),
+            top,
+            "a range holding the stack pointer is used as kept"
+        );
+        let heap = std::boxed::Box::new(0u64);
+        let at = &*heap as *const u64 as u64;
+        let (lo, hi) = super::mapping_containing(at).expect("the heap is mapped");
+        assert!((lo..hi).contains(&at));
+        assert!(
+            super::mapping_containing(8).is_none(),
+            "page 0 is not mapped"
+        );
     }
 
     /// The same from another thread: each thread finds its own stack.
