@@ -45,6 +45,11 @@ const CACHES_MIN_HEAP: usize = 16 * core::mem::size_of::<Cache>().next_power_of_
 /// Whether [`Heap`] runs its full checks unless told otherwise: the `debug-checks` feature.
 pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
 
+/// Bytes of empty spans each size class keeps for its next refills instead of handing them back to the
+/// page heap at once (central.rs): eight 32 KiB spans, thirty-two 8 KiB ones. `trim` and an allocation
+/// that finds the page heap full give them all back.
+const EMPTY_SPAN_BUDGET: usize = 256 << 10;
+
 /// The span heap. Put one in a `static` with [`Heap::new`], call [`Heap::init`] once memory is known,
 /// and use it as the `#[global_allocator]`. Before `init` every allocation returns null.
 ///
@@ -650,7 +655,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let Some(mut cache) = (unsafe { self.local_cache(cpu) }) else {
             // No cache for this CPU (or it is busy: we interrupted its fast path): give the object
             // straight back to its span.
-            return self.central[class.index()].flush(&[obj], self.spans(), &self.pages);
+            return self.central[class.index()].flush(
+                class,
+                &[obj],
+                self.spans(),
+                &self.pages,
+                self.empty_span_budget(),
+            );
         };
         if !cache.push(class, obj) {
             self.flush_half(&mut cache, class);
@@ -664,8 +675,24 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let n = (stack_cap(class.index()) / 2).max(1);
         let central = &self.central[class.index()];
         cache.drain_bottom(class, n, |objs| {
-            central.flush(objs, self.spans(), &self.pages)
+            central.flush(
+                class,
+                objs,
+                self.spans(),
+                &self.pages,
+                self.empty_span_budget(),
+            )
         });
+    }
+
+    /// Bytes of empty spans each central list keeps for its next refills (see central.rs): none beyond
+    /// one span in a heap too small for per-CPU caches, where every page counts.
+    fn empty_span_budget(&self) -> usize {
+        if self.caches_off.load(Ordering::Relaxed) {
+            0
+        } else {
+            EMPTY_SPAN_BUDGET
+        }
     }
 
     fn spans(&self) -> impl Fn(VirtAddr) -> Option<NonNull<Span>> + '_ {
@@ -825,7 +852,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 let n = cache.cached(c);
                 if n > 0 {
                     cache.drain_bottom(class, n, |objs| {
-                        self.central[c].flush(objs, self.spans(), &self.pages)
+                        self.central[c].flush(class, objs, self.spans(), &self.pages, 0)
                     });
                 }
             }

@@ -458,6 +458,62 @@ fn stats_count_objects_per_class() {
     assert_eq!(heap.stats().objects(), 0);
 }
 
+/// A class's spans that empty out are kept for its next refills up to the budget (central.rs), reused
+/// before any new span is taken, and given back by `trim`.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "maps over 1 MiB, minutes under Miri; every other heap test runs the list moves"
+)]
+fn empty_spans_are_kept_up_to_the_budget_reused_and_trimmed() {
+    let heap = heap(64);
+    let l = Layout::from_size_align(4096, 8).unwrap();
+    let class = crate::sizeclass::SizeClass::for_size(4096).unwrap();
+    let span_bytes = class.pages().bytes();
+    let keep = super::EMPTY_SPAN_BUDGET / span_bytes;
+    let cap = crate::cache::stack_cap(class.index());
+    // Far more spans than the budget keeps.
+    let n = (4 * keep + 8) * class.objects_per_span();
+    // SAFETY: test code: each pointer is a fresh block of this layout, freed once below.
+    let ps: Vec<_> = (0..n).map(|_| unsafe { heap.alloc(l) }).collect();
+    assert!(ps.iter().all(|p| !p.is_null()));
+    let spans_full = heap.stats().classes[class.index()].spans;
+    assert!(spans_full >= 4 * keep, "{spans_full} spans for {n} objects");
+    for &p in &ps {
+        // SAFETY: live blocks of this heap with this layout.
+        unsafe { heap.dealloc(p, l) };
+    }
+    let after_free = heap.stats();
+    let spans = after_free.classes[class.index()].spans;
+    // The kept empty spans, plus at most one span per object this CPU's cache still holds.
+    assert!(
+        spans >= keep && spans <= keep + cap,
+        "{spans} spans left of {spans_full}: the budget keeps {keep} empty ones (cache: {cap})"
+    );
+    // Reallocating what the kept spans hold takes no new span from the page heap.
+    let again = keep * class.objects_per_span();
+    // SAFETY: test code: fresh blocks of this layout, freed below.
+    let qs: Vec<_> = (0..again).map(|_| unsafe { heap.alloc(l) }).collect();
+    assert!(qs.iter().all(|p| !p.is_null()));
+    let reused = heap.stats();
+    assert_eq!(
+        reused.pages.in_use, after_free.pages.in_use,
+        "the kept spans serve {again} objects without new pages"
+    );
+    for &q in &qs {
+        // SAFETY: live blocks of this heap with this layout.
+        unsafe { heap.dealloc(q, l) };
+    }
+    heap.trim();
+    let trimmed = heap.stats();
+    assert_eq!(
+        trimmed.classes[class.index()].spans,
+        0,
+        "trim gives every kept span back"
+    );
+    assert_eq!(trimmed.pages.in_use, 0);
+}
+
 #[test]
 fn cross_thread_frees() {
     use std::sync::mpsc;
