@@ -53,6 +53,11 @@ impl LazyRegion {
         self.base
     }
 
+    /// Bytes of the prefix asked for so far (see `ensure_pages`: an upper bound of what is mapped).
+    pub(crate) fn mapped(&self) -> u64 {
+        self.mapped
+    }
+
     /// Makes sure `[base, base + bytes)` is mapped (zeroed frames). Fails if that passes the region's end or
     /// frames run out, or if it needs mapping and there is no address space (region mode); on failure
     /// nothing more is mapped than before.

@@ -177,6 +177,10 @@ pub struct PageStats {
     /// Metadata bytes in use / mapped.
     pub meta_in_use: u64,
     pub meta_mapped: u64,
+    /// Bytes of the page allocator's bitmap and summaries, the span map and the scavenged bitmap asked
+    /// for so far (mapped mode: an upper bound of what is mapped, the summaries are backed sparsely;
+    /// region mode: their size at the first region's start).
+    pub meta_tables: u64,
 }
 
 /// Where the heap's pages come from.
@@ -724,6 +728,9 @@ impl<P: Platform> PageHeap<P> {
             arenas: self.arenas,
             meta_in_use: self.meta.in_use(),
             meta_mapped: self.meta.mapped(),
+            meta_tables: self.pages_storage.mapped()
+                + self.spanmap_region.mapped()
+                + self.scav.mapped(),
         }
     }
 

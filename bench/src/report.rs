@@ -146,6 +146,21 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ">= 90",
         |x| x >= 90.0,
     );
+    // Small heaps (issue 11): the goals of the two rows of `workloads::HEAP_EFFICIENCY_SMALL_MIB`.
+    let small: [(usize, &'static str, fn(f64) -> bool); 2] =
+        [(16, ">= 90", |x| x >= 90.0), (64, ">= 93", |x| x >= 93.0)];
+    for (mib, goal, ok) in small {
+        let metric = crate::workloads::memory::heap_efficiency_metric(mib << 20, false);
+        let eff = r
+            .values(&metric, 1, Id::Spanalloc)
+            .and_then(|v| Summary::of(&v.iter().flatten().copied().collect::<Vec<_>>()));
+        push(
+            format!("heap efficiency of spanalloc at {mib} MiB (%)"),
+            eff,
+            goal,
+            ok,
+        );
+    }
     let sizes = scaling::sizes(false);
     let (small, big) = (
         scaling::size_label(sizes[0]),
