@@ -719,6 +719,21 @@ impl<P: Platform> PageHeap<P> {
         (self.grown - gaps) * PAGE_SIZE
     }
 
+    /// The memory the heap can ever hold, in bytes, for sizing per-CPU caches: mapped mode, the frames
+    /// its frame allocator manages (all of them, also those taken for others: an upper bound), capped
+    /// by its page capacity; region mode, its regions' pages so far.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        match &self.backing {
+            Backing::Mapped { space, .. } => {
+                let frames = space.frames.managed().bytes();
+                usize::try_from(frames)
+                    .unwrap_or(usize::MAX)
+                    .min(self.capacity.saturating_mul(PAGE_SIZE))
+            }
+            Backing::Regions { .. } => self.heap_bytes(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> PageStats {
         PageStats {
             in_use: self.in_use,

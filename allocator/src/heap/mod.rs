@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
-use crate::cache::{stack_cap, Cache, Stacks};
+use crate::cache::{cache_shift, Cache, Stacks};
 use crate::central::Central;
 use crate::freemark;
 use crate::pageheap::{InitError, PageHeap, RegionInfo};
@@ -306,10 +306,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
         }
         .cast::<Cache>();
+        // Stacks sized by the heap's memory: a small heap's caches would strand much of it.
+        let shift = cache_shift(heap.memory_bytes());
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
         // integers and addresses; not busy), and `init` then lays the stacks out. Not yet published: ours
         // alone.
-        unsafe { (*mem.as_ptr()).init() };
+        unsafe { (*mem.as_ptr()).init(shift) };
         self.caches[cpu].store(mem.as_ptr(), Ordering::Release);
         Some(mem)
     }
@@ -422,10 +424,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             unsafe { freemark::clear(p, class) };
             return p;
         };
-        let batch = (stack_cap(class.index()) / 2).max(1);
+        let batch = (cache.cap(class) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = self.refill(class, &mut spare[..want], Some(cpu));
+        let mut n = self.refill(class, &mut spare[..want], Some(cpu));
+        if n == 0 && cache.cached(class.index()) == 0 && self.drain_cache(&mut cache) {
+            // Out of memory: the objects this CPU caches went back to their spans (and the spans left
+            // empty to the page heap, in `refill`); try once more.
+            let spare = cache.spare_slots(class);
+            let want = batch.min(spare.len());
+            n = self.refill(class, &mut spare[..want], Some(cpu));
+        }
         cache.filled(class, n);
         match cache.pop(class) {
             Some(p) => {
@@ -639,7 +648,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     #[cold]
     fn flush_half(&self, cache: &mut Stacks<'_>, class: SizeClass) {
-        let n = (stack_cap(class.index()) / 2).max(1);
+        let n = (cache.cap(class) / 2).max(1);
         let central = &self.central[class.index()];
         cache.drain_bottom(class, n, |objs| {
             central.flush(objs, self.spans(), &self.pages)
@@ -667,8 +676,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 .as_mut()?
                 .alloc_span(npages.0, align, class, cpu, Owner::Explicit)
         };
-        // No room: the central lists' empty spans may hold it (see `refill`).
-        let span = alloc().or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten());
+        // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
+        // CPU's cached objects keep from being empty.
+        let span = alloc()
+            .or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten())
+            .or_else(|| {
+                // SAFETY: `cpu` is ours (read above) and interrupts are masked until we return; no other
+                // `Stacks` of our cache exists in this function.
+                let drained = cpu.is_some_and(|c| unsafe { self.drain_local_cache(c) });
+                // (The flushes may have given the empty spans back already: retry in any case.)
+                drained
+                    .then(|| self.release_empty_spans())
+                    .and_then(|_| alloc())
+            });
         let Some(span) = span else {
             return ptr::null_mut();
         };
@@ -798,15 +818,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
         if let Some(mut cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
-            for class in SizeClass::small() {
-                let c = class.index();
-                let n = cache.cached(c);
-                if n > 0 {
-                    cache.drain_bottom(class, n, |objs| {
-                        self.central[c].flush(objs, self.spans(), &self.pages)
-                    });
-                }
-            }
+            self.drain_cache(&mut cache);
         }
         for c in &self.central {
             c.release_empty(&self.pages);
@@ -816,6 +828,39 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if let Some(heap) = pages.as_mut() {
             heap.flush_page_caches();
             heap.scavenge(usize::MAX);
+        }
+    }
+
+    /// Gives every object `cache` holds back to its span (spans left empty stay with their central
+    /// lists: `release_empty_spans` gives them back). Returns whether it held any.
+    fn drain_cache(&self, cache: &mut Stacks<'_>) -> bool {
+        let mut any = false;
+        for class in SizeClass::small() {
+            let c = class.index();
+            let n = cache.cached(c);
+            if n > 0 {
+                any = true;
+                cache.drain_bottom(class, n, |objs| {
+                    self.central[c].flush(objs, self.spans(), &self.pages)
+                });
+            }
+        }
+        any
+    }
+
+    /// [`Heap::drain_cache`] on `cpu`'s cache if it exists and is not busy (never creates one).
+    ///
+    /// # Safety
+    /// As for [`Heap::local_cache`].
+    #[cold]
+    unsafe fn drain_local_cache(&self, cpu: usize) -> bool {
+        if self.existing_cache(cpu).is_none() {
+            return false;
+        }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.local_cache(cpu) } {
+            Some(mut cache) => self.drain_cache(&mut cache),
+            None => false,
         }
     }
 
@@ -1067,6 +1112,8 @@ mod region_attack_tests;
 mod region_tests;
 #[cfg(all(test, not(miri)))]
 mod sample_tests;
+#[cfg(test)]
+mod small_heap_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]
