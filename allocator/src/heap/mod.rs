@@ -26,14 +26,16 @@ use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
+use crate::addr::{FrameCount, PageCount, VirtAddr, FRAME_SIZE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
 use crate::cache::{cache_shift, Cache, Stacks};
 use crate::central::Central;
 use crate::freemark;
 use crate::pageheap::{InitError, PageHeap, RegionInfo};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
+#[cfg(any(test, feature = "gc"))]
+use crate::sizeclass::SpanClass;
+use crate::sizeclass::{SizeClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
 use crate::spanmap::{self, Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
@@ -669,12 +671,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
-        let class = SpanClass::new(SizeClass::LARGE, false);
         let alloc = || {
             self.pages
                 .lock()
                 .as_mut()?
-                .alloc_span(npages.0, align, class, cpu, Owner::Explicit)
+                .alloc_large_span(npages.0, align, cpu, layout.size())
         };
         // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
         // CPU's cached objects keep from being empty.
@@ -791,7 +792,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: the caller owns the large object and so its span.
         let old = unsafe { span.as_ref() }.npages().0;
         if new_pages.0 == old {
-            return true;
+            // The same pages; a trimmed tail (pageheap.rs) is mapped if the new size reaches it.
+            // SAFETY: as above.
+            return new_size + FRAME_SIZE as usize <= old * PAGE_SIZE
+                || unsafe { heap.untrim(span) };
         }
         if new_pages.0 < old {
             // SAFETY: as above; keep < old.

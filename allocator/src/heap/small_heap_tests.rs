@@ -233,3 +233,169 @@ fn a_small_allocation_that_finds_no_memory_drains_this_cpus_cache() {
         v.len()
     );
 }
+
+// ------------------------------------------------------------------------------ trimmed tails
+
+/// 36 KiB: five 8 KiB pages, of which the last one's second 4 KiB frame holds no byte of the object.
+const TRIMMABLE: usize = 36 << 10;
+
+/// A heap whose free pages are all scavenged again after a first large object came and went (so the
+/// span struct's metadata exists already), with one small object kept so that the page table of the
+/// heap's first 2 MiB stays: what a trimmed allocation maps is then its frames alone.
+fn warm_heap() -> &'static Heap<HostPlatform> {
+    let heap = heap_with_usable(16 * MIB);
+    let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+    // SAFETY: valid layouts; the large object is freed at once, the small one kept for good.
+    unsafe {
+        assert!(!heap.alloc(Layout::new::<u64>()).is_null());
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        heap.dealloc(p, l);
+    }
+    heap.trim();
+    heap
+}
+
+fn held(heap: &Heap<HostPlatform>) -> u64 {
+    heap.stats().frames_held.0
+}
+
+/// Writes `len` bytes of a pattern from `p`, then checks them (a write past what is mapped faults).
+///
+/// # Safety
+/// `[p, p + len)` is an object of ours.
+unsafe fn fill_and_check(p: *mut u8, len: usize, seed: u8) {
+    // SAFETY: the caller's contract.
+    let s = unsafe { core::slice::from_raw_parts_mut(p, len) };
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7) ^ seed;
+    }
+    assert!(s
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ seed));
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn a_large_object_leaves_its_last_pages_unused_frame_unmapped_until_it_grows_into_it() {
+    let heap = warm_heap();
+    let h0 = held(heap);
+    let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+    // SAFETY: a valid layout.
+    let p = unsafe { heap.alloc(l) };
+    assert!(!p.is_null());
+    assert_eq!(heap.stats().pages.trimmed_tails, 1);
+    assert_eq!(held(heap) - h0, 9, "five pages but nine frames");
+    // SAFETY: the object's bytes.
+    unsafe { fill_and_check(p, TRIMMABLE, 1) };
+    // The same five pages hold 40 KiB: the realloc stays in place and maps the tail first.
+    // SAFETY: a live object of `l`; a non-zero size.
+    let q = unsafe { heap.realloc(p, l, 40 << 10) };
+    assert_eq!(q, p, "a realloc within the object's pages moved it");
+    assert_eq!(heap.stats().pages.trimmed_tails, 0);
+    assert_eq!(held(heap) - h0, 10);
+    // SAFETY: the first 36 KiB kept the pattern; all 40 KiB are the object's now.
+    unsafe {
+        let s = core::slice::from_raw_parts(q, TRIMMABLE);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ 1));
+        fill_and_check(q, 40 << 10, 2);
+        heap.dealloc(q, Layout::from_size_align(40 << 10, 8).unwrap());
+    }
+    heap.trim();
+    assert_eq!(held(heap), h0, "frames left behind");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn a_trimmed_tail_is_settled_when_its_page_is_freed() {
+    let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+    // Freed whole: the page becomes a whole dirty page (its missing frame mapped, no shootdown).
+    let heap = warm_heap();
+    let (h0, in_use0) = (held(heap), heap.stats().pages.in_use);
+    // SAFETY: a valid layout; the object is freed once.
+    unsafe {
+        let p = heap.alloc(l);
+        assert_eq!(heap.stats().pages.trimmed_tails, 1);
+        heap.dealloc(p, l);
+    }
+    let s = heap.stats();
+    assert_eq!((s.pages.trimmed_tails, s.pages.in_use), (0, in_use0));
+    assert_eq!(held(heap) - h0, 10, "the freed pages are whole and mapped");
+    heap.trim();
+    assert_eq!(held(heap), h0);
+    // Shrunk in place (68 KiB: nine pages, trimmed; to five): the trimmed page is among the freed
+    // ones; the kept pages are whole.
+    let big = Layout::from_size_align(68 << 10, 8).unwrap();
+    // SAFETY: a valid layout; the object is resized and freed once.
+    unsafe {
+        let p = heap.alloc(big);
+        assert_eq!(heap.stats().pages.trimmed_tails, 1);
+        let q = heap.realloc(p, big, TRIMMABLE);
+        assert_eq!(q, p, "a shrink moved the object");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        fill_and_check(q, TRIMMABLE, 3);
+        // Grown in place again over the pages just freed (nothing else took them).
+        let r = heap.realloc(q, l, 60 << 10);
+        assert_eq!(r, q, "nothing kept the object from growing in place");
+        fill_and_check(r, 60 << 10, 4);
+        heap.dealloc(r, Layout::from_size_align(60 << 10, 8).unwrap());
+    }
+    heap.trim();
+    assert_eq!(held(heap), h0, "frames left behind");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn without_frames_a_trimmed_object_neither_grows_into_its_tail_nor_leaks_it() {
+    let heap = warm_heap();
+    let (h0, in_use0) = (held(heap), heap.stats().pages.in_use);
+    let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+    // SAFETY: a valid layout.
+    let p = unsafe { heap.alloc(l) };
+    assert_eq!(heap.stats().pages.trimmed_tails, 1);
+    // SAFETY: the object's bytes.
+    unsafe { fill_and_check(p, TRIMMABLE, 5) };
+    heap.trim();
+    let hoard = heap
+        .with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 0))
+        .unwrap();
+    // The tail needs a frame and there is none: the realloc fails and the object stays as it was.
+    // SAFETY: a live object of `l`; a non-zero size.
+    let q = unsafe { heap.realloc(p, l, 40 << 10) };
+    assert!(q.is_null(), "a realloc without frames succeeded");
+    assert_eq!(heap.stats().pages.trimmed_tails, 1);
+    // SAFETY: still the object of `l`.
+    unsafe {
+        let s = core::slice::from_raw_parts(p, TRIMMABLE);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ 5));
+    }
+    // Freed without a frame to map the tail with: the page's first frame is unmapped instead, and
+    // the page is scavenged.
+    // SAFETY: a live object of `l`, freed once.
+    unsafe { heap.dealloc(p, l) };
+    let s = heap.stats();
+    assert_eq!((s.pages.trimmed_tails, s.pages.in_use), (0, in_use0));
+    assert_eq!(held(heap) - h0, 8, "four dirty pages, the fifth scavenged");
+    heap.with_address_space(|s| {
+        for (f, n) in hoard {
+            s.frames.free_contiguous(f, n);
+        }
+    });
+    heap.trim();
+    assert_eq!(held(heap), h0, "frames left behind");
+    // The heap works on: the scavenged page maps again.
+    // SAFETY: a valid layout; freed once.
+    unsafe {
+        let p = heap.alloc(Layout::from_size_align(40 << 10, 8).unwrap());
+        assert!(!p.is_null());
+        fill_and_check(p, 40 << 10, 6);
+        heap.dealloc(p, Layout::from_size_align(40 << 10, 8).unwrap());
+    }
+}

@@ -162,7 +162,9 @@ pub fn heap_efficiency_breakdown(arena_bytes: usize, seed: u64) {
     let p = &st.pages;
     let frame = FRAME_SIZE as usize;
     let held = st.frames_held.0 as usize * frame;
-    let data = (p.in_use + p.dirty_free) * PAGE_SIZE;
+    // Trimmed tails: the second frame of a large object's last page, unmapped when the object ends
+    // before it (pageheap.rs).
+    let data = (p.in_use + p.dirty_free) * PAGE_SIZE - p.trimmed_tails * frame;
     let meta = (p.meta_mapped + p.meta_tables) as usize;
     let tables = held.saturating_sub(data + meta);
     let free_frames = st.frames_free.0 as usize * frame;
@@ -180,7 +182,13 @@ pub fn heap_efficiency_breakdown(arena_bytes: usize, seed: u64) {
     );
     row("requested by live blocks (the efficiency)", requested);
     row("small objects: rounding up to the size class", small_round);
-    row("large objects: rounding up to 8 KiB pages", large_round);
+    row(
+        &format!(
+            "large objects: rounding up to 8 KiB pages ({} trimmed tails)",
+            p.trimmed_tails
+        ),
+        large_round - p.trimmed_tails * frame,
+    );
     row("small spans: free slots", free_slots);
     row("small spans: free objects in per-CPU caches", cached);
     row("small spans: tails no object fits in", tails);
@@ -205,7 +213,7 @@ pub fn heap_efficiency_breakdown(arena_bytes: usize, seed: u64) {
     row("frame allocator's metadata, the top page table", outside);
     let sum = requested
         + small_round
-        + large_round
+        + (large_round - p.trimmed_tails * frame)
         + free_slots
         + cached
         + tails
