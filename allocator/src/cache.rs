@@ -24,8 +24,10 @@
 //!   alone.
 //! - Every object in a stack is allocated in its span's bitmap (the central list took it out of the span)
 //!   and is of the stack's size class.
-//! - Stack `c` owns `slots[base(c) .. limit(c))` and holds objects in `[base, top)`; the stacks tile
-//!   `slots` without overlap. The cache never moves after `init` (its pointers point into itself).
+//! - Stack `c` owns `slots[base(c) .. limit(c))` and holds objects in `[base, top)`; the stacks lie in
+//!   `slots` without overlap, each at the start of its full-size share ([`stack_cap`]), its limit at
+//!   [`scaled_cap`] of that share (a small heap's caches hold fewer objects, see [`cache_shift`]). The
+//!   cache never moves after `init` (its pointers point into itself).
 //! - Those pointers are used for their addresses only: a slot is always reached through a pointer derived
 //!   from `slots`' `UnsafeCell` (`slot`), and no `&mut` to a cache exists after `init`: an interrupt
 //!   handler may read `busy` (and another CPU the tops, for statistics) at any time.
@@ -57,6 +59,37 @@ pub(crate) const fn stack_cap(class: usize) -> usize {
         MIN_STACK
     } else {
         n
+    }
+}
+
+/// Heaps with at least this much memory get full-size stacks ([`stack_cap`]); smaller ones halve them
+/// per halving of the memory, down to [`MAX_CACHE_SHIFT`]: a CPU's cache may hold some 2 MiB of free
+/// objects at full size (32 KiB or 256 objects for each of 67 classes), which in a 16 MiB heap would be
+/// an eighth of it, stranded (and the spans those objects come from, half empty, with them).
+pub(crate) const FULL_CACHE_MEMORY: usize = 256 << 20;
+/// The smallest stacks: a sixteenth of full size (at least one object).
+pub(crate) const MAX_CACHE_SHIFT: u32 = 4;
+
+/// How far a heap with `memory` bytes (what it can ever map: frames, or its regions) shrinks its
+/// stacks: `log2(FULL_CACHE_MEMORY / memory)` rounded up, within `0..=MAX_CACHE_SHIFT`.
+pub(crate) const fn cache_shift(memory: usize) -> u32 {
+    let mut shift = 0;
+    while shift < MAX_CACHE_SHIFT && (memory << shift) < FULL_CACHE_MEMORY {
+        shift += 1;
+    }
+    shift
+}
+
+/// Capacity of the stack of `class` in a cache shrunk by `shift`: [`stack_cap`] divided by `2^shift`,
+/// at least one object (a class that caches nothing would send every free through a lock).
+pub(crate) const fn scaled_cap(class: usize, shift: u32) -> usize {
+    let full = stack_cap(class);
+    if full == 0 {
+        0
+    } else if full >> shift == 0 {
+        1
+    } else {
+        full >> shift
     }
 }
 
@@ -113,16 +146,19 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty, not busy). The
-    /// cache must not move afterwards (it lives in metadata for the heap's lifetime).
-    pub(crate) fn init(&mut self) {
+    /// Initializes a cache in place (the memory is zeroed metadata: all stacks empty, not busy), its
+    /// stacks shrunk by `shift` ([`scaled_cap`], `shift <= MAX_CACHE_SHIFT`). The cache must not move
+    /// afterwards (it lives in metadata for the heap's lifetime).
+    pub(crate) fn init(&mut self, shift: u32) {
+        debug_assert!(shift <= MAX_CACHE_SHIFT);
         let slots = self.slots.get_mut().as_mut_ptr();
         let mut start = 0;
         for (c, s) in self.stacks.iter_mut().enumerate() {
             let cap = stack_cap(c);
-            // `start + cap <= TOTAL_SLOTS`: the caps sum to TOTAL_SLOTS (class 0 has none).
+            // `start + cap <= TOTAL_SLOTS`: the caps sum to TOTAL_SLOTS (class 0 has none); the limit
+            // stays inside the share, `scaled_cap <= stack_cap`.
             s.base = slots.wrapping_add(start);
-            s.limit = slots.wrapping_add(start + cap);
+            s.limit = slots.wrapping_add(start + scaled_cap(c, shift));
             s.top = AtomicPtr::new(s.base);
             start += cap;
         }
@@ -355,6 +391,11 @@ impl Stacks<'_> {
     /// Objects cached for `class`.
     pub(crate) fn cached(&self, class: usize) -> usize {
         self.0.cached(class)
+    }
+
+    /// Objects `class`'s stack holds at most.
+    pub(crate) fn cap(&self, class: SizeClass) -> usize {
+        Cache::cap(&self.0.stacks[class.index()])
     }
 }
 

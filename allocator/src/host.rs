@@ -584,8 +584,40 @@ impl HostMachine {
     /// `phys_bytes` (a multiple of 4 KiB, at least 4 MiB) of fake physical memory and a window of
     /// `window_bytes` (a multiple of [`ARENA_SIZE`]).
     pub fn new(phys_bytes: usize, window_bytes: usize) -> Self {
+        Self::with_memory_map(
+            phys_bytes,
+            window_bytes,
+            Self::memory_map(phys_bytes as u64),
+        )
+    }
+
+    /// A machine whose memory the heap may use is exactly `usable_bytes` (a multiple of 4 KiB): one
+    /// usable region from 1 MiB (frames below 1 MiB are never handed out) to `1 MiB + usable_bytes`,
+    /// nothing reserved in it. For measurements that compare the heap with an allocator given an arena
+    /// of `usable_bytes`: the frame allocator's metadata and every page table then come out of the same
+    /// bytes, as the peer's own metadata comes out of its arena.
+    pub fn with_usable_memory(usable_bytes: usize, window_bytes: usize) -> Self {
+        let low = 1u64 << 20;
+        let map = std::vec![MemoryRegion {
+            start: PhysAddr::new(low),
+            end: PhysAddr::new(low + usable_bytes as u64),
+            kind: RegionKind::Usable,
+        }];
+        Self::with_memory_map(low as usize + usable_bytes, window_bytes, map)
+    }
+
+    /// A machine of `phys_bytes` of fake memory described by `regions` (which must lie below
+    /// `phys_bytes`).
+    pub fn with_memory_map(
+        phys_bytes: usize,
+        window_bytes: usize,
+        regions: Vec<MemoryRegion>,
+    ) -> Self {
+        assert!(
+            regions.iter().all(|r| r.end.as_u64() <= phys_bytes as u64),
+            "host: a memory-map region ends beyond the fake memory of {phys_bytes:#x} bytes"
+        );
         let platform: &'static HostPlatform = leak(HostPlatform::new(phys_bytes));
-        let regions = Self::memory_map(phys_bytes as u64);
         // SAFETY: the fake physical memory covers every region of the map (it ends at phys_bytes) and is
         // mapped at the platform's offset; nothing else uses it.
         let frames = unsafe {

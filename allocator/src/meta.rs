@@ -10,8 +10,8 @@
 //!   their size, zeroed. A freed block goes on its size's free list (the link lives in the block) and is
 //!   zeroed again before it is handed out. In region mode the bump area is a chunk of heap pages the page
 //!   heap hands over ([`MetaAlloc::add_chunk`], zeroed) when the current one is used up; the rest of the
-//!   old chunk goes onto the free lists, so nothing is lost. Blocks are then aligned to their size up to
-//!   the chunk's own alignment (a heap page).
+//!   old chunk goes onto the free lists, so nothing is lost. So does the padding the bump skips to align
+//!   a block. Blocks are then aligned to their size up to the chunk's own alignment (a heap page).
 
 use core::ptr::NonNull;
 
@@ -51,6 +51,11 @@ impl LazyRegion {
 
     pub(crate) fn base(&self) -> VirtAddr {
         self.base
+    }
+
+    /// Bytes of the prefix asked for so far (see `ensure_pages`: an upper bound of what is mapped).
+    pub(crate) fn mapped(&self) -> u64 {
+        self.mapped
     }
 
     /// Makes sure `[base, base + bytes)` is mapped (zeroed frames). Fails if that passes the region's end or
@@ -156,16 +161,26 @@ impl MetaAlloc {
     /// aligned blocks it holds.
     pub(crate) fn add_chunk(&mut self, base: VirtAddr, size: u64) {
         let old = core::mem::replace(&mut self.region, LazyRegion::premapped(base, size));
-        let mut at = self.bump;
+        let at = self.bump;
         self.bump = 0;
         self.retired += old.mapped;
-        while old.mapped - at >= 1 << MIN_BLOCK_SHIFT {
+        // SAFETY: `[at, mapped)` is unused bump space of the old chunk, mapped and ours.
+        unsafe { self.free_range(old.base, at, old.mapped) };
+    }
+
+    /// Puts the unused bytes `[base + at, base + end)` (`at` a multiple of `MIN_BLOCK`) onto the free
+    /// lists, in the largest blocks aligned to their size that fit (a tail under `MIN_BLOCK` is lost).
+    ///
+    /// # Safety
+    /// The range is mapped, ours, and in no block handed out or on a free list.
+    unsafe fn free_range(&mut self, base: VirtAddr, mut at: u64, end: u64) {
+        while end - at >= 1 << MIN_BLOCK_SHIFT {
             // The largest block that is aligned at `at` (blocks are aligned to their size) and fits.
-            let fit = 63 - (old.mapped - at).leading_zeros();
+            let fit = 63 - (end - at).leading_zeros();
             let shift = fit.min(at.trailing_zeros()).min(MAX_BLOCK_SHIFT);
             let i = (shift - MIN_BLOCK_SHIFT) as usize;
-            let node = (old.base + at).as_mut_ptr::<FreeBlock>();
-            // SAFETY: `[at, at + 2^shift)` is unused bump space of the old chunk, mapped, ours, aligned.
+            let node = (base + at).as_mut_ptr::<FreeBlock>();
+            // SAFETY: `[at, at + 2^shift)` lies in the caller's unused range, aligned for the link.
             unsafe { node.write(FreeBlock { next: self.free[i] }) };
             self.free[i] = NonNull::new(node);
             at += 1 << shift;
@@ -206,6 +221,10 @@ impl MetaAlloc {
         }
         let start = self.bump.next_multiple_of(block);
         self.region.ensure(space, start + block).ok()?;
+        // The padding before an aligned block goes onto the free lists: span structs and their small
+        // bitmaps alternate, and would otherwise lose most of a block at every span.
+        // SAFETY: `[bump, start)` is below `start + block`, so mapped now; never handed out.
+        unsafe { self.free_range(self.region.base(), self.bump, start) };
         self.bump = start + block;
         self.in_use += block;
         // Fresh bytes of the region come from zeroed frames.

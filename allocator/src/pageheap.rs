@@ -19,7 +19,8 @@
 //! Invariants (all under the heap lock, except where the span map says otherwise):
 //! - Page `i` is `base + i * PAGE_SIZE`; pages `[0, grown)` are tracked by `pages`, the rest do not exist.
 //! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
-//!   an in-use page is always mapped. Free pages may be mapped ("dirty") or scavenged.
+//!   an in-use page is always mapped, except the second 4 KiB frame of a trimmed tail (below). Free
+//!   pages may be mapped whole ("dirty") or scavenged, never half.
 //! - `dirty_free` counts free pages that are mapped.
 //! - Every mapped page has an index below `mapped_top` (mapped mode), so the scavenger starts there, not
 //!   at the top of a heap whose address space may be 64 GiB of unmapped pages.
@@ -32,6 +33,17 @@
 //!   (they are released then), to its owner (central list or large-object path) while in use.
 //! - `peak_in_use >= in_use` and `peak_in_use >= epoch_max >= in_use` after every allocation (see
 //!   "Scavenging" below).
+//!
+//! Trimmed tails: a large object of the explicit heap that ends in the first 4 KiB frame of its last
+//! page does not need the second; when that page has to be mapped for it (it was scavenged), its second
+//! frame is left unmapped (`Span::tail_unmapped`, counted in `trimmed_tails`). Objects over 32 KiB round
+//! up to 8 KiB pages, so this gives back half of what that rounding costs when memory is being mapped.
+//! The object's bytes are all mapped; the span's pages beyond them are not all. Whatever would use the
+//! frame first maps it: a resize to the same pages that reaches into it (`untrim`, which can fail
+//! without frames: the realloc then moves or fails), a growth in place (`untrim` first). A free or a
+//! shrink that frees the page makes it whole again (`settle_tail`: maps the frame, no TLB shootdown) or,
+//! without a frame, scavenged (unmaps its first frame). Only explicit large spans are trimmed: the
+//! collector's spans and small spans never are.
 //!
 //! Scavenging (Go's scavenger keeps the heap mapped up to a goal instead of unmapping on every free): the
 //! heap keeps mapped pages (in use + dirty free) up to a *retained goal* of 5/4 of the recent peak of
@@ -46,7 +58,9 @@
 
 use core::ptr::NonNull;
 
-use crate::addr::{Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, PAGE_SIZE};
+use crate::addr::{
+    Page, PageCount, PageTableFlags, VirtAddr, FRAMES_PER_PAGE, FRAME_SIZE, PAGE_SIZE,
+};
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
 use crate::freemark;
 use crate::meta::{LazyRegion, MetaAlloc};
@@ -177,6 +191,12 @@ pub struct PageStats {
     /// Metadata bytes in use / mapped.
     pub meta_in_use: u64,
     pub meta_mapped: u64,
+    /// Bytes of the page allocator's bitmap and summaries, the span map and the scavenged bitmap asked
+    /// for so far (mapped mode: an upper bound of what is mapped, the summaries are backed sparsely;
+    /// region mode: their size at the first region's start).
+    pub meta_tables: u64,
+    /// Large spans whose last page's second frame is not mapped ("Trimmed tails"): a frame each.
+    pub trimmed_tails: usize,
 }
 
 /// Where the heap's pages come from.
@@ -295,6 +315,8 @@ pub(crate) struct PageHeap<P: Platform> {
     epoch_allocated: usize,
     /// No page at or above it is mapped (see the invariants).
     mapped_top: usize,
+    /// In-use large spans with a trimmed tail (`Span::tail_unmapped`).
+    trimmed_tails: usize,
     /// Pages the scavenger has looked at, for tests of its cost.
     #[cfg(test)]
     pub(crate) scavenge_visits: u64,
@@ -458,6 +480,7 @@ impl<P: Platform> PageHeap<P> {
             scavenge_visits: 0,
             epoch_max: 0,
             epoch_allocated: 0,
+            trimmed_tails: 0,
         })
     }
 
@@ -551,6 +574,7 @@ impl<P: Platform> PageHeap<P> {
             scavenge_visits: 0,
             epoch_max: 0,
             epoch_allocated: 0,
+            trimmed_tails: 0,
         };
         heap.track_region(0, pages_here);
         let info = RegionInfo {
@@ -715,6 +739,21 @@ impl<P: Platform> PageHeap<P> {
         (self.grown - gaps) * PAGE_SIZE
     }
 
+    /// The memory the heap can ever hold, in bytes, for sizing per-CPU caches: mapped mode, the frames
+    /// its frame allocator manages (all of them, also those taken for others: an upper bound), capped
+    /// by its page capacity; region mode, its regions' pages so far.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        match &self.backing {
+            Backing::Mapped { space, .. } => {
+                let frames = space.frames.managed().bytes();
+                usize::try_from(frames)
+                    .unwrap_or(usize::MAX)
+                    .min(self.capacity.saturating_mul(PAGE_SIZE))
+            }
+            Backing::Regions { .. } => self.heap_bytes(),
+        }
+    }
+
     pub(crate) fn stats(&self) -> PageStats {
         PageStats {
             in_use: self.in_use,
@@ -724,6 +763,10 @@ impl<P: Platform> PageHeap<P> {
             arenas: self.arenas,
             meta_in_use: self.meta.in_use(),
             meta_mapped: self.meta.mapped(),
+            trimmed_tails: self.trimmed_tails,
+            meta_tables: self.pages_storage.mapped()
+                + self.spanmap_region.mapped()
+                + self.scav.mapped(),
         }
     }
 
@@ -817,11 +860,14 @@ impl<P: Platform> PageHeap<P> {
         true
     }
 
-    /// Maps the scavenged pages of `[first, first + n)`. Returns whether all pages were scavenged before
-    /// (then the whole range is known zero). On failure, unmaps what it mapped here.
-    fn back(&mut self, first: usize, n: usize) -> Result<bool, ()> {
+    /// Maps the scavenged pages of `[first, first + n)`; with `trim`, not the second frame of the last
+    /// page if that page was scavenged (see "Trimmed tails"). Returns whether all pages were scavenged
+    /// before (then the whole range is known zero) and whether the last page's second frame was left
+    /// unmapped. On failure, unmaps what it mapped here.
+    fn back(&mut self, first: usize, n: usize, trim: bool) -> Result<(bool, bool), ()> {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         let mut all_fresh = true;
+        let mut trimmed = false;
         let mut i = first;
         while i < first + n {
             if !self.is_scavenged(i) {
@@ -835,7 +881,12 @@ impl<P: Platform> PageHeap<P> {
                 i += 1;
             }
             let start = Page::containing_address(self.page_addr(run_start));
-            let frames = ((i - run_start) as u64) * FRAMES_PER_PAGE;
+            let mut frames = ((i - run_start) as u64) * FRAMES_PER_PAGE;
+            // The run ends at the span's last page: its second frame stays unmapped.
+            let trim_here = trim && i == first + n;
+            if trim_here {
+                frames -= 1;
+            }
             let Some(space) = space_of(&mut self.backing) else {
                 unreachable!("pageheap: a scavenged page in region mode");
             };
@@ -847,9 +898,10 @@ impl<P: Platform> PageHeap<P> {
             for p in run_start..i {
                 self.set_scavenged(p, false);
             }
+            trimmed |= trim_here;
             self.mapped_top = self.mapped_top.max(i);
         }
-        Ok(all_fresh)
+        Ok((all_fresh, trimmed))
     }
 
     /// Rolls back the accounting of a `back(first, _)` that failed at `stop`: every page of
@@ -866,6 +918,19 @@ impl<P: Platform> PageHeap<P> {
         align: usize,
         cpu: Option<usize>,
     ) -> Option<(usize, bool)> {
+        self.alloc_pages_trimmed(npages, align, cpu, false)
+            .map(|(first, needzero, _)| (first, needzero))
+    }
+
+    /// [`PageHeap::alloc_pages`], leaving the last page's second frame unmapped with `trim` when that
+    /// page was scavenged; the third value says whether it did.
+    fn alloc_pages_trimmed(
+        &mut self,
+        npages: usize,
+        align: usize,
+        cpu: Option<usize>,
+        trim: bool,
+    ) -> Option<(usize, bool, bool)> {
         if npages == 0 || npages > self.capacity {
             return None;
         }
@@ -884,14 +949,14 @@ impl<P: Platform> PageHeap<P> {
             Some(f) => f,
             None => self.find_aligned(npages, align)?,
         };
-        let fresh = match self.back(first, npages) {
-            Ok(fresh) => fresh,
+        let (fresh, trimmed) = match self.back(first, npages, trim) {
+            Ok(r) => r,
             Err(()) => {
                 // Out of frames: give back every dirty free page and try once more.
                 self.flush_page_caches();
                 self.scavenge(usize::MAX);
-                match self.back(first, npages) {
-                    Ok(fresh) => fresh,
+                match self.back(first, npages, trim) {
+                    Ok(r) => r,
                     Err(()) => {
                         self.pages.free(first, npages);
                         return None;
@@ -900,7 +965,7 @@ impl<P: Platform> PageHeap<P> {
             }
         };
         self.note_alloc(npages);
-        Some((first, !fresh))
+        Some((first, !fresh, trimmed))
     }
 
     /// Counts `npages` more pages in use, and moves the recent peak (module docs, "Scavenging").
@@ -1048,6 +1113,76 @@ impl<P: Platform> PageHeap<P> {
         Some(span)
     }
 
+    /// A large span of the explicit heap for an object of `bytes` bytes (`npages` pages, aligned to
+    /// `align` pages), published in the span map. When the object ends in the first frame of its last
+    /// page and that page needs mapping, its second frame is left unmapped ("Trimmed tails").
+    pub(crate) fn alloc_large_span(
+        &mut self,
+        npages: usize,
+        align: usize,
+        cpu: Option<usize>,
+        bytes: usize,
+    ) -> Option<NonNull<Span>> {
+        let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
+        let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
+        self.trimmed_tails += usize::from(trimmed);
+        let base = self.page_addr(first);
+        let class = SpanClass::new(crate::sizeclass::SizeClass::LARGE, false);
+        let Some(mut span) = self.new_span_struct(base, PageCount(npages), class, needzero) else {
+            if trimmed {
+                self.settle_tail(first + npages - 1);
+            }
+            self.free_pages(first, npages);
+            return None;
+        };
+        // SAFETY: a fresh span struct, ours alone until published below.
+        unsafe { span.as_mut().tail_unmapped = trimmed };
+        self.spanmap
+            .set(first, npages, Some((span, class, Owner::Explicit)));
+        Some(span)
+    }
+
+    /// Maps the missing second frame of `span`'s last page if its tail is trimmed (zeroed: the object's
+    /// bytes there were never written). `false` when no frame can be had; the span is as it was.
+    ///
+    /// # Safety
+    /// `span` is an in-use large span of this heap owned by the caller.
+    pub(crate) unsafe fn untrim(&mut self, span: NonNull<Span>) -> bool {
+        // SAFETY: the caller owns the span.
+        let s = unsafe { &mut *span.as_ptr() };
+        if !s.tail_unmapped {
+            return true;
+        }
+        let last = self.page_index(s.base()) + s.npages().0 - 1;
+        let page = Page::containing_address(self.page_addr(last) + FRAME_SIZE);
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let space = space_of(&mut self.backing).expect("trimmed tails exist only in mapped mode");
+        if space.map_range(page, 1, flags, true).is_err() {
+            return false;
+        }
+        s.tail_unmapped = false;
+        self.trimmed_tails -= 1;
+        true
+    }
+
+    /// Makes a trimmed last page `last` (in use, its second frame unmapped), about to be freed, a page the
+    /// invariants allow: whole (its missing frame mapped) or, when no frame can be had, scavenged (its
+    /// first frame unmapped). Returns whether it is scavenged now; the caller frees it then without
+    /// counting it dirty.
+    fn settle_tail(&mut self, last: usize) -> bool {
+        self.trimmed_tails -= 1;
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+        let first_frame = Page::containing_address(self.page_addr(last));
+        let space = space_of(&mut self.backing).expect("trimmed tails exist only in mapped mode");
+        // Mapping a frame needs no TLB shootdown; unmapping one does.
+        if space.map_range(first_frame + 1, 1, flags, true).is_ok() {
+            return false;
+        }
+        space.unmap_range(first_frame, 1);
+        self.set_scavenged(last, true);
+        true
+    }
+
     fn new_span_struct(
         &mut self,
         base: VirtAddr,
@@ -1089,6 +1224,8 @@ impl<P: Platform> PageHeap<P> {
         };
         let first = self.page_index(base);
         self.spanmap.set(first, npages, None);
+        // SAFETY: as above; the span is ours until the end of this call.
+        let trimmed = unsafe { span.as_ref() }.tail_unmapped;
         let words = Span::bitmap_words_for(class);
         // SAFETY: the bitmaps and the struct came from `meta` with these sizes; nobody uses them now.
         unsafe {
@@ -1097,7 +1234,11 @@ impl<P: Platform> PageHeap<P> {
             }
             self.meta.free(span.cast(), core::mem::size_of::<Span>());
         }
+        let scavenged = trimmed && self.settle_tail(first + npages - 1);
         self.free_pages(first, npages);
+        if scavenged {
+            self.dirty_free -= 1;
+        }
     }
 
     fn free_pages(&mut self, first: usize, npages: usize) {
@@ -1115,6 +1256,10 @@ impl<P: Platform> PageHeap<P> {
         span: NonNull<Span>,
         extra: usize,
     ) -> Option<bool> {
+        // SAFETY: the caller owns the span (forwarded to `untrim`).
+        if !unsafe { self.untrim(span) } {
+            return None;
+        }
         // SAFETY: the caller owns the span.
         let s = unsafe { &mut *span.as_ptr() };
         let first = self.page_index(s.base());
@@ -1133,8 +1278,8 @@ impl<P: Platform> PageHeap<P> {
             return None;
         }
         self.pages.alloc_range(end, extra);
-        let fresh = match self.back(end, extra) {
-            Ok(f) => f,
+        let fresh = match self.back(end, extra, false) {
+            Ok((f, _)) => f,
             Err(()) => {
                 self.pages.free(end, extra);
                 return None;
@@ -1159,7 +1304,13 @@ impl<P: Platform> PageHeap<P> {
         let old = s.npages().0;
         self.spanmap.set(first + keep, old - keep, None);
         s.set_npages(PageCount(keep));
+        // The trimmed page is among those freed; the kept ones are whole.
+        let scavenged =
+            core::mem::replace(&mut s.tail_unmapped, false) && self.settle_tail(first + old - 1);
         self.free_pages(first + keep, old - keep);
+        if scavenged {
+            self.dirty_free -= 1;
+        }
     }
 
     /// Unmaps up to `max_pages` free, mapped pages and returns their frames. Returns the pages released.

@@ -84,6 +84,9 @@ pub struct Span {
     /// span does not carry its own id (gc/mark.rs).
     #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
     pub(crate) owner: u32,
+    /// A large span of the explicit heap whose object ends in the first frame of its last page: that
+    /// page's second frame is not mapped (pageheap.rs, "Trimmed tails"). Always false for other spans.
+    pub(crate) tail_unmapped: bool,
 }
 
 // SAFETY: a Span owns its external bitmap storage exclusively (the `init_small` contract), like a Box,
@@ -171,6 +174,7 @@ impl Span {
             state: SpanState::InUse,
             needzero,
             owner: 0,
+            tail_unmapped: false,
         };
         span.alloc_cache = span.free_mask_from(0);
         span
@@ -232,6 +236,7 @@ impl Span {
             state: SpanState::InUse,
             needzero,
             owner: 0,
+            tail_unmapped: false,
         }
     }
 

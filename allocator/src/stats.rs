@@ -82,11 +82,12 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "frames: {} held by the heap, {} free; metadata {} KiB in use of {} KiB mapped",
+            "frames: {} held by the heap, {} free; metadata {} KiB in use of {} KiB mapped, tables {} KiB",
             self.frames_held.0,
             self.frames_free.0,
             p.meta_in_use / 1024,
-            p.meta_mapped / 1024
+            p.meta_mapped / 1024,
+            p.meta_tables / 1024
         )?;
         writeln!(f, "class  size   objects     bytes  cached spans")?;
         for (i, c) in self.classes.iter().enumerate() {

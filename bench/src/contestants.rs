@@ -119,9 +119,23 @@ impl Spanalloc {
         Self::with_window(phys_bytes, WINDOW_BYTES, MAX_HEAP_BYTES)
     }
 
+    /// A heap whose machine has exactly `usable_bytes` of memory the heap may use (no holes, nothing
+    /// reserved besides the first MiB, which no heap gets): against a peer's arena of `usable_bytes`. The
+    /// frame allocator's metadata and the page tables come out of those bytes.
+    pub fn with_usable_memory(usable_bytes: usize) -> Self {
+        Self::on(
+            HostMachine::with_usable_memory(usable_bytes, WINDOW_BYTES),
+            MAX_HEAP_BYTES,
+        )
+    }
+
     /// A heap of at most `max_heap_bytes` in a window of `window_bytes` (metadata + heap).
     pub fn with_window(phys_bytes: usize, window_bytes: usize, max_heap_bytes: usize) -> Self {
-        let m = HostMachine::new(phys_bytes, window_bytes);
+        Self::on(HostMachine::new(phys_bytes, window_bytes), max_heap_bytes)
+    }
+
+    fn on(m: HostMachine, max_heap_bytes: usize) -> Self {
+        let phys_bytes = m.platform.phys_bytes();
         let platform = m.platform;
         let heap: &'static Heap<HostPlatform> = Box::leak(Box::new(Heap::new(platform)));
         heap.init(m.space, m.window, max_heap_bytes)
@@ -359,12 +373,12 @@ impl Contestants {
 }
 
 /// Runs `w` on a fresh instance of arena contestant `id` over `region` (spanalloc: a fresh machine with
-/// as much fake physical memory, retired afterwards). The instance is gone when this returns, so the
-/// caller may hand the same region to the next fresh instance.
+/// as much usable fake physical memory, retired afterwards: see [`Spanalloc::with_usable_memory`]). The
+/// instance is gone when this returns, so the caller may hand the same region to the next fresh instance.
 pub fn dispatch_fresh<W: Workload>(id: Id, region: &Region, w: &W) -> W::Out {
     match id {
         Id::Spanalloc => {
-            let s = Spanalloc::new(region.len());
+            let s = Spanalloc::with_usable_memory(region.len());
             let out = w.run(&s);
             s.retire();
             out

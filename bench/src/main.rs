@@ -39,6 +39,7 @@ usage: cargo run -p spanalloc-bench --release -- [OPTIONS]
   --duration-ms N      length of one measured pass (default 100; 5 with --quick)
   --contestants A,B    only these contestants (spanalloc is always included)
   --list               print the benchmarks and contestants, then exit
+  --breakdown MIB      where spanalloc's memory goes when heap efficiency's fill fails on a heap of MIB
 ";
 
 struct Args {
@@ -54,6 +55,7 @@ struct Args {
     instr_child: Option<(String, String, u64)>,
     seed: u64,
     arena_mib: Option<usize>,
+    breakdown_mib: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +71,7 @@ fn parse_args() -> Args {
         instr_child: None,
         seed: 0x5eed,
         arena_mib: None,
+        breakdown_mib: None,
     };
     let mut it = std::env::args().skip(1);
     let fail = |msg: String| -> ! {
@@ -102,6 +105,9 @@ fn parse_args() -> Args {
             "--seed" => a.seed = number("--seed", value("--seed")),
             "--arena-mib" => {
                 a.arena_mib = Some(number("--arena-mib", value("--arena-mib")) as usize)
+            }
+            "--breakdown" => {
+                a.breakdown_mib = Some(number("--breakdown", value("--breakdown")) as usize)
             }
             "--contestants" => {
                 let list = value("--contestants");
@@ -139,6 +145,10 @@ fn parse_args() -> Args {
 fn main() {
     let args = parse_args();
     let arena_bytes = args.arena_mib.unwrap_or(if args.quick { 32 } else { 256 }) << 20;
+    if let Some(mib) = args.breakdown_mib {
+        workloads::memory::heap_efficiency_breakdown(mib << 20, args.seed);
+        return;
+    }
     if let Some(id) = args.footprint_child {
         workloads::memory::run_footprint_child(id, arena_bytes, args.quick, args.seed);
         return;
@@ -280,7 +290,7 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
     let shared = needs(|k| {
         !matches!(
             k,
-            Kind::HeapEfficiency
+            Kind::HeapEfficiency { .. }
                 | Kind::Footprint
                 | Kind::PageScaling
                 | Kind::SamplingCost
@@ -288,8 +298,15 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
         )
     })
     .then(|| Contestants::new(cfg.arena_bytes));
-    let fresh_region =
-        needs(|k| matches!(k, Kind::HeapEfficiency)).then(|| Region::new(cfg.arena_bytes, false));
+    // One region per arena size of the heap-efficiency rows, reused by every fresh instance of that size.
+    let fresh_regions: Vec<(usize, Region)> = benches
+        .iter()
+        .filter_map(|b| match b.kind {
+            Kind::HeapEfficiency { mib } => Some(mib.map_or(cfg.arena_bytes, |m| m << 20)),
+            _ => None,
+        })
+        .map(|bytes| (bytes, Region::new(bytes, false)))
+        .collect();
     let mut scaled: Vec<ScaledHeap> = Vec::new();
     let mut sampling: Option<workloads::sampling::SamplingHeaps> = None;
     let valgrind =
@@ -318,8 +335,13 @@ fn run(benches: &[Bench], ids: &[Id], reps: usize, cfg: &Config) -> Results {
                 order_rng.shuffle(&mut who);
                 for &id in &who {
                     let samples = match bench.kind {
-                        Kind::HeapEfficiency => {
-                            let region = fresh_region.as_ref().expect("region for fresh heaps");
+                        Kind::HeapEfficiency { mib } => {
+                            let bytes = mib.map_or(cfg.arena_bytes, |m| m << 20);
+                            let region = fresh_regions
+                                .iter()
+                                .find(|(b, _)| *b == bytes)
+                                .map(|(_, r)| r)
+                                .expect("region for fresh heaps");
                             let job = Job {
                                 kind: bench.kind,
                                 threads,

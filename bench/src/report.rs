@@ -86,6 +86,9 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// A small heap's efficiency goal: arena in MiB, the goal as printed, the test.
+type SmallHeapGoal = (usize, &'static str, fn(f64) -> bool);
+
 /// The issue's targets, each computed per repetition and summarized.
 pub fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
@@ -166,6 +169,20 @@ pub fn targets(r: &Results) -> Vec<Target> {
             sampling_instr_ratio(r, wl, "default"),
             "<= 1.03",
             |x| x <= 1.03,
+        );
+    }
+    // Small heaps (issue 11): the goals of the two rows of `workloads::HEAP_EFFICIENCY_SMALL_MIB`.
+    let small: [SmallHeapGoal; 2] = [(16, ">= 90", |x| x >= 90.0), (64, ">= 93", |x| x >= 93.0)];
+    for (mib, goal, ok) in small {
+        let metric = crate::workloads::memory::heap_efficiency_metric(mib << 20, false);
+        let eff = r
+            .values(&metric, 1, Id::Spanalloc)
+            .and_then(|v| Summary::of(&v.iter().flatten().copied().collect::<Vec<_>>()));
+        push(
+            format!("heap efficiency of spanalloc at {mib} MiB (%)"),
+            eff,
+            goal,
+            ok,
         );
     }
     let sizes = scaling::sizes(false);

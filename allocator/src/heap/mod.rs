@@ -26,14 +26,16 @@ use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::addr::{FrameCount, PageCount, VirtAddr, PAGE_SIZE};
+use crate::addr::{FrameCount, PageCount, VirtAddr, FRAME_SIZE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
-use crate::cache::{stack_cap, Cache, Stacks};
+use crate::cache::{cache_shift, Cache, Stacks};
 use crate::central::Central;
 use crate::freemark;
 use crate::pageheap::{InitError, PageHeap, RegionInfo};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
+#[cfg(any(test, feature = "gc"))]
+use crate::sizeclass::SpanClass;
+use crate::sizeclass::{SizeClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
 use crate::spanmap::{self, Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
@@ -46,8 +48,9 @@ const CACHES_MIN_HEAP: usize = 16 * core::mem::size_of::<Cache>().next_power_of_
 pub const DEFAULT_FULL_CHECKS: bool = cfg!(feature = "debug-checks");
 
 /// Bytes of empty spans each size class keeps for its next refills instead of handing them back to the
-/// page heap at once (central.rs): eight 32 KiB spans, thirty-two 8 KiB ones. `trim` and an allocation
-/// that finds the page heap full give them all back.
+/// page heap at once (central.rs): eight 32 KiB spans, thirty-two 8 KiB ones, in a heap of 256 MiB or
+/// more (smaller heaps keep less, as their caches hold less: `cache::cache_shift`). `trim` and an
+/// allocation that finds the page heap full give them all back.
 const EMPTY_SPAN_BUDGET: usize = 256 << 10;
 
 /// The span heap. Put one in a `static` with [`Heap::new`], call [`Heap::init`] once memory is known,
@@ -65,6 +68,9 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     /// Set while the heap is too small for per-CPU caches (region mode): every CPU takes the locked path.
     /// Written under the page-heap lock; `create_cache` reads it again under that lock.
     caches_off: AtomicBool,
+    /// Bytes of empty spans each central list keeps ([`EMPTY_SPAN_BUDGET`] scaled as the caches are, set
+    /// when a cache is made; 0, one span, until then and in heaps without caches).
+    empty_span_budget: AtomicUsize,
     spanmap: SpanMap,
     large_objects: AtomicUsize,
     large_pages: AtomicUsize,
@@ -95,6 +101,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             central: [const { Central::new() }; NUM_SIZE_CLASSES],
             pages: spin::Mutex::new(None),
             caches_off: AtomicBool::new(false),
+            empty_span_budget: AtomicUsize::new(0),
             spanmap: SpanMap::new(),
             large_objects: AtomicUsize::new(0),
             large_pages: AtomicUsize::new(0),
@@ -311,10 +318,15 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
         }
         .cast::<Cache>();
+        // Stacks sized by the heap's memory: a small heap's caches would strand much of it.
+        let shift = cache_shift(heap.memory_bytes());
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
         // integers and addresses; not busy), and `init` then lays the stacks out. Not yet published: ours
         // alone.
-        unsafe { (*mem.as_ptr()).init() };
+        unsafe { (*mem.as_ptr()).init(shift) };
+        // The empty spans the central lists keep shrink with the caches: both hold memory for reuse.
+        self.empty_span_budget
+            .store(EMPTY_SPAN_BUDGET >> shift, Ordering::Relaxed);
         self.caches[cpu].store(mem.as_ptr(), Ordering::Release);
         Some(mem)
     }
@@ -427,10 +439,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             unsafe { freemark::clear(p, class) };
             return p;
         };
-        let batch = (stack_cap(class.index()) / 2).max(1);
+        let batch = (cache.cap(class) / 2).max(1);
         let spare = cache.spare_slots(class);
         let want = batch.min(spare.len());
-        let n = self.refill(class, &mut spare[..want], Some(cpu));
+        let mut n = self.refill(class, &mut spare[..want], Some(cpu));
+        if n == 0 && cache.cached(class.index()) == 0 && self.drain_cache(&mut cache) {
+            // Out of memory: the objects this CPU caches went back to their spans (and the spans left
+            // empty to the page heap, in `refill`); try once more.
+            let spare = cache.spare_slots(class);
+            let want = batch.min(spare.len());
+            n = self.refill(class, &mut spare[..want], Some(cpu));
+        }
         cache.filled(class, n);
         match cache.pop(class) {
             Some(p) => {
@@ -672,7 +691,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     #[cold]
     fn flush_half(&self, cache: &mut Stacks<'_>, class: SizeClass) {
-        let n = (stack_cap(class.index()) / 2).max(1);
+        let n = (cache.cap(class) / 2).max(1);
         let central = &self.central[class.index()];
         cache.drain_bottom(class, n, |objs| {
             central.flush(
@@ -685,13 +704,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         });
     }
 
-    /// Bytes of empty spans each central list keeps for its next refills (see central.rs): none beyond
-    /// one span in a heap too small for per-CPU caches, where every page counts.
+    /// Bytes of empty spans each central list keeps for its next refills (see central.rs): scaled by the
+    /// heap's memory as the caches are; none beyond one span in a heap too small for per-CPU caches,
+    /// where every page counts.
     fn empty_span_budget(&self) -> usize {
         if self.caches_off.load(Ordering::Relaxed) {
             0
         } else {
-            EMPTY_SPAN_BUDGET
+            self.empty_span_budget.load(Ordering::Relaxed)
         }
     }
 
@@ -709,15 +729,25 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
-        let class = SpanClass::new(SizeClass::LARGE, false);
         let alloc = || {
             self.pages
                 .lock()
                 .as_mut()?
-                .alloc_span(npages.0, align, class, cpu, Owner::Explicit)
+                .alloc_large_span(npages.0, align, cpu, layout.size())
         };
-        // No room: the central lists' empty spans may hold it (see `refill`).
-        let span = alloc().or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten());
+        // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
+        // CPU's cached objects keep from being empty.
+        let span = alloc()
+            .or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten())
+            .or_else(|| {
+                // SAFETY: `cpu` is ours (read above) and interrupts are masked until we return; no other
+                // `Stacks` of our cache exists in this function.
+                let drained = cpu.is_some_and(|c| unsafe { self.drain_local_cache(c) });
+                // (The flushes may have given the empty spans back already: retry in any case.)
+                drained
+                    .then(|| self.release_empty_spans())
+                    .and_then(|_| alloc())
+            });
         let Some(span) = span else {
             return ptr::null_mut();
         };
@@ -820,7 +850,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: the caller owns the large object and so its span.
         let old = unsafe { span.as_ref() }.npages().0;
         if new_pages.0 == old {
-            return true;
+            // The same pages; a trimmed tail (pageheap.rs) is mapped if the new size reaches it.
+            // SAFETY: as above.
+            return new_size + FRAME_SIZE as usize <= old * PAGE_SIZE
+                || unsafe { heap.untrim(span) };
         }
         if new_pages.0 < old {
             // SAFETY: as above; keep < old.
@@ -847,15 +880,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
         if let Some(mut cache) = unsafe { self.local_cache(self.platform.cpu_index_slow()) } {
-            for class in SizeClass::small() {
-                let c = class.index();
-                let n = cache.cached(c);
-                if n > 0 {
-                    cache.drain_bottom(class, n, |objs| {
-                        self.central[c].flush(class, objs, self.spans(), &self.pages, 0)
-                    });
-                }
-            }
+            self.drain_cache(&mut cache);
         }
         for c in &self.central {
             c.release_empty(&self.pages);
@@ -865,6 +890,39 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if let Some(heap) = pages.as_mut() {
             heap.flush_page_caches();
             heap.scavenge(usize::MAX);
+        }
+    }
+
+    /// Gives every object `cache` holds back to its span (spans left empty stay with their central
+    /// lists: `release_empty_spans` gives them back). Returns whether it held any.
+    fn drain_cache(&self, cache: &mut Stacks<'_>) -> bool {
+        let mut any = false;
+        for class in SizeClass::small() {
+            let c = class.index();
+            let n = cache.cached(c);
+            if n > 0 {
+                any = true;
+                cache.drain_bottom(class, n, |objs| {
+                    self.central[c].flush(class, objs, self.spans(), &self.pages, 0)
+                });
+            }
+        }
+        any
+    }
+
+    /// [`Heap::drain_cache`] on `cpu`'s cache if it exists and is not busy (never creates one).
+    ///
+    /// # Safety
+    /// As for [`Heap::local_cache`].
+    #[cold]
+    unsafe fn drain_local_cache(&self, cpu: usize) -> bool {
+        if self.existing_cache(cpu).is_none() {
+            return false;
+        }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.local_cache(cpu) } {
+            Some(mut cache) => self.drain_cache(&mut cache),
+            None => false,
         }
     }
 
@@ -1113,6 +1171,8 @@ mod region_attack_tests;
 mod region_tests;
 #[cfg(all(test, not(miri)))]
 mod sample_tests;
+#[cfg(test)]
+mod small_heap_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]

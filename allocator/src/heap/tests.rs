@@ -470,7 +470,16 @@ fn empty_spans_are_kept_up_to_the_budget_reused_and_trimmed() {
     let l = Layout::from_size_align(4096, 8).unwrap();
     let class = crate::sizeclass::SizeClass::for_size(4096).unwrap();
     let span_bytes = class.pages().bytes();
-    let keep = super::EMPTY_SPAN_BUDGET / span_bytes;
+    // SAFETY: test code: a fresh block of this layout, freed at once (it makes this CPU's cache, which
+    // sets the budget).
+    unsafe { heap.dealloc(heap.alloc(l), l) };
+    let budget = heap.empty_span_budget();
+    assert!(
+        (1..=crate::cache::MAX_CACHE_SHIFT).any(|s| budget == super::EMPTY_SPAN_BUDGET >> s),
+        "a heap of under 64 MiB keeps less than the full budget, as its caches hold less: {budget}"
+    );
+    let keep = budget / span_bytes;
+    assert!(keep > 1, "the test needs a budget of several spans");
     let cap = crate::cache::stack_cap(class.index());
     // Far more spans than the budget keeps.
     let n = (4 * keep + 8) * class.objects_per_span();

@@ -7,6 +7,7 @@
 //! Invariants: as for all workloads, every block is freed before returning; the footprint child's
 //! bookkeeping is allocated and touched before its baseline is taken.
 
+use core::alloc::GlobalAlloc as _;
 use core::alloc::Layout;
 use std::process::Command;
 
@@ -25,63 +26,210 @@ struct Block {
     layout: Layout,
 }
 
-/// Fills the heap until the first failed allocation or reallocation: 5/10 allocate, 1/10 free a random
-/// block, 4/10 reallocate a random block to U(1..100000). The result is the bytes requested by live blocks
-/// at that point, as a percentage of the arena; averaged over a few rounds on the same heap (it is emptied
-/// between rounds).
-pub fn heap_efficiency<A: Contestant>(a: &A, cfg: &Config) -> Vec<Sample> {
+/// The operation that failed and ended a fill.
+#[derive(Clone, Copy, Debug)]
+pub enum Failed {
+    Alloc { size: usize },
+    Realloc { from: usize, to: usize },
+}
+
+impl core::fmt::Display for Failed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failed::Alloc { size } => write!(f, "an allocation of {size} B"),
+            Failed::Realloc { from, to } => write!(f, "a reallocation from {from} B to {to} B"),
+        }
+    }
+}
+
+/// One round of talc's fill: 5/10 allocate, 1/10 free a random block, 4/10 reallocate a random block to
+/// U(1..100000), until the first failed allocation or reallocation, which it returns. `v` holds the live
+/// blocks afterwards.
+fn fill<A: Contestant>(a: &A, rng: &mut Rng, v: &mut Vec<Block>) -> Failed {
+    loop {
+        match rng.below(10) {
+            0..=4 => {
+                let layout =
+                    Layout::from_size_align(talc_size(rng, HE_MAX_SIZE), talc_align(rng)).unwrap();
+                // SAFETY: a valid non-zero layout.
+                let ptr = unsafe { a.alloc(layout) };
+                if ptr.is_null() {
+                    return Failed::Alloc {
+                        size: layout.size(),
+                    };
+                }
+                v.push(Block { ptr, layout });
+            }
+            5 => {
+                if !v.is_empty() {
+                    let b = v.swap_remove(rng.below(v.len()));
+                    // SAFETY: a live block with its layout, dropped from the list.
+                    unsafe { a.dealloc(b.ptr, b.layout) };
+                }
+            }
+            _ => {
+                if !v.is_empty() {
+                    let i = rng.below(v.len());
+                    let new_size = rng.range(1, HE_MAX_SIZE * HE_REALLOC_MULTI);
+                    // SAFETY: a live block with its layout; new_size > 0.
+                    let p = unsafe { a.realloc(v[i].ptr, v[i].layout, new_size) };
+                    if p.is_null() {
+                        return Failed::Realloc {
+                            from: v[i].layout.size(),
+                            to: new_size,
+                        };
+                    }
+                    v[i].ptr = p;
+                    v[i].layout = Layout::from_size_align(new_size, v[i].layout.align()).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The heap-efficiency metric of an arena of `arena_bytes`: `heap_efficiency` for the suite's arena,
+/// `heap_efficiency_<N>MiB` for the fixed small ones.
+pub fn heap_efficiency_metric(arena_bytes: usize, suite_arena: bool) -> String {
+    if suite_arena {
+        "heap_efficiency".into()
+    } else {
+        format!("heap_efficiency_{}MiB", arena_bytes >> 20)
+    }
+}
+
+/// Fills the heap until the first failed allocation or reallocation ([`fill`]). The result is the bytes
+/// requested by live blocks at that point, as a percentage of the arena (`arena_bytes`); averaged over a
+/// few rounds on the same heap (it is emptied between rounds).
+pub fn heap_efficiency<A: Contestant>(
+    a: &A,
+    cfg: &Config,
+    arena_bytes: usize,
+    metric: &str,
+) -> Vec<Sample> {
     a.enter_thread(0);
     let rounds = if cfg.quick { 1 } else { 3 };
     let mut rng = Rng::new(cfg.seed ^ 0xeff1);
     let mut v: Vec<Block> = Vec::with_capacity(1 << 20);
     let mut sum = 0.0;
     for _ in 0..rounds {
-        loop {
-            match rng.below(10) {
-                0..=4 => {
-                    let layout = Layout::from_size_align(
-                        talc_size(&mut rng, HE_MAX_SIZE),
-                        talc_align(&mut rng),
-                    )
-                    .unwrap();
-                    // SAFETY: a valid non-zero layout.
-                    let ptr = unsafe { a.alloc(layout) };
-                    if ptr.is_null() {
-                        break;
-                    }
-                    v.push(Block { ptr, layout });
-                }
-                5 => {
-                    if !v.is_empty() {
-                        let b = v.swap_remove(rng.below(v.len()));
-                        // SAFETY: a live block with its layout, dropped from the list.
-                        unsafe { a.dealloc(b.ptr, b.layout) };
-                    }
-                }
-                _ => {
-                    if !v.is_empty() {
-                        let i = rng.below(v.len());
-                        let new_size = rng.range(1, HE_MAX_SIZE * HE_REALLOC_MULTI);
-                        // SAFETY: a live block with its layout; new_size > 0.
-                        let p = unsafe { a.realloc(v[i].ptr, v[i].layout, new_size) };
-                        if p.is_null() {
-                            break;
-                        }
-                        v[i].ptr = p;
-                        v[i].layout =
-                            Layout::from_size_align(new_size, v[i].layout.align()).unwrap();
-                    }
-                }
-            }
-        }
+        fill(a, &mut rng, &mut v);
         let used: usize = v.iter().map(|b| b.layout.size()).sum();
-        sum += used as f64 / cfg.arena_bytes as f64 * 100.0;
+        sum += used as f64 / arena_bytes as f64 * 100.0;
         for b in v.drain(..) {
             // SAFETY: live blocks with their layouts.
             unsafe { a.dealloc(b.ptr, b.layout) };
         }
     }
-    vec![Sample::new("heap_efficiency", sum / rounds as f64)]
+    vec![Sample::new(metric, sum / rounds as f64)]
+}
+
+/// Where spanalloc's memory went when talc's fill failed on a fresh heap of `arena_bytes` of usable
+/// memory (the suite's method and instance, first round): printed as a table of bytes and percentages
+/// of the arena.
+pub fn heap_efficiency_breakdown(arena_bytes: usize, seed: u64) {
+    use spanalloc::sizeclass::SizeClass;
+    use spanalloc::{FRAME_SIZE, PAGE_SIZE};
+
+    let s = crate::contestants::Spanalloc::with_usable_memory(arena_bytes);
+    s.enter_thread(0);
+    let heap = s.heap();
+    let mut rng = Rng::new(seed ^ 0xeff1);
+    let mut v: Vec<Block> = Vec::with_capacity(1 << 20);
+    let failed = fill(&s, &mut rng, &mut v);
+    let st = heap.stats();
+
+    // What the blocks asked for, and the rounding of each to its class or its pages.
+    let (mut requested, mut small_round, mut large_round) = (0usize, 0usize, 0usize);
+    for b in &v {
+        requested += b.layout.size();
+        match SizeClass::for_layout(b.layout.size(), b.layout.align()) {
+            Some(c) => small_round += c.size() - b.layout.size(),
+            None => {
+                large_round += b.layout.size().div_ceil(PAGE_SIZE) * PAGE_SIZE - b.layout.size()
+            }
+        }
+    }
+    // Small spans: free slots, objects sitting in the CPU caches, span tails no object fits in.
+    let (mut free_slots, mut cached, mut tails, mut small_span_bytes) = (0, 0, 0, 0);
+    for c in SizeClass::small() {
+        let cs = &st.classes[c.index()];
+        let span = c.pages().0 * PAGE_SIZE;
+        small_span_bytes += cs.spans * span;
+        tails += cs.spans * (span - c.objects_per_span() * c.size());
+        cached += cs.cached * c.size();
+        free_slots += (cs.spans * c.objects_per_span() - cs.objects - cs.cached) * c.size();
+    }
+    let p = &st.pages;
+    let frame = FRAME_SIZE as usize;
+    let held = st.frames_held.0 as usize * frame;
+    // Trimmed tails: the second frame of a large object's last page, unmapped when the object ends
+    // before it (pageheap.rs).
+    let data = (p.in_use + p.dirty_free) * PAGE_SIZE - p.trimmed_tails * frame;
+    let meta = (p.meta_mapped + p.meta_tables) as usize;
+    let tables = held.saturating_sub(data + meta);
+    let free_frames = st.frames_free.0 as usize * frame;
+    // The machine has `arena_bytes` usable from 1 MiB (`Spanalloc::with_usable_memory`).
+    let outside = arena_bytes - held - free_frames;
+    let other_in_use = (p.in_use * PAGE_SIZE).saturating_sub(small_span_bytes + st.large_bytes);
+
+    let pct = |b: usize| b as f64 / arena_bytes as f64 * 100.0;
+    let row = |what: &str, b: usize| println!("{what:<58} {:>12} {:>7.2}%", b, pct(b));
+    println!(
+        "heap efficiency breakdown: spanalloc, {} MiB of usable memory; the fill ended at {failed} \
+         with {} blocks live",
+        arena_bytes >> 20,
+        v.len()
+    );
+    row("requested by live blocks (the efficiency)", requested);
+    row("small objects: rounding up to the size class", small_round);
+    row(
+        &format!(
+            "large objects: rounding up to 8 KiB pages ({} trimmed tails)",
+            p.trimmed_tails
+        ),
+        large_round - p.trimmed_tails * frame,
+    );
+    row("small spans: free slots", free_slots);
+    row("small spans: free objects in per-CPU caches", cached);
+    row("small spans: tails no object fits in", tails);
+    row(
+        "other pages in use (private: sampler, guard pool)",
+        other_in_use,
+    );
+    row("free heap pages still mapped", p.dirty_free * PAGE_SIZE);
+    row(
+        &format!(
+            "metadata: spans, bitmaps, caches ({} KiB in use)",
+            p.meta_in_use >> 10
+        ),
+        p.meta_mapped as usize,
+    );
+    row(
+        "metadata: page-alloc bitmap+summaries, span map, scav bits",
+        p.meta_tables as usize,
+    );
+    row("page tables (held - data - metadata)", tables);
+    row("free frames", free_frames);
+    row("frame allocator's metadata, the top page table", outside);
+    let sum = requested
+        + small_round
+        + (large_round - p.trimmed_tails * frame)
+        + free_slots
+        + cached
+        + tails
+        + other_in_use
+        + p.dirty_free * PAGE_SIZE
+        + meta
+        + tables
+        + free_frames
+        + outside;
+    row("sum (should be the arena)", sum);
+    println!("{st}");
+    for b in v.drain(..) {
+        // SAFETY: live blocks with their layouts.
+        unsafe { s.dealloc(b.ptr, b.layout) };
+    }
+    s.retire();
 }
 
 /// Bytes live at the footprint's peak: 64 MiB (1 MiB with `--quick`).

@@ -229,7 +229,10 @@ pub enum Kind {
     Larson,
     Xmalloc,
     CacheScratch,
-    HeapEfficiency,
+    /// Over an arena of `mib` MiB, or of the suite's arena size (`None`).
+    HeapEfficiency {
+        mib: Option<usize>,
+    },
     Footprint,
     PageScaling,
     SamplingCost,
@@ -246,6 +249,9 @@ pub struct Bench {
     pub threads: Vec<usize>,
     pub who: Who,
 }
+
+/// The arena sizes of the small-heap efficiency rows (`heap_efficiency_<N>MiB`), in MiB.
+pub const HEAP_EFFICIENCY_SMALL_MIB: [usize; 2] = [16, 64];
 
 /// Every benchmark of the suite, in report order.
 pub fn suite() -> Vec<Bench> {
@@ -319,10 +325,19 @@ pub fn suite() -> Vec<Bench> {
     ));
     v.push(b(
         "heap_efficiency".into(),
-        Kind::HeapEfficiency,
+        Kind::HeapEfficiency { mib: None },
         &[1],
         Who::Arenas,
     ));
+    // Small heaps, whatever the suite's arena: where fixed overheads show.
+    for mib in HEAP_EFFICIENCY_SMALL_MIB {
+        v.push(b(
+            memory::heap_efficiency_metric(mib << 20, false),
+            Kind::HeapEfficiency { mib: Some(mib) },
+            &[1],
+            Who::Arenas,
+        ));
+    }
     v.push(b("footprint".into(), Kind::Footprint, &[1], Who::All));
     v.push(b(
         "page_scaling".into(),
@@ -383,7 +398,11 @@ impl crate::contestants::Workload for Job<'_> {
             Kind::Larson => threaded::larson(a, cfg, t),
             Kind::Xmalloc => threaded::xmalloc(a, cfg, t),
             Kind::CacheScratch => threaded::cache_scratch(a, cfg, t),
-            Kind::HeapEfficiency => memory::heap_efficiency(a, cfg),
+            Kind::HeapEfficiency { mib } => {
+                let bytes = mib.map_or(cfg.arena_bytes, |m| m << 20);
+                let metric = memory::heap_efficiency_metric(bytes, mib.is_none());
+                memory::heap_efficiency(a, cfg, bytes, &metric)
+            }
             Kind::Footprint | Kind::PageScaling | Kind::SamplingCost | Kind::Instructions => {
                 unreachable!(
                     "footprint, page scaling, sampling cost and instruction counts run outside the shared contestants"

@@ -197,10 +197,11 @@ pub fn out_of_memory_returns_null(ctx: &mut TestCtx) {
     let p = unsafe { HEAP.alloc(huge) };
     assert!(p.is_null(), "an allocation of {huge:?} succeeded at {p:p}");
     let after = HEAP.stats();
-    assert_eq!(
-        (after.objects(), after.pages.in_use),
-        (before.objects(), before.pages.in_use),
-        "the failed allocation left something allocated:\n{after}"
+    // Before giving up, the allocation gave this CPU's cached objects back to their spans, which may
+    // have freed spans: fewer pages in use, never more.
+    assert!(
+        after.objects() == before.objects() && after.pages.in_use <= before.pages.in_use,
+        "the failed allocation left something allocated:\nbefore:\n{before}\nafter:\n{after}"
     );
     assert_eq!(
         after.frames_free.0 + after.frames_held.0,
