@@ -314,6 +314,28 @@ impl HostPlatform {
         base
     }
 
+    /// Gives this platform's memory back to the OS for good: punches the fake physical memory's pages out
+    /// and unmaps every window reserved through it, with the heap pages mirrored into them. For a program
+    /// that makes many short-lived heaps (a benchmark's fresh instances): each window's mappings would
+    /// otherwise stay, and Linux caps a process's mappings (vm.max_map_count).
+    ///
+    /// # Safety
+    /// Nothing touches the platform's memory or windows again: every heap over it, and every block from
+    /// one, is out of use for good.
+    #[cfg(not(miri))]
+    pub unsafe fn release_memory(&self) {
+        let windows = core::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
+        // SAFETY: the caller's contract: nobody uses the memory or the windows again; the ranges are the
+        // reservations this platform made (whole mappings of this process), unmapped once (taken out of
+        // the list).
+        unsafe {
+            libc::madvise(self.phys.as_mut_ptr(), self.phys_bytes, libc::MADV_REMOVE);
+            for (start, end) in windows {
+                libc::munmap(start as *mut libc::c_void, (end - start) as usize);
+            }
+        }
+    }
+
     /// Pins the calling thread to "CPU" `index` if no other live thread holds it, and says whether it
     /// did. An index at or over `MAX_CPUS` always pins (the thread then takes the heap's locked path); an
     /// index another live thread holds does not (the thread then takes a free index on its next
@@ -733,5 +755,40 @@ mod stack_tests {
         let other_top = std::thread::spawn(stack_top).join().unwrap();
         assert!(main_top != 0 && other_top != 0);
         assert_ne!(main_top, other_top);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64", not(miri)))]
+mod release_tests {
+    use core::alloc::{GlobalAlloc, Layout};
+
+    /// `release_memory` unmaps the windows (they are mappings no more) and punches out the fake memory.
+    #[test]
+    fn release_memory_unmaps_the_windows() {
+        let m = super::HostMachine::new(16 << 20, 1 << 30);
+        let window = m.window.base().as_u64();
+        let heap: &crate::Heap<super::HostPlatform> = super::leak(crate::Heap::new(m.platform));
+        heap.init(m.space, m.window, 8 << 20).expect("heap init");
+        let l = Layout::from_size_align(64 << 10, 8).unwrap();
+        // SAFETY: test code: a fresh block of this layout, written in bounds and freed once.
+        let p = unsafe { heap.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: as above.
+        unsafe {
+            p.write_bytes(7, l.size());
+            heap.dealloc(p, l);
+        }
+        assert!(super::mapping_containing(p as u64).is_some());
+        assert!(super::mapping_containing(window).is_some());
+        // SAFETY: the heap and its blocks are out of use for good (nothing below touches them).
+        unsafe { m.platform.release_memory() };
+        assert!(
+            super::mapping_containing(p as u64).is_none(),
+            "the heap's pages are unmapped"
+        );
+        assert!(
+            super::mapping_containing(window).is_none(),
+            "the window is unmapped"
+        );
     }
 }

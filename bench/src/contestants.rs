@@ -150,17 +150,11 @@ impl Spanalloc {
     /// Frees the fake physical memory of a heap nobody will use again (the heap and its platform are
     /// leaked `'static`s, so nothing else would ever return it to the system).
     pub fn retire(self) {
-        let base = self
-            .platform
-            .physical_memory_offset()
-            .as_mut_ptr::<libc::c_void>();
-        // SAFETY: `self` was the last handle on this heap (taken by value; workloads only borrow it), so no
-        // code reads the memory again; MADV_REMOVE on the shared memfd mapping only punches its pages out.
-        unsafe { libc::madvise(base, self.platform.phys_bytes(), libc::MADV_REMOVE) };
+        // SAFETY: `self` was the last handle on this heap (taken by value; workloads only borrow it, and
+        // free every block before they return), so nothing touches its memory or windows again.
+        unsafe { self.platform.release_memory() };
     }
 }
-
-use spanalloc::Platform as _;
 
 // SAFETY: forwards to the heap, a `GlobalAlloc` with the same contract.
 unsafe impl GlobalAlloc for Spanalloc {
