@@ -86,6 +86,7 @@
 mod alloc;
 mod barrier;
 mod cell;
+mod conc;
 mod cycle;
 mod gctrace;
 mod heap;
@@ -102,7 +103,8 @@ mod verify;
 mod weak;
 mod workbuf;
 
-pub use cell::{GcCell, GcRefCell};
+pub use cell::{GcCell, GcRefCell, GcRefMut};
+pub use conc::ConcurrentWorkers;
 pub use gctrace::GcStats;
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};

@@ -56,6 +56,13 @@ impl Tracer<'_> {
         }
     }
 
+    /// Whether this tracer is a concurrent mark worker's (or the mutator's while workers run): cells
+    /// then read their contents under the locks the mutator's writes take (cell.rs).
+    #[inline]
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.m.conc.is_some()
+    }
+
     /// Shades the object at `addr` (a `Gc`'s address).
     #[inline]
     pub(crate) fn edge(&mut self, addr: VirtAddr) {
