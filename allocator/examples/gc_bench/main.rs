@@ -19,7 +19,8 @@
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
-//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- trees N` for
+//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- pauses` for the
+//! pause table alone; `-- trees N` for
 //! spanalloc::gc's binary-trees at depth N alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
@@ -122,19 +123,25 @@ struct PauseReport {
 /// and runs the mutator's closure meanwhile (spawning threads for every `mutate` would make the mutator
 /// wait for `clone` each time).
 mod crew {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex, OnceLock};
 
-    /// A round's job, its lifetime erased: `run` does not return before every helper is done with it.
+    /// A round's job, its lifetime erased: `run` does not return before every helper that took it is
+    /// done with it, and withdraws it from those that have not.
     #[derive(Clone, Copy)]
     struct Job(&'static (dyn Fn(usize) + Sync));
 
+    #[derive(Default)]
+    struct State {
+        generation: u64,
+        helpers: usize,
+        job: Option<Job>,
+        /// Helpers inside the current job.
+        running: usize,
+    }
+
     struct Crew {
-        /// Generation, helpers wanted, the job.
-        state: Mutex<(u64, usize, Option<Job>)>,
+        state: Mutex<State>,
         wake: Condvar,
-        /// Helpers still running the current job.
-        pending: AtomicUsize,
         threads: usize,
     }
 
@@ -144,28 +151,31 @@ mod crew {
     fn crew(threads: usize) -> &'static Crew {
         CREW.get_or_init(|| {
             let c: &'static Crew = Box::leak(Box::new(Crew {
-                state: Mutex::new((0, 0, None)),
+                state: Mutex::new(State::default()),
                 wake: Condvar::new(),
-                pending: AtomicUsize::new(0),
                 threads,
             }));
             for i in 1..=threads {
                 std::thread::spawn(move || {
                     let mut seen = 0;
                     loop {
-                        let (helpers, job) = {
+                        let job = {
                             let mut s = c.state.lock().unwrap();
-                            while s.0 == seen {
+                            while s.generation == seen {
                                 s = c.wake.wait(s).unwrap();
                             }
-                            seen = s.0;
-                            (s.1, s.2)
-                        };
-                        if i <= helpers {
-                            if let Some(Job(job)) = job {
-                                job(i);
+                            seen = s.generation;
+                            // A job already withdrawn (the round ended before this thread woke) is
+                            // skipped.
+                            let job = s.job.filter(|_| i <= s.helpers);
+                            if job.is_some() {
+                                s.running += 1;
                             }
-                            c.pending.fetch_sub(1, Ordering::Release);
+                            job
+                        };
+                        if let Some(Job(job)) = job {
+                            job(i);
+                            c.state.lock().unwrap().running -= 1;
                         }
                     }
                 });
@@ -174,15 +184,15 @@ mod crew {
         })
     }
 
-    /// Waits for the helpers of the current job (also when `main` unwinds).
+    /// Withdraws the job and waits for the helpers inside it (also when `main` unwinds).
     struct Join(&'static Crew);
 
     impl Drop for Join {
         fn drop(&mut self) {
-            while self.0.pending.load(Ordering::Acquire) != 0 {
+            self.0.state.lock().unwrap().job = None;
+            while self.0.state.lock().unwrap().running != 0 {
                 std::hint::spin_loop();
             }
-            self.0.state.lock().unwrap().2 = None;
         }
     }
 
@@ -190,15 +200,14 @@ mod crew {
     pub fn run(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
         let c = crew(helpers);
         assert!(helpers <= c.threads, "the crew has {} threads", c.threads);
-        // SAFETY: only the lifetime changes; `Join` below waits (even on unwind) until every helper has
-        // returned from the job and clears it before `run` returns, so no helper uses it afterwards.
+        // SAFETY: only the lifetime changes; `Join` below withdraws the job and waits (even on unwind)
+        // until no helper is inside it before `run` returns, so no helper uses it afterwards.
         let job: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(job) };
-        c.pending.store(helpers, Ordering::Relaxed);
         {
             let mut s = c.state.lock().unwrap();
-            s.0 += 1;
-            s.1 = helpers;
-            s.2 = Some(Job(job));
+            s.generation += 1;
+            s.helpers = helpers;
+            s.job = Some(Job(job));
         }
         c.wake.notify_all();
         let _join = Join(c);
@@ -510,6 +519,10 @@ fn bench(quick: bool) {
     }
     if let Some((name, r)) = rows.iter().find(|(n, _)| n.starts_with("concurrent")) {
         println!("{name}: max pause {} (target: 0.100 ms or less)", ms(r.max));
+    }
+    // `-- pauses`: the pause table alone.
+    if std::env::args().any(|a| a == "pauses") {
+        return;
     }
 
     println!();
