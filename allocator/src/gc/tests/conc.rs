@@ -298,3 +298,131 @@ fn concurrent_rounds_record_pauses() {
     assert!(stats.pauses > 0 && stats.pause_total_ns > 0);
     let _ = now_ns();
 }
+
+static BOOM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Two lists; its `Trace` panics between them once armed.
+struct Split<'gc> {
+    a: GcCell<'gc, Option<Gc<'gc, super::Node<'gc>>>>,
+    b: GcCell<'gc, Option<Gc<'gc, super::Node<'gc>>>>,
+}
+
+// SAFETY: traces both Gc fields (unless it panics in between).
+unsafe impl Trace for Split<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.a);
+        if BOOM.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("test: a Trace impl panics on a concurrent mark worker");
+        }
+        t.trace(&self.b);
+    }
+}
+
+/// A `Trace` impl panics on a worker during a round: whether the panic reaches `mutate`'s caller
+/// (`propagates`) or `run` swallows it, the mark rescans before it ends (checkmark on) and nothing
+/// reachable is freed.
+fn panicking_concurrent_worker(run: ConcurrentWorkers, propagates: bool) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Split<'gc>>>>;
+    }
+    let mut gc: GcHeap<R> =
+        GcHeap::new(span_heap(64), concurrent_config(run), |_| GcCell::new(None));
+    take_finalized();
+    let len = if cfg!(miri) { 8 } else { 2000 };
+    gc.mutate(|mc, root| {
+        let (mut a, mut b) = (None, None);
+        for id in 0..len {
+            a = Some(super::node(mc, id, a));
+            b = Some(super::node(mc, len + id, b));
+        }
+        let s = Gc::new(
+            mc,
+            Split {
+                a: GcCell::new(a),
+                b: GcCell::new(b),
+            },
+        );
+        root.set(mc, Some(s));
+    });
+    gc.collect();
+    gc.start_cycle();
+    BOOM.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A round that allocates nothing: only the workers mark (the root scan left the Split grey).
+    let r = catch_unwind(AssertUnwindSafe(|| gc.mutate(|_, _| ())));
+    assert_eq!(
+        r.is_err(),
+        propagates,
+        "the panic reached mutate: {}",
+        r.is_err()
+    );
+    assert!(
+        !BOOM.load(std::sync::atomic::Ordering::SeqCst),
+        "the armed Trace impl did not run"
+    );
+    gc.collect();
+    let freed = take_finalized();
+    assert!(freed.is_empty(), "freed while reachable: {freed:?}");
+    let count = gc.mutate(|_, root| {
+        let s = root.get().unwrap();
+        let mut n = 0;
+        for mut at in [s.a.get(), s.b.get()] {
+            while let Some(node) = at {
+                n += 1;
+                at = node.next.get();
+            }
+        }
+        n
+    });
+    assert_eq!(count, 2 * len);
+}
+
+/// Both panic tests arm the one global `BOOM`: they must not run at once.
+static BOOM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_trace_impl_panicking_on_a_concurrent_worker_cannot_free_a_reachable_object() {
+    /// Scoped threads (a worker's panic reaches the caller), the workers a head start.
+    fn workers_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                s.spawn(move || job(i));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            main();
+        });
+    }
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    panicking_concurrent_worker(
+        ConcurrentWorkers {
+            helpers: 1,
+            run: workers_first,
+        },
+        true,
+    );
+}
+
+#[test]
+fn a_concurrent_worker_panic_that_run_swallows_makes_the_mark_rescan() {
+    fn swallowing(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                s.spawn(move || {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i)));
+                });
+            }
+            // The workers first: the Split is theirs to trace.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            main();
+        });
+    }
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    panicking_concurrent_worker(
+        ConcurrentWorkers {
+            helpers: 1,
+            run: swallowing,
+        },
+        false,
+    );
+}
