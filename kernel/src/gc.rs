@@ -80,15 +80,25 @@ struct OnBootCpu<'a>(core::cell::UnsafeCell<&'a mut dyn FnMut()>);
 // another CPU nor twice at once.
 unsafe impl Sync for OnBootCpu<'_> {}
 
+impl OnBootCpu<'_> {
+    /// # Safety
+    /// Called once, on the CPU that made the value (`run_beside`'s `f(0)`).
+    unsafe fn call(&self) {
+        // SAFETY: the caller's contract: no other access to the closure exists.
+        unsafe { (*self.0.get())() }
+    }
+}
+
 fn run_beside(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
     let targets = smp::bits(smp::online_mask())
         .take(helpers + 1)
         .fold(1u64, |mask, cpu| mask | 1 << cpu);
     let main = OnBootCpu(core::cell::UnsafeCell::new(main));
+    let main = &main;
     smp::run_on(targets, &|cpu: usize| {
         if cpu == 0 {
-            // SAFETY: index 0 is the calling CPU's own call, made once (`OnBootCpu`): the only access.
-            unsafe { (*main.0.get())() }
+            // SAFETY: index 0 is the calling CPU's own call, made once (`OnBootCpu`).
+            unsafe { main.call() }
         } else {
             job(cpu)
         }
