@@ -20,7 +20,7 @@
 //!   mutator's writes and the workers' reads of a cell hold the cell's stripe lock (one of
 //!   [`STRIPES`] spin locks chosen by the cell's address; held only for the copy of the value, so no
 //!   user code runs under it and no lock is ever taken under another). The mutator's own reads need no
-//!   lock: it is the only writer.
+//!   lock: it is the only writer. A wait for a stripe counts as a pause.
 //! - `GcRefCell`: `trace_lock` is 0 (free), `WRITER` (the mutator holds a `GcRefMut`) or the number of
 //!   tracers reading the contents. `borrow_mut` takes `WRITER` (waiting for tracers of this one cell to
 //!   finish, a wait counted as a pause) after shading the old contents, and its guard gives it back; a
@@ -45,11 +45,13 @@ static STRIPES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
 struct Stripe(&'static AtomicU32);
 
 impl Stripe {
-    #[inline]
-    fn lock<T>(cell: *const T) -> Stripe {
+    fn of<T>(cell: *const T) -> &'static AtomicU32 {
         let h = (cell.addr() >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)
             >> (usize::BITS - 6);
-        let l = &STRIPES[h];
+        &STRIPES[h]
+    }
+
+    fn spin(l: &'static AtomicU32) -> Stripe {
         while l
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
@@ -57,6 +59,33 @@ impl Stripe {
             core::hint::spin_loop();
         }
         Stripe(l)
+    }
+
+    /// A tracer's lock.
+    #[inline]
+    fn lock<T>(cell: *const T) -> Stripe {
+        Self::spin(Self::of(cell))
+    }
+
+    /// The mutator's lock: a wait for a worker's copy counts as a pause.
+    #[inline]
+    fn lock_mutator<T>(cell: *const T, mc: &Mutation<'_>) -> Stripe {
+        let l = Self::of(cell);
+        if l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Stripe(l);
+        }
+        Self::wait(l, mc)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait(l: &'static AtomicU32, mc: &Mutation<'_>) -> Stripe {
+        let t0 = mc.state().now();
+        let s = Self::spin(l);
+        mc.state().waited(t0);
+        s
     }
 }
 
@@ -98,7 +127,7 @@ impl<'gc, T: Copy + Trace> GcCell<'gc, T> {
         let old = self.value.get();
         mc.barrier(&old);
         if T::NEEDS_TRACE && mc.state().is_concurrent() {
-            let _g = Stripe::lock(self.value.as_ptr());
+            let _g = Stripe::lock_mutator(self.value.as_ptr(), mc);
             self.value.set(value);
         } else {
             self.value.set(value);
