@@ -253,6 +253,10 @@ fn concurrent_marks_keep_everything_reachable() {
 static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "three heaps: Miri's memory (the small version above runs under Miri)"
+)]
 fn whatever_run_does_the_mark_is_complete() {
     fn nothing(_: usize, _: &(dyn Fn(usize) + Sync), _: &mut dyn FnMut()) {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -382,6 +386,10 @@ fn panicking_concurrent_worker(run: ConcurrentWorkers, propagates: bool) {
 static BOOM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "one more heap: Miri's memory (the swallowed variant runs under Miri)"
+)]
 fn a_trace_impl_panicking_on_a_concurrent_worker_cannot_free_a_reachable_object() {
     /// Scoped threads (a worker's panic reaches the caller), the workers a head start.
     fn workers_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
