@@ -23,6 +23,10 @@
 //!   `run` cannot keep a job past its return (the job borrows the caller's frame).
 //! - `Trace` impls run on the workers' CPUs, at the same time as other objects' (the `Trace` contract
 //!   in trace.rs).
+//! - The same workers run the rounds of a concurrent mark (conc.rs) beside the mutator: there they mark
+//!   in the side table (`Shared::conc`, no span struct touched), share the heap's persistent pool, and
+//!   leave when `stop` is set (putting their grey entries back in the pool) or the pool runs dry; the
+//!   first invariant above is then conc.rs's to keep.
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -232,7 +236,8 @@ impl Worker<'_> {
             let mut n = 0;
             while let Some(obj) = self.m.grey.pop(self.sh.source) {
                 // SAFETY: only allocated objects of scan spans are pushed (`shade`), and every allocated
-                // slot is initialized while the mutator is stopped (alloc.rs).
+                // slot is initialized while the mutator is stopped (alloc.rs) — or, in a concurrent
+                // round, was initialized before the `Gc` that led here was published (conc.rs).
                 self.m.scan_work += self.m.scan(unsafe { Headed::new(obj) });
                 n += 1;
                 if n % SHARE_EVERY == 0 {
