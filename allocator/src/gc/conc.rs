@@ -46,6 +46,8 @@
 //! rescans the root and every marked object, as in par.rs. Correctness never depends on `run`: if it
 //! does not run the mutator's closure, the closure runs after it returns (no worker left); jobs it does
 //! not run only leave work in the pool, which assists and termination drain.
+//! A worker's panic that `run` propagates reaches the caller of `mutate` after the closure has run
+//! (its result is dropped); the heap stays consistent and the mark rescans, as above.
 //!
 //! Costs the mutator pays (pauses): building the table at cycle start and merging it at termination
 //! are O(spans) (~1-2 ms and ~0.9 ms for ~12K spans, 64 MiB live), and each round ends only when
