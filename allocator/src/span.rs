@@ -414,6 +414,22 @@ impl Span {
         newly
     }
 
+    /// ORs `bits` (objects of mark word `w`, all allocated) into the mark bits; returns the bits that were
+    /// clear (a concurrent mark's side bitmap merged at termination, gc/conc.rs).
+    #[cfg(any(test, feature = "gc"))]
+    pub(crate) fn or_marks(&mut self, w: usize, bits: u64) -> u64 {
+        let (alloc, mark) = self.bits_mut();
+        debug_assert_eq!(
+            bits & !alloc[w],
+            0,
+            "span at {:#x}: marking free objects",
+            self.base.as_u64()
+        );
+        let new = bits & !mark[w];
+        mark[w] |= bits;
+        new
+    }
+
     /// Clears object `idx`'s mark; returns whether it was marked. (The explicit heap's full checks use the
     /// mark bits as "handed to a user" bits: that heap never collects.)
     pub fn unmark(&mut self, idx: usize) -> bool {

@@ -14,7 +14,7 @@ use crate::smp;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
-use spanalloc::gc::{GcConfig, MarkWorkers, Mode};
+use spanalloc::gc::{ConcurrentWorkers, GcConfig, MarkWorkers, Mode};
 use spin::Mutex;
 
 static TRACE: AtomicBool = AtomicBool::new(true);
@@ -60,6 +60,49 @@ fn run_mark_workers(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
         .take(helpers + 1)
         .fold(1u64, |mask, cpu| mask | 1 << cpu);
     smp::run_on(targets, &|cpu: usize| job(cpu));
+}
+
+/// Concurrent marking (`Mode::Concurrent`) with a mark worker on every AP beside the mutator on the boot
+/// CPU; `None` on one CPU. For heaps on the boot CPU only (`smp::run_on`).
+pub fn concurrent_workers() -> Option<ConcurrentWorkers> {
+    let helpers = smp::online_count().saturating_sub(1);
+    (helpers > 0).then_some(ConcurrentWorkers {
+        helpers,
+        run: run_beside,
+    })
+}
+
+/// The mutator's closure, shared with `run_on`'s APs only as a type: they never call it.
+struct OnBootCpu<'a>(core::cell::UnsafeCell<&'a mut dyn FnMut()>);
+
+// SAFETY: `run_beside` calls the closure only through `run_on`'s `f(0)`, which runs on the calling (boot)
+// CPU, once; the APs get their own indices (never 0) and only run `job`. So the closure is never used on
+// another CPU nor twice at once.
+unsafe impl Sync for OnBootCpu<'_> {}
+
+impl OnBootCpu<'_> {
+    /// # Safety
+    /// Called once, on the CPU that made the value (`run_beside`'s `f(0)`).
+    unsafe fn call(&self) {
+        // SAFETY: the caller's contract: no other access to the closure exists.
+        unsafe { (*self.0.get())() }
+    }
+}
+
+fn run_beside(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+    let targets = smp::bits(smp::online_mask())
+        .take(helpers + 1)
+        .fold(1u64, |mask, cpu| mask | 1 << cpu);
+    let main = OnBootCpu(core::cell::UnsafeCell::new(main));
+    let main = &main;
+    smp::run_on(targets, &|cpu: usize| {
+        if cpu == 0 {
+            // SAFETY: index 0 is the calling CPU's own call, made once (`OnBootCpu`).
+            unsafe { main.call() }
+        } else {
+            job(cpu)
+        }
+    });
 }
 
 /// Pauses of the current run, in ns; never grows past the capacity `start` reserved.

@@ -4,6 +4,11 @@
 //!    the mutator waits for — cycle, start, step, assist, termination, proportional sweep — is one
 //!    pause, reported through `GcConfig::pause_hook`).
 //!
+//!    A `concurrent` row: the same run with mark workers on other threads beside the mutator
+//!    (`Mode::Concurrent`, `GcConfig::concurrent_workers`, a persistent crew of host threads): the
+//!    mutator's pauses are the cycle start, the termination, assists, and the hand-over at the start
+//!    and end of each `mutate` that runs beside the workers.
+//!
 //! 1b. Parallel marking: the wall time of a full mark of the same 64 MiB live heap by one worker and by
 //!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
 //! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench;
@@ -14,14 +19,17 @@
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
-//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- trees N` for
+//! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- pauses` for the
+//! pause table alone; `-- trees N` for
 //! spanalloc::gc's binary-trees at depth N alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
 use std::sync::Mutex;
 use std::time::Instant;
 
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, Rootable, Trace};
+use spanalloc::gc::{
+    ConcurrentWorkers, Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, Rootable, Trace,
+};
 use spanalloc::host::{HostMachine, HostPlatform};
 use spanalloc::Heap;
 
@@ -111,11 +119,117 @@ struct PauseReport {
     wall: u64,
 }
 
+/// A crew of host threads for concurrent marking, started once: `crew_run` hands them the round's job
+/// and runs the mutator's closure meanwhile (spawning threads for every `mutate` would make the mutator
+/// wait for `clone` each time).
+mod crew {
+    use std::sync::{Condvar, Mutex, OnceLock};
+
+    /// A round's job, its lifetime erased: `run` does not return before every helper that took it is
+    /// done with it, and withdraws it from those that have not.
+    #[derive(Clone, Copy)]
+    struct Job(&'static (dyn Fn(usize) + Sync));
+
+    #[derive(Default)]
+    struct State {
+        generation: u64,
+        helpers: usize,
+        job: Option<Job>,
+        /// Helpers inside the current job.
+        running: usize,
+    }
+
+    struct Crew {
+        state: Mutex<State>,
+        wake: Condvar,
+        threads: usize,
+    }
+
+    static CREW: OnceLock<&'static Crew> = OnceLock::new();
+
+    /// The crew, with `threads` helper threads started on first use.
+    fn crew(threads: usize) -> &'static Crew {
+        CREW.get_or_init(|| {
+            let c: &'static Crew = Box::leak(Box::new(Crew {
+                state: Mutex::new(State::default()),
+                wake: Condvar::new(),
+                threads,
+            }));
+            for i in 1..=threads {
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    loop {
+                        let job = {
+                            let mut s = c.state.lock().unwrap();
+                            while s.generation == seen {
+                                s = c.wake.wait(s).unwrap();
+                            }
+                            seen = s.generation;
+                            // A job already withdrawn (the round ended before this thread woke) is
+                            // skipped.
+                            let job = s.job.filter(|_| i <= s.helpers);
+                            if job.is_some() {
+                                s.running += 1;
+                            }
+                            job
+                        };
+                        if let Some(Job(job)) = job {
+                            job(i);
+                            c.state.lock().unwrap().running -= 1;
+                        }
+                    }
+                });
+            }
+            c
+        })
+    }
+
+    /// Withdraws the job and waits for the helpers inside it (also when `main` unwinds).
+    struct Join(&'static Crew);
+
+    impl Drop for Join {
+        fn drop(&mut self) {
+            self.0.state.lock().unwrap().job = None;
+            while self.0.state.lock().unwrap().running != 0 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// `ConcurrentWorkers::run` on the crew: the helpers get `job`, the caller runs `main`.
+    pub fn run(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        let c = crew(helpers);
+        assert!(helpers <= c.threads, "the crew has {} threads", c.threads);
+        // SAFETY: only the lifetime changes; `Join` below withdraws the job and waits (even on unwind)
+        // until no helper is inside it before `run` returns, so no helper uses it afterwards.
+        let job: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(job) };
+        {
+            let mut s = c.state.lock().unwrap();
+            s.generation += 1;
+            s.helpers = helpers;
+            s.job = Some(Job(job));
+        }
+        c.wake.notify_all();
+        let _join = Join(c);
+        main();
+    }
+}
+
 fn pause_bench(mode: Mode, step: usize, cycles: u64) -> PauseReport {
+    pause_bench_with(mode, step, cycles, None)
+}
+
+fn pause_bench_with(
+    mode: Mode,
+    step: usize,
+    cycles: u64,
+    concurrent_workers: Option<ConcurrentWorkers>,
+) -> PauseReport {
     const TREES: usize = 32;
     const DEPTH: u32 = 15; // 65535 nodes of 32 B: 2 MiB per tree, 64 MiB in all
     let cfg = GcConfig {
         mode,
+        concurrent_workers,
         clock: Some(if use_wall_clock() { wall_ns } else { cpu_ns }),
         pause_hook: Some(record_pause),
         trace_sink: std::env::var("GCTRACE")
@@ -148,7 +262,7 @@ fn pause_bench(mode: Mode, step: usize, cycles: u64) -> PauseReport {
                 root.borrow_mut(mc)[k] = Some(fresh);
             }
         });
-        if mode == Mode::Incremental {
+        if mode == Mode::Incremental && step > 0 {
             gc.step(step);
         }
         i += 1;
@@ -360,6 +474,25 @@ fn bench(quick: bool) {
             pause_bench(Mode::Incremental, step, cycles),
         ));
     }
+    // Go's dedicated workers: a quarter of the CPUs, at least one (this machine: the CPUs besides the
+    // mutator's, at most 3).
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let helpers = (cpus / 4).max(1);
+    rows.push((
+        format!(
+            "concurrent, {helpers} worker{}",
+            if helpers > 1 { "s" } else { "" }
+        ),
+        pause_bench_with(
+            Mode::Concurrent,
+            0,
+            cycles,
+            Some(ConcurrentWorkers {
+                helpers,
+                run: crew::run,
+            }),
+        ),
+    ));
     println!(
         "{:<28} {:>6} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "mode", "cycles", "pauses", "max", "p99", "p50", "GC total", "wall"
@@ -383,6 +516,13 @@ fn bench(quick: bool) {
             "{name}: max pause = 1/{:.1} of the stop-the-world pause (target: 1/20 or less)",
             stw_max as f64 / r.max as f64
         );
+    }
+    if let Some((name, r)) = rows.iter().find(|(n, _)| n.starts_with("concurrent")) {
+        println!("{name}: max pause {} (target: 0.100 ms or less)", ms(r.max));
+    }
+    // `-- pauses`: the pause table alone.
+    if std::env::args().any(|a| a == "pauses") {
+        return;
     }
 
     println!();

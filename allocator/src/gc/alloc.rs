@@ -21,6 +21,7 @@ use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
 use super::spans::GcSpan;
 use super::trace::Trace;
+use super::workbuf::Pool;
 use crate::addr::{PageCount, VirtAddr};
 use crate::sizeclass::{SizeClass, SpanClass};
 
@@ -76,7 +77,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc {
-            inner.settle();
+            inner.settle(&self.pool);
         }
         Ok(value_ptr)
     }
@@ -202,25 +203,26 @@ impl Inner {
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).
-    fn settle(&mut self) {
+    fn settle(&mut self, pool: &Pool) {
         let bytes = core::mem::take(&mut self.debt);
         if bytes != 0 {
-            self.pay(bytes);
+            self.pay(bytes, pool);
         }
         if self.slow_alloc {
-            self.stress_step();
+            self.stress_step(pool);
         }
     }
 
     /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the
     /// trigger check.
-    fn pay(&mut self, bytes: usize) {
+    fn pay(&mut self, bytes: usize, pool: &Pool) {
         if self.marking {
             let t0 = self.now();
             let work = self
                 .pacer
                 .assist_work(bytes, self.heap_live, self.marker.scan_work);
-            self.marker.drain(work);
+            // In a concurrent mark, the pool's chunks when the mutator outruns the workers (conc.rs).
+            self.drain_with_pool(pool, work);
             self.stats.assists += 1;
             self.log.assists += 1;
             self.pause_end(t0);
@@ -240,10 +242,10 @@ impl Inner {
     }
 
     /// Stress mode: mark work on every allocation.
-    fn stress_step(&mut self) {
+    fn stress_step(&mut self, pool: &Pool) {
         if let Stress::StepEveryAlloc(budget) = self.config.stress {
             if self.marking {
-                self.marker.drain(budget.max(1));
+                self.drain_with_pool(pool, budget.max(1));
                 self.stats.assists += 1;
                 self.log.assists += 1;
             }

@@ -22,6 +22,11 @@
 //! - A mutably borrowed `GcRefCell` may be skipped by the marker (its snapshot was shaded).
 //! - Termination needs no root rescan; objects that die during the mark are freed next cycle.
 //!
+//! Concurrent marking (conc.rs) changes nothing in the argument: the mutator's shades go through the
+//! same atomic side-table path as the workers', and a worker that finds a `GcRefCell` held by a
+//! `GcRefMut` skips it exactly as the single-threaded marker skips a mutably borrowed one (its old
+//! contents were shaded before the lock was taken, cell.rs).
+//!
 //! Invariants: the barrier is on exactly while `Inner::marking` is (mirrored in `State::marking` for a
 //! one-load check); shading never scans (it pushes on the grey stack), so it costs O(pointers in the old
 //! value).

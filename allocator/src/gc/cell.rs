@@ -11,14 +11,90 @@
 //!   mutably borrowed, the marker may skip it (its snapshot is already shaded, and everything stored in
 //!   it meanwhile is black or reachable from the snapshot).
 //! - A `GcRefCell`'s contents are never reachable except through `borrow`/`borrow_mut` (no `get_mut`,
-//!   no `into_inner`): a leaked `RefMut` leaves them unreachable for good, so skipping them is safe.
+//!   no `into_inner`): a leaked `GcRefMut` leaves them unreachable for good, so skipping them is safe.
+//!
+//! Concurrent marking (conc.rs): mark workers on other CPUs trace objects while the mutator runs, so
+//! every cell a worker reads is accessed under a protocol both sides follow (nothing else in an object
+//! can change: fields outside cells are immutable after allocation, since a `Gc` gives only `&T`):
+//! - `GcCell`: while workers may run (`State::is_concurrent`, constant for a whole `mutate` call), the
+//!   mutator's writes and the workers' reads of a cell hold the cell's stripe lock (one of
+//!   [`STRIPES`] spin locks chosen by the cell's address; held only for the copy of the value, so no
+//!   user code runs under it and no lock is ever taken under another). The mutator's own reads need no
+//!   lock: it is the only writer. A wait for a stripe counts as a pause.
+//! - `GcRefCell`: `trace_lock` is 0 (free), `WRITER` (the mutator holds a `GcRefMut`) or the number of
+//!   tracers reading the contents. `borrow_mut` takes `WRITER` (waiting for tracers of this one cell to
+//!   finish, a wait counted as a pause) after shading the old contents, and its guard gives it back; a
+//!   tracer takes a read count unless `WRITER` is held, and skips the cell then (its snapshot was
+//!   shaded). Tracers read the contents through the `RefCell`'s pointer and never touch its borrow
+//!   flag, which only the mutator uses. The lock is taken on every `borrow_mut` (an uncontended CAS),
+//!   so the protocol needs no mode.
 
 use core::cell::{Cell, Ref, RefCell, RefMut};
 use core::fmt;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::mutation::Mutation;
 use super::ptr::Brand;
 use super::trace::{Trace, Tracer};
+
+/// Spin locks guarding `GcCell` copies while concurrent mark workers run (module docs).
+static STRIPES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
+
+/// Holds the stripe lock of one cell address.
+struct Stripe(&'static AtomicU32);
+
+impl Stripe {
+    fn of<T>(cell: *const T) -> &'static AtomicU32 {
+        let h = (cell.addr() >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)
+            >> (usize::BITS - 6);
+        &STRIPES[h]
+    }
+
+    fn spin(l: &'static AtomicU32) -> Stripe {
+        while l
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        Stripe(l)
+    }
+
+    /// A tracer's lock.
+    #[inline]
+    fn lock<T>(cell: *const T) -> Stripe {
+        Self::spin(Self::of(cell))
+    }
+
+    /// The mutator's lock: a wait for a worker's copy counts as a pause.
+    #[inline]
+    fn lock_mutator<T>(cell: *const T, mc: &Mutation<'_>) -> Stripe {
+        let l = Self::of(cell);
+        if l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Stripe(l);
+        }
+        Self::wait(l, mc)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait(l: &'static AtomicU32, mc: &Mutation<'_>) -> Stripe {
+        let t0 = mc.state().now();
+        let s = Self::spin(l);
+        mc.state().waited(t0);
+        s
+    }
+}
+
+impl Drop for Stripe {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
 
 /// A `Cell` for managed objects: `get` freely, `set` with the heap's [`Mutation`].
 pub struct GcCell<'gc, T: Copy> {
@@ -42,15 +118,20 @@ impl<'gc, T: Copy + Trace> GcCell<'gc, T> {
     /// Stores `value`, shading the old value first while marking.
     #[inline]
     pub fn set(&self, mc: &Mutation<'gc>, value: T) {
-        mc.barrier(&self.value.get());
-        self.value.set(value);
+        self.replace(mc, value);
     }
 
     /// Stores `value` and returns the old one (shaded while marking).
+    #[inline]
     pub fn replace(&self, mc: &Mutation<'gc>, value: T) -> T {
         let old = self.value.get();
         mc.barrier(&old);
-        self.value.set(value);
+        if T::NEEDS_TRACE && mc.state().is_concurrent() {
+            let _g = Stripe::lock_mutator(self.value.as_ptr(), mc);
+            self.value.set(value);
+        } else {
+            self.value.set(value);
+        }
         old
     }
 }
@@ -67,18 +148,30 @@ impl<T: Copy + fmt::Debug> fmt::Debug for GcCell<'_, T> {
     }
 }
 
-// SAFETY: traces the current value (a copy: no borrow of the cell is held while tracing).
+// SAFETY: traces the current value (a copy: no borrow of the cell is held while tracing); a concurrent
+// tracer copies it under the stripe lock the mutator's writes take meanwhile (module docs).
 unsafe impl<T: Copy + Trace> Trace for GcCell<'_, T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
     #[inline]
     fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self.value.get());
+        let v = if t.is_concurrent() {
+            let _g = Stripe::lock(self.value.as_ptr());
+            self.value.get()
+        } else {
+            self.value.get()
+        };
+        t.trace(&v);
     }
 }
+
+/// `GcRefCell::trace_lock` while the mutator holds a [`GcRefMut`].
+const WRITER: usize = usize::MAX;
 
 /// A `RefCell` for managed objects: `borrow` freely, `borrow_mut` with the heap's [`Mutation`].
 pub struct GcRefCell<'gc, T> {
     value: RefCell<T>,
+    /// Excludes tracers on other CPUs while the contents may change (module docs).
+    trace_lock: AtomicUsize,
     _brand: Brand<'gc>,
 }
 
@@ -86,6 +179,7 @@ impl<'gc, T: Trace> GcRefCell<'gc, T> {
     pub fn new(value: T) -> Self {
         Self {
             value: RefCell::new(value),
+            trace_lock: AtomicUsize::new(0),
             _brand: Brand::default(),
         }
     }
@@ -96,11 +190,35 @@ impl<'gc, T: Trace> GcRefCell<'gc, T> {
     }
 
     /// Mutable access; while marking, every `Gc` the value holds now is shaded first. Panics if the value
-    /// is borrowed (as `RefCell::borrow_mut`).
-    pub fn borrow_mut(&self, mc: &Mutation<'gc>) -> RefMut<'_, T> {
+    /// is borrowed (as `RefCell::borrow_mut`). Waits for a mark worker tracing this cell on another CPU.
+    pub fn borrow_mut(&self, mc: &Mutation<'gc>) -> GcRefMut<'_, T> {
         let r = self.value.borrow_mut();
         mc.barrier(&*r);
-        r
+        if self
+            .trace_lock
+            .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.wait_for_tracers(mc);
+        }
+        GcRefMut {
+            lock: &self.trace_lock,
+            r,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait_for_tracers(&self, mc: &Mutation<'gc>) {
+        let t0 = mc.state().now();
+        while self
+            .trace_lock
+            .compare_exchange_weak(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        mc.state().waited(t0);
     }
 }
 
@@ -111,12 +229,74 @@ impl<T: fmt::Debug> fmt::Debug for GcRefCell<'_, T> {
 }
 
 // SAFETY: traces the value unless it is mutably borrowed — then its old contents were shaded by
-// `borrow_mut` (module invariants), which is all a snapshot-at-the-beginning mark needs from it.
+// `borrow_mut` (module invariants), which is all a snapshot-at-the-beginning mark needs from it. The
+// read count keeps the mutator from changing the contents while they are traced, from any CPU.
 unsafe impl<T: Trace> Trace for GcRefCell<'_, T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
     fn trace(&self, t: &mut Tracer<'_>) {
-        if let Ok(v) = self.value.try_borrow() {
-            t.trace(&*v);
+        let mut n = self.trace_lock.load(Ordering::Relaxed);
+        loop {
+            if n == WRITER || n == WRITER - 1 {
+                return;
+            }
+            match self.trace_lock.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
         }
+        let _reading = Reading(&self.trace_lock);
+        // SAFETY: no `GcRefMut` exists (the lock was not `WRITER`, and `borrow_mut` cannot take it while
+        // the read count is held), so nothing writes the contents until `_reading` drops; `RefCell`'s
+        // borrow flag is not touched (only the mutator's thread uses it).
+        let v = unsafe { &*self.value.as_ptr() };
+        t.trace(v);
+    }
+}
+
+/// A tracer's read count on a `GcRefCell` (released on unwind too).
+struct Reading<'a>(&'a AtomicUsize);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The mutable borrow of a [`GcRefCell`]: a `RefMut` that also keeps mark workers out of the contents.
+pub struct GcRefMut<'a, T> {
+    lock: &'a AtomicUsize,
+    r: RefMut<'a, T>,
+}
+
+impl<T> Drop for GcRefMut<'_, T> {
+    fn drop(&mut self) {
+        // Before the `RefMut` goes (fields drop after this): the contents are final for tracers.
+        self.lock.store(0, Ordering::Release);
+    }
+}
+
+impl<T> Deref for GcRefMut<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.r
+    }
+}
+
+impl<T> DerefMut for GcRefMut<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.r
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for GcRefMut<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }

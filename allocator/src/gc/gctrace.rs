@@ -3,7 +3,7 @@
 //!
 //! `gc 7 incr: pause max 0.041 ms (root 0.012 ms, 35 steps, 12 assists), mark 1.830 ms, sweep 0.210 ms, heap 8.11 -> 9.02 -> 4.37 MiB, goal 8.74 MiB, 31208 objects marked by 1 CPU`
 //!
-//! - `incr` or `stw`: how the mark ran.
+//! - `incr`, `conc` or `stw`: how the mark ran (`conc`: with workers beside the mutator, conc.rs).
 //! - pause max: the longest piece of collector work the mutator waited for in this cycle, the one still
 //!   running at termination included up to the termination (for `stw`, the whole cycle from sweep
 //!   termination to mark termination; `collect`'s eager sweep afterwards is not in the line); root: the
@@ -35,6 +35,10 @@ pub struct GcStats {
     pub finalized: u64,
     /// Heap rescans after the grey stack could not grow.
     pub overflow_rescans: u64,
+    /// `mutate` calls that ran beside concurrent mark workers (conc.rs), and the bytes of objects those
+    /// workers scanned.
+    pub concurrent_rounds: u64,
+    pub concurrent_scan_bytes: u64,
     /// Live bytes marked by the last cycle.
     pub last_live: usize,
     pub heap_live: usize,
@@ -49,6 +53,8 @@ pub struct GcStats {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CycleLog {
     pub(crate) stw: bool,
+    /// The mark had a side table: workers could run beside the mutator (conc.rs).
+    pub(crate) concurrent: bool,
     pub(crate) start_ns: u64,
     pub(crate) root_ns: u64,
     pub(crate) pause_max_ns: u64,
@@ -96,7 +102,13 @@ impl fmt::Display for Line {
             f,
             "gc {} {}: pause max {} (root {}, {} steps, {} assists), mark {}, sweep {}, heap {} -> {} -> {} MiB, goal {} MiB, {} objects marked by {} CPU{}",
             self.cycle,
-            if l.stw { "stw" } else { "incr" },
+            if l.stw {
+                "stw"
+            } else if l.concurrent {
+                "conc"
+            } else {
+                "incr"
+            },
             Ms(l.pause_max_ns),
             Ms(l.root_ns),
             l.steps,

@@ -26,6 +26,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
+use super::conc::{ConcTable, ConcurrentWorkers, Round, RoundOut};
 use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
@@ -33,6 +34,7 @@ use super::pacer::{Pacer, MIN_HEAP};
 use super::par::MarkWorkers;
 use super::spans::{SpanSet, SpanSource};
 use super::weak::WeakList;
+use super::workbuf::Pool;
 use crate::heap::Heap;
 use crate::platform::Platform;
 
@@ -43,6 +45,9 @@ pub enum Mode {
     Incremental,
     /// Mark the whole heap at one safe point (sweeping stays lazy).
     StopTheWorld,
+    /// As `Incremental`, with mark workers on other CPUs draining the grey set while the mutator runs
+    /// (`GcConfig::concurrent_workers`; without them this is `Incremental`). See conc.rs.
+    Concurrent,
 }
 
 /// Debug modes that make the collector run far more often than the pacer would.
@@ -84,6 +89,9 @@ pub struct GcConfig {
     /// Mark workers on other CPUs for stop-the-world marks (par.rs); `None`: mark on the heap's CPU.
     /// With workers, `Trace` impls run on their CPUs too (trace.rs).
     pub mark_workers: Option<MarkWorkers>,
+    /// Mark workers beside the running mutator in `Mode::Concurrent` (conc.rs). With them, `Trace`
+    /// impls run on other CPUs while the mutator runs (trace.rs).
+    pub concurrent_workers: Option<ConcurrentWorkers>,
 }
 
 impl Default for GcConfig {
@@ -100,6 +108,7 @@ impl Default for GcConfig {
             trace_sink: None,
             pause_hook: None,
             mark_workers: None,
+            concurrent_workers: None,
         }
     }
 }
@@ -135,6 +144,8 @@ pub(crate) struct Inner {
     pub(crate) debt: usize,
     pub(crate) stats: GcStats,
     pub(crate) log: CycleLog,
+    /// The side mark table of a concurrent mark (conc.rs), from mark setup to termination.
+    pub(crate) conc_table: Option<ConcTable>,
     #[cfg(test)]
     pub(crate) barrier_off: bool,
 }
@@ -147,6 +158,11 @@ impl Inner {
     /// Records a pause that began at `t0`.
     pub(crate) fn pause_end(&mut self, t0: u64) {
         let d = self.now().saturating_sub(t0);
+        self.pause_ns(d);
+    }
+
+    /// Records a pause of `d` ns.
+    pub(crate) fn pause_ns(&mut self, d: u64) {
         self.stats.pauses += 1;
         self.stats.pause_total_ns += d;
         self.stats.pause_max_ns = self.stats.pause_max_ns.max(d);
@@ -167,6 +183,12 @@ pub(crate) struct State {
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
     marking: Cell<bool>,
+    /// Mark workers may run on other CPUs now (only during a concurrent round, conc.rs: set before the
+    /// workers start and cleared after they all returned, so it is constant for a whole `mutate` call).
+    concurrent: Cell<bool>,
+    /// Grey chunks shared with concurrent mark workers (outside `inner`: workers use it while the
+    /// mutator holds `&mut Inner`).
+    pub(crate) pool: Pool,
 }
 
 /// Neither `Send` nor `Sync` (see `State`).
@@ -199,9 +221,33 @@ impl State {
         self.marking.get()
     }
 
+    #[inline]
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.concurrent.get()
+    }
+
+    pub(crate) fn set_concurrent(&self, on: bool) {
+        self.concurrent.set(on);
+    }
+
+    /// The clock (0 without one).
+    pub(crate) fn now(&self) -> u64 {
+        self.enter().1.now()
+    }
+
+    /// Records a wait of the mutator for collector work that began at `t0` (a pause).
+    pub(crate) fn waited(&self, t0: u64) {
+        self.enter().1.pause_end(t0);
+    }
+
     /// Exclusive access at a safe point.
     pub(crate) fn get_mut(&mut self) -> &mut Inner {
         self.inner.get_mut()
+    }
+
+    /// The state and the shared pool, at a safe point.
+    pub(crate) fn parts(&mut self) -> (&mut Inner, &Pool) {
+        (self.inner.get_mut(), &self.pool)
     }
 
     pub(crate) fn sync_marking(&mut self) {
@@ -264,6 +310,7 @@ impl<R: Rootable> GcHeap<R> {
             debt: 0,
             stats: GcStats::default(),
             log: CycleLog::default(),
+            conc_table: None,
             #[cfg(test)]
             barrier_off: false,
         };
@@ -272,6 +319,8 @@ impl<R: Rootable> GcHeap<R> {
             inner: UnsafeCell::new(inner),
             busy: Cell::new(false),
             marking: Cell::new(false),
+            concurrent: Cell::new(false),
+            pool: Pool::new(),
         };
         let root = init(Mutation::new(&state));
         let root = core::mem::ManuallyDrop::new(root);
@@ -286,9 +335,35 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
     ) -> T {
-        let out = f(Mutation::new(&self.state), rebrand::<R>(&self.root));
+        let out = match self.begin_round() {
+            Some(round) => {
+                let (state, root) = (&self.state, &self.root);
+                let (out, done) = round.run(state, || f(Mutation::new(state), rebrand::<R>(root)));
+                self.end_round(done);
+                out
+            }
+            None => f(Mutation::new(&self.state), rebrand::<R>(&self.root)),
+        };
         self.safepoint();
         out
+    }
+
+    /// A concurrent round for the next `mutate` (conc.rs), if one is due. While it runs, a worker that
+    /// unwinds leaves `interrupted` set (the mark then rescans before it ends).
+    fn begin_round(&mut self) -> Option<Round> {
+        let (inner, pool) = self.state.parts();
+        let round = inner.begin_round(pool)?;
+        inner.marker.round_interrupted = Some(inner.marker.interrupted);
+        inner.marker.interrupted = true;
+        Some(round)
+    }
+
+    fn end_round(&mut self, done: RoundOut) {
+        let inner = self.state.get_mut();
+        if let Some(was) = inner.marker.round_interrupted.take() {
+            inner.marker.interrupted = was;
+        }
+        inner.end_round(done);
     }
 
     /// As [`GcHeap::mutate`], with the root mutable (no barrier is needed on it: the root is shaded
@@ -297,10 +372,19 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
     ) -> T {
+        let round = self.begin_round();
         let out = {
             // SAFETY: as in `rebrand`: only the brand changes, and the borrow of `self` bounds it.
             let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
-            f(Mutation::new(&self.state), root)
+            let state = &self.state;
+            match round {
+                Some(round) => {
+                    let (out, done) = round.run(state, || f(Mutation::new(state), root));
+                    self.end_round(done);
+                    out
+                }
+                None => f(Mutation::new(state), root),
+            }
         };
         self.safepoint();
         out
@@ -370,13 +454,13 @@ impl<R: Rootable> GcHeap<R> {
             _ => {}
         }
         if inner.marking {
-            if inner.marker.grey.is_empty() {
+            if inner.marker.grey.is_empty() && self.state.pool.looks_empty() {
                 self.terminate();
             }
         } else if inner.cycle_requested {
             match inner.config.mode {
                 Mode::StopTheWorld => self.stw_cycle(false),
-                Mode::Incremental => self.start_cycle(),
+                Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
         }
     }
@@ -394,13 +478,13 @@ impl<R: Rootable> GcHeap<R> {
     /// runs (terminating it when the grey stack empties), else sweeping; starts a cycle when the
     /// trigger has been reached. Returns the phase afterwards.
     pub fn step(&mut self, budget: usize) -> Phase {
-        let inner = self.state.get_mut();
+        let (inner, pool) = self.state.parts();
         let t0 = inner.now();
         if inner.marking {
-            inner.marker.drain(budget.max(1));
+            inner.drain_with_pool(pool, budget.max(1));
             inner.log.steps += 1;
             inner.pause_end(t0);
-            if inner.marker.grey.is_empty() {
+            if inner.marker.grey.is_empty() && pool.looks_empty() {
                 self.terminate();
             }
         } else if inner.spans.unswept_pages > 0 {
@@ -418,7 +502,7 @@ impl<R: Rootable> GcHeap<R> {
             return;
         }
         let t0 = self.state.get_mut().now();
-        self.begin_cycle();
+        self.begin_cycle(true);
         self.state.get_mut().pause_end(t0);
     }
 
@@ -430,17 +514,25 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        inner.drain_all();
+        let (inner, pool) = self.state.parts();
+        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
 
-    /// Sweep termination, mark setup and the root scan.
-    fn begin_cycle(&mut self) {
+    /// Sweep termination, mark setup and the root scan; `concurrent`: a mark that workers may run
+    /// beside the mutator (its side table is built, conc.rs).
+    fn begin_cycle(&mut self, concurrent: bool) {
         let inner = self.state.get_mut();
         let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
+        if concurrent
+            && inner.config.mode == Mode::Concurrent
+            && inner.config.concurrent_workers.is_some()
+        {
+            inner.begin_concurrent();
+        }
         // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
         self.state.sync_marking();
         let inner = self.state.get_mut();
@@ -452,7 +544,7 @@ impl<R: Rootable> GcHeap<R> {
 
     fn stw_cycle(&mut self, eager_sweep: bool) {
         let t0 = self.state.get_mut().now();
-        self.begin_cycle();
+        self.begin_cycle(false);
         let inner = self.state.get_mut();
         inner.log.stw = true;
         inner.log.pause_t0 = Some(t0);
@@ -470,6 +562,8 @@ impl<R: Rootable> GcHeap<R> {
         let inner = self.state.get_mut();
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
+        let (inner, pool) = self.state.parts();
+        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -481,7 +575,9 @@ impl<R: Rootable> GcHeap<R> {
     /// point tries again); `end_mark` and the barrier's switch run no user code; the trace sink runs
     /// last, with the state consistent.
     fn end_cycle(&mut self) {
-        let inner = self.state.get_mut();
+        // A concurrent mark's side table is merged (and what is grey drained) before anything else.
+        let (inner, pool) = self.state.parts();
+        inner.finish_concurrent(pool);
         let root = rebrand::<R>(&self.root);
         if inner.marker.interrupted {
             // A scan was cut short by a panic: the root (this trace) and every marked object (the
@@ -516,6 +612,13 @@ fn rebrand<'a, R: Rootable>(root: &'a R::Root<'static>) -> &'a R::Root<'a> {
 impl<R: Rootable> Drop for GcHeap<R> {
     fn drop(&mut self) {
         // Every object still allocated is finalized once and every span goes back to the page heap.
-        self.state.get_mut().release_all();
+        let (inner, pool) = self.state.parts();
+        let source = inner.marker.source;
+        pool.release(source);
+        inner.marker.conc = None;
+        if let Some(table) = inner.conc_table.take() {
+            table.release(source);
+        }
+        inner.release_all();
     }
 }

@@ -23,6 +23,7 @@
 
 use core::ptr::NonNull;
 
+use super::conc::ConcView;
 use super::object::{is_zero_sized, Headed};
 use super::spans::SpanSource;
 use super::trace::Tracer;
@@ -53,6 +54,11 @@ pub(crate) struct Marker {
     /// A parallel mark worker (par.rs): mark bits are set atomically through span views, and no
     /// reference to a span is made (other CPUs mark in the same spans).
     shared: bool,
+    /// A concurrent mark's side table (conc.rs): while set, every shade marks there (atomically) and
+    /// reads no span struct, whether by a worker or by the mutator.
+    pub(crate) conc: Option<ConcView>,
+    /// `interrupted` from before a concurrent round, which sets it for its length (heap.rs).
+    pub(crate) round_interrupted: Option<bool>,
 }
 
 impl Marker {
@@ -63,6 +69,8 @@ impl Marker {
     ) -> Self {
         Self {
             shared: false,
+            conc: None,
+            round_interrupted: None,
             spans,
             source,
             owner,
@@ -158,6 +166,31 @@ impl Marker {
         }
     }
 
+    /// `shade` in a concurrent mark: the span through the span map (atomic entries), its entry in the
+    /// side table, the mark bit there (atomic). No span struct is read: the mutator may be writing
+    /// them. An address in a span missing from the table is in a span taken during this mark, whose
+    /// objects are all allocated black; the branded API makes every `Gc` one of this heap's, and the
+    /// full checks of `shade` run on every marked object at termination (rescan, checkmark).
+    fn shade_conc(&mut self, view: ConcView, addr: VirtAddr) {
+        let Some((span, _)) = self.spans.lookup(addr) else {
+            if is_zero_sized(addr) {
+                return;
+            }
+            not_managed(addr, "in no in-use span");
+        };
+        let Some(e) = view.find(span) else {
+            return;
+        };
+        let Some(idx) = e.index(addr) else {
+            not_managed(addr, "past the span's last object");
+        };
+        // The object counts as marked when the table is merged (conc.rs), not here.
+        if view.mark(&e, idx) && !e.noscan && !self.grey.push(e.object_addr(idx), self.source) {
+            // Marked but not pushed: the rescan at termination (after the merge) finds it.
+            self.overflow = true;
+        }
+    }
+
     pub(crate) fn tracer(&mut self) -> Tracer<'_> {
         Tracer { m: self }
     }
@@ -165,6 +198,9 @@ impl Marker {
     /// Shades the object containing `addr` (panics if it is not an object of this heap).
     #[inline]
     pub(crate) fn shade(&mut self, addr: VirtAddr) {
+        if let Some(view) = self.conc.filter(|_| self.check.is_none()) {
+            return self.shade_conc(view, addr);
+        }
         if self.shared {
             return self.shade_shared(addr);
         }

@@ -74,11 +74,14 @@
 //! ([`GcConfig::mark_workers`], [`MarkWorkers`]): stop-the-world marks (`collect`, `finish_mark`,
 //! stop-the-world mode) are drained by workers on other CPUs too, with atomic mark bits and a shared
 //! pool of grey chunks (par.rs); incremental steps and assists mark on the heap's CPU. Concurrent
-//! marking (workers running beside the mutator) is not done.
+//! marking ([`Mode::Concurrent`] with [`GcConfig::concurrent_workers`], [`ConcurrentWorkers`]): mark
+//! workers on other CPUs drain the grey set while the mutator runs each `mutate` closure on its own
+//! (conc.rs); `Trace` impls then run beside the mutator (their contract, trace.rs, says what they may
+//! read), and cells take locks (cell.rs).
 //!
 //! Design (ARCHITECTURE.md, "Collector"): heap.rs (state, safe points, cycle driver), alloc.rs (current
 //! span per class, tiny allocator, large objects, assists), mark.rs (shade/scan), workbuf.rs (grey
-//! stack, shared chunk pool), par.rs (parallel marking), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
+//! stack, shared chunk pool), par.rs (parallel marking), conc.rs (concurrent marking), barrier.rs (the deletion barrier and why), sweep.rs (lazy sweep, finalizers), spans.rs
 //! (span lists by sweepgen), pacer.rs (goal, trigger, assist ratio), cycle.rs (mark setup/termination),
 //! verify.rs (checkmark), gctrace.rs (stats and trace lines), weak.rs, object.rs (headers, vtables),
 //! trace.rs, ptr.rs, cell.rs, mutation.rs (the API types).
@@ -86,6 +89,7 @@
 mod alloc;
 mod barrier;
 mod cell;
+mod conc;
 mod cycle;
 mod gctrace;
 mod heap;
@@ -102,7 +106,8 @@ mod verify;
 mod weak;
 mod workbuf;
 
-pub use cell::{GcCell, GcRefCell};
+pub use cell::{GcCell, GcRefCell, GcRefMut};
+pub use conc::ConcurrentWorkers;
 pub use gctrace::GcStats;
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};

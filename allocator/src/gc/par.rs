@@ -23,9 +23,14 @@
 //!   `run` cannot keep a job past its return (the job borrows the caller's frame).
 //! - `Trace` impls run on the workers' CPUs, at the same time as other objects' (the `Trace` contract
 //!   in trace.rs).
+//! - The same workers run the rounds of a concurrent mark (conc.rs) beside the mutator: there they mark
+//!   in the side table (`Shared::conc`, no span struct touched), share the heap's persistent pool, and
+//!   leave when `stop` is set (putting their grey entries back in the pool) or the pool runs dry; the
+//!   first invariant above is then conc.rs's to keep.
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use super::conc::ConcView;
 use super::heap::Inner;
 use super::mark::Marker;
 use super::object::Headed;
@@ -64,12 +69,17 @@ impl MarkWorkers {
 /// Scans between looks at the other workers (sharing work, handing over full chunks).
 const SHARE_EVERY: usize = 32;
 
-/// What the workers of one parallel drain share.
-struct Shared {
-    pool: Pool,
+/// What the workers of one parallel drain (or one concurrent round, conc.rs) share.
+pub(crate) struct Shared<'a> {
+    pool: &'a Pool,
     spans: &'static SpanMap,
     source: &'static (dyn SpanSource + Sync),
     owner: u32,
+    /// Set when the workers of a concurrent round must stop (they put their grey entries back in the
+    /// pool); `None` in a stop-the-world drain.
+    stop: Option<&'a AtomicBool>,
+    /// The side mark table of a concurrent mark: workers mark there, not in spans (conc.rs).
+    conc: Option<ConcView>,
     /// Workers holding grey entries.
     busy: AtomicUsize,
     /// Workers waiting for work.
@@ -84,16 +94,86 @@ struct Shared {
     lost: AtomicBool,
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Normally empty; after a panic in `run`, the chunks go back (the caller's marker rescans).
-        self.pool.release(self.source);
+/// What the workers did, once they are all gone.
+pub(crate) struct Done {
+    pub(crate) marked_bytes: usize,
+    pub(crate) marked_objects: usize,
+    pub(crate) scan_work: usize,
+    pub(crate) cpus: usize,
+    pub(crate) overflow: bool,
+    pub(crate) lost: bool,
+}
+
+impl<'a> Shared<'a> {
+    pub(crate) fn new(
+        pool: &'a Pool,
+        spans: &'static SpanMap,
+        source: &'static (dyn SpanSource + Sync),
+        owner: u32,
+        stop: Option<&'a AtomicBool>,
+        conc: Option<ConcView>,
+    ) -> Self {
+        Shared {
+            pool,
+            spans,
+            source,
+            owner,
+            stop,
+            conc,
+            busy: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            marked_bytes: AtomicUsize::new(0),
+            marked_objects: AtomicUsize::new(0),
+            scan_work: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            overflow: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+        }
     }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn result(&self) -> Done {
+        Done {
+            marked_bytes: self.marked_bytes.load(Ordering::Relaxed),
+            marked_objects: self.marked_objects.load(Ordering::Relaxed),
+            scan_work: self.scan_work.load(Ordering::Relaxed),
+            cpus: self.workers.load(Ordering::Relaxed),
+            overflow: self.overflow.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// Gives a drain's own pool back when it goes (normally empty; after a panic in `run`, the chunks go
+/// back and the caller's marker rescans).
+struct ReleasePool<'a>(&'a Pool, &'a dyn SpanSource);
+
+impl Drop for ReleasePool<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// One mark worker's life: drains the pool until the mark is over (or the round stops).
+pub(crate) fn work(sh: &Shared<'_>) {
+    let mut m = Marker::new_shared(sh.spans, sh.source, sh.owner);
+    m.conc = sh.conc;
+    let mut w = Worker {
+        sh,
+        m,
+        busy: false,
+        idle: false,
+        done: false,
+    };
+    w.run();
 }
 
 /// A worker's state; gives its chunks back and leaves the counts if it unwinds.
 struct Worker<'a> {
-    sh: &'a Shared,
+    sh: &'a Shared<'a>,
     m: Marker,
     busy: bool,
     idle: bool,
@@ -127,6 +207,10 @@ impl Worker<'_> {
     fn acquire(&mut self) -> bool {
         debug_assert!(!self.busy && self.m.grey.is_empty());
         loop {
+            if self.sh.stopped() {
+                self.set_idle(false);
+                return false;
+            }
             if !self.sh.pool.looks_empty() {
                 self.set_busy(true);
                 if self.sh.pool.take_into(&mut self.m.grey) {
@@ -152,10 +236,16 @@ impl Worker<'_> {
             let mut n = 0;
             while let Some(obj) = self.m.grey.pop(self.sh.source) {
                 // SAFETY: only allocated objects of scan spans are pushed (`shade`), and every allocated
-                // slot is initialized while the mutator is stopped (alloc.rs).
+                // slot is initialized while the mutator is stopped (alloc.rs) — or, in a concurrent
+                // round, was initialized before the `Gc` that led here was published (conc.rs).
                 self.m.scan_work += self.m.scan(unsafe { Headed::new(obj) });
                 n += 1;
                 if n % SHARE_EVERY == 0 {
+                    if self.sh.stopped() {
+                        // The round is over: the rest waits in the pool for the next one.
+                        self.sh.pool.put_all(&mut self.m.grey);
+                        break;
+                    }
                     self.sh.pool.put_older(&mut self.m.grey);
                     if self.sh.idle.load(Ordering::Relaxed) > 0 && self.sh.pool.looks_empty() {
                         self.sh.pool.share(&mut self.m.grey, self.sh.source);
@@ -207,44 +297,25 @@ impl Inner {
             }
         };
         let m = &mut self.marker;
-        let sh = Shared {
-            pool: Pool::new(),
-            spans: m.spans,
-            source: m.source,
-            owner: m.owner,
-            busy: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
-            marked_bytes: AtomicUsize::new(0),
-            marked_objects: AtomicUsize::new(0),
-            scan_work: AtomicUsize::new(0),
-            workers: AtomicUsize::new(0),
-            overflow: AtomicBool::new(false),
-            lost: AtomicBool::new(false),
-        };
+        let pool = Pool::new();
+        let _release = ReleasePool(&pool, m.source);
+        let sh = Shared::new(&pool, m.spans, m.source, m.owner, None, None);
         sh.pool.put_all(&mut m.grey);
         if sh.pool.is_empty() {
             return;
         }
-        let job = |_: usize| {
-            let mut w = Worker {
-                sh: &sh,
-                m: Marker::new_shared(sh.spans, sh.source, sh.owner),
-                busy: false,
-                idle: false,
-                done: false,
-            };
-            w.run();
-        };
+        let job = |_: usize| work(&sh);
         // `run` may panic (a worker's `Trace` impl): `interrupted` then stays set and the mark rescans.
         m.scanning(|_| (workers.run)(workers.helpers, &job));
-        if sh.lost.load(Ordering::SeqCst) {
+        let done = sh.result();
+        if done.lost {
             m.interrupted = true;
         }
-        m.overflow |= sh.overflow.load(Ordering::Relaxed);
-        m.marked_bytes += sh.marked_bytes.load(Ordering::Relaxed);
-        m.marked_objects += sh.marked_objects.load(Ordering::Relaxed);
-        m.scan_work += sh.scan_work.load(Ordering::Relaxed);
-        let cpus = sh.workers.load(Ordering::Relaxed);
+        m.overflow |= done.overflow;
+        m.marked_bytes += done.marked_bytes;
+        m.marked_objects += done.marked_objects;
+        m.scan_work += done.scan_work;
+        let cpus = done.cpus;
         // Whatever the workers left (a `run` that did not run them all) is drained here.
         while sh.pool.take_into(&mut m.grey) {
             m.drain(usize::MAX);

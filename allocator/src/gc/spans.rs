@@ -191,6 +191,22 @@ impl SpanSet {
         }
     }
 
+    /// Every span, current and filed, mutably (to merge a concurrent mark's side bits, conc.rs). The set
+    /// itself does not change meanwhile.
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Span)) {
+        for s in self.current.iter_mut().flatten() {
+            f(s);
+        }
+        for lists in self.partial.iter().chain(self.full.iter()) {
+            for list in lists {
+                // SAFETY: listed spans are the collector's and have no handle (`put_swept`); `&mut self`
+                // makes this the only access to them, and the iterator has read a span's link before
+                // `f` gets it (`SpanList::iter`), so `f`'s reference is the only one while it lives.
+                list.iter().for_each(|s| f(unsafe { &mut *s.as_ptr() }));
+            }
+        }
+    }
+
     /// Calls `f` with the address of every marked object of every scan span, current or filed. Holds no
     /// reference to any span struct while `f` runs, so `f` may mark objects (write the mark bits of these
     /// spans). The set must not change meanwhile (`&self`).

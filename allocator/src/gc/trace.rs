@@ -13,6 +13,17 @@
 //!   time as other objects' `trace` (never the same object's twice at once), while the mutator is
 //!   stopped: it must touch nothing but the value itself and the tracer (no thread-local or other
 //!   shared unsynchronised state). Every impl in this crate and every derived impl qualifies.
+//! - With concurrent marking (`Mode::Concurrent`, `GcConfig::concurrent_workers`), `trace` also runs
+//!   on other CPUs *while the mutator runs*: it may read only what cannot change meanwhile — the
+//!   value's fields outside cells (immutable: a `Gc` gives only `&T`) — and its `GcCell`/`GcRefCell`
+//!   fields only through their own `Trace` impls (`t.trace(&cell)`), which take the locks the
+//!   mutator's writes take (cell.rs). It must not read any other interior-mutable data (a `Cell`,
+//!   `RefCell` or atomic field the mutator may write without the collector knowing). Derived impls
+//!   qualify: they call `t.trace` on every field, and the only `Trace` types with interior
+//!   mutability are the two GC cells (locked) and `Cell`/`RefCell` of `'static` data, whose impls
+//!   read nothing (`NEEDS_TRACE == false`, so the tracer does not even call them). Safe code cannot
+//!   write a `Trace` impl at all (the trait is `unsafe`), so a type the mutator mutates unseen can
+//!   reach a worker only through a hand-written `unsafe impl` that breaks this contract.
 //! - Panicking is allowed (it breaks no invariant of the collector, see mod.rs "Panics"): a `trace`
 //!   that panics makes the mark rescan before it ends; a `Drop` that panics leaks the other dead
 //!   objects of its span.
@@ -54,6 +65,13 @@ impl Tracer<'_> {
         if T::NEEDS_TRACE {
             value.trace(self);
         }
+    }
+
+    /// Whether this tracer is a concurrent mark worker's (or the mutator's while workers run): cells
+    /// then read their contents under the locks the mutator's writes take (cell.rs).
+    #[inline]
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.m.conc.is_some()
     }
 
     /// Shades the object at `addr` (a `Gc`'s address).

@@ -12,7 +12,8 @@ use crate::smp::{self, run_on_all};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spanalloc::gc::{
-    Gc, GcCell, GcConfig, GcHeap, GcWeak, MarkWorkers, Mode, Mutation, Rootable, Trace,
+    ConcurrentWorkers, Gc, GcCell, GcConfig, GcHeap, GcStats, GcWeak, MarkWorkers, Mode, Mutation,
+    Rootable, Trace,
 };
 use spanalloc::Stats;
 
@@ -204,6 +205,15 @@ fn footprint(s: &Stats) -> (usize, usize, u64) {
 }
 
 fn managed_64mib(mode: Mode, verify: bool, mark_workers: Option<MarkWorkers>) {
+    managed_64mib_with(mode, verify, mark_workers, None);
+}
+
+fn managed_64mib_with(
+    mode: Mode,
+    verify: bool,
+    mark_workers: Option<MarkWorkers>,
+    concurrent_workers: Option<ConcurrentWorkers>,
+) -> GcStats {
     // 64 MiB of nodes with their payloads (a 32 B node and a 256 B payload).
     const NODES: u64 = (64 << 20) / 288 + 8192;
     let _quiet = Quiet::new();
@@ -212,9 +222,10 @@ fn managed_64mib(mode: Mode, verify: bool, mark_workers: Option<MarkWorkers>) {
     let mut gc = new_heap(GcConfig {
         verify,
         mark_workers,
+        concurrent_workers,
         ..crate::gc::config(mode)
     });
-    let (built, kept) = build_mutate_verify(&mut gc, NODES, mode == Mode::Incremental);
+    let (built, kept) = build_mutate_verify(&mut gc, NODES, mode != Mode::StopTheWorld);
     let stats = gc.stats();
     log::info!(
         "{NODES} nodes: {} MiB live after the build, {} MiB after unlinking every {DROP_EVERY}rd; {} cycles, \
@@ -239,6 +250,7 @@ fn managed_64mib(mode: Mode, verify: bool, mark_workers: Option<MarkWorkers>) {
         "(objects, dirty free pages, frames besides metadata) not back after dropping the managed heap:\n\
          before:\n{before}\nafter:\n{after}"
     );
+    stats
 }
 
 pub fn gc_stw_64mib(_ctx: &mut TestCtx) {
@@ -271,6 +283,52 @@ pub fn gc_parallel_64mib(_ctx: &mut TestCtx) {
     let cpus = MARK_CPUS.load(Ordering::Relaxed).count_ones() as usize;
     assert_eq!(cpus, smp::online_count(), "mark jobs ran on {cpus} CPUs");
     log::info!("parallel marks ran on {cpus} CPUs");
+}
+
+fn counting_concurrent_workers(
+    helpers: usize,
+    job: &(dyn Fn(usize) + Sync),
+    main: &mut dyn FnMut(),
+) {
+    let workers = crate::gc::concurrent_workers().expect("more than one CPU");
+    (workers.run)(
+        helpers,
+        &|cpu| {
+            MARK_CPUS.fetch_or(1 << cpu, Ordering::Relaxed);
+            job(cpu);
+        },
+        main,
+    );
+}
+
+/// Concurrent marking: mark workers on the 3 APs beside the mutator on the boot CPU, checkmark on.
+pub fn gc_concurrent_64mib(_ctx: &mut TestCtx) {
+    let workers = crate::gc::concurrent_workers().expect("more than one CPU");
+    MARK_CPUS.store(0, Ordering::Relaxed);
+    let stats = managed_64mib_with(
+        Mode::Concurrent,
+        true,
+        None,
+        Some(ConcurrentWorkers {
+            run: counting_concurrent_workers,
+            ..workers
+        }),
+    );
+    let cpus = MARK_CPUS.load(Ordering::Relaxed).count_ones() as usize;
+    assert_eq!(
+        cpus,
+        smp::online_count() - 1,
+        "concurrent mark jobs ran on {cpus} APs"
+    );
+    assert!(
+        stats.concurrent_rounds > 0 && stats.concurrent_scan_bytes > 0,
+        "no marking beside the mutator: {stats:?}"
+    );
+    log::info!(
+        "concurrent marks: {} rounds beside the mutator, {} MiB scanned by workers on {cpus} APs",
+        stats.concurrent_rounds,
+        stats.concurrent_scan_bytes >> 20
+    );
 }
 
 pub fn gc_incremental_64mib(_ctx: &mut TestCtx) {

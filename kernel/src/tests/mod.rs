@@ -72,6 +72,7 @@ pub static TESTS: &[KernelTest] = &[
     KernelTest::new("gc_stw_64mib", gc::gc_stw_64mib),
     KernelTest::new("gc_incremental_64mib", gc::gc_incremental_64mib),
     KernelTest::new("gc_parallel_64mib", gc::gc_parallel_64mib).min_cpus(4),
+    KernelTest::new("gc_concurrent_64mib", gc::gc_concurrent_64mib).min_cpus(4),
     KernelTest::new("gc_per_cpu_heaps", gc::gc_per_cpu_heaps).min_cpus(4),
     // SMP: every CPU up, and the heap under real concurrency (booted with 4 CPUs, QEMU's default here).
     KernelTest::new("smp_all_cpus_online", smp::smp_all_cpus_online).min_cpus(4),

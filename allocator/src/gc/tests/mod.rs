@@ -1,6 +1,7 @@
 //! Host tests of the collector: the API and each mechanism on its own here, the model-based random
 //! mutator in model.rs.
 
+mod conc;
 mod derive;
 mod model;
 mod par;

@@ -417,6 +417,30 @@ fn model_stop_the_world_parallel() {
     );
 }
 
+/// Concurrent marks with 2 worker threads beside the mutator: random mutation while workers trace,
+/// checkmark on. Small under Miri (its data-race detector checks the cell and table protocols).
+#[test]
+fn model_concurrent() {
+    // Under Miri: one heap (every test leaks its heap's window, which Miri keeps).
+    let (seeds, ops, steps): (u64, usize, &[usize]) = if cfg!(miri) {
+        (1, 60, &[64])
+    } else {
+        (3, 3000, &[64, 4096])
+    };
+    for &step in steps {
+        run(
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: Some(ConcurrentWorkers::threads(2)),
+                ..GcConfig::default()
+            },
+            step,
+            seeds,
+            ops,
+        );
+    }
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn model_incremental_step_sizes() {

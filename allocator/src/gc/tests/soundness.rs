@@ -305,6 +305,7 @@ fn a_trace_impl_panicking_mid_scan_cannot_free_a_reachable_object() {
                 gc.finish_mark();
             }
             Mode::StopTheWorld => must_panic(|| gc.collect()),
+            Mode::Concurrent => unreachable!(),
         }
         gc.collect();
         assert!(

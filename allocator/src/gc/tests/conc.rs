@@ -1,0 +1,436 @@
+//! Concurrent marking (conc.rs) on host threads: a mutator that keeps rewriting cells and growing and
+//! shrinking `GcRefCell<Vec<_>>`s while workers trace them, checked against a model after every round
+//! and by the checkmark after every mark; whatever `run` does with the jobs and the mutator's closure,
+//! the mark is complete. The model test has a concurrent variant too (model.rs).
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::{config, now_ns, span_heap, take_finalized, Probe};
+use crate::gc::*;
+
+/// An item: its id and a link to another item (rewired by the mutator while workers run).
+struct Item<'gc> {
+    id: u64,
+    link: GcCell<'gc, Option<Gc<'gc, Item<'gc>>>>,
+    _probe: Probe,
+}
+
+// SAFETY: traces its one Gc field; Probe's Drop touches no Gc.
+unsafe impl Trace for Item<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.link);
+    }
+}
+
+/// A bag of items whose vector the mutator reallocates while workers may trace it.
+struct Bag<'gc> {
+    items: GcRefCell<'gc, Vec<Gc<'gc, Item<'gc>>>>,
+}
+
+// SAFETY: traces its one traced field.
+unsafe impl Trace for Bag<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.items);
+    }
+}
+
+const BAGS: usize = 8;
+
+struct Bags;
+impl Rootable for Bags {
+    type Root<'gc> = [GcCell<'gc, Option<Gc<'gc, Bag<'gc>>>>; BAGS];
+}
+
+/// xorshift64*.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// The model: the ids in each bag, in order, and each item's link.
+#[derive(Default)]
+struct Model {
+    bags: [Vec<u64>; BAGS],
+    links: BTreeMap<u64, Option<u64>>,
+    next: u64,
+}
+
+fn item<'gc>(mc: &Mutation<'gc>, id: u64, link: Option<Gc<'gc, Item<'gc>>>) -> Gc<'gc, Item<'gc>> {
+    Gc::new(
+        mc,
+        Item {
+            id,
+            link: GcCell::new(link),
+            _probe: Probe(id),
+        },
+    )
+}
+
+/// One round of mutation: `ops` random pushes, moves between bags, pops, relinks and bag swaps.
+fn mutate(gc: &mut GcHeap<Bags>, m: &mut Model, rng: &mut Rng, ops: usize) {
+    gc.mutate(|mc, root| {
+        let mut bags: Vec<Gc<'_, Bag<'_>>> = root.iter().map(|b| b.get().unwrap()).collect();
+        for _ in 0..ops {
+            let b = rng.below(BAGS as u64) as usize;
+            match rng.below(10) {
+                0..=3 => {
+                    // Push a new item linked to a random one of another bag (old or new: black).
+                    let o = rng.below(BAGS as u64) as usize;
+                    let target = {
+                        let other = bags[o].items.borrow();
+                        (!other.is_empty()).then(|| other[rng.below(other.len() as u64) as usize])
+                    };
+                    let id = m.next;
+                    m.next += 1;
+                    bags[b].items.borrow_mut(mc).push(item(mc, id, target));
+                    m.bags[b].push(id);
+                    m.links.insert(id, target.map(|t| t.id));
+                }
+                4..=6 => {
+                    // Move an old item to another bag: only the Gc on the stack holds it in between (the
+                    // barrier of the `borrow_mut` that takes it out shaded it).
+                    let o = rng.below(BAGS as u64) as usize;
+                    let taken = {
+                        let mut from = bags[b].items.borrow_mut(mc);
+                        let len = from.len() as u64;
+                        (len > 0).then(|| from.swap_remove(rng.below(len) as usize))
+                    };
+                    if let Some(x) = taken {
+                        Gc::new(mc, [x.id; 8]); // allocation while it is only on the stack
+                        bags[o].items.borrow_mut(mc).push(x);
+                        let pos = m.bags[b].iter().position(|&i| i == x.id).unwrap();
+                        m.bags[b].swap_remove(pos);
+                        m.bags[o].push(x.id);
+                    }
+                }
+                7 => {
+                    let popped = bags[b].items.borrow_mut(mc).pop();
+                    if let Some(x) = popped {
+                        assert_eq!(m.bags[b].pop(), Some(x.id));
+                    }
+                }
+                8 => {
+                    // Relink an item to another (or to nothing): the old link is cut.
+                    let items = bags[b].items.borrow();
+                    if !items.is_empty() {
+                        let x = items[rng.below(items.len() as u64) as usize];
+                        let to = (rng.below(3) != 0)
+                            .then(|| items[rng.below(items.len() as u64) as usize]);
+                        x.link.set(mc, to);
+                        m.links.insert(x.id, to.map(|t| t.id));
+                    }
+                }
+                _ => {
+                    // Replace a bag in the root by a fresh one holding the same items (the old one is
+                    // garbage now, its vector still traced by a worker perhaps).
+                    let fresh = Gc::new(
+                        mc,
+                        Bag {
+                            items: GcRefCell::new(bags[b].items.borrow().clone()),
+                        },
+                    );
+                    root[b].set(mc, Some(fresh));
+                    bags[b] = fresh;
+                }
+            }
+        }
+    });
+}
+
+/// The heap holds exactly what the model says, links included.
+fn check(gc: &mut GcHeap<Bags>, m: &Model) {
+    gc.mutate(|_, root| {
+        for (b, bag) in root.iter().enumerate() {
+            let bag = bag.get().unwrap();
+            let items = bag.items.borrow();
+            let ids: Vec<u64> = items.iter().map(|x| x.id).collect();
+            assert_eq!(ids, m.bags[b], "bag {b}");
+            for x in items.iter() {
+                assert_eq!(
+                    x.link.get().map(|t| t.id),
+                    m.links[&x.id],
+                    "link of {}",
+                    x.id
+                );
+                if let Some(t) = x.link.get() {
+                    // The target is alive (checked by poisoning too): its own link reads sanely.
+                    assert_eq!(t.link.get().map(|u| u.id), m.links[&t.id]);
+                }
+            }
+        }
+    });
+}
+
+fn concurrent_config(workers: ConcurrentWorkers) -> GcConfig {
+    GcConfig {
+        mode: Mode::Concurrent,
+        concurrent_workers: Some(workers),
+        min_heap: 256 << 10,
+        ..config()
+    }
+}
+
+/// Builds the bags, then runs `rounds` rounds of `ops` mutations each, with cycles started often.
+fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcStats {
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(256), concurrent_config(workers), |mc| {
+        core::array::from_fn(|_| {
+            GcCell::new(Some(Gc::new(
+                mc,
+                Bag {
+                    items: GcRefCell::new(Vec::new()),
+                },
+            )))
+        })
+    });
+    take_finalized();
+    let mut m = Model::default();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    gc.mutate(|mc, root| {
+        for id in 0..items {
+            let b = (id % BAGS as u64) as usize;
+            let bag = root[b].get().unwrap();
+            let link = bag.items.borrow().last().copied();
+            bag.items.borrow_mut(mc).push(item(mc, id, link));
+            m.bags[b].push(id);
+            m.links.insert(id, link.map(|l| l.id));
+        }
+    });
+    m.next = items;
+    for r in 0..rounds {
+        if r % 4 == 0 {
+            gc.start_cycle();
+        }
+        mutate(&mut gc, &mut m, &mut rng, ops);
+        check(&mut gc, &m);
+    }
+    gc.collect();
+    check(&mut gc, &m);
+    // Every finalized item is unreachable in the model.
+    let reachable: std::collections::BTreeSet<u64> = {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack: Vec<u64> = m.bags.iter().flatten().copied().collect();
+        while let Some(id) = stack.pop() {
+            if seen.insert(id) {
+                stack.extend(m.links[&id]);
+            }
+        }
+        seen
+    };
+    for id in take_finalized() {
+        assert!(
+            !reachable.contains(&id),
+            "reachable item {id} was finalized"
+        );
+    }
+    gc.stats()
+}
+
+fn sizes() -> (u64, usize, usize) {
+    if cfg!(miri) {
+        (24, 6, 12)
+    } else {
+        (8_000, 120, 1_000)
+    }
+}
+
+#[test]
+fn concurrent_marks_keep_everything_reachable() {
+    let (items, rounds, ops) = sizes();
+    let stats = run(ConcurrentWorkers::threads(2), items, rounds, ops);
+    assert!(stats.cycles >= 3, "only {} cycles", stats.cycles);
+    assert!(
+        stats.concurrent_rounds > 0 && stats.concurrent_scan_bytes > 0,
+        "the workers never marked beside the mutator: {stats:?}"
+    );
+}
+
+static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "three heaps: Miri's memory (the small version above runs under Miri)"
+)]
+fn whatever_run_does_the_mark_is_complete() {
+    fn nothing(_: usize, _: &(dyn Fn(usize) + Sync), _: &mut dyn FnMut()) {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn jobs_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        for i in 1..=helpers {
+            job(i);
+        }
+        main();
+    }
+    fn main_first_twice(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        main();
+        main();
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                s.spawn(move || job(i));
+                s.spawn(move || job(i));
+            }
+        });
+    }
+    let (items, rounds, ops) = sizes();
+    for run_fn in [nothing, jobs_first, main_first_twice] {
+        run(
+            ConcurrentWorkers {
+                helpers: 2,
+                run: run_fn,
+            },
+            items / 4,
+            rounds / 4,
+            ops,
+        );
+        take_finalized();
+    }
+    assert!(RUNS.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+/// The mutator's pauses in a concurrent mark are recorded: the clock runs, and rounds record waits.
+#[test]
+#[cfg_attr(miri, ignore = "timing only")]
+fn concurrent_rounds_record_pauses() {
+    let (items, rounds, ops) = sizes();
+    let stats = run(ConcurrentWorkers::threads(1), items / 4, rounds / 4, ops);
+    assert!(stats.pauses > 0 && stats.pause_total_ns > 0);
+    let _ = now_ns();
+}
+
+static BOOM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Two lists; its `Trace` panics between them once armed.
+struct Split<'gc> {
+    a: GcCell<'gc, Option<Gc<'gc, super::Node<'gc>>>>,
+    b: GcCell<'gc, Option<Gc<'gc, super::Node<'gc>>>>,
+}
+
+// SAFETY: traces both Gc fields (unless it panics in between).
+unsafe impl Trace for Split<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.a);
+        if BOOM.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("test: a Trace impl panics on a concurrent mark worker");
+        }
+        t.trace(&self.b);
+    }
+}
+
+/// A `Trace` impl panics on a worker during a round: whether the panic reaches `mutate`'s caller
+/// (`propagates`) or `run` swallows it, the mark rescans before it ends (checkmark on) and nothing
+/// reachable is freed.
+fn panicking_concurrent_worker(run: ConcurrentWorkers, propagates: bool) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    struct R;
+    impl Rootable for R {
+        type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Split<'gc>>>>;
+    }
+    let mut gc: GcHeap<R> =
+        GcHeap::new(span_heap(64), concurrent_config(run), |_| GcCell::new(None));
+    take_finalized();
+    let len = if cfg!(miri) { 8 } else { 2000 };
+    gc.mutate(|mc, root| {
+        let (mut a, mut b) = (None, None);
+        for id in 0..len {
+            a = Some(super::node(mc, id, a));
+            b = Some(super::node(mc, len + id, b));
+        }
+        let s = Gc::new(
+            mc,
+            Split {
+                a: GcCell::new(a),
+                b: GcCell::new(b),
+            },
+        );
+        root.set(mc, Some(s));
+    });
+    gc.collect();
+    gc.start_cycle();
+    BOOM.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A round that allocates nothing: only the workers mark (the root scan left the Split grey).
+    let r = catch_unwind(AssertUnwindSafe(|| gc.mutate(|_, _| ())));
+    assert_eq!(
+        r.is_err(),
+        propagates,
+        "the panic reached mutate: {}",
+        r.is_err()
+    );
+    assert!(
+        !BOOM.load(std::sync::atomic::Ordering::SeqCst),
+        "the armed Trace impl did not run"
+    );
+    gc.collect();
+    let freed = take_finalized();
+    assert!(freed.is_empty(), "freed while reachable: {freed:?}");
+    let count = gc.mutate(|_, root| {
+        let s = root.get().unwrap();
+        let mut n = 0;
+        for mut at in [s.a.get(), s.b.get()] {
+            while let Some(node) = at {
+                n += 1;
+                at = node.next.get();
+            }
+        }
+        n
+    });
+    assert_eq!(count, 2 * len);
+}
+
+/// Both panic tests arm the one global `BOOM`: they must not run at once.
+static BOOM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "one more heap: Miri's memory (the swallowed variant runs under Miri)"
+)]
+fn a_trace_impl_panicking_on_a_concurrent_worker_cannot_free_a_reachable_object() {
+    /// Scoped threads (a worker's panic reaches the caller), the workers a head start.
+    fn workers_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                s.spawn(move || job(i));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            main();
+        });
+    }
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    panicking_concurrent_worker(
+        ConcurrentWorkers {
+            helpers: 1,
+            run: workers_first,
+        },
+        true,
+    );
+}
+
+#[test]
+fn a_concurrent_worker_panic_that_run_swallows_makes_the_mark_rescan() {
+    fn swallowing(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                s.spawn(move || {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i)));
+                });
+            }
+            // The workers first: the Split is theirs to trace.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            main();
+        });
+    }
+    let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    panicking_concurrent_worker(
+        ConcurrentWorkers {
+            helpers: 1,
+            run: swallowing,
+        },
+        false,
+    );
+}
