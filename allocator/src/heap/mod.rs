@@ -1171,6 +1171,8 @@ mod attack_tests;
 #[cfg(test)]
 mod interrupt_tests;
 #[cfg(all(test, not(miri)))]
+mod realloc_tests;
+#[cfg(all(test, not(miri)))]
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
