@@ -28,6 +28,10 @@
 //! - Pages in a CPU's page cache (Go's pageCache: a 64-page aligned block and a bitmap of its free pages)
 //!   are in use for `pages` but free for the heap: they count in `dirty_free` when mapped, never in `in_use`,
 //!   and the scavenger cannot reach them until the cache is flushed (`flush_page_caches`).
+//! - Spans in the large-span cache (`LargeCache`: freed large spans of the explicit heap kept whole, by
+//!   page count, for the next large allocation of that count) are like page-cache pages: in use for
+//!   `pages`, free for the heap (in `dirty_free`, never in `in_use`), mapped, with no span-map entries
+//!   (so no free of an address in them is taken for a live object's); flushed with the page caches.
 //! - A span struct and its bitmaps live in metadata and belong to the page heap while the span is free
 //!   (they are released then), to its owner (central list or large-object path) while in use.
 //! - `peak_in_use >= in_use` and `peak_in_use >= epoch_max >= in_use` after every allocation (see
@@ -67,6 +71,57 @@ const PAGE_CACHE_MAX_SPAN: usize = 16;
 /// run (16 CPUs in an 8 MiB heap: no 1 MiB object with 7.5 MiB free). Small heaps take every span
 /// first-fit from the page allocator instead, which keeps them compact.
 const PAGE_CACHE_MIN_CAPACITY: usize = (1 << 30) / PAGE_SIZE;
+
+/// Large spans of at most this many pages are kept whole when freed (`LargeCache`).
+const LARGE_CACHE_MAX_SPAN: usize = 16;
+/// Most spans the large cache keeps of one page count.
+const LARGE_CACHE_DEPTH: usize = 4;
+/// Most pages the large cache keeps in all (1 MiB).
+const LARGE_CACHE_PAGES: usize = (1 << 20) / PAGE_SIZE;
+
+/// Freed large spans of the explicit heap, kept whole (pages mapped, span struct kept) for the next
+/// large allocation of the same page count: that allocation and this free then skip the page
+/// allocator's summary updates, the span struct's metadata and any remapping. Objects over 32 KiB come
+/// and go by the page heap alone (a `realloc` growing a small object makes one), so a workload that
+/// reallocates across 32 KiB frees and allocates such spans all the time. Bounded (`LARGE_CACHE_*`),
+/// used only in heaps big enough for page caches, and flushed with them (trim, out of memory).
+struct LargeCache {
+    /// `spans[n][..len[n]]`: the kept spans of `n` pages.
+    spans: [[Option<NonNull<Span>>; LARGE_CACHE_DEPTH]; LARGE_CACHE_MAX_SPAN + 1],
+    len: [u8; LARGE_CACHE_MAX_SPAN + 1],
+    pages: usize,
+}
+
+impl LargeCache {
+    const EMPTY: LargeCache = LargeCache {
+        spans: [[None; LARGE_CACHE_DEPTH]; LARGE_CACHE_MAX_SPAN + 1],
+        len: [0; LARGE_CACHE_MAX_SPAN + 1],
+        pages: 0,
+    };
+
+    /// Whether a span of `n` pages would be kept.
+    fn has_room(&self, n: usize) -> bool {
+        n <= LARGE_CACHE_MAX_SPAN
+            && usize::from(self.len[n]) < LARGE_CACHE_DEPTH
+            && self.pages + n <= LARGE_CACHE_PAGES
+    }
+
+    fn push(&mut self, n: usize, span: NonNull<Span>) {
+        debug_assert!(self.has_room(n));
+        self.spans[n][usize::from(self.len[n])] = Some(span);
+        self.len[n] += 1;
+        self.pages += n;
+    }
+
+    fn pop(&mut self, n: usize) -> Option<NonNull<Span>> {
+        if n > LARGE_CACHE_MAX_SPAN || self.len[n] == 0 {
+            return None;
+        }
+        self.len[n] -= 1;
+        self.pages -= n;
+        self.spans[n][usize::from(self.len[n])].take()
+    }
+}
 
 /// One CPU's page cache: pages `base + i` for each set bit `i` of `free` are reserved for it.
 #[derive(Clone, Copy)]
@@ -288,6 +343,7 @@ pub(crate) struct PageHeap<P: Platform> {
     /// Heap pages the metadata allocator took (region mode): in use in `pages` for good.
     meta_pages: usize,
     page_caches: [PageCache; MAX_CPUS],
+    large_cache: LargeCache,
     /// The recent peak of `in_use` (see "Scavenging" in the module docs).
     peak_in_use: usize,
     /// The highest `in_use` of the current epoch, and the pages allocated in it.
@@ -452,6 +508,7 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            large_cache: LargeCache::EMPTY,
             peak_in_use: 0,
             mapped_top: 0,
             #[cfg(test)]
@@ -545,6 +602,7 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            large_cache: LargeCache::EMPTY,
             peak_in_use: 0,
             mapped_top: 0,
             #[cfg(test)]
@@ -1009,11 +1067,76 @@ impl<P: Platform> PageHeap<P> {
         Some(base)
     }
 
-    /// Gives every CPU's cached pages back to the page allocator (before scavenging everything).
+    /// Gives every CPU's cached pages and the large cache's spans back to the page allocator (before
+    /// scavenging everything).
     pub(crate) fn flush_page_caches(&mut self) {
         for cpu in 0..MAX_CPUS {
             self.flush_page_cache(cpu);
         }
+        for n in 1..=LARGE_CACHE_MAX_SPAN {
+            while let Some(span) = self.large_cache.pop(n) {
+                // SAFETY: a kept span is a large span struct from `new_span_struct` (no bitmaps), used
+                // by nothing since its object was freed.
+                let base = unsafe { span.as_ref() }.base();
+                // SAFETY: as above; released once (it just left the cache).
+                unsafe { self.meta.free(span.cast(), core::mem::size_of::<Span>()) };
+                // Already free for the heap (in `dirty_free`): only the page allocator learns it now.
+                self.pages.free(self.page_index(base), n);
+            }
+        }
+    }
+
+    /// A large span of the explicit heap of `npages` pages aligned to `align` pages: one kept by the
+    /// large cache when there is one of that count (its pages mapped, holding old data), else
+    /// [`PageHeap::alloc_span`]'s.
+    pub(crate) fn alloc_large_span(
+        &mut self,
+        npages: usize,
+        align: usize,
+        class: SpanClass,
+        cpu: Option<usize>,
+    ) -> Option<NonNull<Span>> {
+        debug_assert!(class.is_large());
+        // Any page-aligned base meets an alignment of one page.
+        if align == 1 {
+            if let Some(span) = self.large_cache.pop(npages) {
+                // SAFETY: a kept span is ours alone until published below.
+                let s = unsafe { &mut *span.as_ptr() };
+                s.needzero = true;
+                s.set_small_layout(None);
+                let first = self.page_index(s.base());
+                self.dirty_free -= npages;
+                self.note_alloc(npages);
+                self.spanmap
+                    .set(first, npages, Some((span, s.class(), Owner::Explicit)));
+                return Some(span);
+            }
+        }
+        self.alloc_span(npages, align, class, cpu, Owner::Explicit)
+    }
+
+    /// Frees a large span of the explicit heap (from [`PageHeap::alloc_large_span`]): the large cache
+    /// keeps it whole when it has room, else [`PageHeap::free_span`].
+    ///
+    /// # Safety
+    /// As for [`PageHeap::free_span`].
+    pub(crate) unsafe fn free_large_span(&mut self, span: NonNull<Span>) {
+        // SAFETY: the caller hands the span back; it is a valid Span.
+        let (base, npages) = unsafe {
+            let s = span.as_ref();
+            debug_assert!(s.class().is_large());
+            (s.base(), s.npages().0)
+        };
+        if self.capacity >= PAGE_CACHE_MIN_CAPACITY && self.large_cache.has_room(npages) {
+            let first = self.page_index(base);
+            self.spanmap.set(first, npages, None);
+            self.large_cache.push(npages, span);
+            self.in_use -= npages;
+            self.dirty_free += npages;
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_span(span) }
     }
 
     /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map; small spans

@@ -665,7 +665,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             self.pages
                 .lock()
                 .as_mut()?
-                .alloc_span(npages.0, align, class, cpu, Owner::Explicit)
+                .alloc_large_span(npages.0, align, class, cpu)
         };
         // No room: the central lists' empty spans may hold it (see `refill`).
         let span = alloc().or_else(|| (self.release_empty_spans() > 0).then(alloc).flatten());
@@ -772,7 +772,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: a large span belongs to its object, which the caller is freeing.
         let npages = unsafe { span.as_ref() }.npages().0;
         // SAFETY: the caller frees the span's one object: nobody uses the span after this.
-        unsafe { heap.free_span(span) };
+        unsafe { heap.free_large_span(span) };
         heap.scavenge_if_needed();
         self.large_objects.fetch_sub(1, Ordering::Relaxed);
         self.large_pages.fetch_sub(npages, Ordering::Relaxed);

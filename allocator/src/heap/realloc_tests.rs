@@ -396,3 +396,84 @@ fn the_scavenger_returns_the_tails_of_objects_shrunk_in_place() {
     }
     assert_eq!(heap.stats().objects(), 0);
 }
+
+// ---- the page heap's large-span cache (pageheap.rs, `LargeCache`), which the large objects a realloc
+// ---- makes and frees go through
+
+#[test]
+fn a_freed_large_span_is_reused_whole_and_refused_as_a_double_free_meanwhile() {
+    let heap = heap();
+    let in_use = heap.stats().pages.in_use;
+    // SAFETY: test code: a valid non-zero layout.
+    let p = unsafe { heap.alloc(lay(64 << 10)) };
+    fill(p, 64 << 10, 10);
+    // SAFETY: test code: a live block with its layout.
+    unsafe { heap.dealloc(p, lay(64 << 10)) };
+    let s = heap.stats();
+    assert_eq!(
+        (s.pages.in_use, s.large_objects, s.large_bytes),
+        (in_use, 0, 0)
+    );
+    // Kept, but not live: every free or realloc of it is refused, by any layout.
+    for l in [lay(64 << 10), lay(60 << 10), lay(20_000)] {
+        // SAFETY: test code: a deliberately bad free or realloc, refused before anything changes.
+        let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
+        assert!(msg.contains("not a live heap object"), "{l:?}: {msg}");
+        let msg = panic_message(|| {
+            // SAFETY: test code: a deliberately bad free or realloc, refused before anything changes.
+            unsafe { heap.realloc(p, l, 100 << 10) };
+        });
+        assert!(msg.contains("not a live heap object"), "{l:?}: {msg}");
+    }
+    // The next allocation of its page count gets it, zeroed when asked.
+    // SAFETY: test code: a valid non-zero layout.
+    let q = unsafe { heap.alloc_zeroed(lay(60 << 10)) };
+    assert_eq!(q, p, "the kept span is reused");
+    // SAFETY: test code: a live block of 60 KiB.
+    let bytes = unsafe { core::slice::from_raw_parts(q, 60 << 10) };
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "alloc_zeroed of a kept span is zero"
+    );
+    assert_eq!(heap.stats().pages.in_use, in_use + 8);
+    assert_nothing_overlaps(heap, q, 60 << 10, 4 << 20);
+    // SAFETY: test code: a live block with its layout.
+    unsafe { heap.dealloc(q, lay(60 << 10)) };
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+#[test]
+fn trim_returns_the_kept_large_spans() {
+    let heap = heap();
+    heap.trim();
+    let before = heap.stats();
+    let mut held = Vec::new();
+    for i in 0..64 {
+        // Every page count the cache keeps, several times over: more than it keeps.
+        let size = (32 << 10) + (i % 12) * PAGE_SIZE + 1;
+        // SAFETY: test code: a valid non-zero layout.
+        let p = unsafe { heap.alloc(lay(size)) };
+        assert!(!p.is_null());
+        fill(p, size, i as u8);
+        held.push((p, size));
+    }
+    for (i, &(p, size)) in held.iter().enumerate() {
+        assert!(holds(p, size, i as u8), "block {i} kept its contents");
+        // SAFETY: test code: live blocks with their layouts.
+        unsafe { heap.dealloc(p, lay(size)) };
+    }
+    let s = heap.stats();
+    assert_eq!((s.objects(), s.pages.in_use), (0, before.pages.in_use));
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!(
+        s.pages.dirty_free, 0,
+        "trim flushed the kept spans and unmapped them"
+    );
+    assert!(
+        s.frames_held.0 <= before.frames_held.0 + 64,
+        "{} frames held after trim, {} before (metadata may have grown a little)",
+        s.frames_held.0,
+        before.frames_held.0
+    );
+}
