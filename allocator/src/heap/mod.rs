@@ -805,6 +805,22 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         found
     }
 
+    /// The free of a small layout whose pointer starts no object of its class in a small span: a
+    /// sampled object, or a large object kept at this class by an in-place `realloc`, is given back;
+    /// anything else is refused, naming the reason. One out-of-line call for the free fast path.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn free_small_elsewhere(&self, ptr: *mut u8, layout: Layout, class: SizeClass) {
+        if P::SAMPLING && self.free_sampled_small(ptr, layout, class) {
+            return;
+        }
+        if self.is_small_in_large(ptr, class) {
+            return self.free_large(canonical(Op::Dealloc, ptr, layout), layout, Some(class));
+        }
+        self.refuse_small(Op::Dealloc, ptr, layout, class)
+    }
+
     /// Checks the large object at `addr` (as `dealloc` would; `small` as for [`Heap::free_large`]) and
     /// tries to resize it in place to `new_size`; `true` if it now holds `new_size` bytes.
     ///
@@ -1010,17 +1026,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 let Some(entry) = self.small_object_entry(class, ptr) else {
-                    if P::SAMPLING && self.free_sampled_small(ptr, layout, class) {
-                        return;
-                    }
-                    if self.is_small_in_large(ptr, class) {
-                        return self.free_large(
-                            canonical(Op::Dealloc, ptr, layout),
-                            layout,
-                            Some(class),
-                        );
-                    }
-                    self.refuse_small(Op::Dealloc, ptr, layout, class)
+                    return self.free_small_elsewhere(ptr, layout, class);
                 };
                 // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
                 // mapped, its mark word in bounds, while the caller holds it (the caller gives it back;
