@@ -113,6 +113,29 @@ impl LargeCache {
         self.pages += n;
     }
 
+    /// Takes out a kept span whose pages, `[first(span), first(span) + n)`, meet `lo..hi`, if any.
+    fn take_overlapping(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        first: impl Fn(NonNull<Span>) -> usize,
+    ) -> Option<(NonNull<Span>, usize)> {
+        for n in 1..=LARGE_CACHE_MAX_SPAN {
+            let len = usize::from(self.len[n]);
+            for i in 0..len {
+                let span = self.spans[n][i].expect("kept spans fill their slots");
+                let f = first(span);
+                if f < hi && lo < f + n {
+                    self.spans[n][i] = self.spans[n][len - 1].take();
+                    self.len[n] -= 1;
+                    self.pages -= n;
+                    return Some((span, n));
+                }
+            }
+        }
+        None
+    }
+
     fn pop(&mut self, n: usize) -> Option<NonNull<Span>> {
         if n > LARGE_CACHE_MAX_SPAN || self.len[n] == 0 {
             return None;
@@ -1075,15 +1098,21 @@ impl<P: Platform> PageHeap<P> {
         }
         for n in 1..=LARGE_CACHE_MAX_SPAN {
             while let Some(span) = self.large_cache.pop(n) {
-                // SAFETY: a kept span is a large span struct from `new_span_struct` (no bitmaps), used
-                // by nothing since its object was freed.
-                let base = unsafe { span.as_ref() }.base();
-                // SAFETY: as above; released once (it just left the cache).
-                unsafe { self.meta.free(span.cast(), core::mem::size_of::<Span>()) };
-                // Already free for the heap (in `dirty_free`): only the page allocator learns it now.
-                self.pages.free(self.page_index(base), n);
+                self.release_kept_span(span, n);
             }
         }
+    }
+
+    /// Gives a span just taken out of the large cache back to the page allocator, and its struct to
+    /// the metadata allocator.
+    fn release_kept_span(&mut self, span: NonNull<Span>, npages: usize) {
+        // SAFETY: a kept span is a large span struct from `new_span_struct` (no bitmaps), used by
+        // nothing since its object was freed.
+        let base = unsafe { span.as_ref() }.base();
+        // SAFETY: as above; released once (it just left the cache).
+        unsafe { self.meta.free(span.cast(), core::mem::size_of::<Span>()) };
+        // Already free for the heap (in `dirty_free`): only the page allocator learns it now.
+        self.pages.free(self.page_index(base), npages);
     }
 
     /// A large span of the explicit heap of `npages` pages aligned to `align` pages: one kept by the
@@ -1113,6 +1142,12 @@ impl<P: Platform> PageHeap<P> {
             }
         }
         self.alloc_span(npages, align, class, cpu, Owner::Explicit)
+    }
+
+    /// Pages the large cache keeps (tests).
+    #[cfg(test)]
+    pub(crate) fn large_cache_pages(&self) -> usize {
+        self.large_cache.pages
     }
 
     /// Frees a large span of the explicit heap (from [`PageHeap::alloc_large_span`]): the large cache
@@ -1245,12 +1280,25 @@ impl<P: Platform> PageHeap<P> {
         if end + extra > self.grown {
             return None;
         }
-        // Free pages right after the span may sit in a page cache: give them back first.
+        // Free pages right after the span may sit in a page cache, or be a span the large cache
+        // keeps: give them back first.
         for cpu in 0..MAX_CPUS {
             let b = self.page_caches[cpu].base;
             if self.page_caches[cpu].free != 0 && b < end + extra && end < b + 64 {
                 self.flush_page_cache(cpu);
             }
+        }
+        let base = self.base.as_u64();
+        let first_of = |k: NonNull<Span>| {
+            // SAFETY: a kept span is a valid span struct that nothing else uses; read only.
+            let b = unsafe { k.as_ref() }.base().as_u64();
+            ((b - base) / PAGE_SIZE as u64) as usize
+        };
+        while let Some((kept, n)) = self
+            .large_cache
+            .take_overlapping(end, end + extra, first_of)
+        {
+            self.release_kept_span(kept, n);
         }
         if !self.pages.contains_free_run(end, extra) {
             return None;

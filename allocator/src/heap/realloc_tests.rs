@@ -11,10 +11,23 @@ use std::vec::Vec;
 
 use super::soundness_tests::{lay, plain_heap, Plain};
 use crate::addr::PAGE_SIZE;
+use crate::platform::Platform;
 
 /// A heap of 64 MiB of fake memory in a 1 GiB window.
 fn heap() -> &'static Plain {
     plain_heap(64, 1 << 30, 256 << 20)
+}
+
+/// A heap whose limit (2 GiB) is big enough for page caches and the large cache (pageheap.rs).
+fn big_heap() -> &'static Plain {
+    plain_heap(64, 4 << 30, 2 << 30)
+}
+
+/// Pages the page heap's large cache keeps.
+fn kept_pages(heap: &Plain) -> usize {
+    let _irq = heap.platform.mask_interrupts();
+    let pages = heap.pages.lock();
+    pages.as_ref().expect("initialized").large_cache_pages()
 }
 
 /// Runs `f`, which must panic, and returns the panic message.
@@ -402,7 +415,7 @@ fn the_scavenger_returns_the_tails_of_objects_shrunk_in_place() {
 
 #[test]
 fn a_freed_large_span_is_reused_whole_and_refused_as_a_double_free_meanwhile() {
-    let heap = heap();
+    let heap = big_heap();
     let in_use = heap.stats().pages.in_use;
     // SAFETY: test code: a valid non-zero layout.
     let p = unsafe { heap.alloc(lay(64 << 10)) };
@@ -429,6 +442,7 @@ fn a_freed_large_span_is_reused_whole_and_refused_as_a_double_free_meanwhile() {
     // SAFETY: test code: a valid non-zero layout.
     let q = unsafe { heap.alloc_zeroed(lay(60 << 10)) };
     assert_eq!(q, p, "the kept span is reused");
+    assert_eq!(kept_pages(heap), 0);
     // SAFETY: test code: a live block of 60 KiB.
     let bytes = unsafe { core::slice::from_raw_parts(q, 60 << 10) };
     assert!(
@@ -444,7 +458,7 @@ fn a_freed_large_span_is_reused_whole_and_refused_as_a_double_free_meanwhile() {
 
 #[test]
 fn trim_returns_the_kept_large_spans() {
-    let heap = heap();
+    let heap = big_heap();
     heap.trim();
     let before = heap.stats();
     let mut held = Vec::new();
@@ -464,7 +478,9 @@ fn trim_returns_the_kept_large_spans() {
     }
     let s = heap.stats();
     assert_eq!((s.objects(), s.pages.in_use), (0, before.pages.in_use));
+    assert!(kept_pages(heap) > 0);
     heap.trim();
+    assert_eq!(kept_pages(heap), 0, "trim flushed the large cache");
     let s = heap.stats();
     assert_eq!(
         s.pages.dirty_free, 0,
@@ -476,4 +492,43 @@ fn trim_returns_the_kept_large_spans() {
         s.frames_held.0,
         before.frames_held.0
     );
+}
+
+#[test]
+fn growth_into_a_kept_span_takes_its_pages_and_stays_in_place() {
+    let heap = big_heap();
+    let mut held = Vec::new();
+    let (a, b) = loop {
+        // SAFETY: test code: valid non-zero layouts.
+        let (a, b) = unsafe { (heap.alloc(lay(64 << 10)), heap.alloc(lay(64 << 10))) };
+        if b as usize == a as usize + (64 << 10) {
+            break (a, b);
+        }
+        held.push(a);
+        held.push(b);
+        assert!(held.len() < 64, "no two adjacent large objects");
+    };
+    fill(a, 64 << 10, 11);
+    // SAFETY: test code: a live block with its layout; the large cache keeps its span.
+    unsafe { heap.dealloc(b, lay(64 << 10)) };
+    assert_eq!(kept_pages(heap), 8);
+    // SAFETY: test code: a live block with its layout.
+    let q = unsafe { heap.realloc(a, lay(64 << 10), 128 << 10) };
+    assert_eq!(q, a, "the kept span's pages are taken back for the growth");
+    assert!(holds(a, 64 << 10, 11));
+    assert_eq!(kept_pages(heap), 0, "the kept span left the cache");
+    // The kept span is gone: the next 64 KiB object is not handed its pages.
+    // SAFETY: test code: a valid non-zero layout.
+    let c = unsafe { heap.alloc(lay(64 << 10)) };
+    assert_ne!(c, b, "{c:?} is inside the grown object");
+    assert_nothing_overlaps(heap, a, 128 << 10, 4 << 20);
+    // SAFETY: test code: live blocks with their layouts.
+    unsafe {
+        heap.dealloc(c, lay(64 << 10));
+        heap.dealloc(a, lay(128 << 10));
+        for p in held {
+            heap.dealloc(p, lay(64 << 10));
+        }
+    }
+    assert_eq!(heap.stats().objects(), 0);
 }
