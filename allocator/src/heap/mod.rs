@@ -855,8 +855,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         };
         let heap = guard.as_mut().expect("large spans exist only after init");
         // SAFETY: the caller owns the large object and so its span.
-        let s = unsafe { &mut *span.as_ptr() };
-        let old = s.npages().0;
+        let old = unsafe { span.as_ref() }.npages().0;
         if new_pages.0 < old {
             // SAFETY: as above; keep < old.
             unsafe { heap.shrink_in_place(span, new_pages.0) };
@@ -871,7 +870,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             self.large_pages
                 .fetch_add(new_pages.0 - old, Ordering::Relaxed);
         }
-        s.set_small_layout(new_class);
+        // SAFETY: as above; no other reference to the span is live (the page heap's ended with its
+        // call), so this one does not alias.
+        unsafe { &mut *span.as_ptr() }.set_small_layout(new_class);
         true
     }
 
