@@ -29,6 +29,10 @@
 //! - Pages in a CPU's page cache (Go's pageCache: a 64-page aligned block and a bitmap of its free pages)
 //!   are in use for `pages` but free for the heap: they count in `dirty_free` when mapped, never in `in_use`,
 //!   and the scavenger cannot reach them until the cache is flushed (`flush_page_caches`).
+//! - Spans in the large-span cache (`LargeCache`: freed large spans of the explicit heap kept whole, by
+//!   page count, for the next large allocation of that count) are like page-cache pages: in use for
+//!   `pages`, free for the heap (in `dirty_free`, never in `in_use`), mapped, with no span-map entries
+//!   (so no free of an address in them is taken for a live object's); flushed with the page caches.
 //! - A span struct and its bitmaps live in metadata and belong to the page heap while the span is free
 //!   (they are released then), to its owner (central list or large-object path) while in use.
 //! - `peak_in_use >= in_use` and `peak_in_use >= epoch_max >= in_use` after every allocation (see
@@ -81,6 +85,80 @@ const PAGE_CACHE_MAX_SPAN: usize = 16;
 /// run (16 CPUs in an 8 MiB heap: no 1 MiB object with 7.5 MiB free). Small heaps take every span
 /// first-fit from the page allocator instead, which keeps them compact.
 const PAGE_CACHE_MIN_CAPACITY: usize = (1 << 30) / PAGE_SIZE;
+
+/// Large spans of at most this many pages are kept whole when freed (`LargeCache`).
+const LARGE_CACHE_MAX_SPAN: usize = 16;
+/// Most spans the large cache keeps of one page count.
+const LARGE_CACHE_DEPTH: usize = 4;
+/// Most pages the large cache keeps in all (1 MiB).
+const LARGE_CACHE_PAGES: usize = (1 << 20) / PAGE_SIZE;
+
+/// Freed large spans of the explicit heap, kept whole (pages mapped, span struct kept) for the next
+/// large allocation of the same page count: that allocation and this free then skip the page
+/// allocator's summary updates, the span struct's metadata and any remapping. Objects over 32 KiB come
+/// and go by the page heap alone (a `realloc` growing a small object makes one), so a workload that
+/// reallocates across 32 KiB frees and allocates such spans all the time. Bounded (`LARGE_CACHE_*`),
+/// used only in heaps big enough for page caches, and flushed with them (trim, out of memory).
+struct LargeCache {
+    /// `spans[n][..len[n]]`: the kept spans of `n` pages.
+    spans: [[Option<NonNull<Span>>; LARGE_CACHE_DEPTH]; LARGE_CACHE_MAX_SPAN + 1],
+    len: [u8; LARGE_CACHE_MAX_SPAN + 1],
+    pages: usize,
+}
+
+impl LargeCache {
+    const EMPTY: LargeCache = LargeCache {
+        spans: [[None; LARGE_CACHE_DEPTH]; LARGE_CACHE_MAX_SPAN + 1],
+        len: [0; LARGE_CACHE_MAX_SPAN + 1],
+        pages: 0,
+    };
+
+    /// Whether a span of `n` pages would be kept.
+    fn has_room(&self, n: usize) -> bool {
+        n <= LARGE_CACHE_MAX_SPAN
+            && usize::from(self.len[n]) < LARGE_CACHE_DEPTH
+            && self.pages + n <= LARGE_CACHE_PAGES
+    }
+
+    fn push(&mut self, n: usize, span: NonNull<Span>) {
+        debug_assert!(self.has_room(n));
+        self.spans[n][usize::from(self.len[n])] = Some(span);
+        self.len[n] += 1;
+        self.pages += n;
+    }
+
+    /// Takes out a kept span whose pages, `[first(span), first(span) + n)`, meet `lo..hi`, if any.
+    fn take_overlapping(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        first: impl Fn(NonNull<Span>) -> usize,
+    ) -> Option<(NonNull<Span>, usize)> {
+        for n in 1..=LARGE_CACHE_MAX_SPAN {
+            let len = usize::from(self.len[n]);
+            for i in 0..len {
+                let span = self.spans[n][i].expect("kept spans fill their slots");
+                let f = first(span);
+                if f < hi && lo < f + n {
+                    self.spans[n][i] = self.spans[n][len - 1].take();
+                    self.len[n] -= 1;
+                    self.pages -= n;
+                    return Some((span, n));
+                }
+            }
+        }
+        None
+    }
+
+    fn pop(&mut self, n: usize) -> Option<NonNull<Span>> {
+        if n > LARGE_CACHE_MAX_SPAN || self.len[n] == 0 {
+            return None;
+        }
+        self.len[n] -= 1;
+        self.pages -= n;
+        self.spans[n][usize::from(self.len[n])].take()
+    }
+}
 
 /// One CPU's page cache: pages `base + i` for each set bit `i` of `free` are reserved for it.
 #[derive(Clone, Copy)]
@@ -308,6 +386,7 @@ pub(crate) struct PageHeap<P: Platform> {
     /// Heap pages the metadata allocator took (region mode): in use in `pages` for good.
     meta_pages: usize,
     page_caches: [PageCache; MAX_CPUS],
+    large_cache: LargeCache,
     /// The recent peak of `in_use` (see "Scavenging" in the module docs).
     peak_in_use: usize,
     /// The highest `in_use` of the current epoch, and the pages allocated in it.
@@ -474,6 +553,7 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            large_cache: LargeCache::EMPTY,
             peak_in_use: 0,
             mapped_top: 0,
             #[cfg(test)]
@@ -568,6 +648,7 @@ impl<P: Platform> PageHeap<P> {
             arenas: 0,
             meta_pages: 0,
             page_caches: [PageCache::EMPTY; MAX_CPUS],
+            large_cache: LargeCache::EMPTY,
             peak_in_use: 0,
             mapped_top: 0,
             #[cfg(test)]
@@ -1074,11 +1155,65 @@ impl<P: Platform> PageHeap<P> {
         Some(base)
     }
 
-    /// Gives every CPU's cached pages back to the page allocator (before scavenging everything).
+    /// Gives every CPU's cached pages and the large cache's spans back to the page allocator (before
+    /// scavenging everything).
     pub(crate) fn flush_page_caches(&mut self) {
         for cpu in 0..MAX_CPUS {
             self.flush_page_cache(cpu);
         }
+        for n in 1..=LARGE_CACHE_MAX_SPAN {
+            while let Some(span) = self.large_cache.pop(n) {
+                self.release_kept_span(span, n);
+            }
+        }
+    }
+
+    /// Gives a span just taken out of the large cache back to the page allocator, and its struct to
+    /// the metadata allocator.
+    fn release_kept_span(&mut self, span: NonNull<Span>, npages: usize) {
+        // SAFETY: a kept span is a large span struct from `new_span_struct` (no bitmaps), used by
+        // nothing since its object was freed.
+        let base = unsafe { span.as_ref() }.base();
+        // SAFETY: as above; released once (it just left the cache).
+        unsafe { self.meta.free(span.cast(), core::mem::size_of::<Span>()) };
+        // Already free for the heap (in `dirty_free`): only the page allocator learns it now.
+        self.pages.free(self.page_index(base), npages);
+    }
+
+    /// Pages the large cache keeps (tests).
+    #[cfg(test)]
+    pub(crate) fn large_cache_pages(&self) -> usize {
+        self.large_cache.pages
+    }
+
+    /// Frees a large span of the explicit heap (from [`PageHeap::alloc_large_span`]): the large cache
+    /// keeps it whole when it has room, else [`PageHeap::free_span`].
+    ///
+    /// # Safety
+    /// As for [`PageHeap::free_span`].
+    pub(crate) unsafe fn free_large_span(&mut self, span: NonNull<Span>) {
+        // SAFETY: the caller hands the span back; it is a valid Span.
+        let (base, npages) = unsafe {
+            let s = span.as_ref();
+            debug_assert!(s.class().is_large());
+            (s.base(), s.npages().0)
+        };
+        if self.capacity >= PAGE_CACHE_MIN_CAPACITY
+            && self.large_cache.has_room(npages)
+            // The cache keeps whole spans only: a trimmed tail gets its frame first (or, with no frame
+            // to be had, the span is freed below, where its tail is settled).
+            // SAFETY: the caller hands back an in-use large span of this heap.
+            && unsafe { self.untrim(span) }
+        {
+            let first = self.page_index(base);
+            self.spanmap.set(first, npages, None);
+            self.large_cache.push(npages, span);
+            self.in_use -= npages;
+            self.dirty_free += npages;
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_span(span) }
     }
 
     /// Allocates a span struct for `[first, first + npages)` and publishes it in the span map; small spans
@@ -1113,21 +1248,40 @@ impl<P: Platform> PageHeap<P> {
         Some(span)
     }
 
-    /// A large span of the explicit heap for an object of `bytes` bytes (`npages` pages, aligned to
-    /// `align` pages), published in the span map. When the object ends in the first frame of its last
-    /// page and that page needs mapping, its second frame is left unmapped ("Trimmed tails").
+    /// A large span of the explicit heap (`class`) for an object of `bytes` bytes (`npages` pages,
+    /// aligned to `align` pages), published in the span map: a span the large cache keeps for that page
+    /// count if there is one (whole: a trimmed span is never kept), else fresh pages. When a fresh
+    /// object ends in the first frame of its last page and that page needs mapping, its second frame is
+    /// left unmapped ("Trimmed tails").
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
         align: usize,
+        class: SpanClass,
         cpu: Option<usize>,
         bytes: usize,
     ) -> Option<NonNull<Span>> {
+        debug_assert!(class.is_large());
+        // Any page-aligned base meets an alignment of one page.
+        if align == 1 {
+            if let Some(span) = self.large_cache.pop(npages) {
+                // SAFETY: a kept span is ours alone until published below.
+                let s = unsafe { &mut *span.as_ptr() };
+                debug_assert!(!s.tail_unmapped, "the large cache keeps whole spans only");
+                s.needzero = true;
+                s.set_small_layout(None);
+                let first = self.page_index(s.base());
+                self.dirty_free -= npages;
+                self.note_alloc(npages);
+                self.spanmap
+                    .set(first, npages, Some((span, s.class(), Owner::Explicit)));
+                return Some(span);
+            }
+        }
         let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
-        let class = SpanClass::new(crate::sizeclass::SizeClass::LARGE, false);
         let Some(mut span) = self.new_span_struct(base, PageCount(npages), class, needzero) else {
             if trimmed {
                 self.settle_tail(first + npages - 1);
@@ -1267,12 +1421,25 @@ impl<P: Platform> PageHeap<P> {
         if end + extra > self.grown {
             return None;
         }
-        // Free pages right after the span may sit in a page cache: give them back first.
+        // Free pages right after the span may sit in a page cache, or be a span the large cache
+        // keeps: give them back first.
         for cpu in 0..MAX_CPUS {
             let b = self.page_caches[cpu].base;
             if self.page_caches[cpu].free != 0 && b < end + extra && end < b + 64 {
                 self.flush_page_cache(cpu);
             }
+        }
+        let base = self.base.as_u64();
+        let first_of = |k: NonNull<Span>| {
+            // SAFETY: a kept span is a valid span struct that nothing else uses; read only.
+            let b = unsafe { k.as_ref() }.base().as_u64();
+            ((b - base) / PAGE_SIZE as u64) as usize
+        };
+        while let Some((kept, n)) = self
+            .large_cache
+            .take_overlapping(end, end + extra, first_of)
+        {
+            self.release_kept_span(kept, n);
         }
         if !self.pages.contains_free_run(end, extra) {
             return None;

@@ -87,6 +87,10 @@ pub struct Span {
     /// A large span of the explicit heap whose object ends in the first frame of its last page: that
     /// page's second frame is not mapped (pageheap.rs, "Trimmed tails"). Always false for other spans.
     pub(crate) tail_unmapped: bool,
+    /// A large span only: 0 while its object's layout is a large one (of `npages` pages), else the
+    /// small size class of the layout it was reallocated to in place (heap/mod.rs, `realloc_large`),
+    /// which its next `dealloc` or `realloc` must name. Always 0 in a small span.
+    small_layout: u8,
 }
 
 // SAFETY: a Span owns its external bitmap storage exclusively (the `init_small` contract), like a Box,
@@ -175,6 +179,7 @@ impl Span {
             needzero,
             owner: 0,
             tail_unmapped: false,
+            small_layout: 0,
         };
         span.alloc_cache = span.free_mask_from(0);
         span
@@ -237,6 +242,7 @@ impl Span {
             needzero,
             owner: 0,
             tail_unmapped: false,
+            small_layout: 0,
         }
     }
 
@@ -295,6 +301,22 @@ impl Span {
         );
         self.npages = npages;
         self.elem_size = npages.bytes();
+    }
+
+    /// A large span's object: the small size class its layout has since an in-place `realloc` below
+    /// 32 KiB, or `None` while its layout is a large one (always `None` for a small span).
+    pub fn small_layout(&self) -> Option<SizeClass> {
+        SizeClass::new(self.small_layout).filter(|c| !c.is_large())
+    }
+
+    /// Records the layout a large span's object now has: a small class, or `None` for a large one.
+    pub fn set_small_layout(&mut self, class: Option<SizeClass>) {
+        assert!(
+            self.class.is_large(),
+            "span at {:#x}: set_small_layout needs a large span",
+            self.base.as_u64()
+        );
+        self.small_layout = class.map_or(0, |c| c.get());
     }
 
     /// Address of object `idx`.

@@ -26,7 +26,10 @@ pub struct ClassStats {
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
     pub classes: [ClassStats; NUM_SIZE_CLASSES],
+    /// Objects in a span of their own: allocated over 32 KiB or aligned beyond a page, including those
+    /// a `realloc` has since shrunk in place to a small size (they keep their span).
     pub large_objects: usize,
+    /// The pages of those spans, in bytes.
     pub large_bytes: usize,
     pub pages: PageStats,
     /// Frames the heap's address space maps (data, metadata and page tables).

@@ -629,21 +629,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// per small free out of line).
     #[inline(never)]
     fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
-        self.free_large(canonical(Op::Dealloc, ptr, layout), layout)
-    }
-
-    /// `dealloc` of a pointer that is not an object of a small span of its layout's class: a sampled
-    /// object's free (sample.rs), or a bad free, refused. One out-of-line call for both: were the sampled
-    /// free's call inline, the fast path would save and restore registers around it (measured: 4
-    /// instructions per free with sampling compiled in).
-    #[cold]
-    #[inline(never)]
-    #[track_caller]
-    fn dealloc_outside_small_spans(&self, ptr: *mut u8, layout: Layout, class: SizeClass) {
-        if P::SAMPLING && self.free_sampled_small(ptr, layout, class) {
-            return;
-        }
-        self.refuse_small(Op::Dealloc, ptr, layout, class)
+        self.free_large(canonical(Op::Dealloc, ptr, layout), layout, None)
     }
 
     /// Gives back an object that carries its free mark now: a push on this CPU's existing cache, or one
@@ -729,11 +715,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
+        let class = SpanClass::new(SizeClass::LARGE, false);
         let alloc = || {
             self.pages
                 .lock()
                 .as_mut()?
-                .alloc_large_span(npages.0, align, cpu, layout.size())
+                .alloc_large_span(npages.0, align, class, cpu, layout.size())
         };
         // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
         // CPU's cached objects keep from being empty.
@@ -768,9 +755,18 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     /// The large span of the object at `addr` freed or resized with `layout`, checked under the page-heap
     /// lock (the caller holds it: a concurrent free may release the span): an explicit-heap large span
-    /// starting at `addr` whose page count is what `layout` allocates. Panics naming the reason otherwise.
+    /// starting at `addr` whose object has the layout's kind: `small` is the layout's size class if it
+    /// is a small one (then the object must have been reallocated in place to that class), `None` for a
+    /// large layout (then the object's layout must be large, of the span's page count). Panics naming
+    /// the reason otherwise.
     #[track_caller]
-    fn checked_large(&self, op: Op, addr: VirtAddr, layout: Layout) -> NonNull<Span> {
+    fn checked_large(
+        &self,
+        op: Op,
+        addr: VirtAddr,
+        layout: Layout,
+        small: Option<SizeClass>,
+    ) -> NonNull<Span> {
         let e = self.explicit_entry(op, addr, layout);
         let class = e.class().size_class();
         if !class.is_large() {
@@ -800,24 +796,41 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 ),
             )
         }
-        if large_pages(layout.size()) != Some(s.npages()) {
-            bad_free(
+        match (small, s.small_layout()) {
+            (None, None) => {
+                if large_pages(layout.size()) != Some(s.npages()) {
+                    bad_free(
+                        op,
+                        addr,
+                        layout,
+                        format_args!(
+                            "the layout's size differs from the allocation's ({} pages)",
+                            s.npages().0
+                        ),
+                    )
+                }
+            }
+            (Some(want), Some(got)) if want == got => {}
+            (want, got) => bad_free(
                 op,
                 addr,
                 layout,
                 format_args!(
-                    "the layout's size differs from the allocation's ({} pages)",
-                    s.npages().0
+                    "the layout's size class differs from the allocation's ({}, the layout says {})",
+                    LayoutKind(got, s.npages()),
+                    LayoutKind(want, s.npages()),
                 ),
-            )
+            ),
         }
         span
     }
 
-    fn free_large(&self, addr: VirtAddr, layout: Layout) {
+    /// Frees the large object at `addr` (checked as [`Heap::checked_large`] does, with `small` the
+    /// layout's size class when that is a small one: an object reallocated in place below 32 KiB).
+    fn free_large(&self, addr: VirtAddr, layout: Layout, small: Option<SizeClass>) {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = self.checked_large(Op::Dealloc, addr, layout);
+        let span = self.checked_large(Op::Dealloc, addr, layout, small);
         if P::SAMPLING {
             self.forget_large(Op::Dealloc, addr, layout);
         }
@@ -825,22 +838,82 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: a large span belongs to its object, which the caller is freeing.
         let npages = unsafe { span.as_ref() }.npages().0;
         // SAFETY: the caller frees the span's one object: nobody uses the span after this.
-        unsafe { heap.free_span(span) };
+        unsafe { heap.free_large_span(span) };
         heap.scavenge_if_needed();
         self.large_objects.fetch_sub(1, Ordering::Relaxed);
         self.large_pages.fetch_sub(npages, Ordering::Relaxed);
     }
 
-    /// Checks the large object at `addr` (as `dealloc` would) and, when `new_size` is large too, tries to
-    /// resize it in place; `true` if it now holds `new_size` bytes.
-    fn realloc_large(&self, addr: VirtAddr, layout: Layout, new_size: usize) -> bool {
+    /// Whether `ptr` starts a large object that was reallocated in place to a small layout of `class`
+    /// (see [`Heap::realloc_large`]): where a small layout's free or realloc that found no small object
+    /// looks before refusing it. Never panics; the caller's next step checks again, under the lock.
+    #[cold]
+    #[inline(never)]
+    fn is_small_in_large(&self, ptr: *mut u8, class: SizeClass) -> bool {
+        let Ok(addr) = VirtAddr::try_new(ptr as u64) else {
+            return false;
+        };
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`). Held while the span is read: a
+        // concurrent free of its object may release it.
+        let guard = self.pages.lock();
+        let Some(e) = self.spanmap.entry(addr.as_u64()) else {
+            return false;
+        };
+        if e.owner() == Owner::Collector || !e.class().size_class().is_large() {
+            return false;
+        }
+        // SAFETY: an in-use large span (the span map says so, under the page-heap lock that keeps it
+        // from being released meanwhile). Read only.
+        let s = unsafe { e.span().as_ref() };
+        let found = s.base() == addr && s.small_layout() == Some(class);
+        drop(guard);
+        found
+    }
+
+    /// The free of a small layout whose pointer starts no object of its class in a small span: a
+    /// sampled object, or a large object kept at this class by an in-place `realloc`, is given back;
+    /// anything else is refused, naming the reason. One out-of-line call for the free fast path.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn free_small_elsewhere(&self, ptr: *mut u8, layout: Layout, class: SizeClass) {
+        if P::SAMPLING && self.free_sampled_small(ptr, layout, class) {
+            return;
+        }
+        if self.is_small_in_large(ptr, class) {
+            return self.free_large(canonical(Op::Dealloc, ptr, layout), layout, Some(class));
+        }
+        self.refuse_small(Op::Dealloc, ptr, layout, class)
+    }
+
+    /// Checks the large object at `addr` (as `dealloc` would; `small` as for [`Heap::free_large`]) and
+    /// tries to resize it in place to `new_size`; `true` if it now holds `new_size` bytes.
+    ///
+    /// In place: the span keeps the pages covering `new_size` (`PageCount::covering`) and gives its tail
+    /// back to the page heap, or takes the free pages right after it (`PageHeap::grow_in_place`). That
+    /// includes a new size of a small class (a large object shrinking below 32 KiB) when it is at least
+    /// [`IN_PLACE_SMALL_MIN`]: the object stays in its large span, which records the class
+    /// (`Span::small_layout`) so that the next `dealloc` or `realloc` with that layout is checked as
+    /// strictly as any other (see the module invariants) and finds it. The waste is under one page,
+    /// as for any large object, and under half the pages kept. Smaller sizes move into a size class.
+    fn realloc_large(
+        &self,
+        addr: VirtAddr,
+        layout: Layout,
+        small: Option<SizeClass>,
+        new_size: usize,
+    ) -> bool {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = self.checked_large(Op::Realloc, addr, layout);
+        let span = self.checked_large(Op::Realloc, addr, layout, small);
         if P::SAMPLING {
             self.forget_large(Op::Realloc, addr, layout);
         }
-        if SizeClass::for_layout(new_size, layout.align()).is_some() {
+        // A base is page-aligned, so every small class's alignment is met; beyond a page the layout
+        // has no small class.
+        let new_class = SizeClass::for_layout(new_size, layout.align());
+        if new_class.is_some() && new_size < IN_PLACE_SMALL_MIN {
             return false;
         }
         let Some(new_pages) = large_pages(new_size) else {
@@ -849,26 +922,32 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let heap = guard.as_mut().expect("large spans exist only after init");
         // SAFETY: the caller owns the large object and so its span.
         let old = unsafe { span.as_ref() }.npages().0;
-        if new_pages.0 == old {
-            // The same pages; a trimmed tail (pageheap.rs) is mapped if the new size reaches it.
+        if new_pages.0 == old
+            && new_size + FRAME_SIZE as usize > old * PAGE_SIZE
             // SAFETY: as above.
-            return new_size + FRAME_SIZE as usize <= old * PAGE_SIZE
-                || unsafe { heap.untrim(span) };
+            && !unsafe { heap.untrim(span) }
+        {
+            // The same pages, and the new size reaches a trimmed tail (pageheap.rs) no frame can map.
+            return false;
         }
         if new_pages.0 < old {
             // SAFETY: as above; keep < old.
             unsafe { heap.shrink_in_place(span, new_pages.0) };
+            heap.scavenge_if_needed();
             self.large_pages
                 .fetch_sub(old - new_pages.0, Ordering::Relaxed);
-            return true;
-        }
-        // SAFETY: as above.
-        if unsafe { heap.grow_in_place(span, new_pages.0 - old) }.is_some() {
+        } else if new_pages.0 > old {
+            // SAFETY: as above.
+            if unsafe { heap.grow_in_place(span, new_pages.0 - old) }.is_none() {
+                return false;
+            }
             self.large_pages
                 .fetch_add(new_pages.0 - old, Ordering::Relaxed);
-            return true;
         }
-        false
+        // SAFETY: as above; no other reference to the span is live (the page heap's ended with its
+        // call), so this one does not alias.
+        unsafe { &mut *span.as_ptr() }.set_small_layout(new_class);
+        true
     }
 
     /// Returns **this CPU's** cached objects to their spans, releases spans that are empty, and unmaps
@@ -969,6 +1048,30 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 }
 
+/// The least new size of a small class a large object is reallocated to in place (see
+/// [`Heap::realloc_large`]): one heap page, so that the pages it keeps are at most twice what it needs.
+/// Below it, a copy of at most 8 KiB into a size class costs less than the page-heap lock its free
+/// would take as a large object, and packs tighter.
+const IN_PLACE_SMALL_MIN: usize = PAGE_SIZE;
+
+/// How a large span's object is laid out, for messages: a small class kept in place, or its pages.
+struct LayoutKind(Option<SizeClass>, PageCount);
+
+impl core::fmt::Display for LayoutKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(c) => write!(
+                f,
+                "class {} of {} B, kept in a large span of {} pages",
+                c.get(),
+                c.size(),
+                self.1 .0
+            ),
+            None => write!(f, "a large object"),
+        }
+    }
+}
+
 /// The pages of a large object of `size` bytes: at least one (a zero size, outside `GlobalAlloc`'s
 /// contract, with an alignment only a large span meets, gets a page); `None` if that overflows.
 fn large_pages(size: usize) -> Option<PageCount> {
@@ -1023,7 +1126,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 let Some(entry) = self.small_object_entry(class, ptr) else {
-                    return self.dealloc_outside_small_spans(ptr, layout, class);
+                    return self.free_small_elsewhere(ptr, layout, class);
                 };
                 // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
                 // mapped, its mark word in bounds, while the caller holds it (the caller gives it back;
@@ -1063,8 +1166,15 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
                 if !self.is_live_small(class, ptr) {
-                    // A sampled object lives alone: it always moves (and its free is counted).
-                    if !(P::SAMPLING && self.is_sampled_small(ptr, layout, class)) {
+                    if P::SAMPLING && self.is_sampled_small(ptr, layout, class) {
+                        // A sampled object lives alone: it always moves (and its free is counted).
+                    } else if self.is_small_in_large(ptr, class) {
+                        // A large object reallocated in place to this class before.
+                        let addr = canonical(Op::Realloc, ptr, layout);
+                        if self.realloc_large(addr, layout, Some(class), new_size) {
+                            return ptr;
+                        }
+                    } else {
                         self.refuse_small(Op::Realloc, ptr, layout, class)
                     }
                 } else if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
@@ -1072,7 +1182,8 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 }
             }
             None => {
-                if self.realloc_large(canonical(Op::Realloc, ptr, layout), layout, new_size) {
+                let addr = canonical(Op::Realloc, ptr, layout);
+                if self.realloc_large(addr, layout, None, new_size) {
                     return ptr;
                 }
             }
@@ -1165,6 +1276,8 @@ pub use sample::{SamplingError, SamplingStats};
 mod attack_tests;
 #[cfg(test)]
 mod interrupt_tests;
+#[cfg(all(test, not(miri)))]
+mod realloc_tests;
 #[cfg(all(test, not(miri)))]
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
