@@ -33,9 +33,7 @@ use crate::central::Central;
 use crate::freemark;
 use crate::pageheap::{InitError, PageHeap, RegionInfo};
 use crate::platform::{Platform, MAX_CPUS};
-#[cfg(any(test, feature = "gc"))]
-use crate::sizeclass::SpanClass;
-use crate::sizeclass::{SizeClass, NUM_SIZE_CLASSES};
+use crate::sizeclass::{SizeClass, SpanClass, NUM_SIZE_CLASSES};
 use crate::span::Span;
 use crate::spanmap::{self, Entry, Owner, SpanMap};
 use crate::stats::{ClassStats, Stats};
@@ -497,11 +495,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         .then_some(raw)
     }
 
-    /// Whether `ptr` is a small object of `class` that a user may hold: an object start (see
-    /// [`Heap::small_object_entry`]) not carrying its free mark.
+    /// The span-map entry of `ptr` if it is a small object of `class` that a user may hold: an object
+    /// start (see [`Heap::small_object_entry`]) not carrying its free mark.
     #[inline(always)]
-    fn is_live_small(&self, class: SizeClass, ptr: *mut u8) -> bool {
-        self.small_object_entry(class, ptr).is_some_and(|entry| {
+    fn live_small_entry(&self, class: SizeClass, ptr: *mut u8) -> Option<u64> {
+        self.small_object_entry(class, ptr).filter(|&entry| {
             // SAFETY: `ptr` starts an object of an in-use span (checked by `small_object_entry`), so it
             // is mapped and its mark word in bounds, as long as the caller really holds it or its span
             // stays in use (a free racing with another free of the same object is out of scope: see
@@ -535,7 +533,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         e
     }
 
-    /// A small object failed [`Heap::is_live_small`] (or was found carrying its free mark): find out why
+    /// A small object failed [`Heap::live_small_entry`] (or was found carrying its free mark): find out why
     /// and panic saying so.
     #[cold]
     #[inline(never)]
@@ -630,6 +628,37 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[inline(never)]
     fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
         self.free_large(canonical(Op::Dealloc, ptr, layout), layout, None)
+    }
+
+    /// The free of a small object whose span-map entry `small_object_entry` found: the free mark (a
+    /// double free is refused), full checks, then the push. Shared by `dealloc` and a moving `realloc`,
+    /// which checked the object once already.
+    ///
+    /// # Safety
+    /// `entry` is `ptr`'s span-map entry and `ptr` starts an object of `class` in that in-use span of
+    /// the explicit heap ([`Heap::small_object_entry`]); the caller gives the object back.
+    #[inline(always)]
+    unsafe fn free_small_entry(
+        &self,
+        op: Op,
+        ptr: *mut u8,
+        layout: Layout,
+        class: SizeClass,
+        entry: u64,
+    ) {
+        // SAFETY: `ptr` starts an object of an in-use explicit-heap span (the caller's promise): mapped,
+        // its mark word in bounds, while the caller holds it (the caller gives it back; a free racing
+        // with another free of it is out of scope, see freemark.rs).
+        if unsafe { freemark::stamp_was_free(ptr, class, entry) } {
+            self.refuse_small(op, ptr, layout, class)
+        }
+        if FULL_CHECKS {
+            let addr = VirtAddr::new_truncate(ptr as u64);
+            if let Err(why) = self.track(class, addr, false) {
+                bad_free(op, addr, layout, format_args!("{why}"))
+            }
+        }
+        self.free_small(class, ptr)
     }
 
     /// Gives back an object that carries its free mark now: a push on this CPU's existing cache, or one
@@ -1128,19 +1157,9 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 let Some(entry) = self.small_object_entry(class, ptr) else {
                     return self.free_small_elsewhere(ptr, layout, class);
                 };
-                // SAFETY: `ptr` starts an object of an in-use explicit-heap span (checked just above):
-                // mapped, its mark word in bounds, while the caller holds it (the caller gives it back;
-                // a free racing with another free of it is out of scope, see freemark.rs).
-                if unsafe { freemark::stamp_was_free(ptr, class, entry) } {
-                    self.refuse_small(Op::Dealloc, ptr, layout, class)
-                }
-                if FULL_CHECKS {
-                    let addr = VirtAddr::new_truncate(ptr as u64);
-                    if let Err(why) = self.track(class, addr, false) {
-                        bad_free(Op::Dealloc, addr, layout, format_args!("{why}"))
-                    }
-                }
-                self.free_small(class, ptr)
+                // SAFETY: `entry` is `ptr`'s, which starts an object of `class` in an in-use span of the
+                // explicit heap (checked just above); the caller gives it back.
+                unsafe { self.free_small_entry(Op::Dealloc, ptr, layout, class, entry) }
             }
             None => self.dealloc_large(ptr, layout),
         }
@@ -1165,20 +1184,38 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
         // that is not a live object of this layout.
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => {
-                if !self.is_live_small(class, ptr) {
-                    if P::SAMPLING && self.is_sampled_small(ptr, layout, class) {
-                        // A sampled object lives alone: it always moves (and its free is counted).
-                    } else if self.is_small_in_large(ptr, class) {
-                        // A large object reallocated in place to this class before.
-                        let addr = canonical(Op::Realloc, ptr, layout);
-                        if self.realloc_large(addr, layout, Some(class), new_size) {
-                            return ptr;
-                        }
-                    } else {
-                        self.refuse_small(Op::Realloc, ptr, layout, class)
+                if let Some(entry) = self.live_small_entry(class, ptr) {
+                    if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
+                        return ptr;
                     }
-                } else if SizeClass::for_layout(new_size, layout.align()) == Some(class) {
-                    return ptr;
+                    // Moves to another class. The old object was checked just now: its free skips the
+                    // lookups `dealloc` would repeat.
+                    let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                        return ptr::null_mut();
+                    };
+                    // SAFETY: a valid non-zero layout (GlobalAlloc::realloc's contract: new_size > 0).
+                    let new = unsafe { self.alloc(new_layout) };
+                    if !new.is_null() {
+                        // SAFETY: the old block is a live object of `layout` (checked above), the new
+                        // one a fresh block: both valid for the smaller size, not overlapping; then the
+                        // old one is given back with its entry (the caller gives up `ptr`).
+                        unsafe {
+                            ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                            self.free_small_entry(Op::Realloc, ptr, layout, class, entry);
+                        }
+                    }
+                    return new;
+                }
+                if P::SAMPLING && self.is_sampled_small(ptr, layout, class) {
+                    // A sampled object lives alone: it always moves (and its free is counted).
+                } else if self.is_small_in_large(ptr, class) {
+                    // A large object reallocated in place to this class before.
+                    let addr = canonical(Op::Realloc, ptr, layout);
+                    if self.realloc_large(addr, layout, Some(class), new_size) {
+                        return ptr;
+                    }
+                } else {
+                    self.refuse_small(Op::Realloc, ptr, layout, class)
                 }
             }
             None => {

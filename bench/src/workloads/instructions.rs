@@ -46,9 +46,9 @@ fn ops(workload: &str, quick: bool) -> u64 {
     }
 }
 
-/// Physical memory / arena of a child's contestant: enough for every workload here (random actions keep
-/// a few hundred blocks of at most 90 KB live), small enough that valgrind sets it up quickly.
-const CHILD_ARENA_BYTES: usize = 64 << 20;
+/// Physical memory / arena of a child's contestant: the suite's default arena, so that spanalloc's caches
+/// are sized as in the timed workloads (a smaller heap gets smaller per-CPU caches, `cache::cache_shift`).
+const CHILD_ARENA_BYTES: usize = 256 << 20;
 
 /// Whether valgrind can be run here.
 pub fn valgrind_available() -> bool {
