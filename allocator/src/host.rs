@@ -32,7 +32,7 @@
 
 use std::boxed::Box;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
@@ -48,6 +48,8 @@ pub struct HostPlatform {
     phys_bytes: usize,
     /// `[start, end)` of every window reserved, so a wrong address can never be mapped over host memory.
     windows: Mutex<Vec<(u64, u64)>>,
+    /// Whether `stack_trace` walks the stack (off until [`HostPlatform::set_stack_traces`]).
+    stack_traces: AtomicBool,
     #[cfg(not(miri))]
     memfd: libc::c_int,
 }
@@ -274,6 +276,7 @@ impl HostPlatform {
             phys: VirtAddr::from_ptr(phys),
             phys_bytes,
             windows: Mutex::new(Vec::new()),
+            stack_traces: AtomicBool::new(false),
             memfd,
         }
     }
@@ -294,6 +297,7 @@ impl HostPlatform {
             phys: VirtAddr::from_ptr(phys),
             phys_bytes,
             windows: Mutex::new(Vec::new()),
+            stack_traces: AtomicBool::new(false),
         }
     }
 
@@ -312,6 +316,15 @@ impl HostPlatform {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows.push((base.as_u64(), base.as_u64() + bytes as u64));
         base
+    }
+
+    /// Turns the heap profile's call stacks on or off (`Platform::stack_trace`; off by default). On the
+    /// host, finding the running stack's bounds reads `/proc/self/maps` once per thread (and again when
+    /// the code moves to another stack), which costs milliseconds in a process with many mappings (a
+    /// benchmark's heaps): a kernel's walk has its bounds at hand, so sampling's measured cost leaves this
+    /// out unless asked for.
+    pub fn set_stack_traces(&self, on: bool) {
+        self.stack_traces.store(on, Ordering::Relaxed);
     }
 
     /// Gives this platform's memory back to the OS for good: punches the fake physical memory's pages out
@@ -482,14 +495,18 @@ unsafe impl Platform for HostPlatform {
         HostInterruptGuard(())
     }
 
-    /// A frame-pointer walk over the running thread's stack, as the kernel's: real call stacks where the
-    /// program keeps frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; without it, debug builds
-    /// included, the walk mostly stops at once), and never a fault: it reads only inside the stack the
-    /// caller runs on, from its stack pointer to the end of that stack's mapping (profile/stack.rs,
-    /// [`stack_top`]). None under Miri or off x86_64 Linux.
+    /// With [`HostPlatform::set_stack_traces`] on, a frame-pointer walk over the running thread's stack,
+    /// as the kernel's: real call stacks where the program keeps frame pointers
+    /// (`RUSTFLAGS="-C force-frame-pointers=yes"`; without it, debug builds included, the walk mostly stops
+    /// at once), and never a fault: it reads only inside the stack the caller runs on, from its stack
+    /// pointer to the end of that stack's mapping (profile/stack.rs, [`stack_top`]). None under Miri or
+    /// off x86_64 Linux.
     fn stack_trace(&self, from: u64, out: &mut [u64]) -> usize {
         #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
         {
+            if !self.stack_traces.load(Ordering::Relaxed) {
+                return 0;
+            }
             let top = stack_top();
             if top == 0 {
                 return 0;
@@ -707,6 +724,11 @@ mod stack_tests {
         );
         let m = crate::host::HostMachine::new(4 << 20, 1 << 30);
         let p = m.platform;
+        let mut out = [0u64; 8];
+        let local = [0u64; 2];
+        let from = core::hint::black_box(&local) as *const [u64; 2] as u64;
+        assert_eq!(p.stack_trace(from, &mut out), 0, "off by default");
+        p.set_stack_traces(true);
         let mut chain = [0u64; 4];
         chain[0] = core::ptr::addr_of!(chain[2]) as u64; // next record
         chain[1] = 0x1111; // return address
