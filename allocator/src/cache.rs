@@ -71,10 +71,14 @@ pub(crate) const FULL_CACHE_MEMORY: usize = 256 << 20;
 pub(crate) const MAX_CACHE_SHIFT: u32 = 4;
 
 /// How far a heap with `memory` bytes (what it can ever map: frames, or its regions) shrinks its
-/// stacks: `log2(FULL_CACHE_MEMORY / memory)` rounded up, within `0..=MAX_CACHE_SHIFT`.
+/// stacks: `log2(FULL_CACHE_MEMORY / memory)` rounded up, within `0..=MAX_CACHE_SHIFT`, with an eighth
+/// of slack: a machine of 256 MiB has less than that to hand out (firmware areas, the frame allocator's
+/// own bitmap), and must not get half-size caches for it (measured: a 16 B batch of 256 frees then
+/// overflowed its stack, 3.2 -> 20 ns per free).
 pub(crate) const fn cache_shift(memory: usize) -> u32 {
+    const ENOUGH: usize = FULL_CACHE_MEMORY - FULL_CACHE_MEMORY / 8;
     let mut shift = 0;
-    while shift < MAX_CACHE_SHIFT && (memory << shift) < FULL_CACHE_MEMORY {
+    while shift < MAX_CACHE_SHIFT && memory.saturating_mul(1 << shift) < ENOUGH {
         shift += 1;
     }
     shift

@@ -114,9 +114,11 @@ const WINDOW_BYTES: usize = 4 << 30;
 const MAX_HEAP_BYTES: usize = 2 << 30;
 
 impl Spanalloc {
-    /// A heap over `phys_bytes` of fake physical memory.
-    pub fn new(phys_bytes: usize) -> Self {
-        Self::with_window(phys_bytes, WINDOW_BYTES, MAX_HEAP_BYTES)
+    /// A heap over `bytes` of usable fake physical memory ([`Spanalloc::with_usable_memory`]), against a
+    /// peer's arena of `bytes`: a machine with holes would give it less, and smaller per-CPU caches (a heap
+    /// under 256 MiB of memory shrinks them, `cache::cache_shift`).
+    pub fn new(bytes: usize) -> Self {
+        Self::with_usable_memory(bytes)
     }
 
     /// A heap whose machine has exactly `usable_bytes` of memory the heap may use (no holes, nothing

@@ -27,7 +27,8 @@ pub struct SampledSpanalloc {
 
 impl SampledSpanalloc {
     pub fn new(phys_bytes: usize, sampling: Sampling) -> Self {
-        let m = HostMachine::new(phys_bytes, 4 << 30);
+        // As `Spanalloc::new` builds the heap without sampling: the same usable memory.
+        let m = HostMachine::with_usable_memory(phys_bytes, 4 << 30);
         let platform: &'static Sampled<HostPlatform> = Box::leak(Box::new(Sampled(m.platform)));
         let heap: &'static Heap<Sampled<HostPlatform>> = Box::leak(Box::new(Heap::new(platform)));
         heap.init(m.space.sampled(platform), m.window, 2 << 30)
