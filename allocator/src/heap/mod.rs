@@ -1190,21 +1190,13 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                     }
                     // Moves to another class. The old object was checked just now: its free skips the
                     // lookups `dealloc` would repeat.
-                    let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-                        return ptr::null_mut();
+                    // SAFETY: `ptr` is a live object of `layout` (checked above), given up by the caller;
+                    // `entry` is its span-map entry, found by that check.
+                    return unsafe {
+                        self.realloc_move(ptr, layout, new_size, || {
+                            self.free_small_entry(Op::Realloc, ptr, layout, class, entry)
+                        })
                     };
-                    // SAFETY: a valid non-zero layout (GlobalAlloc::realloc's contract: new_size > 0).
-                    let new = unsafe { self.alloc(new_layout) };
-                    if !new.is_null() {
-                        // SAFETY: the old block is a live object of `layout` (checked above), the new
-                        // one a fresh block: both valid for the smaller size, not overlapping; then the
-                        // old one is given back with its entry (the caller gives up `ptr`).
-                        unsafe {
-                            ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                            self.free_small_entry(Op::Realloc, ptr, layout, class, entry);
-                        }
-                    }
-                    return new;
                 }
                 if P::SAMPLING && self.is_sampled_small(ptr, layout, class) {
                     // A sampled object lives alone: it always moves (and its free is counted).
@@ -1225,18 +1217,35 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 }
             }
         }
+        // SAFETY: `ptr` is a live object of `layout` (checked above), given up by the caller.
+        unsafe { self.realloc_move(ptr, layout, new_size, || self.dealloc(ptr, layout)) }
+    }
+}
+
+impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
+    /// A moving `realloc`: a new block of `new_size` (`layout`'s alignment), the contents copied, then
+    /// `free_old` gives the old block back; null (the old block untouched) if there is no memory.
+    ///
+    /// # Safety
+    /// `ptr` is a live object of `layout` that the caller gives up once a new block is returned, and
+    /// `free_old` frees exactly it.
+    unsafe fn realloc_move(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        free_old: impl FnOnce(),
+    ) -> *mut u8 {
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return ptr::null_mut();
         };
         // SAFETY: new_layout is valid and non-zero (GlobalAlloc::realloc's contract: new_size > 0).
         let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
-            // SAFETY: the old block is a live object of `layout` (checked above), so both blocks are valid
-            // for the smaller size, and they do not overlap (new is a fresh block); the caller gives up `ptr`.
-            unsafe {
-                ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
+            // SAFETY: the old block is a live object of `layout` (the caller's promise), so both blocks
+            // are valid for the smaller size, and they do not overlap (new is a fresh block).
+            unsafe { ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            free_old();
         }
         new
     }

@@ -5,11 +5,9 @@
 //! absurd sizes, alignments beyond a page).
 
 use core::alloc::{GlobalAlloc, Layout};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::string::String;
 use std::vec::Vec;
 
-use super::soundness_tests::{lay, plain_heap, Plain};
+use super::soundness_tests::{lay, panic_message, plain_heap, Plain};
 use crate::addr::PAGE_SIZE;
 use crate::platform::Platform;
 
@@ -28,18 +26,6 @@ fn kept_pages(heap: &Plain) -> usize {
     let _irq = heap.platform.mask_interrupts();
     let pages = heap.pages.lock();
     pages.as_ref().expect("initialized").large_cache_pages()
-}
-
-/// Runs `f`, which must panic, and returns the panic message.
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    if let Some(s) = err.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = err.downcast_ref::<&str>() {
-        String::from(*s)
-    } else {
-        String::from("<non-string panic>")
-    }
 }
 
 fn byte(seed: u8, i: usize) -> u8 {

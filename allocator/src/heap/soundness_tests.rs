@@ -32,7 +32,7 @@ pub(super) fn small_heap() -> &'static Plain {
 }
 
 /// Runs `f`, which must panic, and returns the panic message.
-fn panic_message(f: impl FnOnce()) -> String {
+pub(super) fn panic_message(f: impl FnOnce()) -> String {
     let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
     if let Some(s) = err.downcast_ref::<String>() {
         s.clone()
