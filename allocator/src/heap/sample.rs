@@ -798,6 +798,7 @@ mod canary_tests {
                             }
                         }
                         let damaged: vec::Vec<u64> = (lo..hi)
+                            // SAFETY: inside the range, in `buf`.
                             .filter(|&a| unsafe { *(a as *const u8) } != guard::canary(a))
                             .collect();
                         // SAFETY: inside the range.
