@@ -784,9 +784,36 @@ mod stack_tests {
 mod release_tests {
     use core::alloc::{GlobalAlloc, Layout};
 
+    /// Set in the child process of `release_memory_unmaps_the_windows`.
+    const RELEASE_CHILD: &str = "SPANALLOC_RELEASE_CHILD";
+
     /// `release_memory` unmaps the windows (they are mappings no more) and punches out the fake memory.
+    ///
+    /// The body runs alone in a child process (this test binary, filtered to this test, one
+    /// thread): in the parent, other tests' threads map memory concurrently and may be given the
+    /// hole the release just left, which would make "nothing is mapped there" fail spuriously.
     #[test]
     fn release_memory_unmaps_the_windows() {
+        if std::env::var_os(RELEASE_CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "host::release_tests::release_memory_unmaps_the_windows",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(RELEASE_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "the child failed ({:?}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
         let m = super::HostMachine::new(16 << 20, 1 << 30);
         let window = m.window.base().as_u64();
         let heap: &crate::Heap<super::HostPlatform> = super::leak(crate::Heap::new(m.platform));
