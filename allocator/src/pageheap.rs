@@ -1181,7 +1181,7 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Pages the large cache keeps (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(miri)))]
     pub(crate) fn large_cache_pages(&self) -> usize {
         self.large_cache.pages
     }
