@@ -13,15 +13,16 @@
 //!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
 //! 2. Throughput against gc-arena in the same run: binary-trees (depth 16, 17, 18) and Boehm's GCBench;
 //!    where `go` is installed, binary-trees in Go too (binarytrees.go, GOMAXPROCS=1, its loop timed by
-//!    itself), beside spanalloc::gc's time of the same run.
+//!    itself), beside spanalloc::gc's time of the same run; and on 2 CPUs: Go with GOMAXPROCS=2 beside
+//!    spanalloc::gc with one mark worker on another thread (`GcConfig::mark_workers`).
 //!    gc-arena runs with its default incremental pacing, `collect_debt` after every `mutate`; spanalloc's
 //!    collector with its defaults (incremental, GOGC 100), a safe point after every `mutate`. Each
 //!    benchmark runs `RUNS` times per collector, alternating, and reports the median.
 //!
 //! Run: `cargo run --release -p spanalloc --example gc_bench --features host,gc`
 //! (`-- quick` for a short smoke run; `-- mark` for the parallel-mark line alone; `-- pauses` for the
-//! pause table alone; `-- trees N` for
-//! spanalloc::gc's binary-trees at depth N alone; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
+//! pause table alone; `-- trees N [CONFIG]` for
+//! spanalloc::gc's binary-trees at depth N alone, CONFIG as `trees_config` names them; `GC_BENCH_CLOCK=wall` measures pauses in wall time instead of
 //! thread CPU time; `GCTRACE=1` prints the gctrace lines of the pause runs).
 
 use std::sync::Mutex;
@@ -421,11 +422,11 @@ fn go_binary_trees() -> Option<std::path::PathBuf> {
     Some(out)
 }
 
-/// One run of the Go binary-trees at depth `d` with GOMAXPROCS=1: (its own timing in ns, checksum).
-fn go_run(go: &std::path::Path, d: u32) -> (u64, u64) {
+/// One run of the Go binary-trees at depth `d` with GOMAXPROCS=`procs`: (its own timing in ns, checksum).
+fn go_run(go: &std::path::Path, d: u32, procs: usize) -> (u64, u64) {
     let out = std::process::Command::new(go)
         .arg(d.to_string())
-        .env("GOMAXPROCS", "1")
+        .env("GOMAXPROCS", procs.to_string())
         .output()
         .expect("running the Go binary-trees");
     assert!(out.status.success(), "Go binary-trees failed");
@@ -534,6 +535,8 @@ fn bench(quick: bool) {
     let go = go_binary_trees();
     for &d in depths {
         let (mut a, mut o, mut g) = (Vec::new(), Vec::new(), Vec::new());
+        // The 2-CPU pair: spanalloc::gc with a mark worker on another thread, Go with GOMAXPROCS=2.
+        let (mut o2, mut g2) = (Vec::new(), Vec::new());
         let (mut ca, mut co) = (0, 0);
         for _ in 0..runs {
             let heap = span_heap(2048);
@@ -544,9 +547,16 @@ fn bench(quick: bool) {
             a.push(t);
             ca = c;
             if let Some(go) = &go {
-                let (t, c) = go_run(go, d);
+                let (t, c) = go_run(go, d, 1);
                 assert_eq!(c, co, "binary-trees checksums differ (Go)");
                 g.push(t);
+                let heap = span_heap(2048);
+                let (t, c) = time(1, || ours::binary_trees_with(heap, d, trees_config("par")));
+                assert_eq!(c, co, "binary-trees checksums differ (2 CPUs)");
+                o2.push(t);
+                let (t, c) = go_run(go, d, 2);
+                assert_eq!(c, co, "binary-trees checksums differ (Go, GOMAXPROCS=2)");
+                g2.push(t);
             }
         }
         assert_eq!(ca, co, "binary-trees checksums differ");
@@ -564,6 +574,13 @@ fn bench(quick: bool) {
                 ms(o),
                 ms(g),
                 g as f64 / o as f64
+            );
+            let (o2, g2) = (median(o2), median(g2));
+            println!(
+                "binary-trees {d}: spanalloc::gc, 2 mark workers {:>10}  Go (GOMAXPROCS=2) {:>10}  speedup {:.2}x",
+                ms(o2),
+                ms(g2),
+                g2 as f64 / o2 as f64
             );
         }
     }
@@ -587,6 +604,40 @@ fn bench(quick: bool) {
     }
 }
 
+/// The collector's configuration for a binary-trees run: `default` (one CPU), `par` (the default mode
+/// with one mark worker on another thread: the "2 CPUs" rows), `stw`, `stw2` (stop-the-world, alone or
+/// with one mark worker), `conc` (concurrent marking: one worker beside the mutator, and one in marks
+/// that stop it).
+fn trees_config(name: &str) -> GcConfig {
+    let par = Some(MarkWorkers::threads(1));
+    match name {
+        "default" => GcConfig::default(),
+        "par" => GcConfig {
+            mark_workers: par,
+            ..GcConfig::default()
+        },
+        "stw" => GcConfig {
+            mode: Mode::StopTheWorld,
+            ..GcConfig::default()
+        },
+        "stw2" => GcConfig {
+            mode: Mode::StopTheWorld,
+            mark_workers: par,
+            ..GcConfig::default()
+        },
+        "conc" => GcConfig {
+            mode: Mode::Concurrent,
+            mark_workers: par,
+            concurrent_workers: Some(ConcurrentWorkers {
+                helpers: 1,
+                run: crew::run,
+            }),
+            ..GcConfig::default()
+        },
+        v => panic!("unknown binary-trees configuration {v} (default, par, stw, stw2, conc)"),
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     // `-- trees N`: only spanalloc::gc's binary-trees at depth N, once (for profiling).
@@ -597,7 +648,12 @@ fn main() {
         .and_then(|i| args.get(i + 1))
     {
         let d: u32 = d.parse().expect("a depth");
-        let (t, c) = time(1, || ours::binary_trees(span_heap(2048), d));
+        let variant = args
+            .iter()
+            .position(|a| a == "trees")
+            .and_then(|i| args.get(i + 2));
+        let cfg = trees_config(variant.map_or("default", String::as_str));
+        let (t, c) = time(1, || ours::binary_trees_with(span_heap(2048), d, cfg));
         println!("binary-trees {d}: spanalloc::gc {} (check {c})", ms(t));
         return;
     }

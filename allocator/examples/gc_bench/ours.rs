@@ -37,7 +37,12 @@ impl Rootable for Long {
 }
 
 pub fn binary_trees(heap: &'static Heap<HostPlatform>, max: u32) -> u64 {
-    let mut gc: GcHeap<Long> = GcHeap::new(heap, GcConfig::default(), |_| GcCell::new(None));
+    binary_trees_with(heap, max, GcConfig::default())
+}
+
+/// binary-trees on a collector configured by `config` (e.g. with mark workers on other threads).
+pub fn binary_trees_with(heap: &'static Heap<HostPlatform>, max: u32, config: GcConfig) -> u64 {
+    let mut gc: GcHeap<Long> = GcHeap::new(heap, config, |_| GcCell::new(None));
     let mut out = gc.mutate(|mc, _| check(bottom_up(mc, max + 1)));
     gc.mutate(|mc, root| root.set(mc, Some(bottom_up(mc, max))));
     for d in (4..=max).step_by(2) {
