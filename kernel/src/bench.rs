@@ -16,6 +16,10 @@
 //! The timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG
 //! the vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
 //!
+//! Build: the peers are compiled as a kernel ships them, without debug assertions and overflow checks
+//! (the root Cargo.toml's `profile.kernel.package` overrides); spanalloc as the kernel is, which for the
+//! test kernel means with both (the header line says which), so the ratios err against spanalloc.
+//!
 //! Invariant: the peer heaps are only used here, and never from an interrupt handler (their locks do not
 //! mask interrupts, so an allocating handler could deadlock on them).
 
@@ -76,6 +80,29 @@ fn size(rng: &mut Rng) -> usize {
     }
 }
 
+/// The allocation call of every contestant, never inlined into the loop: a kernel reaches its allocator
+/// through `__rust_alloc`, a call, whichever allocator it is (inlined into the loop, a peer's whole
+/// alloc and free melt into it, which no kernel's `Box` gets). Inside, each allocator's own code is
+/// inlined as its crate allows.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`.
+#[inline(never)]
+unsafe fn alloc_call<A: GlobalAlloc>(heap: &A, layout: Layout) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe { heap.alloc(layout) }
+}
+
+/// The free call of every contestant, never inlined (as [`alloc_call`]).
+///
+/// # Safety
+/// As `GlobalAlloc::dealloc`.
+#[inline(never)]
+unsafe fn dealloc_call<A: GlobalAlloc>(heap: &A, p: *mut u8, layout: Layout) {
+    // SAFETY: forwarded from the caller.
+    unsafe { heap.dealloc(p, layout) }
+}
+
 /// One CPU's share: `PAIRS_PER_CPU` allocations and as many frees, touching each block's first and last byte.
 fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
     let mut rng = Rng(seed);
@@ -84,7 +111,7 @@ fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
         let slot = &mut ring[i % LIVE];
         if !slot.0.is_null() {
             // SAFETY: allocated below from `heap` with this layout, freed once.
-            unsafe { heap.dealloc(slot.0, slot.1) };
+            unsafe { dealloc_call(heap, slot.0, slot.1) };
             slot.0 = core::ptr::null_mut();
         }
         if i >= PAIRS_PER_CPU as usize {
@@ -92,7 +119,7 @@ fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
         }
         let layout = Layout::from_size_align(size(&mut rng), 8).expect("layout");
         // SAFETY: the size is not zero.
-        let p = unsafe { heap.alloc(layout) };
+        let p = unsafe { alloc_call(heap, layout) };
         assert!(!p.is_null(), "bench: out of memory for {layout:?}");
         // SAFETY: a fresh block of layout.size() >= 1 bytes.
         unsafe {
@@ -141,6 +168,10 @@ pub fn run() -> ! {
     println!(
         "bench: {PAIRS_PER_CPU} alloc+free pairs per CPU (8..1024 B, {LIVE} live per CPU), median of \
          {REPEATS} runs, {online} CPUs online"
+    );
+    println!(
+        "bench: spanalloc built with debug assertions {}; the peers without",
+        if cfg!(debug_assertions) { "on" } else { "off" }
     );
     let clock = Instant::now();
     let (released_before, shootdowns_before) = (
