@@ -311,25 +311,26 @@ impl SizeClass {
         }
     }
 
+    /// The class of a *common* layout (up to 1 KiB, alignment up to 8: one table load); `None` for every
+    /// other layout, which [`SizeClass::for_layout`] answers. The heap's `alloc` and `dealloc` ask this
+    /// inline and send the rest to a function of its own, so that their fast path makes no call (under
+    /// QEMU's TCG, where the kernel benchmark runs, each call and return ends a translation block, and a
+    /// call on any path makes the whole function save registers).
+    #[inline(always)]
+    pub const fn for_common_layout(size: usize, align: usize) -> Option<SizeClass> {
+        if size <= SMALL_SIZE_MAX && align <= MIN_ALIGN {
+            Some(SizeClass(TABLES.by8[size.div_ceil(SMALL_SIZE_DIV)]))
+        } else {
+            None
+        }
+    }
+
     /// The smallest class holding `size` bytes whose objects are all `align`-aligned; `None` when only
     /// a large span can serve (size > 32 KiB or align > 8 KiB).
     ///
     /// `align` must be a power of two (as `core::alloc::Layout` guarantees).
-    ///
-    /// The common case (up to 1 KiB, alignment up to 8) is one table load, always inlined: every
-    /// `alloc` and `dealloc` asks, and a call there costs more than the lookup (under QEMU's TCG, where
-    /// the kernel benchmark runs, each call and return also ends a translation block).
-    #[inline(always)]
-    pub const fn for_layout(size: usize, align: usize) -> Option<SizeClass> {
-        if size <= SMALL_SIZE_MAX && align <= MIN_ALIGN {
-            return Some(SizeClass(TABLES.by8[size.div_ceil(SMALL_SIZE_DIV)]));
-        }
-        Self::for_layout_other(size, align)
-    }
-
-    /// [`SizeClass::for_layout`] for every layout (the uncommon ones reach it).
     #[inline]
-    const fn for_layout_other(size: usize, align: usize) -> Option<SizeClass> {
+    pub const fn for_layout(size: usize, align: usize) -> Option<SizeClass> {
         debug_assert!(align.is_power_of_two());
         let Some(c) = Self::for_size(size) else {
             return None;

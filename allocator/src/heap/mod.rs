@@ -1136,32 +1136,69 @@ fn bad_free(op: Op, addr: VirtAddr, layout: Layout, why: core::fmt::Arguments<'_
     )
 }
 
-// SAFETY: every pointer returned is null or the start of a free block of at least `layout.size()` bytes
-// aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are placed at an
-// address aligned as requested), not handed out again until it is deallocated.
-unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_CHECKS> {
-    /// A zero size (which `GlobalAlloc` callers must not ask for) gets an 8-byte object, freed as one: no
-    /// test for it on the fast path.
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
+    /// `alloc` of a layout that is not common (over 1 KiB or aligned to more than 8), out of line.
+    #[inline(never)]
+    fn alloc_other(&self, layout: Layout) -> *mut u8 {
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => self.alloc_small(class, layout),
             None => self.alloc_large(layout, false),
         }
     }
 
+    /// `dealloc` of a layout that is not common, out of line.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`.
+    #[inline(never)]
+    unsafe fn dealloc_other(&self, ptr: *mut u8, layout: Layout) {
+        match SizeClass::for_layout(layout.size(), layout.align()) {
+            // SAFETY: the caller's contract, passed on.
+            Some(class) => unsafe { self.dealloc_small(ptr, layout, class) },
+            None => self.dealloc_large(ptr, layout),
+        }
+    }
+
+    /// `dealloc` of an object whose layout maps to `class`: checked, then freed.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`; `class` is `layout`'s.
+    #[inline(always)]
+    unsafe fn dealloc_small(&self, ptr: *mut u8, layout: Layout, class: SizeClass) {
+        let Some(entry) = self.small_object_entry(class, ptr) else {
+            return self.free_small_elsewhere(ptr, layout, class);
+        };
+        // SAFETY: `entry` is `ptr`'s, which starts an object of `class` in an in-use span of the
+        // explicit heap (checked just above); the caller gives it back.
+        unsafe { self.free_small_entry(Op::Dealloc, ptr, layout, class, entry) }
+    }
+}
+
+// SAFETY: every pointer returned is null or the start of a free block of at least `layout.size()` bytes
+// aligned to `layout.align()` (size classes are chosen by `for_layout`, large spans are placed at an
+// address aligned as requested), not handed out again until it is deallocated.
+unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_CHECKS> {
+    /// A zero size (which `GlobalAlloc` callers must not ask for) gets an 8-byte object, freed as one: no
+    /// test for it on the fast path.
+    ///
+    /// Common layouts (`SizeClass::for_common_layout`) take the inline path; the others one call to
+    /// `Heap::alloc_other`, so that the inline path makes no call at all.
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match SizeClass::for_common_layout(layout.size(), layout.align()) {
+            Some(class) => self.alloc_small(class, layout),
+            None => self.alloc_other(layout),
+        }
+    }
+
+    /// Common layouts inline, the others through `Heap::dealloc_other` (as `alloc`).
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        match SizeClass::for_layout(layout.size(), layout.align()) {
-            Some(class) => {
-                let Some(entry) = self.small_object_entry(class, ptr) else {
-                    return self.free_small_elsewhere(ptr, layout, class);
-                };
-                // SAFETY: `entry` is `ptr`'s, which starts an object of `class` in an in-use span of the
-                // explicit heap (checked just above); the caller gives it back.
-                unsafe { self.free_small_entry(Op::Dealloc, ptr, layout, class, entry) }
-            }
-            None => self.dealloc_large(ptr, layout),
+        match SizeClass::for_common_layout(layout.size(), layout.align()) {
+            // SAFETY: the caller's contract, passed on.
+            Some(class) => unsafe { self.dealloc_small(ptr, layout, class) },
+            // SAFETY: as above.
+            None => unsafe { self.dealloc_other(ptr, layout) },
         }
     }
 
