@@ -533,6 +533,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         e
     }
 
+    /// [`Heap::refuse_small`] for an object found carrying its free mark, reached by a jump: returning
+    /// `()` rather than `!` lets the free path tail-call it, so that path keeps no frame for it.
+    #[cold]
+    #[inline(never)]
+    fn refuse_marked(&self, op: Op, ptr: *mut u8, layout: Layout, class: SizeClass) {
+        self.refuse_small(op, ptr, layout, class)
+    }
+
     /// A small object failed [`Heap::live_small_entry`] (or was found carrying its free mark): find out why
     /// and panic saying so.
     #[cold]
@@ -650,7 +658,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // its mark word in bounds, while the caller holds it (the caller gives it back; a free racing
         // with another free of it is out of scope, see freemark.rs).
         if unsafe { freemark::stamp_was_free(ptr, class, entry) } {
-            self.refuse_small(op, ptr, layout, class)
+            return self.refuse_marked(op, ptr, layout, class);
         }
         if FULL_CHECKS {
             let addr = VirtAddr::new_truncate(ptr as u64);
