@@ -21,6 +21,8 @@
 //! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
 //!   an in-use page is always mapped, except the second 4 KiB frame of a trimmed tail (below). Free
 //!   pages may be mapped whole ("dirty") or scavenged, never half.
+//! - A trimmed tail is spare: `Span::tail_unmapped` implies `Span::tail_spare` (the object ends in the
+//!   first frame of its last page), which the page heap keeps current as the object is resized.
 //! - `dirty_free` counts free pages that are mapped.
 //! - Every mapped page has an index below `mapped_top` (mapped mode), so the scavenger starts there, not
 //!   at the top of a heap whose address space may be 64 GiB of unmapped pages.
@@ -42,6 +44,9 @@
 //! page does not need the second; when that page has to be mapped for it (it was scavenged), its second
 //! frame is left unmapped (`Span::tail_unmapped`, counted in `trimmed_tails`). Objects over 32 KiB round
 //! up to 8 KiB pages, so this gives back half of what that rounding costs when memory is being mapped.
+//! An object whose last page was mapped already (dirty pages, a span the large cache kept, a resize
+//! in place) keeps that frame mapped but marks it spare (`Span::tail_spare`); an allocation that finds
+//! no frame unmaps every spare frame still mapped (`trim_spare_tails`) before it gives up.
 //! The object's bytes are all mapped; the span's pages beyond them are not all. Whatever would use the
 //! frame first maps it: a resize to the same pages that reaches into it (`untrim`, which can fail
 //! without frames: the realloc then moves or fails), a growth in place (`untrim` first). A free or a
@@ -1033,9 +1038,11 @@ impl<P: Platform> PageHeap<P> {
         let (fresh, trimmed) = match self.back(first, npages, trim) {
             Ok(r) => r,
             Err(()) => {
-                // Out of frames: give back every dirty free page and try once more.
+                // Out of frames: give back every dirty free page and every spare tail frame of a
+                // large object, and try once more.
                 self.flush_page_caches();
                 self.scavenge(usize::MAX);
+                self.trim_spare_tails();
                 match self.back(first, npages, trim) {
                     Ok(r) => r,
                     Err(()) => {
@@ -1262,6 +1269,7 @@ impl<P: Platform> PageHeap<P> {
         bytes: usize,
     ) -> Option<NonNull<Span>> {
         debug_assert!(class.is_large());
+        let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         // Any page-aligned base meets an alignment of one page.
         if align == 1 {
             if let Some(span) = self.large_cache.pop(npages) {
@@ -1269,6 +1277,7 @@ impl<P: Platform> PageHeap<P> {
                 let s = unsafe { &mut *span.as_ptr() };
                 debug_assert!(!s.tail_unmapped, "the large cache keeps whole spans only");
                 s.needzero = true;
+                s.tail_spare = trim;
                 s.set_small_layout(None);
                 let first = self.page_index(s.base());
                 self.dirty_free -= npages;
@@ -1278,7 +1287,6 @@ impl<P: Platform> PageHeap<P> {
                 return Some(span);
             }
         }
-        let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
@@ -1290,10 +1298,71 @@ impl<P: Platform> PageHeap<P> {
             return None;
         };
         // SAFETY: a fresh span struct, ours alone until published below.
-        unsafe { span.as_mut().tail_unmapped = trimmed };
+        unsafe {
+            let s = span.as_mut();
+            s.tail_unmapped = trimmed;
+            s.tail_spare = trim;
+        }
         self.spanmap
             .set(first, npages, Some((span, class, Owner::Explicit)));
         Some(span)
+    }
+
+    /// Records that the object of the large span `span` (of the explicit heap) is `bytes` long now,
+    /// after a resize in place: whether its last page's second frame is spare (`Span::tail_spare`).
+    ///
+    /// # Safety
+    /// `span` is an in-use large span of this heap owned by the caller, whose pages cover `bytes`,
+    /// and whose tail is not trimmed if `bytes` reaches into it (the caller untrimmed it first).
+    pub(crate) unsafe fn set_large_object_bytes(&mut self, span: NonNull<Span>, bytes: usize) {
+        // SAFETY: the caller owns the span.
+        let s = unsafe { &mut *span.as_ptr() };
+        debug_assert!(bytes <= s.npages().bytes());
+        s.tail_spare = bytes + FRAME_SIZE as usize <= s.npages().bytes();
+        debug_assert!(
+            s.tail_spare || !s.tail_unmapped,
+            "an object reaching into its span's trimmed tail"
+        );
+    }
+
+    /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped
+    /// (`Span::tail_spare` and not `tail_unmapped`), making those tails trimmed: the last resort of an
+    /// allocation that found no frame. Returns the frames given back. One pass over the span map up to
+    /// `mapped_top`, as `scavenge` makes over the page bitmap: only failing allocations pay for it.
+    fn trim_spare_tails(&mut self) -> usize {
+        if self.is_region_mode() {
+            return 0;
+        }
+        let mut trimmed = 0;
+        let mut i = 0;
+        let end = self.mapped_top.min(self.grown);
+        while i < end {
+            let addr = self.page_addr(i);
+            let Some(e) = self.spanmap.entry(addr.as_u64()) else {
+                i += 1;
+                continue;
+            };
+            if e.owner() != Owner::Explicit || !e.class().is_large() {
+                i += 1;
+                continue;
+            }
+            // SAFETY: an in-use large span of the explicit heap (its span-map entry, read under the
+            // heap lock that every change to it and to its object's size holds): its struct is valid and
+            // nobody else uses it meanwhile (its owner reaches it only under this lock).
+            let s = unsafe { &mut *e.span().as_ptr() };
+            let last = self.page_index(s.base()) + s.npages().0 - 1;
+            if s.tail_spare && !s.tail_unmapped {
+                let frame = Page::containing_address(self.page_addr(last) + FRAME_SIZE);
+                space_of(&mut self.backing)
+                    .expect("not in region mode")
+                    .unmap_range(frame, 1);
+                s.tail_unmapped = true;
+                self.trimmed_tails += 1;
+                trimmed += 1;
+            }
+            i = last + 1;
+        }
+        trimmed
     }
 
     /// Maps the missing second frame of `span`'s last page if its tail is trimmed (zeroed: the object's

@@ -973,6 +973,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             self.large_pages
                 .fetch_add(new_pages.0 - old, Ordering::Relaxed);
         }
+        // SAFETY: as above; the pages cover `new_size`, and a trimmed tail it reaches was mapped above
+        // (same pages: `untrim`; growth: `grow_in_place` untrims; a shrink settles the trimmed page).
+        unsafe { heap.set_large_object_bytes(span, new_size) };
         // SAFETY: as above; no other reference to the span is live (the page heap's ended with its
         // call), so this one does not alias.
         unsafe { &mut *span.as_ptr() }.set_small_layout(new_class);

@@ -403,3 +403,63 @@ fn without_frames_a_trimmed_object_neither_grows_into_its_tail_nor_leaks_it() {
         heap.dealloc(p, Layout::from_size_align(40 << 10, 8).unwrap());
     }
 }
+
+/// An allocation that finds no frame unmaps the spare tail frames of live large objects (those that
+/// end in the first frame of their last page but were not trimmed when allocated: their pages were
+/// mapped already, or they shrank in place) and tries again; an object that needs its tail keeps it.
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn an_allocation_out_of_frames_trims_the_spare_tails_of_large_objects() {
+    let heap = warm_heap();
+    let h0 = held(heap);
+    let whole = Layout::from_size_align(40 << 10, 8).unwrap();
+    let page = Layout::from_size_align(crate::PAGE_SIZE, 8).unwrap();
+    let hoard_all_but_one =
+        || heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 1));
+    let give_back = |hoard: Vec<_>| {
+        heap.with_address_space(|s| {
+            for (f, n) in hoard {
+                s.frames.free_contiguous(f, n);
+            }
+        })
+    };
+    // SAFETY: valid layouts; every object is freed once with its layout.
+    unsafe {
+        // 40 KiB fills its five pages: nothing is spare, so one frame is not enough for a page.
+        let p = heap.alloc(whole);
+        assert!(!p.is_null());
+        fill_and_check(p, 40 << 10, 7);
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        let hoard = hoard_all_but_one().unwrap();
+        assert!(heap.alloc(page).is_null(), "a page from one frame");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0, "a tail in use trimmed");
+        give_back(hoard);
+        // Shrunk in place to 36 KiB: the fifth page's second frame is spare but still mapped, until an
+        // allocation needs it.
+        let q = heap.realloc(p, whole, TRIMMABLE);
+        assert_eq!(q, p, "a shrink within the same pages moved the object");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        heap.trim();
+        let hoard = hoard_all_but_one().unwrap();
+        let r = heap.alloc(page);
+        assert!(!r.is_null(), "the spare tail frame was not taken back");
+        assert_eq!(heap.stats().pages.trimmed_tails, 1);
+        fill_and_check(r, crate::PAGE_SIZE, 8);
+        let s = core::slice::from_raw_parts(q, TRIMMABLE);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ 7));
+        give_back(hoard);
+        // Growing back over the tail maps it again.
+        let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+        let q2 = heap.realloc(q, l, 40 << 10);
+        assert_eq!(q2, q, "a realloc within the object's pages moved it");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        fill_and_check(q2, 40 << 10, 9);
+        heap.dealloc(q2, whole);
+        heap.dealloc(r, page);
+    }
+    heap.trim();
+    assert_eq!(held(heap), h0, "frames left behind");
+}
