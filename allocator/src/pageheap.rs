@@ -73,7 +73,7 @@ use crate::addr::{
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
 use crate::freemark;
 use crate::meta::{LazyRegion, MetaAlloc};
-use crate::pagealloc::PageAlloc;
+use crate::pagealloc::{PageAlloc, CHUNK_UNITS};
 use crate::platform::{Platform, MAX_CPUS};
 use crate::sizeclass::SpanClass;
 use crate::span::Span;
@@ -885,17 +885,23 @@ impl<P: Platform> PageHeap<P> {
         }
     }
 
-    /// Tracks at least `npages` more pages: a whole number of arenas' worth, or up to the capacity when
-    /// that is less (a heap limited below an arena tracks part of its last arena). Takes arenas from the
+    /// Tracks at least `npages` more pages: at least an eighth of the pages tracked so far, in whole
+    /// page-allocator chunks (4 MiB), or up to the capacity when that is less. Takes arenas from the
     /// window as the tracked pages reach into them. Fails when the capacity, the window or frames for
     /// metadata run out.
+    ///
+    /// Growing by chunks rather than whole 64 MiB arenas sizes the metadata that covers the tracked
+    /// pages (span map: 8 B per page; the page allocator's bitmap and summaries) for what the heap uses:
+    /// a whole arena's span map is 64 KiB, 0.4% of a 16 MiB heap. The eighth keeps a big heap's
+    /// growths few.
     fn grow(&mut self, npages: usize) -> bool {
         let Backing::Mapped { space, window } = &mut self.backing else {
             // Region mode: the kernel adds regions (`add_region`), the heap cannot.
             return false;
         };
         let Some(want) = npages
-            .checked_next_multiple_of(ARENA_PAGES)
+            .max(self.grown / 8)
+            .checked_next_multiple_of(CHUNK_UNITS)
             .and_then(|n| n.checked_add(self.grown))
         else {
             return false;

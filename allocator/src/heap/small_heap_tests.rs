@@ -463,3 +463,27 @@ fn an_allocation_out_of_frames_trims_the_spare_tails_of_large_objects() {
     heap.trim();
     assert_eq!(held(heap), h0, "frames left behind");
 }
+
+/// The heap tracks pages in 4 MiB chunks, not whole 64 MiB arenas: a 16 MiB heap's span map and page
+/// allocator cover what it uses, not an arena (whose span map alone is 64 KiB).
+#[test]
+fn a_small_heap_tracks_pages_by_the_chunk() {
+    use crate::pagealloc::CHUNK_UNITS;
+    let heap = heap_with_usable(16 * MIB);
+    let small = Layout::new::<u64>();
+    let big = Layout::from_size_align(5 * MIB, 8).unwrap();
+    // SAFETY: valid layouts; each object is freed once with its layout.
+    unsafe {
+        let p = heap.alloc(small);
+        assert!(!p.is_null());
+        let s = heap.stats().pages;
+        assert_eq!(s.grown, CHUNK_UNITS, "one chunk for one small object");
+        assert!(s.meta_tables < 64 << 10, "tables {} B", s.meta_tables);
+        let q = heap.alloc(big);
+        assert!(!q.is_null());
+        let s = heap.stats().pages;
+        assert_eq!(s.grown, 3 * CHUNK_UNITS, "5 MiB more: two chunks more");
+        heap.dealloc(q, big);
+        heap.dealloc(p, small);
+    }
+}
