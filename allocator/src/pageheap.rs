@@ -75,7 +75,7 @@ use crate::freemark;
 use crate::meta::{LazyRegion, MetaAlloc};
 use crate::pagealloc::{PageAlloc, CHUNK_UNITS};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::sizeclass::SpanClass;
+use crate::sizeclass::{SizeClass, SpanClass};
 use crate::span::Span;
 use crate::spanmap::{Owner, SpanMap};
 
@@ -1265,7 +1265,9 @@ impl<P: Platform> PageHeap<P> {
     /// aligned to `align` pages), published in the span map: a span the large cache keeps for that page
     /// count if there is one (whole: a trimmed span is never kept), else fresh pages. When a fresh
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
-    /// left unmapped ("Trimmed tails").
+    /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
+    /// has one (`Span::small_layout`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
@@ -1273,6 +1275,7 @@ impl<P: Platform> PageHeap<P> {
         class: SpanClass,
         cpu: Option<usize>,
         bytes: usize,
+        small: Option<SizeClass>,
     ) -> Option<NonNull<Span>> {
         debug_assert!(class.is_large());
         let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
@@ -1284,7 +1287,7 @@ impl<P: Platform> PageHeap<P> {
                 debug_assert!(!s.tail_unmapped, "the large cache keeps whole spans only");
                 s.needzero = true;
                 s.tail_spare = trim;
-                s.set_small_layout(None);
+                s.set_small_layout(small);
                 let first = self.page_index(s.base());
                 self.dirty_free -= npages;
                 self.note_alloc(npages);
@@ -1308,6 +1311,7 @@ impl<P: Platform> PageHeap<P> {
             let s = span.as_mut();
             s.tail_unmapped = trimmed;
             s.tail_spare = trim;
+            s.set_small_layout(small);
         }
         self.spanmap
             .set(first, npages, Some((span, class, Owner::Explicit)));
