@@ -1267,7 +1267,6 @@ impl<P: Platform> PageHeap<P> {
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
     /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
     /// has one (`Span::small_layout`).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
