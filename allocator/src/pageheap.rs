@@ -1355,21 +1355,27 @@ impl<P: Platform> PageHeap<P> {
                 i += 1;
                 continue;
             }
-            // SAFETY: an in-use large span of the explicit heap (its span-map entry, read under the
-            // heap lock that every change to it and to its object's size holds): its struct is valid and
-            // nobody else uses it meanwhile (its owner reaches it only under this lock).
-            let s = unsafe { &mut *e.span().as_ptr() };
-            let last = self.page_index(s.base()) + s.npages().0 - 1;
-            if s.tail_spare && !s.tail_unmapped {
+            let span = e.span();
+            let (last, spare) = {
+                // SAFETY: an in-use large span of the explicit heap (its span-map entry, read under the
+                // heap lock, which every change to the span and to its object's size holds): a valid
+                // struct; read only, as its owner may read it meanwhile.
+                let s = unsafe { span.as_ref() };
+                let last = self.page_index(s.base()) + s.npages().0 - 1;
+                (last, s.tail_spare && !s.tail_unmapped)
+            };
+            if spare {
                 let frame = Page::containing_address(self.page_addr(last) + FRAME_SIZE);
                 space_of(&mut self.backing)
                     .expect("not in region mode")
                     .unmap_range(frame, 1);
-                s.tail_unmapped = true;
+                // SAFETY: as above; one field written through the raw pointer, under the heap lock that
+                // every access to it holds (no owner holds a reference to the span outside the lock).
+                unsafe { (*span.as_ptr()).tail_unmapped = true };
                 self.trimmed_tails += 1;
                 trimmed += 1;
             }
-            i = last + 1;
+            i = i.max(last) + 1;
         }
         trimmed
     }

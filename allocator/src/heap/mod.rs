@@ -813,15 +813,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
+        // The span's base and whether it needs zeroing, read under the lock: no reference to the span
+        // is held outside it (an allocation out of frames may trim its tail meanwhile: pageheap.rs).
         let alloc = || {
-            self.pages.lock().as_mut()?.alloc_large_span(
+            let mut guard = self.pages.lock();
+            let span = guard.as_mut()?.alloc_large_span(
                 npages.0,
                 align,
                 class,
                 cpu,
                 layout.size(),
                 small,
-            )
+            )?;
+            // SAFETY: a fresh in-use span, read under the page-heap lock.
+            let s = unsafe { span.as_ref() };
+            Some((s.base(), s.needzero()))
         };
         // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
         // CPU's cached objects keep from being empty.
@@ -836,18 +842,16 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                     .then(|| self.release_empty_spans())
                     .and_then(|_| alloc())
             });
-        let Some(span) = span else {
+        let Some((base, needzero)) = span else {
             return ptr::null_mut();
         };
         self.large_objects.fetch_add(1, Ordering::Relaxed);
         self.large_pages.fetch_add(npages.0, Ordering::Relaxed);
-        // SAFETY: the span is ours (large spans belong to their one object).
-        let s = unsafe { span.as_ref() };
-        let p = s.base().as_mut_ptr::<u8>();
+        let p = base.as_mut_ptr::<u8>();
         if P::SAMPLING && small.is_none() && self.sample_large(layout.size()) {
             self.record_large(p, layout.size(), crate::profile::stack::current_frame());
         }
-        if zero && s.needzero() {
+        if zero && needzero {
             // SAFETY: the span's pages are mapped and ours; npages * PAGE_SIZE >= layout.size().
             unsafe { ptr::write_bytes(p, 0, layout.size()) };
         }
