@@ -21,6 +21,8 @@
 //! - A page is *scavenged* (bit set) iff it is not mapped. A scavenged page is always free in `pages`;
 //!   an in-use page is always mapped, except the second 4 KiB frame of a trimmed tail (below). Free
 //!   pages may be mapped whole ("dirty") or scavenged, never half.
+//! - A trimmed tail is spare: `Span::tail_unmapped` implies `Span::tail_spare` (the object ends in the
+//!   first frame of its last page), which the page heap keeps current as the object is resized.
 //! - `dirty_free` counts free pages that are mapped.
 //! - Every mapped page has an index below `mapped_top` (mapped mode), so the scavenger starts there, not
 //!   at the top of a heap whose address space may be 64 GiB of unmapped pages.
@@ -42,6 +44,9 @@
 //! page does not need the second; when that page has to be mapped for it (it was scavenged), its second
 //! frame is left unmapped (`Span::tail_unmapped`, counted in `trimmed_tails`). Objects over 32 KiB round
 //! up to 8 KiB pages, so this gives back half of what that rounding costs when memory is being mapped.
+//! An object whose last page was mapped already (dirty pages, a span the large cache kept, a resize
+//! in place) keeps that frame mapped but marks it spare (`Span::tail_spare`); an allocation that finds
+//! no frame unmaps every spare frame still mapped (`trim_spare_tails`) before it gives up.
 //! The object's bytes are all mapped; the span's pages beyond them are not all. Whatever would use the
 //! frame first maps it: a resize to the same pages that reaches into it (`untrim`, which can fail
 //! without frames: the realloc then moves or fails), a growth in place (`untrim` first). A free or a
@@ -68,9 +73,9 @@ use crate::addr::{
 use crate::arena::{AddressSpace, ArenaWindow, ARENA_SIZE};
 use crate::freemark;
 use crate::meta::{LazyRegion, MetaAlloc};
-use crate::pagealloc::PageAlloc;
+use crate::pagealloc::{PageAlloc, CHUNK_UNITS};
 use crate::platform::{Platform, MAX_CPUS};
-use crate::sizeclass::SpanClass;
+use crate::sizeclass::{SizeClass, SpanClass};
 use crate::span::Span;
 use crate::spanmap::{Owner, SpanMap};
 
@@ -880,17 +885,23 @@ impl<P: Platform> PageHeap<P> {
         }
     }
 
-    /// Tracks at least `npages` more pages: a whole number of arenas' worth, or up to the capacity when
-    /// that is less (a heap limited below an arena tracks part of its last arena). Takes arenas from the
+    /// Tracks at least `npages` more pages: at least an eighth of the pages tracked so far, in whole
+    /// page-allocator chunks (4 MiB), or up to the capacity when that is less. Takes arenas from the
     /// window as the tracked pages reach into them. Fails when the capacity, the window or frames for
     /// metadata run out.
+    ///
+    /// Growing by chunks rather than whole 64 MiB arenas sizes the metadata that covers the tracked
+    /// pages (span map: 8 B per page; the page allocator's bitmap and summaries) for what the heap uses:
+    /// a whole arena's span map is 64 KiB, 0.4% of a 16 MiB heap. The eighth keeps a big heap's
+    /// growths few.
     fn grow(&mut self, npages: usize) -> bool {
         let Backing::Mapped { space, window } = &mut self.backing else {
             // Region mode: the kernel adds regions (`add_region`), the heap cannot.
             return false;
         };
         let Some(want) = npages
-            .checked_next_multiple_of(ARENA_PAGES)
+            .max(self.grown / 8)
+            .checked_next_multiple_of(CHUNK_UNITS)
             .and_then(|n| n.checked_add(self.grown))
         else {
             return false;
@@ -1033,9 +1044,11 @@ impl<P: Platform> PageHeap<P> {
         let (fresh, trimmed) = match self.back(first, npages, trim) {
             Ok(r) => r,
             Err(()) => {
-                // Out of frames: give back every dirty free page and try once more.
+                // Out of frames: give back every dirty free page and every spare tail frame of a
+                // large object, and try once more.
                 self.flush_page_caches();
                 self.scavenge(usize::MAX);
+                self.trim_spare_tails();
                 match self.back(first, npages, trim) {
                     Ok(r) => r,
                     Err(()) => {
@@ -1252,7 +1265,8 @@ impl<P: Platform> PageHeap<P> {
     /// aligned to `align` pages), published in the span map: a span the large cache keeps for that page
     /// count if there is one (whole: a trimmed span is never kept), else fresh pages. When a fresh
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
-    /// left unmapped ("Trimmed tails").
+    /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
+    /// has one (`Span::small_layout`).
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
@@ -1260,8 +1274,10 @@ impl<P: Platform> PageHeap<P> {
         class: SpanClass,
         cpu: Option<usize>,
         bytes: usize,
+        small: Option<SizeClass>,
     ) -> Option<NonNull<Span>> {
         debug_assert!(class.is_large());
+        let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         // Any page-aligned base meets an alignment of one page.
         if align == 1 {
             if let Some(span) = self.large_cache.pop(npages) {
@@ -1269,7 +1285,8 @@ impl<P: Platform> PageHeap<P> {
                 let s = unsafe { &mut *span.as_ptr() };
                 debug_assert!(!s.tail_unmapped, "the large cache keeps whole spans only");
                 s.needzero = true;
-                s.set_small_layout(None);
+                s.tail_spare = trim;
+                s.set_small_layout(small);
                 let first = self.page_index(s.base());
                 self.dirty_free -= npages;
                 self.note_alloc(npages);
@@ -1278,7 +1295,6 @@ impl<P: Platform> PageHeap<P> {
                 return Some(span);
             }
         }
-        let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
@@ -1290,10 +1306,78 @@ impl<P: Platform> PageHeap<P> {
             return None;
         };
         // SAFETY: a fresh span struct, ours alone until published below.
-        unsafe { span.as_mut().tail_unmapped = trimmed };
+        unsafe {
+            let s = span.as_mut();
+            s.tail_unmapped = trimmed;
+            s.tail_spare = trim;
+            s.set_small_layout(small);
+        }
         self.spanmap
             .set(first, npages, Some((span, class, Owner::Explicit)));
         Some(span)
+    }
+
+    /// Records that the object of the large span `span` (of the explicit heap) is `bytes` long now,
+    /// after a resize in place: whether its last page's second frame is spare (`Span::tail_spare`).
+    ///
+    /// # Safety
+    /// `span` is an in-use large span of this heap owned by the caller, whose pages cover `bytes`,
+    /// and whose tail is not trimmed if `bytes` reaches into it (the caller untrimmed it first).
+    pub(crate) unsafe fn set_large_object_bytes(&mut self, span: NonNull<Span>, bytes: usize) {
+        // SAFETY: the caller owns the span.
+        let s = unsafe { &mut *span.as_ptr() };
+        debug_assert!(bytes <= s.npages().bytes());
+        s.tail_spare = bytes + FRAME_SIZE as usize <= s.npages().bytes();
+        debug_assert!(
+            s.tail_spare || !s.tail_unmapped,
+            "an object reaching into its span's trimmed tail"
+        );
+    }
+
+    /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped
+    /// (`Span::tail_spare` and not `tail_unmapped`), making those tails trimmed: the last resort of an
+    /// allocation that found no frame. Returns the frames given back. One pass over the span map up to
+    /// `mapped_top`, as `scavenge` makes over the page bitmap: only failing allocations pay for it.
+    fn trim_spare_tails(&mut self) -> usize {
+        if self.is_region_mode() {
+            return 0;
+        }
+        let mut trimmed = 0;
+        let mut i = 0;
+        let end = self.mapped_top.min(self.grown);
+        while i < end {
+            let addr = self.page_addr(i);
+            let Some(e) = self.spanmap.entry(addr.as_u64()) else {
+                i += 1;
+                continue;
+            };
+            if e.owner() != Owner::Explicit || !e.class().is_large() {
+                i += 1;
+                continue;
+            }
+            let span = e.span();
+            let (last, spare) = {
+                // SAFETY: an in-use large span of the explicit heap (its span-map entry, read under the
+                // heap lock, which every change to the span and to its object's size holds): a valid
+                // struct; read only, as its owner may read it meanwhile.
+                let s = unsafe { span.as_ref() };
+                let last = self.page_index(s.base()) + s.npages().0 - 1;
+                (last, s.tail_spare && !s.tail_unmapped)
+            };
+            if spare {
+                let frame = Page::containing_address(self.page_addr(last) + FRAME_SIZE);
+                space_of(&mut self.backing)
+                    .expect("not in region mode")
+                    .unmap_range(frame, 1);
+                // SAFETY: as above; one field written through the raw pointer, under the heap lock that
+                // every access to it holds (no owner holds a reference to the span outside the lock).
+                unsafe { (*span.as_ptr()).tail_unmapped = true };
+                self.trimmed_tails += 1;
+                trimmed += 1;
+            }
+            i = i.max(last) + 1;
+        }
+        trimmed
     }
 
     /// Maps the missing second frame of `span`'s last page if its tail is trimmed (zeroed: the object's

@@ -87,6 +87,11 @@ pub struct Span {
     /// A large span of the explicit heap whose object ends in the first frame of its last page: that
     /// page's second frame is not mapped (pageheap.rs, "Trimmed tails"). Always false for other spans.
     pub(crate) tail_unmapped: bool,
+    /// A large span of the explicit heap whose object ends in the first frame of its last page, so that
+    /// page's second frame holds none of it (`tail_unmapped` implies it): what an allocation about to
+    /// fail may unmap (pageheap.rs, "Trimmed tails"). Set by the page heap when the object is allocated
+    /// or resized; always false for other spans.
+    pub(crate) tail_spare: bool,
     /// A large span only: 0 while its object's layout is a large one (of `npages` pages), else the
     /// small size class of the layout it was reallocated to in place (heap/mod.rs, `realloc_large`),
     /// which its next `dealloc` or `realloc` must name. Always 0 in a small span.
@@ -179,6 +184,7 @@ impl Span {
             needzero,
             owner: 0,
             tail_unmapped: false,
+            tail_spare: false,
             small_layout: 0,
         };
         span.alloc_cache = span.free_mask_from(0);
@@ -242,6 +248,7 @@ impl Span {
             needzero,
             owner: 0,
             tail_unmapped: false,
+            tail_spare: false,
             small_layout: 0,
         }
     }

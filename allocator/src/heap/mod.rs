@@ -4,7 +4,9 @@
 //! class's central list (central.rs) -> on a miss a new span from the page heap (pageheap.rs) -> on a miss
 //! a new arena mapped from the window with frames from the frame allocator (arena.rs, frames.rs).
 //! Objects over 32 KiB (or aligned beyond 8 KiB, the heap page) skip the caches: their own span, straight
-//! from the page heap. A CPU without a cache (an index at or over `Platform::MAX_CPUS`, or no memory for
+//! from the page heap. So, in a heap smaller than full-size caches want (mapped mode), do the objects of
+//! the classes over one page whose spans hold several (9.25 to 28 KiB, `own_span_in_small_heap`): a
+//! large span that records the object's class, as an in-place `realloc` below 32 KiB leaves one. A CPU without a cache (an index at or over `Platform::MAX_CPUS`, or no memory for
 //! one) is served through the central lists' locks.
 //!
 //! Invariants:
@@ -12,7 +14,8 @@
 //! - Every `dealloc` and `realloc` is checked before anything changes, in every build: the pointer must
 //!   be the start of an object of an in-use explicit-heap span (span map: not foreign, not a collector's
 //!   object, not interior, not in a span's tail) of the class its layout maps to (a large object: of
-//!   its page count), and a small object must not carry its free mark (freemark.rs: not freed twice, not
+//!   its page count; a small layout may also name the class a large span records: an in-place
+//!   `realloc`, a span of its own), and a small object must not carry its free mark (freemark.rs: not freed twice, not
 //!   a slot never handed out, not waiting in a cache). Else it panics naming the address, the layout
 //!   and the reason. `debug-checks` adds a locked check of the span's bitmaps (racing double frees).
 //! - Interrupts are masked on this CPU while any heap lock is held and while a slow path uses its cache;
@@ -66,6 +69,9 @@ pub struct Heap<P: Platform, const FULL_CHECKS: bool = DEFAULT_FULL_CHECKS> {
     /// Set while the heap is too small for per-CPU caches (region mode): every CPU takes the locked path.
     /// Written under the page-heap lock; `create_cache` reads it again under that lock.
     caches_off: AtomicBool,
+    /// Set in a heap smaller than the memory that gets full-size caches, in mapped mode: objects of the
+    /// size classes [`own_span_in_small_heap`] names get a large span of their own (see there).
+    own_spans: AtomicBool,
     /// Bytes of empty spans each central list keeps ([`EMPTY_SPAN_BUDGET`] scaled as the caches are, set
     /// when a cache is made; 0, one span, until then and in heaps without caches).
     empty_span_budget: AtomicUsize,
@@ -99,6 +105,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             central: [const { Central::new() }; NUM_SIZE_CLASSES],
             pages: spin::Mutex::new(None),
             caches_off: AtomicBool::new(false),
+            own_spans: AtomicBool::new(false),
             empty_span_budget: AtomicUsize::new(0),
             spanmap: SpanMap::new(),
             large_objects: AtomicUsize::new(0),
@@ -122,7 +129,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
         assert!(pages.is_none(), "spanalloc: Heap::init called twice");
-        *pages = Some(PageHeap::new(space, window, max_bytes, &self.spanmap)?);
+        let heap = PageHeap::new(space, window, max_bytes, &self.spanmap)?;
+        self.own_spans
+            .store(cache_shift(heap.memory_bytes()) > 0, Ordering::Relaxed);
+        *pages = Some(heap);
         Ok(())
     }
 
@@ -333,10 +343,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     fn alloc_small(&self, class: SizeClass, layout: Layout) -> *mut u8 {
         let p = self.alloc_small_unchecked(class, layout);
         // (A sampled object lives outside small spans: nothing to track.)
-        if FULL_CHECKS
-            && !p.is_null()
-            && (!P::SAMPLING || self.small_object_entry(class, p).is_some())
-        {
+        // (A sampled object, or one with a span of its own, lives outside small spans: nothing to track.)
+        if FULL_CHECKS && !p.is_null() && self.small_object_entry(class, p).is_some() {
             self.track(class, VirtAddr::from_ptr(p), true)
                 .unwrap_or_else(|why| panic!("spanalloc: allocated {p:?}: {why}"));
         }
@@ -414,6 +422,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             if let Some(p) = unsafe { self.sample_small(cpu, layout, frame) } {
                 return p;
             }
+        }
+        if own_span_in_small_heap(class) && self.own_spans.load(Ordering::Relaxed) {
+            // (Its bytes were counted towards sampling by the pop that missed.)
+            return self.alloc_large(layout, Some(class), false);
         }
         // SAFETY: `cpu` is ours and interrupts are masked until we return.
         unsafe { self.alloc_small_slow(cpu, class) }
@@ -552,12 +564,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let got = e.class().size_class();
         if got != class {
             if got.is_large() {
-                bad_free(
-                    op,
-                    addr,
-                    layout,
-                    format_args!("the layout's size class differs from the allocation's (a large object, the layout says class {} of {} B)", class.get(), class.size()),
-                )
+                self.refuse_small_in_large(op, addr, layout, class, e)
             }
             bad_free(
                 op,
@@ -628,6 +635,63 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             layout,
             format_args!("double free: the object is already free in its span (freed before, or never allocated)"),
         )
+    }
+
+    /// [`Heap::refuse_small`] of a pointer into a large span (entry `e`): an interior pointer, or the
+    /// start of an object whose layout is a large one or another small class (a span of its own, or
+    /// an in-place `realloc`). Panics saying which.
+    #[cold]
+    #[track_caller]
+    fn refuse_small_in_large(
+        &self,
+        op: Op,
+        addr: VirtAddr,
+        layout: Layout,
+        class: SizeClass,
+        e: Entry,
+    ) -> ! {
+        let found = {
+            let _irq = self.platform.mask_interrupts();
+            // Under the page-heap lock, which keeps the span from being released meanwhile; the entry
+            // is read again (a concurrent free may have released the span since).
+            let guard = self.pages.lock();
+            let found = self
+                .spanmap
+                .entry(addr.as_u64())
+                .filter(|&now| now == e)
+                .map(|e| {
+                    // SAFETY: an in-use large span (its entry, read under the lock), read only.
+                    let s = unsafe { e.span().as_ref() };
+                    (s.base(), s.small_layout(), s.npages())
+                });
+            drop(guard);
+            found
+        };
+        match found {
+            None => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("not a live heap object (its span was freed meanwhile)"),
+            ),
+            Some((base, _, _)) if base != addr => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("interior pointer of the large object at {:#x}", base.as_u64()),
+            ),
+            Some((_, small, npages)) => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size class differs from the allocation's ({}, the layout says class {} of {} B)",
+                    LayoutKind(small, npages),
+                    class.get(),
+                    class.size()
+                ),
+            ),
+        }
     }
 
     /// `dealloc` of a large layout, out of line: inline, its call to check the address (which may panic)
@@ -742,9 +806,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         |a| self.spanmap.lookup(a).map(|(s, _)| s)
     }
 
-    /// Not inlined: its frame is where a sampled large object's recorded stack starts.
+    /// A large span for an object of `layout`: a large one (`small` is `None`), or one of the small
+    /// class `small` that gets a span of its own ([`own_span_in_small_heap`]; the span records the
+    /// class as an in-place `realloc` below 32 KiB does, and its bytes were counted towards sampling by
+    /// the small path already). Not inlined: its frame is where a sampled large object's recorded
+    /// stack starts.
     #[inline(never)]
-    fn alloc_large(&self, layout: Layout, zero: bool) -> *mut u8 {
+    fn alloc_large(&self, layout: Layout, small: Option<SizeClass>, zero: bool) -> *mut u8 {
         let Some(npages) = large_pages(layout.size()) else {
             return ptr::null_mut();
         };
@@ -753,11 +821,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
+        // The span's base and whether it needs zeroing, read under the lock: no reference to the span
+        // is held outside it (an allocation out of frames may trim its tail meanwhile: pageheap.rs).
         let alloc = || {
-            self.pages
-                .lock()
-                .as_mut()?
-                .alloc_large_span(npages.0, align, class, cpu, layout.size())
+            let mut guard = self.pages.lock();
+            let span = guard.as_mut()?.alloc_large_span(
+                npages.0,
+                align,
+                class,
+                cpu,
+                layout.size(),
+                small,
+            )?;
+            // SAFETY: a fresh in-use span, read under the page-heap lock.
+            let s = unsafe { span.as_ref() };
+            Some((s.base(), s.needzero()))
         };
         // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
         // CPU's cached objects keep from being empty.
@@ -772,18 +850,16 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                     .then(|| self.release_empty_spans())
                     .and_then(|_| alloc())
             });
-        let Some(span) = span else {
+        let Some((base, needzero)) = span else {
             return ptr::null_mut();
         };
         self.large_objects.fetch_add(1, Ordering::Relaxed);
         self.large_pages.fetch_add(npages.0, Ordering::Relaxed);
-        // SAFETY: the span is ours (large spans belong to their one object).
-        let s = unsafe { span.as_ref() };
-        let p = s.base().as_mut_ptr::<u8>();
-        if P::SAMPLING && self.sample_large(layout.size()) {
+        let p = base.as_mut_ptr::<u8>();
+        if P::SAMPLING && small.is_none() && self.sample_large(layout.size()) {
             self.record_large(p, layout.size(), crate::profile::stack::current_frame());
         }
-        if zero && s.needzero() {
+        if zero && needzero {
             // SAFETY: the span's pages are mapped and ours; npages * PAGE_SIZE >= layout.size().
             unsafe { ptr::write_bytes(p, 0, layout.size()) };
         }
@@ -981,6 +1057,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             self.large_pages
                 .fetch_add(new_pages.0 - old, Ordering::Relaxed);
         }
+        // SAFETY: as above; the pages cover `new_size`, and a trimmed tail it reaches was mapped above
+        // (same pages: `untrim`; growth: `grow_in_place` untrims; a shrink settles the trimmed page).
+        unsafe { heap.set_large_object_bytes(span, new_size) };
         // SAFETY: as above; no other reference to the span is live (the page heap's ended with its
         // call), so this one does not alias.
         unsafe { &mut *span.as_ptr() }.set_small_layout(new_class);
@@ -1091,6 +1170,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 /// would take as a large object, and packs tighter.
 const IN_PLACE_SMALL_MIN: usize = PAGE_SIZE;
 
+/// Whether objects of `class` get a large span of their own in a heap with `Heap::own_spans` set:
+/// classes over one heap page whose spans hold several objects (9.25 to 28 KiB; their spans are 5 to
+/// 10 pages). In a small heap the partly used span each such class keeps was the biggest loss when
+/// memory ran out (talc's heap-efficiency fill at 16 MiB: some 2% of the heap in those spans' free
+/// slots); a span of its own wastes under one page, half of that on average once its spare tail frame
+/// is trimmed (pageheap.rs). It costs the page-heap lock on every allocation and free of these sizes,
+/// which a heap with full-size caches keeps.
+const fn own_span_in_small_heap(class: SizeClass) -> bool {
+    class.size() > PAGE_SIZE && class.objects_per_span() > 1
+}
+
 /// How a large span's object is laid out, for messages: a small class kept in place, or its pages.
 struct LayoutKind(Option<SizeClass>, PageCount);
 
@@ -1150,7 +1240,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     fn alloc_other(&self, layout: Layout) -> *mut u8 {
         match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => self.alloc_small(class, layout),
-            None => self.alloc_large(layout, false),
+            None => self.alloc_large(layout, None, false),
         }
     }
 
@@ -1220,7 +1310,7 @@ unsafe impl<P: Platform, const FULL_CHECKS: bool> GlobalAlloc for Heap<P, FULL_C
                 }
                 p
             }
-            None => self.alloc_large(layout, true),
+            None => self.alloc_large(layout, None, true),
         }
     }
 

@@ -403,3 +403,200 @@ fn without_frames_a_trimmed_object_neither_grows_into_its_tail_nor_leaks_it() {
         heap.dealloc(p, Layout::from_size_align(40 << 10, 8).unwrap());
     }
 }
+
+/// An allocation that finds no frame unmaps the spare tail frames of live large objects (those that
+/// end in the first frame of their last page but were not trimmed when allocated: their pages were
+/// mapped already, or they shrank in place) and tries again; an object that needs its tail keeps it.
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn an_allocation_out_of_frames_trims_the_spare_tails_of_large_objects() {
+    let heap = warm_heap();
+    let h0 = held(heap);
+    let whole = Layout::from_size_align(40 << 10, 8).unwrap();
+    let page = Layout::from_size_align(crate::PAGE_SIZE, 8).unwrap();
+    let hoard_all_but_one =
+        || heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 1));
+    let give_back = |hoard: Vec<_>| {
+        heap.with_address_space(|s| {
+            for (f, n) in hoard {
+                s.frames.free_contiguous(f, n);
+            }
+        })
+    };
+    // SAFETY: valid layouts; every object is freed once with its layout.
+    unsafe {
+        // 40 KiB fills its five pages: nothing is spare, so one frame is not enough for a page.
+        let p = heap.alloc(whole);
+        assert!(!p.is_null());
+        fill_and_check(p, 40 << 10, 7);
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        let hoard = hoard_all_but_one().unwrap();
+        assert!(heap.alloc(page).is_null(), "a page from one frame");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0, "a tail in use trimmed");
+        give_back(hoard);
+        // Shrunk in place to 36 KiB: the fifth page's second frame is spare but still mapped, until an
+        // allocation needs it.
+        let q = heap.realloc(p, whole, TRIMMABLE);
+        assert_eq!(q, p, "a shrink within the same pages moved the object");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        heap.trim();
+        let hoard = hoard_all_but_one().unwrap();
+        let r = heap.alloc(page);
+        assert!(!r.is_null(), "the spare tail frame was not taken back");
+        assert_eq!(heap.stats().pages.trimmed_tails, 1);
+        fill_and_check(r, crate::PAGE_SIZE, 8);
+        let s = core::slice::from_raw_parts(q, TRIMMABLE);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ 7));
+        give_back(hoard);
+        // Growing back over the tail maps it again.
+        let l = Layout::from_size_align(TRIMMABLE, 8).unwrap();
+        let q2 = heap.realloc(q, l, 40 << 10);
+        assert_eq!(q2, q, "a realloc within the object's pages moved it");
+        assert_eq!(heap.stats().pages.trimmed_tails, 0);
+        fill_and_check(q2, 40 << 10, 9);
+        heap.dealloc(q2, whole);
+        heap.dealloc(r, page);
+    }
+    heap.trim();
+    assert_eq!(held(heap), h0, "frames left behind");
+}
+
+/// The heap tracks pages in 4 MiB chunks, not whole 64 MiB arenas: a 16 MiB heap's span map and page
+/// allocator cover what it uses, not an arena (whose span map alone is 64 KiB).
+#[test]
+fn a_small_heap_tracks_pages_by_the_chunk() {
+    use crate::pagealloc::CHUNK_UNITS;
+    let heap = heap_with_usable(16 * MIB);
+    let small = Layout::new::<u64>();
+    let big = Layout::from_size_align(5 * MIB, 8).unwrap();
+    // SAFETY: valid layouts; each object is freed once with its layout.
+    unsafe {
+        let p = heap.alloc(small);
+        assert!(!p.is_null());
+        let s = heap.stats().pages;
+        assert_eq!(s.grown, CHUNK_UNITS, "one chunk for one small object");
+        assert!(s.meta_tables < 64 << 10, "tables {} B", s.meta_tables);
+        let q = heap.alloc(big);
+        assert!(!q.is_null());
+        let s = heap.stats().pages;
+        assert_eq!(s.grown, 3 * CHUNK_UNITS, "5 MiB more: two chunks more");
+        heap.dealloc(q, big);
+        heap.dealloc(p, small);
+    }
+}
+
+// ------------------------------------------------------------------------------ spans of their own
+
+/// Whether `p` is the start of a large span that records `class` as its object's layout.
+fn in_own_span(heap: &Heap<HostPlatform>, p: *mut u8, class: SizeClass) -> bool {
+    let (span, c) = heap
+        .spanmap
+        .lookup(crate::addr::VirtAddr::from_ptr(p))
+        .expect("a live object");
+    // SAFETY: the span of a live object of ours, read only.
+    let s = unsafe { span.as_ref() };
+    c.is_large() && s.base().as_u64() == p as u64 && s.small_layout() == Some(class)
+}
+
+/// In a heap smaller than full-size caches want, objects of the classes over one page whose spans hold
+/// several get a large span of their own (no partly used span per class); every other class, and
+/// every class in a heap with full-size caches, lives in its spans.
+#[test]
+#[cfg_attr(miri, ignore = "a 256 MiB machine")]
+fn a_small_heap_gives_the_big_multi_object_classes_spans_of_their_own() {
+    let small = heap_with_usable(16 * MIB);
+    let full = heap_with_usable(256 * MIB);
+    let mut own = Vec::new();
+    for class in SizeClass::small() {
+        let l = Layout::from_size_align(class.size(), 8).unwrap();
+        // SAFETY: valid layouts; every object is freed once with its layout.
+        unsafe {
+            let p = small.alloc(l);
+            let q = full.alloc(l);
+            assert!(!p.is_null() && !q.is_null());
+            core::ptr::write_bytes(p, 0x5a, class.size());
+            if in_own_span(small, p, class) {
+                own.push(class.size());
+            }
+            assert!(!in_own_span(full, q, class), "class {}", class.get());
+            small.dealloc(p, l);
+            full.dealloc(q, l);
+        }
+    }
+    assert_eq!(
+        own,
+        [9472, 9728, 10240, 10880, 12288, 13568, 14336, 18432, 19072, 20480, 21760, 27264, 28672]
+    );
+    let s = small.stats();
+    assert_eq!(
+        (s.large_objects, s.large_bytes),
+        (0, 0),
+        "spans left behind"
+    );
+}
+
+/// An object with a span of its own is checked on every free and realloc as strictly as any other
+/// (double free, interior pointer, another class's layout or a large one are refused, naming the
+/// reason), is resized in place, and gives its pages back when freed.
+#[test]
+#[cfg_attr(miri, ignore = "maps and unmaps single frames many times")]
+fn an_object_with_a_span_of_its_own_is_checked_resized_and_freed() {
+    use crate::heap::soundness_tests::panic_message;
+    let heap = heap_with_usable(16 * MIB);
+    let l = Layout::from_size_align(20_000, 8).unwrap();
+    let class = SizeClass::for_layout(20_000, 8).unwrap();
+    let in_use0 = heap.stats().pages.in_use;
+    // SAFETY: valid layouts; the bad frees are refused before anything changes; every object is
+    // freed once with its layout.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        assert!(in_own_span(heap, p, class));
+        assert_eq!(
+            heap.stats().pages.in_use - in_use0,
+            3,
+            "20000 B: three pages"
+        );
+        fill_and_check(p, 20_000, 11);
+        let msg = panic_message(|| heap.dealloc(p.add(64), l));
+        assert!(
+            msg.contains("interior pointer of the large object"),
+            "{msg}"
+        );
+        let other = Layout::from_size_align(12_000, 8).unwrap();
+        let msg = panic_message(|| heap.dealloc(p, other));
+        assert!(
+            msg.contains("(class 62 of 20480 B, kept in a large span of 3 pages, the layout says"),
+            "{msg}"
+        );
+        let large = Layout::from_size_align(40_000, 8).unwrap();
+        let msg = panic_message(|| heap.dealloc(p, large));
+        assert!(msg.contains("size class differs"), "{msg}");
+        // Grown in place past 32 KiB (the pages after it are free), then shrunk back to a class that
+        // has spans of its own: the same object all along.
+        let q = heap.realloc(p, l, 40_000);
+        assert_eq!(q, p, "grown in place");
+        let s = core::slice::from_raw_parts(q, 20_000);
+        assert!(s
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ 11));
+        fill_and_check(q, 40_000, 12);
+        let r = heap.realloc(q, large, 19_000);
+        assert_eq!(r, q, "shrunk in place");
+        let l19 = Layout::from_size_align(19_000, 8).unwrap();
+        assert!(in_own_span(
+            heap,
+            r,
+            SizeClass::for_layout(19_000, 8).unwrap()
+        ));
+        heap.dealloc(r, l19);
+        let msg = panic_message(|| heap.dealloc(r, l19));
+        assert!(msg.contains("not a live heap object"), "double free: {msg}");
+    }
+    let s = heap.stats();
+    assert_eq!((s.large_objects, s.pages.in_use), (0, in_use0));
+}

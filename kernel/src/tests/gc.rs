@@ -200,7 +200,7 @@ fn warm_up() {
 }
 
 /// The span heap's counters that must come back once the managed heap is gone and trimmed.
-fn footprint(s: &Stats) -> (usize, usize, u64) {
+fn footprint(s: &Stats) -> (usize, usize, i64) {
     (s.objects(), s.pages.dirty_free, non_meta_frames(s))
 }
 
