@@ -77,7 +77,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc {
-            inner.settle(&self.pool);
+            inner.settle(self.pool());
         }
         Ok(value_ptr)
     }

@@ -4,35 +4,58 @@
 //! Shape: a cycle starts at a safe point as in incremental mode (finish the sweep, barrier on, root
 //! shaded), and also builds a *side mark table* ([`ConcTable`]): one entry per span the heap has at
 //! that moment (base, object size and count, scan or not) and one mark bitmap per span, in pages of its
-//! own. Every `mutate` call while the mark runs is a *round*: the mutator's grey chunks go into the
-//! heap's shared [`Pool`], `ConcurrentWorkers::run` runs the mutator's closure on the calling CPU and
-//! mark jobs (par.rs workers) on `helpers` others, and when the closure returns the workers are told
-//! to stop (they put their grey entries back in the pool). At a safe point with the pool and the
-//! mutator's grey stack empty the mark terminates: the side bitmaps are OR-ed into the spans' mark bits,
-//! the rest is an ordinary stop-the-world termination (drain, rescans, checkmark, `end_mark`).
+//! own. Then the heap's *crew* ([`Crew`], below) is opened: from then on, at every safe point, the
+//! mutator's grey chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
+//! `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) until the
+//! pool runs dry or the crew is stopped. The mutator never waits for a worker while the mark runs (but for
+//! a cell a worker is copying or tracing, cell.rs). At a
+//! safe point where the mutator's grey stack and the pool are empty and no worker is inside the crew, the
+//! crew is stopped and the mark terminates: the side bitmaps are OR-ed into the spans' mark bits, the rest
+//! is an ordinary stop-the-world termination (drain, rescans, checkmark, `end_mark`).
 //!
 //! Why a side table: while the mutator runs it allocates from its current spans (`next_free` on
 //! `&mut Span`, black allocation setting mark bits), takes and files spans (list links): it holds
 //! references to span structs and writes their alloc state. A worker that read a span struct or set
 //! a mark bit in it meanwhile would race with those writes (or break the `&mut Span`'s uniqueness). So
-//! during a round workers touch no span struct at all: they find an address's span in the span map
-//! (atomic entries, shared with other CPUs' heaps anyway), its entry in the table (written before the
-//! round, read-only during it) and set its bit in the table with an atomic `fetch_or`. The mutator's
-//! own shades (barrier, root, `GcWeak::upgrade`, assists) use the same table path atomically. Spans the
-//! heap takes during the mark are in no entry: all their objects are allocated during the mark, hence
-//! black (mark bit set in the span by the allocation), and workers ignore addresses in them. Objects
-//! allocated during the mark in older spans are in the table but white there: a worker may scan one
-//! (its fields are initialised before the `Gc` to it was published) — extra work, never a missed
+//! while the crew is open workers touch no span struct at all: they find an address's span in the span
+//! map (atomic entries, shared with other CPUs' heaps anyway), its entry in the table (written before the
+//! crew opens, read-only until it is stopped) and set its bit in the table with an atomic `fetch_or`. The
+//! mutator's own shades (barrier, root, `GcWeak::upgrade`, assists) use the same table path atomically.
+//! Spans the heap takes during the mark are in no entry: all their objects are allocated during the
+//! mark, hence black (mark bit set in the span by the allocation), and workers ignore addresses in them.
+//! Objects allocated during the mark in older spans are in the table but white there: a worker may scan
+//! one (its fields are initialised before the `Gc` to it was published) — extra work, never a missed
 //! object. Nothing is swept while a mark runs, so no slot is freed or reused under a worker.
 //!
-//! What workers read besides the table, and why it is safe while the mutator runs:
+//! Workers (the crew): what workers use lives in a [`Crew`] in pages of its own, not in the `GcHeap`
+//! (which the program may move between `mutate` calls): the pool, the stop flag, the side table's
+//! address, the workers' counters, and two counts — `inside` (workers between their look at `stop` and
+//! their return) and `jobs` (jobs handed out, not yet dropped). The crew is reference counted by the
+//! heap and by every `MarkJob`, and gives its pages back when the last goes: a job may outlive its mark
+//! and its heap, and then does nothing. The protocol (every access `SeqCst`):
+//! - A worker enters by incrementing `inside` and then reading `stop`; if set, it leaves at once. While
+//!   inside it checks `stop` between small units of work (`par::SHARE_EVERY` scans) and leaves when it
+//!   is set, putting its grey entries back in the pool.
+//! - The heap *opens* the crew only while it is stopped with nobody inside (table address first, then
+//!   `stop` cleared), and *stops* it by setting `stop` and then reading `inside`: if that is 0, no worker
+//!   is inside, and any later one reads `stop` set (the two sides' write-then-read pairs are ordered in
+//!   the single `SeqCst` order) and leaves without touching the pool or the table. Only then does the
+//!   heap merge and release the table. A safe point stops the crew only when nobody is inside and the
+//!   pool is empty (`Crew::try_stop`, non-blocking: otherwise the mark goes on and the next safe point
+//!   tries again); a forced end (`finish_mark`, `collect`, the heap's drop) waits for the workers inside
+//!   (`stop_and_wait`), a pause of its own.
+//! - `State::concurrent` (the cells' locks, cell.rs) is set when the crew opens and cleared after it is
+//!   stopped, both at safe points, so it is constant for a whole `mutate` call and set whenever a worker
+//!   may be marking.
+//!
+//! What workers read besides the crew and the table, and why it is safe while the mutator runs:
 //! - Object headers (vtables): written before any `Gc` to the object exists and never changed.
 //! - Fields outside cells: immutable after allocation (`Gc<T>` gives only `&T`), initialised before
-//!   the `Gc` is published; publication goes through a cell write or happened before the round began.
+//!   the `Gc` is published; publication goes through a cell write or happened before the safe point
+//!   that handed the object to the pool (the pool's lock orders it).
 //! - Cells: under the locks of cell.rs (`GcCell` stripe locks, `GcRefCell` trace lock), which also
 //!   order the mutator's writes of a new object before a worker's reads of it.
 //! - `Trace` impls: the contract (trace.rs) says they read only the value (and so only the above).
-//! - The grey pool (spin lock) and the round's counters (atomics).
 //!
 //! Correctness of the mark (snapshot at the beginning): as for incremental marking (barrier.rs); the
 //! table is just where this cycle's marks of old objects live until termination merges them. No object
@@ -42,22 +65,21 @@
 //! `GcRefMut`, whose old contents `borrow_mut` shaded before taking its lock.
 //!
 //! Termination hands every grey entry (pool, the mutator's stack) to the stop-the-world drain after
-//! the merge, so nothing shaded during a round is lost; a worker that unwinds sets `lost` and the mark
-//! rescans the root and every marked object, as in par.rs. Correctness never depends on `run`: if it
-//! does not run the mutator's closure, the closure runs after it returns (no worker left); jobs it does
-//! not run only leave work in the pool, which assists and termination drain.
-//! A worker's panic that `run` propagates reaches the caller of `mutate` after the closure has run
-//! (its result is dropped); the heap stays consistent and the mark rescans, as above.
+//! the merge, so nothing shaded while workers ran is lost; a worker that unwinds sets `lost` (its grey
+//! entries are gone) and termination then rescans the root and every marked object, as in par.rs.
+//! Correctness never depends on `start`: jobs it runs late find the crew stopped, jobs it drops or keeps
+//! only leave work in the pool, which assists and termination drain; a job it runs at once on the
+//! calling CPU marks at the safe point (a pause); a panic of `start` itself leaves the heap consistent.
 //!
-//! Costs the mutator pays (pauses): building the table at cycle start and merging it at termination
-//! are O(spans) (~1-2 ms and ~0.9 ms for ~12K spans, 64 MiB live), and each round ends only when
-//! every worker has left its job. Both are what stands between this mode and a 0.1 ms max pause
-//! (ARCHITECTURE.md, "Concurrent marking").
+//! Costs the mutator pays (pauses): the hand-over at safe points (moving chunk pointers, `start` calls),
+//! assists, and building the table at cycle start and merging it at termination, which are O(spans)
+//! (~1-2 ms and ~0.9 ms for ~12K spans, 64 MiB live) — what stands between this mode and a 0.1 ms max
+//! pause (ARCHITECTURE.md, "Concurrent marking").
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use super::heap::{Inner, State};
+use super::heap::Inner;
 use super::par::{self, Shared};
 use super::spans::{GcSpan, SpanSet, SpanSource};
 use super::workbuf::Pool;
@@ -69,27 +91,213 @@ use crate::spanmap::SpanMap;
 /// How to run mark workers beside the mutator (`GcConfig::concurrent_workers`, `Mode::Concurrent`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConcurrentWorkers {
-    /// Workers on other CPUs or threads (Go's dedicated workers: a quarter of the CPUs).
+    /// Mark jobs handed out and not yet finished, at most (Go's dedicated workers: a quarter of the
+    /// CPUs).
     pub helpers: usize,
-    /// Runs `job(i)` for `i` in `1..=helpers` on other CPUs or threads while `main()` runs on the calling
-    /// one, and returns once all have returned. Correctness does not depend on it (module docs).
-    #[allow(clippy::type_complexity)] // spelled out: it is the whole contract
-    pub run: fn(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()),
+    /// Starts `job` (calls [`MarkJob::run`]) on another CPU or thread and returns without waiting for
+    /// it. Correctness does not depend on it (module docs): it may run the job late, at once on the
+    /// calling CPU, or drop it unrun. The heap calls it only at safe points.
+    pub start: fn(job: MarkJob),
 }
 
 #[cfg(any(test, feature = "std"))]
 impl ConcurrentWorkers {
-    /// `helpers` host threads (scoped threads spawned for each round), besides the caller's.
+    /// `helpers` jobs at most, each on a host thread spawned for it.
     pub fn threads(helpers: usize) -> Self {
-        fn run(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-            std::thread::scope(|s| {
-                for i in 1..=helpers {
-                    s.spawn(move || job(i));
-                }
-                main();
+        fn start(job: MarkJob) {
+            std::thread::spawn(move || job.run());
+        }
+        Self { helpers, start }
+    }
+}
+
+/// A mark job of a concurrent mark, for [`ConcurrentWorkers::start`]: [`MarkJob::run`] marks beside
+/// the mutator until the pool of grey objects runs dry or the heap stops its workers (then it returns at
+/// once). It holds the heap's shared worker state alive (not the heap): running it late, after the mark
+/// or after the heap is gone, does nothing; dropping it unrun is allowed.
+pub struct MarkJob(CrewRef);
+
+impl MarkJob {
+    /// Marks until there is nothing to do or the heap stops its workers (module docs).
+    pub fn run(self) {
+        self.0.work();
+    }
+}
+
+impl Drop for MarkJob {
+    fn drop(&mut self) {
+        self.0.jobs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl core::fmt::Debug for MarkJob {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MarkJob")
+    }
+}
+
+/// What a heap's concurrent mark workers share (module docs, "Workers"), in pages of its own: it stays
+/// put when the `GcHeap` moves, and lives while the heap or a [`MarkJob`] refers to it.
+pub(crate) struct Crew {
+    /// The pool of grey chunks (the heap's, also between marks), the stop flag and the workers'
+    /// counters. `stop` is set whenever no concurrent mark is open.
+    pub(crate) sh: Shared,
+    /// The heap's reference and every `MarkJob`'s; the last one gives the pages back.
+    refs: AtomicUsize,
+    /// Jobs handed to `start` and not yet dropped.
+    jobs: AtomicUsize,
+    /// Workers inside `work` (between their check of `stop` and their return).
+    inside: AtomicUsize,
+    /// The open mark's side table (a `ConcView`): written only while `stop` is set.
+    words: AtomicPtr<u64>,
+    mask: AtomicUsize,
+    source: &'static (dyn SpanSource + Sync),
+    /// The crew's own pages; moved out by the last reference.
+    storage: GcSpan,
+}
+
+/// A counted reference to a [`Crew`].
+pub(crate) struct CrewRef(NonNull<Crew>);
+
+// SAFETY: a crew is used only through `&Crew`, whose fields are atomics, the pool (behind its lock, with
+// `Send` chunks) and data nobody writes; `storage` is touched only by the last reference (`drop`), when
+// no other exists. So references may move to and be used on other CPUs.
+unsafe impl Send for CrewRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for CrewRef {}
+
+impl core::ops::Deref for CrewRef {
+    type Target = Crew;
+    fn deref(&self) -> &Crew {
+        // SAFETY: the crew is initialised (`new`) and alive while any reference counts (`drop`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for CrewRef {
+    fn drop(&mut self) {
+        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        core::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: the last reference: nobody else can reach the crew, so it is moved out of its pages
+        // (read once, never used there again) and the pages go back.
+        let crew = unsafe { self.0.as_ptr().read() };
+        crew.sh.pool.release(crew.source);
+        crew.source.free_span(crew.storage);
+    }
+}
+
+/// Leaves `inside` when dropped (normally or by unwinding).
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CrewRef {
+    /// A crew for the heap `owner`, stopped; `None` when no pages can be had for it.
+    pub(crate) fn new(
+        spans: &'static SpanMap,
+        source: &'static (dyn SpanSource + Sync),
+        owner: u32,
+    ) -> Option<CrewRef> {
+        let pages = PageCount::covering(core::mem::size_of::<Crew>())?;
+        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
+        let at = NonNull::new(storage.base().as_mut_ptr::<Crew>())?;
+        const { assert!(core::mem::align_of::<Crew>() <= crate::addr::PAGE_SIZE) };
+        // SAFETY: the span's pages are mapped, page aligned (enough for a `Crew`), at least its size, and
+        // ours alone (we hold the span's only handle, moved into the crew here).
+        unsafe {
+            at.as_ptr().write(Crew {
+                sh: Shared::new(spans, source, owner, true),
+                refs: AtomicUsize::new(1),
+                jobs: AtomicUsize::new(0),
+                inside: AtomicUsize::new(0),
+                words: AtomicPtr::new(core::ptr::null_mut()),
+                mask: AtomicUsize::new(0),
+                source,
+                storage,
             });
         }
-        Self { helpers, run }
+        Some(CrewRef(at))
+    }
+
+    /// Hands `helpers` jobs minus those still out to `start` (counted once, first: a `start` that runs
+    /// its job at once gives it back before the next); returns how many.
+    pub(crate) fn start_jobs(&self, workers: &ConcurrentWorkers) -> usize {
+        let n = workers
+            .helpers
+            .saturating_sub(self.jobs.load(Ordering::SeqCst));
+        for _ in 0..n {
+            self.jobs.fetch_add(1, Ordering::SeqCst);
+            self.refs.fetch_add(1, Ordering::Relaxed);
+            (workers.start)(MarkJob(CrewRef(self.0)));
+        }
+        n
+    }
+}
+
+impl Crew {
+    /// A worker's visit (`MarkJob::run`): marks while the crew is open and the pool has work.
+    fn work(&self) {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let _leave = Leave(&self.inside);
+        if self.sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(words) = NonNull::new(self.words.load(Ordering::Relaxed)) else {
+            return;
+        };
+        let view = ConcView {
+            words,
+            mask: self.mask.load(Ordering::Relaxed),
+        };
+        par::work(&self.sh, Some(view));
+    }
+
+    /// Whether workers may mark now.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.sh.stop.load(Ordering::Relaxed)
+    }
+
+    /// Lets workers mark in `view`'s table (the crew is stopped: no worker is inside).
+    pub(crate) fn open(&self, view: ConcView) {
+        debug_assert!(self.sh.stop.load(Ordering::SeqCst));
+        self.words.store(view.words.as_ptr(), Ordering::Relaxed);
+        self.mask.store(view.mask, Ordering::Relaxed);
+        self.sh.stop.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops the workers if none is inside and the pool is empty; otherwise leaves them be (the next
+    /// safe point tries again). True when stopped: then no worker touches the pool or the table until
+    /// the next `open`.
+    pub(crate) fn try_stop(&self) -> bool {
+        if self.sh.stop.load(Ordering::SeqCst) {
+            return self.inside.load(Ordering::SeqCst) == 0;
+        }
+        if self.inside.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        self.sh.stop.store(true, Ordering::SeqCst);
+        // A worker that comes in after this load sees `stop` (both sides use SeqCst).
+        if self.inside.load(Ordering::SeqCst) == 0 && self.sh.pool.looks_empty() {
+            return true;
+        }
+        self.sh.stop.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// Stops the workers and waits until none is inside (a pause the caller counts).
+    pub(crate) fn stop_and_wait(&self) {
+        self.sh.stop.store(true, Ordering::SeqCst);
+        while self.inside.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+            #[cfg(any(test, feature = "std"))]
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -276,45 +484,6 @@ impl ConcView {
     }
 }
 
-/// What a round needs from the heap, copied out of it before the mutator runs.
-pub(crate) struct Round {
-    workers: ConcurrentWorkers,
-    spans: &'static SpanMap,
-    source: &'static (dyn SpanSource + Sync),
-    owner: u32,
-    view: ConcView,
-    clock: Option<fn() -> u64>,
-}
-
-/// What a round did.
-pub(crate) struct RoundOut {
-    pub(crate) scan_work: usize,
-    pub(crate) overflow: bool,
-    pub(crate) lost: bool,
-    pub(crate) cpus: usize,
-    /// The mutator's waits: from the round's start to its closure's, and from its closure's end to the
-    /// workers' (0 when `run` did not run the closure).
-    pub(crate) waits: [u64; 2],
-}
-
-/// Sets a flag when dropped (normally or by unwinding).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Clears `State::concurrent` when dropped.
-struct ConcurrentOff<'a>(&'a State);
-
-impl Drop for ConcurrentOff<'_> {
-    fn drop(&mut self) {
-        self.0.set_concurrent(false);
-    }
-}
-
 impl Inner {
     /// Starts a concurrent mark's table (mark setup, before the root is shaded); without pages for
     /// it the cycle marks as an incremental one.
@@ -326,40 +495,23 @@ impl Inner {
         }
     }
 
-    /// A round to run the mutator in, if workers are configured, a concurrent mark runs and there is
-    /// grey work for them (which goes into `pool`).
-    pub(crate) fn begin_round(&mut self, pool: &Pool) -> Option<Round> {
-        let workers = self.config.concurrent_workers.filter(|w| w.helpers > 0)?;
-        let view = self.marker.conc.filter(|_| self.marking)?;
-        pool.put_all(&mut self.marker.grey);
-        if pool.looks_empty() {
-            return None;
+    /// Hands the mutator's grey entries to the workers and starts jobs for them (if a concurrent mark
+    /// is open and there is work); returns whether it did anything.
+    pub(crate) fn kick(&mut self, crew: &CrewRef) -> bool {
+        let Some(workers) = self.config.concurrent_workers else {
+            return false;
+        };
+        if !crew.is_open() {
+            return false;
         }
-        Some(Round {
-            workers,
-            spans: self.marker.spans,
-            source: self.marker.source,
-            owner: self.marker.owner,
-            view,
-            clock: self.config.clock,
-        })
-    }
-
-    /// Folds a round's results in.
-    pub(crate) fn end_round(&mut self, out: RoundOut) {
-        self.marker.scan_work += out.scan_work;
-        self.marker.overflow |= out.overflow;
-        if out.lost {
-            self.marker.interrupted = true;
+        let moved = !self.marker.grey.is_empty();
+        crew.sh.pool.put_all(&mut self.marker.grey);
+        if crew.sh.pool.looks_empty() {
+            return moved;
         }
-        self.log.mark_cpus = self.log.mark_cpus.max(out.cpus);
-        self.stats.concurrent_rounds += 1;
-        self.stats.concurrent_scan_bytes += out.scan_work as u64;
-        for w in out.waits {
-            if w != 0 {
-                self.pause_ns(w);
-            }
-        }
+        let n = crew.start_jobs(&workers);
+        self.stats.concurrent_jobs += n as u64;
+        moved || n > 0
     }
 
     /// Assist or step work in a concurrent mark: the mutator's own grey entries, then chunks from the
@@ -373,9 +525,25 @@ impl Inner {
         done
     }
 
-    /// Ends the concurrent part of a mark (no worker runs): merges the side table into the mark bits
-    /// and drains every grey entry left (pool and the mutator's) with the world stopped.
-    pub(crate) fn finish_concurrent(&mut self, pool: &Pool) {
+    /// Ends the concurrent part of a mark: stops the workers (waiting for any still inside, a pause
+    /// of the caller's), folds in what they did, merges the side table into the mark bits and drains
+    /// every grey entry left (pool and the mutator's) with the world stopped.
+    pub(crate) fn finish_concurrent(&mut self, pool: &Pool, crew: Option<&Crew>) {
+        if let Some(crew) = crew {
+            crew.stop_and_wait();
+            let done = crew.sh.take_result();
+            self.marker.scan_work += done.scan_work;
+            self.marker.marked_objects += done.marked_objects;
+            self.marker.marked_bytes += done.marked_bytes;
+            self.marker.overflow |= done.overflow;
+            if done.lost {
+                // A worker unwound with grey entries in hand: rescan (mark.rs).
+                self.marker.interrupted = true;
+            }
+            let helpers = self.config.concurrent_workers.map_or(0, |w| w.helpers);
+            self.log.mark_cpus = self.log.mark_cpus.max(done.cpus.min(helpers));
+            self.stats.concurrent_scan_bytes += done.scan_work as u64;
+        }
         if let Some(table) = self.conc_table.take() {
             self.marker.conc = None;
             let (objects, bytes) = table.merge(&mut self.spans);
@@ -387,66 +555,5 @@ impl Inner {
         while pool.take_into(&mut self.marker.grey) {
             self.drain_all();
         }
-    }
-}
-
-impl Round {
-    /// Runs `main` (the mutator's closure) beside the mark workers; returns its result.
-    pub(crate) fn run<T>(self, state: &State, main: impl FnOnce() -> T) -> (T, RoundOut) {
-        let stop = AtomicBool::new(false);
-        let sh = Shared::new(
-            &state.pool,
-            self.spans,
-            self.source,
-            self.owner,
-            Some(&stop),
-            Some(self.view),
-        );
-        let job = |_: usize| par::work(&sh);
-        let now = || self.clock.map_or(0, |c| c());
-        let mut main = Some(main);
-        let mut out = None;
-        let mut times = [0u64; 2];
-        let t0 = now();
-        let ran;
-        {
-            let _off = ConcurrentOff(state);
-            state.set_concurrent(true);
-            let mut call = || {
-                let _stop = SetOnDrop(&stop);
-                if let Some(m) = main.take() {
-                    times[0] = now();
-                    out = Some(m());
-                    times[1] = now();
-                }
-            };
-            (self.workers.run)(self.workers.helpers, &job, &mut call);
-            ran = main.is_none();
-        }
-        let t1 = now();
-        let out = match (out, main.take()) {
-            (Some(o), _) => o,
-            // `run` did not call `main`: every worker is gone, run it plainly.
-            (None, Some(m)) => m(),
-            (None, None) => {
-                panic!("gc: the mutator's closure did not return inside ConcurrentWorkers::run")
-            }
-        };
-        let waits = if ran {
-            [times[0].saturating_sub(t0), t1.saturating_sub(times[1])]
-        } else {
-            [0, 0]
-        };
-        let r = sh.result();
-        (
-            out,
-            RoundOut {
-                scan_work: r.scan_work,
-                overflow: r.overflow,
-                lost: r.lost,
-                cpus: r.cpus,
-                waits,
-            },
-        )
     }
 }

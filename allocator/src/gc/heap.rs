@@ -26,7 +26,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
-use super::conc::{ConcTable, ConcurrentWorkers, Round, RoundOut};
+use super::conc::{ConcTable, ConcurrentWorkers, CrewRef};
 use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
@@ -183,12 +183,15 @@ pub(crate) struct State {
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
     marking: Cell<bool>,
-    /// Mark workers may run on other CPUs now (only during a concurrent round, conc.rs: set before the
-    /// workers start and cleared after they all returned, so it is constant for a whole `mutate` call).
+    /// Mark workers may run on other CPUs now (while a concurrent mark is open, conc.rs: set at the
+    /// safe point that opens it and cleared at the one that stops every worker, so it is constant for a
+    /// whole `mutate` call).
     concurrent: Cell<bool>,
-    /// Grey chunks shared with concurrent mark workers (outside `inner`: workers use it while the
-    /// mutator holds `&mut Inner`).
-    pub(crate) pool: Pool,
+    /// Grey chunks of a heap without concurrent workers (assists and steps take from it; empty).
+    own_pool: Pool,
+    /// The concurrent mark workers' shared state, with the pool they share with the mutator (conc.rs);
+    /// `None` unless the heap is configured for concurrent marking.
+    crew: Option<CrewRef>,
 }
 
 /// Neither `Send` nor `Sync` (see `State`).
@@ -230,6 +233,10 @@ impl State {
         self.concurrent.set(on);
     }
 
+    fn has_crew(&self) -> bool {
+        self.crew.is_some()
+    }
+
     /// The clock (0 without one).
     pub(crate) fn now(&self) -> u64 {
         self.enter().1.now()
@@ -245,9 +252,21 @@ impl State {
         self.inner.get_mut()
     }
 
-    /// The state and the shared pool, at a safe point.
-    pub(crate) fn parts(&mut self) -> (&mut Inner, &Pool) {
-        (self.inner.get_mut(), &self.pool)
+    /// The pool of grey chunks shared with concurrent mark workers (an empty one without them).
+    pub(crate) fn pool(&self) -> &Pool {
+        match &self.crew {
+            Some(c) => &c.sh.pool,
+            None => &self.own_pool,
+        }
+    }
+
+    /// The state, the shared pool and the workers' crew, at a safe point.
+    pub(crate) fn parts(&mut self) -> (&mut Inner, &Pool, Option<&CrewRef>) {
+        let pool = match &self.crew {
+            Some(c) => &c.sh.pool,
+            None => &self.own_pool,
+        };
+        (self.inner.get_mut(), pool, self.crew.as_ref())
     }
 
     pub(crate) fn sync_marking(&mut self) {
@@ -295,9 +314,10 @@ impl<R: Rootable> GcHeap<R> {
         init: impl for<'gc> FnOnce(&'gc Mutation<'gc>) -> R::Root<'gc>,
     ) -> Self {
         let source: &'static (dyn SpanSource + Sync) = heap;
+        let owner = next_heap_id();
         let inner = Inner {
             config,
-            marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
+            marker: Marker::new(heap.gc_span_map(), source, owner),
             spans: SpanSet::new(),
             pacer: Pacer::new(config.gogc, config.min_heap, config.memory_limit),
             weak: WeakList::new(),
@@ -320,7 +340,11 @@ impl<R: Rootable> GcHeap<R> {
             busy: Cell::new(false),
             marking: Cell::new(false),
             concurrent: Cell::new(false),
-            pool: Pool::new(),
+            own_pool: Pool::new(),
+            crew: (config.mode == Mode::Concurrent
+                && config.concurrent_workers.is_some_and(|w| w.helpers > 0))
+            .then(|| CrewRef::new(heap.gc_span_map(), source, owner))
+            .flatten(),
         };
         let root = init(Mutation::new(&state));
         let root = core::mem::ManuallyDrop::new(root);
@@ -335,35 +359,9 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
     ) -> T {
-        let out = match self.begin_round() {
-            Some(round) => {
-                let (state, root) = (&self.state, &self.root);
-                let (out, done) = round.run(state, || f(Mutation::new(state), rebrand::<R>(root)));
-                self.end_round(done);
-                out
-            }
-            None => f(Mutation::new(&self.state), rebrand::<R>(&self.root)),
-        };
+        let out = f(Mutation::new(&self.state), rebrand::<R>(&self.root));
         self.safepoint();
         out
-    }
-
-    /// A concurrent round for the next `mutate` (conc.rs), if one is due. While it runs, a worker that
-    /// unwinds leaves `interrupted` set (the mark then rescans before it ends).
-    fn begin_round(&mut self) -> Option<Round> {
-        let (inner, pool) = self.state.parts();
-        let round = inner.begin_round(pool)?;
-        inner.marker.round_interrupted = Some(inner.marker.interrupted);
-        inner.marker.interrupted = true;
-        Some(round)
-    }
-
-    fn end_round(&mut self, done: RoundOut) {
-        let inner = self.state.get_mut();
-        if let Some(was) = inner.marker.round_interrupted.take() {
-            inner.marker.interrupted = was;
-        }
-        inner.end_round(done);
     }
 
     /// As [`GcHeap::mutate`], with the root mutable (no barrier is needed on it: the root is shaded
@@ -372,19 +370,10 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
     ) -> T {
-        let round = self.begin_round();
         let out = {
             // SAFETY: as in `rebrand`: only the brand changes, and the borrow of `self` bounds it.
             let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
-            let state = &self.state;
-            match round {
-                Some(round) => {
-                    let (out, done) = round.run(state, || f(Mutation::new(state), root));
-                    self.end_round(done);
-                    out
-                }
-                None => f(Mutation::new(state), root),
-            }
+            f(Mutation::new(&self.state), root)
         };
         self.safepoint();
         out
@@ -454,8 +443,16 @@ impl<R: Rootable> GcHeap<R> {
             _ => {}
         }
         if inner.marking {
-            if inner.marker.grey.is_empty() && self.state.pool.looks_empty() {
+            if self.mark_done() {
                 self.terminate();
+            } else {
+                let (inner, _, crew) = self.state.parts();
+                if let Some(crew) = crew {
+                    let t0 = inner.now();
+                    if inner.kick(crew) {
+                        inner.pause_end(t0);
+                    }
+                }
             }
         } else if inner.cycle_requested {
             match inner.config.mode {
@@ -463,6 +460,13 @@ impl<R: Rootable> GcHeap<R> {
                 Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
         }
+    }
+
+    /// Whether the mark may terminate now: no grey entry left (the mutator's, the pool's) and no
+    /// concurrent worker marking (they are stopped by this call then, conc.rs).
+    fn mark_done(&mut self) -> bool {
+        let (inner, pool, crew) = self.state.parts();
+        inner.marker.grey.is_empty() && pool.looks_empty() && crew.is_none_or(|c| c.try_stop())
     }
 
     /// A full stop-the-world collection: finishes any cycle in progress, then marks from the root and
@@ -478,13 +482,13 @@ impl<R: Rootable> GcHeap<R> {
     /// runs (terminating it when the grey stack empties), else sweeping; starts a cycle when the
     /// trigger has been reached. Returns the phase afterwards.
     pub fn step(&mut self, budget: usize) -> Phase {
-        let (inner, pool) = self.state.parts();
+        let (inner, pool, _) = self.state.parts();
         let t0 = inner.now();
         if inner.marking {
             inner.drain_with_pool(pool, budget.max(1));
             inner.log.steps += 1;
             inner.pause_end(t0);
-            if inner.marker.grey.is_empty() && pool.looks_empty() {
+            if self.mark_done() {
                 self.terminate();
             }
         } else if inner.spans.unswept_pages > 0 {
@@ -503,7 +507,11 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = self.state.get_mut().now();
         self.begin_cycle(true);
-        self.state.get_mut().pause_end(t0);
+        let (inner, _, crew) = self.state.parts();
+        if let Some(crew) = crew {
+            inner.kick(crew);
+        }
+        inner.pause_end(t0);
     }
 
     /// Marks until the grey stack is empty and terminates the cycle in progress.
@@ -514,8 +522,6 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -527,11 +533,8 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
-        if concurrent
-            && inner.config.mode == Mode::Concurrent
-            && inner.config.concurrent_workers.is_some()
-        {
-            inner.begin_concurrent();
+        if concurrent && inner.config.mode == Mode::Concurrent && self.state.has_crew() {
+            self.state.get_mut().begin_concurrent();
         }
         // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
         self.state.sync_marking();
@@ -540,6 +543,12 @@ impl<R: Rootable> GcHeap<R> {
         // A panic here leaves `interrupted` set: termination traces the root again (mark.rs).
         inner.marker.scanning(|m| m.tracer().trace(root));
         inner.log.root_ns = inner.now().saturating_sub(t0);
+        // Workers may mark from now on (the cells' locks are on first).
+        let (inner, _, crew) = self.state.parts();
+        if let (Some(crew), Some(view)) = (crew, inner.marker.conc) {
+            crew.open(view);
+            self.state.set_concurrent(true);
+        }
     }
 
     fn stw_cycle(&mut self, eager_sweep: bool) {
@@ -562,8 +571,6 @@ impl<R: Rootable> GcHeap<R> {
         let inner = self.state.get_mut();
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -575,9 +582,12 @@ impl<R: Rootable> GcHeap<R> {
     /// point tries again); `end_mark` and the barrier's switch run no user code; the trace sink runs
     /// last, with the state consistent.
     fn end_cycle(&mut self) {
-        // A concurrent mark's side table is merged (and what is grey drained) before anything else.
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
+        // A concurrent mark's workers are stopped, its side table merged (and what is grey drained)
+        // before anything else.
+        let (inner, pool, crew) = self.state.parts();
+        inner.finish_concurrent(pool, crew.map(|c| &**c));
+        self.state.set_concurrent(false);
+        let inner = self.state.get_mut();
         let root = rebrand::<R>(&self.root);
         if inner.marker.interrupted {
             // A scan was cut short by a panic: the root (this trace) and every marked object (the
@@ -612,8 +622,11 @@ fn rebrand<'a, R: Rootable>(root: &'a R::Root<'static>) -> &'a R::Root<'a> {
 impl<R: Rootable> Drop for GcHeap<R> {
     fn drop(&mut self) {
         // Every object still allocated is finalized once and every span goes back to the page heap.
-        let (inner, pool) = self.state.parts();
+        let (inner, pool, crew) = self.state.parts();
         let source = inner.marker.source;
+        if let Some(crew) = crew {
+            crew.stop_and_wait();
+        }
         pool.release(source);
         inner.marker.conc = None;
         if let Some(table) = inner.conc_table.take() {

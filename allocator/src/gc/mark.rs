@@ -57,8 +57,6 @@ pub(crate) struct Marker {
     /// A concurrent mark's side table (conc.rs): while set, every shade marks there (atomically) and
     /// reads no span struct, whether by a worker or by the mutator.
     pub(crate) conc: Option<ConcView>,
-    /// `interrupted` from before a concurrent round, which sets it for its length (heap.rs).
-    pub(crate) round_interrupted: Option<bool>,
 }
 
 impl Marker {
@@ -70,7 +68,6 @@ impl Marker {
         Self {
             shared: false,
             conc: None,
-            round_interrupted: None,
             spans,
             source,
             owner,
