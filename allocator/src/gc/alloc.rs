@@ -139,7 +139,7 @@ impl Inner {
             self.marker.marked_objects += 1;
         }
         let addr = s.base();
-        self.spans.pages += npages.0;
+        self.spans.joined(&mut s);
         self.spans.put_swept(s, self.sweepgen);
         self.heap_live += bytes;
         self.debt += bytes;
@@ -198,7 +198,7 @@ impl Inner {
             .source
             .alloc_span(class, PageCount(0), self.marker.owner)?;
         s.sweepgen = h;
-        self.spans.pages += s.npages().0;
+        self.spans.joined(&mut s);
         Some((s, swept))
     }
 

@@ -2,16 +2,22 @@
 //! the grey set while the mutator runs on its own (Go's dedicated mark workers).
 //!
 //! Shape: a cycle starts at a safe point as in incremental mode (finish the sweep, barrier on, root
-//! shaded), and also builds a *side mark table* ([`ConcTable`]): one entry per span the heap has at
-//! that moment (base, object size and count, scan or not) and one mark bitmap per span, in pages of its
-//! own. Then the heap's *crew* ([`Crew`], below) is opened: from then on, at every safe point, the
-//! mutator's grey chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
-//! `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) until the
-//! pool runs dry or the crew is stopped. The mutator never waits for a worker while the mark runs (but for
-//! a cell a worker is copying or tracing, cell.rs). At a
-//! safe point where the mutator's grey stack and the pool are empty and no worker is inside the crew, the
-//! crew is stopped and the mark terminates: the side bitmaps are OR-ed into the spans' mark bits, the rest
-//! is an ordinary stop-the-world termination (drain, rescans, checkmark, `end_mark`).
+//! shaded). Its table phases ([`TablePhase`]) then run, each in bounded slices at safe points:
+//! - *Preparing*, *Building*: a *side mark table* ([`ConcTable`]) is made: one entry per span the heap
+//!   had when the mark began (base, object size and count, scan or not) and one mark bitmap per span, in
+//!   chunks of pages of its own (kept from one mark to the next). Meanwhile the mark runs as an
+//!   incremental one, marking in the spans (below, "Building the table").
+//! - *Open*: the heap's *crew* ([`Crew`], below) is opened: at every safe point the mutator's grey
+//!   chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
+//!   `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) in the
+//!   table until the pool runs dry or the crew is stopped. The mutator never waits for a worker (but for
+//!   a cell a worker is copying or tracing, cell.rs). At a safe point where the mutator's grey stack and
+//!   the pool are empty and no worker is inside, the crew is stopped (for good).
+//! - *Merging*: the side bitmaps are OR-ed into the spans' mark bits, a slice of slots per safe point,
+//!   while the mutator's marks go to the spans again; then the table is put aside for the next mark and
+//!   the mark terminates as an incremental one (drain, rescans, checkmark, `end_mark`).
+//!
+//! A forced end (`collect`, `finish_mark`) does whatever is left at once (`Inner::finish_concurrent`).
 //!
 //! Why a side table: while the mutator runs it allocates from its current spans (`next_free` on
 //! `&mut Span`, black allocation setting mark bits), takes and files spans (list links): it holds
@@ -64,17 +70,43 @@
 //! was cut by a cell write and the barrier shaded it; workers skip only a `GcRefCell` held by a
 //! `GcRefMut`, whose old contents `borrow_mut` shaded before taking its lock.
 //!
-//! Termination hands every grey entry (pool, the mutator's stack) to the stop-the-world drain after
-//! the merge, so nothing shaded while workers ran is lost; a worker that unwinds sets `lost` (its grey
-//! entries are gone) and termination then rescans the root and every marked object, as in par.rs.
+//! The crew is stopped only with the pool empty and no worker inside, so every object a worker marked
+//! was scanned; what the mutator shades afterwards is drained at termination. A worker that unwinds sets
+//! `lost` (its grey entries are gone) and termination then rescans the root and every marked object,
+//! as in par.rs.
 //! Correctness never depends on `start`: jobs it runs late find the crew stopped, jobs it drops or keeps
 //! only leave work in the pool, which assists and termination drain; a job it runs at once on the
 //! calling CPU marks at the safe point (a pause); a panic of `start` itself leaves the heap consistent.
 //!
-//! Costs the mutator pays (pauses): the hand-over at safe points (moving chunk pointers, `start` calls),
-//! assists, and building the table at cycle start and merging it at termination, which are O(spans)
-//! (~1-2 ms and ~0.9 ms for ~12K spans, 64 MiB live) — what stands between this mode and a 0.1 ms max
-//! pause (ARCHITECTURE.md, "Concurrent marking").
+//! Building the table (and merging it) without a pause of O(spans): nothing walks all spans at once.
+//! - Sizes: the span set counts its spans and their bitmap words as spans come and go, so the table's
+//!   size is known at cycle start; its chunks are taken from the source and its slots zeroed a few per
+//!   safe point (a fresh page can cost microseconds to map).
+//! - Which spans: at cycle start every filed span becomes *pending*: the span set swaps its swept lists
+//!   into the unswept set's (empty while a mark runs: its sweep was finished first) — O(classes). A span
+//!   is pending while `SpanSet::is_pending` (its `conc_epoch` is not this mark's); the builder takes
+//!   pending spans off those lists, enters each (copying its mark bits), marks it entered and files it as
+//!   usual; a pending span the mutator takes to allocate from stays pending and is filed back among them;
+//!   spans taken from the source during the mark get this mark's epoch (never pending, never entered:
+//!   their objects are all black). When no filed span is pending, the current spans still pending are
+//!   entered (at most one per class) and the table opens. Nothing sweeps while `building` is set (the
+//!   unswept lists hold swept spans then).
+//! - Where marks live, per phase, and why every mark is kept: while preparing, in the spans only (no
+//!   view may read unzeroed slots). While building, in the spans, and for an entered span also in the
+//!   table (`Marker::side`): an entry starts as a copy of the span's bits, so an entered span's table
+//!   bits are its span bits then, or a subset (black allocation sets span bits only). While open, the
+//!   marks of entered spans are made in the table only, and an address in a span without an entry is
+//!   black already. While merging (no worker runs), in the spans, an object whose table bit is set
+//!   counting as marked (so it is neither marked nor scanned twice); the merge ORs every table bit into
+//!   its span. So at termination every object marked anywhere is marked in its span, and an object is
+//!   scanned again only when a worker finds in the table an object the mutator marked in its span after
+//!   entering it — extra work, never a missed object (scanning is idempotent; counts come from bits
+//!   newly set).
+//!
+//! Costs the mutator pays (pauses): the table's slices (at most `SLICE_NS` of the clock each, beyond
+//! one unit; a step spends its budget on them), the hand-over at safe points (moving chunk pointers,
+//! `start` calls), the cycle start and termination (O(span classes) beyond incremental mode's) and
+//! assists (ARCHITECTURE.md, "Concurrent marking").
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -305,26 +337,74 @@ impl Crew {
 /// noscan << 48`, first bitmap word.
 const ENTRY: usize = 4;
 
-/// The side mark table of a concurrent mark (module docs), in pages of its own.
-pub(crate) struct ConcTable {
-    storage: GcSpan,
-    view: ConcView,
-    /// Spans and bitmap words, for the merge.
-    n: usize,
+/// The table's storage is in chunks of `CHUNK_PAGES` pages (`CHUNK_WORDS` words each), found through a
+/// directory, so that it can be had a few chunks per safe point: a fresh page can cost microseconds
+/// (mapping it).
+const CHUNK_PAGES: usize = 2;
+const CHUNK_WORDS: usize = CHUNK_PAGES * crate::addr::PAGE_SIZE / 8;
+
+/// The units of the table's work (module docs, "Building the table"): chunks taken from the source,
+/// chunks of slots zeroed, spans entered, slots merged. A safe point does units until `SLICE_NS` of the
+/// clock have passed (the pause it adds), or `UNITS` of them without a clock.
+const ALLOC_SLICE: usize = 1;
+const ZERO_SLICE: usize = 1;
+const SPAN_SLICE: usize = 8;
+const SLOT_SLICE: usize = 32;
+const SLICE_NS: u64 = 25_000;
+const UNITS: usize = 8;
+
+/// Where a concurrent mark's side table is (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TablePhase {
+    /// Its chunks are being taken from the source and its slots zeroed (no view may read them);
+    /// marks go to the spans only.
+    Preparing,
+    /// Snapshot spans are being entered; marks go to the spans (and to the table for entered ones).
+    Building,
+    /// Complete: workers may mark in it (while the crew is open); every mark of an entered span goes
+    /// to the table.
+    Open,
+    /// Being merged into the spans' mark bits; marks go to the spans, and one set in the table counts.
+    Merging,
 }
 
-/// Read access and atomic marking for workers and the mutator: entries are written only by
-/// `ConcTable::build` before any view is used, bitmap words are accessed only atomically until the
-/// table is merged with every worker gone.
+/// The side mark table of a concurrent mark (module docs): chunks of pages of its own, listed in a
+/// directory (one page or more) that holds each chunk's base address and, after those, its span's.
+/// The chunks stay from one mark to the next (more are taken when the heap has grown).
+pub(crate) struct ConcTable {
+    dir: GcSpan,
+    /// Chunks the directory has room for, and chunks it lists (each one held through its entry).
+    dir_cap: usize,
+    chunks: usize,
+    view: ConcView,
+    /// This mark's hash slots (a power of two), words, and the chunks they need.
+    slots: usize,
+    len: usize,
+    need: usize,
+    phase: TablePhase,
+    /// Preparing: chunks of slots zeroed so far; Merging: the next slot to merge.
+    cursor: usize,
+    /// The next free bitmap word.
+    next_word: usize,
+    /// Spans entered, and the most that fit (the spans of the heap when the mark began).
+    n: usize,
+    cap: usize,
+}
+
+/// Read access and atomic marking for workers and the mutator. Entries are written only by
+/// `ConcTable::enter` while the table is building (no worker runs then, and only the heap's CPU uses a
+/// view); bitmap words are accessed only atomically.
 #[derive(Clone, Copy)]
 pub(crate) struct ConcView {
+    /// The directory: chunk base addresses (exposed), word `w` in chunk `w / CHUNK_WORDS`.
     words: NonNull<u64>,
     /// Hash slots - 1 (a power of two minus one).
     mask: usize,
 }
 
-// SAFETY: a view only reads entries nobody writes while views are in use and sets bitmap bits with
-// atomics (type docs); the table outlives every view's use (released at termination, after workers).
+// SAFETY: a view only reads entries nobody writes while views are in use on other CPUs and sets bitmap
+// bits with atomics (type docs); the table outlives every view's use (released after the workers are
+// stopped for good, conc.rs module docs).
 unsafe impl Send for ConcView {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for ConcView {}
@@ -358,78 +438,216 @@ fn slot_of(key: u64, mask: usize) -> usize {
 }
 
 impl ConcTable {
-    /// A table over every span of `spans`; `None` when no pages can be had for it.
-    pub(crate) fn build(source: &dyn SpanSource, spans: &SpanSet) -> Option<ConcTable> {
-        let (mut n, mut words) = (0usize, 0usize);
-        spans.for_each(|s| {
-            n += 1;
-            words += s.nelems().div_ceil(64);
-        });
-        let slots = (2 * n).next_power_of_two().max(2);
+    /// A table for a mark over `spans` spans of `words` bitmap words in all, made of `spare`'s chunks
+    /// (the last table's) and more as needed (`prepare_slice`); `None` when no page can be had for a
+    /// directory.
+    pub(crate) fn new(
+        source: &dyn SpanSource,
+        spare: Option<ConcTable>,
+        spans: usize,
+        words: usize,
+    ) -> Option<ConcTable> {
+        let slots = (2 * spans).next_power_of_two().max(2);
         let len = slots * ENTRY + words;
-        let pages = PageCount::covering(len * 8)?;
-        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
-        let base = NonNull::new(storage.base().as_mut_ptr::<u64>())?;
-        // SAFETY: the storage span's pages are mapped, page aligned, at least `len * 8` bytes, and ours
-        // alone (we hold its only handle); no view exists yet, so this is the only reference.
-        let table = unsafe { core::slice::from_raw_parts_mut(base.as_ptr(), len) };
-        table.fill(0);
-        let (entries, _) = table.split_at_mut(slots * ENTRY);
-        let mask = slots - 1;
-        let mut word = slots * ENTRY;
-        spans.for_each(|s| {
-            let key = core::ptr::from_ref(s).addr() as u64;
-            let mut i = slot_of(key, mask);
-            while entries[i * ENTRY] != 0 {
-                i = (i + 1) & mask;
+        let need = len.div_ceil(CHUNK_WORDS);
+        let mut t = match spare {
+            Some(t) if t.dir_cap >= need => t,
+            spare => {
+                // A directory for twice the chunks needed (a growing heap seldom needs another).
+                let dir_cap = 2 * need;
+                let pages = PageCount::covering(dir_cap * 16)?;
+                let dir = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
+                let at = NonNull::new(dir.base().as_mut_ptr::<u64>())?;
+                let mut t = ConcTable {
+                    dir,
+                    dir_cap: pages.bytes() / 16,
+                    chunks: 0,
+                    view: ConcView { words: at, mask: 0 },
+                    slots: 0,
+                    len: 0,
+                    need: 0,
+                    phase: TablePhase::Preparing,
+                    cursor: 0,
+                    next_word: 0,
+                    n: 0,
+                    cap: 0,
+                };
+                if let Some(old) = spare {
+                    // The old chunks move to the new directory.
+                    for c in 0..old.chunks {
+                        let (base, span) = (old.dir_word(c), old.dir_word(old.dir_cap + c));
+                        t.set_dir(c, base, span);
+                    }
+                    t.chunks = old.chunks;
+                    source.free_span(old.dir);
+                }
+                t
             }
-            let meta = s.elem_size() as u64
-                | (s.nelems() as u64) << 32
-                | u64::from(s.class().noscan()) << 48;
-            entries[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&[
-                key,
-                s.base().as_u64(),
-                meta,
-                word as u64,
-            ]);
-            word += s.nelems().div_ceil(64);
-        });
-        Some(ConcTable {
-            storage,
-            view: ConcView { words: base, mask },
-            n,
-        })
+        };
+        t.view.mask = slots - 1;
+        t.slots = slots;
+        t.len = len;
+        t.need = need;
+        t.phase = TablePhase::Preparing;
+        t.cursor = 0;
+        t.next_word = slots * ENTRY;
+        t.n = 0;
+        t.cap = spans;
+        Some(t)
+    }
+
+    fn dir_word(&self, i: usize) -> u64 {
+        debug_assert!(i < 2 * self.dir_cap);
+        // SAFETY: word `i` of the directory's pages (`i < 2 * dir_cap`, which fit them), 8-aligned; the
+        // directory is written only here while no view is used elsewhere, read atomically.
+        unsafe { AtomicU64::from_ptr(self.view.words.as_ptr().add(i)) }.load(Ordering::Relaxed)
+    }
+
+    fn set_dir(&mut self, c: usize, base: u64, span: u64) {
+        assert!(c < self.dir_cap);
+        for (i, v) in [(c, base), (self.dir_cap + c, span)] {
+            // SAFETY: as in `dir_word`; `&mut self` while no worker runs (the table is preparing).
+            unsafe { AtomicU64::from_ptr(self.view.words.as_ptr().add(i)) }
+                .store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the next chunks from the source, or zeroes the next chunks of slots; true when the table
+    /// is ready (then `Building`). `None` when the source has no pages left (the mark then goes on
+    /// without the table: `abandon`).
+    pub(crate) fn prepare_slice(&mut self, source: &dyn SpanSource) -> Option<bool> {
+        debug_assert_eq!(self.phase, TablePhase::Preparing);
+        if self.chunks < self.need {
+            for _ in 0..ALLOC_SLICE.min(self.need - self.chunks) {
+                let chunk = source.alloc_span(
+                    SpanClass::new(SizeClass::LARGE, true),
+                    PageCount(CHUNK_PAGES),
+                    0,
+                )?;
+                let base = chunk.base().as_mut_ptr::<u64>().expose_provenance() as u64;
+                let span = chunk.into_raw().as_ptr().expose_provenance() as u64;
+                self.set_dir(self.chunks, base, span);
+                self.chunks += 1;
+            }
+            return Some(false);
+        }
+        let slot_chunks = (self.slots * ENTRY).div_ceil(CHUNK_WORDS);
+        let end = (self.cursor + ZERO_SLICE).min(slot_chunks);
+        for c in self.cursor..end {
+            let base = core::ptr::with_exposed_provenance_mut::<u64>(self.dir_word(c) as usize);
+            // SAFETY: chunk `c` is a span of `CHUNK_PAGES` mapped pages the table holds (its base was
+            // exposed when it was listed); no view reads it while the table is preparing.
+            unsafe { base.write_bytes(0, CHUNK_WORDS) };
+        }
+        self.cursor = end;
+        if end == slot_chunks {
+            self.phase = TablePhase::Building;
+        }
+        Some(self.phase == TablePhase::Building)
+    }
+
+    /// Gives every page back (the heap is going away, or pages are short).
+    pub(crate) fn free(self, source: &dyn SpanSource) {
+        for c in 0..self.chunks {
+            let span = core::ptr::with_exposed_provenance_mut::<Span>(
+                self.dir_word(self.dir_cap + c) as usize,
+            );
+            // SAFETY: the directory holds the only handle of each chunk's span (`into_raw` in
+            // `prepare_slice`, exposed there); it is made again once, here, and given back.
+            let chunk = unsafe { GcSpan::from_raw(NonNull::new(span).expect("a chunk span")) };
+            source.free_span(chunk);
+        }
+        source.free_span(self.dir);
+    }
+
+    pub(crate) fn phase(&self) -> TablePhase {
+        self.phase
     }
 
     pub(crate) fn view(&self) -> ConcView {
         self.view
     }
 
-    /// ORs the side bitmaps into the spans' mark bits (no worker may run); returns the objects and bytes
-    /// this newly marked (black allocation counted the rest).
-    pub(crate) fn merge(&self, spans: &mut SpanSet) -> (usize, usize) {
-        let (mut objects, mut bytes, mut seen) = (0, 0, 0);
-        spans.for_each_mut(|s| {
-            let Some(e) = self.view.find(NonNull::from(&*s)) else {
-                // A span taken during the mark: allocated black throughout.
-                return;
-            };
-            seen += 1;
+    /// Enters `span` (a snapshot span not entered yet) with a copy of its mark bits.
+    pub(crate) fn enter(&mut self, span: &Span) {
+        debug_assert_eq!(self.phase, TablePhase::Building);
+        let nwords = span.nelems().div_ceil(64);
+        assert!(
+            self.n < self.cap && self.next_word + nwords <= self.len,
+            "gc: more snapshot spans than the concurrent mark's table was made for"
+        );
+        let key = core::ptr::from_ref(span).expose_provenance() as u64;
+        let mut i = slot_of(key, self.view.mask);
+        while self.view.word(i * ENTRY) != 0 {
+            i = (i + 1) & self.view.mask;
+        }
+        let meta = span.elem_size() as u64
+            | (span.nelems() as u64) << 32
+            | u64::from(span.class().noscan()) << 48;
+        for (k, v) in [key, span.base().as_u64(), meta, self.next_word as u64]
+            .into_iter()
+            .enumerate()
+        {
+            self.view.atomic(i * ENTRY + k).store(v, Ordering::Relaxed);
+        }
+        for w in 0..nwords {
+            self.view
+                .atomic(self.next_word + w)
+                .store(span.mark_word(w), Ordering::Relaxed);
+        }
+        self.next_word += nwords;
+        self.n += 1;
+    }
+
+    /// The table is complete: workers may use it.
+    pub(crate) fn open(&mut self) {
+        debug_assert_eq!(self.phase, TablePhase::Building);
+        self.phase = TablePhase::Open;
+    }
+
+    /// Starts merging (no worker may run from now on).
+    pub(crate) fn begin_merge(&mut self) {
+        self.phase = TablePhase::Merging;
+        self.cursor = 0;
+    }
+
+    /// ORs the side bitmaps of the next `max_slots` slots into their spans' mark bits (`Merging`: no
+    /// worker runs); returns the objects and bytes this newly marked (black allocation and the
+    /// mutator's own marks counted the rest), and whether every slot is merged.
+    pub(crate) fn merge_slice(
+        &mut self,
+        spans: &mut SpanSet,
+        max_slots: usize,
+    ) -> (usize, usize, bool) {
+        debug_assert_eq!(self.phase, TablePhase::Merging);
+        // Only the heap's `&mut SpanSet` may reach its span structs: it proves no other reference to
+        // one is live here.
+        let _exclusive = spans;
+        let (mut objects, mut bytes) = (0, 0);
+        let end = self.cursor.saturating_add(max_slots).min(self.slots);
+        for slot in self.cursor..end {
+            let key = self.view.word(slot * ENTRY);
+            if key == 0 {
+                continue;
+            }
+            let span = core::ptr::with_exposed_provenance_mut::<Span>(key as usize);
+            // SAFETY: `key` is the exposed address of a span struct entered from this heap's span set
+            // during this mark; no span leaves the set while a mark runs (nothing is swept or freed), so
+            // it is alive and the collector's; `&mut SpanSet` (above) makes this the only reference to
+            // it while it lives (no worker runs while merging).
+            let s = unsafe { &mut *span };
+            let first = self.view.word(slot * ENTRY + 3) as usize;
             for w in 0..s.nelems().div_ceil(64) {
-                let bits = self.view.word(e.bits + w);
+                let bits = self.view.word(first + w);
                 if bits != 0 {
                     let new = s.or_marks(w, bits).count_ones() as usize;
                     objects += new;
                     bytes += new * s.elem_size();
                 }
             }
-        });
-        debug_assert_eq!(seen, self.n, "gc: a span of the mark table left the heap");
-        (objects, bytes)
-    }
-
-    pub(crate) fn release(self, source: &dyn SpanSource) {
-        source.free_span(self.storage);
+        }
+        self.cursor = end;
+        (objects, bytes, end == self.slots)
     }
 }
 
@@ -440,12 +658,16 @@ impl ConcView {
         let key = span.as_ptr().addr() as u64;
         let mut i = slot_of(key, self.mask);
         loop {
-            // SAFETY: slot `i` is within the entries (`i <= mask`), which nobody writes while views are
-            // used (type docs).
-            let e = unsafe { self.words.as_ptr().add(i * ENTRY) };
-            // SAFETY: as above, for the entry's words.
-            let (k, base, meta, bits) =
-                unsafe { (e.read(), e.add(1).read(), e.add(2).read(), e.add(3).read()) };
+            let k = self.word(i * ENTRY);
+            let (base, meta, bits) = if k == key {
+                (
+                    self.word(i * ENTRY + 1),
+                    self.word(i * ENTRY + 2),
+                    self.word(i * ENTRY + 3),
+                )
+            } else {
+                (0, 0, 0)
+            };
             if k == key {
                 return Some(Entry {
                     base,
@@ -463,9 +685,15 @@ impl ConcView {
     }
 
     fn atomic(&self, word: usize) -> &AtomicU64 {
-        // SAFETY: `word` is a bitmap word of the table (an entry's `bits` plus an index below its span's
-        // bitmap length), 8-aligned in the table's pages, accessed only atomically while views are used.
-        unsafe { AtomicU64::from_ptr(self.words.as_ptr().add(word)) }
+        // SAFETY: directory word `word / CHUNK_WORDS` exists (`word` is below the table's words, which
+        // its chunks cover) and is not written while views are used.
+        let base = unsafe { self.words.as_ptr().add(word / CHUNK_WORDS).read() };
+        let at = core::ptr::with_exposed_provenance_mut::<u64>(base as usize)
+            .wrapping_add(word % CHUNK_WORDS);
+        // SAFETY: `at` is word `word % CHUNK_WORDS` of a chunk the table holds (its base was exposed when
+        // listed), 8-aligned; table words are accessed only atomically while views are used (`find`
+        // and `enter` included), and the chunks outlive every view's use.
+        unsafe { AtomicU64::from_ptr(at) }
     }
 
     fn word(&self, word: usize) -> u64 {
@@ -485,13 +713,124 @@ impl ConcView {
 }
 
 impl Inner {
-    /// Starts a concurrent mark's table (mark setup, before the root is shaded); without pages for
-    /// it the cycle marks as an incremental one.
+    /// Starts a concurrent mark's table (mark setup, before the root is shaded): O(span classes), the
+    /// filed spans become pending (spans.rs) and the table is built in slices at the next safe points.
+    /// Without pages for it the cycle marks as an incremental one.
     pub(crate) fn begin_concurrent(&mut self) {
-        if let Some(table) = ConcTable::build(self.marker.source, &self.spans) {
-            self.marker.conc = Some(table.view());
+        let spare = self.conc_spare.take();
+        let (spans, words) = (self.spans.count, self.spans.words);
+        if let Some(table) = ConcTable::new(self.marker.source, spare, spans, words) {
+            self.spans.begin_pending();
             self.conc_table = Some(table);
             self.log.concurrent = true;
+        }
+    }
+
+    /// One bounded slice of the table's work at a safe point (`Preparing`, `Building`, `Merging`):
+    /// `units_wanted` units, else units until `SLICE_NS` have passed (`UNITS` without a clock);
+    /// returns the phase after it (`None`: merged and kept as the spare, or abandoned).
+    pub(crate) fn table_slice(&mut self, units_wanted: Option<usize>) -> Option<TablePhase> {
+        let clock = self.config.clock.filter(|_| units_wanted.is_none());
+        let t0 = clock.map_or(0, |c| c());
+        let mut units = 0;
+        loop {
+            let phase = self.table_unit()?;
+            units += 1;
+            let more = match clock {
+                Some(c) => c().saturating_sub(t0) < SLICE_NS,
+                None => units < units_wanted.unwrap_or(UNITS),
+            };
+            #[cfg(test)]
+            let more = more && !self.table_one_unit;
+            if phase == TablePhase::Open || !more {
+                return Some(phase);
+            }
+        }
+    }
+
+    /// One unit of `table_slice`.
+    fn table_unit(&mut self) -> Option<TablePhase> {
+        let table = self.conc_table.as_mut()?;
+        match table.phase() {
+            TablePhase::Preparing => match table.prepare_slice(self.marker.source) {
+                Some(true) => {
+                    // Marks of entered spans go to the table too from now on.
+                    self.marker.side = Some(table.view());
+                }
+                Some(false) => {}
+                None => {
+                    // No pages: the mark goes on as an incremental one (every mark is in the spans).
+                    self.spans.end_pending(self.sweepgen);
+                    if let Some(table) = self.conc_table.take() {
+                        table.free(self.marker.source);
+                    }
+                    return None;
+                }
+            },
+            TablePhase::Building => {
+                for _ in 0..SPAN_SLICE {
+                    let Some(mut span) = self.spans.take_pending(self.sweepgen) else {
+                        break;
+                    };
+                    table.enter(&span);
+                    self.spans.registered(&mut span);
+                    self.spans.put_swept(span, self.sweepgen);
+                }
+                if self.spans.pending_count() == 0 {
+                    // The current spans last (they may be filed back, pending, meanwhile): at most one
+                    // per class.
+                    let epoch = self.spans.epoch;
+                    for span in self.spans.current.iter_mut().flatten() {
+                        if span.conc_epoch != epoch {
+                            table.enter(span);
+                            span.conc_epoch = epoch;
+                        }
+                    }
+                    self.spans.end_pending(self.sweepgen);
+                    table.open();
+                    self.marker.side = None;
+                    self.marker.conc = Some(table.view());
+                }
+            }
+            TablePhase::Open => {}
+            TablePhase::Merging => {
+                let (objects, bytes, done) = table.merge_slice(&mut self.spans, SLOT_SLICE);
+                self.marker.marked_objects += objects;
+                self.marker.marked_bytes += bytes;
+                if done {
+                    self.marker.side = None;
+                    self.conc_spare = self.conc_table.take();
+                    return None;
+                }
+            }
+        }
+        self.conc_table.as_ref().map(ConcTable::phase)
+    }
+
+    /// Stops using the workers (the crew is stopped, none inside): folds in what they did.
+    fn fold_workers(&mut self, crew: &Crew) {
+        let done = crew.sh.take_result();
+        self.marker.scan_work += done.scan_work;
+        self.marker.marked_objects += done.marked_objects;
+        self.marker.marked_bytes += done.marked_bytes;
+        self.marker.overflow |= done.overflow;
+        if done.lost {
+            // A worker unwound with grey entries in hand: rescan (mark.rs).
+            self.marker.interrupted = true;
+        }
+        let helpers = self.config.concurrent_workers.map_or(0, |w| w.helpers);
+        self.log.mark_cpus = self.log.mark_cpus.max(done.cpus.min(helpers));
+        self.stats.concurrent_scan_bytes += done.scan_work as u64;
+    }
+
+    /// The open table goes to `Merging` (the crew is stopped, none inside): marks go to the spans from
+    /// now on, a mark in the table still counting.
+    pub(crate) fn begin_merge(&mut self, crew: &Crew) {
+        self.fold_workers(crew);
+        if let Some(table) = self.conc_table.as_mut() {
+            table.begin_merge();
+            self.marker.conc = None;
+            self.marker.side = Some(table.view());
         }
     }
 
@@ -525,31 +864,33 @@ impl Inner {
         done
     }
 
-    /// Ends the concurrent part of a mark: stops the workers (waiting for any still inside, a pause
-    /// of the caller's), folds in what they did, merges the side table into the mark bits and drains
-    /// every grey entry left (pool and the mutator's) with the world stopped.
+    /// Ends the concurrent part of a mark at once (termination, or a forced end: `collect`, an
+    /// interrupted cycle): stops the workers (waiting for any still inside, a pause of the caller's),
+    /// folds in what they did, finishes with the table whatever its phase and drains every grey entry
+    /// left (pool and the mutator's) with the world stopped.
     pub(crate) fn finish_concurrent(&mut self, pool: &Pool, crew: Option<&Crew>) {
         if let Some(crew) = crew {
             crew.stop_and_wait();
-            let done = crew.sh.take_result();
-            self.marker.scan_work += done.scan_work;
-            self.marker.marked_objects += done.marked_objects;
-            self.marker.marked_bytes += done.marked_bytes;
-            self.marker.overflow |= done.overflow;
-            if done.lost {
-                // A worker unwound with grey entries in hand: rescan (mark.rs).
-                self.marker.interrupted = true;
-            }
-            let helpers = self.config.concurrent_workers.map_or(0, |w| w.helpers);
-            self.log.mark_cpus = self.log.mark_cpus.max(done.cpus.min(helpers));
-            self.stats.concurrent_scan_bytes += done.scan_work as u64;
+            self.fold_workers(crew);
         }
-        if let Some(table) = self.conc_table.take() {
+        if let Some(mut table) = self.conc_table.take() {
             self.marker.conc = None;
-            let (objects, bytes) = table.merge(&mut self.spans);
-            self.marker.marked_objects += objects;
-            self.marker.marked_bytes += bytes;
-            table.release(self.marker.source);
+            self.marker.side = None;
+            match table.phase() {
+                // Every mark is in the spans (the table holds copies).
+                TablePhase::Preparing | TablePhase::Building => {
+                    self.spans.end_pending(self.sweepgen)
+                }
+                TablePhase::Open | TablePhase::Merging => {
+                    if table.phase() == TablePhase::Open {
+                        table.begin_merge();
+                    }
+                    let (objects, bytes, _) = table.merge_slice(&mut self.spans, usize::MAX);
+                    self.marker.marked_objects += objects;
+                    self.marker.marked_bytes += bytes;
+                }
+            }
+            self.conc_spare = Some(table);
         }
         self.drain_all();
         while pool.take_into(&mut self.marker.grey) {

@@ -26,7 +26,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
-use super::conc::{ConcTable, ConcurrentWorkers, CrewRef};
+use super::conc::{ConcTable, ConcurrentWorkers, CrewRef, TablePhase};
 use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
@@ -146,8 +146,13 @@ pub(crate) struct Inner {
     pub(crate) log: CycleLog,
     /// The side mark table of a concurrent mark (conc.rs), from mark setup to termination.
     pub(crate) conc_table: Option<ConcTable>,
+    /// The pages of the last concurrent mark's table, kept for the next one (conc.rs).
+    pub(crate) conc_spare: Option<ConcTable>,
     #[cfg(test)]
     pub(crate) barrier_off: bool,
+    /// One unit of the side table's work per safe point (so that tests see every phase).
+    #[cfg(test)]
+    pub(crate) table_one_unit: bool,
 }
 
 impl Inner {
@@ -331,8 +336,11 @@ impl<R: Rootable> GcHeap<R> {
             stats: GcStats::default(),
             log: CycleLog::default(),
             conc_table: None,
+            conc_spare: None,
             #[cfg(test)]
             barrier_off: false,
+            #[cfg(test)]
+            table_one_unit: false,
         };
         let state = State {
             _single_threaded: SingleThreaded(PhantomData),
@@ -428,6 +436,22 @@ impl<R: Rootable> GcHeap<R> {
         self.state.get_mut().barrier_off = off;
     }
 
+    /// One unit of a concurrent mark's table work per safe point (conc.rs).
+    #[cfg(test)]
+    pub(crate) fn set_table_one_unit(&mut self, on: bool) {
+        self.state.get_mut().table_one_unit = on;
+    }
+
+    /// Where a concurrent mark's side table is; `None` without one.
+    #[cfg(test)]
+    pub(crate) fn table_phase(&mut self) -> Option<TablePhase> {
+        self.state
+            .get_mut()
+            .conc_table
+            .as_ref()
+            .map(ConcTable::phase)
+    }
+
     /// Caps the grey stack at `chunks` pages, to force overflows.
     #[cfg(test)]
     pub(crate) fn set_grey_limit(&mut self, chunks: usize) {
@@ -443,22 +467,63 @@ impl<R: Rootable> GcHeap<R> {
             _ => {}
         }
         if inner.marking {
-            if self.mark_done() {
-                self.terminate();
-            } else {
-                let (inner, _, crew) = self.state.parts();
-                if let Some(crew) = crew {
-                    let t0 = inner.now();
-                    if inner.kick(crew) {
-                        inner.pause_end(t0);
-                    }
-                }
-            }
+            self.mark_safepoint();
         } else if inner.cycle_requested {
             match inner.config.mode {
                 Mode::StopTheWorld => self.stw_cycle(false),
                 Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
+        }
+    }
+
+    /// A safe point during a mark: one bounded slice of a concurrent mark's table work (conc.rs), the
+    /// hand-over to its workers, the switch to merging, or termination — at most one of them, each a
+    /// pause of its own.
+    fn mark_safepoint(&mut self) {
+        let phase = self
+            .state
+            .get_mut()
+            .conc_table
+            .as_ref()
+            .map(ConcTable::phase);
+        match phase {
+            None => {
+                if self.mark_done() {
+                    self.terminate();
+                }
+            }
+            Some(TablePhase::Open) => {
+                let stopped = self.mark_done();
+                let (inner, _, crew) = self.state.parts();
+                let Some(crew) = crew else { return };
+                let t0 = inner.now();
+                if stopped {
+                    // No worker runs from now on: the table is merged at the next safe points.
+                    inner.begin_merge(crew);
+                    self.state.set_concurrent(false);
+                    self.state.get_mut().pause_end(t0);
+                } else if inner.kick(crew) {
+                    inner.pause_end(t0);
+                }
+            }
+            Some(_) => self.table_work(None),
+        }
+    }
+
+    /// A slice of a concurrent mark's table work (`units` of it, else as many as fit a slice's time,
+    /// conc.rs), a pause; opens the crew when the table is complete.
+    fn table_work(&mut self, units: Option<usize>) {
+        let (inner, _, crew) = self.state.parts();
+        let t0 = inner.now();
+        let opened = inner.table_slice(units) == Some(TablePhase::Open);
+        if let (true, Some(crew), Some(view)) = (opened, crew, inner.marker.conc) {
+            // Workers may mark from now on (the cells' locks go on before the mutator runs again).
+            crew.open(view);
+            inner.kick(crew);
+        }
+        inner.pause_end(t0);
+        if opened {
+            self.state.set_concurrent(true);
         }
     }
 
@@ -485,12 +550,19 @@ impl<R: Rootable> GcHeap<R> {
         let (inner, pool, _) = self.state.parts();
         let t0 = inner.now();
         if inner.marking {
+            if let Some(TablePhase::Preparing | TablePhase::Building | TablePhase::Merging) =
+                inner.conc_table.as_ref().map(ConcTable::phase)
+            {
+                // A step in a concurrent mark goes to its table first (one unit per 4 KiB of budget):
+                // the sooner the table is built, the sooner workers mark.
+                inner.log.steps += 1;
+                self.table_work(Some((budget / 4096).max(1)));
+                return self.phase();
+            }
             inner.drain_with_pool(pool, budget.max(1));
             inner.log.steps += 1;
             inner.pause_end(t0);
-            if self.mark_done() {
-                self.terminate();
-            }
+            self.mark_safepoint();
         } else if inner.spans.unswept_pages > 0 {
             inner.sweep_pages(budget.div_ceil(crate::addr::PAGE_SIZE).max(1));
             inner.pause_end(t0);
@@ -507,11 +579,7 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = self.state.get_mut().now();
         self.begin_cycle(true);
-        let (inner, _, crew) = self.state.parts();
-        if let Some(crew) = crew {
-            inner.kick(crew);
-        }
-        inner.pause_end(t0);
+        self.state.get_mut().pause_end(t0);
     }
 
     /// Marks until the grey stack is empty and terminates the cycle in progress.
@@ -543,12 +611,6 @@ impl<R: Rootable> GcHeap<R> {
         // A panic here leaves `interrupted` set: termination traces the root again (mark.rs).
         inner.marker.scanning(|m| m.tracer().trace(root));
         inner.log.root_ns = inner.now().saturating_sub(t0);
-        // Workers may mark from now on (the cells' locks are on first).
-        let (inner, _, crew) = self.state.parts();
-        if let (Some(crew), Some(view)) = (crew, inner.marker.conc) {
-            crew.open(view);
-            self.state.set_concurrent(true);
-        }
     }
 
     fn stw_cycle(&mut self, eager_sweep: bool) {
@@ -630,7 +692,10 @@ impl<R: Rootable> Drop for GcHeap<R> {
         pool.release(source);
         inner.marker.conc = None;
         if let Some(table) = inner.conc_table.take() {
-            table.release(source);
+            table.free(source);
+        }
+        if let Some(spare) = inner.conc_spare.take() {
+            spare.free(source);
         }
         inner.release_all();
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use super::{config, now_ns, span_heap, take_finalized, Probe};
+use crate::gc::conc::TablePhase;
 use crate::gc::*;
 
 /// An item: its id and a link to another item (rewired by the mutator while workers run).
@@ -231,6 +232,79 @@ fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcS
     gc.stats()
 }
 
+/// The mutator runs through every phase of the side table (preparing, building, open, merging; one
+/// unit of its work per safe point) rewriting cells, moving items and taking new spans in each, with
+/// workers on; the model after every `mutate` and the checkmark after every mark find nothing lost.
+#[test]
+fn mutations_in_every_table_phase_lose_nothing() {
+    let (items, _, ops) = sizes();
+    let mut gc: GcHeap<Bags> = GcHeap::new(
+        span_heap(256),
+        concurrent_config(ConcurrentWorkers::threads(1)),
+        |mc| {
+            core::array::from_fn(|_| {
+                GcCell::new(Some(Gc::new(
+                    mc,
+                    Bag {
+                        items: GcRefCell::new(Vec::new()),
+                    },
+                )))
+            })
+        },
+    );
+    gc.set_table_one_unit(true);
+    take_finalized();
+    let mut m = Model::default();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    gc.mutate(|mc, root| {
+        for id in 0..items {
+            let b = (id % BAGS as u64) as usize;
+            let bag = root[b].get().unwrap();
+            let link = bag.items.borrow().last().copied();
+            bag.items.borrow_mut(mc).push(item(mc, id, link));
+            m.bags[b].push(id);
+            m.links.insert(id, link.map(|l| l.id));
+        }
+    });
+    m.next = items;
+    gc.collect();
+    for _ in 0..2 {
+        gc.start_cycle();
+        let mut seen = Vec::new();
+        let spans_before = gc.stats().pages;
+        let mut look = |gc: &mut GcHeap<Bags>| {
+            if let Some(p) = gc.table_phase() {
+                if seen.last() != Some(&p) {
+                    seen.push(p);
+                }
+            }
+        };
+        while gc.phase() == Phase::Marking {
+            look(&mut gc);
+            mutate(&mut gc, &mut m, &mut rng, ops / 4);
+            look(&mut gc);
+            check(&mut gc, &m);
+        }
+        assert_eq!(
+            seen,
+            [
+                TablePhase::Preparing,
+                TablePhase::Building,
+                TablePhase::Open,
+                TablePhase::Merging
+            ],
+            "the table's phases"
+        );
+        assert!(
+            gc.stats().pages > spans_before,
+            "no span was taken during the mark"
+        );
+    }
+    gc.collect();
+    check(&mut gc, &m);
+    assert!(gc.stats().concurrent_jobs > 0);
+}
+
 fn sizes() -> (u64, usize, usize) {
     if cfg!(miri) {
         (24, 6, 12)
@@ -318,7 +392,13 @@ fn a_mark_job_run_after_its_heap_is_gone_does_nothing() {
         },
     );
     gc.start_cycle();
-    gc.mutate(|mc, root| root[0].set(mc, None));
+    // Safe points until the table is built and the workers get the root's grey objects.
+    for _ in 0..100 {
+        gc.mutate(|mc, root| root[0].set(mc, None));
+        if gc.stats().concurrent_jobs > 0 {
+            break;
+        }
+    }
     gc.collect();
     let stats = gc.stats();
     drop(gc);
@@ -361,7 +441,7 @@ unsafe impl Trace for Split<'_> {
 }
 
 /// A `Trace` impl panics on a worker (which `start` runs on a thread of its own at once and joins):
-/// whether `start` hands the panic on to the heap (`propagates`: the caller of `start_cycle` gets it)
+/// whether `start` hands the panic on to the heap (`propagates`: the caller of `mutate` gets it)
 /// or swallows it, the mark rescans before it ends (checkmark on) and nothing reachable is freed.
 fn panicking_concurrent_worker(start: fn(MarkJob), propagates: bool) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -392,20 +472,22 @@ fn panicking_concurrent_worker(start: fn(MarkJob), propagates: bool) {
     });
     gc.collect();
     BOOM.store(true, std::sync::atomic::Ordering::SeqCst);
-    // The root scan leaves the Split grey; the cycle start hands it to the worker.
-    let r = catch_unwind(AssertUnwindSafe(|| gc.start_cycle()));
-    assert_eq!(
-        r.is_err(),
-        propagates,
-        "the panic reached start_cycle: {}",
-        r.is_err()
-    );
+    // The root scan leaves the Split grey; once the table is built (a few safe points), a safe point
+    // hands it to the worker.
+    gc.start_cycle();
+    let mut caught = false;
+    for _ in 0..100 {
+        caught |= catch_unwind(AssertUnwindSafe(|| gc.mutate(|_, _| ()))).is_err();
+        if !BOOM.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+    }
+    assert_eq!(caught, propagates, "the panic reached mutate: {caught}");
     assert!(
         !BOOM.load(std::sync::atomic::Ordering::SeqCst),
         "the armed Trace impl did not run"
     );
     assert_eq!(gc.phase(), Phase::Marking);
-    gc.mutate(|_, _| ());
     gc.collect();
     let freed = take_finalized();
     assert!(freed.is_empty(), "freed while reachable: {freed:?}");
