@@ -104,9 +104,11 @@
 //!   newly set).
 //!
 //! Costs the mutator pays (pauses): the table's slices (at most `SLICE_NS` of the clock each, beyond
-//! one unit; a step spends its budget on them), the hand-over at safe points (moving chunk pointers,
-//! `start` calls), the cycle start and termination (O(span classes) beyond incremental mode's) and
-//! assists (ARCHITECTURE.md, "Concurrent marking").
+//! one unit; one chunk taken from the source at most; a step spends its budget on them), the hand-over
+//! at safe points (moving chunk pointers, `start` calls), the cycle start and termination (O(span
+//! classes) beyond incremental mode's) and assists, which in a concurrent mark scan at most 8 KiB each
+//! (`Inner::assist_owed` keeps the rest owed for the next ones: the pacing is unchanged over a cycle,
+//! the work comes in smaller pieces) (ARCHITECTURE.md, "Concurrent marking").
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -721,6 +723,7 @@ impl Inner {
         let (spans, words) = (self.spans.count, self.spans.words);
         if let Some(table) = ConcTable::new(self.marker.source, spare, spans, words) {
             self.spans.begin_pending();
+            self.assist_owed = 0;
             self.conc_table = Some(table);
             self.log.concurrent = true;
         }
@@ -734,6 +737,13 @@ impl Inner {
         let t0 = clock.map_or(0, |c| c());
         let mut units = 0;
         loop {
+            // A chunk taken from the source may cost a page mapping: one per safe point (a step's
+            // units take as many as it asks).
+            let took_chunk = units_wanted.is_none()
+                && self
+                    .conc_table
+                    .as_ref()
+                    .is_some_and(|t| t.phase() == TablePhase::Preparing && t.chunks < t.need);
             let phase = self.table_unit()?;
             units += 1;
             let more = match clock {
@@ -742,7 +752,7 @@ impl Inner {
             };
             #[cfg(test)]
             let more = more && !self.table_one_unit;
-            if phase == TablePhase::Open || !more {
+            if phase == TablePhase::Open || !more || took_chunk {
                 return Some(phase);
             }
         }

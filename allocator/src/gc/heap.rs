@@ -142,6 +142,9 @@ pub(crate) struct Inner {
     pub(crate) slow_alloc: bool,
     /// Bytes allocated (whole spans when cached) not yet paid for with assists or sweeping.
     pub(crate) debt: usize,
+    /// Assist work owed in a concurrent mark: paid at most `alloc::CONC_ASSIST_MAX` per assist, so that
+    /// no single allocation waits long (the workers mark meanwhile).
+    pub(crate) assist_owed: usize,
     pub(crate) stats: GcStats,
     pub(crate) log: CycleLog,
     /// The side mark table of a concurrent mark (conc.rs), from mark setup to termination.
@@ -333,6 +336,7 @@ impl<R: Rootable> GcHeap<R> {
             tiny: (0, 0),
             slow_alloc: config.stress != Stress::None,
             debt: 0,
+            assist_owed: 0,
             stats: GcStats::default(),
             log: CycleLog::default(),
             conc_table: None,
