@@ -457,9 +457,19 @@ impl ConcTable {
             spare => {
                 // A directory for twice the chunks needed (a growing heap seldom needs another).
                 let dir_cap = 2 * need;
-                let pages = PageCount::covering(dir_cap * 16)?;
-                let dir = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
-                let at = NonNull::new(dir.base().as_mut_ptr::<u64>())?;
+                let class = SpanClass::new(SizeClass::LARGE, true);
+                let dir = PageCount::covering(dir_cap * 16)
+                    .and_then(|pages| source.alloc_span(class, pages, 0));
+                let Some(dir) = dir else {
+                    // No pages: the old table's go back too.
+                    if let Some(old) = spare {
+                        old.free(source);
+                    }
+                    return None;
+                };
+                let pages = dir.npages();
+                let at =
+                    NonNull::new(dir.base().as_mut_ptr::<u64>()).expect("gc: span at address 0");
                 let mut t = ConcTable {
                     dir,
                     dir_cap: pages.bytes() / 16,

@@ -282,6 +282,8 @@ fn mutations_in_every_table_phase_lose_nothing() {
         while gc.phase() == Phase::Marking {
             look(&mut gc);
             mutate(&mut gc, &mut m, &mut rng, ops / 4);
+            // A large object: a span taken from the source in every phase.
+            gc.mutate(|mc, _| assert_eq!(Gc::new(mc, [7u64; 8192])[8191], 7));
             look(&mut gc);
             check(&mut gc, &m);
         }
