@@ -238,8 +238,9 @@ fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcS
 #[test]
 fn mutations_in_every_table_phase_lose_nothing() {
     let (items, _, ops) = sizes();
+    // Under Miri a small heap: its fake memory is what the process's memory is made of.
     let mut gc: GcHeap<Bags> = GcHeap::new(
-        span_heap(256),
+        span_heap(if cfg!(miri) { 64 } else { 256 }),
         concurrent_config(ConcurrentWorkers::threads(1)),
         |mc| {
             core::array::from_fn(|_| {
