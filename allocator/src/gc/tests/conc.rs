@@ -280,9 +280,11 @@ fn mutations_in_every_table_phase_lose_nothing() {
                 }
             }
         };
+        // Every safe point may change the phase: look after each.
         while gc.phase() == Phase::Marking {
             look(&mut gc);
             mutate(&mut gc, &mut m, &mut rng, ops / 4);
+            look(&mut gc);
             // A large object: a span taken from the source in every phase.
             gc.mutate(|mc, _| assert_eq!(Gc::new(mc, [7u64; 8192])[8191], 7));
             look(&mut gc);
