@@ -84,6 +84,10 @@ pub struct Span {
     /// span does not carry its own id (gc/mark.rs).
     #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
     pub(crate) owner: u32,
+    /// The collector's concurrent-mark epoch in which this span entered its mark's side table, or was
+    /// taken (gc/conc.rs, "Building the table"); 0 for a span made outside one. Collector spans only.
+    #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
+    pub(crate) conc_epoch: u32,
     /// A large span of the explicit heap whose object ends in the first frame of its last page: that
     /// page's second frame is not mapped (pageheap.rs, "Trimmed tails"). Always false for other spans.
     pub(crate) tail_unmapped: bool,
@@ -183,6 +187,7 @@ impl Span {
             state: SpanState::InUse,
             needzero,
             owner: 0,
+            conc_epoch: 0,
             tail_unmapped: false,
             tail_spare: false,
             small_layout: 0,
@@ -247,6 +252,7 @@ impl Span {
             state: SpanState::InUse,
             needzero,
             owner: 0,
+            conc_epoch: 0,
             tail_unmapped: false,
             tail_spare: false,
             small_layout: 0,
@@ -441,6 +447,12 @@ impl Span {
         let newly = *mark & bit == 0;
         *mark |= bit;
         newly
+    }
+
+    /// Mark bitmap word `w` (objects `64 * w ..`): copied into a concurrent mark's side table, gc/conc.rs.
+    #[cfg(any(test, feature = "gc"))]
+    pub(crate) fn mark_word(&self, w: usize) -> u64 {
+        self.bits().1[w]
     }
 
     /// ORs `bits` (objects of mark word `w`, all allocated) into the mark bits; returns the bits that were

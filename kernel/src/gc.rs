@@ -1,6 +1,6 @@
 //! The kernel's side of spanalloc's garbage collector: a [`GcConfig`] wired to the TSC clock and the
 //! serial console, the `gctrace=` switch, a recorder of pauses for summaries (max, p99, total), and
-//! mark workers on the other CPUs (parallel marking).
+//! mark workers on the other CPUs (parallel and concurrent marking).
 //!
 //! Invariants:
 //! - The pause hook never allocates: it writes into a buffer reserved by [`PauseLog::start`] before the
@@ -9,12 +9,13 @@
 //!   configuration without the hook.
 
 use crate::clock;
+use crate::percpu;
 use crate::println;
 use crate::smp;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
-use spanalloc::gc::{ConcurrentWorkers, GcConfig, MarkWorkers, Mode};
+use spanalloc::gc::{ConcurrentWorkers, GcConfig, MarkJob, MarkWorkers, Mode};
 use spin::Mutex;
 
 static TRACE: AtomicBool = AtomicBool::new(true);
@@ -62,47 +63,47 @@ fn run_mark_workers(helpers: usize, job: &(dyn Fn(usize) + Sync)) {
     smp::run_on(targets, &|cpu: usize| job(cpu));
 }
 
-/// Concurrent marking (`Mode::Concurrent`) with a mark worker on every AP beside the mutator on the boot
-/// CPU; `None` on one CPU. For heaps on the boot CPU only (`smp::run_on`).
+/// Concurrent marking (`Mode::Concurrent`) with a mark job at most on every AP beside the mutator;
+/// `None` on one CPU. Jobs are posted to idle APs (`smp::post`); one the APs have no room for is dropped
+/// (the mark does not depend on its jobs running).
 pub fn concurrent_workers() -> Option<ConcurrentWorkers> {
     let helpers = smp::online_count().saturating_sub(1);
     (helpers > 0).then_some(ConcurrentWorkers {
         helpers,
-        run: run_beside,
+        start: start_on_ap,
     })
 }
 
-/// The mutator's closure, shared with `run_on`'s APs only as a type: they never call it.
-struct OnBootCpu<'a>(core::cell::UnsafeCell<&'a mut dyn FnMut()>);
+/// The mark job posted to each AP, waiting for it to run.
+static AP_JOBS: [Mutex<Option<MarkJob>>; percpu::MAX_CPUS] =
+    [const { Mutex::new(None) }; percpu::MAX_CPUS];
 
-// SAFETY: `run_beside` calls the closure only through `run_on`'s `f(0)`, which runs on the calling (boot)
-// CPU, once; the APs get their own indices (never 0) and only run `job`. So the closure is never used on
-// another CPU nor twice at once.
-unsafe impl Sync for OnBootCpu<'_> {}
+/// The APs that ran a concurrent mark job (bit per CPU index), for tests.
+pub static CONCURRENT_JOB_CPUS: AtomicU64 = AtomicU64::new(0);
 
-impl OnBootCpu<'_> {
-    /// # Safety
-    /// Called once, on the CPU that made the value (`run_beside`'s `f(0)`).
-    unsafe fn call(&self) {
-        // SAFETY: the caller's contract: no other access to the closure exists.
-        unsafe { (*self.0.get())() }
+fn start_on_ap(job: MarkJob) {
+    for cpu in smp::bits(smp::online_mask() & !1) {
+        let mut slot = AP_JOBS[cpu].lock();
+        if slot.is_none() {
+            *slot = Some(job);
+            drop(slot);
+            if !smp::post(cpu, run_posted_job) {
+                // The AP has another task waiting: the job is taken back and dropped unrun (allowed).
+                drop(AP_JOBS[cpu].lock().take());
+            }
+            return;
+        }
     }
+    // Every AP has a job already: this one is dropped unrun.
 }
 
-fn run_beside(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-    let targets = smp::bits(smp::online_mask())
-        .take(helpers + 1)
-        .fold(1u64, |mask, cpu| mask | 1 << cpu);
-    let main = OnBootCpu(core::cell::UnsafeCell::new(main));
-    let main = &main;
-    smp::run_on(targets, &|cpu: usize| {
-        if cpu == 0 {
-            // SAFETY: index 0 is the calling CPU's own call, made once (`OnBootCpu`).
-            unsafe { main.call() }
-        } else {
-            job(cpu)
-        }
-    });
+/// The task `start_on_ap` posts: runs the job waiting for this AP.
+fn run_posted_job(cpu: usize) {
+    let job = AP_JOBS[cpu].lock().take();
+    if let Some(job) = job {
+        CONCURRENT_JOB_CPUS.fetch_or(1 << cpu, Ordering::Relaxed);
+        job.run();
+    }
 }
 
 /// Pauses of the current run, in ns; never grows past the capacity `start` reserved.

@@ -6,8 +6,8 @@
 //!
 //!    A `concurrent` row: the same run with mark workers on other threads beside the mutator
 //!    (`Mode::Concurrent`, `GcConfig::concurrent_workers`, a persistent crew of host threads): the
-//!    mutator's pauses are the cycle start, the termination, assists, and the hand-over at the start
-//!    and end of each `mutate` that runs beside the workers.
+//!    mutator's pauses are the cycle start, the termination, assists, and the hand-over of grey work
+//!    to the workers (and the start of mark jobs) at the safe points of the mark.
 //!
 //! 1b. Parallel marking: the wall time of a full mark of the same 64 MiB live heap by one worker and by
 //!    one per host CPU (`GcConfig::mark_workers`), as a speed-up.
@@ -120,99 +120,56 @@ struct PauseReport {
     wall: u64,
 }
 
-/// A crew of host threads for concurrent marking, started once: `crew_run` hands them the round's job
-/// and runs the mutator's closure meanwhile (spawning threads for every `mutate` would make the mutator
-/// wait for `clone` each time).
+/// A crew of host threads for concurrent marking, started once: `crew::start` queues a mark job and
+/// wakes a thread for it (spawning a thread per job would make the mutator wait for `clone` each time).
 mod crew {
+    use spanalloc::gc::MarkJob;
+    use std::collections::VecDeque;
     use std::sync::{Condvar, Mutex, OnceLock};
 
-    /// A round's job, its lifetime erased: `run` does not return before every helper that took it is
-    /// done with it, and withdraws it from those that have not.
-    #[derive(Clone, Copy)]
-    struct Job(&'static (dyn Fn(usize) + Sync));
-
-    #[derive(Default)]
-    struct State {
-        generation: u64,
-        helpers: usize,
-        job: Option<Job>,
-        /// Helpers inside the current job.
-        running: usize,
-    }
-
     struct Crew {
-        state: Mutex<State>,
+        jobs: Mutex<VecDeque<MarkJob>>,
         wake: Condvar,
-        threads: usize,
     }
 
-    static CREW: OnceLock<&'static Crew> = OnceLock::new();
+    static CREW: OnceLock<Crew> = OnceLock::new();
 
-    /// The crew, with `threads` helper threads started on first use.
-    fn crew(threads: usize) -> &'static Crew {
-        CREW.get_or_init(|| {
-            let c: &'static Crew = Box::leak(Box::new(Crew {
-                state: Mutex::new(State::default()),
+    /// Threads of the crew (enough for the heap's `helpers`).
+    pub const THREADS: usize = 4;
+
+    fn crew() -> &'static Crew {
+        let mut started = false;
+        let c = CREW.get_or_init(|| {
+            started = true;
+            Crew {
+                jobs: Mutex::new(VecDeque::new()),
                 wake: Condvar::new(),
-                threads,
-            }));
-            for i in 1..=threads {
-                std::thread::spawn(move || {
-                    let mut seen = 0;
-                    loop {
-                        let job = {
-                            let mut s = c.state.lock().unwrap();
-                            while s.generation == seen {
-                                s = c.wake.wait(s).unwrap();
+            }
+        });
+        if started {
+            for _ in 0..THREADS {
+                std::thread::spawn(move || loop {
+                    let job = {
+                        let mut q = c.jobs.lock().unwrap();
+                        loop {
+                            if let Some(j) = q.pop_front() {
+                                break j;
                             }
-                            seen = s.generation;
-                            // A job already withdrawn (the round ended before this thread woke) is
-                            // skipped.
-                            let job = s.job.filter(|_| i <= s.helpers);
-                            if job.is_some() {
-                                s.running += 1;
-                            }
-                            job
-                        };
-                        if let Some(Job(job)) = job {
-                            job(i);
-                            c.state.lock().unwrap().running -= 1;
+                            q = c.wake.wait(q).unwrap();
                         }
-                    }
+                    };
+                    job.run();
                 });
             }
-            c
-        })
+        }
+        c
     }
 
-    /// Withdraws the job and waits for the helpers inside it (also when `main` unwinds).
-    struct Join(&'static Crew);
-
-    impl Drop for Join {
-        fn drop(&mut self) {
-            self.0.state.lock().unwrap().job = None;
-            while self.0.state.lock().unwrap().running != 0 {
-                std::hint::spin_loop();
-            }
-        }
-    }
-
-    /// `ConcurrentWorkers::run` on the crew: the helpers get `job`, the caller runs `main`.
-    pub fn run(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-        let c = crew(helpers);
-        assert!(helpers <= c.threads, "the crew has {} threads", c.threads);
-        // SAFETY: only the lifetime changes; `Join` below withdraws the job and waits (even on unwind)
-        // until no helper is inside it before `run` returns, so no helper uses it afterwards.
-        let job: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(job) };
-        {
-            let mut s = c.state.lock().unwrap();
-            s.generation += 1;
-            s.helpers = helpers;
-            s.job = Some(Job(job));
-        }
-        c.wake.notify_all();
-        let _join = Join(c);
-        main();
+    /// `ConcurrentWorkers::start` on the crew.
+    pub fn start(job: MarkJob) {
+        let c = crew();
+        c.jobs.lock().unwrap().push_back(job);
+        c.wake.notify_one();
     }
 }
 
@@ -489,8 +446,8 @@ fn bench(quick: bool) {
             0,
             cycles,
             Some(ConcurrentWorkers {
-                helpers,
-                run: crew::run,
+                helpers: helpers.min(crew::THREADS),
+                start: crew::start,
             }),
         ),
     ));

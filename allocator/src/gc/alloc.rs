@@ -34,6 +34,10 @@ const TINY_CLASS: SpanClass = match SizeClass::for_size(TINY_SIZE) {
 /// Spans an allocation sweeps at most looking for room before taking a fresh one (Go's spanBudget).
 const SWEEP_BUDGET: usize = 100;
 
+/// The most scan work one assist does in a concurrent mark (bytes); the rest stays owed
+/// (`Inner::assist_owed`) and is paid by the next assists.
+const CONC_ASSIST_MAX: usize = 8 << 10;
+
 impl State {
     /// Allocates a slot for `value` and moves it in; gives it back when memory runs out.
     #[inline]
@@ -77,7 +81,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc {
-            inner.settle(&self.pool);
+            inner.settle(self.pool());
         }
         Ok(value_ptr)
     }
@@ -139,7 +143,7 @@ impl Inner {
             self.marker.marked_objects += 1;
         }
         let addr = s.base();
-        self.spans.pages += npages.0;
+        self.spans.joined(&mut s);
         self.spans.put_swept(s, self.sweepgen);
         self.heap_live += bytes;
         self.debt += bytes;
@@ -198,7 +202,7 @@ impl Inner {
             .source
             .alloc_span(class, PageCount(0), self.marker.owner)?;
         s.sweepgen = h;
-        self.spans.pages += s.npages().0;
+        self.spans.joined(&mut s);
         Some((s, swept))
     }
 
@@ -218,11 +222,24 @@ impl Inner {
     fn pay(&mut self, bytes: usize, pool: &Pool) {
         if self.marking {
             let t0 = self.now();
-            let work = self
+            let mut work = self
                 .pacer
                 .assist_work(bytes, self.heap_live, self.marker.scan_work);
+            if self.log.concurrent {
+                // A concurrent mark: the work is owed and paid in bounded pieces (conc.rs).
+                self.assist_owed = self.assist_owed.saturating_add(work);
+                work = self.assist_owed.min(CONC_ASSIST_MAX);
+            }
             // In a concurrent mark, the pool's chunks when the mutator outruns the workers (conc.rs).
-            self.drain_with_pool(pool, work);
+            let done = self.drain_with_pool(pool, work);
+            if self.log.concurrent {
+                // Nothing left to mark (for now): nothing is owed.
+                self.assist_owed = if done < work {
+                    0
+                } else {
+                    self.assist_owed - work
+                };
+            }
             self.stats.assists += 1;
             self.log.assists += 1;
             self.pause_end(t0);

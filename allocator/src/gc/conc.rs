@@ -2,37 +2,66 @@
 //! the grey set while the mutator runs on its own (Go's dedicated mark workers).
 //!
 //! Shape: a cycle starts at a safe point as in incremental mode (finish the sweep, barrier on, root
-//! shaded), and also builds a *side mark table* ([`ConcTable`]): one entry per span the heap has at
-//! that moment (base, object size and count, scan or not) and one mark bitmap per span, in pages of its
-//! own. Every `mutate` call while the mark runs is a *round*: the mutator's grey chunks go into the
-//! heap's shared [`Pool`], `ConcurrentWorkers::run` runs the mutator's closure on the calling CPU and
-//! mark jobs (par.rs workers) on `helpers` others, and when the closure returns the workers are told
-//! to stop (they put their grey entries back in the pool). At a safe point with the pool and the
-//! mutator's grey stack empty the mark terminates: the side bitmaps are OR-ed into the spans' mark bits,
-//! the rest is an ordinary stop-the-world termination (drain, rescans, checkmark, `end_mark`).
+//! shaded). Its table phases ([`TablePhase`]) then run, each in bounded slices at safe points:
+//! - *Preparing*, *Building*: a *side mark table* ([`ConcTable`]) is made: one entry per span the heap
+//!   had when the mark began (base, object size and count, scan or not) and one mark bitmap per span, in
+//!   chunks of pages of its own (kept from one mark to the next). Meanwhile the mark runs as an
+//!   incremental one, marking in the spans (below, "Building the table").
+//! - *Open*: the heap's *crew* ([`Crew`], below) is opened: at every safe point the mutator's grey
+//!   chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
+//!   `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) in the
+//!   table until the pool runs dry or the crew is stopped. The mutator never waits for a worker (but for
+//!   a cell a worker is copying or tracing, cell.rs). At a safe point where the mutator's grey stack and
+//!   the pool are empty and no worker is inside, the crew is stopped (for good).
+//! - *Merging*: the side bitmaps are OR-ed into the spans' mark bits, a slice of slots per safe point,
+//!   while the mutator's marks go to the spans again; then the table is put aside for the next mark and
+//!   the mark terminates as an incremental one (drain, rescans, checkmark, `end_mark`).
+//!
+//! A forced end (`collect`, `finish_mark`) does whatever is left at once (`Inner::finish_concurrent`).
 //!
 //! Why a side table: while the mutator runs it allocates from its current spans (`next_free` on
 //! `&mut Span`, black allocation setting mark bits), takes and files spans (list links): it holds
 //! references to span structs and writes their alloc state. A worker that read a span struct or set
 //! a mark bit in it meanwhile would race with those writes (or break the `&mut Span`'s uniqueness). So
-//! during a round workers touch no span struct at all: they find an address's span in the span map
-//! (atomic entries, shared with other CPUs' heaps anyway), its entry in the table (written before the
-//! round, read-only during it) and set its bit in the table with an atomic `fetch_or`. The mutator's
-//! own shades (barrier, root, `GcWeak::upgrade`, assists) use the same table path atomically. Spans the
-//! heap takes during the mark are in no entry: all their objects are allocated during the mark, hence
-//! black (mark bit set in the span by the allocation), and workers ignore addresses in them. Objects
-//! allocated during the mark in older spans are in the table but white there: a worker may scan one
-//! (its fields are initialised before the `Gc` to it was published) — extra work, never a missed
+//! while the crew is open workers touch no span struct at all: they find an address's span in the span
+//! map (atomic entries, shared with other CPUs' heaps anyway), its entry in the table (written before the
+//! crew opens, read-only until it is stopped) and set its bit in the table with an atomic `fetch_or`. The
+//! mutator's own shades (barrier, root, `GcWeak::upgrade`, assists) use the same table path atomically.
+//! Spans the heap takes during the mark are in no entry: all their objects are allocated during the
+//! mark, hence black (mark bit set in the span by the allocation), and workers ignore addresses in them.
+//! Objects allocated during the mark in older spans are in the table but white there: a worker may scan
+//! one (its fields are initialised before the `Gc` to it was published) — extra work, never a missed
 //! object. Nothing is swept while a mark runs, so no slot is freed or reused under a worker.
 //!
-//! What workers read besides the table, and why it is safe while the mutator runs:
+//! Workers (the crew): what workers use lives in a [`Crew`] in pages of its own, not in the `GcHeap`
+//! (which the program may move between `mutate` calls): the pool, the stop flag, the side table's
+//! address, the workers' counters, and two counts — `inside` (workers between their look at `stop` and
+//! their return) and `jobs` (jobs handed out, not yet dropped). The crew is reference counted by the
+//! heap and by every `MarkJob`, and gives its pages back when the last goes: a job may outlive its mark
+//! and its heap, and then does nothing. The protocol (every access `SeqCst`):
+//! - A worker enters by incrementing `inside` and then reading `stop`; if set, it leaves at once. While
+//!   inside it checks `stop` between small units of work (`par::SHARE_EVERY` scans) and leaves when it
+//!   is set, putting its grey entries back in the pool.
+//! - The heap *opens* the crew only while it is stopped with nobody inside (table address first, then
+//!   `stop` cleared), and *stops* it by setting `stop` and then reading `inside`: if that is 0, no worker
+//!   is inside, and any later one reads `stop` set (the two sides' write-then-read pairs are ordered in
+//!   the single `SeqCst` order) and leaves without touching the pool or the table. Only then does the
+//!   heap merge and release the table. A safe point stops the crew only when nobody is inside and the
+//!   pool is empty (`Crew::try_stop`, non-blocking: otherwise the mark goes on and the next safe point
+//!   tries again); a forced end (`finish_mark`, `collect`, the heap's drop) waits for the workers inside
+//!   (`stop_and_wait`), a pause of its own.
+//! - `State::concurrent` (the cells' locks, cell.rs) is set when the crew opens and cleared after it is
+//!   stopped, both at safe points, so it is constant for a whole `mutate` call and set whenever a worker
+//!   may be marking.
+//!
+//! What workers read besides the crew and the table, and why it is safe while the mutator runs:
 //! - Object headers (vtables): written before any `Gc` to the object exists and never changed.
 //! - Fields outside cells: immutable after allocation (`Gc<T>` gives only `&T`), initialised before
-//!   the `Gc` is published; publication goes through a cell write or happened before the round began.
+//!   the `Gc` is published; publication goes through a cell write or happened before the safe point
+//!   that handed the object to the pool (the pool's lock orders it).
 //! - Cells: under the locks of cell.rs (`GcCell` stripe locks, `GcRefCell` trace lock), which also
 //!   order the mutator's writes of a new object before a worker's reads of it.
 //! - `Trace` impls: the contract (trace.rs) says they read only the value (and so only the above).
-//! - The grey pool (spin lock) and the round's counters (atomics).
 //!
 //! Correctness of the mark (snapshot at the beginning): as for incremental marking (barrier.rs); the
 //! table is just where this cycle's marks of old objects live until termination merges them. No object
@@ -41,23 +70,50 @@
 //! was cut by a cell write and the barrier shaded it; workers skip only a `GcRefCell` held by a
 //! `GcRefMut`, whose old contents `borrow_mut` shaded before taking its lock.
 //!
-//! Termination hands every grey entry (pool, the mutator's stack) to the stop-the-world drain after
-//! the merge, so nothing shaded during a round is lost; a worker that unwinds sets `lost` and the mark
-//! rescans the root and every marked object, as in par.rs. Correctness never depends on `run`: if it
-//! does not run the mutator's closure, the closure runs after it returns (no worker left); jobs it does
-//! not run only leave work in the pool, which assists and termination drain.
-//! A worker's panic that `run` propagates reaches the caller of `mutate` after the closure has run
-//! (its result is dropped); the heap stays consistent and the mark rescans, as above.
+//! The crew is stopped only with the pool empty and no worker inside, so every object a worker marked
+//! was scanned; what the mutator shades afterwards is drained at termination. A worker that unwinds sets
+//! `lost` (its grey entries are gone) and termination then rescans the root and every marked object,
+//! as in par.rs.
+//! Correctness never depends on `start`: jobs it runs late find the crew stopped, jobs it drops or keeps
+//! only leave work in the pool, which assists and termination drain; a job it runs at once on the
+//! calling CPU marks at the safe point (a pause); a panic of `start` itself leaves the heap consistent.
 //!
-//! Costs the mutator pays (pauses): building the table at cycle start and merging it at termination
-//! are O(spans) (~1-2 ms and ~0.9 ms for ~12K spans, 64 MiB live), and each round ends only when
-//! every worker has left its job. Both are what stands between this mode and a 0.1 ms max pause
-//! (ARCHITECTURE.md, "Concurrent marking").
+//! Building the table (and merging it) without a pause of O(spans): nothing walks all spans at once.
+//! - Sizes: the span set counts its spans and their bitmap words as spans come and go, so the table's
+//!   size is known at cycle start; its chunks are taken from the source and its slots zeroed a few per
+//!   safe point (a fresh page can cost microseconds to map).
+//! - Which spans: at cycle start every filed span becomes *pending*: the span set swaps its swept lists
+//!   into the unswept set's (empty while a mark runs: its sweep was finished first) — O(classes). A span
+//!   is pending while `SpanSet::is_pending` (its `conc_epoch` is not this mark's); the builder takes
+//!   pending spans off those lists, enters each (copying its mark bits), marks it entered and files it as
+//!   usual; a pending span the mutator takes to allocate from stays pending and is filed back among them;
+//!   spans taken from the source during the mark get this mark's epoch (never pending, never entered:
+//!   their objects are all black). When no filed span is pending, the current spans still pending are
+//!   entered (at most one per class) and the table opens. Nothing sweeps while `building` is set (the
+//!   unswept lists hold swept spans then).
+//! - Where marks live, per phase, and why every mark is kept: while preparing, in the spans only (no
+//!   view may read unzeroed slots). While building, in the spans, and for an entered span also in the
+//!   table (`Marker::side`): an entry starts as a copy of the span's bits, so an entered span's table
+//!   bits are its span bits then, or a subset (black allocation sets span bits only). While open, the
+//!   marks of entered spans are made in the table only, and an address in a span without an entry is
+//!   black already. While merging (no worker runs), in the spans, an object whose table bit is set
+//!   counting as marked (so it is neither marked nor scanned twice); the merge ORs every table bit into
+//!   its span. So at termination every object marked anywhere is marked in its span, and an object is
+//!   scanned again only when a worker finds in the table an object the mutator marked in its span after
+//!   entering it — extra work, never a missed object (scanning is idempotent; counts come from bits
+//!   newly set).
+//!
+//! Costs the mutator pays (pauses): the table's slices (at most `SLICE_NS` of the clock each, beyond
+//! one unit; one chunk taken from the source at most; a step spends its budget on them), the hand-over
+//! at safe points (moving chunk pointers, `start` calls), the cycle start and termination (O(span
+//! classes) beyond incremental mode's) and assists, which in a concurrent mark scan at most 8 KiB each
+//! (`Inner::assist_owed` keeps the rest owed for the next ones: the pacing is unchanged over a cycle,
+//! the work comes in smaller pieces) (ARCHITECTURE.md, "Concurrent marking").
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use super::heap::{Inner, State};
+use super::heap::Inner;
 use super::par::{self, Shared};
 use super::spans::{GcSpan, SpanSet, SpanSource};
 use super::workbuf::Pool;
@@ -69,27 +125,213 @@ use crate::spanmap::SpanMap;
 /// How to run mark workers beside the mutator (`GcConfig::concurrent_workers`, `Mode::Concurrent`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConcurrentWorkers {
-    /// Workers on other CPUs or threads (Go's dedicated workers: a quarter of the CPUs).
+    /// Mark jobs handed out and not yet finished, at most (Go's dedicated workers: a quarter of the
+    /// CPUs).
     pub helpers: usize,
-    /// Runs `job(i)` for `i` in `1..=helpers` on other CPUs or threads while `main()` runs on the calling
-    /// one, and returns once all have returned. Correctness does not depend on it (module docs).
-    #[allow(clippy::type_complexity)] // spelled out: it is the whole contract
-    pub run: fn(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()),
+    /// Starts `job` (calls [`MarkJob::run`]) on another CPU or thread and returns without waiting for
+    /// it. Correctness does not depend on it (module docs): it may run the job late, at once on the
+    /// calling CPU, or drop it unrun. The heap calls it only at safe points.
+    pub start: fn(job: MarkJob),
 }
 
 #[cfg(any(test, feature = "std"))]
 impl ConcurrentWorkers {
-    /// `helpers` host threads (scoped threads spawned for each round), besides the caller's.
+    /// `helpers` jobs at most, each on a host thread spawned for it.
     pub fn threads(helpers: usize) -> Self {
-        fn run(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-            std::thread::scope(|s| {
-                for i in 1..=helpers {
-                    s.spawn(move || job(i));
-                }
-                main();
+        fn start(job: MarkJob) {
+            std::thread::spawn(move || job.run());
+        }
+        Self { helpers, start }
+    }
+}
+
+/// A mark job of a concurrent mark, for [`ConcurrentWorkers::start`]: [`MarkJob::run`] marks beside
+/// the mutator until the pool of grey objects runs dry or the heap stops its workers (then it returns at
+/// once). It holds the heap's shared worker state alive (not the heap): running it late, after the mark
+/// or after the heap is gone, does nothing; dropping it unrun is allowed.
+pub struct MarkJob(CrewRef);
+
+impl MarkJob {
+    /// Marks until there is nothing to do or the heap stops its workers (module docs).
+    pub fn run(self) {
+        self.0.work();
+    }
+}
+
+impl Drop for MarkJob {
+    fn drop(&mut self) {
+        self.0.jobs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl core::fmt::Debug for MarkJob {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MarkJob")
+    }
+}
+
+/// What a heap's concurrent mark workers share (module docs, "Workers"), in pages of its own: it stays
+/// put when the `GcHeap` moves, and lives while the heap or a [`MarkJob`] refers to it.
+pub(crate) struct Crew {
+    /// The pool of grey chunks (the heap's, also between marks), the stop flag and the workers'
+    /// counters. `stop` is set whenever no concurrent mark is open.
+    pub(crate) sh: Shared,
+    /// The heap's reference and every `MarkJob`'s; the last one gives the pages back.
+    refs: AtomicUsize,
+    /// Jobs handed to `start` and not yet dropped.
+    jobs: AtomicUsize,
+    /// Workers inside `work` (between their check of `stop` and their return).
+    inside: AtomicUsize,
+    /// The open mark's side table (a `ConcView`): written only while `stop` is set.
+    words: AtomicPtr<u64>,
+    mask: AtomicUsize,
+    source: &'static (dyn SpanSource + Sync),
+    /// The crew's own pages; moved out by the last reference.
+    storage: GcSpan,
+}
+
+/// A counted reference to a [`Crew`].
+pub(crate) struct CrewRef(NonNull<Crew>);
+
+// SAFETY: a crew is used only through `&Crew`, whose fields are atomics, the pool (behind its lock, with
+// `Send` chunks) and data nobody writes; `storage` is touched only by the last reference (`drop`), when
+// no other exists. So references may move to and be used on other CPUs.
+unsafe impl Send for CrewRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for CrewRef {}
+
+impl core::ops::Deref for CrewRef {
+    type Target = Crew;
+    fn deref(&self) -> &Crew {
+        // SAFETY: the crew is initialised (`new`) and alive while any reference counts (`drop`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for CrewRef {
+    fn drop(&mut self) {
+        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        core::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: the last reference: nobody else can reach the crew, so it is moved out of its pages
+        // (read once, never used there again) and the pages go back.
+        let crew = unsafe { self.0.as_ptr().read() };
+        crew.sh.pool.release(crew.source);
+        crew.source.free_span(crew.storage);
+    }
+}
+
+/// Leaves `inside` when dropped (normally or by unwinding).
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CrewRef {
+    /// A crew for the heap `owner`, stopped; `None` when no pages can be had for it.
+    pub(crate) fn new(
+        spans: &'static SpanMap,
+        source: &'static (dyn SpanSource + Sync),
+        owner: u32,
+    ) -> Option<CrewRef> {
+        let pages = PageCount::covering(core::mem::size_of::<Crew>())?;
+        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
+        let at = NonNull::new(storage.base().as_mut_ptr::<Crew>())?;
+        const { assert!(core::mem::align_of::<Crew>() <= crate::addr::PAGE_SIZE) };
+        // SAFETY: the span's pages are mapped, page aligned (enough for a `Crew`), at least its size, and
+        // ours alone (we hold the span's only handle, moved into the crew here).
+        unsafe {
+            at.as_ptr().write(Crew {
+                sh: Shared::new(spans, source, owner, true),
+                refs: AtomicUsize::new(1),
+                jobs: AtomicUsize::new(0),
+                inside: AtomicUsize::new(0),
+                words: AtomicPtr::new(core::ptr::null_mut()),
+                mask: AtomicUsize::new(0),
+                source,
+                storage,
             });
         }
-        Self { helpers, run }
+        Some(CrewRef(at))
+    }
+
+    /// Hands `helpers` jobs minus those still out to `start` (counted once, first: a `start` that runs
+    /// its job at once gives it back before the next); returns how many.
+    pub(crate) fn start_jobs(&self, workers: &ConcurrentWorkers) -> usize {
+        let n = workers
+            .helpers
+            .saturating_sub(self.jobs.load(Ordering::SeqCst));
+        for _ in 0..n {
+            self.jobs.fetch_add(1, Ordering::SeqCst);
+            self.refs.fetch_add(1, Ordering::Relaxed);
+            (workers.start)(MarkJob(CrewRef(self.0)));
+        }
+        n
+    }
+}
+
+impl Crew {
+    /// A worker's visit (`MarkJob::run`): marks while the crew is open and the pool has work.
+    fn work(&self) {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let _leave = Leave(&self.inside);
+        if self.sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(words) = NonNull::new(self.words.load(Ordering::Relaxed)) else {
+            return;
+        };
+        let view = ConcView {
+            words,
+            mask: self.mask.load(Ordering::Relaxed),
+        };
+        par::work(&self.sh, Some(view));
+    }
+
+    /// Whether workers may mark now.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.sh.stop.load(Ordering::Relaxed)
+    }
+
+    /// Lets workers mark in `view`'s table (the crew is stopped: no worker is inside).
+    pub(crate) fn open(&self, view: ConcView) {
+        debug_assert!(self.sh.stop.load(Ordering::SeqCst));
+        self.words.store(view.words.as_ptr(), Ordering::Relaxed);
+        self.mask.store(view.mask, Ordering::Relaxed);
+        self.sh.stop.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops the workers if none is inside and the pool is empty; otherwise leaves them be (the next
+    /// safe point tries again). True when stopped: then no worker touches the pool or the table until
+    /// the next `open`.
+    pub(crate) fn try_stop(&self) -> bool {
+        if self.sh.stop.load(Ordering::SeqCst) {
+            return self.inside.load(Ordering::SeqCst) == 0;
+        }
+        if self.inside.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        self.sh.stop.store(true, Ordering::SeqCst);
+        // A worker that comes in after this load sees `stop` (both sides use SeqCst).
+        if self.inside.load(Ordering::SeqCst) == 0 && self.sh.pool.looks_empty() {
+            return true;
+        }
+        self.sh.stop.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// Stops the workers and waits until none is inside (a pause the caller counts).
+    pub(crate) fn stop_and_wait(&self) {
+        self.sh.stop.store(true, Ordering::SeqCst);
+        while self.inside.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+            #[cfg(any(test, feature = "std"))]
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -97,26 +339,74 @@ impl ConcurrentWorkers {
 /// noscan << 48`, first bitmap word.
 const ENTRY: usize = 4;
 
-/// The side mark table of a concurrent mark (module docs), in pages of its own.
-pub(crate) struct ConcTable {
-    storage: GcSpan,
-    view: ConcView,
-    /// Spans and bitmap words, for the merge.
-    n: usize,
+/// The table's storage is in chunks of `CHUNK_PAGES` pages (`CHUNK_WORDS` words each), found through a
+/// directory, so that it can be had a few chunks per safe point: a fresh page can cost microseconds
+/// (mapping it).
+const CHUNK_PAGES: usize = 2;
+const CHUNK_WORDS: usize = CHUNK_PAGES * crate::addr::PAGE_SIZE / 8;
+
+/// The units of the table's work (module docs, "Building the table"): chunks taken from the source,
+/// chunks of slots zeroed, spans entered, slots merged. A safe point does units until `SLICE_NS` of the
+/// clock have passed (the pause it adds), or `UNITS` of them without a clock.
+const ALLOC_SLICE: usize = 1;
+const ZERO_SLICE: usize = 1;
+const SPAN_SLICE: usize = 8;
+const SLOT_SLICE: usize = 32;
+const SLICE_NS: u64 = 25_000;
+const UNITS: usize = 8;
+
+/// Where a concurrent mark's side table is (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TablePhase {
+    /// Its chunks are being taken from the source and its slots zeroed (no view may read them);
+    /// marks go to the spans only.
+    Preparing,
+    /// Snapshot spans are being entered; marks go to the spans (and to the table for entered ones).
+    Building,
+    /// Complete: workers may mark in it (while the crew is open); every mark of an entered span goes
+    /// to the table.
+    Open,
+    /// Being merged into the spans' mark bits; marks go to the spans, and one set in the table counts.
+    Merging,
 }
 
-/// Read access and atomic marking for workers and the mutator: entries are written only by
-/// `ConcTable::build` before any view is used, bitmap words are accessed only atomically until the
-/// table is merged with every worker gone.
+/// The side mark table of a concurrent mark (module docs): chunks of pages of its own, listed in a
+/// directory (one page or more) that holds each chunk's base address and, after those, its span's.
+/// The chunks stay from one mark to the next (more are taken when the heap has grown).
+pub(crate) struct ConcTable {
+    dir: GcSpan,
+    /// Chunks the directory has room for, and chunks it lists (each one held through its entry).
+    dir_cap: usize,
+    chunks: usize,
+    view: ConcView,
+    /// This mark's hash slots (a power of two), words, and the chunks they need.
+    slots: usize,
+    len: usize,
+    need: usize,
+    phase: TablePhase,
+    /// Preparing: chunks of slots zeroed so far; Merging: the next slot to merge.
+    cursor: usize,
+    /// The next free bitmap word.
+    next_word: usize,
+    /// Spans entered, and the most that fit (the spans of the heap when the mark began).
+    n: usize,
+    cap: usize,
+}
+
+/// Read access and atomic marking for workers and the mutator. Entries are written only by
+/// `ConcTable::enter` while the table is building (no worker runs then, and only the heap's CPU uses a
+/// view); bitmap words are accessed only atomically.
 #[derive(Clone, Copy)]
 pub(crate) struct ConcView {
+    /// The directory: chunk base addresses (exposed), word `w` in chunk `w / CHUNK_WORDS`.
     words: NonNull<u64>,
     /// Hash slots - 1 (a power of two minus one).
     mask: usize,
 }
 
-// SAFETY: a view only reads entries nobody writes while views are in use and sets bitmap bits with
-// atomics (type docs); the table outlives every view's use (released at termination, after workers).
+// SAFETY: a view only reads entries nobody writes while views are in use on other CPUs and sets bitmap
+// bits with atomics (type docs); the table outlives every view's use (released after the workers are
+// stopped for good, conc.rs module docs).
 unsafe impl Send for ConcView {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for ConcView {}
@@ -150,78 +440,226 @@ fn slot_of(key: u64, mask: usize) -> usize {
 }
 
 impl ConcTable {
-    /// A table over every span of `spans`; `None` when no pages can be had for it.
-    pub(crate) fn build(source: &dyn SpanSource, spans: &SpanSet) -> Option<ConcTable> {
-        let (mut n, mut words) = (0usize, 0usize);
-        spans.for_each(|s| {
-            n += 1;
-            words += s.nelems().div_ceil(64);
-        });
-        let slots = (2 * n).next_power_of_two().max(2);
+    /// A table for a mark over `spans` spans of `words` bitmap words in all, made of `spare`'s chunks
+    /// (the last table's) and more as needed (`prepare_slice`); `None` when no page can be had for a
+    /// directory.
+    pub(crate) fn new(
+        source: &dyn SpanSource,
+        spare: Option<ConcTable>,
+        spans: usize,
+        words: usize,
+    ) -> Option<ConcTable> {
+        let slots = (2 * spans).next_power_of_two().max(2);
         let len = slots * ENTRY + words;
-        let pages = PageCount::covering(len * 8)?;
-        let storage = source.alloc_span(SpanClass::new(SizeClass::LARGE, true), pages, 0)?;
-        let base = NonNull::new(storage.base().as_mut_ptr::<u64>())?;
-        // SAFETY: the storage span's pages are mapped, page aligned, at least `len * 8` bytes, and ours
-        // alone (we hold its only handle); no view exists yet, so this is the only reference.
-        let table = unsafe { core::slice::from_raw_parts_mut(base.as_ptr(), len) };
-        table.fill(0);
-        let (entries, _) = table.split_at_mut(slots * ENTRY);
-        let mask = slots - 1;
-        let mut word = slots * ENTRY;
-        spans.for_each(|s| {
-            let key = core::ptr::from_ref(s).addr() as u64;
-            let mut i = slot_of(key, mask);
-            while entries[i * ENTRY] != 0 {
-                i = (i + 1) & mask;
+        let need = len.div_ceil(CHUNK_WORDS);
+        let mut t = match spare {
+            Some(t) if t.dir_cap >= need => t,
+            spare => {
+                // A directory for twice the chunks needed (a growing heap seldom needs another).
+                let dir_cap = 2 * need;
+                let class = SpanClass::new(SizeClass::LARGE, true);
+                let dir = PageCount::covering(dir_cap * 16)
+                    .and_then(|pages| source.alloc_span(class, pages, 0));
+                let Some(dir) = dir else {
+                    // No pages: the old table's go back too.
+                    if let Some(old) = spare {
+                        old.free(source);
+                    }
+                    return None;
+                };
+                let pages = dir.npages();
+                let at =
+                    NonNull::new(dir.base().as_mut_ptr::<u64>()).expect("gc: span at address 0");
+                let mut t = ConcTable {
+                    dir,
+                    dir_cap: pages.bytes() / 16,
+                    chunks: 0,
+                    view: ConcView { words: at, mask: 0 },
+                    slots: 0,
+                    len: 0,
+                    need: 0,
+                    phase: TablePhase::Preparing,
+                    cursor: 0,
+                    next_word: 0,
+                    n: 0,
+                    cap: 0,
+                };
+                if let Some(old) = spare {
+                    // The old chunks move to the new directory.
+                    for c in 0..old.chunks {
+                        let (base, span) = (old.dir_word(c), old.dir_word(old.dir_cap + c));
+                        t.set_dir(c, base, span);
+                    }
+                    t.chunks = old.chunks;
+                    source.free_span(old.dir);
+                }
+                t
             }
-            let meta = s.elem_size() as u64
-                | (s.nelems() as u64) << 32
-                | u64::from(s.class().noscan()) << 48;
-            entries[i * ENTRY..(i + 1) * ENTRY].copy_from_slice(&[
-                key,
-                s.base().as_u64(),
-                meta,
-                word as u64,
-            ]);
-            word += s.nelems().div_ceil(64);
-        });
-        Some(ConcTable {
-            storage,
-            view: ConcView { words: base, mask },
-            n,
-        })
+        };
+        t.view.mask = slots - 1;
+        t.slots = slots;
+        t.len = len;
+        t.need = need;
+        t.phase = TablePhase::Preparing;
+        t.cursor = 0;
+        t.next_word = slots * ENTRY;
+        t.n = 0;
+        t.cap = spans;
+        Some(t)
+    }
+
+    fn dir_word(&self, i: usize) -> u64 {
+        debug_assert!(i < 2 * self.dir_cap);
+        // SAFETY: word `i` of the directory's pages (`i < 2 * dir_cap`, which fit them), 8-aligned; the
+        // directory is written only here while no view is used elsewhere, read atomically.
+        unsafe { AtomicU64::from_ptr(self.view.words.as_ptr().add(i)) }.load(Ordering::Relaxed)
+    }
+
+    fn set_dir(&mut self, c: usize, base: u64, span: u64) {
+        assert!(c < self.dir_cap);
+        for (i, v) in [(c, base), (self.dir_cap + c, span)] {
+            // SAFETY: as in `dir_word`; `&mut self` while no worker runs (the table is preparing).
+            unsafe { AtomicU64::from_ptr(self.view.words.as_ptr().add(i)) }
+                .store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the next chunks from the source, or zeroes the next chunks of slots; true when the table
+    /// is ready (then `Building`). `None` when the source has no pages left (the mark then goes on
+    /// without the table: `abandon`).
+    pub(crate) fn prepare_slice(&mut self, source: &dyn SpanSource) -> Option<bool> {
+        debug_assert_eq!(self.phase, TablePhase::Preparing);
+        if self.chunks < self.need {
+            for _ in 0..ALLOC_SLICE.min(self.need - self.chunks) {
+                let chunk = source.alloc_span(
+                    SpanClass::new(SizeClass::LARGE, true),
+                    PageCount(CHUNK_PAGES),
+                    0,
+                )?;
+                let base = chunk.base().as_mut_ptr::<u64>().expose_provenance() as u64;
+                let span = chunk.into_raw().as_ptr().expose_provenance() as u64;
+                self.set_dir(self.chunks, base, span);
+                self.chunks += 1;
+            }
+            return Some(false);
+        }
+        let slot_chunks = (self.slots * ENTRY).div_ceil(CHUNK_WORDS);
+        let end = (self.cursor + ZERO_SLICE).min(slot_chunks);
+        for c in self.cursor..end {
+            let base = core::ptr::with_exposed_provenance_mut::<u64>(self.dir_word(c) as usize);
+            // SAFETY: chunk `c` is a span of `CHUNK_PAGES` mapped pages the table holds (its base was
+            // exposed when it was listed); no view reads it while the table is preparing.
+            unsafe { base.write_bytes(0, CHUNK_WORDS) };
+        }
+        self.cursor = end;
+        if end == slot_chunks {
+            self.phase = TablePhase::Building;
+        }
+        Some(self.phase == TablePhase::Building)
+    }
+
+    /// Gives every page back (the heap is going away, or pages are short).
+    pub(crate) fn free(self, source: &dyn SpanSource) {
+        for c in 0..self.chunks {
+            let span = core::ptr::with_exposed_provenance_mut::<Span>(
+                self.dir_word(self.dir_cap + c) as usize,
+            );
+            // SAFETY: the directory holds the only handle of each chunk's span (`into_raw` in
+            // `prepare_slice`, exposed there); it is made again once, here, and given back.
+            let chunk = unsafe { GcSpan::from_raw(NonNull::new(span).expect("a chunk span")) };
+            source.free_span(chunk);
+        }
+        source.free_span(self.dir);
+    }
+
+    pub(crate) fn phase(&self) -> TablePhase {
+        self.phase
     }
 
     pub(crate) fn view(&self) -> ConcView {
         self.view
     }
 
-    /// ORs the side bitmaps into the spans' mark bits (no worker may run); returns the objects and bytes
-    /// this newly marked (black allocation counted the rest).
-    pub(crate) fn merge(&self, spans: &mut SpanSet) -> (usize, usize) {
-        let (mut objects, mut bytes, mut seen) = (0, 0, 0);
-        spans.for_each_mut(|s| {
-            let Some(e) = self.view.find(NonNull::from(&*s)) else {
-                // A span taken during the mark: allocated black throughout.
-                return;
-            };
-            seen += 1;
+    /// Enters `span` (a snapshot span not entered yet) with a copy of its mark bits.
+    pub(crate) fn enter(&mut self, span: &Span) {
+        debug_assert_eq!(self.phase, TablePhase::Building);
+        let nwords = span.nelems().div_ceil(64);
+        assert!(
+            self.n < self.cap && self.next_word + nwords <= self.len,
+            "gc: more snapshot spans than the concurrent mark's table was made for"
+        );
+        let key = core::ptr::from_ref(span).expose_provenance() as u64;
+        let mut i = slot_of(key, self.view.mask);
+        while self.view.word(i * ENTRY) != 0 {
+            i = (i + 1) & self.view.mask;
+        }
+        let meta = span.elem_size() as u64
+            | (span.nelems() as u64) << 32
+            | u64::from(span.class().noscan()) << 48;
+        for (k, v) in [key, span.base().as_u64(), meta, self.next_word as u64]
+            .into_iter()
+            .enumerate()
+        {
+            self.view.atomic(i * ENTRY + k).store(v, Ordering::Relaxed);
+        }
+        for w in 0..nwords {
+            self.view
+                .atomic(self.next_word + w)
+                .store(span.mark_word(w), Ordering::Relaxed);
+        }
+        self.next_word += nwords;
+        self.n += 1;
+    }
+
+    /// The table is complete: workers may use it.
+    pub(crate) fn open(&mut self) {
+        debug_assert_eq!(self.phase, TablePhase::Building);
+        self.phase = TablePhase::Open;
+    }
+
+    /// Starts merging (no worker may run from now on).
+    pub(crate) fn begin_merge(&mut self) {
+        self.phase = TablePhase::Merging;
+        self.cursor = 0;
+    }
+
+    /// ORs the side bitmaps of the next `max_slots` slots into their spans' mark bits (`Merging`: no
+    /// worker runs); returns the objects and bytes this newly marked (black allocation and the
+    /// mutator's own marks counted the rest), and whether every slot is merged.
+    pub(crate) fn merge_slice(
+        &mut self,
+        spans: &mut SpanSet,
+        max_slots: usize,
+    ) -> (usize, usize, bool) {
+        debug_assert_eq!(self.phase, TablePhase::Merging);
+        // Only the heap's `&mut SpanSet` may reach its span structs: it proves no other reference to
+        // one is live here.
+        let _exclusive = spans;
+        let (mut objects, mut bytes) = (0, 0);
+        let end = self.cursor.saturating_add(max_slots).min(self.slots);
+        for slot in self.cursor..end {
+            let key = self.view.word(slot * ENTRY);
+            if key == 0 {
+                continue;
+            }
+            let span = core::ptr::with_exposed_provenance_mut::<Span>(key as usize);
+            // SAFETY: `key` is the exposed address of a span struct entered from this heap's span set
+            // during this mark; no span leaves the set while a mark runs (nothing is swept or freed), so
+            // it is alive and the collector's; `&mut SpanSet` (above) makes this the only reference to
+            // it while it lives (no worker runs while merging).
+            let s = unsafe { &mut *span };
+            let first = self.view.word(slot * ENTRY + 3) as usize;
             for w in 0..s.nelems().div_ceil(64) {
-                let bits = self.view.word(e.bits + w);
+                let bits = self.view.word(first + w);
                 if bits != 0 {
                     let new = s.or_marks(w, bits).count_ones() as usize;
                     objects += new;
                     bytes += new * s.elem_size();
                 }
             }
-        });
-        debug_assert_eq!(seen, self.n, "gc: a span of the mark table left the heap");
-        (objects, bytes)
-    }
-
-    pub(crate) fn release(self, source: &dyn SpanSource) {
-        source.free_span(self.storage);
+        }
+        self.cursor = end;
+        (objects, bytes, end == self.slots)
     }
 }
 
@@ -232,12 +670,16 @@ impl ConcView {
         let key = span.as_ptr().addr() as u64;
         let mut i = slot_of(key, self.mask);
         loop {
-            // SAFETY: slot `i` is within the entries (`i <= mask`), which nobody writes while views are
-            // used (type docs).
-            let e = unsafe { self.words.as_ptr().add(i * ENTRY) };
-            // SAFETY: as above, for the entry's words.
-            let (k, base, meta, bits) =
-                unsafe { (e.read(), e.add(1).read(), e.add(2).read(), e.add(3).read()) };
+            let k = self.word(i * ENTRY);
+            let (base, meta, bits) = if k == key {
+                (
+                    self.word(i * ENTRY + 1),
+                    self.word(i * ENTRY + 2),
+                    self.word(i * ENTRY + 3),
+                )
+            } else {
+                (0, 0, 0)
+            };
             if k == key {
                 return Some(Entry {
                     base,
@@ -255,9 +697,15 @@ impl ConcView {
     }
 
     fn atomic(&self, word: usize) -> &AtomicU64 {
-        // SAFETY: `word` is a bitmap word of the table (an entry's `bits` plus an index below its span's
-        // bitmap length), 8-aligned in the table's pages, accessed only atomically while views are used.
-        unsafe { AtomicU64::from_ptr(self.words.as_ptr().add(word)) }
+        // SAFETY: directory word `word / CHUNK_WORDS` exists (`word` is below the table's words, which
+        // its chunks cover) and is not written while views are used.
+        let base = unsafe { self.words.as_ptr().add(word / CHUNK_WORDS).read() };
+        let at = core::ptr::with_exposed_provenance_mut::<u64>(base as usize)
+            .wrapping_add(word % CHUNK_WORDS);
+        // SAFETY: `at` is word `word % CHUNK_WORDS` of a chunk the table holds (its base was exposed when
+        // listed), 8-aligned; table words are accessed only atomically while views are used (`find`
+        // and `enter` included), and the chunks outlive every view's use.
+        unsafe { AtomicU64::from_ptr(at) }
     }
 
     fn word(&self, word: usize) -> u64 {
@@ -276,90 +724,153 @@ impl ConcView {
     }
 }
 
-/// What a round needs from the heap, copied out of it before the mutator runs.
-pub(crate) struct Round {
-    workers: ConcurrentWorkers,
-    spans: &'static SpanMap,
-    source: &'static (dyn SpanSource + Sync),
-    owner: u32,
-    view: ConcView,
-    clock: Option<fn() -> u64>,
-}
-
-/// What a round did.
-pub(crate) struct RoundOut {
-    pub(crate) scan_work: usize,
-    pub(crate) overflow: bool,
-    pub(crate) lost: bool,
-    pub(crate) cpus: usize,
-    /// The mutator's waits: from the round's start to its closure's, and from its closure's end to the
-    /// workers' (0 when `run` did not run the closure).
-    pub(crate) waits: [u64; 2],
-}
-
-/// Sets a flag when dropped (normally or by unwinding).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Clears `State::concurrent` when dropped.
-struct ConcurrentOff<'a>(&'a State);
-
-impl Drop for ConcurrentOff<'_> {
-    fn drop(&mut self) {
-        self.0.set_concurrent(false);
-    }
-}
-
 impl Inner {
-    /// Starts a concurrent mark's table (mark setup, before the root is shaded); without pages for
-    /// it the cycle marks as an incremental one.
+    /// Starts a concurrent mark's table (mark setup, before the root is shaded): O(span classes), the
+    /// filed spans become pending (spans.rs) and the table is built in slices at the next safe points.
+    /// Without pages for it the cycle marks as an incremental one.
     pub(crate) fn begin_concurrent(&mut self) {
-        if let Some(table) = ConcTable::build(self.marker.source, &self.spans) {
-            self.marker.conc = Some(table.view());
+        let spare = self.conc_spare.take();
+        let (spans, words) = (self.spans.count, self.spans.words);
+        if let Some(table) = ConcTable::new(self.marker.source, spare, spans, words) {
+            self.spans.begin_pending();
+            self.assist_owed = 0;
             self.conc_table = Some(table);
             self.log.concurrent = true;
         }
     }
 
-    /// A round to run the mutator in, if workers are configured, a concurrent mark runs and there is
-    /// grey work for them (which goes into `pool`).
-    pub(crate) fn begin_round(&mut self, pool: &Pool) -> Option<Round> {
-        let workers = self.config.concurrent_workers.filter(|w| w.helpers > 0)?;
-        let view = self.marker.conc.filter(|_| self.marking)?;
-        pool.put_all(&mut self.marker.grey);
-        if pool.looks_empty() {
-            return None;
-        }
-        Some(Round {
-            workers,
-            spans: self.marker.spans,
-            source: self.marker.source,
-            owner: self.marker.owner,
-            view,
-            clock: self.config.clock,
-        })
-    }
-
-    /// Folds a round's results in.
-    pub(crate) fn end_round(&mut self, out: RoundOut) {
-        self.marker.scan_work += out.scan_work;
-        self.marker.overflow |= out.overflow;
-        if out.lost {
-            self.marker.interrupted = true;
-        }
-        self.log.mark_cpus = self.log.mark_cpus.max(out.cpus);
-        self.stats.concurrent_rounds += 1;
-        self.stats.concurrent_scan_bytes += out.scan_work as u64;
-        for w in out.waits {
-            if w != 0 {
-                self.pause_ns(w);
+    /// One bounded slice of the table's work at a safe point (`Preparing`, `Building`, `Merging`):
+    /// `units_wanted` units, else units until `SLICE_NS` have passed (`UNITS` without a clock);
+    /// returns the phase after it (`None`: merged and kept as the spare, or abandoned).
+    pub(crate) fn table_slice(&mut self, units_wanted: Option<usize>) -> Option<TablePhase> {
+        let clock = self.config.clock.filter(|_| units_wanted.is_none());
+        let t0 = clock.map_or(0, |c| c());
+        let mut units = 0;
+        loop {
+            // A chunk taken from the source may cost a page mapping: one per safe point (a step's
+            // units take as many as it asks).
+            let took_chunk = units_wanted.is_none()
+                && self
+                    .conc_table
+                    .as_ref()
+                    .is_some_and(|t| t.phase() == TablePhase::Preparing && t.chunks < t.need);
+            let phase = self.table_unit()?;
+            units += 1;
+            let more = match clock {
+                Some(c) => c().saturating_sub(t0) < SLICE_NS,
+                None => units < units_wanted.unwrap_or(UNITS),
+            };
+            #[cfg(test)]
+            let more = more && !self.table_one_unit;
+            if phase == TablePhase::Open || !more || took_chunk {
+                return Some(phase);
             }
         }
+    }
+
+    /// One unit of `table_slice`.
+    fn table_unit(&mut self) -> Option<TablePhase> {
+        let table = self.conc_table.as_mut()?;
+        match table.phase() {
+            TablePhase::Preparing => match table.prepare_slice(self.marker.source) {
+                Some(true) => {
+                    // Marks of entered spans go to the table too from now on.
+                    self.marker.side = Some(table.view());
+                }
+                Some(false) => {}
+                None => {
+                    // No pages: the mark goes on as an incremental one (every mark is in the spans).
+                    self.spans.end_pending(self.sweepgen);
+                    if let Some(table) = self.conc_table.take() {
+                        table.free(self.marker.source);
+                    }
+                    return None;
+                }
+            },
+            TablePhase::Building => {
+                for _ in 0..SPAN_SLICE {
+                    let Some(mut span) = self.spans.take_pending(self.sweepgen) else {
+                        break;
+                    };
+                    table.enter(&span);
+                    self.spans.registered(&mut span);
+                    self.spans.put_swept(span, self.sweepgen);
+                }
+                if self.spans.pending_count() == 0 {
+                    // The current spans last (they may be filed back, pending, meanwhile): at most one
+                    // per class.
+                    let epoch = self.spans.epoch;
+                    for span in self.spans.current.iter_mut().flatten() {
+                        if span.conc_epoch != epoch {
+                            table.enter(span);
+                            span.conc_epoch = epoch;
+                        }
+                    }
+                    self.spans.end_pending(self.sweepgen);
+                    table.open();
+                    self.marker.side = None;
+                    self.marker.conc = Some(table.view());
+                }
+            }
+            TablePhase::Open => {}
+            TablePhase::Merging => {
+                let (objects, bytes, done) = table.merge_slice(&mut self.spans, SLOT_SLICE);
+                self.marker.marked_objects += objects;
+                self.marker.marked_bytes += bytes;
+                if done {
+                    self.marker.side = None;
+                    self.conc_spare = self.conc_table.take();
+                    return None;
+                }
+            }
+        }
+        self.conc_table.as_ref().map(ConcTable::phase)
+    }
+
+    /// Stops using the workers (the crew is stopped, none inside): folds in what they did.
+    fn fold_workers(&mut self, crew: &Crew) {
+        let done = crew.sh.take_result();
+        self.marker.scan_work += done.scan_work;
+        self.marker.marked_objects += done.marked_objects;
+        self.marker.marked_bytes += done.marked_bytes;
+        self.marker.overflow |= done.overflow;
+        if done.lost {
+            // A worker unwound with grey entries in hand: rescan (mark.rs).
+            self.marker.interrupted = true;
+        }
+        let helpers = self.config.concurrent_workers.map_or(0, |w| w.helpers);
+        self.log.mark_cpus = self.log.mark_cpus.max(done.cpus.min(helpers));
+        self.stats.concurrent_scan_bytes += done.scan_work as u64;
+    }
+
+    /// The open table goes to `Merging` (the crew is stopped, none inside): marks go to the spans from
+    /// now on, a mark in the table still counting.
+    pub(crate) fn begin_merge(&mut self, crew: &Crew) {
+        self.fold_workers(crew);
+        if let Some(table) = self.conc_table.as_mut() {
+            table.begin_merge();
+            self.marker.conc = None;
+            self.marker.side = Some(table.view());
+        }
+    }
+
+    /// Hands the mutator's grey entries to the workers and starts jobs for them (if a concurrent mark
+    /// is open and there is work); returns whether it did anything.
+    pub(crate) fn kick(&mut self, crew: &CrewRef) -> bool {
+        let Some(workers) = self.config.concurrent_workers else {
+            return false;
+        };
+        if !crew.is_open() {
+            return false;
+        }
+        let moved = !self.marker.grey.is_empty();
+        crew.sh.pool.put_all(&mut self.marker.grey);
+        if crew.sh.pool.looks_empty() {
+            return moved;
+        }
+        let n = crew.start_jobs(&workers);
+        self.stats.concurrent_jobs += n as u64;
+        moved || n > 0
     }
 
     /// Assist or step work in a concurrent mark: the mutator's own grey entries, then chunks from the
@@ -373,80 +884,37 @@ impl Inner {
         done
     }
 
-    /// Ends the concurrent part of a mark (no worker runs): merges the side table into the mark bits
-    /// and drains every grey entry left (pool and the mutator's) with the world stopped.
-    pub(crate) fn finish_concurrent(&mut self, pool: &Pool) {
-        if let Some(table) = self.conc_table.take() {
+    /// Ends the concurrent part of a mark at once (termination, or a forced end: `collect`, an
+    /// interrupted cycle): stops the workers (waiting for any still inside, a pause of the caller's),
+    /// folds in what they did, finishes with the table whatever its phase and drains every grey entry
+    /// left (pool and the mutator's) with the world stopped.
+    pub(crate) fn finish_concurrent(&mut self, pool: &Pool, crew: Option<&Crew>) {
+        if let Some(crew) = crew {
+            crew.stop_and_wait();
+            self.fold_workers(crew);
+        }
+        if let Some(mut table) = self.conc_table.take() {
             self.marker.conc = None;
-            let (objects, bytes) = table.merge(&mut self.spans);
-            self.marker.marked_objects += objects;
-            self.marker.marked_bytes += bytes;
-            table.release(self.marker.source);
+            self.marker.side = None;
+            match table.phase() {
+                // Every mark is in the spans (the table holds copies).
+                TablePhase::Preparing | TablePhase::Building => {
+                    self.spans.end_pending(self.sweepgen)
+                }
+                TablePhase::Open | TablePhase::Merging => {
+                    if table.phase() == TablePhase::Open {
+                        table.begin_merge();
+                    }
+                    let (objects, bytes, _) = table.merge_slice(&mut self.spans, usize::MAX);
+                    self.marker.marked_objects += objects;
+                    self.marker.marked_bytes += bytes;
+                }
+            }
+            self.conc_spare = Some(table);
         }
         self.drain_all();
         while pool.take_into(&mut self.marker.grey) {
             self.drain_all();
         }
-    }
-}
-
-impl Round {
-    /// Runs `main` (the mutator's closure) beside the mark workers; returns its result.
-    pub(crate) fn run<T>(self, state: &State, main: impl FnOnce() -> T) -> (T, RoundOut) {
-        let stop = AtomicBool::new(false);
-        let sh = Shared::new(
-            &state.pool,
-            self.spans,
-            self.source,
-            self.owner,
-            Some(&stop),
-            Some(self.view),
-        );
-        let job = |_: usize| par::work(&sh);
-        let now = || self.clock.map_or(0, |c| c());
-        let mut main = Some(main);
-        let mut out = None;
-        let mut times = [0u64; 2];
-        let t0 = now();
-        let ran;
-        {
-            let _off = ConcurrentOff(state);
-            state.set_concurrent(true);
-            let mut call = || {
-                let _stop = SetOnDrop(&stop);
-                if let Some(m) = main.take() {
-                    times[0] = now();
-                    out = Some(m());
-                    times[1] = now();
-                }
-            };
-            (self.workers.run)(self.workers.helpers, &job, &mut call);
-            ran = main.is_none();
-        }
-        let t1 = now();
-        let out = match (out, main.take()) {
-            (Some(o), _) => o,
-            // `run` did not call `main`: every worker is gone, run it plainly.
-            (None, Some(m)) => m(),
-            (None, None) => {
-                panic!("gc: the mutator's closure did not return inside ConcurrentWorkers::run")
-            }
-        };
-        let waits = if ran {
-            [times[0].saturating_sub(t0), t1.saturating_sub(times[1])]
-        } else {
-            [0, 0]
-        };
-        let r = sh.result();
-        (
-            out,
-            RoundOut {
-                scan_work: r.scan_work,
-                overflow: r.overflow,
-                lost: r.lost,
-                cpus: r.cpus,
-                waits,
-            },
-        )
     }
 }

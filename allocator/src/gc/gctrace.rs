@@ -35,9 +35,9 @@ pub struct GcStats {
     pub finalized: u64,
     /// Heap rescans after the grey stack could not grow.
     pub overflow_rescans: u64,
-    /// `mutate` calls that ran beside concurrent mark workers (conc.rs), and the bytes of objects those
-    /// workers scanned.
-    pub concurrent_rounds: u64,
+    /// Mark jobs handed to `ConcurrentWorkers::start` (conc.rs), and the bytes of objects concurrent
+    /// mark workers scanned.
+    pub concurrent_jobs: u64,
     pub concurrent_scan_bytes: u64,
     /// Live bytes marked by the last cycle.
     pub last_live: usize,

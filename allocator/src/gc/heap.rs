@@ -26,7 +26,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
-use super::conc::{ConcTable, ConcurrentWorkers, Round, RoundOut};
+use super::conc::{ConcTable, ConcurrentWorkers, CrewRef, TablePhase};
 use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
@@ -142,12 +142,20 @@ pub(crate) struct Inner {
     pub(crate) slow_alloc: bool,
     /// Bytes allocated (whole spans when cached) not yet paid for with assists or sweeping.
     pub(crate) debt: usize,
+    /// Assist work owed in a concurrent mark: paid at most `alloc::CONC_ASSIST_MAX` per assist, so that
+    /// no single allocation waits long (the workers mark meanwhile).
+    pub(crate) assist_owed: usize,
     pub(crate) stats: GcStats,
     pub(crate) log: CycleLog,
     /// The side mark table of a concurrent mark (conc.rs), from mark setup to termination.
     pub(crate) conc_table: Option<ConcTable>,
+    /// The pages of the last concurrent mark's table, kept for the next one (conc.rs).
+    pub(crate) conc_spare: Option<ConcTable>,
     #[cfg(test)]
     pub(crate) barrier_off: bool,
+    /// One unit of the side table's work per safe point (so that tests see every phase).
+    #[cfg(test)]
+    pub(crate) table_one_unit: bool,
 }
 
 impl Inner {
@@ -183,12 +191,15 @@ pub(crate) struct State {
     inner: UnsafeCell<Inner>,
     busy: Cell<bool>,
     marking: Cell<bool>,
-    /// Mark workers may run on other CPUs now (only during a concurrent round, conc.rs: set before the
-    /// workers start and cleared after they all returned, so it is constant for a whole `mutate` call).
+    /// Mark workers may run on other CPUs now (while a concurrent mark is open, conc.rs: set at the
+    /// safe point that opens it and cleared at the one that stops every worker, so it is constant for a
+    /// whole `mutate` call).
     concurrent: Cell<bool>,
-    /// Grey chunks shared with concurrent mark workers (outside `inner`: workers use it while the
-    /// mutator holds `&mut Inner`).
-    pub(crate) pool: Pool,
+    /// Grey chunks of a heap without concurrent workers (assists and steps take from it; empty).
+    own_pool: Pool,
+    /// The concurrent mark workers' shared state, with the pool they share with the mutator (conc.rs);
+    /// `None` unless the heap is configured for concurrent marking.
+    crew: Option<CrewRef>,
 }
 
 /// Neither `Send` nor `Sync` (see `State`).
@@ -230,6 +241,10 @@ impl State {
         self.concurrent.set(on);
     }
 
+    fn has_crew(&self) -> bool {
+        self.crew.is_some()
+    }
+
     /// The clock (0 without one).
     pub(crate) fn now(&self) -> u64 {
         self.enter().1.now()
@@ -245,9 +260,21 @@ impl State {
         self.inner.get_mut()
     }
 
-    /// The state and the shared pool, at a safe point.
-    pub(crate) fn parts(&mut self) -> (&mut Inner, &Pool) {
-        (self.inner.get_mut(), &self.pool)
+    /// The pool of grey chunks shared with concurrent mark workers (an empty one without them).
+    pub(crate) fn pool(&self) -> &Pool {
+        match &self.crew {
+            Some(c) => &c.sh.pool,
+            None => &self.own_pool,
+        }
+    }
+
+    /// The state, the shared pool and the workers' crew, at a safe point.
+    pub(crate) fn parts(&mut self) -> (&mut Inner, &Pool, Option<&CrewRef>) {
+        let pool = match &self.crew {
+            Some(c) => &c.sh.pool,
+            None => &self.own_pool,
+        };
+        (self.inner.get_mut(), pool, self.crew.as_ref())
     }
 
     pub(crate) fn sync_marking(&mut self) {
@@ -295,9 +322,10 @@ impl<R: Rootable> GcHeap<R> {
         init: impl for<'gc> FnOnce(&'gc Mutation<'gc>) -> R::Root<'gc>,
     ) -> Self {
         let source: &'static (dyn SpanSource + Sync) = heap;
+        let owner = next_heap_id();
         let inner = Inner {
             config,
-            marker: Marker::new(heap.gc_span_map(), source, next_heap_id()),
+            marker: Marker::new(heap.gc_span_map(), source, owner),
             spans: SpanSet::new(),
             pacer: Pacer::new(config.gogc, config.min_heap, config.memory_limit),
             weak: WeakList::new(),
@@ -308,11 +336,15 @@ impl<R: Rootable> GcHeap<R> {
             tiny: (0, 0),
             slow_alloc: config.stress != Stress::None,
             debt: 0,
+            assist_owed: 0,
             stats: GcStats::default(),
             log: CycleLog::default(),
             conc_table: None,
+            conc_spare: None,
             #[cfg(test)]
             barrier_off: false,
+            #[cfg(test)]
+            table_one_unit: false,
         };
         let state = State {
             _single_threaded: SingleThreaded(PhantomData),
@@ -320,7 +352,11 @@ impl<R: Rootable> GcHeap<R> {
             busy: Cell::new(false),
             marking: Cell::new(false),
             concurrent: Cell::new(false),
-            pool: Pool::new(),
+            own_pool: Pool::new(),
+            crew: (config.mode == Mode::Concurrent
+                && config.concurrent_workers.is_some_and(|w| w.helpers > 0))
+            .then(|| CrewRef::new(heap.gc_span_map(), source, owner))
+            .flatten(),
         };
         let root = init(Mutation::new(&state));
         let root = core::mem::ManuallyDrop::new(root);
@@ -335,35 +371,9 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc R::Root<'gc>) -> T,
     ) -> T {
-        let out = match self.begin_round() {
-            Some(round) => {
-                let (state, root) = (&self.state, &self.root);
-                let (out, done) = round.run(state, || f(Mutation::new(state), rebrand::<R>(root)));
-                self.end_round(done);
-                out
-            }
-            None => f(Mutation::new(&self.state), rebrand::<R>(&self.root)),
-        };
+        let out = f(Mutation::new(&self.state), rebrand::<R>(&self.root));
         self.safepoint();
         out
-    }
-
-    /// A concurrent round for the next `mutate` (conc.rs), if one is due. While it runs, a worker that
-    /// unwinds leaves `interrupted` set (the mark then rescans before it ends).
-    fn begin_round(&mut self) -> Option<Round> {
-        let (inner, pool) = self.state.parts();
-        let round = inner.begin_round(pool)?;
-        inner.marker.round_interrupted = Some(inner.marker.interrupted);
-        inner.marker.interrupted = true;
-        Some(round)
-    }
-
-    fn end_round(&mut self, done: RoundOut) {
-        let inner = self.state.get_mut();
-        if let Some(was) = inner.marker.round_interrupted.take() {
-            inner.marker.interrupted = was;
-        }
-        inner.end_round(done);
     }
 
     /// As [`GcHeap::mutate`], with the root mutable (no barrier is needed on it: the root is shaded
@@ -372,19 +382,10 @@ impl<R: Rootable> GcHeap<R> {
         &mut self,
         f: impl for<'gc> FnOnce(&'gc Mutation<'gc>, &'gc mut R::Root<'gc>) -> T,
     ) -> T {
-        let round = self.begin_round();
         let out = {
             // SAFETY: as in `rebrand`: only the brand changes, and the borrow of `self` bounds it.
             let root = unsafe { &mut *core::ptr::from_mut(&mut self.root).cast::<R::Root<'_>>() };
-            let state = &self.state;
-            match round {
-                Some(round) => {
-                    let (out, done) = round.run(state, || f(Mutation::new(state), root));
-                    self.end_round(done);
-                    out
-                }
-                None => f(Mutation::new(state), root),
-            }
+            f(Mutation::new(&self.state), root)
         };
         self.safepoint();
         out
@@ -439,6 +440,22 @@ impl<R: Rootable> GcHeap<R> {
         self.state.get_mut().barrier_off = off;
     }
 
+    /// One unit of a concurrent mark's table work per safe point (conc.rs).
+    #[cfg(test)]
+    pub(crate) fn set_table_one_unit(&mut self, on: bool) {
+        self.state.get_mut().table_one_unit = on;
+    }
+
+    /// Where a concurrent mark's side table is; `None` without one.
+    #[cfg(test)]
+    pub(crate) fn table_phase(&mut self) -> Option<TablePhase> {
+        self.state
+            .get_mut()
+            .conc_table
+            .as_ref()
+            .map(ConcTable::phase)
+    }
+
     /// Caps the grey stack at `chunks` pages, to force overflows.
     #[cfg(test)]
     pub(crate) fn set_grey_limit(&mut self, chunks: usize) {
@@ -454,15 +471,71 @@ impl<R: Rootable> GcHeap<R> {
             _ => {}
         }
         if inner.marking {
-            if inner.marker.grey.is_empty() && self.state.pool.looks_empty() {
-                self.terminate();
-            }
+            self.mark_safepoint();
         } else if inner.cycle_requested {
             match inner.config.mode {
                 Mode::StopTheWorld => self.stw_cycle(false),
                 Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
         }
+    }
+
+    /// A safe point during a mark: one bounded slice of a concurrent mark's table work (conc.rs), the
+    /// hand-over to its workers, the switch to merging, or termination — at most one of them, each a
+    /// pause of its own.
+    fn mark_safepoint(&mut self) {
+        let phase = self
+            .state
+            .get_mut()
+            .conc_table
+            .as_ref()
+            .map(ConcTable::phase);
+        match phase {
+            None => {
+                if self.mark_done() {
+                    self.terminate();
+                }
+            }
+            Some(TablePhase::Open) => {
+                let stopped = self.mark_done();
+                let (inner, _, crew) = self.state.parts();
+                let Some(crew) = crew else { return };
+                let t0 = inner.now();
+                if stopped {
+                    // No worker runs from now on: the table is merged at the next safe points.
+                    inner.begin_merge(crew);
+                    self.state.set_concurrent(false);
+                    self.state.get_mut().pause_end(t0);
+                } else if inner.kick(crew) {
+                    inner.pause_end(t0);
+                }
+            }
+            Some(_) => self.table_work(None),
+        }
+    }
+
+    /// A slice of a concurrent mark's table work (`units` of it, else as many as fit a slice's time,
+    /// conc.rs), a pause; opens the crew when the table is complete.
+    fn table_work(&mut self, units: Option<usize>) {
+        let (inner, _, crew) = self.state.parts();
+        let t0 = inner.now();
+        let opened = inner.table_slice(units) == Some(TablePhase::Open);
+        if let (true, Some(crew), Some(view)) = (opened, crew, inner.marker.conc) {
+            // Workers may mark from now on (the cells' locks go on before the mutator runs again).
+            crew.open(view);
+            inner.kick(crew);
+        }
+        inner.pause_end(t0);
+        if opened {
+            self.state.set_concurrent(true);
+        }
+    }
+
+    /// Whether the mark may terminate now: no grey entry left (the mutator's, the pool's) and no
+    /// concurrent worker marking (they are stopped by this call then, conc.rs).
+    fn mark_done(&mut self) -> bool {
+        let (inner, pool, crew) = self.state.parts();
+        inner.marker.grey.is_empty() && pool.looks_empty() && crew.is_none_or(|c| c.try_stop())
     }
 
     /// A full stop-the-world collection: finishes any cycle in progress, then marks from the root and
@@ -478,15 +551,22 @@ impl<R: Rootable> GcHeap<R> {
     /// runs (terminating it when the grey stack empties), else sweeping; starts a cycle when the
     /// trigger has been reached. Returns the phase afterwards.
     pub fn step(&mut self, budget: usize) -> Phase {
-        let (inner, pool) = self.state.parts();
+        let (inner, pool, _) = self.state.parts();
         let t0 = inner.now();
         if inner.marking {
+            if let Some(TablePhase::Preparing | TablePhase::Building | TablePhase::Merging) =
+                inner.conc_table.as_ref().map(ConcTable::phase)
+            {
+                // A step in a concurrent mark goes to its table first (one unit per 4 KiB of budget):
+                // the sooner the table is built, the sooner workers mark.
+                inner.log.steps += 1;
+                self.table_work(Some((budget / 4096).max(1)));
+                return self.phase();
+            }
             inner.drain_with_pool(pool, budget.max(1));
             inner.log.steps += 1;
             inner.pause_end(t0);
-            if inner.marker.grey.is_empty() && pool.looks_empty() {
-                self.terminate();
-            }
+            self.mark_safepoint();
         } else if inner.spans.unswept_pages > 0 {
             inner.sweep_pages(budget.div_ceil(crate::addr::PAGE_SIZE).max(1));
             inner.pause_end(t0);
@@ -514,8 +594,6 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -527,11 +605,8 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.sweep_all();
         inner.begin_mark();
-        if concurrent
-            && inner.config.mode == Mode::Concurrent
-            && inner.config.concurrent_workers.is_some()
-        {
-            inner.begin_concurrent();
+        if concurrent && inner.config.mode == Mode::Concurrent && self.state.has_crew() {
+            self.state.get_mut().begin_concurrent();
         }
         // The barrier goes on with the mark, before any user code (the root's `Trace`) runs.
         self.state.sync_marking();
@@ -562,8 +637,6 @@ impl<R: Rootable> GcHeap<R> {
         let inner = self.state.get_mut();
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
         self.end_cycle();
         self.state.get_mut().pause_end(t0);
     }
@@ -575,9 +648,12 @@ impl<R: Rootable> GcHeap<R> {
     /// point tries again); `end_mark` and the barrier's switch run no user code; the trace sink runs
     /// last, with the state consistent.
     fn end_cycle(&mut self) {
-        // A concurrent mark's side table is merged (and what is grey drained) before anything else.
-        let (inner, pool) = self.state.parts();
-        inner.finish_concurrent(pool);
+        // A concurrent mark's workers are stopped, its side table merged (and what is grey drained)
+        // before anything else.
+        let (inner, pool, crew) = self.state.parts();
+        inner.finish_concurrent(pool, crew.map(|c| &**c));
+        self.state.set_concurrent(false);
+        let inner = self.state.get_mut();
         let root = rebrand::<R>(&self.root);
         if inner.marker.interrupted {
             // A scan was cut short by a panic: the root (this trace) and every marked object (the
@@ -612,12 +688,18 @@ fn rebrand<'a, R: Rootable>(root: &'a R::Root<'static>) -> &'a R::Root<'a> {
 impl<R: Rootable> Drop for GcHeap<R> {
     fn drop(&mut self) {
         // Every object still allocated is finalized once and every span goes back to the page heap.
-        let (inner, pool) = self.state.parts();
+        let (inner, pool, crew) = self.state.parts();
         let source = inner.marker.source;
+        if let Some(crew) = crew {
+            crew.stop_and_wait();
+        }
         pool.release(source);
         inner.marker.conc = None;
         if let Some(table) = inner.conc_table.take() {
-            table.release(source);
+            table.free(source);
+        }
+        if let Some(spare) = inner.conc_spare.take() {
+            spare.free(source);
         }
         inner.release_all();
     }

@@ -57,8 +57,10 @@ pub(crate) struct Marker {
     /// A concurrent mark's side table (conc.rs): while set, every shade marks there (atomically) and
     /// reads no span struct, whether by a worker or by the mutator.
     pub(crate) conc: Option<ConcView>,
-    /// `interrupted` from before a concurrent round, which sets it for its length (heap.rs).
-    pub(crate) round_interrupted: Option<bool>,
+    /// A concurrent mark's side table while it is built or merged (conc.rs), when marks go to the
+    /// spans: an object marked in the table counts as marked, and a mark set here is set there too if
+    /// the span is entered.
+    pub(crate) side: Option<ConcView>,
 }
 
 impl Marker {
@@ -70,7 +72,7 @@ impl Marker {
         Self {
             shared: false,
             conc: None,
-            round_interrupted: None,
+            side: None,
             spans,
             source,
             owner,
@@ -216,9 +218,18 @@ impl Marker {
                 return;
             }
         } else {
-            if !s.mark(idx) {
+            if s.is_marked(idx) {
                 return;
             }
+            if let Some(side) = self.side {
+                if let Some(e) = side.find(span) {
+                    if !side.mark(&e, idx) {
+                        // Marked in the side table (by a worker): merged into the span later.
+                        return;
+                    }
+                }
+            }
+            s.mark(idx);
             self.marked_bytes += s.elem_size();
             self.marked_objects += 1;
         }

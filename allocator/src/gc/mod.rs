@@ -75,7 +75,7 @@
 //! stop-the-world mode) are drained by workers on other CPUs too, with atomic mark bits and a shared
 //! pool of grey chunks (par.rs); incremental steps and assists mark on the heap's CPU. Concurrent
 //! marking ([`Mode::Concurrent`] with [`GcConfig::concurrent_workers`], [`ConcurrentWorkers`]): mark
-//! workers on other CPUs drain the grey set while the mutator runs each `mutate` closure on its own
+//! workers on other CPUs drain the grey set while the mutator runs (jobs handed out at safe points)
 //! (conc.rs); `Trace` impls then run beside the mutator (their contract, trace.rs, says what they may
 //! read), and cells take locks (cell.rs).
 //!
@@ -107,7 +107,7 @@ mod weak;
 mod workbuf;
 
 pub use cell::{GcCell, GcRefCell, GcRefMut};
-pub use conc::ConcurrentWorkers;
+pub use conc::{ConcurrentWorkers, MarkJob};
 pub use gctrace::GcStats;
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};

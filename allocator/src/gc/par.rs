@@ -23,11 +23,11 @@
 //!   `run` cannot keep a job past its return (the job borrows the caller's frame).
 //! - `Trace` impls run on the workers' CPUs, at the same time as other objects' (the `Trace` contract
 //!   in trace.rs).
-//! - The same workers run the rounds of a concurrent mark (conc.rs) beside the mutator: there they mark
-//!   in the side table (`Shared::conc`, no span struct touched), share the heap's persistent pool, and
-//!   leave when `stop` is set (putting their grey entries back in the pool) or the pool runs dry; the
-//!   first invariant above is then conc.rs's to keep.
-
+//! - The same workers run the jobs of a concurrent mark (conc.rs) beside the mutator: there they mark
+//!   in the side table (`work`'s `conc`, no span struct touched), share the pool of the heap's crew
+//!   (whose `Shared` lives in pages of its own), and leave when `stop` is set (putting their grey
+//!   entries back in the pool) or the pool runs dry; the first invariant above is then conc.rs's to
+//!   keep, and a job's counters are read only once the crew is stopped with no worker inside.
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::conc::ConcView;
@@ -69,17 +69,15 @@ impl MarkWorkers {
 /// Scans between looks at the other workers (sharing work, handing over full chunks).
 const SHARE_EVERY: usize = 32;
 
-/// What the workers of one parallel drain (or one concurrent round, conc.rs) share.
-pub(crate) struct Shared<'a> {
-    pool: &'a Pool,
+/// What the workers of one parallel drain (or of a concurrent mark, conc.rs) share.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
     spans: &'static SpanMap,
     source: &'static (dyn SpanSource + Sync),
     owner: u32,
-    /// Set when the workers of a concurrent round must stop (they put their grey entries back in the
-    /// pool); `None` in a stop-the-world drain.
-    stop: Option<&'a AtomicBool>,
-    /// The side mark table of a concurrent mark: workers mark there, not in spans (conc.rs).
-    conc: Option<ConcView>,
+    /// Set when the workers of a concurrent mark must stop (they put their grey entries back in the
+    /// pool); never set in a stop-the-world drain.
+    pub(crate) stop: AtomicBool,
     /// Workers holding grey entries.
     busy: AtomicUsize,
     /// Workers waiting for work.
@@ -87,7 +85,7 @@ pub(crate) struct Shared<'a> {
     marked_bytes: AtomicUsize,
     marked_objects: AtomicUsize,
     scan_work: AtomicUsize,
-    /// Workers that scanned at least one object.
+    /// Workers (jobs) that scanned at least one object.
     workers: AtomicUsize,
     overflow: AtomicBool,
     /// A worker unwound with grey entries in hand (they are lost: the mark must rescan).
@@ -104,22 +102,20 @@ pub(crate) struct Done {
     pub(crate) lost: bool,
 }
 
-impl<'a> Shared<'a> {
+impl Shared {
+    /// `stopped`: the value of `stop` to begin with.
     pub(crate) fn new(
-        pool: &'a Pool,
         spans: &'static SpanMap,
         source: &'static (dyn SpanSource + Sync),
         owner: u32,
-        stop: Option<&'a AtomicBool>,
-        conc: Option<ConcView>,
+        stopped: bool,
     ) -> Self {
         Shared {
-            pool,
+            pool: Pool::new(),
             spans,
             source,
             owner,
-            stop,
-            conc,
+            stop: AtomicBool::new(stopped),
             busy: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             marked_bytes: AtomicUsize::new(0),
@@ -132,17 +128,19 @@ impl<'a> Shared<'a> {
     }
 
     fn stopped(&self) -> bool {
-        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+        self.stop.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn result(&self) -> Done {
+    /// What the workers did since the last call (their counters are reset): call it with no worker
+    /// running.
+    pub(crate) fn take_result(&self) -> Done {
         Done {
-            marked_bytes: self.marked_bytes.load(Ordering::Relaxed),
-            marked_objects: self.marked_objects.load(Ordering::Relaxed),
-            scan_work: self.scan_work.load(Ordering::Relaxed),
-            cpus: self.workers.load(Ordering::Relaxed),
-            overflow: self.overflow.load(Ordering::Relaxed),
-            lost: self.lost.load(Ordering::SeqCst),
+            marked_bytes: self.marked_bytes.swap(0, Ordering::Relaxed),
+            marked_objects: self.marked_objects.swap(0, Ordering::Relaxed),
+            scan_work: self.scan_work.swap(0, Ordering::Relaxed),
+            cpus: self.workers.swap(0, Ordering::Relaxed),
+            overflow: self.overflow.swap(false, Ordering::Relaxed),
+            lost: self.lost.swap(false, Ordering::SeqCst),
         }
     }
 }
@@ -157,10 +155,11 @@ impl Drop for ReleasePool<'_> {
     }
 }
 
-/// One mark worker's life: drains the pool until the mark is over (or the round stops).
-pub(crate) fn work(sh: &Shared<'_>) {
+/// One mark worker's life: drains the pool until the mark is over (or, in a concurrent mark, `stop` is
+/// set or the pool runs dry). `conc`: the side table a concurrent mark's workers mark in (conc.rs).
+pub(crate) fn work(sh: &Shared, conc: Option<ConcView>) {
     let mut m = Marker::new_shared(sh.spans, sh.source, sh.owner);
-    m.conc = sh.conc;
+    m.conc = conc;
     let mut w = Worker {
         sh,
         m,
@@ -173,7 +172,7 @@ pub(crate) fn work(sh: &Shared<'_>) {
 
 /// A worker's state; gives its chunks back and leaves the counts if it unwinds.
 struct Worker<'a> {
-    sh: &'a Shared<'a>,
+    sh: &'a Shared,
     m: Marker,
     busy: bool,
     idle: bool,
@@ -237,12 +236,13 @@ impl Worker<'_> {
             while let Some(obj) = self.m.grey.pop(self.sh.source) {
                 // SAFETY: only allocated objects of scan spans are pushed (`shade`), and every allocated
                 // slot is initialized while the mutator is stopped (alloc.rs) — or, in a concurrent
-                // round, was initialized before the `Gc` that led here was published (conc.rs).
+                // mark, was initialized before the `Gc` that led here was published (conc.rs).
                 self.m.scan_work += self.m.scan(unsafe { Headed::new(obj) });
                 n += 1;
                 if n % SHARE_EVERY == 0 {
                     if self.sh.stopped() {
-                        // The round is over: the rest waits in the pool for the next one.
+                        // The workers must stop: the rest waits in the pool (for the mutator's
+                        // termination, or the next jobs).
                         self.sh.pool.put_all(&mut self.m.grey);
                         break;
                     }
@@ -297,17 +297,16 @@ impl Inner {
             }
         };
         let m = &mut self.marker;
-        let pool = Pool::new();
-        let _release = ReleasePool(&pool, m.source);
-        let sh = Shared::new(&pool, m.spans, m.source, m.owner, None, None);
+        let sh = Shared::new(m.spans, m.source, m.owner, false);
+        let _release = ReleasePool(&sh.pool, m.source);
         sh.pool.put_all(&mut m.grey);
         if sh.pool.is_empty() {
             return;
         }
-        let job = |_: usize| work(&sh);
+        let job = |_: usize| work(&sh, None);
         // `run` may panic (a worker's `Trace` impl): `interrupted` then stays set and the mark rescans.
         m.scanning(|_| (workers.run)(workers.helpers, &job));
-        let done = sh.result();
+        let done = sh.take_result();
         if done.lost {
             m.interrupted = true;
         }

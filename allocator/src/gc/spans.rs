@@ -6,7 +6,9 @@
 //!   `partial[class][set]` (has a free slot) or in `full[class][set]`. Large spans are always "full".
 //! - Set `swept(h) = (h / 2) % 2` holds spans swept in this cycle (sweepgen `h`), the other set spans
 //!   still to sweep (sweepgen `h - 2`). Adding 2 to `h` at mark termination turns every swept span into
-//!   an unswept one without touching the lists (Go's trick).
+//!   an unswept one without touching the lists (Go's trick). Exception: while a concurrent mark builds
+//!   its side table (`building`, conc.rs), the unswept set's lists hold swept spans still *pending*
+//!   (not yet in the table) and nothing takes unswept spans; `end_pending` files the rest back.
 //! - Current spans are swept and cached (sweepgen `h + 3`); they are put back on the lists (sweepgen `h`)
 //!   before `h` grows, so no span is allocated from while unswept.
 //! - `pages` counts the pages of all spans; `unswept_pages` those in the unswept set.
@@ -106,6 +108,20 @@ pub(crate) struct SpanSet {
     pub(crate) unswept_pages: usize,
     /// Next class the background sweeper looks at.
     cursor: usize,
+    /// Spans, and the words of one bitmap of one bit per object over all of them: a concurrent mark's
+    /// side table size (conc.rs).
+    pub(crate) count: usize,
+    pub(crate) words: usize,
+    /// While a concurrent mark builds its side table (conc.rs, "Building the table"): the number of
+    /// spans of the snapshot not yet in the table that are filed. They are filed in the unswept set's
+    /// lists, which are empty while a mark runs (its sweep was finished first); nothing takes an
+    /// unswept span while `building` is set. A span is pending exactly when `building` is set and its
+    /// `conc_epoch` is not `epoch`.
+    pending_count: usize,
+    building: bool,
+    pub(crate) epoch: u32,
+    /// Next class `take_pending` looks at.
+    pending_cursor: usize,
 }
 
 impl SpanSet {
@@ -117,14 +133,102 @@ impl SpanSet {
             pages: 0,
             unswept_pages: 0,
             cursor: 0,
+            count: 0,
+            words: 0,
+            pending_count: 0,
+            building: false,
+            epoch: 0,
+            pending_cursor: 0,
         }
+    }
+
+    /// Counts a span the collector just took from its source (not filed yet).
+    pub(crate) fn joined(&mut self, span: &mut Span) {
+        self.pages += span.npages().0;
+        self.count += 1;
+        self.words += span.nelems().div_ceil(64);
+        // Taken during a mark: not of its snapshot (its objects are all allocated black).
+        span.conc_epoch = self.epoch;
+    }
+
+    /// Uncounts a span about to go back to the source.
+    pub(crate) fn left(&mut self, span: &Span) {
+        self.pages -= span.npages().0;
+        self.count -= 1;
+        self.words -= span.nelems().div_ceil(64);
+    }
+
+    /// Whether `span` is a snapshot span not yet in the side table being built.
+    pub(crate) fn is_pending(&self, span: &Span) -> bool {
+        self.building && span.conc_epoch != self.epoch
+    }
+
+    /// Starts building a concurrent mark's side table (conc.rs): every filed span becomes pending (the
+    /// swept set's lists are swapped into the empty unswept set's, not walked); current spans are
+    /// pending too until entered.
+    pub(crate) fn begin_pending(&mut self) {
+        debug_assert!(!self.building && self.pending_count == 0 && self.unswept_pages == 0);
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        self.building = true;
+        self.pending_cursor = 0;
+        for c in 0..NUM_SPAN_CLASSES {
+            self.partial[c].swap(0, 1);
+            self.full[c].swap(0, 1);
+        }
+        self.pending_count = self.count - self.current.iter().flatten().count();
+    }
+
+    /// A pending filed span, unlinked (the builder's walk); `None` when none is left.
+    pub(crate) fn take_pending(&mut self, h: u32) -> Option<GcSpan> {
+        let set = 1 - swept_set(h);
+        while self.pending_cursor < NUM_SPAN_CLASSES {
+            let c = self.pending_cursor;
+            if let Some(s) = self.partial[c][set]
+                .pop()
+                .or_else(|| self.full[c][set].pop())
+            {
+                self.pending_count -= 1;
+                return Some(Self::unlinked(s));
+            }
+            self.pending_cursor += 1;
+        }
+        None
+    }
+
+    /// Marks `span` as in the side table (it is filed as an ordinary span from now on).
+    pub(crate) fn registered(&self, span: &mut Span) {
+        span.conc_epoch = self.epoch;
+    }
+
+    /// Filed pending spans left.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending_count
+    }
+
+    /// Ends the building (done, or abandoned): any pending span left is filed as an ordinary one.
+    pub(crate) fn end_pending(&mut self, h: u32) {
+        self.building = false;
+        self.pending_cursor = 0;
+        while let Some(s) = self.take_pending(h) {
+            self.put_swept(s, h);
+        }
+        debug_assert_eq!(self.pending_count, 0);
     }
 
     /// Files a swept span (not current) under the swept set of `h`.
     pub(crate) fn put_swept(&mut self, mut span: GcSpan, h: u32) {
         span.sweepgen = h;
         let (c, set) = (span.class().index(), swept_set(h));
-        let list = if span.is_full() || span.class().is_large() {
+        let full = span.is_full() || span.class().is_large();
+        let set = if self.is_pending(&span) {
+            self.pending_count += 1;
+            // The builder may have passed this class already.
+            self.pending_cursor = self.pending_cursor.min(c);
+            1 - set
+        } else {
+            set
+        };
+        let list = if full {
             &mut self.full[c][set]
         } else {
             &mut self.partial[c][set]
@@ -142,13 +246,24 @@ impl SpanSet {
 
     /// A swept span of `class` with a free slot, if one is filed.
     pub(crate) fn take_swept_partial(&mut self, class: SpanClass, h: u32) -> Option<GcSpan> {
-        self.partial[class.index()][swept_set(h)]
-            .pop()
-            .map(Self::unlinked)
+        if let Some(s) = self.partial[class.index()][swept_set(h)].pop() {
+            return Some(Self::unlinked(s));
+        }
+        // A pending one (it stays pending while current, and is filed back as one).
+        if !self.building {
+            return None;
+        }
+        let s = self.partial[class.index()][1 - swept_set(h)].pop()?;
+        self.pending_count -= 1;
+        Some(Self::unlinked(s))
     }
 
     /// An unswept span of `class`, partial ones first (they are likelier to have room).
     pub(crate) fn take_unswept(&mut self, class: SpanClass, h: u32) -> Option<GcSpan> {
+        if self.building {
+            // The unswept lists hold pending spans (swept ones) while a table is built.
+            return None;
+        }
         let (c, set) = (class.index(), 1 - swept_set(h));
         let span = self.partial[c][set]
             .pop()
@@ -187,22 +302,6 @@ impl SpanSet {
                 // SAFETY: listed spans are the collector's and have no handle (`put_swept`); `&self` keeps
                 // the lists, hence every span in them, unchanged while `f` looks.
                 list.iter().for_each(|s| f(unsafe { s.as_ref() }));
-            }
-        }
-    }
-
-    /// Every span, current and filed, mutably (to merge a concurrent mark's side bits, conc.rs). The set
-    /// itself does not change meanwhile.
-    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Span)) {
-        for s in self.current.iter_mut().flatten() {
-            f(s);
-        }
-        for lists in self.partial.iter().chain(self.full.iter()) {
-            for list in lists {
-                // SAFETY: listed spans are the collector's and have no handle (`put_swept`); `&mut self`
-                // makes this the only access to them, and the iterator has read a span's link before
-                // `f` gets it (`SpanList::iter`), so `f`'s reference is the only one while it lives.
-                list.iter().for_each(|s| f(unsafe { &mut *s.as_ptr() }));
             }
         }
     }

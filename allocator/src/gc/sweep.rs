@@ -126,7 +126,7 @@ impl Inner {
             s = guard.span.take().expect("held");
         }
         if s.is_empty() && !keep {
-            self.spans.pages -= s.npages().0;
+            self.spans.left(&s);
             self.stats.spans_freed += 1;
             let goal = self.pacer.goal;
             self.marker

@@ -32,7 +32,7 @@ use spin::Once;
 use trampoline::Trampoline;
 use x86_64::PhysAddr;
 
-pub use work::{run_on, run_on_all};
+pub use work::{post, run_on, run_on_all};
 
 /// How long an AP may take from its STARTUP IPI to checking in. Generous: under TCG on a loaded host a
 /// vCPU thread may wait a while for a core.

@@ -1,5 +1,6 @@
 //! Putting the CPUs to work: [`run_on`] runs a closure on a chosen set of online CPUs at once (the boot
-//! CPU included, if chosen) and returns when all are done. Between jobs the application processors halt
+//! CPU included, if chosen) and returns when all are done; [`post`] hands one AP a task to run when it is
+//! next idle, and returns at once. Between jobs the application processors halt
 //! with interrupts enabled (their timers keep ticking), and a wake-up IPI brings them to the next job.
 //!
 //! Invariants:
@@ -8,10 +9,12 @@
 //! - Every online AP acknowledges every generation (running the closure only if it is a target), and
 //!   `run_on` returns only after all acknowledged. So the job, on `run_on`'s stack, outlives every use, and
 //!   no AP can still be looking at one generation when the next is published.
+//! - A posted task is a plain `fn` (no borrowed data): it may run any time after `post`, so it reaches
+//!   what it needs through statics. An AP runs it between `run_on` jobs (so a `run_on` waits for it).
 
 use super::{bits, online_mask};
 use crate::{apic, percpu};
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use x86_64::instructions::interrupts;
 use x86_64::structures::idt::InterruptStackFrame;
 
@@ -29,6 +32,50 @@ struct Job {
 
 static JOB: AtomicPtr<Job> = AtomicPtr::new(core::ptr::null_mut());
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// One AP's posted task ([`post`]); `waiting` says (without the lock) that `task` holds one.
+struct Posted {
+    waiting: AtomicBool,
+    task: spin::Mutex<Option<fn(usize)>>,
+}
+
+static POSTED: [Posted; percpu::MAX_CPUS] = [const {
+    Posted {
+        waiting: AtomicBool::new(false),
+        task: spin::Mutex::new(None),
+    }
+}; percpu::MAX_CPUS];
+
+/// Has the online AP `cpu` run `task(cpu)` when it is next idle (after the `run_on` job it may be in),
+/// and returns at once. False (nothing posted) if `cpu` is not an online AP or has a task waiting
+/// already.
+pub fn post(cpu: usize, task: fn(usize)) -> bool {
+    if cpu == 0 || cpu >= percpu::MAX_CPUS || online_mask() & (1 << cpu) == 0 {
+        return false;
+    }
+    {
+        let mut slot = POSTED[cpu].task.lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(task);
+        POSTED[cpu].waiting.store(true, Ordering::Release);
+    }
+    let apic_id = percpu::get(cpu).apic_id.load(Ordering::Relaxed);
+    apic::send_fixed(apic_id, WAKE_VECTOR)
+        .unwrap_or_else(|err| panic!("smp: waking CPU {cpu}: {err}"));
+    true
+}
+
+/// The task posted to this CPU, if any (taken: it runs once).
+fn take_posted(me: usize) -> Option<fn(usize)> {
+    if !POSTED[me].waiting.load(Ordering::Acquire) {
+        return None;
+    }
+    let task = POSTED[me].task.lock().take();
+    POSTED[me].waiting.store(false, Ordering::Release);
+    task
+}
 
 /// # Safety
 /// `data` points to a live `F`.
@@ -98,11 +145,18 @@ pub(super) fn idle_loop() -> ! {
         // right after `sti; hlt` starts (sti's one-instruction shadow), so it cannot be missed.
         interrupts::disable();
         let generation = GENERATION.load(Ordering::Acquire);
-        if generation == seen {
+        if generation == seen && !POSTED[me].waiting.load(Ordering::Acquire) {
             interrupts::enable_and_hlt();
             continue;
         }
         interrupts::enable();
+        if let Some(task) = take_posted(me) {
+            task(me);
+            continue;
+        }
+        if generation == seen {
+            continue;
+        }
         seen = generation;
         let job = JOB.load(Ordering::Acquire);
         // SAFETY: a new generation's job stays alive until this CPU acknowledges it (module invariants).

@@ -285,48 +285,26 @@ pub fn gc_parallel_64mib(_ctx: &mut TestCtx) {
     log::info!("parallel marks ran on {cpus} CPUs");
 }
 
-fn counting_concurrent_workers(
-    helpers: usize,
-    job: &(dyn Fn(usize) + Sync),
-    main: &mut dyn FnMut(),
-) {
-    let workers = crate::gc::concurrent_workers().expect("more than one CPU");
-    (workers.run)(
-        helpers,
-        &|cpu| {
-            MARK_CPUS.fetch_or(1 << cpu, Ordering::Relaxed);
-            job(cpu);
-        },
-        main,
-    );
-}
-
-/// Concurrent marking: mark workers on the 3 APs beside the mutator on the boot CPU, checkmark on.
+/// Concurrent marking: mark jobs on the 3 APs beside the mutator on the boot CPU, checkmark on.
 pub fn gc_concurrent_64mib(_ctx: &mut TestCtx) {
     let workers = crate::gc::concurrent_workers().expect("more than one CPU");
-    MARK_CPUS.store(0, Ordering::Relaxed);
-    let stats = managed_64mib_with(
-        Mode::Concurrent,
-        true,
-        None,
-        Some(ConcurrentWorkers {
-            run: counting_concurrent_workers,
-            ..workers
-        }),
-    );
-    let cpus = MARK_CPUS.load(Ordering::Relaxed).count_ones() as usize;
+    crate::gc::CONCURRENT_JOB_CPUS.store(0, Ordering::Relaxed);
+    let stats = managed_64mib_with(Mode::Concurrent, true, None, Some(workers));
+    let cpus = crate::gc::CONCURRENT_JOB_CPUS
+        .load(Ordering::Relaxed)
+        .count_ones() as usize;
     assert_eq!(
         cpus,
         smp::online_count() - 1,
         "concurrent mark jobs ran on {cpus} APs"
     );
     assert!(
-        stats.concurrent_rounds > 0 && stats.concurrent_scan_bytes > 0,
+        stats.concurrent_jobs > 0 && stats.concurrent_scan_bytes > 0,
         "no marking beside the mutator: {stats:?}"
     );
     log::info!(
-        "concurrent marks: {} rounds beside the mutator, {} MiB scanned by workers on {cpus} APs",
-        stats.concurrent_rounds,
+        "concurrent marks: {} jobs beside the mutator, {} MiB scanned by workers on {cpus} APs",
+        stats.concurrent_jobs,
         stats.concurrent_scan_bytes >> 20
     );
 }

@@ -1,12 +1,13 @@
 //! Concurrent marking (conc.rs) on host threads: a mutator that keeps rewriting cells and growing and
 //! shrinking `GcRefCell<Vec<_>>`s while workers trace them, checked against a model after every round
-//! and by the checkmark after every mark; whatever `run` does with the jobs and the mutator's closure,
-//! the mark is complete. The model test has a concurrent variant too (model.rs).
+//! and by the checkmark after every mark; whatever `start` does with the jobs (run them at once, late,
+//! after the heap is gone, never; a worker that panics), the mark is complete. The model test has a concurrent variant too (model.rs).
 
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use super::{config, now_ns, span_heap, take_finalized, Probe};
+use crate::gc::conc::TablePhase;
 use crate::gc::*;
 
 /// An item: its id and a link to another item (rewired by the mutator while workers run).
@@ -231,6 +232,84 @@ fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcS
     gc.stats()
 }
 
+/// The mutator runs through every phase of the side table (preparing, building, open, merging; one
+/// unit of its work per safe point) rewriting cells, moving items and taking new spans in each, with
+/// workers on; the model after every `mutate` and the checkmark after every mark find nothing lost.
+#[test]
+fn mutations_in_every_table_phase_lose_nothing() {
+    let (items, _, ops) = sizes();
+    // Under Miri a small heap: its fake memory is what the process's memory is made of.
+    let mut gc: GcHeap<Bags> = GcHeap::new(
+        span_heap(if cfg!(miri) { 64 } else { 256 }),
+        concurrent_config(ConcurrentWorkers::threads(1)),
+        |mc| {
+            core::array::from_fn(|_| {
+                GcCell::new(Some(Gc::new(
+                    mc,
+                    Bag {
+                        items: GcRefCell::new(Vec::new()),
+                    },
+                )))
+            })
+        },
+    );
+    gc.set_table_one_unit(true);
+    take_finalized();
+    let mut m = Model::default();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    gc.mutate(|mc, root| {
+        for id in 0..items {
+            let b = (id % BAGS as u64) as usize;
+            let bag = root[b].get().unwrap();
+            let link = bag.items.borrow().last().copied();
+            bag.items.borrow_mut(mc).push(item(mc, id, link));
+            m.bags[b].push(id);
+            m.links.insert(id, link.map(|l| l.id));
+        }
+    });
+    m.next = items;
+    gc.collect();
+    for _ in 0..2 {
+        gc.start_cycle();
+        let mut seen = Vec::new();
+        let spans_before = gc.stats().pages;
+        let mut look = |gc: &mut GcHeap<Bags>| {
+            if let Some(p) = gc.table_phase() {
+                if seen.last() != Some(&p) {
+                    seen.push(p);
+                }
+            }
+        };
+        // Every safe point may change the phase: look after each.
+        while gc.phase() == Phase::Marking {
+            look(&mut gc);
+            mutate(&mut gc, &mut m, &mut rng, ops / 4);
+            look(&mut gc);
+            // A large object: a span taken from the source in every phase.
+            gc.mutate(|mc, _| assert_eq!(Gc::new(mc, [7u64; 8192])[8191], 7));
+            look(&mut gc);
+            check(&mut gc, &m);
+        }
+        assert_eq!(
+            seen,
+            [
+                TablePhase::Preparing,
+                TablePhase::Building,
+                TablePhase::Open,
+                TablePhase::Merging
+            ],
+            "the table's phases"
+        );
+        assert!(
+            gc.stats().pages > spans_before,
+            "no span was taken during the mark"
+        );
+    }
+    gc.collect();
+    check(&mut gc, &m);
+    assert!(gc.stats().concurrent_jobs > 0);
+}
+
 fn sizes() -> (u64, usize, usize) {
     if cfg!(miri) {
         (24, 6, 12)
@@ -245,58 +324,102 @@ fn concurrent_marks_keep_everything_reachable() {
     let stats = run(ConcurrentWorkers::threads(2), items, rounds, ops);
     assert!(stats.cycles >= 3, "only {} cycles", stats.cycles);
     assert!(
-        stats.concurrent_rounds > 0 && stats.concurrent_scan_bytes > 0,
+        stats.concurrent_jobs > 0 && stats.concurrent_scan_bytes > 0,
         "the workers never marked beside the mutator: {stats:?}"
     );
 }
 
-static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Jobs a `start` kept instead of running them (run after their heap is gone).
+static KEPT: std::sync::Mutex<Vec<MarkJob>> = std::sync::Mutex::new(Vec::new());
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[test]
 #[cfg_attr(
     miri,
     ignore = "three heaps: Miri's memory (the small version above runs under Miri)"
 )]
-fn whatever_run_does_the_mark_is_complete() {
-    fn nothing(_: usize, _: &(dyn Fn(usize) + Sync), _: &mut dyn FnMut()) {
-        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+fn whatever_start_does_the_mark_is_complete() {
+    fn drop_it(job: MarkJob) {
+        STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(job);
     }
-    fn jobs_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-        for i in 1..=helpers {
-            job(i);
-        }
-        main();
+    fn at_once(job: MarkJob) {
+        STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        job.run();
     }
-    fn main_first_twice(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-        main();
-        main();
-        std::thread::scope(|s| {
-            for i in 1..=helpers {
-                s.spawn(move || job(i));
-                s.spawn(move || job(i));
-            }
-        });
+    fn keep(job: MarkJob) {
+        STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        KEPT.lock().unwrap().push(job);
     }
     let (items, rounds, ops) = sizes();
-    for run_fn in [nothing, jobs_first, main_first_twice] {
+    for start in [drop_it, at_once, keep] {
         run(
-            ConcurrentWorkers {
-                helpers: 2,
-                run: run_fn,
-            },
+            ConcurrentWorkers { helpers: 2, start },
             items / 4,
             rounds / 4,
             ops,
         );
         take_finalized();
     }
-    assert!(RUNS.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(STARTS.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    // The kept jobs outlived their heap: they hold the workers' shared state, see that no mark is
+    // open and return at once.
+    let kept = std::mem::take(&mut *KEPT.lock().unwrap());
+    assert_eq!(kept.len(), 2, "the heap kept asking for more jobs");
+    for job in kept {
+        job.run();
+    }
 }
 
-/// The mutator's pauses in a concurrent mark are recorded: the clock runs, and rounds record waits.
+/// A job run late, after its mark ended and its heap is gone, does nothing (under Miri: nothing freed
+/// is touched).
+#[test]
+fn a_mark_job_run_after_its_heap_is_gone_does_nothing() {
+    fn keep(job: MarkJob) {
+        LATE.lock().unwrap().push(job);
+    }
+    static LATE: std::sync::Mutex<Vec<MarkJob>> = std::sync::Mutex::new(Vec::new());
+    let mut gc: GcHeap<Bags> = GcHeap::new(
+        span_heap(64),
+        concurrent_config(ConcurrentWorkers {
+            helpers: 1,
+            start: keep,
+        }),
+        |mc| {
+            core::array::from_fn(|_| {
+                GcCell::new(Some(Gc::new(
+                    mc,
+                    Bag {
+                        items: GcRefCell::new(Vec::new()),
+                    },
+                )))
+            })
+        },
+    );
+    gc.start_cycle();
+    // Safe points until the table is built and the workers get the root's grey objects.
+    for _ in 0..100 {
+        gc.mutate(|mc, root| root[0].set(mc, None));
+        if gc.stats().concurrent_jobs > 0 {
+            break;
+        }
+    }
+    gc.collect();
+    let stats = gc.stats();
+    drop(gc);
+    take_finalized();
+    let late = std::mem::take(&mut *LATE.lock().unwrap());
+    assert_eq!(late.len(), 1, "one job handed out: {stats:?}");
+    assert_eq!(stats.concurrent_jobs, 1);
+    for job in late {
+        job.run();
+    }
+}
+
+/// The mutator's pauses in a concurrent mark are recorded (the clock runs).
 #[test]
 #[cfg_attr(miri, ignore = "timing only")]
-fn concurrent_rounds_record_pauses() {
+fn concurrent_jobs_record_pauses() {
     let (items, rounds, ops) = sizes();
     let stats = run(ConcurrentWorkers::threads(1), items / 4, rounds / 4, ops);
     assert!(stats.pauses > 0 && stats.pause_total_ns > 0);
@@ -322,17 +445,19 @@ unsafe impl Trace for Split<'_> {
     }
 }
 
-/// A `Trace` impl panics on a worker during a round: whether the panic reaches `mutate`'s caller
-/// (`propagates`) or `run` swallows it, the mark rescans before it ends (checkmark on) and nothing
-/// reachable is freed.
-fn panicking_concurrent_worker(run: ConcurrentWorkers, propagates: bool) {
+/// A `Trace` impl panics on a worker (which `start` runs on a thread of its own at once and joins):
+/// whether `start` hands the panic on to the heap (`propagates`: the caller of `mutate` gets it)
+/// or swallows it, the mark rescans before it ends (checkmark on) and nothing reachable is freed.
+fn panicking_concurrent_worker(start: fn(MarkJob), propagates: bool) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     struct R;
     impl Rootable for R {
         type Root<'gc> = GcCell<'gc, Option<Gc<'gc, Split<'gc>>>>;
     }
-    let mut gc: GcHeap<R> =
-        GcHeap::new(span_heap(64), concurrent_config(run), |_| GcCell::new(None));
+    let workers = ConcurrentWorkers { helpers: 1, start };
+    let mut gc: GcHeap<R> = GcHeap::new(span_heap(64), concurrent_config(workers), |_| {
+        GcCell::new(None)
+    });
     take_finalized();
     let len = if cfg!(miri) { 8 } else { 2000 };
     gc.mutate(|mc, root| {
@@ -351,20 +476,23 @@ fn panicking_concurrent_worker(run: ConcurrentWorkers, propagates: bool) {
         root.set(mc, Some(s));
     });
     gc.collect();
-    gc.start_cycle();
     BOOM.store(true, std::sync::atomic::Ordering::SeqCst);
-    // A round that allocates nothing: only the workers mark (the root scan left the Split grey).
-    let r = catch_unwind(AssertUnwindSafe(|| gc.mutate(|_, _| ())));
-    assert_eq!(
-        r.is_err(),
-        propagates,
-        "the panic reached mutate: {}",
-        r.is_err()
-    );
+    // The root scan leaves the Split grey; once the table is built (a few safe points), a safe point
+    // hands it to the worker.
+    gc.start_cycle();
+    let mut caught = false;
+    for _ in 0..100 {
+        caught |= catch_unwind(AssertUnwindSafe(|| gc.mutate(|_, _| ()))).is_err();
+        if !BOOM.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+    }
+    assert_eq!(caught, propagates, "the panic reached mutate: {caught}");
     assert!(
         !BOOM.load(std::sync::atomic::Ordering::SeqCst),
         "the armed Trace impl did not run"
     );
+    assert_eq!(gc.phase(), Phase::Marking);
     gc.collect();
     let freed = take_finalized();
     assert!(freed.is_empty(), "freed while reachable: {freed:?}");
@@ -391,46 +519,21 @@ static BOOM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ignore = "one more heap: Miri's memory (the swallowed variant runs under Miri)"
 )]
 fn a_trace_impl_panicking_on_a_concurrent_worker_cannot_free_a_reachable_object() {
-    /// Scoped threads (a worker's panic reaches the caller), the workers a head start.
-    fn workers_first(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-        std::thread::scope(|s| {
-            for i in 1..=helpers {
-                s.spawn(move || job(i));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            main();
-        });
+    /// Runs the job on a thread and hands its panic on to the heap.
+    fn handing_on(job: MarkJob) {
+        if let Err(p) = std::thread::spawn(move || job.run()).join() {
+            std::panic::resume_unwind(p);
+        }
     }
     let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    panicking_concurrent_worker(
-        ConcurrentWorkers {
-            helpers: 1,
-            run: workers_first,
-        },
-        true,
-    );
+    panicking_concurrent_worker(handing_on, true);
 }
 
 #[test]
-fn a_concurrent_worker_panic_that_run_swallows_makes_the_mark_rescan() {
-    fn swallowing(helpers: usize, job: &(dyn Fn(usize) + Sync), main: &mut dyn FnMut()) {
-        std::thread::scope(|s| {
-            for i in 1..=helpers {
-                s.spawn(move || {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i)));
-                });
-            }
-            // The workers first: the Split is theirs to trace.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            main();
-        });
+fn a_concurrent_worker_panic_that_start_swallows_makes_the_mark_rescan() {
+    fn swallowing(job: MarkJob) {
+        let _ = std::thread::spawn(move || job.run()).join();
     }
     let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    panicking_concurrent_worker(
-        ConcurrentWorkers {
-            helpers: 1,
-            run: swallowing,
-        },
-        false,
-    );
+    panicking_concurrent_worker(swallowing, false);
 }
