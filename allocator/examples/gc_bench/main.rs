@@ -587,7 +587,7 @@ fn trees_config(name: &str) -> GcConfig {
             mark_workers: par,
             concurrent_workers: Some(ConcurrentWorkers {
                 helpers: 1,
-                run: crew::run,
+                start: crew::start,
             }),
             ..GcConfig::default()
         },
