@@ -177,21 +177,23 @@ fn concurrent_config(workers: ConcurrentWorkers) -> GcConfig {
     }
 }
 
-/// Builds the bags, then runs `rounds` rounds of `ops` mutations each, with cycles started often.
-fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcStats {
-    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(256), concurrent_config(workers), |mc| {
-        core::array::from_fn(|_| {
-            GcCell::new(Some(Gc::new(
-                mc,
-                Bag {
-                    items: GcRefCell::new(Vec::new()),
-                },
-            )))
-        })
-    });
+/// The root of a fresh heap: `BAGS` empty bags.
+fn new_bags<'gc>(mc: &Mutation<'gc>) -> <Bags as Rootable>::Root<'gc> {
+    core::array::from_fn(|_| {
+        GcCell::new(Some(Gc::new(
+            mc,
+            Bag {
+                items: GcRefCell::new(Vec::new()),
+            },
+        )))
+    })
+}
+
+/// Puts items `0..items` in the bags (round robin, each linked to its bag's previous item) and returns
+/// the model of that; finalizations so far are forgotten.
+fn fill_bags(gc: &mut GcHeap<Bags>, items: u64) -> Model {
     take_finalized();
     let mut m = Model::default();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     gc.mutate(|mc, root| {
         for id in 0..items {
             let b = (id % BAGS as u64) as usize;
@@ -203,6 +205,14 @@ fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcS
         }
     });
     m.next = items;
+    m
+}
+
+/// Builds the bags, then runs `rounds` rounds of `ops` mutations each, with cycles started often.
+fn run(workers: ConcurrentWorkers, items: u64, rounds: usize, ops: usize) -> GcStats {
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(256), concurrent_config(workers), new_bags);
+    let mut m = fill_bags(&mut gc, items);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for r in 0..rounds {
         if r % 4 == 0 {
             gc.start_cycle();
@@ -242,32 +252,11 @@ fn mutations_in_every_table_phase_lose_nothing() {
     let mut gc: GcHeap<Bags> = GcHeap::new(
         span_heap(if cfg!(miri) { 64 } else { 256 }),
         concurrent_config(ConcurrentWorkers::threads(1)),
-        |mc| {
-            core::array::from_fn(|_| {
-                GcCell::new(Some(Gc::new(
-                    mc,
-                    Bag {
-                        items: GcRefCell::new(Vec::new()),
-                    },
-                )))
-            })
-        },
+        new_bags,
     );
     gc.set_table_one_unit(true);
-    take_finalized();
-    let mut m = Model::default();
+    let mut m = fill_bags(&mut gc, items);
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    gc.mutate(|mc, root| {
-        for id in 0..items {
-            let b = (id % BAGS as u64) as usize;
-            let bag = root[b].get().unwrap();
-            let link = bag.items.borrow().last().copied();
-            bag.items.borrow_mut(mc).push(item(mc, id, link));
-            m.bags[b].push(id);
-            m.links.insert(id, link.map(|l| l.id));
-        }
-    });
-    m.next = items;
     gc.collect();
     for _ in 0..2 {
         gc.start_cycle();
