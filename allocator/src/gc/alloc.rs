@@ -38,6 +38,16 @@ const SWEEP_BUDGET: usize = 100;
 /// (`Inner::assist_owed`) and is paid by the next assists.
 const CONC_ASSIST_MAX: usize = 8 << 10;
 
+/// A concurrent mark's assist bookkeeping (Go's background scan credit): `owed` scan work plus `work`
+/// for this allocation, paid first from the workers' scan work so far (`credit`) not yet spent
+/// (`credit - used`); returns the work still owed and the credit spent. Credit the mutator does not
+/// need stays for its next allocations.
+fn owe(owed: usize, used: usize, work: usize, credit: usize) -> (usize, usize) {
+    let due = owed.saturating_add(work);
+    let spent = credit.saturating_sub(used).min(due);
+    (due - spent, used + spent)
+}
+
 impl State {
     /// Allocates a slot for `value` and moves it in; gives it back when memory runs out.
     #[inline]
@@ -81,7 +91,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc {
-            inner.settle(self.pool());
+            inner.settle(self.pool(), self.worker_credit());
         }
         Ok(value_ptr)
     }
@@ -207,10 +217,10 @@ impl Inner {
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).
-    fn settle(&mut self, pool: &Pool) {
+    fn settle(&mut self, pool: &Pool, credit: usize) {
         let bytes = core::mem::take(&mut self.debt);
         if bytes != 0 {
-            self.pay(bytes, pool);
+            self.pay(bytes, pool, credit);
         }
         if self.slow_alloc {
             self.stress_step(pool);
@@ -218,18 +228,30 @@ impl Inner {
     }
 
     /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the
-    /// trigger check.
-    fn pay(&mut self, bytes: usize, pool: &Pool) {
+    /// trigger check. `credit`: the concurrent mark workers' scan work so far in this mark.
+    fn pay(&mut self, bytes: usize, pool: &Pool, credit: usize) {
         if self.marking {
-            let t0 = self.now();
-            let mut work = self
-                .pacer
-                .assist_work(bytes, self.heap_live, self.marker.scan_work);
+            if self.marker.grey.is_empty() && pool.looks_empty() {
+                // Nothing grey in reach (a concurrent mark's workers hold what is left, or the mark
+                // waits for its termination): an assist would find no work, so none is made (not
+                // even a pause to look) and nothing is owed.
+                self.assist_owed = 0;
+                return;
+            }
+            let mut work =
+                self.pacer
+                    .assist_work(bytes, self.heap_live, self.marker.scan_work + credit);
             if self.log.concurrent {
-                // A concurrent mark: the work is owed and paid in bounded pieces (conc.rs).
-                self.assist_owed = self.assist_owed.saturating_add(work);
+                // A concurrent mark: the work is owed, less what the workers did meanwhile (Go's
+                // background scan credit), and paid in bounded pieces (conc.rs).
+                (self.assist_owed, self.credit_used) =
+                    owe(self.assist_owed, self.credit_used, work, credit);
+                if self.assist_owed == 0 {
+                    return;
+                }
                 work = self.assist_owed.min(CONC_ASSIST_MAX);
             }
+            let t0 = self.now();
             // In a concurrent mark, the pool's chunks when the mutator outruns the workers (conc.rs).
             let done = self.drain_with_pool(pool, work);
             if self.log.concurrent {
@@ -267,5 +289,24 @@ impl Inner {
                 self.log.assists += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owe;
+
+    #[test]
+    fn assists_spend_the_workers_credit_first_and_bank_the_rest() {
+        // No credit: everything is owed.
+        assert_eq!(owe(0, 0, 100, 0), (100, 0));
+        // The workers did 120: the 150 due is paid down to 30.
+        assert_eq!(owe(100, 0, 50, 120), (30, 120));
+        // No new credit: the debt grows.
+        assert_eq!(owe(30, 120, 10, 120), (40, 120));
+        // More credit than due: nothing owed, and the surplus (460) stays for later allocations.
+        assert_eq!(owe(40, 120, 10, 630), (0, 170));
+        assert_eq!(owe(0, 170, 400, 630), (0, 570));
+        assert_eq!(owe(0, 570, 100, 630), (40, 630));
     }
 }

@@ -80,8 +80,16 @@
 //!
 //! Building the table (and merging it) without a pause of O(spans): nothing walks all spans at once.
 //! - Sizes: the span set counts its spans and their bitmap words as spans come and go, so the table's
-//!   size is known at cycle start; its chunks are taken from the source and its slots zeroed a few per
-//!   safe point (a fresh page can cost microseconds to map).
+//!   size is known at cycle start. The chunks it lacks (the last table's are kept) are taken from the
+//!   source by the workers (`Crew::take_chunks`: a fresh page can cost tens of microseconds to map and
+//!   fault in, which would be the mutator's pause): the heap asks for them through `chunks_wanted` and
+//!   starts jobs; a job takes a few, touches their pages and pushes them on `ready`, a stack the heap
+//!   empties at its safe points into the table's directory (`Inner::feed_table`). A worker without
+//!   pages sets `chunk_failed` (the mark goes on without the table); after `CHUNK_PATIENCE` safe points
+//!   without a chunk (a `start` that runs jobs late or never), or in a `step`, the heap takes one itself.
+//!   Chunks that come after the table is done or gone are listed if the directory has room, else given
+//!   back; those still on `ready` when the crew goes are given back with it. Then the slots are zeroed
+//!   a few per safe point.
 //! - Which spans: at cycle start every filed span becomes *pending*: the span set swaps its swept lists
 //!   into the unswept set's (empty while a mark runs: its sweep was finished first) — O(classes). A span
 //!   is pending while `SpanSet::is_pending` (its `conc_epoch` is not this mark's); the builder takes
@@ -104,14 +112,16 @@
 //!   newly set).
 //!
 //! Costs the mutator pays (pauses): the table's slices (at most `SLICE_NS` of the clock each, beyond
-//! one unit; one chunk taken from the source at most; a step spends its budget on them), the hand-over
+//! one unit; a step spends its budget on them), the hand-over
 //! at safe points (moving chunk pointers, `start` calls), the cycle start and termination (O(span
 //! classes) beyond incremental mode's) and assists, which in a concurrent mark scan at most 8 KiB each
 //! (`Inner::assist_owed` keeps the rest owed for the next ones: the pacing is unchanged over a cycle,
-//! the work comes in smaller pieces) (ARCHITECTURE.md, "Concurrent marking").
+//! the work comes in smaller pieces) and are paid first from the workers' scan work (published as they
+//! go, `Shared::scan_work_so_far`: Go's background scan credit) (ARCHITECTURE.md, "Concurrent
+//! marking").
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::heap::Inner;
 use super::par::{self, Shared};
@@ -185,9 +195,44 @@ pub(crate) struct Crew {
     /// The open mark's side table (a `ConcView`): written only while `stop` is set.
     words: AtomicPtr<u64>,
     mask: AtomicUsize,
+    /// Chunks a preparing table still wants from the workers (module docs, "Building the table"); a
+    /// worker takes one from the source after decrementing this.
+    chunks_wanted: AtomicUsize,
+    /// Chunks workers have taken and not handed over yet: a stack through the chunks' first words
+    /// (pushed by workers, emptied at once by the heap, so no node is popped while another is pushed).
+    ready: AtomicPtr<ReadyChunk>,
+    /// A worker found no pages for a chunk.
+    chunk_failed: AtomicBool,
     source: &'static (dyn SpanSource + Sync),
     /// The crew's own pages; moved out by the last reference.
     storage: GcSpan,
+}
+
+/// A table chunk a worker has taken, waiting in `Crew::ready`: written at the chunk's base.
+struct ReadyChunk {
+    /// The chunk's span (its only handle, `GcSpan::into_raw`).
+    span: NonNull<Span>,
+    next: *mut ReadyChunk,
+}
+
+/// Chunks one job takes at most before it goes on to mark (a `start` that runs jobs at once on the
+/// heap's CPU makes them a pause).
+const JOB_CHUNKS: usize = 8;
+
+/// Safe points a preparing table waits for the workers' chunks before the heap takes one itself (a
+/// `start` that runs jobs late or never only slows the table down).
+const CHUNK_PATIENCE: usize = 16;
+
+/// Takes one from `count` unless it is 0; whether it did.
+fn claim(count: &AtomicUsize) -> bool {
+    let mut n = count.load(Ordering::SeqCst);
+    while n > 0 {
+        match count.compare_exchange_weak(n, n - 1, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return true,
+            Err(now) => n = now,
+        }
+    }
+    false
 }
 
 /// A counted reference to a [`Crew`].
@@ -218,6 +263,7 @@ impl Drop for CrewRef {
         // (read once, never used there again) and the pages go back.
         let crew = unsafe { self.0.as_ptr().read() };
         crew.sh.pool.release(crew.source);
+        crew.free_ready();
         crew.source.free_span(crew.storage);
     }
 }
@@ -252,6 +298,9 @@ impl CrewRef {
                 inside: AtomicUsize::new(0),
                 words: AtomicPtr::new(core::ptr::null_mut()),
                 mask: AtomicUsize::new(0),
+                chunks_wanted: AtomicUsize::new(0),
+                ready: AtomicPtr::new(core::ptr::null_mut()),
+                chunk_failed: AtomicBool::new(false),
                 source,
                 storage,
             });
@@ -279,6 +328,8 @@ impl Crew {
     fn work(&self) {
         self.inside.fetch_add(1, Ordering::SeqCst);
         let _leave = Leave(&self.inside);
+        // Wanted while the crew is stopped too (the table is made before it opens).
+        self.take_chunks();
         if self.sh.stop.load(Ordering::SeqCst) {
             return;
         }
@@ -290,6 +341,60 @@ impl Crew {
             mask: self.mask.load(Ordering::Relaxed),
         };
         par::work(&self.sh, Some(view));
+    }
+
+    /// Takes up to `JOB_CHUNKS` of the chunks the table wants from the source (a fresh page can cost
+    /// tens of microseconds to map: here, not at the heap's safe points), touches their pages and
+    /// hands them over through `ready`.
+    fn take_chunks(&self) {
+        for _ in 0..JOB_CHUNKS {
+            if !claim(&self.chunks_wanted) {
+                return;
+            }
+            let class = SpanClass::new(SizeClass::LARGE, true);
+            let Some(chunk) = self.source.alloc_span(class, PageCount(CHUNK_PAGES), 0) else {
+                self.chunk_failed.store(true, Ordering::SeqCst);
+                return;
+            };
+            let at = NonNull::new(chunk.base().as_mut_ptr::<ReadyChunk>()).expect("gc: span at 0");
+            let span = chunk.into_raw();
+            let mut head = self.ready.load(Ordering::Relaxed);
+            // SAFETY: the chunk's pages are mapped, page aligned, `CHUNK_WORDS` words long and ours
+            // alone until the push below publishes them (we hold the span's only handle, moved into
+            // the node); zeroing touches every page here rather than on the heap's CPU.
+            unsafe { at.as_ptr().cast::<u64>().write_bytes(0, CHUNK_WORDS) };
+            loop {
+                // SAFETY: as above: the node is not published until the exchange succeeds.
+                unsafe { at.as_ptr().write(ReadyChunk { span, next: head }) };
+                match self.ready.compare_exchange_weak(
+                    head,
+                    at.as_ptr(),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(h) => head = h,
+                }
+            }
+        }
+    }
+
+    /// Takes every chunk in `ready` (the heap's CPU only): the first node of their list.
+    fn take_ready(&self) -> Option<NonNull<ReadyChunk>> {
+        NonNull::new(self.ready.swap(core::ptr::null_mut(), Ordering::Acquire))
+    }
+
+    /// Gives back the chunks in `ready` (no worker is inside, or none ever will be).
+    fn free_ready(&self) {
+        let mut node = self.take_ready();
+        while let Some(at) = node {
+            // SAFETY: a node a worker wrote at a chunk's base before pushing it (Release), taken off
+            // the stack by our Acquire swap: read once, by us alone.
+            let ReadyChunk { span, next } = unsafe { at.as_ptr().read() };
+            node = NonNull::new(next);
+            // SAFETY: the node held the chunk span's only handle (`into_raw` in `take_chunks`).
+            self.source.free_span(unsafe { GcSpan::from_raw(span) });
+        }
     }
 
     /// Whether workers may mark now.
@@ -347,12 +452,13 @@ const CHUNK_WORDS: usize = CHUNK_PAGES * crate::addr::PAGE_SIZE / 8;
 
 /// The units of the table's work (module docs, "Building the table"): chunks taken from the source,
 /// chunks of slots zeroed, spans entered, slots merged. A safe point does units until `SLICE_NS` of the
-/// clock have passed (the pause it adds), or `UNITS` of them without a clock.
-const ALLOC_SLICE: usize = 1;
+/// clock have passed (the pause it adds), or `UNITS` of them without a clock. Short: a pause measured on
+/// a shared machine also counts what the machine steals meanwhile (tens of microseconds now and then),
+/// so the nominal slice is kept well under the pause target (0.1 ms).
 const ZERO_SLICE: usize = 1;
 const SPAN_SLICE: usize = 8;
 const SLOT_SLICE: usize = 32;
-const SLICE_NS: u64 = 25_000;
+pub(crate) const SLICE_NS: u64 = 12_000;
 const UNITS: usize = 8;
 
 /// Where a concurrent mark's side table is (module docs).
@@ -391,6 +497,23 @@ pub(crate) struct ConcTable {
     /// Spans entered, and the most that fit (the spans of the heap when the mark began).
     n: usize,
     cap: usize,
+    /// Preparing: whether the workers were asked for the missing chunks, and the safe points since
+    /// the last chunk came.
+    asked: bool,
+    waits: usize,
+    /// Chunks listed from the workers' (over the table's life, for tests).
+    adopted: usize,
+}
+
+/// What one `Inner::feed_table` did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fed {
+    /// Chunks the workers took went into the table.
+    Adopted,
+    /// The heap took a chunk from the source itself.
+    Took,
+    /// Nothing came yet.
+    Waiting,
 }
 
 /// Read access and atomic marking for workers and the mutator. Entries are written only by
@@ -441,7 +564,7 @@ fn slot_of(key: u64, mask: usize) -> usize {
 
 impl ConcTable {
     /// A table for a mark over `spans` spans of `words` bitmap words in all, made of `spare`'s chunks
-    /// (the last table's) and more as needed (`prepare_slice`); `None` when no page can be had for a
+    /// (the last table's) and more as needed (`Inner::feed_table`); `None` when no page can be had for a
     /// directory.
     pub(crate) fn new(
         source: &dyn SpanSource,
@@ -483,6 +606,9 @@ impl ConcTable {
                     next_word: 0,
                     n: 0,
                     cap: 0,
+                    asked: false,
+                    waits: 0,
+                    adopted: 0,
                 };
                 if let Some(old) = spare {
                     // The old chunks move to the new directory.
@@ -491,6 +617,7 @@ impl ConcTable {
                         t.set_dir(c, base, span);
                     }
                     t.chunks = old.chunks;
+                    t.adopted = old.adopted;
                     source.free_span(old.dir);
                 }
                 t
@@ -505,6 +632,8 @@ impl ConcTable {
         t.next_word = slots * ENTRY;
         t.n = 0;
         t.cap = spans;
+        t.asked = false;
+        t.waits = 0;
         Some(t)
     }
 
@@ -524,25 +653,48 @@ impl ConcTable {
         }
     }
 
-    /// Takes the next chunks from the source, or zeroes the next chunks of slots; true when the table
-    /// is ready (then `Building`). `None` when the source has no pages left (the mark then goes on
-    /// without the table: `abandon`).
-    pub(crate) fn prepare_slice(&mut self, source: &dyn SpanSource) -> Option<bool> {
-        debug_assert_eq!(self.phase, TablePhase::Preparing);
-        if self.chunks < self.need {
-            for _ in 0..ALLOC_SLICE.min(self.need - self.chunks) {
-                let chunk = source.alloc_span(
-                    SpanClass::new(SizeClass::LARGE, true),
-                    PageCount(CHUNK_PAGES),
-                    0,
-                )?;
-                let base = chunk.base().as_mut_ptr::<u64>().expose_provenance() as u64;
-                let span = chunk.into_raw().as_ptr().expose_provenance() as u64;
-                self.set_dir(self.chunks, base, span);
+    /// Takes one chunk from the source on the heap's CPU; `None` when it has no pages left.
+    fn take_chunk(&mut self, source: &dyn SpanSource) -> Option<()> {
+        let chunk = source.alloc_span(
+            SpanClass::new(SizeClass::LARGE, true),
+            PageCount(CHUNK_PAGES),
+            0,
+        )?;
+        let base = chunk.base().as_mut_ptr::<u64>().expose_provenance() as u64;
+        let span = chunk.into_raw().as_ptr().expose_provenance() as u64;
+        self.set_dir(self.chunks, base, span);
+        self.chunks += 1;
+        Some(())
+    }
+
+    /// Lists the chunks workers have handed over (`Crew::ready`) while the directory has room, and
+    /// gives the rest back (a stale worker's, from an abandoned table); returns how many it listed.
+    fn adopt_ready(&mut self, crew: &Crew, source: &dyn SpanSource) -> usize {
+        let mut node = crew.take_ready();
+        let mut n = 0;
+        while let Some(at) = node {
+            // SAFETY: a node a worker wrote at a chunk's base before pushing it (Release), taken off
+            // the stack by our Acquire swap: read once, by us alone.
+            let ReadyChunk { span, next } = unsafe { at.as_ptr().read() };
+            node = NonNull::new(next);
+            if self.chunks < self.dir_cap {
+                let base = at.as_ptr().expose_provenance() as u64;
+                self.set_dir(self.chunks, base, span.as_ptr().expose_provenance() as u64);
                 self.chunks += 1;
+                self.adopted += 1;
+                n += 1;
+            } else {
+                // SAFETY: the node held the chunk span's only handle (`Crew::take_chunks`).
+                source.free_span(unsafe { GcSpan::from_raw(span) });
             }
-            return Some(false);
         }
+        n
+    }
+
+    /// With every chunk listed, zeroes the next chunks of slots; true when the table is ready (then
+    /// `Building`).
+    pub(crate) fn prepare_slice(&mut self) -> bool {
+        debug_assert!(self.phase == TablePhase::Preparing && self.chunks >= self.need);
         let slot_chunks = (self.slots * ENTRY).div_ceil(CHUNK_WORDS);
         let end = (self.cursor + ZERO_SLICE).min(slot_chunks);
         for c in self.cursor..end {
@@ -555,7 +707,7 @@ impl ConcTable {
         if end == slot_chunks {
             self.phase = TablePhase::Building;
         }
-        Some(self.phase == TablePhase::Building)
+        self.phase == TablePhase::Building
     }
 
     /// Gives every page back (the heap is going away, or pages are short).
@@ -565,11 +717,18 @@ impl ConcTable {
                 self.dir_word(self.dir_cap + c) as usize,
             );
             // SAFETY: the directory holds the only handle of each chunk's span (`into_raw` in
-            // `prepare_slice`, exposed there); it is made again once, here, and given back.
+            // `take_chunk` or `Crew::take_chunks`, exposed when listed); it is made again once, here,
+            // and given back.
             let chunk = unsafe { GcSpan::from_raw(NonNull::new(span).expect("a chunk span")) };
             source.free_span(chunk);
         }
         source.free_span(self.dir);
+    }
+
+    /// Chunks held, and how many of them workers took.
+    #[cfg(test)]
+    pub(crate) fn chunk_counts(&self) -> (usize, usize) {
+        (self.chunks, self.adopted)
     }
 
     pub(crate) fn phase(&self) -> TablePhase {
@@ -734,6 +893,7 @@ impl Inner {
         if let Some(table) = ConcTable::new(self.marker.source, spare, spans, words) {
             self.spans.begin_pending();
             self.assist_owed = 0;
+            self.credit_used = 0;
             self.conc_table = Some(table);
             self.log.concurrent = true;
         }
@@ -741,20 +901,18 @@ impl Inner {
 
     /// One bounded slice of the table's work at a safe point (`Preparing`, `Building`, `Merging`):
     /// `units_wanted` units, else units until `SLICE_NS` have passed (`UNITS` without a clock);
-    /// returns the phase after it (`None`: merged and kept as the spare, or abandoned).
-    pub(crate) fn table_slice(&mut self, units_wanted: Option<usize>) -> Option<TablePhase> {
+    /// returns the phase after it (`None`: merged and kept as the spare, or abandoned). `crew`: the
+    /// heap's workers, who take the table's chunks from the source.
+    pub(crate) fn table_slice(
+        &mut self,
+        units_wanted: Option<usize>,
+        crew: Option<&CrewRef>,
+    ) -> Option<TablePhase> {
         let clock = self.config.clock.filter(|_| units_wanted.is_none());
         let t0 = clock.map_or(0, |c| c());
         let mut units = 0;
         loop {
-            // A chunk taken from the source may cost a page mapping: one per safe point (a step's
-            // units take as many as it asks).
-            let took_chunk = units_wanted.is_none()
-                && self
-                    .conc_table
-                    .as_ref()
-                    .is_some_and(|t| t.phase() == TablePhase::Preparing && t.chunks < t.need);
-            let phase = self.table_unit()?;
+            let (phase, end) = self.table_unit(crew, units_wanted.is_some())?;
             units += 1;
             let more = match clock {
                 Some(c) => c().saturating_sub(t0) < SLICE_NS,
@@ -762,32 +920,83 @@ impl Inner {
             };
             #[cfg(test)]
             let more = more && !self.table_one_unit;
-            if phase == TablePhase::Open || !more || took_chunk {
+            if phase == TablePhase::Open || !more || end {
                 return Some(phase);
             }
         }
     }
 
-    /// One unit of `table_slice`.
-    fn table_unit(&mut self) -> Option<TablePhase> {
+    /// Preparing with chunks missing: lists the chunks the workers took (asking them for every
+    /// missing one the first time, and starting jobs for them); the heap takes one from the source
+    /// itself without workers, when `force`d (a step), or after `CHUNK_PATIENCE` safe points without a
+    /// chunk from them. `None`: no pages for a chunk.
+    fn feed_table(&mut self, crew: Option<&CrewRef>, force: bool) -> Option<Fed> {
+        let source = self.marker.source;
+        let workers = self.config.concurrent_workers.filter(|w| w.helpers > 0);
         let table = self.conc_table.as_mut()?;
-        match table.phase() {
-            TablePhase::Preparing => match table.prepare_slice(self.marker.source) {
-                Some(true) => {
-                    // Marks of entered spans go to the table too from now on.
-                    self.marker.side = Some(table.view());
-                }
-                Some(false) => {}
-                None => {
+        let (Some(crew), Some(workers)) = (crew, workers) else {
+            return table.take_chunk(source).map(|()| Fed::Took);
+        };
+        if !table.asked {
+            table.asked = true;
+            crew.chunk_failed.store(false, Ordering::SeqCst);
+            crew.chunks_wanted
+                .store(table.need - table.chunks, Ordering::SeqCst);
+        }
+        if table.adopt_ready(crew, source) > 0 {
+            table.waits = 0;
+            return Some(Fed::Adopted);
+        }
+        if crew.chunk_failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        table.waits += 1;
+        if force || table.waits > CHUNK_PATIENCE {
+            // One fewer for the workers if they have not claimed them all (a claimed chunk that
+            // comes late is listed if the directory has room, else given back).
+            claim(&crew.chunks_wanted);
+            table.waits = 0;
+            return table.take_chunk(source).map(|()| Fed::Took);
+        }
+        if crew.chunks_wanted.load(Ordering::SeqCst) > 0 {
+            self.stats.concurrent_jobs += crew.start_jobs(&workers) as u64;
+        }
+        Some(Fed::Waiting)
+    }
+
+    /// One unit of `table_slice`, and whether the slice should end after it (a chunk taken from the
+    /// source, or none to be had yet).
+    fn table_unit(&mut self, crew: Option<&CrewRef>, force: bool) -> Option<(TablePhase, bool)> {
+        let phase = self.conc_table.as_ref()?.phase();
+        let mut end = false;
+        match phase {
+            TablePhase::Preparing => {
+                let table = self.conc_table.as_ref()?;
+                let fed = if table.chunks < table.need {
+                    self.feed_table(crew, force)
+                } else {
+                    Some(Fed::Adopted)
+                };
+                let Some(fed) = fed else {
                     // No pages: the mark goes on as an incremental one (every mark is in the spans).
+                    if let Some(crew) = crew {
+                        crew.chunks_wanted.store(0, Ordering::SeqCst);
+                    }
                     self.spans.end_pending(self.sweepgen);
                     if let Some(table) = self.conc_table.take() {
                         table.free(self.marker.source);
                     }
                     return None;
+                };
+                end = fed != Fed::Adopted;
+                let table = self.conc_table.as_mut()?;
+                if table.chunks >= table.need && table.prepare_slice() {
+                    // Marks of entered spans go to the table too from now on.
+                    self.marker.side = Some(table.view());
                 }
-            },
+            }
             TablePhase::Building => {
+                let table = self.conc_table.as_mut()?;
                 for _ in 0..SPAN_SLICE {
                     let Some(mut span) = self.spans.take_pending(self.sweepgen) else {
                         break;
@@ -814,6 +1023,7 @@ impl Inner {
             }
             TablePhase::Open => {}
             TablePhase::Merging => {
+                let table = self.conc_table.as_mut()?;
                 let (objects, bytes, done) = table.merge_slice(&mut self.spans, SLOT_SLICE);
                 self.marker.marked_objects += objects;
                 self.marker.marked_bytes += bytes;
@@ -824,12 +1034,14 @@ impl Inner {
                 }
             }
         }
-        self.conc_table.as_ref().map(ConcTable::phase)
+        self.conc_table.as_ref().map(|t| (t.phase(), end))
     }
 
     /// Stops using the workers (the crew is stopped, none inside): folds in what they did.
     fn fold_workers(&mut self, crew: &Crew) {
         let done = crew.sh.take_result();
+        // Their credit is in `scan_work` from now on.
+        self.credit_used = 0;
         self.marker.scan_work += done.scan_work;
         self.marker.marked_objects += done.marked_objects;
         self.marker.marked_bytes += done.marked_bytes;
@@ -890,8 +1102,13 @@ impl Inner {
     /// left (pool and the mutator's) with the world stopped.
     pub(crate) fn finish_concurrent(&mut self, pool: &Pool, crew: Option<&Crew>) {
         if let Some(crew) = crew {
+            // No more chunks: those taken meanwhile are listed (or given back) below.
+            crew.chunks_wanted.store(0, Ordering::SeqCst);
             crew.stop_and_wait();
             self.fold_workers(crew);
+        }
+        if let (Some(table), Some(crew)) = (self.conc_table.as_mut(), crew) {
+            table.adopt_ready(crew, self.marker.source);
         }
         if let Some(mut table) = self.conc_table.take() {
             self.marker.conc = None;

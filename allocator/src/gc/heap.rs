@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     /// Assist work owed in a concurrent mark: paid at most `alloc::CONC_ASSIST_MAX` per assist, so that
     /// no single allocation waits long (the workers mark meanwhile).
     pub(crate) assist_owed: usize,
+    /// The workers' scan work (`State::worker_credit`) already set against `assist_owed`.
+    pub(crate) credit_used: usize,
     pub(crate) stats: GcStats,
     pub(crate) log: CycleLog,
     /// The side mark table of a concurrent mark (conc.rs), from mark setup to termination.
@@ -261,6 +263,11 @@ impl State {
     }
 
     /// The pool of grey chunks shared with concurrent mark workers (an empty one without them).
+    /// Scan work the concurrent mark workers have done in this mark so far (0 without a crew).
+    pub(crate) fn worker_credit(&self) -> usize {
+        self.crew.as_ref().map_or(0, |c| c.sh.scan_work_so_far())
+    }
+
     pub(crate) fn pool(&self) -> &Pool {
         match &self.crew {
             Some(c) => &c.sh.pool,
@@ -337,6 +344,7 @@ impl<R: Rootable> GcHeap<R> {
             slow_alloc: config.stress != Stress::None,
             debt: 0,
             assist_owed: 0,
+            credit_used: 0,
             stats: GcStats::default(),
             log: CycleLog::default(),
             conc_table: None,
@@ -456,6 +464,23 @@ impl<R: Rootable> GcHeap<R> {
             .map(ConcTable::phase)
     }
 
+    /// The side table's chunks (the current table's, else the spare's), and how many workers took.
+    #[cfg(test)]
+    pub(crate) fn table_chunks(&mut self) -> Option<(usize, usize)> {
+        let inner = self.state.get_mut();
+        inner
+            .conc_table
+            .as_ref()
+            .or(inner.conc_spare.as_ref())
+            .map(ConcTable::chunk_counts)
+    }
+
+    /// Asks for a cycle at the next safe point (as the pacer's trigger does).
+    #[cfg(test)]
+    pub(crate) fn request_cycle(&mut self) {
+        self.state.get_mut().cycle_requested = true;
+    }
+
     /// Caps the grey stack at `chunks` pages, to force overflows.
     #[cfg(test)]
     pub(crate) fn set_grey_limit(&mut self, chunks: usize) {
@@ -475,6 +500,13 @@ impl<R: Rootable> GcHeap<R> {
         } else if inner.cycle_requested {
             match inner.config.mode {
                 Mode::StopTheWorld => self.stw_cycle(false),
+                Mode::Incremental | Mode::Concurrent if inner.spans.unswept_pages > 0 => {
+                    // The last sweep first, in bounded slices (the cycle starts at a later safe
+                    // point): finishing it in the cycle start would be a pause of O(heap).
+                    let t0 = inner.now();
+                    inner.sweep_slice();
+                    inner.pause_end(t0);
+                }
                 Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
         }
@@ -519,7 +551,7 @@ impl<R: Rootable> GcHeap<R> {
     fn table_work(&mut self, units: Option<usize>) {
         let (inner, _, crew) = self.state.parts();
         let t0 = inner.now();
-        let opened = inner.table_slice(units) == Some(TablePhase::Open);
+        let opened = inner.table_slice(units, crew) == Some(TablePhase::Open);
         if let (true, Some(crew), Some(view)) = (opened, crew, inner.marker.conc) {
             // Workers may mark from now on (the cells' locks go on before the mutator runs again).
             crew.open(view);

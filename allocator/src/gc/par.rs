@@ -131,6 +131,13 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Scan work the workers have done since the last `take_result`, as far as they have published it
+    /// (every `SHARE_EVERY` scans): a concurrent mark's assists count it as done (alloc.rs, Go's
+    /// background scan credit).
+    pub(crate) fn scan_work_so_far(&self) -> usize {
+        self.scan_work.load(Ordering::Relaxed)
+    }
+
     /// What the workers did since the last call (their counters are reset): call it with no worker
     /// running.
     pub(crate) fn take_result(&self) -> Done {
@@ -231,6 +238,8 @@ impl Worker<'_> {
 
     fn run(&mut self) {
         let mut scanned = 0usize;
+        // Scan work added to `sh.scan_work` so far (published as it goes, for the mutator's pacing).
+        let mut published = 0usize;
         while self.acquire() {
             let mut n = 0;
             while let Some(obj) = self.m.grey.pop(self.sh.source) {
@@ -240,6 +249,10 @@ impl Worker<'_> {
                 self.m.scan_work += self.m.scan(unsafe { Headed::new(obj) });
                 n += 1;
                 if n % SHARE_EVERY == 0 {
+                    self.sh
+                        .scan_work
+                        .fetch_add(self.m.scan_work - published, Ordering::Relaxed);
+                    published = self.m.scan_work;
                     if self.sh.stopped() {
                         // The workers must stop: the rest waits in the pool (for the mutator's
                         // termination, or the next jobs).
@@ -260,7 +273,8 @@ impl Worker<'_> {
             .fetch_add(self.m.marked_bytes, Ordering::Relaxed);
         sh.marked_objects
             .fetch_add(self.m.marked_objects, Ordering::Relaxed);
-        sh.scan_work.fetch_add(self.m.scan_work, Ordering::Relaxed);
+        sh.scan_work
+            .fetch_add(self.m.scan_work - published, Ordering::Relaxed);
         if scanned > 0 {
             sh.workers.fetch_add(1, Ordering::Relaxed);
         }

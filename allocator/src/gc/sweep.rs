@@ -153,6 +153,20 @@ impl Inner {
         self.log.sweep_ns += self.now().saturating_sub(t0);
     }
 
+    /// A bounded piece of the sweep at a safe point (a pause): spans until `conc::SLICE_NS` of the clock
+    /// have passed, or `SLICE_PAGES` pages without a clock. The safe point that would start a cycle
+    /// sweeps what is left this way first, so that the cycle start does not finish a long sweep at once.
+    pub(crate) fn sweep_slice(&mut self) {
+        const SLICE_PAGES: usize = 16;
+        let Some(clock) = self.config.clock else {
+            return self.sweep_pages(SLICE_PAGES);
+        };
+        let t0 = clock();
+        while self.spans.unswept_pages > 0 && clock().saturating_sub(t0) < super::conc::SLICE_NS {
+            self.sweep_pages(1);
+        }
+    }
+
     /// Sweeps every span still unswept (sweep termination).
     pub(crate) fn sweep_all(&mut self) {
         self.sweep_pages(usize::MAX);

@@ -318,6 +318,54 @@ fn concurrent_marks_keep_everything_reachable() {
     );
 }
 
+/// Marks one cycle of a heap of `items` items with `workers`, mutating as it goes, and returns its
+/// side table's chunks and how many of them the workers took.
+fn table_chunks_with(workers: ConcurrentWorkers, items: u64) -> (usize, usize) {
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), concurrent_config(workers), new_bags);
+    let mut m = fill_bags(&mut gc, items);
+    let mut rng = Rng(0x853C_49E6_748F_EA9B);
+    gc.collect();
+    gc.start_cycle();
+    let mut safepoints = 0;
+    while gc.phase() == Phase::Marking {
+        mutate(&mut gc, &mut m, &mut rng, 64);
+        safepoints += 1;
+        assert!(safepoints < 100_000, "the mark never ended");
+    }
+    check(&mut gc, &m);
+    let chunks = gc
+        .table_chunks()
+        .expect("a concurrent mark made a side table");
+    drop(gc);
+    take_finalized();
+    chunks
+}
+
+/// The side table's chunks come from the workers (a fresh page can cost the mutator tens of
+/// microseconds to map); with a `start` that never runs a job, the heap takes them itself after
+/// waiting a few safe points, and the mark still completes.
+#[test]
+fn a_concurrent_table_takes_its_chunks_from_the_workers() {
+    fn drop_it(job: MarkJob) {
+        drop(job);
+    }
+    let items = if cfg!(miri) { 24 } else { 20_000 };
+    let (chunks, adopted) = table_chunks_with(ConcurrentWorkers::threads(1), items);
+    assert!(
+        chunks > 0 && adopted > 0,
+        "{adopted} of {chunks} chunks from the workers"
+    );
+    let (chunks, adopted) = table_chunks_with(
+        ConcurrentWorkers {
+            helpers: 1,
+            start: drop_it,
+        },
+        items,
+    );
+    assert!(chunks > 0, "no table");
+    assert_eq!(adopted, 0, "chunks from workers that never ran");
+}
+
 /// Jobs a `start` kept instead of running them (run after their heap is gone).
 static KEPT: std::sync::Mutex<Vec<MarkJob>> = std::sync::Mutex::new(Vec::new());
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -444,6 +444,51 @@ fn the_pacer_runs_cycles_and_keeps_the_heap_near_its_goal() {
     }
 }
 
+/// A cycle asked for while the last one's sweep is unfinished starts only once the sweep is done, which
+/// the safe points do in bounded slices meanwhile (the cycle start would otherwise sweep it all at once,
+/// a pause of O(heap)); nothing reachable is lost.
+#[test]
+fn a_cycle_asked_for_while_sweeping_waits_for_the_sweep_in_slices() {
+    let mut gc = slots_heap(GcConfig {
+        mode: Mode::Incremental,
+        gogc: None,
+        clock: None,
+        ..config()
+    });
+    churn(&mut gc, if cfg!(miri) { 1 } else { 4 }, 100);
+    gc.start_cycle();
+    gc.finish_mark();
+    let unswept = gc.stats().unswept_pages;
+    assert!(unswept > 32, "{unswept} unswept pages");
+    gc.request_cycle();
+    let mut safepoints = 0;
+    while gc.phase() == Phase::Sweeping {
+        let before = gc.stats().unswept_pages;
+        gc.mutate(|_, _| {});
+        safepoints += 1;
+        let after = gc.stats().unswept_pages;
+        assert!(after < before || after == 0, "a safe point swept nothing");
+        // Without a clock a slice is 16 pages (one span may be larger).
+        assert!(
+            before - after <= 16 + 8,
+            "{} pages swept at once",
+            before - after
+        );
+    }
+    assert!(safepoints > 1, "the sweep was finished in one safe point");
+    // The next safe point starts the cycle.
+    assert_eq!(gc.phase(), Phase::Idle);
+    gc.mutate(|_, _| {});
+    assert_eq!(
+        gc.phase(),
+        Phase::Marking,
+        "the cycle did not start after the sweep"
+    );
+    gc.finish_mark();
+    assert_eq!(list_ids(&mut gc, 0).len(), 100);
+    take_finalized();
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn gogc_off_never_collects_and_a_memory_limit_still_does() {
