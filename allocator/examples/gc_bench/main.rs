@@ -186,8 +186,20 @@ mod crew {
 const FLOOR_WORK_NS: u64 = 8_000;
 
 /// What the machine adds to short pauses: a busy loop of about `FLOOR_WORK_NS` timed `n` times with
-/// the pause clock (a mutator's worth of work between samples); returns its p99.9 and maximum.
-fn timing_floor(n: usize) -> (u64, u64) {
+/// the pause clock (a mutator's worth of work between samples), while `busy` other threads spin as the
+/// concurrent row's workers do; returns its p99.9 and maximum.
+fn timing_floor(n: usize, busy: usize) -> (u64, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..busy)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
     let clock = if use_wall_clock() { wall_ns } else { cpu_ns };
     let spin = |iters: u64| {
         let mut x = 1u64;
@@ -209,6 +221,10 @@ fn timing_floor(n: usize) -> (u64, u64) {
             clock() - t0
         })
         .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
     d.sort_unstable();
     (d[(d.len() * 999 / 1000).min(d.len() - 1)], d[d.len() - 1])
 }
@@ -538,10 +554,11 @@ fn bench(quick: bool) {
             ms(r.max),
             all.join(", ")
         );
-        let (p999, max) = timing_floor(conc_pauses);
+        let (p999, max) = timing_floor(conc_pauses, helpers);
         println!(
-            "  this machine's floor: a {} µs busy loop timed {conc_pauses} times with the same clock: p99.9 {}, max {}",
+            "  this machine's floor: a {} µs busy loop timed {conc_pauses} times with the same clock, {helpers} other thread{} spinning: p99.9 {}, max {}",
             FLOOR_WORK_NS / 1000,
+            if helpers > 1 { "s" } else { "" },
             ms(p999),
             ms(max)
         );
