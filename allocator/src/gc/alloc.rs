@@ -36,7 +36,7 @@ const SWEEP_BUDGET: usize = 100;
 
 /// The most scan work one assist does in a concurrent mark (bytes); the rest stays owed
 /// (`Inner::assist_owed`) and is paid by the next assists.
-const CONC_ASSIST_MAX: usize = 8 << 10;
+const CONC_ASSIST_MAX: usize = 4 << 10;
 
 /// A concurrent mark's assist bookkeeping (Go's background scan credit): `owed` scan work plus `work`
 /// for this allocation, paid first from the workers' scan work so far (`credit`) not yet spent
@@ -90,7 +90,7 @@ impl State {
         };
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
-        if inner.debt != 0 || inner.slow_alloc {
+        if inner.debt != 0 || inner.slow_alloc || inner.assist_due {
             inner.settle(self.pool(), self.worker_credit());
         }
         Ok(value_ptr)
@@ -219,7 +219,7 @@ impl Inner {
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).
     fn settle(&mut self, pool: &Pool, credit: usize) {
         let bytes = core::mem::take(&mut self.debt);
-        if bytes != 0 {
+        if bytes != 0 || self.assist_due {
             self.pay(bytes, pool, credit);
         }
         if self.slow_alloc {
@@ -236,6 +236,7 @@ impl Inner {
                 // waits for its termination): an assist would find no work, so none is made (not
                 // even a pause to look) and nothing is owed.
                 self.assist_owed = 0;
+                self.assist_due = false;
                 return;
             }
             let mut work =
@@ -247,6 +248,7 @@ impl Inner {
                 (self.assist_owed, self.credit_used) =
                     owe(self.assist_owed, self.credit_used, work, credit);
                 if self.assist_owed == 0 {
+                    self.assist_due = false;
                     return;
                 }
                 work = self.assist_owed.min(CONC_ASSIST_MAX);
@@ -261,12 +263,16 @@ impl Inner {
                 } else {
                     self.assist_owed - work
                 };
+                // What is still owed is paid at the next allocations, a piece each: the pacing's
+                // rate holds whatever the cap (the heap cannot outgrow its goal by skipping work).
+                self.assist_due = self.assist_owed > 0;
             }
             self.stats.assists += 1;
             self.log.assists += 1;
             self.pause_end(t0);
             return;
         }
+        self.assist_due = false;
         if self.spans.unswept_pages > 0 {
             let pages = self.pacer.sweep_pages(bytes);
             if pages > 0 {

@@ -114,9 +114,9 @@
 //! Costs the mutator pays (pauses): the table's slices (at most `SLICE_NS` of the clock each, beyond
 //! one unit; a step spends its budget on them), the hand-over
 //! at safe points (moving chunk pointers, `start` calls), the cycle start and termination (O(span
-//! classes) beyond incremental mode's) and assists, which in a concurrent mark scan at most 8 KiB each
-//! (`Inner::assist_owed` keeps the rest owed for the next ones: the pacing is unchanged over a cycle,
-//! the work comes in smaller pieces) and are paid first from the workers' scan work (published as they
+//! classes) beyond incremental mode's) and assists, which in a concurrent mark scan at most 4 KiB each
+//! (`Inner::assist_owed` keeps the rest owed, and while anything is owed every allocation pays a
+//! piece: the pacing's rate is unchanged, the work comes in smaller pieces) and are paid first from the workers' scan work (published as they
 //! go, `Shared::scan_work_so_far`: Go's background scan credit) (ARCHITECTURE.md, "Concurrent
 //! marking").
 
@@ -458,7 +458,7 @@ const CHUNK_WORDS: usize = CHUNK_PAGES * crate::addr::PAGE_SIZE / 8;
 const ZERO_SLICE: usize = 1;
 const SPAN_SLICE: usize = 8;
 const SLOT_SLICE: usize = 32;
-pub(crate) const SLICE_NS: u64 = 12_000;
+pub(crate) const SLICE_NS: u64 = 8_000;
 const UNITS: usize = 8;
 
 /// Where a concurrent mark's side table is (module docs).
@@ -893,6 +893,7 @@ impl Inner {
         if let Some(table) = ConcTable::new(self.marker.source, spare, spans, words) {
             self.spans.begin_pending();
             self.assist_owed = 0;
+            self.assist_due = false;
             self.credit_used = 0;
             self.conc_table = Some(table);
             self.log.concurrent = true;

@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     /// Assist work owed in a concurrent mark: paid at most `alloc::CONC_ASSIST_MAX` per assist, so that
     /// no single allocation waits long (the workers mark meanwhile).
     pub(crate) assist_owed: usize,
+    /// `assist_owed` is not 0: the next allocation pays a piece of it (alloc.rs).
+    pub(crate) assist_due: bool,
     /// The workers' scan work (`State::worker_credit`) already set against `assist_owed`.
     pub(crate) credit_used: usize,
     pub(crate) stats: GcStats,
@@ -345,6 +347,7 @@ impl<R: Rootable> GcHeap<R> {
             debt: 0,
             assist_owed: 0,
             credit_used: 0,
+            assist_due: false,
             stats: GcStats::default(),
             log: CycleLog::default(),
             conc_table: None,

@@ -574,3 +574,78 @@ fn a_concurrent_worker_panic_that_start_swallows_makes_the_mark_rescan() {
     let _one = BOOM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     panicking_concurrent_worker(swallowing, false);
 }
+
+/// A node of a binary tree (scan work in every object, as in binary-trees).
+struct Twig<'gc> {
+    left: Option<Gc<'gc, Twig<'gc>>>,
+    right: Option<Gc<'gc, Twig<'gc>>>,
+}
+
+// SAFETY: traces both Gc fields.
+unsafe impl Trace for Twig<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.left);
+        t.trace(&self.right);
+    }
+}
+
+fn twigs<'gc>(mc: &Mutation<'gc>, depth: u32) -> Gc<'gc, Twig<'gc>> {
+    let (left, right) = if depth == 0 {
+        (None, None)
+    } else {
+        (Some(twigs(mc, depth - 1)), Some(twigs(mc, depth - 1)))
+    };
+    Gc::new(mc, Twig { left, right })
+}
+
+struct Grove;
+impl Rootable for Grove {
+    type Root<'gc> = GcRefCell<'gc, Vec<Option<Gc<'gc, Twig<'gc>>>>>;
+}
+
+/// When the workers do no marking at all (a `start` that drops every job) and the mutator allocates
+/// scan-heavy garbage as fast as it can, its assists, each of bounded size, still keep up: it pays
+/// them more often rather than letting its debt (and the heap) grow without bound.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn assists_keep_the_heap_bounded_when_workers_never_run() {
+    fn drop_it(job: MarkJob) {
+        drop(job);
+    }
+    const TREES: usize = 16;
+    let mut gc: GcHeap<Grove> = GcHeap::new(
+        span_heap(256),
+        GcConfig {
+            verify: false,
+            ..concurrent_config(ConcurrentWorkers {
+                helpers: 1,
+                start: drop_it,
+            })
+        },
+        |_| GcRefCell::new(vec![None; TREES]),
+    );
+    // 16 trees of 2^13 nodes (24 B each with the header): about 3 MiB live.
+    for i in 0..TREES {
+        gc.mutate(|mc, root| root.borrow_mut(mc)[i] = Some(twigs(mc, 12)));
+    }
+    gc.collect();
+    let mut peak = 0;
+    for i in 0..3_000 {
+        gc.mutate(|mc, root| {
+            // Garbage with pointers, and now and then a live tree replaced.
+            let _ = twigs(mc, 8);
+            if i % 32 == 0 {
+                root.borrow_mut(mc)[i / 32 % TREES] = Some(twigs(mc, 12));
+            }
+        });
+        peak = peak.max(gc.stats().pages);
+    }
+    let s = gc.stats();
+    assert!(s.cycles >= 3, "{s:?}");
+    assert!(s.assists > 0 && s.concurrent_scan_bytes == 0, "{s:?}");
+    assert!(
+        peak * crate::PAGE_SIZE < 32 << 20,
+        "the heap grew to {} MiB for about 3 MiB live: {s:?}",
+        (peak * crate::PAGE_SIZE) >> 20
+    );
+}
