@@ -379,6 +379,11 @@ impl Crew {
         }
     }
 
+    /// Asks for no more table chunks (workers inside may still hand over the ones they claimed).
+    pub(crate) fn cancel_chunks(&self) {
+        self.chunks_wanted.store(0, Ordering::SeqCst);
+    }
+
     /// Takes every chunk in `ready` (the heap's CPU only): the first node of their list.
     fn take_ready(&self) -> Option<NonNull<ReadyChunk>> {
         NonNull::new(self.ready.swap(core::ptr::null_mut(), Ordering::Acquire))
@@ -981,7 +986,7 @@ impl Inner {
                 let Some(fed) = fed else {
                     // No pages: the mark goes on as an incremental one (every mark is in the spans).
                     if let Some(crew) = crew {
-                        crew.chunks_wanted.store(0, Ordering::SeqCst);
+                        crew.cancel_chunks();
                     }
                     self.spans.end_pending(self.sweepgen);
                     if let Some(table) = self.conc_table.take() {
@@ -1104,7 +1109,7 @@ impl Inner {
     pub(crate) fn finish_concurrent(&mut self, pool: &Pool, crew: Option<&Crew>) {
         if let Some(crew) = crew {
             // No more chunks: those taken meanwhile are listed (or given back) below.
-            crew.chunks_wanted.store(0, Ordering::SeqCst);
+            crew.cancel_chunks();
             crew.stop_and_wait();
             self.fold_workers(crew);
         }

@@ -726,6 +726,8 @@ impl<R: Rootable> Drop for GcHeap<R> {
         let (inner, pool, crew) = self.state.parts();
         let source = inner.marker.source;
         if let Some(crew) = crew {
+            // Chunks taken after this go back with the crew (its last reference may be a job's).
+            crew.cancel_chunks();
             crew.stop_and_wait();
         }
         pool.release(source);
