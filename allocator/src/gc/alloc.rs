@@ -264,7 +264,8 @@ impl Inner {
                     self.assist_owed - work
                 };
                 // What is still owed is paid at the next allocations, a piece each: the pacing's
-                // rate holds whatever the cap (the heap cannot outgrow its goal by skipping work).
+                // rate holds whatever the cap (while there is grey work in the mutator's reach;
+                // what the workers hold, they mark).
                 self.assist_due = self.assist_owed > 0;
             }
             self.stats.assists += 1;

@@ -390,7 +390,7 @@ impl Crew {
     }
 
     /// Gives back the chunks in `ready` (no worker is inside, or none ever will be).
-    fn free_ready(&self) {
+    pub(crate) fn free_ready(&self) {
         let mut node = self.take_ready();
         while let Some(at) = node {
             // SAFETY: a node a worker wrote at a chunk's base before pushing it (Release), taken off
@@ -959,9 +959,9 @@ impl Inner {
         table.waits += 1;
         if force || table.waits > CHUNK_PATIENCE {
             // One fewer for the workers if they have not claimed them all (a claimed chunk that
-            // comes late is listed if the directory has room, else given back).
+            // comes late is listed if the directory has room, else given back). Patience is spent
+            // once: from now on a chunk per safe point until one comes from the workers again.
             claim(&crew.chunks_wanted);
-            table.waits = 0;
             return table.take_chunk(source).map(|()| Fed::Took);
         }
         if crew.chunks_wanted.load(Ordering::SeqCst) > 0 {
@@ -994,7 +994,9 @@ impl Inner {
                     }
                     return None;
                 };
-                end = fed != Fed::Adopted;
+                // A chunk taken here may cost a page mapping: one per safe point (a step's units take
+                // as many as it asks).
+                end = fed == Fed::Waiting || (fed == Fed::Took && !force);
                 let table = self.conc_table.as_mut()?;
                 if table.chunks >= table.need && table.prepare_slice() {
                     // Marks of entered spans go to the table too from now on.

@@ -27,6 +27,9 @@ impl Inner {
         // The clock is user code: read before any state changes.
         let start_ns = self.now();
         self.cycle_requested = false;
+        // Owed assist work is a concurrent mark's, paced for it alone.
+        self.assist_owed = 0;
+        self.assist_due = false;
         self.tiny = (0, 0);
         self.marking = true;
         // Every mark bit was cleared by the sweep: an interruption of an earlier mark means nothing now.

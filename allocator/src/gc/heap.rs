@@ -726,9 +726,11 @@ impl<R: Rootable> Drop for GcHeap<R> {
         let (inner, pool, crew) = self.state.parts();
         let source = inner.marker.source;
         if let Some(crew) = crew {
-            // Chunks taken after this go back with the crew (its last reference may be a job's).
+            // No chunk is taken after this (a late job finds none wanted); those handed over go
+            // back now.
             crew.cancel_chunks();
             crew.stop_and_wait();
+            crew.free_ready();
         }
         pool.release(source);
         inner.marker.conc = None;

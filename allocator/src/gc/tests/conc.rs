@@ -649,3 +649,39 @@ fn assists_keep_the_heap_bounded_when_workers_never_run() {
         (peak * crate::PAGE_SIZE) >> 20
     );
 }
+
+/// A `start` that never runs its jobs (a saturated pool that drops them) costs the table's preparation
+/// one wait of `CHUNK_PATIENCE` safe points, then the heap takes a chunk per safe point itself: the
+/// mark, which cannot terminate before its table opens, is not held up per chunk.
+#[test]
+#[cfg_attr(miri, ignore = "a large table")]
+fn a_table_whose_jobs_never_run_waits_once_then_takes_a_chunk_per_safe_point() {
+    fn drop_it(job: MarkJob) {
+        drop(job);
+    }
+    let workers = ConcurrentWorkers {
+        helpers: 1,
+        start: drop_it,
+    };
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(512), concurrent_config(workers), new_bags);
+    let mut m = fill_bags(&mut gc, 400_000);
+    let mut rng = Rng(0x853C_49E6_748F_EA9B);
+    gc.collect();
+    gc.start_cycle();
+    assert_eq!(gc.table_phase(), Some(TablePhase::Preparing));
+    let mut preparing = 0usize;
+    while gc.table_phase() == Some(TablePhase::Preparing) {
+        mutate(&mut gc, &mut m, &mut rng, 16);
+        preparing += 1;
+        assert!(preparing < 100_000, "the table never got ready");
+    }
+    let (chunks, adopted) = gc.table_chunks().expect("a table");
+    let s = gc.stats();
+    drop(gc);
+    take_finalized();
+    assert_eq!(adopted, 0);
+    assert!(
+        preparing <= 2 * chunks + 16,
+        "{preparing} safe points preparing a table of {chunks} chunks (marking all along, no termination possible): {s:?}"
+    );
+}
