@@ -86,7 +86,8 @@
 //!   starts jobs; a job takes a few, touches their pages and pushes them on `ready`, a stack the heap
 //!   empties at its safe points into the table's directory (`Inner::feed_table`). A worker without
 //!   pages sets `chunk_failed` (the mark goes on without the table); after `CHUNK_PATIENCE` safe points
-//!   without a chunk (a `start` that runs jobs late or never), or in a `step`, the heap takes one itself.
+//!   without a chunk (a `start` that runs jobs late or never) the heap takes one per safe point itself
+//!   until the workers' come again, as a `step` does.
 //!   Chunks that come after the table is done or gone are listed if the directory has room, else given
 //!   back; those still on `ready` when the crew goes are given back with it. Then the slots are zeroed
 //!   a few per safe point.
