@@ -456,6 +456,7 @@ fn the_pacer_runs_cycles_and_keeps_the_heap_near_its_goal() {
 /// the safe points do in bounded slices meanwhile (the cycle start would otherwise sweep it all at once,
 /// a pause of O(heap)); nothing reachable is lost.
 #[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
 fn a_cycle_asked_for_while_sweeping_waits_for_the_sweep_in_slices() {
     let mut gc = slots_heap(GcConfig {
         mode: Mode::Incremental,
@@ -463,7 +464,7 @@ fn a_cycle_asked_for_while_sweeping_waits_for_the_sweep_in_slices() {
         clock: None,
         ..config()
     });
-    churn(&mut gc, if cfg!(miri) { 1 } else { 4 }, 100);
+    churn(&mut gc, 4, 100);
     gc.start_cycle();
     gc.finish_mark();
     let unswept = gc.stats().unswept_pages;
