@@ -19,6 +19,7 @@ use core::ptr::NonNull;
 
 use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
+use super::par::Shared;
 use super::spans::GcSpan;
 use super::trace::Trace;
 use super::workbuf::Pool;
@@ -37,6 +38,18 @@ const SWEEP_BUDGET: usize = 100;
 /// The most scan work one assist does in a concurrent mark (bytes); the rest stays owed
 /// (`Inner::assist_owed`) and is paid by the next assists.
 const CONC_ASSIST_MAX: usize = 4 << 10;
+
+impl Inner {
+    /// Adds an allocation's assist work to what a concurrent mark's mutator owes, without paying.
+    fn owe_only(&mut self, bytes: usize, credit: usize) {
+        let work = self
+            .pacer
+            .assist_work(bytes, self.heap_live, self.marker.scan_work + credit);
+        (self.assist_owed, self.credit_used) =
+            owe(self.assist_owed, self.credit_used, work, credit);
+        self.assist_due = self.assist_owed > 0;
+    }
+}
 
 /// A concurrent mark's assist bookkeeping (Go's background scan credit): `owed` scan work plus `work`
 /// for this allocation, paid first from the workers' scan work so far (`credit`) not yet spent
@@ -91,7 +104,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc || inner.assist_due {
-            inner.settle(self.pool(), self.worker_credit());
+            inner.settle(self.pool(), self.crew_shared());
         }
         Ok(value_ptr)
     }
@@ -217,10 +230,10 @@ impl Inner {
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).
-    fn settle(&mut self, pool: &Pool, credit: usize) {
+    fn settle(&mut self, pool: &Pool, crew: Option<&Shared>) {
         let bytes = core::mem::take(&mut self.debt);
         if bytes != 0 || self.assist_due {
-            self.pay(bytes, pool, credit);
+            self.pay(bytes, pool, crew);
         }
         if self.slow_alloc {
             self.stress_step(pool);
@@ -228,16 +241,27 @@ impl Inner {
     }
 
     /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the
-    /// trigger check. `credit`: the concurrent mark workers' scan work so far in this mark.
-    fn pay(&mut self, bytes: usize, pool: &Pool, credit: usize) {
+    /// trigger check. `crew`: what the concurrent mark workers share (their scan work so far in this
+    /// mark is credit).
+    fn pay(&mut self, bytes: usize, pool: &Pool, crew: Option<&Shared>) {
+        let credit = crew.map_or(0, Shared::scan_work_so_far);
         if self.marking {
             if self.marker.grey.is_empty() && pool.looks_empty() {
-                // Nothing grey in reach (a concurrent mark's workers hold what is left, or the mark
-                // waits for its termination): an assist would find no work, so none is made (not
-                // even a pause to look) and nothing is owed.
+                if let Some(crew) = crew.filter(|c| self.log.concurrent && c.workers_hold_work()) {
+                    // The workers hold what is grey: they are asked to share, and the work stays
+                    // owed (paid at the next allocations, once there is some to take).
+                    crew.set_wants_work(true);
+                    self.owe_only(bytes, credit);
+                    return;
+                }
+                // Nothing grey anywhere but at termination's reach: an assist would find no work,
+                // so none is made (not even a pause to look) and nothing is owed.
                 self.assist_owed = 0;
                 self.assist_due = false;
                 return;
+            }
+            if let Some(crew) = crew {
+                crew.set_wants_work(false);
             }
             let mut work =
                 self.pacer
@@ -257,12 +281,19 @@ impl Inner {
             // In a concurrent mark, the pool's chunks when the mutator outruns the workers (conc.rs).
             let done = self.drain_with_pool(pool, work);
             if self.log.concurrent {
-                // Nothing left to mark (for now): nothing is owed.
-                self.assist_owed = if done < work {
-                    0
+                // Less found than owed: the rest stays owed while workers hold grey entries (they
+                // are asked to share), else nothing is left to mark before termination.
+                let workers_busy = crew.is_some_and(Shared::workers_hold_work);
+                self.assist_owed = if done >= work || workers_busy {
+                    self.assist_owed - work.min(done)
                 } else {
-                    self.assist_owed - work
+                    0
                 };
+                if done < work && workers_busy {
+                    if let Some(crew) = crew {
+                        crew.set_wants_work(true);
+                    }
+                }
                 // What is still owed is paid at the next allocations, a piece each: the pacing's
                 // rate holds whatever the cap (while there is grey work in the mutator's reach;
                 // what the workers hold, they mark).

@@ -458,13 +458,13 @@ const CHUNK_WORDS: usize = CHUNK_PAGES * crate::addr::PAGE_SIZE / 8;
 
 /// The units of the table's work (module docs, "Building the table"): chunks taken from the source,
 /// chunks of slots zeroed, spans entered, slots merged. A safe point does units until `SLICE_NS` of the
-/// clock have passed (the pause it adds), or `UNITS` of them without a clock. Short: a pause measured on
-/// a shared machine also counts what the machine steals meanwhile (tens of microseconds now and then),
-/// so the nominal slice is kept well under the pause target (0.1 ms).
+/// clock have passed (the pause it adds), or `UNITS` of them without a clock. Not shorter: the build
+/// advances only at safe points, and while it runs workers cannot mark, so a slower build lets the heap
+/// grow, which makes the next build longer (with 8 µs slices a fast-allocating bench never converged).
 const ZERO_SLICE: usize = 1;
 const SPAN_SLICE: usize = 8;
 const SLOT_SLICE: usize = 32;
-pub(crate) const SLICE_NS: u64 = 8_000;
+pub(crate) const SLICE_NS: u64 = 25_000;
 const UNITS: usize = 8;
 
 /// Where a concurrent mark's side table is (module docs).
@@ -1049,6 +1049,7 @@ impl Inner {
     /// Stops using the workers (the crew is stopped, none inside): folds in what they did.
     fn fold_workers(&mut self, crew: &Crew) {
         let done = crew.sh.take_result();
+        crew.sh.set_wants_work(false);
         // Their credit is in `scan_work` from now on.
         self.credit_used = 0;
         self.marker.scan_work += done.scan_work;

@@ -31,7 +31,7 @@ use super::gctrace::{emit, CycleLog, GcStats};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
-use super::par::MarkWorkers;
+use super::par::{MarkWorkers, Shared};
 use super::spans::{SpanSet, SpanSource};
 use super::weak::WeakList;
 use super::workbuf::Pool;
@@ -265,9 +265,9 @@ impl State {
     }
 
     /// The pool of grey chunks shared with concurrent mark workers (an empty one without them).
-    /// Scan work the concurrent mark workers have done in this mark so far (0 without a crew).
-    pub(crate) fn worker_credit(&self) -> usize {
-        self.crew.as_ref().map_or(0, |c| c.sh.scan_work_so_far())
+    /// What the concurrent mark workers share (`None` without a crew).
+    pub(crate) fn crew_shared(&self) -> Option<&Shared> {
+        self.crew.as_ref().map(|c| &c.sh)
     }
 
     pub(crate) fn pool(&self) -> &Pool {

@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     busy: AtomicUsize,
     /// Workers waiting for work.
     idle: AtomicUsize,
+    /// A concurrent mark's mutator owes assist work and found none in the pool: workers share (as
+    /// for an idle worker) so that its assists can pay (alloc.rs).
+    wants_work: AtomicBool,
     marked_bytes: AtomicUsize,
     marked_objects: AtomicUsize,
     scan_work: AtomicUsize,
@@ -118,6 +121,7 @@ impl Shared {
             stop: AtomicBool::new(stopped),
             busy: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
+            wants_work: AtomicBool::new(false),
             marked_bytes: AtomicUsize::new(0),
             marked_objects: AtomicUsize::new(0),
             scan_work: AtomicUsize::new(0),
@@ -136,6 +140,16 @@ impl Shared {
     /// background scan credit).
     pub(crate) fn scan_work_so_far(&self) -> usize {
         self.scan_work.load(Ordering::Relaxed)
+    }
+
+    /// Whether a worker holds grey entries (that the pool does not).
+    pub(crate) fn workers_hold_work(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
+    }
+
+    /// The mutator wants (`true`) or got (`false`) work to assist with.
+    pub(crate) fn set_wants_work(&self, wants: bool) {
+        self.wants_work.store(wants, Ordering::Relaxed);
     }
 
     /// What the workers did since the last call (their counters are reset): call it with no worker
@@ -260,7 +274,9 @@ impl Worker<'_> {
                         break;
                     }
                     self.sh.pool.put_older(&mut self.m.grey);
-                    if self.sh.idle.load(Ordering::Relaxed) > 0 && self.sh.pool.looks_empty() {
+                    let wanted = self.sh.idle.load(Ordering::Relaxed) > 0
+                        || self.sh.wants_work.load(Ordering::Relaxed);
+                    if wanted && self.sh.pool.looks_empty() {
                         self.sh.pool.share(&mut self.m.grey, self.sh.source);
                     }
                 }
