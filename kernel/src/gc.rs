@@ -13,7 +13,7 @@ use crate::percpu;
 use crate::println;
 use crate::smp;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 use spanalloc::gc::{ConcurrentWorkers, GcConfig, MarkJob, MarkWorkers, Mode};
 use spin::Mutex;
@@ -81,8 +81,18 @@ static AP_JOBS: [Mutex<Option<MarkJob>>; percpu::MAX_CPUS] =
 /// The APs that ran a concurrent mark job (bit per CPU index), for tests.
 pub static CONCURRENT_JOB_CPUS: AtomicU64 = AtomicU64::new(0);
 
+/// The AP `start_on_ap` tries first: it goes round, so that jobs spread over every AP rather than
+/// piling on the lowest-numbered ones (whose slots empty as soon as their jobs start).
+static NEXT_AP: AtomicUsize = AtomicUsize::new(0);
+
 fn start_on_ap(job: MarkJob) {
-    for cpu in smp::bits(smp::online_mask() & !1) {
+    let aps = smp::online_mask() & !1;
+    let first = NEXT_AP.fetch_add(1, Ordering::Relaxed);
+    let n = aps.count_ones() as usize;
+    for i in 0..n {
+        let Some(cpu) = smp::bits(aps).nth((first + i) % n) else {
+            break;
+        };
         let mut slot = AP_JOBS[cpu].lock();
         if slot.is_none() {
             *slot = Some(job);
