@@ -222,7 +222,7 @@ const JOB_CHUNKS: usize = 8;
 
 /// Safe points a preparing table waits for the workers' chunks before the heap takes one itself (a
 /// `start` that runs jobs late or never only slows the table down).
-const CHUNK_PATIENCE: usize = 16;
+pub(crate) const CHUNK_PATIENCE: usize = 16;
 
 /// Takes one from `count` unless it is 0; whether it did.
 fn claim(count: &AtomicUsize) -> bool {
