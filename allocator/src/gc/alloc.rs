@@ -42,9 +42,14 @@ const CONC_ASSIST_MAX: usize = 4 << 10;
 impl Inner {
     /// Adds an allocation's assist work to what a concurrent mark's mutator owes, without paying.
     fn owe_only(&mut self, bytes: usize, credit: usize) {
-        let work = self
-            .pacer
-            .assist_work(bytes, self.heap_live, self.marker.scan_work + credit);
+        // Most calls come from allocations within a span (no new bytes, `debt` accrues per refill):
+        // they only spend new credit, without the pacer's division.
+        let work = if bytes == 0 {
+            0
+        } else {
+            self.pacer
+                .assist_work(bytes, self.heap_live, self.marker.scan_work + credit)
+        };
         (self.assist_owed, self.credit_used) =
             owe(self.assist_owed, self.credit_used, work, credit);
         self.assist_due = self.assist_owed > 0;

@@ -149,7 +149,11 @@ impl Shared {
 
     /// The mutator wants (`true`) or got (`false`) work to assist with.
     pub(crate) fn set_wants_work(&self, wants: bool) {
-        self.wants_work.store(wants, Ordering::Relaxed);
+        // Stored only when it changes: every concurrent assist says so, and a store would take the
+        // line the workers poll away from them each time.
+        if self.wants_work.load(Ordering::Relaxed) != wants {
+            self.wants_work.store(wants, Ordering::Relaxed);
+        }
     }
 
     /// What the workers did since the last call (their counters are reset): call it with no worker
