@@ -119,7 +119,7 @@ fn run_posted_job(cpu: usize) {
 /// Pauses of the current run, in ns; never grows past the capacity `start` reserved.
 static PAUSES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
-fn record_pause(ns: u64) {
+fn record_pause(_: spanalloc::gc::PauseKind, ns: u64) {
     let mut pauses = PAUSES.lock();
     if pauses.len() < pauses.capacity() {
         pauses.push(ns);

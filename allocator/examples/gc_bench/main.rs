@@ -32,7 +32,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use spanalloc::gc::{
-    ConcurrentWorkers, Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, Rootable, Trace,
+    ConcurrentWorkers, Gc, GcCell, GcConfig, GcHeap, GcRefCell, MarkWorkers, Mode, PauseKind,
+    Rootable, Trace,
 };
 use spanalloc::host::{HostMachine, HostPlatform};
 use spanalloc::Heap;
@@ -71,8 +72,14 @@ fn print_line(s: &str) {
 
 static PAUSES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
-fn record_pause(ns: u64) {
+/// Pauses of the current run by kind (`PauseKind::ALL`'s order), for the concurrent row's breakdown.
+static BY_KIND: Mutex<Vec<Vec<u64>>> = Mutex::new(Vec::new());
+
+fn record_pause(kind: PauseKind, ns: u64) {
     PAUSES.lock().unwrap().push(ns);
+    let mut by_kind = BY_KIND.lock().unwrap();
+    by_kind.resize(PauseKind::ALL.len(), Vec::new());
+    by_kind[kind as usize].push(ns);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -121,6 +128,8 @@ struct PauseReport {
     p50: u64,
     total: u64,
     wall: u64,
+    /// Per kind of collector work (`PauseKind::ALL`'s order): count, p50, p99.9, max, total (ns).
+    by_kind: Vec<[u64; 5]>,
 }
 
 /// A crew of host threads for concurrent marking, started once: `crew::start` queues a mark job and
@@ -264,6 +273,7 @@ fn pause_bench_with(
     }
     gc.collect();
     PAUSES.lock().unwrap().clear();
+    BY_KIND.lock().unwrap().clear();
     let start_cycles = gc.stats().cycles;
     let t0 = wall_ns();
     let mut i = 0u64;
@@ -288,6 +298,22 @@ fn pause_bench_with(
     let mut p = std::mem::take(&mut *PAUSES.lock().unwrap());
     p.sort_unstable();
     let pct = |q: usize| p[(p.len() * q / 100).min(p.len() - 1)];
+    let mut by_kind = std::mem::take(&mut *BY_KIND.lock().unwrap());
+    by_kind.resize(PauseKind::ALL.len(), Vec::new());
+    let by_kind = by_kind
+        .into_iter()
+        .map(|mut d| {
+            d.sort_unstable();
+            let at = |q: usize| d.get((d.len() * q / 1000).min(d.len().saturating_sub(1)));
+            [
+                d.len() as u64,
+                at(500).copied().unwrap_or(0),
+                at(999).copied().unwrap_or(0),
+                d.last().copied().unwrap_or(0),
+                d.iter().sum(),
+            ]
+        })
+        .collect();
     PauseReport {
         cycles: gc.stats().cycles - start_cycles,
         pauses: p.len(),
@@ -296,6 +322,7 @@ fn pause_bench_with(
         p50: pct(50),
         total: p.iter().sum(),
         wall,
+        by_kind,
     }
 }
 
@@ -562,6 +589,26 @@ fn bench(quick: bool) {
             ms(p999),
             ms(max)
         );
+        // Where the row's pauses come from (the median repetition): the kinds of collector work, each
+        // with its own distribution (`PauseKind`). A kind's max far above its p99.9 is the machine's
+        // interruption of one short pause, as the floor line shows.
+        println!(
+            "  by kind: {:<12} {:>8} {:>10} {:>10} {:>10} {:>12}",
+            "", "count", "p50", "p99.9", "max", "total"
+        );
+        for (kind, k) in PauseKind::ALL.iter().zip(&r.by_kind) {
+            if k[0] > 0 {
+                println!(
+                    "           {:<12} {:>8} {:>10} {:>10} {:>10} {:>12}",
+                    kind.name(),
+                    k[0],
+                    ms(k[1]),
+                    ms(k[2]),
+                    ms(k[3]),
+                    ms(k[4])
+                );
+            }
+        }
     }
     // `-- pauses`: the pause table alone.
     if std::env::args().any(|a| a == "pauses") {

@@ -17,6 +17,7 @@
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
+use super::gctrace::PauseKind;
 use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
 use super::par::Shared;
@@ -306,7 +307,7 @@ impl Inner {
             }
             self.stats.assists += 1;
             self.log.assists += 1;
-            self.pause_end(t0);
+            self.pause_end(t0, PauseKind::Assist);
             return;
         }
         self.assist_due = false;
@@ -315,7 +316,7 @@ impl Inner {
             if pages > 0 {
                 let t0 = self.now();
                 self.sweep_pages(pages);
-                self.pause_end(t0);
+                self.pause_end(t0, PauseKind::Sweep);
             }
         }
         if self.heap_live >= self.pacer.trigger {

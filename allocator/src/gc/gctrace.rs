@@ -20,6 +20,69 @@
 
 use core::fmt::{self, Write};
 
+/// What a pause — a piece of collector work the mutator waited for — was spent on (`GcStats::by_kind`,
+/// `GcConfig::pause_hook`). Go's names where Go has the piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PauseKind {
+    /// A whole stop-the-world cycle (`Mode::StopTheWorld`, `GcHeap::collect`).
+    StopTheWorld,
+    /// A cycle's start: the last sweep's end, mark setup and the root scan.
+    Start,
+    /// Sweeping: an allocation's proportional share, a slice before a cycle starts, or a step's.
+    Sweep,
+    /// A mark assist: an allocation paying for what it allocated while marking.
+    Assist,
+    /// Marking in an explicit `GcHeap::step`.
+    Step,
+    /// A slice of a concurrent mark's side table: taking its chunks, building or merging it (conc.rs).
+    Table,
+    /// A concurrent mark's hand-over at a safe point: grey work to the workers and jobs started, or the
+    /// switch to merging once they are stopped.
+    Handover,
+    /// The mutator waiting for a concurrent worker to finish copying or tracing a cell (cell.rs).
+    CellWait,
+    /// Mark termination (or `finish_mark`: the rest of the mark, then termination).
+    Termination,
+}
+
+impl PauseKind {
+    /// Every kind, in `GcStats::by_kind`'s order.
+    pub const ALL: [PauseKind; 9] = [
+        PauseKind::StopTheWorld,
+        PauseKind::Start,
+        PauseKind::Sweep,
+        PauseKind::Assist,
+        PauseKind::Step,
+        PauseKind::Table,
+        PauseKind::Handover,
+        PauseKind::CellWait,
+        PauseKind::Termination,
+    ];
+
+    /// A short lowercase name, for tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PauseKind::StopTheWorld => "stw",
+            PauseKind::Start => "start",
+            PauseKind::Sweep => "sweep",
+            PauseKind::Assist => "assist",
+            PauseKind::Step => "step",
+            PauseKind::Table => "table",
+            PauseKind::Handover => "handover",
+            PauseKind::CellWait => "cell wait",
+            PauseKind::Termination => "termination",
+        }
+    }
+}
+
+/// Pauses of one kind: how many, their total and the longest (ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PauseStat {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
 /// Collector counters since the heap was made (plus a snapshot of the pacer).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GcStats {
@@ -28,6 +91,8 @@ pub struct GcStats {
     pub pauses: u64,
     pub pause_total_ns: u64,
     pub pause_max_ns: u64,
+    /// The same per kind of work, in `PauseKind::ALL`'s order (see [`GcStats::pauses_of`]).
+    pub by_kind: [PauseStat; PauseKind::ALL.len()],
     pub assists: u64,
     pub objects_freed: u64,
     pub bytes_freed: u64,
@@ -47,6 +112,24 @@ pub struct GcStats {
     /// Pages in GC spans, and those waiting for the sweeper.
     pub pages: usize,
     pub unswept_pages: usize,
+}
+
+impl GcStats {
+    /// The pauses of `kind`.
+    pub fn pauses_of(&self, kind: PauseKind) -> PauseStat {
+        self.by_kind[kind as usize]
+    }
+
+    /// Counts a pause of `ns` spent on `kind`.
+    pub(crate) fn count_pause(&mut self, kind: PauseKind, ns: u64) {
+        self.pauses += 1;
+        self.pause_total_ns += ns;
+        self.pause_max_ns = self.pause_max_ns.max(ns);
+        let k = &mut self.by_kind[kind as usize];
+        k.count += 1;
+        k.total_ns += ns;
+        k.max_ns = k.max_ns.max(ns);
+    }
 }
 
 /// What one cycle logs.

@@ -27,7 +27,7 @@ use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
 use super::conc::{ConcTable, ConcurrentWorkers, CrewRef, TablePhase};
-use super::gctrace::{emit, CycleLog, GcStats};
+use super::gctrace::{emit, CycleLog, GcStats, PauseKind};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
@@ -83,9 +83,10 @@ pub struct GcConfig {
     pub clock: Option<fn() -> u64>,
     /// Receives one gctrace line per cycle.
     pub trace_sink: Option<fn(&str)>,
-    /// Called with the length in ns of every piece of collector work the mutator waited for
-    /// (stop-the-world cycle, cycle start, step, assist, termination).
-    pub pause_hook: Option<fn(u64)>,
+    /// Called with the kind and the length in ns of every piece of collector work the mutator waited
+    /// for (stop-the-world cycle, cycle start, sweep, assist, step, table slice, hand-over, cell wait,
+    /// termination: [`PauseKind`]).
+    pub pause_hook: Option<fn(PauseKind, u64)>,
     /// Mark workers on other CPUs for stop-the-world marks (par.rs); `None`: mark on the heap's CPU.
     /// With workers, `Trace` impls run on their CPUs too (trace.rs).
     pub mark_workers: Option<MarkWorkers>,
@@ -168,19 +169,17 @@ impl Inner {
     }
 
     /// Records a pause that began at `t0`.
-    pub(crate) fn pause_end(&mut self, t0: u64) {
+    pub(crate) fn pause_end(&mut self, t0: u64, kind: PauseKind) {
         let d = self.now().saturating_sub(t0);
-        self.pause_ns(d);
+        self.pause_ns(d, kind);
     }
 
-    /// Records a pause of `d` ns.
-    pub(crate) fn pause_ns(&mut self, d: u64) {
-        self.stats.pauses += 1;
-        self.stats.pause_total_ns += d;
-        self.stats.pause_max_ns = self.stats.pause_max_ns.max(d);
+    /// Records a pause of `d` ns spent on `kind`.
+    pub(crate) fn pause_ns(&mut self, d: u64, kind: PauseKind) {
+        self.stats.count_pause(kind, d);
         self.log.pause_max_ns = self.log.pause_max_ns.max(d);
         if let Some(h) = self.config.pause_hook {
-            h(d);
+            h(kind, d);
         }
     }
 }
@@ -256,7 +255,7 @@ impl State {
 
     /// Records a wait of the mutator for collector work that began at `t0` (a pause).
     pub(crate) fn waited(&self, t0: u64) {
-        self.enter().1.pause_end(t0);
+        self.enter().1.pause_end(t0, PauseKind::CellWait);
     }
 
     /// Exclusive access at a safe point.
@@ -508,7 +507,7 @@ impl<R: Rootable> GcHeap<R> {
                     // point): finishing it in the cycle start would be a pause of O(heap).
                     let t0 = inner.now();
                     inner.sweep_slice();
-                    inner.pause_end(t0);
+                    inner.pause_end(t0, PauseKind::Sweep);
                 }
                 Mode::Incremental | Mode::Concurrent => self.start_cycle(),
             }
@@ -540,9 +539,9 @@ impl<R: Rootable> GcHeap<R> {
                     // No worker runs from now on: the table is merged at the next safe points.
                     inner.begin_merge(crew);
                     self.state.set_concurrent(false);
-                    self.state.get_mut().pause_end(t0);
+                    self.state.get_mut().pause_end(t0, PauseKind::Handover);
                 } else if inner.kick(crew) {
-                    inner.pause_end(t0);
+                    inner.pause_end(t0, PauseKind::Handover);
                 }
             }
             Some(_) => self.table_work(None),
@@ -560,7 +559,7 @@ impl<R: Rootable> GcHeap<R> {
             crew.open(view);
             inner.kick(crew);
         }
-        inner.pause_end(t0);
+        inner.pause_end(t0, PauseKind::Table);
         if opened {
             self.state.set_concurrent(true);
         }
@@ -600,11 +599,11 @@ impl<R: Rootable> GcHeap<R> {
             }
             inner.drain_with_pool(pool, budget.max(1));
             inner.log.steps += 1;
-            inner.pause_end(t0);
+            inner.pause_end(t0, PauseKind::Step);
             self.mark_safepoint();
         } else if inner.spans.unswept_pages > 0 {
             inner.sweep_pages(budget.div_ceil(crate::addr::PAGE_SIZE).max(1));
-            inner.pause_end(t0);
+            inner.pause_end(t0, PauseKind::Sweep);
         } else if inner.cycle_requested || inner.heap_live >= inner.pacer.trigger {
             self.start_cycle();
         }
@@ -618,7 +617,7 @@ impl<R: Rootable> GcHeap<R> {
         }
         let t0 = self.state.get_mut().now();
         self.begin_cycle(true);
-        self.state.get_mut().pause_end(t0);
+        self.state.get_mut().pause_end(t0, PauseKind::Start);
     }
 
     /// Marks until the grey stack is empty and terminates the cycle in progress.
@@ -630,7 +629,7 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
         self.end_cycle();
-        self.state.get_mut().pause_end(t0);
+        self.state.get_mut().pause_end(t0, PauseKind::Termination);
     }
 
     /// Sweep termination, mark setup and the root scan; `concurrent`: a mark that workers may run
@@ -664,7 +663,7 @@ impl<R: Rootable> GcHeap<R> {
         if eager_sweep {
             inner.sweep_all();
         }
-        inner.pause_end(t0);
+        inner.pause_end(t0, PauseKind::StopTheWorld);
     }
 
     /// Mark termination as a pause of its own.
@@ -673,7 +672,7 @@ impl<R: Rootable> GcHeap<R> {
         let t0 = inner.now();
         inner.log.pause_t0 = Some(t0);
         self.end_cycle();
-        self.state.get_mut().pause_end(t0);
+        self.state.get_mut().pause_end(t0, PauseKind::Termination);
     }
 
     /// Mark termination; the grey stack must be empty.

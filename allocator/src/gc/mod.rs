@@ -108,7 +108,7 @@ mod workbuf;
 
 pub use cell::{GcCell, GcRefCell, GcRefMut};
 pub use conc::{ConcurrentWorkers, MarkJob};
-pub use gctrace::GcStats;
+pub use gctrace::{GcStats, PauseKind, PauseStat};
 pub use heap::{GcConfig, GcHeap, Mode, Phase, Stress};
 pub use mutation::{Mutation, Rootable};
 pub use pacer::MIN_HEAP;

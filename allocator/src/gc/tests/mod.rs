@@ -405,6 +405,100 @@ fn a_stop_the_world_line_counts_its_own_pause() {
     take_finalized();
 }
 
+/// Every pause is counted under the kind of work it was (`GcStats::by_kind`, the pause hook's
+/// first argument), the kinds add up to the totals, and each mode shows the kinds it is made of.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri: a few cycles of 16 MiB of garbage per mode"
+)]
+fn pauses_are_counted_by_kind() {
+    std::thread_local!(static HOOKED: core::cell::RefCell<[u64; 9]> = const {
+        core::cell::RefCell::new([0; 9])
+    });
+    fn hook(kind: PauseKind, _: u64) {
+        HOOKED.with(|h| h.borrow_mut()[kind as usize] += 1);
+    }
+    for (i, k) in PauseKind::ALL.iter().enumerate() {
+        assert_eq!(*k as usize, i, "PauseKind::ALL is in declaration order");
+    }
+    let modes = [
+        (Mode::StopTheWorld, None),
+        (Mode::Incremental, None),
+        (Mode::Concurrent, Some(ConcurrentWorkers::threads(1))),
+    ];
+    for (mode, concurrent_workers) in modes {
+        HOOKED.with(|h| *h.borrow_mut() = [0; 9]);
+        let mut gc = slots_heap(GcConfig {
+            mode,
+            concurrent_workers,
+            pause_hook: Some(hook),
+            verify: false,
+            ..config()
+        });
+        churn(&mut gc, 16, 1000);
+        if mode == Mode::Incremental {
+            // Explicit steps in a running cycle.
+            gc.start_cycle();
+            gc.step(4096);
+            gc.finish_mark();
+        }
+        let s = gc.stats();
+        let of = |k: PauseKind| s.pauses_of(k).count;
+        assert_eq!(s.by_kind.iter().map(|k| k.count).sum::<u64>(), s.pauses);
+        assert_eq!(
+            s.by_kind.iter().map(|k| k.total_ns).sum::<u64>(),
+            s.pause_total_ns
+        );
+        assert_eq!(
+            s.by_kind.iter().map(|k| k.max_ns).max(),
+            Some(s.pause_max_ns)
+        );
+        let hooked = HOOKED.with(|h| *h.borrow());
+        for k in PauseKind::ALL {
+            assert_eq!(
+                hooked[k as usize],
+                of(k),
+                "{mode:?}: the hook's {} pauses",
+                k.name()
+            );
+        }
+        assert!(s.cycles >= 2, "{mode:?}: {} cycles", s.cycles);
+        match mode {
+            Mode::StopTheWorld => {
+                assert_eq!(of(PauseKind::StopTheWorld), s.cycles, "{s:?}");
+                for k in [
+                    PauseKind::Start,
+                    PauseKind::Assist,
+                    PauseKind::Table,
+                    PauseKind::Step,
+                ] {
+                    assert_eq!(of(k), 0, "stop-the-world: {} pauses", k.name());
+                }
+            }
+            Mode::Incremental => {
+                for k in [
+                    PauseKind::Start,
+                    PauseKind::Assist,
+                    PauseKind::Sweep,
+                    PauseKind::Step,
+                    PauseKind::Termination,
+                ] {
+                    assert!(of(k) > 0, "incremental: no {} pause: {s:?}", k.name());
+                }
+                assert_eq!(of(PauseKind::Table), 0);
+            }
+            Mode::Concurrent => {
+                for k in [PauseKind::Start, PauseKind::Table, PauseKind::Termination] {
+                    assert!(of(k) > 0, "concurrent: no {} pause: {s:?}", k.name());
+                }
+            }
+        }
+        drop(gc);
+        take_finalized();
+    }
+}
+
 /// Allocates `mib` MiB of garbage in many `mutate` calls, keeping a list of `keep` nodes alive.
 fn churn(gc: &mut GcHeap<Slots>, mib: usize, keep: u64) {
     gc.mutate(|mc, root| {

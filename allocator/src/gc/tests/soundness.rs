@@ -440,7 +440,7 @@ fn a_panicking_trace_sink_leaves_the_barrier_matching_the_phase() {
     assert_eq!(take_finalized(), [] as [u64; 0]);
 }
 
-fn boom_hook(_: u64) {
+fn boom_hook(_: PauseKind, _: u64) {
     maybe_boom("the pause hook");
 }
 
