@@ -9,7 +9,7 @@ use crate::heap::HEAP;
 use crate::println;
 use crate::tests::workload::Rng;
 use alloc::vec;
-use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mode, Mutation, Rootable, Trace};
+use spanalloc::gc::{Gc, GcCell, GcConfig, GcHeap, Mode, Mutation, PauseKind, Rootable, Trace};
 
 /// Depth of binary-trees' long-lived tree (its stretch tree is one deeper); a few seconds under TCG.
 const MAX_DEPTH: u32 = 14;
@@ -197,6 +197,25 @@ pub fn run() {
             pauses.total.as_millis(),
             wall.as_millis(),
             stats.bytes_freed >> 20
+        );
+        // What the pauses were spent on (`PauseKind`): kinds that occurred, count and longest.
+        let mut kinds = alloc::string::String::new();
+        for kind in PauseKind::ALL {
+            let k = stats.pauses_of(kind);
+            if k.count > 0 {
+                use core::fmt::Write;
+                let _ = write!(
+                    kinds,
+                    " {} {} (max {} us);",
+                    kind.name(),
+                    k.count,
+                    k.max_ns / 1000
+                );
+            }
+        }
+        println!(
+            "gc demo: {name}: pauses by kind:{}",
+            kinds.trim_end_matches(';')
         );
     }
 }
