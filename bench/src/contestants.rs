@@ -131,6 +131,26 @@ impl Spanalloc {
         )
     }
 
+    /// [`Spanalloc::new`] with its fake physical memory faulted in before the heap takes it, as every
+    /// `no_std` peer's arena is (`Region::new(.., true)`): otherwise the measured passes pay the host's
+    /// first touch of each frame (a page fault and the kernel's zeroing of a memfd page), which the peers
+    /// paid before the run — a host artifact, not the allocator's cost (a kernel's memory is there).
+    pub fn prefaulted(bytes: usize) -> Self {
+        use spanalloc::Platform;
+        let m = HostMachine::with_usable_memory(bytes, WINDOW_BYTES);
+        let phys = m.platform.physical_memory_offset().as_mut_ptr::<u8>();
+        for off in (0..m.platform.phys_bytes()).step_by(4096) {
+            // SAFETY: `off` is inside the fake physical memory's direct map; the byte is written back as
+            // read (the frame allocator's bitmap and the first page table live there already), on this
+            // thread, before any heap uses the memory.
+            unsafe {
+                let at = phys.add(off);
+                at.write_volatile(at.read_volatile());
+            }
+        }
+        Self::on(m, MAX_HEAP_BYTES)
+    }
+
     /// A heap of at most `max_heap_bytes` in a window of `window_bytes` (metadata + heap).
     pub fn with_window(phys_bytes: usize, window_bytes: usize, max_heap_bytes: usize) -> Self {
         Self::on(HostMachine::new(phys_bytes, window_bytes), max_heap_bytes)
@@ -343,11 +363,12 @@ pub struct Contestants {
 }
 
 impl Contestants {
-    /// Every `no_std` peer gets a prefaulted region of `arena_bytes`, spanalloc as much fake physical memory.
+    /// Every `no_std` peer gets a prefaulted region of `arena_bytes`, spanalloc as much fake physical
+    /// memory, prefaulted too.
     pub fn new(arena_bytes: usize) -> Self {
         let region = || Region::new(arena_bytes, true).leak();
         Contestants {
-            spanalloc: Spanalloc::new(arena_bytes),
+            spanalloc: Spanalloc::prefaulted(arena_bytes),
             talc: new_talc(region()),
             rlsf: new_rlsf(region()),
             buddy: new_buddy(region()),
