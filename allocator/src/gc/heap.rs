@@ -456,6 +456,12 @@ impl<R: Rootable> GcHeap<R> {
         self.state.get_mut().table_one_unit = on;
     }
 
+    /// Whether the mutator takes the cells' locks (a concurrent mark's workers may run).
+    #[cfg(test)]
+    pub(crate) fn cell_locks_on(&self) -> bool {
+        self.state.is_concurrent()
+    }
+
     /// Where a concurrent mark's side table is; `None` without one.
     #[cfg(test)]
     pub(crate) fn table_phase(&mut self) -> Option<TablePhase> {
@@ -554,15 +560,18 @@ impl<R: Rootable> GcHeap<R> {
         let (inner, _, crew) = self.state.parts();
         let t0 = inner.now();
         let opened = inner.table_slice(units, crew) == Some(TablePhase::Open);
+        if opened {
+            // The cells' locks go on before any worker may mark, and before any user code (a job's
+            // `start`, the clock, the pause hook) can unwind past this.
+            self.state.set_concurrent(true);
+        }
+        let (inner, _, crew) = self.state.parts();
         if let (true, Some(crew), Some(view)) = (opened, crew, inner.marker.conc) {
-            // Workers may mark from now on (the cells' locks go on before the mutator runs again).
+            // Workers may mark from now on.
             crew.open(view);
             inner.kick(crew);
         }
         inner.pause_end(t0, PauseKind::Table);
-        if opened {
-            self.state.set_concurrent(true);
-        }
     }
 
     /// Whether the mark may terminate now: no grey entry left (the mutator's, the pool's) and no

@@ -392,6 +392,46 @@ fn a_concurrent_table_takes_its_chunks_from_the_workers() {
     assert_eq!(adopted, 0, "chunks from workers that never ran");
 }
 
+/// A pause hook (or clock) that panics at the end of the table slice that opens the crew must not
+/// leave the workers marking while the mutator writes its cells without their locks.
+#[test]
+#[cfg_attr(miri, ignore = "a thread per job is too slow under Miri")]
+fn a_pause_hook_panicking_as_the_table_opens_leaves_the_cells_locked() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    std::thread_local!(static BOOM: core::cell::Cell<bool> = const { core::cell::Cell::new(false) });
+    fn hook(kind: PauseKind, _: u64) {
+        if kind == PauseKind::Table && BOOM.with(core::cell::Cell::get) {
+            panic!("test: the pause hook panics");
+        }
+    }
+    let config = GcConfig {
+        pause_hook: Some(hook),
+        ..concurrent_config(ConcurrentWorkers::threads(1))
+    };
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), config, new_bags);
+    let m = fill_bags(&mut gc, 2_000);
+    gc.collect();
+    gc.start_cycle();
+    BOOM.with(|b| b.set(true));
+    let mut steps = 0;
+    while gc.table_phase().is_some_and(|p| p != TablePhase::Open) {
+        // Every table slice's pause panics, the one that opens the crew too.
+        let _ = catch_unwind(AssertUnwindSafe(|| gc.step(4096)));
+        steps += 1;
+        assert!(steps < 100_000, "the table never opened");
+    }
+    BOOM.with(|b| b.set(false));
+    assert_eq!(gc.table_phase(), Some(TablePhase::Open));
+    assert!(
+        gc.cell_locks_on(),
+        "the crew is open but the mutator takes no cell locks"
+    );
+    gc.finish_mark();
+    check(&mut gc, &m);
+    drop(gc);
+    take_finalized();
+}
+
 /// Jobs a `start` kept instead of running them (run after their heap is gone).
 static KEPT: std::sync::Mutex<Vec<MarkJob>> = std::sync::Mutex::new(Vec::new());
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
