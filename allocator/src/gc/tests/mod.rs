@@ -467,13 +467,10 @@ fn pauses_are_counted_by_kind() {
         match mode {
             Mode::StopTheWorld => {
                 assert_eq!(of(PauseKind::StopTheWorld), s.cycles, "{s:?}");
-                for k in [
-                    PauseKind::Start,
-                    PauseKind::Assist,
-                    PauseKind::Table,
-                    PauseKind::Step,
-                ] {
-                    assert_eq!(of(k), 0, "stop-the-world: {} pauses", k.name());
+                for k in PauseKind::ALL {
+                    if k != PauseKind::StopTheWorld && k != PauseKind::Sweep {
+                        assert_eq!(of(k), 0, "stop-the-world: {} pauses", k.name());
+                    }
                 }
             }
             Mode::Incremental => {
@@ -486,10 +483,21 @@ fn pauses_are_counted_by_kind() {
                 ] {
                     assert!(of(k) > 0, "incremental: no {} pause: {s:?}", k.name());
                 }
-                assert_eq!(of(PauseKind::Table), 0);
+                for k in [
+                    PauseKind::StopTheWorld,
+                    PauseKind::Table,
+                    PauseKind::Handover,
+                ] {
+                    assert_eq!(of(k), 0, "incremental: {} pauses", k.name());
+                }
             }
             Mode::Concurrent => {
-                for k in [PauseKind::Start, PauseKind::Table, PauseKind::Termination] {
+                for k in [
+                    PauseKind::Start,
+                    PauseKind::Table,
+                    PauseKind::Handover,
+                    PauseKind::Termination,
+                ] {
                     assert!(of(k) > 0, "concurrent: no {} pause: {s:?}", k.name());
                 }
             }
