@@ -194,22 +194,32 @@ impl<'gc, T: Trace> GcRefCell<'gc, T> {
     pub fn borrow_mut(&self, mc: &Mutation<'gc>) -> GcRefMut<'_, T> {
         let r = self.value.borrow_mut();
         mc.barrier(&*r);
-        if self
+        let waited = self
             .trace_lock
             .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
-        {
-            self.wait_for_tracers(mc);
-        }
-        GcRefMut {
+            .then(|| self.wait_for_tracers(mc));
+        let g = GcRefMut {
             lock: &self.trace_lock,
             r,
+        };
+        if let Some(t0) = waited {
+            // Counted once the guard holds the lock: a panicking clock or pause hook gives it back.
+            mc.state().waited(t0);
         }
+        g
     }
 
+    /// The lock tracers on other CPUs take (a test's stand-in for one).
+    #[cfg(test)]
+    pub(crate) fn trace_lock(&self) -> &AtomicUsize {
+        &self.trace_lock
+    }
+
+    /// Takes `WRITER` once the tracers are gone; returns when the wait began (the clock's time).
     #[cold]
     #[inline(never)]
-    fn wait_for_tracers(&self, mc: &Mutation<'gc>) {
+    fn wait_for_tracers(&self, mc: &Mutation<'gc>) -> u64 {
         let t0 = mc.state().now();
         while self
             .trace_lock
@@ -218,7 +228,7 @@ impl<'gc, T: Trace> GcRefCell<'gc, T> {
         {
             core::hint::spin_loop();
         }
-        mc.state().waited(t0);
+        t0
     }
 }
 

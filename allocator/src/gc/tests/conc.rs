@@ -435,6 +435,53 @@ fn a_pause_hook_panicking_as_the_table_opens_leaves_the_cells_locked() {
     take_finalized();
 }
 
+/// A pause hook (or clock) that panics when `borrow_mut` has waited for a tracer must not leave the
+/// cell's trace lock held: every later trace would skip its contents (and the next `borrow_mut` spin
+/// forever).
+#[test]
+#[cfg_attr(miri, ignore = "sleeps for a thread")]
+fn a_pause_hook_panicking_after_a_cell_wait_leaves_the_cell_unlocked() {
+    use core::sync::atomic::Ordering;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    std::thread_local!(static BOOM: core::cell::Cell<bool> = const { core::cell::Cell::new(false) });
+    fn hook(kind: PauseKind, _: u64) {
+        if kind == PauseKind::CellWait && BOOM.with(|b| b.replace(false)) {
+            panic!("test: the pause hook panics");
+        }
+    }
+    let config = GcConfig {
+        pause_hook: Some(hook),
+        ..config()
+    };
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), config, new_bags);
+    let m = fill_bags(&mut gc, 64);
+    gc.mutate(|mc, root| {
+        let bag = root[0].get().unwrap();
+        let lock = bag.items.trace_lock();
+        // A tracer on another CPU reads the bag, and is done in a while.
+        lock.fetch_add(1, Ordering::Acquire);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                lock.fetch_sub(1, Ordering::Release);
+            });
+            BOOM.with(|b| b.set(true));
+            let r = catch_unwind(AssertUnwindSafe(|| drop(bag.items.borrow_mut(mc))));
+            assert!(r.is_err(), "the pause hook did not panic");
+        });
+        assert_eq!(lock.load(Ordering::Relaxed), 0, "the cell stays locked");
+    });
+    gc.collect();
+    let freed = take_finalized();
+    assert!(
+        m.bags[0].iter().all(|id| !freed.contains(id)),
+        "items of the bag were freed: {freed:?}"
+    );
+    check(&mut gc, &m);
+    drop(gc);
+    take_finalized();
+}
+
 /// Jobs a `start` kept instead of running them (run after their heap is gone).
 static KEPT: std::sync::Mutex<Vec<MarkJob>> = std::sync::Mutex::new(Vec::new());
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
