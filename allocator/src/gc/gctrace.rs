@@ -23,6 +23,7 @@ use core::fmt::{self, Write};
 /// What a pause — a piece of collector work the mutator waited for — was spent on (`GcStats::by_kind`,
 /// `GcConfig::pause_hook`). Go's names where Go has the piece.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PauseKind {
     /// A whole stop-the-world cycle (`Mode::StopTheWorld`, `GcHeap::collect`).
     StopTheWorld,
@@ -91,8 +92,9 @@ pub struct GcStats {
     pub pauses: u64,
     pub pause_total_ns: u64,
     pub pause_max_ns: u64,
-    /// The same per kind of work, in `PauseKind::ALL`'s order (see [`GcStats::pauses_of`]).
-    pub by_kind: [PauseStat; PauseKind::ALL.len()],
+    /// The same per kind of work, in `PauseKind::ALL`'s order ([`GcStats::pauses_of`],
+    /// [`GcStats::by_kind`]; private so that a new kind breaks nobody).
+    pub(crate) kinds: [PauseStat; PauseKind::ALL.len()],
     pub assists: u64,
     pub objects_freed: u64,
     pub bytes_freed: u64,
@@ -117,17 +119,22 @@ pub struct GcStats {
 impl GcStats {
     /// The pauses of `kind`.
     pub fn pauses_of(&self, kind: PauseKind) -> PauseStat {
-        self.by_kind[kind as usize]
+        self.kinds[kind as usize]
     }
 
-    /// Counts a pause of `ns` spent on `kind`.
+    /// Every kind with its pauses, in `PauseKind::ALL`'s order.
+    pub fn by_kind(&self) -> impl Iterator<Item = (PauseKind, PauseStat)> + '_ {
+        PauseKind::ALL.into_iter().zip(self.kinds)
+    }
+
+    /// Counts a pause of `ns` spent on `kind` (saturating: the clock is the user's).
     pub(crate) fn count_pause(&mut self, kind: PauseKind, ns: u64) {
         self.pauses += 1;
-        self.pause_total_ns += ns;
+        self.pause_total_ns = self.pause_total_ns.saturating_add(ns);
         self.pause_max_ns = self.pause_max_ns.max(ns);
-        let k = &mut self.by_kind[kind as usize];
+        let k = &mut self.kinds[kind as usize];
         k.count += 1;
-        k.total_ns += ns;
+        k.total_ns = k.total_ns.saturating_add(ns);
         k.max_ns = k.max_ns.max(ns);
     }
 }

@@ -150,7 +150,9 @@ impl Shared {
     /// The mutator wants (`true`) or got (`false`) work to assist with.
     pub(crate) fn set_wants_work(&self, wants: bool) {
         // Stored only when it changes: every concurrent assist says so, and a store would take the
-        // line the workers poll away from them each time.
+        // line the workers poll away from them each time. The load-then-store is no race because the
+        // heap's mutator is the flag's only writer (workers only read it); a worker that reset it would
+        // need a swap here.
         if self.wants_work.load(Ordering::Relaxed) != wants {
             self.wants_work.store(wants, Ordering::Relaxed);
         }

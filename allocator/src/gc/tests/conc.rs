@@ -355,7 +355,8 @@ fn table_chunks_with(workers: ConcurrentWorkers, items: u64, must_end: bool) -> 
 
 /// The side table's chunks come from the workers (a fresh page can cost the mutator tens of
 /// microseconds to map); with a `start` that never runs a job, the heap takes them itself after
-/// waiting a few safe points, and the mark still completes.
+/// waiting a few safe points, and the mark still completes (under Miri that second mark is ended by
+/// `finish_mark` after a few safe points: it needs some 160 at Miri's sizes).
 #[test]
 fn a_concurrent_table_takes_its_chunks_from_the_workers() {
     fn drop_it(job: MarkJob) {

@@ -445,13 +445,13 @@ fn pauses_are_counted_by_kind() {
         }
         let s = gc.stats();
         let of = |k: PauseKind| s.pauses_of(k).count;
-        assert_eq!(s.by_kind.iter().map(|k| k.count).sum::<u64>(), s.pauses);
+        assert_eq!(s.by_kind().map(|(_, k)| k.count).sum::<u64>(), s.pauses);
         assert_eq!(
-            s.by_kind.iter().map(|k| k.total_ns).sum::<u64>(),
+            s.by_kind().map(|(_, k)| k.total_ns).sum::<u64>(),
             s.pause_total_ns
         );
         assert_eq!(
-            s.by_kind.iter().map(|k| k.max_ns).max(),
+            s.by_kind().map(|(_, k)| k.max_ns).max(),
             Some(s.pause_max_ns)
         );
         let hooked = HOOKED.with(|h| *h.borrow());
