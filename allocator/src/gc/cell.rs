@@ -20,7 +20,8 @@
 //!   mutator's writes and the workers' reads of a cell hold the cell's stripe lock (one of
 //!   [`STRIPES`] spin locks chosen by the cell's address; held only for the copy of the value, so no
 //!   user code runs under it and no lock is ever taken under another). The mutator's own reads need no
-//!   lock: it is the only writer. A wait for a stripe counts as a pause.
+//!   lock, its tracing in assists and termination included: it is the only writer (so it never waits
+//!   for a worker's copy but to write). A wait for a stripe counts as a pause.
 //! - `GcRefCell`: `trace_lock` is 0 (free), `WRITER` (the mutator holds a `GcRefMut`) or the number of
 //!   tracers reading the contents. `borrow_mut` takes `WRITER` (waiting for tracers of this one cell to
 //!   finish, a wait counted as a pause) after shading the old contents, and its guard gives it back; a
@@ -89,6 +90,18 @@ impl Stripe {
     }
 }
 
+/// Every stripe lock, held until dropped: a test's stand-in for workers holding them (and then
+/// descheduled).
+#[cfg(test)]
+pub(crate) struct AllStripes(#[allow(dead_code)] std::vec::Vec<Stripe>);
+
+#[cfg(test)]
+impl AllStripes {
+    pub(crate) fn lock() -> Self {
+        AllStripes(STRIPES.iter().map(Stripe::spin).collect())
+    }
+}
+
 impl Drop for Stripe {
     #[inline]
     fn drop(&mut self) {
@@ -149,7 +162,8 @@ impl<T: Copy + fmt::Debug> fmt::Debug for GcCell<'_, T> {
 }
 
 // SAFETY: traces the current value (a copy: no borrow of the cell is held while tracing); a concurrent
-// tracer copies it under the stripe lock the mutator's writes take meanwhile (module docs).
+// mark worker copies it under the stripe lock the mutator's writes take meanwhile; the mutator's own
+// tracer reads it without (it is the only writer, module docs).
 unsafe impl<T: Copy + Trace> Trace for GcCell<'_, T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
     #[inline]

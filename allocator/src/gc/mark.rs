@@ -98,6 +98,12 @@ impl Marker {
         }
     }
 
+    /// Whether this is a mark worker's marker (par.rs), not the heap's own.
+    #[inline]
+    pub(crate) fn is_worker(&self) -> bool {
+        self.shared
+    }
+
     /// Runs `scan` (which may run `Trace` impls) with `interrupted` set; restores it only if `scan`
     /// returns, so a panic leaves it set (module invariants).
     #[inline]

@@ -67,11 +67,14 @@ impl Tracer<'_> {
         }
     }
 
-    /// Whether this tracer is a concurrent mark worker's (or the mutator's while workers run): cells
-    /// then read their contents under the locks the mutator's writes take (cell.rs).
+    /// Whether this tracer is a concurrent mark worker's: cells then read their contents under the
+    /// locks the mutator's writes take (cell.rs). The mutator's own tracer (assists, termination) reads
+    /// without them even while workers run: it is the cells' only writer, and workers only read. Taking
+    /// them, an assist could spin on a stripe a descheduled worker holds, for as long as the worker is
+    /// off its CPU (assists of 1.9-2.6 ms in gc_bench's concurrent row on a loaded host).
     #[inline]
     pub(crate) fn is_concurrent(&self) -> bool {
-        self.m.conc.is_some()
+        self.m.conc.is_some() && self.m.is_worker()
     }
 
     /// Shades the object at `addr` (a `Gc`'s address).
