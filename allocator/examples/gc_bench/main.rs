@@ -540,7 +540,18 @@ fn bench(quick: bool) {
             )
         })
         .collect();
-    let conc_maxes: Vec<u64> = conc.iter().map(|r| r.max).collect();
+    // Each repetition's max and the kind of work it was (the kind whose longest pause it is).
+    let conc_maxes: Vec<(u64, &str)> = conc
+        .iter()
+        .map(|r| {
+            let kind = PauseKind::ALL
+                .iter()
+                .zip(&r.by_kind)
+                .max_by_key(|(_, k)| k[3])
+                .map_or("?", |(kind, _)| kind.name());
+            (r.max, kind)
+        })
+        .collect();
     conc.sort_by_key(|r| r.max);
     let conc_pauses = conc[reps / 2].pauses;
     rows.push((
@@ -575,7 +586,10 @@ fn bench(quick: bool) {
         );
     }
     if let Some((name, r)) = rows.iter().find(|(n, _)| n.starts_with("concurrent")) {
-        let all: Vec<String> = conc_maxes.iter().map(|&m| ms(m)).collect();
+        let all: Vec<String> = conc_maxes
+            .iter()
+            .map(|&(m, kind)| format!("{} ({kind})", ms(m)))
+            .collect();
         println!(
             "{name}: max pause {} (median of {reps} repetitions' maxima: {}; target: 0.100 ms or less)",
             ms(r.max),
