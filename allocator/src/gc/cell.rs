@@ -68,26 +68,32 @@ impl Stripe {
         Self::spin(Self::of(cell))
     }
 
-    /// The mutator's lock: a wait for a worker's copy counts as a pause.
+    /// The mutator's lock, and when it began to wait for a worker's copy (the clock's time), if it
+    /// did: the caller counts that pause once the lock is released (the clock and the pause hook are
+    /// user code, which never runs under a stripe).
     #[inline]
-    fn lock_mutator<T>(cell: *const T, mc: &Mutation<'_>) -> Stripe {
+    fn lock_mutator<T>(cell: *const T, mc: &Mutation<'_>) -> (Stripe, Option<u64>) {
         let l = Self::of(cell);
         if l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return Stripe(l);
+            return (Stripe(l), None);
         }
         Self::wait(l, mc)
     }
 
     #[cold]
     #[inline(never)]
-    fn wait(l: &'static AtomicU32, mc: &Mutation<'_>) -> Stripe {
+    fn wait(l: &'static AtomicU32, mc: &Mutation<'_>) -> (Stripe, Option<u64>) {
         let t0 = mc.state().now();
-        let s = Self::spin(l);
-        mc.state().waited(t0);
-        s
+        (Self::spin(l), Some(t0))
     }
+}
+
+/// Whether the stripe of the cell whose `GcCell::stripe_key` is `key` is held.
+#[cfg(test)]
+pub(crate) fn stripe_held(key: usize) -> bool {
+    Stripe::of(key as *const u8).load(Ordering::Relaxed) != 0
 }
 
 /// Every stripe lock, held until dropped: a test's stand-in for workers holding them (and then
@@ -140,12 +146,24 @@ impl<'gc, T: Copy + Trace> GcCell<'gc, T> {
         let old = self.value.get();
         mc.barrier(&old);
         if T::NEEDS_TRACE && mc.state().is_concurrent() {
-            let _g = Stripe::lock_mutator(self.value.as_ptr(), mc);
-            self.value.set(value);
+            let waited = {
+                let (_g, waited) = Stripe::lock_mutator(self.value.as_ptr(), mc);
+                self.value.set(value);
+                waited
+            };
+            if let Some(t0) = waited {
+                mc.state().waited(t0);
+            }
         } else {
             self.value.set(value);
         }
         old
+    }
+
+    /// The cell's address as its stripe lock knows it.
+    #[cfg(test)]
+    pub(crate) fn stripe_key(&self) -> usize {
+        self.value.as_ptr() as usize
     }
 }
 

@@ -452,6 +452,71 @@ fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
     take_finalized();
 }
 
+/// The pause of a cell write that waited for a worker's copy is counted (clock, pause hook: user code)
+/// after the cell's stripe is released: user code never runs under a stripe, where a job the hook ran
+/// on this thread would spin on it for good.
+#[test]
+#[cfg_attr(miri, ignore = "holds the locks for a time, on a thread")]
+fn a_cell_wait_is_counted_after_its_stripe_is_released() {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    static CELL: AtomicUsize = AtomicUsize::new(0);
+    static SEEN_HELD: AtomicUsize = AtomicUsize::new(usize::MAX);
+    fn hook(kind: PauseKind, _: u64) {
+        if kind == PauseKind::CellWait {
+            let held = crate::gc::cell::stripe_held(CELL.load(Ordering::Relaxed));
+            SEEN_HELD.store(held as usize, Ordering::Relaxed);
+        }
+    }
+    fn drop_it(job: MarkJob) {
+        drop(job);
+    }
+    let config = GcConfig {
+        pause_hook: Some(hook),
+        ..concurrent_config(ConcurrentWorkers {
+            helpers: 1,
+            start: drop_it,
+        })
+    };
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), config, new_bags);
+    let m = fill_bags(&mut gc, 200);
+    gc.collect();
+    gc.start_cycle();
+    let mut steps = 0;
+    while gc.table_phase().is_some_and(|p| p != TablePhase::Open) {
+        gc.step(4096);
+        steps += 1;
+        assert!(steps < 100_000, "the table never opened");
+    }
+    assert!(gc.cell_locks_on(), "the crew is open");
+    // A stand-in worker holds every stripe for a while; the write below waits for it.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let all = crate::gc::cell::AllStripes::lock();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(all);
+    });
+    locked_rx.recv().unwrap();
+    gc.mutate(|mc, root| {
+        let bag = root[0].get().unwrap();
+        let item = bag.items.borrow()[0];
+        CELL.store(item.link.stripe_key(), Ordering::Relaxed);
+        let to = item.link.get();
+        item.link.set(mc, to);
+    });
+    holder.join().unwrap();
+    assert_eq!(
+        SEEN_HELD.load(Ordering::Relaxed),
+        0,
+        "the cell wait was counted (1: with the stripe held; MAX: never)"
+    );
+    gc.finish_mark();
+    check(&mut gc, &m);
+    drop(gc);
+    take_finalized();
+}
+
 /// A pause hook (or clock) that panics at the end of the table slice that opens the crew must not
 /// leave the workers marking while the mutator writes its cells without their locks.
 #[test]
