@@ -396,26 +396,11 @@ fn a_concurrent_table_takes_its_chunks_from_the_workers() {
     assert_eq!(adopted, 0, "chunks from workers that never ran");
 }
 
-/// The mutator's own tracing (assists, steps, termination) reads cells without their stripe locks even
-/// while workers may run: it is their only writer. With the locks, a worker descheduled while holding a
-/// stripe made an assist spin until the worker ran again (1.9-2.6 ms pauses in gc_bench).
-#[test]
-#[cfg_attr(miri, ignore = "holds the locks for a time, on a thread")]
-fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
-    use std::time::{Duration, Instant};
-    fn drop_it(job: MarkJob) {
-        drop(job);
-    }
-    // No job ever runs: every grey object is the mutator's to trace.
-    let mut gc: GcHeap<Bags> = GcHeap::new(
-        span_heap(64),
-        concurrent_config(ConcurrentWorkers {
-            helpers: 1,
-            start: drop_it,
-        }),
-        new_bags,
-    );
-    let m = fill_bags(&mut gc, 2_000);
+/// A concurrent heap of `items` items whose mark has just opened its crew: the table built by steps,
+/// jobs started with `workers.start`.
+fn opened_mark(config: GcConfig, items: u64) -> (GcHeap<Bags>, Model) {
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), config, new_bags);
+    let m = fill_bags(&mut gc, items);
     gc.collect();
     gc.start_cycle();
     let mut steps = 0;
@@ -425,8 +410,12 @@ fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
         assert!(steps < 100_000, "the table never opened");
     }
     assert!(gc.cell_locks_on(), "the crew is open");
-    // "Workers" hold every stripe for a while (descheduled with a lock each, as it were).
-    let held = Duration::from_millis(600);
+    (gc, m)
+}
+
+/// A stand-in for workers descheduled while each holds a stripe: a thread that holds every stripe
+/// lock for `held`; returns once they are all held.
+fn hold_every_stripe(held: std::time::Duration) -> std::thread::JoinHandle<()> {
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         let all = crate::gc::cell::AllStripes::lock();
@@ -435,6 +424,28 @@ fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
         drop(all);
     });
     locked_rx.recv().unwrap();
+    holder
+}
+
+fn drop_job(job: MarkJob) {
+    drop(job);
+}
+
+/// The mutator's own tracing (assists, steps, termination) reads cells without their stripe locks even
+/// while workers may run: it is their only writer. With the locks, a worker descheduled while holding a
+/// stripe made an assist spin until the worker ran again (1.9-2.6 ms pauses in gc_bench).
+#[test]
+#[cfg_attr(miri, ignore = "holds the locks for a time, on a thread")]
+fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
+    use std::time::{Duration, Instant};
+    // No job ever runs: every grey object is the mutator's to trace.
+    let workers = ConcurrentWorkers {
+        helpers: 1,
+        start: drop_job,
+    };
+    let (mut gc, m) = opened_mark(concurrent_config(workers), 2_000);
+    let held = Duration::from_millis(600);
+    let holder = hold_every_stripe(held);
     let t = Instant::now();
     // The mutator marks what is grey (its steps drain, and trace every cell of the bags' items).
     while gc.phase() == Phase::Marking && t.elapsed() < held {
@@ -468,36 +479,16 @@ fn a_cell_wait_is_counted_after_its_stripe_is_released() {
             SEEN_HELD.store(held as usize, Ordering::Relaxed);
         }
     }
-    fn drop_it(job: MarkJob) {
-        drop(job);
-    }
     let config = GcConfig {
         pause_hook: Some(hook),
         ..concurrent_config(ConcurrentWorkers {
             helpers: 1,
-            start: drop_it,
+            start: drop_job,
         })
     };
-    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(64), config, new_bags);
-    let m = fill_bags(&mut gc, 200);
-    gc.collect();
-    gc.start_cycle();
-    let mut steps = 0;
-    while gc.table_phase().is_some_and(|p| p != TablePhase::Open) {
-        gc.step(4096);
-        steps += 1;
-        assert!(steps < 100_000, "the table never opened");
-    }
-    assert!(gc.cell_locks_on(), "the crew is open");
-    // A stand-in worker holds every stripe for a while; the write below waits for it.
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let all = crate::gc::cell::AllStripes::lock();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        drop(all);
-    });
-    locked_rx.recv().unwrap();
+    let (mut gc, m) = opened_mark(config, 200);
+    // The write below waits for the stand-in worker's stripe.
+    let holder = hold_every_stripe(Duration::from_millis(50));
     gc.mutate(|mc, root| {
         let bag = root[0].get().unwrap();
         let item = bag.items.borrow()[0];
