@@ -88,6 +88,12 @@ pub struct Span {
     /// taken (gc/conc.rs, "Building the table"); 0 for a span made outside one. Collector spans only.
     #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
     pub(crate) conc_epoch: u32,
+    /// A collector span some object with drop glue was allocated in since the collector took it (or
+    /// since it was last swept empty): its sweep must read its dead objects' headers to finalize them.
+    /// False: none of its objects has a finalizer, and the sweep never touches the dead ones (for a
+    /// pointer-rich type without `Drop`, that walk was most of the sweep's time). Collector spans only.
+    #[cfg_attr(not(any(test, feature = "gc")), allow(dead_code))]
+    pub(crate) finalizers: bool,
     /// A large span of the explicit heap whose object ends in the first frame of its last page: that
     /// page's second frame is not mapped (pageheap.rs, "Trimmed tails"). Always false for other spans.
     pub(crate) tail_unmapped: bool,
@@ -188,6 +194,7 @@ impl Span {
             needzero,
             owner: 0,
             conc_epoch: 0,
+            finalizers: false,
             tail_unmapped: false,
             tail_spare: false,
             small_layout: 0,
@@ -253,6 +260,7 @@ impl Span {
             needzero,
             owner: 0,
             conc_epoch: 0,
+            finalizers: false,
             tail_unmapped: false,
             tail_spare: false,
             small_layout: 0,

@@ -88,8 +88,12 @@ impl State {
             inner.alloc_tiny(size_of::<T>(), align_of::<T>())
         } else {
             match Layout::<T>::CLASS {
-                Some(class) => inner.alloc_small(class),
-                None => inner.alloc_large(Layout::<T>::SIZE, !Layout::<T>::HEADED),
+                Some(class) => inner.alloc_small(class, Layout::<T>::FINALIZED),
+                None => inner.alloc_large(
+                    Layout::<T>::SIZE,
+                    !Layout::<T>::HEADED,
+                    Layout::<T>::FINALIZED,
+                ),
             }
         };
         let Some(slot) = slot else {
@@ -117,10 +121,16 @@ impl State {
 }
 
 impl Inner {
+    /// A slot of `class` from its current span (refilled when full); `finalized`: the object has drop
+    /// glue, and the span is flagged for the sweeper (`Span::finalizers`; a constant at every call, so
+    /// the test folds away).
     #[inline]
-    pub(crate) fn alloc_small(&mut self, class: SpanClass) -> Option<VirtAddr> {
+    pub(crate) fn alloc_small(&mut self, class: SpanClass, finalized: bool) -> Option<VirtAddr> {
         if let Some(s) = &mut self.spans.current[class.index()] {
             if let Some(idx) = s.next_free() {
+                if finalized {
+                    s.finalizers = true;
+                }
                 if self.marking {
                     s.mark(idx);
                     self.marker.marked_bytes += s.elem_size();
@@ -129,14 +139,14 @@ impl Inner {
                 return Some(s.object_addr(idx));
             }
         }
-        self.alloc_small_slow(class)
+        self.alloc_small_slow(class, finalized)
     }
 
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&mut self, class: SpanClass) -> Option<VirtAddr> {
+    fn alloc_small_slow(&mut self, class: SpanClass, finalized: bool) -> Option<VirtAddr> {
         self.debt += self.refill(class)?;
-        let slot = self.alloc_small(class);
+        let slot = self.alloc_small(class, finalized);
         debug_assert!(slot.is_some(), "a fresh current span has room");
         slot
     }
@@ -149,7 +159,7 @@ impl Inner {
             self.tiny.1 = at + size;
             return Some(VirtAddr::new(block + at as u64));
         }
-        let fresh = self.alloc_small(TINY_CLASS)?;
+        let fresh = self.alloc_small(TINY_CLASS, false)?;
         // Keep whichever block has more room left (as Go does).
         if block == 0 || size < used {
             self.tiny = (fresh.as_u64(), size);
@@ -157,8 +167,13 @@ impl Inner {
         Some(fresh)
     }
 
-    /// A span of its own for an object of `size` bytes.
-    pub(crate) fn alloc_large(&mut self, size: usize, noscan: bool) -> Option<VirtAddr> {
+    /// A span of its own for an object of `size` bytes (`finalized` as for [`Inner::alloc_small`]).
+    pub(crate) fn alloc_large(
+        &mut self,
+        size: usize,
+        noscan: bool,
+        finalized: bool,
+    ) -> Option<VirtAddr> {
         let npages = PageCount::covering(size)?;
         let class = SpanClass::new(SizeClass::LARGE, noscan);
         let mut s = self
@@ -171,6 +186,7 @@ impl Inner {
             self.marker.marked_bytes += bytes;
             self.marker.marked_objects += 1;
         }
+        s.finalizers = finalized;
         let addr = s.base();
         self.spans.joined(&mut s);
         self.spans.put_swept(s, self.sweepgen);

@@ -19,8 +19,11 @@
 //!
 //! Invariants:
 //! - A span's class says which kind it holds: noscan spans hold only headerless objects, scan spans only
-//!   headed ones. So the span class alone tells the marker whether to scan and the sweeper whether to
-//!   finalize.
+//!   headed ones. So the span class alone tells the marker whether to scan.
+//! - A scan span that ever held an object with drop glue is flagged (`Span::finalizers`, set when the
+//!   object is allocated, before it exists for anyone): the sweeper finalizes only in flagged spans, and
+//!   never reads the dead objects of the others (Go's sweeper, too, touches a dead object only when it
+//!   has a special such as a finalizer).
 //! - The header of every allocated object in a scan span is written before any `Gc` to it exists and is
 //!   never changed while the object is allocated.
 
@@ -62,6 +65,9 @@ const fn max(a: usize, b: usize) -> usize {
 
 impl<T: Trace> Layout<T> {
     pub(crate) const HEADED: bool = T::NEEDS_TRACE || needs_drop::<T>();
+    /// Has a finalizer (drop glue): its span is flagged (`Span::finalizers`) so that the sweep looks
+    /// at its dead objects; headed, as every type with drop glue is.
+    pub(crate) const FINALIZED: bool = needs_drop::<T>();
     /// Offset of the value in its slot.
     pub(crate) const OFFSET: usize = if Self::HEADED {
         max(HEADER, align_of::<T>())

@@ -1,7 +1,8 @@
 //! Sweeping: turning a span's mark bits into its alloc bits (`Span::sweep`), finalizing the objects that
-//! die (their `Drop`, run once, here) and optionally poisoning them; spans left empty go back to the page
-//! heap. Lazy (a span is swept before it is allocated from), proportional to allocation, by `step`, and
-//! finished when the next cycle starts (sweep termination).
+//! die (their `Drop`, run once, here; only in spans flagged as holding such objects, object.rs) and
+//! optionally poisoning them; spans left empty go back to the page heap. Lazy (a span is swept before
+//! it is allocated from), proportional to allocation, by `step`, and finished when the next cycle
+//! starts (sweep termination).
 //!
 //! Invariants:
 //! - A span is swept exactly once per cycle: from sweepgen `h - 2` through `h - 1` (being swept) to `h`.
@@ -89,10 +90,17 @@ impl Inner {
             s.sweepgen
         );
         s.sweepgen = h.wrapping_sub(1);
-        let noscan = s.class().noscan();
+        // Only a span that held an object with drop glue has dead objects to finalize (object.rs): the
+        // others' dead objects are never read, unless to poison them.
+        let finalize = !s.class().noscan() && s.finalizers;
         let poison = self.config.poison && !s.class().is_large();
-        let dead = (!noscan || poison).then(|| DeadSet::of(&s));
+        let dead = (finalize || poison).then(|| DeadSet::of(&s));
         let freed = s.sweep();
+        if s.alloc_count() == 0 {
+            // Swept empty: whatever held a finalizer is dead (finalized below, or given up if one of
+            // them panics), so the span's next tenants decide anew.
+            s.finalizers = false;
+        }
         self.stats.objects_freed += freed as u64;
         self.stats.bytes_freed += (freed * s.elem_size()) as u64;
         s.sweepgen = h;
@@ -106,7 +114,7 @@ impl Inner {
             let held = guard.span.as_ref().expect("held");
             for idx in dead.iter() {
                 let slot = held.object_addr(idx);
-                if !noscan {
+                if finalize {
                     // SAFETY: an initialized object of a scan span that was allocated until the sweep
                     // above and that nothing reachable points to (unmarked); its slot is reused only
                     // after this loop. Finalized once: here (it is no longer allocated, so neither a later
@@ -189,7 +197,7 @@ impl Inner {
                 source,
             };
             let s = held.span.as_ref().expect("held");
-            if !s.class().noscan() {
+            if !s.class().noscan() && s.finalizers {
                 for idx in (0..s.nelems()).filter(|&i| s.is_allocated(i)) {
                     // SAFETY: an allocated, initialized object of a scan span. The heap is going away:
                     // nothing uses the object after this, and its span is freed right after its objects

@@ -195,6 +195,86 @@ fn dropping_the_heap_finalizes_the_live() {
     assert_eq!(f, [5, 6]);
 }
 
+/// `Node`'s size without a finalizer: the same size class, so the two share spans.
+struct Plain<'gc> {
+    _id: u64,
+    _next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+    _pad: u64,
+}
+
+// SAFETY: traces its one Gc field; no Drop.
+unsafe impl<'gc> Trace for Plain<'gc> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self._next);
+    }
+}
+
+/// A large object with a finalizer.
+struct BigProbe {
+    _bytes: [u64; 8192],
+    _probe: Probe,
+}
+
+// SAFETY: holds no Gc; Probe's Drop touches no Gc.
+unsafe impl Trace for BigProbe {
+    const NEEDS_TRACE: bool = false;
+    fn trace(&self, _: &mut Tracer<'_>) {}
+}
+
+#[test]
+fn finalizers_run_in_spans_shared_with_objects_without_one() {
+    // The sweep reads dead objects only in spans flagged at allocation as holding one with drop glue
+    // (object.rs): a span whose first objects have none, flagged by a later one, and a large one.
+    let n: u64 = if cfg!(miri) { 90 } else { 600 };
+    for poison in [false, true] {
+        let mut gc = slots_heap(GcConfig { poison, ..config() });
+        take_finalized();
+        gc.mutate(|mc, root| {
+            let mut kept = None;
+            for id in 0..n {
+                let plain = Gc::new(
+                    mc,
+                    Plain {
+                        _id: id,
+                        _next: GcCell::new(None),
+                        _pad: 0,
+                    },
+                );
+                let n = node(mc, id, None);
+                let gap = (n.as_ptr() as usize).wrapping_sub(plain.as_ptr() as usize);
+                if id == 0 {
+                    assert_eq!(gap, 32, "the two types share a span, slot after slot");
+                }
+                if id % 3 == 0 {
+                    n.next.set(mc, kept);
+                    kept = Some(n);
+                }
+            }
+            Gc::new(
+                mc,
+                BigProbe {
+                    _bytes: [7; 8192],
+                    _probe: Probe(1_000_000),
+                },
+            );
+            root[0].set(mc, kept);
+        });
+        gc.collect();
+        let mut dead = take_finalized();
+        dead.sort_unstable();
+        let mut want: Vec<u64> = (0..n).filter(|i| i % 3 != 0).collect();
+        want.push(1_000_000);
+        assert_eq!(dead, want, "poison {poison}");
+        // Swept empty, a span decides anew; the survivors still have their finalizers.
+        gc.mutate(|mc, root| root[0].set(mc, None));
+        gc.collect();
+        assert_eq!(take_finalized().len() as u64, n / 3, "poison {poison}");
+        gc.mutate(|mc, root| root[0].set(mc, Some(node(mc, 7, None))));
+        drop(gc);
+        assert_eq!(take_finalized(), [7], "the heap's drop finalizes the live");
+    }
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "too slow under Miri")]
 fn dead_spans_go_back_to_the_page_heap_and_frames_to_the_frame_allocator() {
