@@ -124,7 +124,7 @@ impl Inner {
     /// A slot of `class` from its current span (refilled when full); `finalized`: the object has drop
     /// glue, and the span is flagged for the sweeper (`Span::finalizers`; a constant at every call, so
     /// the test folds away).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_small(&mut self, class: SpanClass, finalized: bool) -> Option<VirtAddr> {
         if let Some(s) = &mut self.spans.current[class.index()] {
             if let Some(idx) = s.next_free() {
