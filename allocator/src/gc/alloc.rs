@@ -122,8 +122,8 @@ impl State {
 
 impl Inner {
     /// A slot of `class` from its current span (refilled when full); `finalized`: the object has drop
-    /// glue, and the span is flagged for the sweeper (`Span::finalizers`; a constant at every call, so
-    /// the test folds away).
+    /// glue, and the span is flagged for the sweeper (`Span::finalizers`; a constant on the fast path,
+    /// so the test folds away there).
     #[inline(always)]
     pub(crate) fn alloc_small(&mut self, class: SpanClass, finalized: bool) -> Option<VirtAddr> {
         if let Some(s) = &mut self.spans.current[class.index()] {

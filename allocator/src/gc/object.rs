@@ -20,8 +20,8 @@
 //! Invariants:
 //! - A span's class says which kind it holds: noscan spans hold only headerless objects, scan spans only
 //!   headed ones. So the span class alone tells the marker whether to scan.
-//! - A scan span that ever held an object with drop glue is flagged (`Span::finalizers`, set when the
-//!   object is allocated, before it exists for anyone): the sweeper finalizes only in flagged spans, and
+//! - A scan span that holds, or held since it was last swept empty, an object with drop glue is flagged
+//!   (`Span::finalizers`, set when the object is allocated, before it exists for anyone): the sweeper finalizes only in flagged spans, and
 //!   never reads the dead objects of the others (Go's sweeper, too, touches a dead object only when it
 //!   has a special such as a finalizer).
 //! - The header of every allocated object in a scan span is written before any `Gc` to it exists and is

@@ -747,3 +747,169 @@ fn a_grey_stack_overflow_is_recovered_by_rescanning() {
         assert_eq!(take_finalized().len(), 3000, "{mode:?}");
     }
 }
+
+/// `Node`'s size class, no `Drop` impl, drop glue only through a field (an `Rc`).
+struct FieldDrop<'gc> {
+    _next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+    _rc: std::rc::Rc<()>,
+    _pad: u64,
+}
+// SAFETY: traces its Gc field; the Rc's drop touches no Gc.
+unsafe impl<'gc> Trace for FieldDrop<'gc> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self._next);
+    }
+}
+
+/// Objects with and without drop glue interleaved at random in shared spans (`Span::finalizers`), in
+/// every mode (stop-the-world, incremental steps, concurrent with workers), cycles started and finished
+/// at random while allocating: every `Node` is finalized exactly once (at death or the heap's drop),
+/// none while reachable, and every field-only drop runs.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri (finalizers_run_in_spans_shared_with_objects_without_one runs)"
+)]
+fn mixed_spans_finalize_exactly_once_in_every_mode() {
+    use std::collections::BTreeSet;
+    let modes: [(&str, GcConfig); 4] = [
+        (
+            "stw",
+            GcConfig {
+                mode: Mode::StopTheWorld,
+                ..config()
+            },
+        ),
+        (
+            "incr",
+            GcConfig {
+                mode: Mode::Incremental,
+                min_heap: 256 << 10,
+                ..config()
+            },
+        ),
+        (
+            "incr-nopoison",
+            GcConfig {
+                mode: Mode::Incremental,
+                poison: false,
+                min_heap: 256 << 10,
+                ..config()
+            },
+        ),
+        (
+            "conc",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: Some(ConcurrentWorkers::threads(2)),
+                min_heap: 256 << 10,
+                ..config()
+            },
+        ),
+    ];
+    for (name, cfg) in modes {
+        let rc = std::rc::Rc::new(());
+        let mut gc = slots_heap(cfg);
+        take_finalized();
+        let mut rng: u64 = 0x1234_5678_9abc_def1;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut id = 0u64;
+        let mut finalized = BTreeSet::new();
+        let mut allocated = 0u64;
+        for round in 0..60 {
+            let r0 = next();
+            let r1 = next();
+            let r2 = next();
+            let seq: Vec<u64> = (0..3000).map(|_| next()).collect();
+            gc.mutate(|mc, root| {
+                if r0 % 3 == 0 {
+                    root[(r1 % 4) as usize].set(mc, None);
+                }
+                for (k, &r) in seq.iter().enumerate() {
+                    match r % 4 {
+                        0 | 1 => {
+                            Gc::new(
+                                mc,
+                                Plain {
+                                    _id: r,
+                                    _next: GcCell::new(None),
+                                    _pad: 0,
+                                },
+                            );
+                        }
+                        2 => {
+                            Gc::new(
+                                mc,
+                                FieldDrop {
+                                    _next: GcCell::new(None),
+                                    _rc: rc.clone(),
+                                    _pad: 0,
+                                },
+                            );
+                        }
+                        _ => {
+                            let slot = (r >> 8) as usize % 4;
+                            let n = node(mc, id, None);
+                            id += 1;
+                            allocated += 1;
+                            if (r >> 16) % 3 == 0 || k == seq.len() - 1 {
+                                n.next.set(mc, root[slot].get());
+                                root[slot].set(mc, Some(n));
+                            }
+                        }
+                    }
+                }
+            });
+            match r2 % 5 {
+                0 => gc.collect(),
+                1 => gc.start_cycle(),
+                2 => {
+                    gc.step(1 << 14);
+                }
+                _ => {}
+            }
+            let reach: BTreeSet<u64> = (0..4).flat_map(|i| list_ids(&mut gc, i)).collect();
+            for f in take_finalized() {
+                assert!(
+                    finalized.insert(f),
+                    "{name}: node {f} finalized twice (round {round})"
+                );
+                assert!(!reach.contains(&f), "{name}: reachable node {f} finalized");
+            }
+        }
+        gc.collect();
+        gc.collect();
+        let reach: BTreeSet<u64> = (0..4).flat_map(|i| list_ids(&mut gc, i)).collect();
+        for f in take_finalized() {
+            assert!(finalized.insert(f), "{name}: node {f} finalized twice");
+            assert!(!reach.contains(&f), "{name}: reachable node {f} finalized");
+        }
+        assert_eq!(
+            finalized.len() + reach.len(),
+            allocated as usize,
+            "{name}: after two full collections, the unreachable are all finalized"
+        );
+        drop(gc);
+        for f in take_finalized() {
+            assert!(
+                finalized.insert(f),
+                "{name}: node {f} finalized twice at drop"
+            );
+        }
+        assert_eq!(
+            finalized.len() as u64,
+            allocated,
+            "{name}: every node finalized once"
+        );
+        assert_eq!(
+            std::rc::Rc::strong_count(&rc),
+            1,
+            "{name}: every field-only drop ran"
+        );
+    }
+}

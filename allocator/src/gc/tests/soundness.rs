@@ -597,3 +597,121 @@ fn a_panicking_clock_leaves_the_heap_consistent_wherever_it_is_read() {
     }
     assert!(panicked > 5, "only {panicked} clock reads were failed");
 }
+
+/// `Node`'s size class, its finalizer panics when armed.
+struct NodeBomb<'gc> {
+    _id: u64,
+    _next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
+    _probe: Probe,
+}
+impl Drop for NodeBomb<'_> {
+    fn drop(&mut self) {
+        maybe_boom("a finalizer");
+    }
+}
+// SAFETY: traces its one Gc field; the Drop touches no Gc.
+unsafe impl<'gc> Trace for NodeBomb<'gc> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self._next);
+    }
+}
+
+/// A finalizer panicking in a span flagged for finalizers (`Span::finalizers`), swept empty (the flag
+/// reset) or not (kept): objects allocated later, in the reused spans, are still finalized once, the
+/// survivors of the span whose finalizer panicked too; nothing twice.
+#[test]
+fn a_panicking_finalizer_leaves_the_finalizer_flag_right() {
+    // Objects per round, and every how many a survivor is kept (smaller under Miri).
+    let (n, every): (u64, u64) = if cfg!(miri) { (60, 20) } else { (200, 50) };
+    for poison in [false, true] {
+        for keep_one in [false, true] {
+            let mut gc = slots_heap(GcConfig { poison, ..config() });
+            take_finalized();
+            gc.mutate(|mc, root| {
+                for i in 0..n {
+                    Gc::new(
+                        mc,
+                        super::Plain {
+                            _id: i,
+                            _next: GcCell::new(None),
+                            _pad: 0,
+                        },
+                    );
+                    Gc::new(
+                        mc,
+                        NodeBomb {
+                            _id: i,
+                            _next: GcCell::new(None),
+                            _probe: Probe(10_000 + i),
+                        },
+                    );
+                    let n = node(mc, i, None);
+                    if keep_one && i % every == every - 1 {
+                        n.next.set(mc, root[0].get());
+                        root[0].set(mc, Some(n));
+                    }
+                }
+            });
+            arm(true);
+            must_panic(|| gc.collect());
+            gc.collect();
+            let before = take_finalized();
+            // Reuse the swept spans: plain first, then nodes; half of them die.
+            gc.mutate(|mc, root| {
+                for i in 0..2 * n {
+                    Gc::new(
+                        mc,
+                        super::Plain {
+                            _id: i,
+                            _next: GcCell::new(None),
+                            _pad: 0,
+                        },
+                    );
+                    let n = node(mc, 1000 + i, None);
+                    if i % 2 == 0 {
+                        n.next.set(mc, root[1].get());
+                        root[1].set(mc, Some(n));
+                    }
+                }
+            });
+            gc.collect();
+            let mut dead: Vec<u64> = take_finalized()
+                .into_iter()
+                .filter(|&i| (1000..2000).contains(&i))
+                .collect();
+            dead.sort_unstable();
+            assert_eq!(
+                dead,
+                (0..2 * n)
+                    .filter(|i| i % 2 == 1)
+                    .map(|i| 1000 + i)
+                    .collect::<Vec<_>>(),
+                "poison {poison} keep {keep_one}"
+            );
+            gc.mutate(|mc, root| {
+                root[0].set(mc, None);
+                root[1].set(mc, None);
+            });
+            gc.collect();
+            let after = take_finalized();
+            let survivors: Vec<u64> = after.iter().copied().filter(|&i| i < 1000).collect();
+            if keep_one {
+                let mut s = survivors.clone();
+                s.sort_unstable();
+                let kept: Vec<u64> = (0..n).filter(|i| i % every == every - 1).collect();
+                assert_eq!(s, kept, "kept nodes of a panicked span still finalized");
+            }
+            assert_eq!(
+                after.iter().filter(|&&i| (1000..2000).contains(&i)).count() as u64,
+                n
+            );
+            let mut all: Vec<u64> = before.into_iter().chain(after).collect();
+            let count = all.len();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), count, "finalized twice");
+            drop(gc);
+            assert!(take_finalized().is_empty());
+        }
+    }
+}
