@@ -2,8 +2,9 @@
 //!
 //! Operations: allocate nodes into root slots, allocate chains of temporaries held only on the stack
 //! (with garbage allocated in between) and maybe link them in, link, unlink, root, unroot, replace a
-//! node's blob (tiny, small or large pointer-free data), create, drop and upgrade weak references,
-//! `step`, `start_cycle`, `finish_mark`, `collect`. The heap runs with `verify` (every cycle re-marks with
+//! node's blob (tiny, small or large pointer-free data, or a traced one without drop glue that shares
+//! the nodes' spans), create, drop and upgrade weak references, `step`, `start_cycle`, `finish_mark`,
+//! `collect`. The heap runs with `verify` (every cycle re-marks with
 //! the world stopped and panics on anything the mark missed) and `poison` on, in the mode and stress
 //! setting the input picks.
 //!
@@ -58,13 +59,35 @@ enum BlobKind {
     Tiny,
     Small,
     Large,
+    /// Traced, without drop glue, and of `Node`'s size class: shares spans with nodes, whose
+    /// finalizers the sweep must still find (`Span::finalizers`).
+    Scan,
 }
+
+/// A `BlobKind::Scan` blob: a `Gc` (so it is traced) and no drop glue.
+struct ScanBlob<'gc> {
+    tiny: GcCell<'gc, Option<Gc<'gc, u32>>>,
+    words: [u64; 8],
+}
+
+// SAFETY: traces its one Gc field; no Drop.
+unsafe impl Trace for ScanBlob<'_> {
+    fn trace(&self, t: &mut Tracer<'_>) {
+        t.trace(&self.tiny);
+    }
+}
+
+const _: () = assert!(
+    std::mem::size_of::<ScanBlob<'static>>() == std::mem::size_of::<Node<'static>>(),
+    "a scan blob shares the node's size class"
+);
 
 #[derive(Clone, Copy)]
 enum Blob<'gc> {
     Tiny(Gc<'gc, u32>),
     Small(Gc<'gc, [u64; 6]>),
     Large(Gc<'gc, [u64; LARGE]>),
+    Scan(Gc<'gc, ScanBlob<'gc>>),
 }
 
 // SAFETY: traces the one Gc of each variant.
@@ -74,6 +97,7 @@ unsafe impl Trace for Blob<'_> {
             Blob::Tiny(g) => t.trace(g),
             Blob::Small(g) => t.trace(g),
             Blob::Large(g) => t.trace(g),
+            Blob::Scan(g) => t.trace(g),
         }
     }
 }
@@ -88,6 +112,13 @@ impl<'gc> Blob<'gc> {
             BlobKind::Tiny => Blob::Tiny(Gc::new(mc, tiny_value(id))),
             BlobKind::Small => Blob::Small(Gc::new(mc, std::array::from_fn(|k| id ^ k as u64))),
             BlobKind::Large => Blob::Large(Gc::new(mc, std::array::from_fn(|k| id * 7 + k as u64))),
+            BlobKind::Scan => Blob::Scan(Gc::new(
+                mc,
+                ScanBlob {
+                    tiny: GcCell::new(Some(Gc::new(mc, tiny_value(id)))),
+                    words: std::array::from_fn(|k| id ^ (k as u64) << 3),
+                },
+            )),
         }
     }
 
@@ -101,6 +132,11 @@ impl<'gc> Blob<'gc> {
             (Blob::Large(g), BlobKind::Large) => assert!(
                 g.iter().enumerate().all(|(k, &v)| v == id * 7 + k as u64),
                 "large blob of {id}"
+            ),
+            (Blob::Scan(g), BlobKind::Scan) => assert!(
+                g.tiny.get().is_some_and(|t| *t == tiny_value(id))
+                    && g.words.iter().enumerate().all(|(k, &v)| v == id ^ (k as u64) << 3),
+                "scan blob of {id}"
             ),
             _ => panic!("node {id}: blob of the wrong kind (model: {kind:?})"),
         }
