@@ -344,9 +344,13 @@ impl Inner {
     fn stress_step(&mut self, pool: &Pool) {
         if let Stress::StepEveryAlloc(budget) = self.config.stress {
             if self.marking {
+                // Counted as the assist it stands for, pause included, as every piece of GC work the
+                // mutator waits for is.
+                let t0 = self.now();
                 self.drain_with_pool(pool, budget.max(1));
                 self.stats.assists += 1;
                 self.log.assists += 1;
+                self.pause_end(t0, PauseKind::Assist);
             }
         }
     }

@@ -168,14 +168,9 @@ impl Inner {
         self.config.clock.map_or(0, |c| c())
     }
 
-    /// Records a pause that began at `t0`.
+    /// Records a pause that began at `t0`, spent on `kind`.
     pub(crate) fn pause_end(&mut self, t0: u64, kind: PauseKind) {
         let d = self.now().saturating_sub(t0);
-        self.pause_ns(d, kind);
-    }
-
-    /// Records a pause of `d` ns spent on `kind`.
-    pub(crate) fn pause_ns(&mut self, d: u64, kind: PauseKind) {
         self.stats.count_pause(kind, d);
         self.log.pause_max_ns = self.log.pause_max_ns.max(d);
         if let Some(h) = self.config.pause_hook {

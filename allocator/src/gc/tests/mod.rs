@@ -503,15 +503,22 @@ fn pauses_are_counted_by_kind() {
         assert_eq!(*k as usize, i, "PauseKind::ALL is in declaration order");
     }
     let modes = [
-        (Mode::StopTheWorld, None),
-        (Mode::Incremental, None),
-        (Mode::Concurrent, Some(ConcurrentWorkers::threads(1))),
+        (Mode::StopTheWorld, None, Stress::None),
+        (Mode::Incremental, None, Stress::None),
+        // Stress mode's step at every allocation stands for an assist.
+        (Mode::Incremental, None, Stress::StepEveryAlloc(64)),
+        (
+            Mode::Concurrent,
+            Some(ConcurrentWorkers::threads(1)),
+            Stress::None,
+        ),
     ];
-    for (mode, concurrent_workers) in modes {
+    for (mode, concurrent_workers, stress) in modes {
         HOOKED.with(|h| *h.borrow_mut() = [0; 9]);
         let mut gc = slots_heap(GcConfig {
             mode,
             concurrent_workers,
+            stress,
             pause_hook: Some(hook),
             verify: false,
             ..config()
@@ -544,6 +551,11 @@ fn pauses_are_counted_by_kind() {
             );
         }
         assert!(s.cycles >= 2, "{mode:?}: {} cycles", s.cycles);
+        assert_eq!(
+            of(PauseKind::Assist),
+            s.assists,
+            "{mode:?} {stress:?}: every assist is a pause"
+        );
         match mode {
             Mode::StopTheWorld => {
                 assert_eq!(of(PauseKind::StopTheWorld), s.cycles, "{s:?}");
