@@ -196,7 +196,7 @@ fn dropping_the_heap_finalizes_the_live() {
 }
 
 /// `Node`'s size without a finalizer: the same size class, so the two share spans.
-struct Plain<'gc> {
+pub(super) struct Plain<'gc> {
     _id: u64,
     _next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
     _pad: u64,
@@ -207,6 +207,18 @@ unsafe impl<'gc> Trace for Plain<'gc> {
     fn trace(&self, t: &mut Tracer<'_>) {
         t.trace(&self._next);
     }
+}
+
+/// A `Plain` (no finalizer, `Node`'s size class).
+pub(super) fn plain<'gc>(mc: &Mutation<'gc>, id: u64) -> Gc<'gc, Plain<'gc>> {
+    Gc::new(
+        mc,
+        Plain {
+            _id: id,
+            _next: GcCell::new(None),
+            _pad: 0,
+        },
+    )
 }
 
 /// A large object with a finalizer.
@@ -232,14 +244,7 @@ fn finalizers_run_in_spans_shared_with_objects_without_one() {
         gc.mutate(|mc, root| {
             let mut kept = None;
             for id in 0..n {
-                let plain = Gc::new(
-                    mc,
-                    Plain {
-                        _id: id,
-                        _next: GcCell::new(None),
-                        _pad: 0,
-                    },
-                );
+                let plain = plain(mc, id);
                 let n = node(mc, id, None);
                 let gap = (n.as_ptr() as usize).wrapping_sub(plain.as_ptr() as usize);
                 if id == 0 {
@@ -845,14 +850,7 @@ fn mixed_spans_finalize_exactly_once_in_every_mode() {
                 for (k, &r) in seq.iter().enumerate() {
                     match r % 4 {
                         0 | 1 => {
-                            Gc::new(
-                                mc,
-                                Plain {
-                                    _id: r,
-                                    _next: GcCell::new(None),
-                                    _pad: 0,
-                                },
-                            );
+                            plain(mc, r);
                         }
                         2 => {
                             Gc::new(

@@ -35,10 +35,11 @@ fn must_panic(f: impl FnOnce()) {
     arm(false);
 }
 
-/// A node whose finalizer panics when armed.
+/// A node whose finalizer panics when armed; `Node`'s size, so the two share spans.
 struct Bomb<'gc> {
     next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
     _probe: Probe,
+    _pad: u64,
 }
 
 impl Drop for Bomb<'_> {
@@ -60,11 +61,13 @@ impl Rootable for BombRoot {
 }
 
 fn bomb<'gc>(mc: &Mutation<'gc>, id: u64, next: Option<Gc<'gc, Node<'gc>>>) -> Gc<'gc, Bomb<'gc>> {
+    const { assert!(core::mem::size_of::<Bomb<'static>>() == core::mem::size_of::<Node<'static>>()) };
     Gc::new(
         mc,
         Bomb {
             next: GcCell::new(next),
             _probe: Probe(id),
+            _pad: 0,
         },
     )
 }
@@ -598,24 +601,6 @@ fn a_panicking_clock_leaves_the_heap_consistent_wherever_it_is_read() {
     assert!(panicked > 5, "only {panicked} clock reads were failed");
 }
 
-/// `Node`'s size class, its finalizer panics when armed.
-struct NodeBomb<'gc> {
-    _id: u64,
-    _next: GcCell<'gc, Option<Gc<'gc, Node<'gc>>>>,
-    _probe: Probe,
-}
-impl Drop for NodeBomb<'_> {
-    fn drop(&mut self) {
-        maybe_boom("a finalizer");
-    }
-}
-// SAFETY: traces its one Gc field; the Drop touches no Gc.
-unsafe impl<'gc> Trace for NodeBomb<'gc> {
-    fn trace(&self, t: &mut Tracer<'_>) {
-        t.trace(&self._next);
-    }
-}
-
 /// A finalizer panicking in a span flagged for finalizers (`Span::finalizers`), swept empty (the flag
 /// reset) or not (kept): objects allocated later, in the reused spans, are still finalized once, the
 /// survivors of the span whose finalizer panicked too; nothing twice.
@@ -629,22 +614,8 @@ fn a_panicking_finalizer_leaves_the_finalizer_flag_right() {
             take_finalized();
             gc.mutate(|mc, root| {
                 for i in 0..n {
-                    Gc::new(
-                        mc,
-                        super::Plain {
-                            _id: i,
-                            _next: GcCell::new(None),
-                            _pad: 0,
-                        },
-                    );
-                    Gc::new(
-                        mc,
-                        NodeBomb {
-                            _id: i,
-                            _next: GcCell::new(None),
-                            _probe: Probe(10_000 + i),
-                        },
-                    );
+                    super::plain(mc, i);
+                    bomb(mc, 10_000 + i, None);
                     let n = node(mc, i, None);
                     if keep_one && i % every == every - 1 {
                         n.next.set(mc, root[0].get());
@@ -659,14 +630,7 @@ fn a_panicking_finalizer_leaves_the_finalizer_flag_right() {
             // Reuse the swept spans: plain first, then nodes; half of them die.
             gc.mutate(|mc, root| {
                 for i in 0..2 * n {
-                    Gc::new(
-                        mc,
-                        super::Plain {
-                            _id: i,
-                            _next: GcCell::new(None),
-                            _pad: 0,
-                        },
-                    );
+                    super::plain(mc, i);
                     let n = node(mc, 1000 + i, None);
                     if i % 2 == 0 {
                         n.next.set(mc, root[1].get());
