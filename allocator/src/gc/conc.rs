@@ -59,8 +59,9 @@
 //! - Fields outside cells: immutable after allocation (`Gc<T>` gives only `&T`), initialised before
 //!   the `Gc` is published; publication goes through a cell write or happened before the safe point
 //!   that handed the object to the pool (the pool's lock orders it).
-//! - Cells: under the locks of cell.rs (`GcCell` stripe locks, `GcRefCell` trace lock), which also
-//!   order the mutator's writes of a new object before a worker's reads of it.
+//! - Cells: under the locks of cell.rs (`GcCell` stripe locks, `GcRefCell` trace lock) or, for a
+//!   one-word `GcCell`, through `Release` stores and `Acquire` loads; both also order the mutator's
+//!   writes of a new object before a worker's reads of it.
 //! - `Trace` impls: the contract (trace.rs) says they read only the value (and so only the above).
 //!
 //! Correctness of the mark (snapshot at the beginning): as for incremental marking (barrier.rs); the

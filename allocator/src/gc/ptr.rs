@@ -22,6 +22,10 @@ pub(crate) type Brand<'gc> = PhantomData<core::cell::Cell<&'gc ()>>;
 
 /// A pointer to a managed `T`, valid for one `mutate` call. Copy it freely; store it in the root or in
 /// managed objects (through [`GcCell`](super::GcCell) / [`GcRefCell`](super::GcRefCell) to change it).
+///
+/// `repr(transparent)`: a `Gc` of a sized `T` is one pointer, and `Option<Gc<..>>` uses its null niche
+/// (cells of either are accessed as atomic words while mark workers run, cell.rs).
+#[repr(transparent)]
 pub struct Gc<'gc, T: ?Sized + 'gc> {
     ptr: NonNull<T>,
     _brand: Brand<'gc>,
@@ -116,8 +120,12 @@ impl<'gc, T: ?Sized + 'gc> fmt::Debug for Gc<'gc, T> {
     }
 }
 
-// SAFETY: reports itself; the pointee is traced when the marker scans it.
+// SAFETY: reports itself; the pointee is traced when the marker scans it. `ATOMIC_WORD`: a
+// `repr(transparent)` `NonNull`, so of a sized `T` one initialized pointer-sized word (a fat pointer,
+// of an unsized `T`, is two words and fails the size test).
 unsafe impl<'gc, T: ?Sized + 'gc> Trace for Gc<'gc, T> {
+    const ATOMIC_WORD: bool = core::mem::size_of::<Self>() == core::mem::size_of::<*const u8>()
+        && core::mem::align_of::<Self>() == core::mem::align_of::<*const u8>();
     #[inline]
     fn trace(&self, t: &mut Tracer<'_>) {
         t.edge(self.addr());

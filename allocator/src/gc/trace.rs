@@ -49,6 +49,14 @@ pub unsafe trait Trace {
     /// Whether the type may hold `Gc` pointers. `false` puts headerless objects in noscan spans.
     const NEEDS_TRACE: bool = true;
 
+    /// Whether a value is exactly one pointer-sized, pointer-aligned word whose bytes are all
+    /// initialized in every value (a thin `Gc`, an `Option` of one): a [`GcCell`](super::GcCell) of
+    /// such a type is read by concurrent mark workers and written by the mutator with single atomic
+    /// word accesses instead of a stripe lock (cell.rs). The crate sets it for those types only; an
+    /// impl that sets it for any other type is unsound (the default, `false`, is always sound).
+    #[doc(hidden)]
+    const ATOMIC_WORD: bool = false;
+
     /// Reports every `Gc` held by `self` to `t` (usually by calling `t.trace(&field)` on each field).
     fn trace(&self, t: &mut Tracer<'_>);
 }
@@ -140,9 +148,13 @@ unsafe impl<T: 'static> Trace for RefCell<T> {
     fn trace(&self, _: &mut Tracer<'_>) {}
 }
 
-// SAFETY: traces the value when present.
+// SAFETY: traces the value when present. `ATOMIC_WORD`: an `Option` no bigger than its word-sized
+// payload stores `None` in the payload's niche (for a `Gc`, the null pointer), so each of its values is
+// the payload's one initialized word or that niche word.
 unsafe impl<T: Trace> Trace for Option<T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
+    const ATOMIC_WORD: bool =
+        T::ATOMIC_WORD && core::mem::size_of::<Option<T>>() == core::mem::size_of::<T>();
     #[inline]
     fn trace(&self, t: &mut Tracer<'_>) {
         if let Some(v) = self {

@@ -10,18 +10,27 @@ use super::{config, now_ns, span_heap, take_finalized, Probe};
 use crate::gc::conc::{TablePhase, CHUNK_PATIENCE};
 use crate::gc::*;
 
-/// An item: its id and a link to another item (rewired by the mutator while workers run).
+/// An item: its id and a link to another item (rewired by the mutator while workers run), twice: in
+/// a one-word cell (`link`, which workers read with an atomic load) and in a two-word one (`back`: the
+/// link and its target's id, or `u64::MAX`; workers read it under its stripe lock).
 struct Item<'gc> {
     id: u64,
     link: GcCell<'gc, Option<Gc<'gc, Item<'gc>>>>,
+    back: GcCell<'gc, (Option<Gc<'gc, Item<'gc>>>, u64)>,
     _probe: Probe,
 }
 
-// SAFETY: traces its one Gc field; Probe's Drop touches no Gc.
+// SAFETY: traces its Gc fields; Probe's Drop touches no Gc.
 unsafe impl Trace for Item<'_> {
     fn trace(&self, t: &mut Tracer<'_>) {
         t.trace(&self.link);
+        t.trace(&self.back);
     }
+}
+
+/// `Item::back`'s value for a link to `to`.
+fn back<'gc>(to: Option<Gc<'gc, Item<'gc>>>) -> (Option<Gc<'gc, Item<'gc>>>, u64) {
+    (to, to.map_or(u64::MAX, |t| t.id))
 }
 
 /// A bag of items whose vector the mutator reallocates while workers may trace it.
@@ -68,6 +77,7 @@ fn item<'gc>(mc: &Mutation<'gc>, id: u64, link: Option<Gc<'gc, Item<'gc>>>) -> G
         Item {
             id,
             link: GcCell::new(link),
+            back: GcCell::new(back(link)),
             _probe: Probe(id),
         },
     )
@@ -124,6 +134,7 @@ fn mutate(gc: &mut GcHeap<Bags>, m: &mut Model, rng: &mut Rng, ops: usize) {
                         let to = (rng.below(3) != 0)
                             .then(|| items[rng.below(items.len() as u64) as usize]);
                         x.link.set(mc, to);
+                        x.back.set(mc, back(to));
                         m.links.insert(x.id, to.map(|t| t.id));
                     }
                 }
@@ -159,6 +170,9 @@ fn check(gc: &mut GcHeap<Bags>, m: &Model) {
                     "link of {}",
                     x.id
                 );
+                let (to, to_id) = x.back.get();
+                assert_eq!(to.map(|t| t.id), m.links[&x.id], "back link of {}", x.id);
+                assert_eq!(to_id, to.map_or(u64::MAX, |t| t.id), "back id of {}", x.id);
                 if let Some(t) = x.link.get() {
                     // The target is alive (checked by poisoning too): its own link reads sanely.
                     assert_eq!(t.link.get().map(|u| u.id), m.links[&t.id]);
@@ -492,9 +506,10 @@ fn a_cell_wait_is_counted_after_its_stripe_is_released() {
     gc.mutate(|mc, root| {
         let bag = root[0].get().unwrap();
         let item = bag.items.borrow()[0];
-        CELL.store(item.link.stripe_key(), Ordering::Relaxed);
-        let to = item.link.get();
-        item.link.set(mc, to);
+        // A two-word cell: a one-word one takes no stripe.
+        CELL.store(item.back.stripe_key(), Ordering::Relaxed);
+        let to = item.back.get();
+        item.back.set(mc, to);
     });
     holder.join().unwrap();
     assert_eq!(
@@ -506,6 +521,77 @@ fn a_cell_wait_is_counted_after_its_stripe_is_released() {
     check(&mut gc, &m);
     drop(gc);
     take_finalized();
+}
+
+/// A one-word cell (`Option<Gc>`) is written with one atomic store while workers may run: it never
+/// waits for a stripe, even with every stripe held (a two-word cell's write would wait, see above).
+#[test]
+#[cfg_attr(miri, ignore = "holds the locks for a time, on a thread")]
+fn a_one_word_cell_write_takes_no_stripe() {
+    use std::time::{Duration, Instant};
+    let (mut gc, m) = opened_mark(
+        concurrent_config(ConcurrentWorkers {
+            helpers: 1,
+            start: drop_job,
+        }),
+        200,
+    );
+    let held = Duration::from_millis(400);
+    let holder = hold_every_stripe(held);
+    let t = Instant::now();
+    gc.mutate(|mc, root| {
+        let bag = root[0].get().unwrap();
+        let item = bag.items.borrow()[0];
+        let to = item.link.get();
+        item.link.set(mc, to);
+    });
+    let took = t.elapsed();
+    holder.join().unwrap();
+    assert!(
+        took < held / 2,
+        "a one-word cell write waited {took:?} for a stripe"
+    );
+    assert_eq!(gc.stats().pauses_of(PauseKind::CellWait).count, 0);
+    gc.finish_mark();
+    check(&mut gc, &m);
+    drop(gc);
+    take_finalized();
+}
+
+/// Which cells take the atomic-word path (`Trace::ATOMIC_WORD`): thin `Gc`s and their `Option`s,
+/// nothing wider or with a tag beside the pointer.
+#[test]
+fn atomic_word_cells_are_exactly_the_one_pointer_ones() {
+    type G<'gc> = Gc<'gc, Item<'gc>>;
+    let cases = [
+        ("Gc", <G<'_> as Trace>::ATOMIC_WORD, true),
+        ("Option<Gc>", <Option<G<'_>> as Trace>::ATOMIC_WORD, true),
+        // Two words: no niche left.
+        (
+            "Option<Option<Gc>>",
+            <Option<Option<G<'_>>> as Trace>::ATOMIC_WORD,
+            false,
+        ),
+        // A fat pointer.
+        ("Gc<[u64]>", <Gc<'_, [u64]> as Trace>::ATOMIC_WORD, false),
+        (
+            "Option<Gc<[u64]>>",
+            <Option<Gc<'_, [u64]>> as Trace>::ATOMIC_WORD,
+            false,
+        ),
+        (
+            "(Option<Gc>, u64)",
+            <(Option<G<'_>>, u64) as Trace>::ATOMIC_WORD,
+            false,
+        ),
+        // Holds no Gc: never traced.
+        ("u64", <u64 as Trace>::ATOMIC_WORD, false),
+        // A hand-written impl keeps the default.
+        ("Item", <Item<'_> as Trace>::ATOMIC_WORD, false),
+    ];
+    for (ty, got, want) in cases {
+        assert_eq!(got, want, "{ty}");
+    }
 }
 
 /// A pause hook (or clock) that panics at the end of the table slice that opens the crew must not
