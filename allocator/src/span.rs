@@ -282,6 +282,11 @@ impl Span {
     pub fn nelems(&self) -> usize {
         self.nelems as usize
     }
+    /// The object index's reciprocal: `(off * magic) >> 32 == off / elem_size` for every offset in
+    /// the span (`SizeClass::magic`); 0 for a large span, whose one object has index 0.
+    pub(crate) fn magic(&self) -> u32 {
+        self.magic
+    }
     pub fn alloc_count(&self) -> usize {
         self.alloc_count as usize
     }
