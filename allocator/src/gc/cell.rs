@@ -213,8 +213,9 @@ impl<T: Copy + fmt::Debug> fmt::Debug for GcCell<'_, T> {
 }
 
 // SAFETY: traces the current value (a copy: no borrow of the cell is held while tracing); a concurrent
-// mark worker copies it under the stripe lock the mutator's writes take meanwhile; the mutator's own
-// tracer reads it without (it is the only writer, module docs).
+// mark worker copies it under the stripe lock the mutator's writes take meanwhile, or for a one-word
+// `T` loads it atomically as the mutator stores it; the mutator's own tracer reads it plainly (it is
+// the only writer, module docs).
 unsafe impl<T: Copy + Trace> Trace for GcCell<'_, T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
     #[inline]

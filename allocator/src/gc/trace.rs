@@ -16,11 +16,11 @@
 //! - With concurrent marking (`Mode::Concurrent`, `GcConfig::concurrent_workers`), `trace` also runs
 //!   on other CPUs *while the mutator runs*: it may read only what cannot change meanwhile — the
 //!   value's fields outside cells (immutable: a `Gc` gives only `&T`) — and its `GcCell`/`GcRefCell`
-//!   fields only through their own `Trace` impls (`t.trace(&cell)`), which take the locks the
-//!   mutator's writes take (cell.rs). It must not read any other interior-mutable data (a `Cell`,
+//!   fields only through their own `Trace` impls (`t.trace(&cell)`), which read them as the
+//!   mutator's writes write them: under a lock, or as one atomic word (cell.rs). It must not read any other interior-mutable data (a `Cell`,
 //!   `RefCell` or atomic field the mutator may write without the collector knowing). Derived impls
 //!   qualify: they call `t.trace` on every field, and the only `Trace` types with interior
-//!   mutability are the two GC cells (locked) and `Cell`/`RefCell` of `'static` data, whose impls
+//!   mutability are the two GC cells (synchronised) and `Cell`/`RefCell` of `'static` data, whose impls
 //!   read nothing (`NEEDS_TRACE == false`, so the tracer does not even call them). Safe code cannot
 //!   write a `Trace` impl at all (the trait is `unsafe`), so a type the mutator mutates unseen can
 //!   reach a worker only through a hand-written `unsafe impl` that breaks this contract.
@@ -39,7 +39,9 @@ use crate::addr::VirtAddr;
 /// # Safety
 /// Implementors promise the contract in the module documentation: a missed `Gc` is freed while still
 /// reachable, and a `Drop` that dereferences a `Gc` may read freed memory. `#[derive(Trace)]` writes a
-/// sound impl (every field traced, no `Drop` on a type that may hold a `Gc`).
+/// sound impl (every field traced, no `Drop` on a type that may hold a `Gc`). An impl outside this
+/// crate must leave the hidden `ATOMIC_WORD` at its default (`false`): the crate relies on it being
+/// `true` only for its own `Gc` and `Option<Gc>`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be traced by the garbage collector",
     label = "not `Trace`",
@@ -49,11 +51,12 @@ pub unsafe trait Trace {
     /// Whether the type may hold `Gc` pointers. `false` puts headerless objects in noscan spans.
     const NEEDS_TRACE: bool = true;
 
-    /// Whether a value is exactly one pointer-sized, pointer-aligned word whose bytes are all
-    /// initialized in every value (a thin `Gc`, an `Option` of one): a [`GcCell`](super::GcCell) of
-    /// such a type is read by concurrent mark workers and written by the mutator with single atomic
-    /// word accesses instead of a stripe lock (cell.rs). The crate sets it for those types only; an
-    /// impl that sets it for any other type is unsound (the default, `false`, is always sound).
+    /// Whether every value is exactly one pointer-sized, pointer-aligned word whose bytes are all
+    /// initialized (a thin `Gc`, an `Option` of one, whose `None` is the null word): a
+    /// [`GcCell`](super::GcCell) of such a type is read by concurrent mark workers and written by the
+    /// mutator with single atomic word accesses instead of a stripe lock (cell.rs). Only this crate
+    /// sets it, for those types; an impl elsewhere must not (see the trait's safety section: the
+    /// `Option` impl trusts a `true` to come from `Gc`, whose niche is the whole word).
     #[doc(hidden)]
     const ATOMIC_WORD: bool = false;
 
@@ -75,9 +78,9 @@ impl Tracer<'_> {
         }
     }
 
-    /// Whether this tracer is a concurrent mark worker's: cells then read their contents under the
-    /// locks the mutator's writes take (cell.rs). The mutator's own tracer (assists, termination) reads
-    /// without them even while workers run: it is the cells' only writer, and workers only read. Taking
+    /// Whether this tracer is a concurrent mark worker's: cells then read their contents as the
+    /// mutator's writes write them, under their locks or as one atomic word (cell.rs). The mutator's
+    /// own tracer (assists, termination) reads plainly even while workers run: it is the cells' only writer, and workers only read. Taking
     /// them, an assist could spin on a stripe a descheduled worker holds, for as long as the worker is
     /// off its CPU (assists of 1.9-2.6 ms in gc_bench's concurrent row on a loaded host).
     #[inline]
@@ -148,9 +151,11 @@ unsafe impl<T: 'static> Trace for RefCell<T> {
     fn trace(&self, _: &mut Tracer<'_>) {}
 }
 
-// SAFETY: traces the value when present. `ATOMIC_WORD`: an `Option` no bigger than its word-sized
-// payload stores `None` in the payload's niche (for a `Gc`, the null pointer), so each of its values is
-// the payload's one initialized word or that niche word.
+// SAFETY: traces the value when present. `ATOMIC_WORD`: `T::ATOMIC_WORD` is true only for a thin
+// `Gc` (the trait's safety section forbids it elsewhere), a `repr(transparent)` `NonNull`, so an
+// `Option<T>` of `T`'s size is the null-pointer-optimised one: each value is the `Gc`'s initialized
+// word or the null word. (For a payload whose niche is narrower than the word, `None` would leave
+// bytes uninitialized, which is why the flag is the crate's alone.)
 unsafe impl<T: Trace> Trace for Option<T> {
     const NEEDS_TRACE: bool = T::NEEDS_TRACE;
     const ATOMIC_WORD: bool =
