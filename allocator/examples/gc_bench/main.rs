@@ -130,6 +130,9 @@ struct PauseReport {
     wall: u64,
     /// Per kind of collector work (`PauseKind::ALL`'s order): count, p50, p99.9, max, total (ns).
     by_kind: Vec<[u64; 5]>,
+    /// Concurrent rows: bytes the mark workers scanned, and their CPU time in jobs (ns).
+    worker_scan: u64,
+    worker_cpu: u64,
 }
 
 /// A crew of host threads for concurrent marking, started once: `crew::start` queues a mark job and
@@ -137,7 +140,12 @@ struct PauseReport {
 mod crew {
     use spanalloc::gc::MarkJob;
     use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Condvar, Mutex, OnceLock};
+
+    /// The crew threads' CPU time inside mark jobs, in all (ns): the workers' marking cost, which a
+    /// loaded machine's scheduling does not move (it only takes CPU away from them).
+    pub static JOB_CPU_NS: AtomicU64 = AtomicU64::new(0);
 
     struct Crew {
         jobs: Mutex<VecDeque<MarkJob>>,
@@ -170,7 +178,9 @@ mod crew {
                             q = c.wake.wait(q).unwrap();
                         }
                     };
+                    let t0 = super::cpu_ns();
                     job.run();
+                    JOB_CPU_NS.fetch_add(super::cpu_ns() - t0, Ordering::Relaxed);
                 });
             }
         }
@@ -275,6 +285,8 @@ fn pause_bench_with(
     PAUSES.lock().unwrap().clear();
     BY_KIND.lock().unwrap().clear();
     let start_cycles = gc.stats().cycles;
+    let start_scan = gc.stats().concurrent_scan_bytes;
+    crew::JOB_CPU_NS.store(0, std::sync::atomic::Ordering::Relaxed);
     let t0 = wall_ns();
     let mut i = 0u64;
     while gc.stats().cycles < start_cycles + cycles {
@@ -295,6 +307,8 @@ fn pause_bench_with(
         i += 1;
     }
     let wall = wall_ns() - t0;
+    let worker_scan = gc.stats().concurrent_scan_bytes - start_scan;
+    let worker_cpu = crew::JOB_CPU_NS.load(std::sync::atomic::Ordering::Relaxed);
     let mut p = std::mem::take(&mut *PAUSES.lock().unwrap());
     p.sort_unstable();
     let pct = |q: usize| p[(p.len() * q / 100).min(p.len() - 1)];
@@ -323,6 +337,8 @@ fn pause_bench_with(
         total: p.iter().sum(),
         wall,
         by_kind,
+        worker_scan,
+        worker_cpu,
     }
 }
 
@@ -594,6 +610,15 @@ fn bench(quick: bool) {
             "{name}: max pause {} (median of {reps} repetitions' maxima: {}; target: 0.100 ms or less)",
             ms(r.max),
             all.join(", ")
+        );
+        // The workers' own speed, which the machine's load does not move (their CPU time): what
+        // decides how much marking is left to the mutator's assists.
+        println!(
+            "  mark workers: {} MiB scanned in {} of their CPU time ({:.2} ns per byte); the mutator's assists: {}",
+            r.worker_scan >> 20,
+            ms(r.worker_cpu),
+            r.worker_cpu as f64 / r.worker_scan.max(1) as f64,
+            ms(r.by_kind[PauseKind::ALL.iter().position(|k| *k == PauseKind::Assist).unwrap()][4])
         );
         let (p999, max) = timing_floor(conc_pauses, helpers);
         println!(
