@@ -10,7 +10,8 @@
 //! - *Open*: the heap's *crew* ([`Crew`], below) is opened: at every safe point the mutator's grey
 //!   chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
 //!   `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) in the
-//!   table until the pool runs dry or the crew is stopped. The mutator never waits for a worker (but for
+//!   table until the pool runs dry or the crew is stopped, then waits a little for the next hand-over
+//!   outside the crew (`Crew::wait_for_work`) before it ends. The mutator never waits for a worker (but for
 //!   a cell a worker is copying or tracing, cell.rs). At a safe point where the mutator's grey stack and
 //!   the pool are empty and no worker is inside, the crew is stopped (for good).
 //! - *Merging*: the side bitmaps are OR-ed into the spans' mark bits, a slice of slots per safe point,
@@ -166,7 +167,13 @@ pub struct MarkJob(CrewRef);
 impl MarkJob {
     /// Marks until there is nothing to do or the heap stops its workers (module docs).
     pub fn run(self) {
-        self.0.work();
+        loop {
+            self.0.work();
+            // The pool ran dry (or the crew stopped): more may come at the mutator's next safe point.
+            if !self.0.wait_for_work() {
+                return;
+            }
+        }
     }
 }
 
@@ -205,6 +212,9 @@ pub(crate) struct Crew {
     ready: AtomicPtr<ReadyChunk>,
     /// A worker found no pages for a chunk.
     chunk_failed: AtomicBool,
+    /// The heap is inside `start_jobs`: a job that finds it set may be running inside `start` on the
+    /// heap's own CPU, where no more work can come while it runs (`Crew::wait_for_work`).
+    starting: AtomicBool,
     source: &'static (dyn SpanSource + Sync),
     /// The crew's own pages; moved out by the last reference.
     storage: GcSpan,
@@ -216,6 +226,10 @@ struct ReadyChunk {
     span: NonNull<Span>,
     next: *mut ReadyChunk,
 }
+
+/// Looks at a dry pool before a job ends (`Crew::wait_for_work`): each a spin-loop hint, and with
+/// `std` a yield (some 0.3-1 ms in all on a host; tens of µs of spinning without `std`).
+const DRY_LOOKS: usize = 1024;
 
 /// Chunks one job takes at most before it goes on to mark (a `start` that runs jobs at once on the
 /// heap's CPU makes them a pause).
@@ -303,6 +317,7 @@ impl CrewRef {
                 chunks_wanted: AtomicUsize::new(0),
                 ready: AtomicPtr::new(core::ptr::null_mut()),
                 chunk_failed: AtomicBool::new(false),
+                starting: AtomicBool::new(false),
                 source,
                 storage,
             });
@@ -316,6 +331,15 @@ impl CrewRef {
         let n = workers
             .helpers
             .saturating_sub(self.jobs.load(Ordering::SeqCst));
+        // Reset however `start` (user code) returns.
+        struct Started<'a>(&'a AtomicBool);
+        impl Drop for Started<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        self.starting.store(true, Ordering::Relaxed);
+        let _started = Started(&self.starting);
         for _ in 0..n {
             self.jobs.fetch_add(1, Ordering::SeqCst);
             self.refs.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +350,31 @@ impl CrewRef {
 }
 
 impl Crew {
+    /// After a visit that left the pool dry: whether work came back within [`DRY_LOOKS`] looks at the
+    /// pool, while the crew stays open. The mutator hands its grey entries over at every safe point,
+    /// so a job that ended at once would leave them to the mutator's assists until the next job's
+    /// start (a thread to wake: tens of µs) — measured in gc_bench's concurrent row, the one worker
+    /// then ran a fifth of each mark. The wait is outside `inside`, so the heap may stop the crew
+    /// meanwhile; a job run at once inside `start` (`starting` set) does not wait, since nothing can
+    /// come while it runs on the heap's CPU.
+    fn wait_for_work(&self) -> bool {
+        if self.starting.load(Ordering::Relaxed) {
+            return false;
+        }
+        for _ in 0..DRY_LOOKS {
+            if self.sh.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if !self.sh.pool.looks_empty() {
+                return true;
+            }
+            core::hint::spin_loop();
+            #[cfg(any(test, feature = "std"))]
+            std::thread::yield_now();
+        }
+        false
+    }
+
     /// A worker's visit (`MarkJob::run`): marks while the crew is open and the pool has work.
     fn work(&self) {
         self.inside.fetch_add(1, Ordering::SeqCst);
