@@ -143,7 +143,10 @@ pub struct ConcurrentWorkers {
     pub helpers: usize,
     /// Starts `job` (calls [`MarkJob::run`]) on another CPU or thread and returns without waiting for
     /// it. Correctness does not depend on it (module docs): it may run the job late, at once on the
-    /// calling CPU, or drop it unrun. The heap calls it only at safe points.
+    /// calling CPU, or drop it unrun. The heap calls it only at safe points. A job run later on the
+    /// mutator's own CPU (from a pause hook, say) costs a pause: before it ends, a job whose pool ran
+    /// dry looks for more work a bounded number of times (`MarkJob::run`), which only a job run
+    /// inside `start` knows to skip.
     pub start: fn(job: MarkJob),
 }
 
@@ -159,16 +162,19 @@ impl ConcurrentWorkers {
 }
 
 /// A mark job of a concurrent mark, for [`ConcurrentWorkers::start`]: [`MarkJob::run`] marks beside
-/// the mutator until the pool of grey objects runs dry or the heap stops its workers (then it returns at
-/// once). It holds the heap's shared worker state alive (not the heap): running it late, after the mark
+/// the mutator until the pool of grey objects stays dry for a while (it looks a bounded number of
+/// times for the mutator's next hand-over) or the heap stops its workers (then it returns at once). It holds the heap's shared worker state alive (not the heap): running it late, after the mark
 /// or after the heap is gone, does nothing; dropping it unrun is allowed.
 pub struct MarkJob(CrewRef);
 
 impl MarkJob {
     /// Marks until there is nothing to do or the heap stops its workers (module docs).
     pub fn run(self) {
+        // Whether this job has been counted among the mark's workers (`Shared::workers`: once per
+        // job, not per visit).
+        let mut counted = false;
         loop {
-            self.0.work();
+            self.0.work(&mut counted);
             // The pool ran dry (or the crew stopped): more may come at the mutator's next safe point.
             if !self.0.wait_for_work() {
                 return;
@@ -228,8 +234,10 @@ struct ReadyChunk {
 }
 
 /// Looks at a dry pool before a job ends (`Crew::wait_for_work`): each a spin-loop hint, and with
-/// `std` a yield (some 0.3-1 ms in all on a host; tens of µs of spinning without `std`).
-const DRY_LOOKS: usize = 1024;
+/// `std` a yield (about 0.1-0.3 ms in all on a host; some 10 µs of spinning without `std`): enough to
+/// bridge the gap to a mutator's next safe point in gc_bench, short enough for a job that runs on the
+/// mutator's CPU after all (`ConcurrentWorkers::start`).
+const DRY_LOOKS: usize = 256;
 
 /// Chunks one job takes at most before it goes on to mark (a `start` that runs jobs at once on the
 /// heap's CPU makes them a pause).
@@ -350,7 +358,7 @@ impl CrewRef {
 }
 
 impl Crew {
-    /// After a visit that left the pool dry: whether work came back within [`DRY_LOOKS`] looks at the
+    /// After a visit that left the pool dry: whether work came back within `DRY_LOOKS` looks at the
     /// pool, while the crew stays open. The mutator hands its grey entries over at every safe point,
     /// so a job that ended at once would leave them to the mutator's assists until the next job's
     /// start (a thread to wake: tens of µs) — measured in gc_bench's concurrent row, the one worker
@@ -376,7 +384,7 @@ impl Crew {
     }
 
     /// A worker's visit (`MarkJob::run`): marks while the crew is open and the pool has work.
-    fn work(&self) {
+    fn work(&self, counted: &mut bool) {
         self.inside.fetch_add(1, Ordering::SeqCst);
         let _leave = Leave(&self.inside);
         // Wanted while the crew is stopped too (the table is made before it opens).
@@ -391,7 +399,7 @@ impl Crew {
             words,
             mask: self.mask.load(Ordering::Relaxed),
         };
-        par::work(&self.sh, Some(view));
+        par::work(&self.sh, Some(view), counted);
     }
 
     /// Takes up to `JOB_CHUNKS` of the chunks the table wants from the source (a fresh page can cost

@@ -184,7 +184,10 @@ impl Drop for ReleasePool<'_> {
 
 /// One mark worker's life: drains the pool until the mark is over (or, in a concurrent mark, `stop` is
 /// set or the pool runs dry). `conc`: the side table a concurrent mark's workers mark in (conc.rs).
-pub(crate) fn work(sh: &Shared, conc: Option<ConcView>) {
+///
+/// `counted`: whether the caller (a concurrent mark's job, which may visit several times) was
+/// counted in `Shared::workers` already; set when this visit counts it (it scanned something).
+pub(crate) fn work(sh: &Shared, conc: Option<ConcView>, counted: &mut bool) {
     let mut m = Marker::new_shared(sh.spans, sh.source, sh.owner);
     m.conc = conc;
     let mut w = Worker {
@@ -194,7 +197,11 @@ pub(crate) fn work(sh: &Shared, conc: Option<ConcView>) {
         idle: false,
         done: false,
     };
-    w.run();
+    if w.run() && !*counted {
+        // Inside the visit (before the heap can stop the crew and take the result).
+        sh.workers.fetch_add(1, Ordering::Relaxed);
+        *counted = true;
+    }
 }
 
 /// A worker's state; gives its chunks back and leaves the counts if it unwinds.
@@ -256,7 +263,8 @@ impl Worker<'_> {
         }
     }
 
-    fn run(&mut self) {
+    /// Drains until the mark is over (`acquire`); whether it scanned anything.
+    fn run(&mut self) -> bool {
         let mut scanned = 0usize;
         // Scan work added to `sh.scan_work` so far (published as it goes, for the mutator's pacing).
         let mut published = 0usize;
@@ -297,13 +305,11 @@ impl Worker<'_> {
             .fetch_add(self.m.marked_objects, Ordering::Relaxed);
         sh.scan_work
             .fetch_add(self.m.scan_work - published, Ordering::Relaxed);
-        if scanned > 0 {
-            sh.workers.fetch_add(1, Ordering::Relaxed);
-        }
         if self.m.overflow {
             sh.overflow.store(true, Ordering::Relaxed);
         }
         self.done = true;
+        scanned > 0
     }
 }
 
@@ -339,7 +345,7 @@ impl Inner {
         if sh.pool.is_empty() {
             return;
         }
-        let job = |_: usize| work(&sh, None);
+        let job = |_: usize| work(&sh, None, &mut false);
         // `run` may panic (a worker's `Trace` impl): `interrupted` then stays set and the mark rescans.
         m.scanning(|_| (workers.run)(workers.helpers, &job));
         let done = sh.take_result();
