@@ -10,10 +10,11 @@
 //! - *Open*: the heap's *crew* ([`Crew`], below) is opened: at every safe point the mutator's grey
 //!   chunks go into the crew's shared [`Pool`] and mark jobs ([`MarkJob`]) are handed to
 //!   `ConcurrentWorkers::start` (at most `helpers` out at once); a job marks (par.rs's worker) in the
-//!   table until the pool runs dry or the crew is stopped, then waits a little for the next hand-over
-//!   outside the crew (`Crew::wait_for_work`) before it ends. The mutator never waits for a worker (but for
-//!   a cell a worker is copying or tracing, cell.rs). At a safe point where the mutator's grey stack and
-//!   the pool are empty and no worker is inside, the crew is stopped (for good).
+//!   table until the pool runs dry or the crew is stopped, then waits a little for the next
+//!   hand-over outside the crew (`Crew::wait_for_work`) before it ends. The mutator never waits for a
+//!   worker (but for a cell a worker is copying or tracing, cell.rs). At a safe point where the
+//!   mutator's grey stack and the pool are empty and no worker is inside, the crew is stopped (for
+//!   good).
 //! - *Merging*: the side bitmaps are OR-ed into the spans' mark bits, a slice of slots per safe point,
 //!   while the mutator's marks go to the spans again; then the table is put aside for the next mark and
 //!   the mark terminates as an incremental one (drain, rescans, checkmark, `end_mark`).
@@ -163,8 +164,9 @@ impl ConcurrentWorkers {
 
 /// A mark job of a concurrent mark, for [`ConcurrentWorkers::start`]: [`MarkJob::run`] marks beside
 /// the mutator until the pool of grey objects stays dry for a while (it looks a bounded number of
-/// times for the mutator's next hand-over) or the heap stops its workers (then it returns at once). It holds the heap's shared worker state alive (not the heap): running it late, after the mark
-/// or after the heap is gone, does nothing; dropping it unrun is allowed.
+/// times for the mutator's next hand-over) or the heap stops its workers (then it returns at once).
+/// It holds the heap's shared worker state alive (not the heap): running it late, after the mark or
+/// after the heap is gone, does nothing; dropping it unrun is allowed.
 pub struct MarkJob(CrewRef);
 
 impl MarkJob {
