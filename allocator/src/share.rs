@@ -12,15 +12,27 @@
 //! use spanalloc::addr::{Page, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 //! use spanalloc::FrameCount;
 //!
-//! // A frame for DMA (contiguous runs too), given back with `frames.free`.
-//! let dma = HEAP.with_address_space(|s| s.frames.allocate_contiguous(FrameCount(4), FrameCount(1)));
+//! // Frames for DMA (one, or a contiguous run): safe, they are the kernel's from now on.
+//! let dma = HEAP.allocate_frames(FrameCount(4), FrameCount(1));
 //! // Map a device's registers (not memory the frame allocator manages).
 //! let mmio = PhysFrame::containing_address(PhysAddr::new(0xfee0_0000));
 //! let page = Page::containing_address(VirtAddr::new(0xffff_9000_0000_0000));
 //! let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_CACHE | PageTableFlags::NO_EXECUTE;
-//! // SAFETY: the page holds no Rust object and the device frame is the kernel's to map.
-//! HEAP.with_address_space(|s| unsafe { s.map_kernel_page(page, mmio, flags) });
+//! // SAFETY: the page holds no Rust object and the device frame is the kernel's to map; the closure
+//! // changes no mapping of the heap's window and frees no frame of the heap's.
+//! unsafe { HEAP.with_address_space(|s| s.map_kernel_page(page, mmio, flags)) };
+//! // Given back when the device is done with them (frames this kernel took, nothing maps them).
+//! if let Some(first) = dma {
+//!     // SAFETY: as above; the frames are the ones taken for DMA.
+//!     unsafe { HEAP.with_address_space(|s| s.frames.free_contiguous(first, FrameCount(4))) };
+//! }
 //! ```
+//!
+//! [`Heap::with_address_space`](crate::Heap::with_address_space) is `unsafe`: the address space it
+//! lends also holds the heap's own pages and frames, and freeing one of those (or unmapping a page of
+//! the window through `mapper` or `unmap_range`) would let the heap hand the same memory out twice.
+//! Its contract: leave the heap's window and frames alone. Taking frames alone is
+//! [`Heap::allocate_frames`](crate::Heap::allocate_frames), which is safe.
 //!
 //! - Frames: `space.frames` is the [`FrameAllocator`](crate::frames::FrameAllocator): `allocate`, `allocate_zeroed`,
 //!   `allocate_contiguous`, `allocate_low`, `free`. It also implements the `x86_64` crate's

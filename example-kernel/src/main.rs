@@ -80,7 +80,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     drop(gc);
 
     // Sharing the machine: a page of the kernel's own, backed by a frame, through the heap's address space.
-    let shared = HEAP.with_address_space(|s| {
+    let share_a_page = |s: &mut spanalloc::arena::AddressSpace<Uniprocessor>| {
         let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         let in_window = Page::containing_address(memory.window_base);
         // SAFETY: refused before anything happens (the page is the heap's).
@@ -105,7 +105,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let back = unsafe { s.unmap_kernel_page(page) }.expect("unmap");
         s.frames.free(back);
         seen == 0x5a5a && back == frame
-    });
+    };
+    // SAFETY: `share_a_page` maps a page of the kernel's own through `share`'s window-checked methods
+    // only, and frees nothing it did not take.
+    let shared = unsafe { HEAP.with_address_space(share_a_page) };
     check(
         shared == Some(true),
         "share: the page did not reach its frame",

@@ -29,7 +29,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use crate::addr::{FrameCount, PageCount, VirtAddr, FRAME_SIZE, PAGE_SIZE};
+use crate::addr::{FrameCount, PageCount, PhysFrame, VirtAddr, FRAME_SIZE, PAGE_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
 use crate::cache::{cache_shift, Cache, Stacks};
 use crate::central::Central;
@@ -255,15 +255,42 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         Ok(added)
     }
 
-    /// Runs `f` on the heap's address space, e.g. to take frames for other uses. `None` before `init`
-    /// and in region mode (the kernel kept its address space).
-    pub fn with_address_space<R>(&self, f: impl FnOnce(&mut AddressSpace<P>) -> R) -> Option<R> {
+    /// Runs `f` on the heap's address space (its frame allocator, page tables and platform), e.g. to
+    /// map the kernel's own pages ([`share`](crate::share)). `None` before `init` and in region mode
+    /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe.
+    ///
+    /// # Safety
+    /// The heap's objects and metadata live in this address space, so `f` must leave them alone: it
+    /// must not unmap, remap or change a mapping inside the heap's window ([`share`](crate::share)'s
+    /// methods refuse to), and must not free a frame that it did not allocate itself (through this
+    /// method or [`Heap::allocate_frames`]): any other frame may back a heap page or a page table.
+    /// Freeing one would let the heap hand the same memory out twice.
+    pub unsafe fn with_address_space<R>(
+        &self,
+        f: impl FnOnce(&mut AddressSpace<P>) -> R,
+    ) -> Option<R> {
         let _irq = self.platform.mask_interrupts();
         // A named guard drops before `_irq`; a temporary in the tail expression would be dropped after it
         // (edition 2021), re-enabling interrupts while the lock is still held: an interrupt handler that
         // allocates would then spin on it forever.
         let mut pages = self.pages.lock();
         pages.as_mut().and_then(|h| h.space()).map(f)
+    }
+
+    /// `count` contiguous frames, the first a multiple of `align` frames (a power of two), from the
+    /// heap's frame allocator, for the kernel's own use (DMA buffers, page tables of its own): they
+    /// are the caller's until it gives them back through [`Heap::with_address_space`]. `None` before
+    /// `init`, in region mode, or without such frames.
+    /// Panics (before taking any lock) if `count` is 0 or `align` is not a power of two.
+    pub fn allocate_frames(&self, count: FrameCount, align: FrameCount) -> Option<PhysFrame> {
+        assert!(
+            count.0 > 0 && align.0.is_power_of_two(),
+            "spanalloc: allocate_frames of {} frames aligned to {} frames: the count must not be 0 and the alignment must be a power of two",
+            count.0,
+            align.0
+        );
+        // SAFETY: taking frames changes no mapping and frees nothing.
+        unsafe { self.with_address_space(|s| s.frames.allocate_contiguous(count, align)) }.flatten()
     }
 
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
@@ -524,25 +551,18 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// panics naming the reason otherwise (the first two checks of every refused free).
     #[track_caller]
     fn explicit_entry(&self, op: Op, addr: VirtAddr, layout: Layout) -> Entry {
-        let Some(e) = self.spanmap.entry(addr.as_u64()) else {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!(
-                    "not a live heap object (freed already, or never allocated by this heap)"
-                ),
-            )
-        };
+        self.explicit_entry_or(addr)
+            .unwrap_or_else(|r| r.raise(op, addr, layout))
+    }
+
+    /// [`Heap::explicit_entry`]'s checks, returning the refusal instead of raising it (for callers
+    /// that hold a lock, which must be released before the panic: [`Refusal`]).
+    fn explicit_entry_or(&self, addr: VirtAddr) -> Result<Entry, Refusal> {
+        let e = self.spanmap.entry(addr.as_u64()).ok_or(Refusal::NotLive)?;
         if e.owner() == Owner::Collector {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!("an object of a garbage-collected heap (only its collector frees it)"),
-            )
+            return Err(Refusal::Collector);
         }
-        e
+        Ok(e)
     }
 
     /// [`Heap::refuse_small`] for an object found carrying its free mark, reached by a jump: returning
@@ -870,72 +890,56 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// lock (the caller holds it: a concurrent free may release the span): an explicit-heap large span
     /// starting at `addr` whose object has the layout's kind: `small` is the layout's size class if it
     /// is a small one (then the object must have been reallocated in place to that class), `None` for a
-    /// large layout (then the object's layout must be large, of the span's page count). Panics naming
-    /// the reason otherwise.
-    #[track_caller]
+    /// large layout (then the object's layout must be large, of the span's page count). In both cases
+    /// the layout's size must not reach a trimmed tail's unmapped frame (pageheap.rs): the object ends
+    /// before it, and a moving `realloc` copies `layout.size()` bytes. The refusal otherwise, which the
+    /// caller raises once it has released the lock ([`Refusal`]).
     fn checked_large(
         &self,
-        op: Op,
         addr: VirtAddr,
         layout: Layout,
         small: Option<SizeClass>,
-    ) -> NonNull<Span> {
-        let e = self.explicit_entry(op, addr, layout);
+    ) -> Result<NonNull<Span>, Refusal> {
+        let e = self.explicit_entry_or(addr)?;
         let class = e.class().size_class();
         if !class.is_large() {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!(
-                    "the layout's size class differs from the allocation's (class {} of {} B, the layout says a large object)",
-                    class.get(),
-                    class.size()
-                ),
-            )
+            return Err(Refusal::NotLarge(class));
         }
         let span = e.span();
         // SAFETY: a large span belongs to its object, which the caller holds; the page-heap lock (held by
         // the caller) keeps it from being released meanwhile. Read only.
         let s = unsafe { span.as_ref() };
         if s.base() != addr {
-            bad_free(
-                op,
-                addr,
-                layout,
-                format_args!(
-                    "interior pointer of the large object at {:#x}",
-                    s.base().as_u64()
-                ),
-            )
+            return Err(Refusal::Interior(s.base()));
         }
         match (small, s.small_layout()) {
             (None, None) => {
                 if large_pages(layout.size()) != Some(s.npages()) {
-                    bad_free(
-                        op,
-                        addr,
-                        layout,
-                        format_args!(
-                            "the layout's size differs from the allocation's ({} pages)",
-                            s.npages().0
-                        ),
-                    )
+                    return Err(Refusal::Pages(s.npages()));
                 }
             }
             (Some(want), Some(got)) if want == got => {}
-            (want, got) => bad_free(
-                op,
-                addr,
-                layout,
-                format_args!(
-                    "the layout's size class differs from the allocation's ({}, the layout says {})",
-                    LayoutKind(got, s.npages()),
-                    LayoutKind(want, s.npages()),
-                ),
-            ),
+            (want, got) => {
+                return Err(Refusal::Class {
+                    got,
+                    want,
+                    npages: s.npages(),
+                })
+            }
         }
-        span
+        let mapped = s.npages().0 * PAGE_SIZE
+            - if s.tail_unmapped {
+                FRAME_SIZE as usize
+            } else {
+                0
+            };
+        if layout.size() > mapped {
+            return Err(Refusal::TrimmedTail {
+                npages: s.npages(),
+                mapped,
+            });
+        }
+        Ok(span)
     }
 
     /// Frees the large object at `addr` (checked as [`Heap::checked_large`] does, with `small` the
@@ -943,10 +947,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     fn free_large(&self, addr: VirtAddr, layout: Layout, small: Option<SizeClass>) {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = self.checked_large(Op::Dealloc, addr, layout, small);
-        if P::SAMPLING {
-            self.forget_large(Op::Dealloc, addr, layout);
-        }
+        let span = match self.checked_large(addr, layout, small).and_then(|span| {
+            if P::SAMPLING {
+                self.forget_large(Op::Dealloc, addr)?;
+            }
+            Ok(span)
+        }) {
+            Ok(span) => span,
+            Err(r) => {
+                drop(guard);
+                drop(_irq);
+                r.raise(Op::Dealloc, addr, layout)
+            }
+        };
         let heap = guard.as_mut().expect("large spans exist only after init");
         // SAFETY: a large span belongs to its object, which the caller is freeing.
         let npages = unsafe { span.as_ref() }.npages().0;
@@ -1019,10 +1032,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     ) -> bool {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = self.checked_large(Op::Realloc, addr, layout, small);
-        if P::SAMPLING {
-            self.forget_large(Op::Realloc, addr, layout);
-        }
+        let span = match self.checked_large(addr, layout, small).and_then(|span| {
+            if P::SAMPLING {
+                self.forget_large(Op::Realloc, addr)?;
+            }
+            Ok(span)
+        }) {
+            Ok(span) => span,
+            Err(r) => {
+                drop(guard);
+                drop(_irq);
+                r.raise(Op::Realloc, addr, layout)
+            }
+        };
         // A base is page-aligned, so every small class's alignment is met; beyond a page the layout
         // has no small class.
         let new_class = SizeClass::for_layout(new_size, layout.align());
@@ -1179,6 +1201,108 @@ const IN_PLACE_SMALL_MIN: usize = PAGE_SIZE;
 /// which a heap with full-size caches keeps.
 const fn own_span_in_small_heap(class: SizeClass) -> bool {
     class.size() > PAGE_SIZE && class.objects_per_span() > 1
+}
+
+/// Why a free or realloc is refused, found under a lock and raised (a panic naming it, `bad_free`)
+/// only once the lock is released: a panic path that allocates (a hook that formats, std boxing the
+/// payload when this heap is the global allocator) would otherwise spin on the page-heap lock for good,
+/// and the message would never get out.
+enum Refusal {
+    /// No span-map entry.
+    NotLive,
+    /// The collector's object.
+    Collector,
+    /// A small object of this class, freed with a large layout.
+    NotLarge(SizeClass),
+    /// Inside the large object starting at this address.
+    Interior(VirtAddr),
+    /// A large layout of another page count than the object's.
+    Pages(PageCount),
+    /// The layout's kind differs from the object's (a small class kept in a large span, or none).
+    Class {
+        got: Option<SizeClass>,
+        want: Option<SizeClass>,
+        npages: PageCount,
+    },
+    /// The layout's size reaches past the object's mapped bytes (its last page's second frame is
+    /// unmapped, pageheap.rs), so it is larger than the object.
+    TrimmedTail { npages: PageCount, mapped: usize },
+    /// The heap profile knows a small object of this size at the address.
+    ProfiledSmall(u64),
+}
+
+impl Refusal {
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn raise(self, op: Op, addr: VirtAddr, layout: Layout) -> ! {
+        match self {
+            Refusal::NotLive => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "not a live heap object (freed already, or never allocated by this heap)"
+                ),
+            ),
+            Refusal::Collector => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("an object of a garbage-collected heap (only its collector frees it)"),
+            ),
+            Refusal::NotLarge(class) => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size class differs from the allocation's (class {} of {} B, the layout says a large object)",
+                    class.get(),
+                    class.size()
+                ),
+            ),
+            Refusal::Interior(base) => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("interior pointer of the large object at {:#x}", base.as_u64()),
+            ),
+            Refusal::Pages(npages) => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size differs from the allocation's ({} pages)",
+                    npages.0
+                ),
+            ),
+            Refusal::Class { got, want, npages } => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size class differs from the allocation's ({}, the layout says {})",
+                    LayoutKind(got, npages),
+                    LayoutKind(want, npages),
+                ),
+            ),
+            Refusal::TrimmedTail { npages, mapped } => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!(
+                    "the layout's size is larger than the allocation ({} pages, the last one's second 4 KiB frame unmapped: at most {mapped} B)",
+                    npages.0
+                ),
+            ),
+            Refusal::ProfiledSmall(size) => bad_free(
+                op,
+                addr,
+                layout,
+                format_args!("the layout's size class differs from the allocation's (a small object of {size} B, the layout says a large object)"),
+            ),
+        }
+    }
 }
 
 /// How a large span's object is laid out, for messages: a small class kept in place, or its pages.

@@ -26,7 +26,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use super::{bad_free, Heap, Op};
+use super::{bad_free, Heap, Op, Refusal};
 use crate::addr::{Page, PageTableFlags, VirtAddr, PAGE_SIZE};
 use crate::cache::SampleState;
 use crate::platform::Platform;
@@ -507,45 +507,55 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[track_caller]
     fn free_guarded(&self, addr: u64, layout: Layout) {
         let va = VirtAddr::new_truncate(addr);
-        {
+        // What is wrong, found under the pool's lock and told once it is released (a panic path that
+        // allocates could take a guarded slot, and spin on that lock for good).
+        let failed = {
             let mut pool = self.sampler.pool.lock();
             // SAFETY: as in `alloc_guarded`.
             let pool = unsafe { pool.as_mut().expect("the pool exists").as_mut() };
-            let slot = match pool.check_free(addr, layout.size().max(1)) {
-                Ok(slot) => slot,
-                Err(FreeError::DoubleFree { object, size }) => bad_free(
-                    Op::Dealloc,
-                    va,
-                    layout,
-                    format_args!("double free of the guarded object at {object:#x} ({size} B), which waits in quarantine"),
-                ),
-                Err(FreeError::WrongSize { size }) => bad_free(
-                    Op::Dealloc,
-                    va,
-                    layout,
-                    format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
-                ),
-                Err(FreeError::NotAnObject) => bad_free(
-                    Op::Dealloc,
-                    va,
-                    layout,
-                    format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
-                ),
-            };
-            if let Some(report) = check_canary(pool, slot) {
-                panic!("{report}");
+            match pool.check_free(addr, layout.size().max(1)) {
+                Err(e) => Some(Err(e)),
+                // A damaged canary: the slot is not released (its page stays in quarantine).
+                Ok(slot) => match check_canary(pool, slot) {
+                    Some(report) => Some(Ok(report)),
+                    None => {
+                        let page = pool.page_of(slot);
+                        {
+                            let mut pages = self.pages.lock();
+                            let heap = pages
+                                .as_mut()
+                                .expect("guarded objects exist only after init");
+                            heap.space()
+                                .expect("the pool exists only on a heap that maps its pages")
+                                .unmap_range(Page::containing_address(VirtAddr::new(page)), 1);
+                        }
+                        pool.release(slot);
+                        None
+                    }
+                },
             }
-            let page = pool.page_of(slot);
-            {
-                let mut pages = self.pages.lock();
-                let heap = pages
-                    .as_mut()
-                    .expect("guarded objects exist only after init");
-                heap.space()
-                    .expect("the pool exists only on a heap that maps its pages")
-                    .unmap_range(Page::containing_address(VirtAddr::new(page)), 1);
-            }
-            pool.release(slot);
+        };
+        match failed {
+            None => {}
+            Some(Ok(report)) => panic!("{report}"),
+            Some(Err(FreeError::DoubleFree { object, size })) => bad_free(
+                Op::Dealloc,
+                va,
+                layout,
+                format_args!("double free of the guarded object at {object:#x} ({size} B), which waits in quarantine"),
+            ),
+            Some(Err(FreeError::WrongSize { size })) => bad_free(
+                Op::Dealloc,
+                va,
+                layout,
+                format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
+            ),
+            Some(Err(FreeError::NotAnObject)) => bad_free(
+                Op::Dealloc,
+                va,
+                layout,
+                format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
+            ),
         }
         let mut t = self.sampler.tables.lock();
         if let Some(t) = t.as_mut() {
@@ -554,27 +564,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
     }
 
-    /// Checks and forgets a large object's profile record, under the page-heap lock that frees it;
-    /// panics if `addr` is a profiled *small* object (a large layout for it).
-    #[track_caller]
-    pub(super) fn forget_large(&self, op: Op, addr: VirtAddr, layout: Layout) {
+    /// Checks and forgets a large object's profile record, under the page-heap lock that frees it; the
+    /// refusal if `addr` is a profiled *small* object (a large layout for it), for the caller to raise
+    /// once it has released that lock (this one is released on return).
+    pub(super) fn forget_large(&self, op: Op, addr: VirtAddr) -> Result<(), Refusal> {
         let mut t = self.sampler.tables.lock();
-        let Some(t) = t.as_mut() else { return };
+        let Some(t) = t.as_mut() else { return Ok(()) };
         // SAFETY: as in `record`.
         let t = unsafe { t.as_mut() };
         match t.live(addr.as_u64()) {
             Some((Kind::Large, _)) if matches!(op, Op::Dealloc) => {
                 t.remove_live(addr.as_u64());
+                Ok(())
             }
-            Some((Kind::Small, size)) => {
-                bad_free(
-                    op,
-                    addr,
-                    layout,
-                    format_args!("the layout's size class differs from the allocation's (a small object of {size} B, the layout says a large object)"),
-                )
-            }
-            _ => {}
+            Some((Kind::Small, size)) => Err(Refusal::ProfiledSmall(size)),
+            _ => Ok(()),
         }
     }
 

@@ -364,9 +364,10 @@ fn without_frames_a_trimmed_object_neither_grows_into_its_tail_nor_leaks_it() {
     // SAFETY: the object's bytes.
     unsafe { fill_and_check(p, TRIMMABLE, 5) };
     heap.trim();
-    let hoard = heap
-        .with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 0))
-        .unwrap();
+    // SAFETY: takes free frames only.
+    let hoard =
+        unsafe { heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 0)) }
+            .unwrap();
     // The tail needs a frame and there is none: the realloc fails and the object stays as it was.
     // SAFETY: a live object of `l`; a non-zero size.
     let q = unsafe { heap.realloc(p, l, 40 << 10) };
@@ -387,11 +388,14 @@ fn without_frames_a_trimmed_object_neither_grows_into_its_tail_nor_leaks_it() {
     let s = heap.stats();
     assert_eq!((s.pages.trimmed_tails, s.pages.in_use), (0, in_use0));
     assert_eq!(held(heap) - h0, 8, "four dirty pages, the fifth scavenged");
-    heap.with_address_space(|s| {
-        for (f, n) in hoard {
-            s.frames.free_contiguous(f, n);
-        }
-    });
+    // SAFETY: gives back the frames hoarded above, which nothing else uses.
+    unsafe {
+        heap.with_address_space(|s| {
+            for (f, n) in hoard {
+                s.frames.free_contiguous(f, n);
+            }
+        })
+    };
     heap.trim();
     assert_eq!(held(heap), h0, "frames left behind");
     // The heap works on: the scavenged page maps again.
@@ -414,9 +418,11 @@ fn an_allocation_out_of_frames_trims_the_spare_tails_of_large_objects() {
     let h0 = held(heap);
     let whole = Layout::from_size_align(40 << 10, 8).unwrap();
     let page = Layout::from_size_align(crate::PAGE_SIZE, 8).unwrap();
+    // SAFETY: takes free frames only.
     let hoard_all_but_one =
-        || heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 1));
-    let give_back = |hoard: Vec<_>| {
+        || unsafe { heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 1)) };
+    // SAFETY: gives back frames hoarded by `hoard_all_but_one`, which nothing else uses.
+    let give_back = |hoard: Vec<_>| unsafe {
         heap.with_address_space(|s| {
             for (f, n) in hoard {
                 s.frames.free_contiguous(f, n);

@@ -488,3 +488,175 @@ fn a_small_machine_serves_every_cpu() {
         });
     }
 }
+
+/// A large object whose last page's second frame is unmapped (a trimmed tail) ends before that frame: a
+/// layout of its page count whose size reaches into the frame is larger than the allocation, and is
+/// refused by `dealloc` and `realloc`. Before, `realloc` accepted it, and when no frame could map the
+/// tail the move copied `layout.size()` bytes out of the unmapped frame (a page fault).
+#[test]
+fn a_layout_reaching_a_trimmed_tail_is_refused() {
+    const REAL: usize = 33_000; // 5 pages, ending in the first frame of the fifth
+    const LIE: usize = 40_000; // the same 5 pages, reaching into the fifth's second frame
+    let heap = small_heap();
+    // SAFETY: test code on valid layouts; each object is freed once with its layout.
+    unsafe {
+        let p = heap.alloc(lay(REAL));
+        assert!(!p.is_null());
+        assert_eq!(
+            heap.stats().pages.trimmed_tails,
+            1,
+            "a fresh heap trims the tail"
+        );
+        ptr_fill(p, REAL);
+        let msg = panic_message(|| {
+            heap.realloc(p, lay(LIE), LIE + 900);
+        });
+        assert!(msg.contains("larger than the allocation"), "{msg}");
+        assert!(msg.contains("at most 36864 B"), "{msg}");
+        let msg = panic_message(|| heap.dealloc(p, lay(LIE)));
+        assert!(msg.contains("larger than the allocation"), "{msg}");
+        // The object is untouched and its true layout works.
+        ptr_check(p, REAL);
+        let q = heap.realloc(p, lay(REAL), LIE + 900);
+        assert!(!q.is_null());
+        ptr_check(q, REAL);
+        heap.dealloc(q, lay(LIE + 900));
+    }
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+/// The same for a large object shrunk in place to a small class aligned to 8 KiB (it stays in its
+/// large span, recorded at that class): once its spare tail frame is trimmed (an allocation found no
+/// frame), a layout naming the class but larger than what is mapped is refused.
+#[test]
+#[cfg_attr(miri, ignore = "hoards every frame of the machine")]
+fn a_small_class_kept_in_a_trimmed_large_span_is_checked_against_the_mapped_bytes() {
+    let heap = small_heap();
+    let aligned = |size| Layout::from_size_align(size, PAGE_SIZE).unwrap();
+    let class = SizeClass::for_layout(9000, PAGE_SIZE).expect("a small class");
+    assert!(
+        class.size() > PAGE_SIZE + 4096,
+        "the class must reach the second page's second frame"
+    );
+    // SAFETY: test code on valid layouts; each object is freed once with its layout.
+    unsafe {
+        let p = heap.alloc(aligned(40 << 10));
+        assert!(!p.is_null());
+        let q = heap.realloc(p, aligned(40 << 10), 9000);
+        assert_eq!(q, p, "shrunk in place, kept in its large span");
+        ptr_fill(p, 9000);
+        // Out of frames: the allocation trims every spare tail frame before it gives up.
+        let hoard = heap
+            .with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 0))
+            .unwrap();
+        let trimmed = heap.stats().pages.trimmed_tails;
+        assert!(heap.alloc(lay(64 << 10)).is_null());
+        assert_eq!(
+            heap.stats().pages.trimmed_tails,
+            trimmed + 1,
+            "the tail was trimmed"
+        );
+        let msg = panic_message(|| {
+            heap.realloc(p, aligned(class.size()), 20_000);
+        });
+        assert!(msg.contains("larger than the allocation"), "{msg}");
+        ptr_check(p, 9000);
+        // SAFETY: the frames hoarded above, which nothing uses.
+        heap.with_address_space(|s| {
+            for (f, n) in hoard {
+                s.frames.free_contiguous(f, n);
+            }
+        });
+        heap.dealloc(p, aligned(9000));
+    }
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+/// Fills `len` bytes at `p` with a pattern of their offsets.
+unsafe fn ptr_fill(p: *mut u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: the caller's `len` bytes.
+        unsafe { p.add(i).write(i as u8 ^ 0x5a) };
+    }
+}
+
+/// Checks `ptr_fill`'s pattern.
+unsafe fn ptr_check(p: *mut u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: the caller's `len` bytes.
+        assert_eq!(
+            unsafe { p.add(i).read() },
+            i as u8 ^ 0x5a,
+            "byte {i} changed"
+        );
+    }
+}
+
+/// A refused large free or realloc panics only once the page-heap lock is released: a panic path that
+/// allocates from the heap (a hook that formats, std boxing the message when the heap is the global
+/// allocator) must not spin on it. Run in a child process (a global panic hook), with a time limit.
+#[test]
+#[ignore = "run by refused_large_frees_release_the_page_heap_lock_before_panicking in a child process"]
+fn child_refused_large_free_with_an_allocating_panic_hook() {
+    static HEAP: std::sync::OnceLock<&'static Plain> = std::sync::OnceLock::new();
+    let heap = *HEAP.get_or_init(small_heap);
+    std::panic::set_hook(std::boxed::Box::new(|_| {
+        // SAFETY: a valid layout; the block is freed at once.
+        unsafe {
+            let h = HEAP.get().unwrap();
+            let p = h.alloc(lay(64 << 10));
+            assert!(!p.is_null(), "the hook's allocation failed");
+            h.dealloc(p, lay(64 << 10));
+        }
+        std::eprintln!("CHILD: the hook allocated");
+    }));
+    // SAFETY: test code; the refused calls change nothing.
+    unsafe {
+        let p = heap.alloc(lay(40 << 10));
+        assert!(catch_unwind(AssertUnwindSafe(|| heap.dealloc(p, lay(80 << 10)))).is_err());
+        assert!(catch_unwind(AssertUnwindSafe(|| {
+            heap.realloc(p, lay(80 << 10), 100 << 10);
+        }))
+        .is_err());
+        heap.dealloc(p, lay(40 << 10));
+    }
+    std::eprintln!("CHILD: done");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "runs a child process")]
+fn refused_large_frees_release_the_page_heap_lock_before_panicking() {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "heap::soundness_tests::child_refused_large_free_with_an_allocating_panic_hook",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        status.is_some(),
+        "the refused free's panic path hung (the page-heap lock held); child stderr:\n{err}"
+    );
+    assert!(status.unwrap().success(), "child failed:\n{err}");
+    assert_eq!(err.matches("CHILD: the hook allocated").count(), 2, "{err}");
+    assert!(err.contains("CHILD: done"), "{err}");
+}

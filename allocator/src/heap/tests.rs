@@ -364,7 +364,8 @@ fn out_of_memory_is_null_then_recovers() {
     let heap = heap(16);
     if cfg!(miri) {
         // The hoarded frames stay out of the heap's reach for good.
-        heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 160))
+        // SAFETY: takes free frames only.
+        unsafe { heap.with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 160)) }
             .expect("heap initialized");
     }
     let l = Layout::from_size_align(4096, 8).unwrap();

@@ -72,8 +72,8 @@ fn free_slot(mapper: &Mapper, avoid: VirtAddr) -> Option<VirtAddr> {
 
 /// Reserves the region. `heap_window` is the heap's window base, to stay out of it.
 pub fn init(heap_window: VirtAddr) -> Result<(), StackError> {
-    let base = HEAP
-        .with_address_space(|space| free_slot(&space.mapper, heap_window))
+    // SAFETY: reads the page tables only.
+    let base = unsafe { HEAP.with_address_space(|space| free_slot(&space.mapper, heap_window)) }
         .ok_or(StackError::NotReady)?
         .ok_or(StackError::NoFreeP4Entry)?;
     *REGION.lock() = Some(Region {
@@ -94,7 +94,9 @@ pub fn allocate() -> Result<VirtAddr, StackError> {
     let guard = region.next;
     let first = Page::containing_address(guard + FRAME_SIZE);
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-    HEAP.with_address_space(|space| space.map_range(first, STACK_PAGES, flags, true))
+    // SAFETY: maps fresh frames in the stack region, a top-level entry of its own outside the heap's
+    // window (`init`).
+    unsafe { HEAP.with_address_space(|space| space.map_range(first, STACK_PAGES, flags, true)) }
         .ok_or(StackError::NotReady)?
         .map_err(|_| StackError::OutOfFrames { pages: STACK_PAGES })?;
     region.next = guard + bytes;

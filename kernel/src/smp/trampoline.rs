@@ -209,8 +209,9 @@ impl Trampoline {
             return Err(TrampolineError::TooLarge { bytes: len });
         }
         let phys_offset = crate::platform::PLATFORM.physical_memory_offset();
-        let (code, p4_copy) = HEAP
-            .with_address_space(|space| {
+        // SAFETY: takes two frames, and gives back only the one it took.
+        let (code, p4_copy) = unsafe {
+            HEAP.with_address_space(|space| {
                 let code = space.frames.allocate_low()?;
                 match space.frames.allocate_low() {
                     Some(copy) => Some((code, copy)),
@@ -220,8 +221,9 @@ impl Trampoline {
                     }
                 }
             })
-            .flatten()
-            .ok_or(TrampolineError::NoLowFrame)?;
+        }
+        .flatten()
+        .ok_or(TrampolineError::NoLowFrame)?;
         let mut trampoline = Trampoline {
             code,
             p4_copy,
@@ -300,8 +302,10 @@ impl Trampoline {
         let addr = self.code.start_address().as_u64();
         let page = Page::containing_address(VirtAddr::new(addr));
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
-        let mapped = HEAP
-            .with_address_space(|space| match space.mapper.translate(page.start_address()) {
+        // SAFETY: maps the trampoline's own frame at its identity address, below 1 MiB: outside the
+        // heap's window (which lies in the upper half).
+        let mapped = unsafe {
+            HEAP.with_address_space(|space| match space.mapper.translate(page.start_address()) {
                 Some(phys) if phys.as_u64() == addr => Ok(false),
                 Some(_) => Err("the page is mapped to another frame"),
                 None => space
@@ -310,8 +314,9 @@ impl Trampoline {
                     .map(|()| true)
                     .map_err(|_| "the mapper refused (huge page, or out of frames)"),
             })
-            .unwrap_or(Err("the heap is not initialized"))
-            .map_err(|reason| TrampolineError::Map { page: addr, reason })?;
+        }
+        .unwrap_or(Err("the heap is not initialized"))
+        .map_err(|reason| TrampolineError::Map { page: addr, reason })?;
         self.mapped_here = mapped;
         self.check_executable()
     }
@@ -365,10 +370,13 @@ impl Trampoline {
     }
 
     fn free_frames(&self) {
-        HEAP.with_address_space(|space| {
-            space.frames.free(self.code);
-            space.frames.free(self.p4_copy);
-        });
+        // SAFETY: gives back the two frames `new` took, which nothing maps any longer.
+        unsafe {
+            HEAP.with_address_space(|space| {
+                space.frames.free(self.code);
+                space.frames.free(self.p4_copy);
+            })
+        };
     }
 
     /// Removes the identity mapping (with a shootdown: APs ran through it and may cache it) and frees both
@@ -377,18 +385,22 @@ impl Trampoline {
         let addr = self.code.start_address().as_u64();
         let page = Page::containing_address(VirtAddr::new(addr));
         if self.mapped_here {
-            HEAP.with_address_space(|space| {
-                space
-                    .mapper
-                    .detach(page)
-                    .unwrap_or_else(|err| panic!("smp: unmapping the trampoline: {err}"));
-                space.platform.pages_unmapped(page, 1);
-                let (frame, _tables) = space
-                    .mapper
-                    .reclaim(page, &mut space.frames)
-                    .unwrap_or_else(|err| panic!("smp: unmapping the trampoline: {err}"));
-                debug_assert_eq!(frame, self.code);
-            });
+            // SAFETY: unmaps the trampoline's identity page (below 1 MiB, outside the heap's window)
+            // and frees only the page-table frames that mapping alone used.
+            unsafe {
+                HEAP.with_address_space(|space| {
+                    space
+                        .mapper
+                        .detach(page)
+                        .unwrap_or_else(|err| panic!("smp: unmapping the trampoline: {err}"));
+                    space.platform.pages_unmapped(page, 1);
+                    let (frame, _tables) = space
+                        .mapper
+                        .reclaim(page, &mut space.frames)
+                        .unwrap_or_else(|err| panic!("smp: unmapping the trampoline: {err}"));
+                    debug_assert_eq!(frame, self.code);
+                })
+            };
         }
         self.free_frames();
     }

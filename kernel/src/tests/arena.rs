@@ -33,8 +33,12 @@ fn scratch(ctx: &TestCtx) -> Page {
     Page::containing_address(end - GIB)
 }
 
+/// The heap's address space, for this module's tests only: every `f` here maps, unmaps and frees only
+/// scratch pages in the window's last GiB, which the heap never reaches ([`scratch`]), and the frames
+/// those took.
 fn with_space<R>(f: impl FnOnce(&mut AddressSpace<KernelPlatform>) -> R) -> R {
-    HEAP.with_address_space(f)
+    // SAFETY: this module's callers leave the heap's window and frames alone (above).
+    unsafe { HEAP.with_address_space(f) }
         .expect("the heap has no address space: memory was not taken over")
 }
 
