@@ -6,6 +6,7 @@ mod derive;
 mod model;
 mod par;
 mod soundness;
+mod weak;
 
 use std::cell::RefCell;
 use std::string::{String, ToString};
