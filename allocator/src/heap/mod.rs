@@ -257,7 +257,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     /// Runs `f` on the heap's address space (its frame allocator, page tables and platform), e.g. to
     /// map the kernel's own pages ([`share`](crate::share)). `None` before `init` and in region mode
-    /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe.
+    /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe. `f`
+    /// runs with the page-heap lock held and interrupts masked: it must not allocate or free through
+    /// this heap, which would wait for that lock for good.
     ///
     /// # Safety
     /// The heap's objects and metadata live in this address space, so `f` must leave them alone: it
