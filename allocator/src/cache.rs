@@ -382,14 +382,38 @@ impl Stacks<'_> {
     }
 
     /// Removes the oldest `n` objects of `class`'s stack (the bottom: the coldest) and passes them to `f`.
+    /// They are off the stack once `f` returns or unwinds (a central flush that refused one of them has
+    /// freed the others: kept here too, they would be handed out twice).
     pub(crate) fn drain_bottom(&mut self, class: SizeClass, n: usize, f: impl FnOnce(&[VirtAddr])) {
+        /// Takes the drained objects off the stack when dropped.
+        struct Shorten<'c, 'a> {
+            stacks: &'c mut Stacks<'a>,
+            class: SizeClass,
+            start: usize,
+            len: usize,
+            n: usize,
+        }
+        impl Drop for Shorten<'_, '_> {
+            fn drop(&mut self) {
+                let (start, len, n) = (self.start, self.len, self.n);
+                self.stacks
+                    .slots()
+                    .copy_within(start + n..start + len, start);
+                let s = &self.stacks.0.stacks[self.class.index()];
+                s.top.store(s.base.wrapping_add(len - n), Ordering::Relaxed);
+            }
+        }
         let s = &self.0.stacks[class.index()];
         let (start, len) = (self.0.start(s), Cache::len(s));
         let n = n.min(len);
-        f(&self.slots()[start..start + n]);
-        self.slots().copy_within(start + n..start + len, start);
-        let s = &self.0.stacks[class.index()];
-        s.top.store(s.base.wrapping_add(len - n), Ordering::Relaxed);
+        let g = Shorten {
+            stacks: self,
+            class,
+            start,
+            len,
+            n,
+        };
+        f(&g.stacks.slots()[start..start + n]);
     }
 
     /// Objects cached for `class`.

@@ -132,9 +132,9 @@ impl Central {
     /// `keep_bytes` of them (at least one span), the others released.
     ///
     /// Panics on an object that is not free-able (double free, interior pointer): the message names the
-    /// address, the span and the reason. The panic comes after the class lock is released; the objects
-    /// after the refused one in `objs` are not freed (only racing or stale frees, out of the default
-    /// build's scope, get here, and `debug-checks`' double frees).
+    /// address, the span and the reason (the first, if several are). The panic comes after every other
+    /// object is freed and the class lock is released; a refused object is left as it was. (Only racing
+    /// or stale frees, out of the default build's scope, and `debug-checks`' double frees get here.)
     pub(crate) fn flush<P: Platform>(
         &self,
         class: SizeClass,
@@ -145,55 +145,55 @@ impl Central {
     ) {
         let keep = (keep_bytes / class.pages().bytes()).max(1);
         let mut l = self.lists.lock();
-        // A refused object stops the flush, and is told once the lock is released (a panic path that
-        // allocates could need it).
-        let refused = 'objs: {
-            for &obj in objs {
-                let addr = obj;
-                let Some(span) = spans(addr) else {
-                    break 'objs Some(Err(addr));
-                };
-                // SAFETY: the span is in use and of this class (checked when the object was freed), so it is on
-                // one of our lists, owned by us under the lock.
-                let s = unsafe { &mut *span.as_ptr() };
-                let was_full = s.is_full();
-                if let Err(e) = s.free_object(addr) {
-                    break 'objs Some(Ok(e));
-                }
-                // Read before the list operations below, which reach the span through `span`: `s` (a unique
-                // borrow) may not be used after them (Stacked Borrows; Miri reported it).
-                let now_empty = s.is_empty();
-                l.out -= 1;
-                // `span` is on the list its state before this free says: `full` if it was full, else
-                // `partial` (it had an object out: this one); owned by us under the lock.
-                match (was_full, now_empty) {
-                    // SAFETY: on `full` (above); it now has a free slot and an object out.
-                    (true, false) => unsafe {
-                        l.full.remove(span);
-                        l.partial.push_front(span);
-                    },
-                    // SAFETY: on `full` (above); filed below as empty.
-                    (true, true) => unsafe { l.full.remove(span) },
-                    // SAFETY: on `partial` (above); filed below as empty.
-                    (false, true) => unsafe { l.partial.remove(span) },
-                    (false, false) => {}
-                }
-                if now_empty {
-                    if l.empty.len() < keep {
-                        // SAFETY: unlinked above; all its objects are free.
-                        unsafe { l.empty.push_front(span) };
-                    } else {
-                        l.spans -= 1;
-                        let mut guard = pages.lock();
-                        let heap = guard.as_mut().expect("spans exist only after init");
-                        // SAFETY: the span came from this page heap and is unlinked and unused now.
-                        unsafe { heap.free_span(span) };
-                        heap.scavenge_if_needed();
-                    }
+        // A refused object is left alone (it is some live object's, or free already: a second hand-out
+        // is what must not happen) and the flush goes on with the others; the first refusal is told once
+        // the lock is released (a panic path that allocates could need it).
+        let mut refused = None;
+        for &addr in objs {
+            let Some(span) = spans(addr) else {
+                refused.get_or_insert(Err(addr));
+                continue;
+            };
+            // SAFETY: the span is in use and of this class (checked when the object was freed), so it is on
+            // one of our lists, owned by us under the lock.
+            let s = unsafe { &mut *span.as_ptr() };
+            let was_full = s.is_full();
+            if let Err(e) = s.free_object(addr) {
+                refused.get_or_insert(Ok(e));
+                continue;
+            }
+            // Read before the list operations below, which reach the span through `span`: `s` (a unique
+            // borrow) may not be used after them (Stacked Borrows; Miri reported it).
+            let now_empty = s.is_empty();
+            l.out -= 1;
+            // `span` is on the list its state before this free says: `full` if it was full, else
+            // `partial` (it had an object out: this one); owned by us under the lock.
+            match (was_full, now_empty) {
+                // SAFETY: on `full` (above); it now has a free slot and an object out.
+                (true, false) => unsafe {
+                    l.full.remove(span);
+                    l.partial.push_front(span);
+                },
+                // SAFETY: on `full` (above); filed below as empty.
+                (true, true) => unsafe { l.full.remove(span) },
+                // SAFETY: on `partial` (above); filed below as empty.
+                (false, true) => unsafe { l.partial.remove(span) },
+                (false, false) => {}
+            }
+            if now_empty {
+                if l.empty.len() < keep {
+                    // SAFETY: unlinked above; all its objects are free.
+                    unsafe { l.empty.push_front(span) };
+                } else {
+                    l.spans -= 1;
+                    let mut guard = pages.lock();
+                    let heap = guard.as_mut().expect("spans exist only after init");
+                    // SAFETY: the span came from this page heap and is unlinked and unused now.
+                    unsafe { heap.free_span(span) };
+                    heap.scavenge_if_needed();
                 }
             }
-            None
-        };
+        }
         drop(l);
         match refused {
             None => {}
