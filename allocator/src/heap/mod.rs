@@ -944,21 +944,32 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         Ok(span)
     }
 
+    /// [`Heap::checked_large`], then (heap sampling) the object's profile record forgotten
+    /// ([`Heap::forget_large`]), both under the page-heap lock the caller holds: the object's span, or
+    /// the refusal for the caller to raise once it has released that lock.
+    fn checked_and_forgotten(
+        &self,
+        op: Op,
+        addr: VirtAddr,
+        layout: Layout,
+        small: Option<SizeClass>,
+    ) -> Result<NonNull<Span>, Refusal> {
+        let span = self.checked_large(addr, layout, small)?;
+        if P::SAMPLING {
+            self.forget_large(op, addr)?;
+        }
+        Ok(span)
+    }
+
     /// Frees the large object at `addr` (checked as [`Heap::checked_large`] does, with `small` the
     /// layout's size class when that is a small one: an object reallocated in place below 32 KiB).
     fn free_large(&self, addr: VirtAddr, layout: Layout, small: Option<SizeClass>) {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = match self.checked_large(addr, layout, small).and_then(|span| {
-            if P::SAMPLING {
-                self.forget_large(Op::Dealloc, addr)?;
-            }
-            Ok(span)
-        }) {
+        let span = match self.checked_and_forgotten(Op::Dealloc, addr, layout, small) {
             Ok(span) => span,
             Err(r) => {
-                drop(guard);
-                drop(_irq);
+                drop((guard, _irq));
                 r.raise(Op::Dealloc, addr, layout)
             }
         };
@@ -1034,16 +1045,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     ) -> bool {
         let _irq = self.platform.mask_interrupts();
         let mut guard = self.pages.lock();
-        let span = match self.checked_large(addr, layout, small).and_then(|span| {
-            if P::SAMPLING {
-                self.forget_large(Op::Realloc, addr)?;
-            }
-            Ok(span)
-        }) {
+        let span = match self.checked_and_forgotten(Op::Realloc, addr, layout, small) {
             Ok(span) => span,
             Err(r) => {
-                drop(guard);
-                drop(_irq);
+                drop((guard, _irq));
                 r.raise(Op::Realloc, addr, layout)
             }
         };

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
-use super::{config, now_ns, span_heap, take_finalized, Probe};
+use super::{config, now_ns, span_heap, take_finalized, Probe, Rng};
 use crate::gc::conc::{TablePhase, CHUNK_PATIENCE};
 use crate::gc::*;
 
@@ -50,17 +50,6 @@ const BAGS: usize = 8;
 struct Bags;
 impl Rootable for Bags {
     type Root<'gc> = [GcCell<'gc, Option<Gc<'gc, Bag<'gc>>>>; BAGS];
-}
-
-/// xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 /// The model: the ids in each bag, in order, and each item's link.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::vec::Vec;
 
-use super::{span_heap, take_finalized, Probe};
+use super::{span_heap, take_finalized, Probe, Rng};
 use crate::gc::*;
 
 const ROOTS: usize = 16;
@@ -145,20 +145,6 @@ impl Model {
     fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
-    }
-}
-
-/// xorshift64*: deterministic randomness from a seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

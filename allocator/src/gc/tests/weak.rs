@@ -9,7 +9,7 @@
 
 use std::vec::Vec;
 
-use super::{config, span_heap, take_finalized, Probe};
+use super::{config, span_heap, take_finalized, Probe, Rng};
 use crate::gc::*;
 
 #[derive(Trace)]
@@ -29,16 +29,6 @@ impl Rootable for R {
         GcRefCell<'gc, Vec<(GcWeak<'gc, Obj<'gc>>, u64)>>,
         GcRefCell<'gc, Vec<(GcWeak<'gc, u32>, u32)>>,
     );
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 fn check_obj(o: &Obj<'_>) {
