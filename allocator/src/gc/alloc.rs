@@ -17,6 +17,7 @@
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
+use super::conc::{ConcTable, Crew, TablePhase};
 use super::gctrace::PauseKind;
 use super::heap::{Inner, State, Stress};
 use super::object::{Layout, VTable, TINY_SIZE};
@@ -39,6 +40,10 @@ const SWEEP_BUDGET: usize = 100;
 /// The most scan work one assist does in a concurrent mark (bytes); the rest stays owed
 /// (`Inner::assist_owed`) and is paid by the next assists.
 const CONC_ASSIST_MAX: usize = 4 << 10;
+
+/// Units of table work one assist does at most (one per 4 KiB allocated; conc.rs, "Table assists"):
+/// each unit is a few microseconds (`conc::SPAN_SLICE` spans entered, or a chunk of slots zeroed).
+const TABLE_ASSIST_UNITS: usize = 4;
 
 impl Inner {
     /// Adds an allocation's assist work to what a concurrent mark's mutator owes, without paying.
@@ -114,7 +119,7 @@ impl State {
         // Paid only now that the slot is initialized: a panicking `Trace` impl in an assist cannot leave an
         // allocated slot of garbage behind.
         if inner.debt != 0 || inner.slow_alloc || inner.assist_due {
-            inner.settle(self.pool(), self.crew_shared());
+            inner.settle(self.pool(), self.crew());
         }
         Ok(value_ptr)
     }
@@ -252,7 +257,7 @@ impl Inner {
     }
 
     /// Pays for the bytes allocated since the last call (stress mode: and does its step).
-    fn settle(&mut self, pool: &Pool, crew: Option<&Shared>) {
+    fn settle(&mut self, pool: &Pool, crew: Option<&Crew>) {
         let bytes = core::mem::take(&mut self.debt);
         if bytes != 0 || self.assist_due {
             self.pay(bytes, pool, crew);
@@ -262,10 +267,22 @@ impl Inner {
         }
     }
 
-    /// What allocating `bytes` costs: an assist while marking; else proportional sweeping and the
-    /// trigger check. `crew`: what the concurrent mark workers share (their scan work so far in this
-    /// mark is credit).
-    fn pay(&mut self, bytes: usize, pool: &Pool, crew: Option<&Shared>) {
+    /// What allocating `bytes` costs: an assist while marking (table work while a concurrent mark's
+    /// table is being made); else proportional sweeping and the trigger check. `crew`: the concurrent
+    /// mark workers' (their scan work so far in this mark is credit).
+    fn pay(&mut self, bytes: usize, pool: &Pool, crew: Option<&Crew>) {
+        if bytes > 0 && self.table_due() {
+            let t0 = self.now();
+            if self.table_assist(crew, (bytes / 4096).clamp(1, TABLE_ASSIST_UNITS)) {
+                // What the table is for: workers marking instead of the mutator (conc.rs, "Table
+                // assists"); marking owed meanwhile is not carried over.
+                self.assist_owed = 0;
+                self.assist_due = false;
+                self.pause_end(t0, PauseKind::Table);
+                return;
+            }
+        }
+        let crew = crew.map(|c| &c.sh);
         let credit = crew.map_or(0, Shared::scan_work_so_far);
         if self.marking {
             if self.marker.grey.is_empty() && pool.looks_empty() {
@@ -338,6 +355,16 @@ impl Inner {
         if self.heap_live >= self.pacer.trigger {
             self.cycle_requested = true;
         }
+    }
+
+    /// Whether a concurrent mark's side table is being made (`Preparing`, `Building`): then an
+    /// allocation's assist works on the table (conc.rs, "Table assists").
+    fn table_due(&self) -> bool {
+        self.marking
+            && matches!(
+                self.conc_table.as_ref().map(ConcTable::phase),
+                Some(TablePhase::Preparing | TablePhase::Building)
+            )
     }
 
     /// Stress mode: mark work on every allocation.

@@ -26,12 +26,12 @@
 use core::cell::{Cell, UnsafeCell};
 use core::marker::PhantomData;
 
-use super::conc::{ConcTable, ConcurrentWorkers, CrewRef, TablePhase};
+use super::conc::{ConcTable, ConcurrentWorkers, Crew, CrewRef, TablePhase};
 use super::gctrace::{emit, CycleLog, GcStats, PauseKind};
 use super::mark::Marker;
 use super::mutation::{Mutation, Rootable};
 use super::pacer::{Pacer, MIN_HEAP};
-use super::par::{MarkWorkers, Shared};
+use super::par::MarkWorkers;
 use super::spans::{SpanSet, SpanSource};
 use super::weak::WeakList;
 use super::workbuf::Pool;
@@ -161,6 +161,9 @@ pub(crate) struct Inner {
     /// One unit of the side table's work per safe point (so that tests see every phase).
     #[cfg(test)]
     pub(crate) table_one_unit: bool,
+    /// Units of table work done by assists (conc.rs, "Table assists").
+    #[cfg(test)]
+    pub(crate) table_assists: u64,
 }
 
 impl Inner {
@@ -259,9 +262,9 @@ impl State {
     }
 
     /// The pool of grey chunks shared with concurrent mark workers (an empty one without them).
-    /// What the concurrent mark workers share (`None` without a crew).
-    pub(crate) fn crew_shared(&self) -> Option<&Shared> {
-        self.crew.as_ref().map(|c| &c.sh)
+    /// The concurrent mark workers' crew (`None` without one).
+    pub(crate) fn crew(&self) -> Option<&Crew> {
+        self.crew.as_deref()
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -350,6 +353,8 @@ impl<R: Rootable> GcHeap<R> {
             barrier_off: false,
             #[cfg(test)]
             table_one_unit: false,
+            #[cfg(test)]
+            table_assists: 0,
         };
         let state = State {
             _single_threaded: SingleThreaded(PhantomData),
@@ -465,6 +470,12 @@ impl<R: Rootable> GcHeap<R> {
             .conc_table
             .as_ref()
             .map(ConcTable::phase)
+    }
+
+    /// Units of table work the mutator's assists did (conc.rs, "Table assists").
+    #[cfg(test)]
+    pub(crate) fn table_assists(&mut self) -> u64 {
+        self.state.get_mut().table_assists
     }
 
     /// The side table's chunks (the current table's, else the spare's), and how many workers took.

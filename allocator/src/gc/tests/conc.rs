@@ -989,3 +989,69 @@ fn a_table_whose_jobs_never_run_waits_once_then_takes_a_chunk_per_safe_point() {
         "{preparing} safe points preparing a table of {chunks} chunks (marking all along, no termination possible): {s:?}"
     );
 }
+
+std::thread_local! {
+    /// Set while the test's `mutate` closure runs: `start` must not be called then.
+    static IN_MUTATOR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// While the side table is being made, allocations work on it (conc.rs, "Table assists"): one long
+/// `mutate` builds much of it between two safe points, so that workers can mark sooner. Those assists
+/// never call `start` (user code, called at safe points only) and never open the table (the cells'
+/// locks go on at a safe point); the mark loses nothing.
+#[test]
+#[cfg_attr(miri, ignore = "a large table")]
+fn allocations_build_the_table_between_safe_points() {
+    fn start(job: MarkJob) {
+        assert!(
+            !IN_MUTATOR.with(|m| m.get()),
+            "start called inside an allocation"
+        );
+        std::thread::spawn(move || job.run());
+    }
+    let workers = ConcurrentWorkers { helpers: 1, start };
+    let mut gc: GcHeap<Bags> = GcHeap::new(span_heap(256), concurrent_config(workers), new_bags);
+    // One unit per safe point and per assist: the assists' share is plain.
+    gc.set_table_one_unit(true);
+    let mut m = fill_bags(&mut gc, 100_000);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    gc.collect();
+    gc.start_cycle();
+    let mut safepoints = 0;
+    while gc.table_phase() == Some(TablePhase::Preparing) {
+        mutate(&mut gc, &mut m, &mut rng, 4);
+        safepoints += 1;
+        assert!(safepoints < 100_000, "the table never got ready");
+    }
+    assert_eq!(gc.table_phase(), Some(TablePhase::Building));
+    let before = gc.table_assists();
+    let scanned = gc.stats().concurrent_scan_bytes;
+    gc.mutate(|mc, _| {
+        IN_MUTATOR.with(|m| m.set(true));
+        // 2 MiB of garbage: a new span every 8 KiB, an assist each.
+        for i in 0..(2 << 20) / 32 {
+            assert_eq!(Gc::new(mc, [i as u64; 4])[3], i as u64);
+        }
+        IN_MUTATOR.with(|m| m.set(false));
+    });
+    let units = gc.table_assists() - before;
+    assert!(
+        units >= 16,
+        "{units} units of table work in the allocations of one mutate"
+    );
+    while gc.phase() == Phase::Marking {
+        mutate(&mut gc, &mut m, &mut rng, 16);
+        safepoints += 1;
+        assert!(safepoints < 1_000_000, "the mark never ended");
+    }
+    // The table was opened where the crew opens with it (a table opened inside an allocation would
+    // have left the workers stopped).
+    assert!(
+        gc.stats().concurrent_scan_bytes > scanned,
+        "the workers never marked: {:?}",
+        gc.stats()
+    );
+    check(&mut gc, &m);
+    drop(gc);
+    take_finalized();
+}
