@@ -271,15 +271,17 @@ impl Inner {
     /// table is being made); else proportional sweeping and the trigger check. `crew`: the concurrent
     /// mark workers' (their scan work so far in this mark is credit).
     fn pay(&mut self, bytes: usize, pool: &Pool, crew: Option<&Crew>) {
-        if bytes > 0 && self.table_due() {
+        if let Some(phase) = self.table_due().filter(|_| bytes > 0) {
             let t0 = self.now();
             if self.table_assist(crew, (bytes / 4096).clamp(1, TABLE_ASSIST_UNITS)) {
-                // What the table is for: workers marking instead of the mutator (conc.rs, "Table
-                // assists"); marking owed meanwhile is not carried over.
-                self.assist_owed = 0;
-                self.assist_due = false;
                 self.pause_end(t0, PauseKind::Table);
-                return;
+                if phase != TablePhase::Merging {
+                    // What the table is for: workers marking instead of the mutator (conc.rs,
+                    // "Table assists"); marking owed meanwhile is not carried over.
+                    self.assist_owed = 0;
+                    self.assist_due = false;
+                    return;
+                }
             }
         }
         let crew = crew.map(|c| &c.sh);
@@ -357,14 +359,14 @@ impl Inner {
         }
     }
 
-    /// Whether a concurrent mark's side table is being made (`Preparing`, `Building`): then an
-    /// allocation's assist works on the table (conc.rs, "Table assists").
-    fn table_due(&self) -> bool {
-        self.marking
-            && matches!(
-                self.conc_table.as_ref().map(ConcTable::phase),
-                Some(TablePhase::Preparing | TablePhase::Building)
-            )
+    /// The phase of a concurrent mark's side table while it is being made or merged (`Preparing`,
+    /// `Building`, `Merging`): then an allocation's assist works on the table (conc.rs, "Table
+    /// assists").
+    fn table_due(&self) -> Option<TablePhase> {
+        self.conc_table
+            .as_ref()
+            .map(ConcTable::phase)
+            .filter(|&p| self.marking && p != TablePhase::Open)
     }
 
     /// Stress mode: mark work on every allocation.

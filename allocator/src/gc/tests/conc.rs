@@ -995,10 +995,10 @@ std::thread_local! {
     static IN_MUTATOR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
-/// While the side table is being made, allocations work on it (conc.rs, "Table assists"): one long
-/// `mutate` builds much of it between two safe points, so that workers can mark sooner. Those assists
-/// never call `start` (user code, called at safe points only) and never open the table (the cells'
-/// locks go on at a safe point); the mark loses nothing.
+/// While the side table is being made or merged, allocations work on it (conc.rs, "Table assists"):
+/// one long `mutate` builds much of it between two safe points, so that workers can mark sooner, and
+/// another merges it. Those assists never call `start` (user code, called at safe points only) and
+/// never open the table (the cells' locks go on at a safe point); the mark loses nothing.
 #[test]
 #[cfg_attr(miri, ignore = "a large table")]
 fn allocations_build_the_table_between_safe_points() {
@@ -1038,6 +1038,24 @@ fn allocations_build_the_table_between_safe_points() {
     assert!(
         units >= 16,
         "{units} units of table work in the allocations of one mutate"
+    );
+    while gc.table_phase().is_some_and(|p| p != TablePhase::Merging) {
+        mutate(&mut gc, &mut m, &mut rng, 16);
+        safepoints += 1;
+        assert!(safepoints < 1_000_000, "the table never merged");
+    }
+    // Merging: the same long `mutate` merges the whole table (a unit per safe point would take
+    // dozens), and the mark terminates at the safe point that ends it.
+    assert_eq!(gc.table_phase(), Some(TablePhase::Merging));
+    gc.mutate(|mc, _| {
+        for i in 0..(2 << 20) / 32 {
+            assert_eq!(Gc::new(mc, [i as u64; 4])[3], i as u64);
+        }
+    });
+    assert_ne!(
+        gc.phase(),
+        Phase::Marking,
+        "the merge was not done in the allocations"
     );
     while gc.phase() == Phase::Marking {
         mutate(&mut gc, &mut m, &mut rng, 16);
