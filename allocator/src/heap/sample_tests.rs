@@ -378,3 +378,65 @@ fn a_region_heap_profiles_but_has_no_guard_pages() {
         }
     }
 }
+
+/// A refused free of a guarded object (a double free, a wrong size, a damaged canary) panics only once
+/// the guard pool's lock is released: a panic path that allocates may be handed a guarded slot (here
+/// every small allocation is guarded), and must not spin on that lock for good. Run in a child process
+/// (a global panic hook), with a time limit.
+#[test]
+#[ignore = "run by refused_guarded_frees_release_the_pool_lock_before_panicking in a child process"]
+fn child_refused_guarded_free_with_an_allocating_panic_hook() {
+    use super::soundness_tests::CHILD_ENV;
+    // Only as `run_child`'s child: its global panic hook must not outlive it in a test run.
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    static HEAP: std::sync::OnceLock<&'static SHeap> = std::sync::OnceLock::new();
+    let heap = *HEAP.get_or_init(sampled_heap);
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        guard_interval: 1,
+        guard_side: GuardSide::Left,
+    })
+    .unwrap();
+    let l = Layout::from_size_align(24, 8).unwrap();
+    std::panic::set_hook(Box::new(move |_| {
+        let h = HEAP.get().unwrap();
+        // SAFETY: a valid layout; the object is freed at once.
+        unsafe {
+            let p = h.alloc(l);
+            assert!(h.is_guarded(p), "the hook's allocation was not guarded");
+            h.dealloc(p, l);
+        }
+        std::eprintln!("CHILD: the hook allocated a guarded object");
+    }));
+    // SAFETY: test code; each refused free changes nothing, and the object is then freed properly.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(heap.is_guarded(p));
+        let wrong = Layout::from_size_align(16, 8).unwrap();
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| heap.dealloc(p, wrong)))
+                .is_err()
+        );
+        heap.dealloc(p, l);
+        assert!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| heap.dealloc(p, l))).is_err()
+        );
+    }
+    std::eprintln!("CHILD: done");
+}
+
+#[test]
+fn refused_guarded_frees_release_the_pool_lock_before_panicking() {
+    let err = super::soundness_tests::run_child(
+        "heap::sample_tests::child_refused_guarded_free_with_an_allocating_panic_hook",
+    );
+    assert_eq!(
+        err.matches("CHILD: the hook allocated a guarded object")
+            .count(),
+        2,
+        "{err}"
+    );
+    assert!(err.contains("CHILD: done"), "{err}");
+}

@@ -630,7 +630,8 @@ fn child_refused_large_free_with_an_allocating_panic_hook() {
 #[test]
 #[cfg_attr(miri, ignore = "runs a child process")]
 fn refused_large_frees_release_the_page_heap_lock_before_panicking() {
-    let err = run_child("child_refused_large_free_with_an_allocating_panic_hook");
+    let err =
+        run_child("heap::soundness_tests::child_refused_large_free_with_an_allocating_panic_hook");
     assert_eq!(err.matches("CHILD: the hook allocated").count(), 2, "{err}");
     assert!(err.contains("CHILD: done"), "{err}");
 }
@@ -668,7 +669,7 @@ fn child_refused_flush_with_a_panic_hook() {
 #[test]
 #[cfg_attr(miri, ignore = "runs a child process")]
 fn a_refused_flush_releases_the_class_lock_before_panicking() {
-    let err = run_child("child_refused_flush_with_a_panic_hook");
+    let err = run_child("heap::soundness_tests::child_refused_flush_with_a_panic_hook");
     assert!(err.contains("CHILD: class lock free"), "{err}");
     assert!(err.contains("CHILD: done"), "{err}");
 }
@@ -706,14 +707,14 @@ fn a_refused_flush_leaves_no_freed_object_in_the_cache() {
 }
 
 /// Set for the child processes of [`run_child`]: a `child_` test does nothing without it.
-const CHILD_ENV: &str = "SPANALLOC_TEST_CHILD";
+pub(super) const CHILD_ENV: &str = "SPANALLOC_TEST_CHILD";
 
-/// Runs the ignored test `name` of this module in a child process (20 s at most); returns its stderr,
-/// after checking that it ended in time and passed.
-fn run_child(name: &str) -> String {
+/// Runs the ignored test `name` (its path in the crate) in a child process (20 s at most); returns its
+/// stderr, after checking that it ended in time and passed.
+pub(super) fn run_child(name: &str) -> String {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            &std::format!("heap::soundness_tests::{name}"),
+            name,
             "--exact",
             "--ignored",
             "--nocapture",
