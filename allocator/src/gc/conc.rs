@@ -257,8 +257,10 @@ struct ReadyChunk {
 /// mutator's CPU after all (`ConcurrentWorkers::start`).
 const DRY_LOOKS: usize = 256;
 
-/// Chunks one job takes at most before it goes on to mark (a `start` that runs jobs at once on the
-/// heap's CPU makes them a pause).
+/// Chunks one job takes at most before it goes on to mark when it may be running inside `start` on
+/// the heap's CPU (`Crew::starting`: they would be a pause); a job on another CPU takes every chunk
+/// wanted (one job per safe point, 8 chunks each, made the table wait a dozen safe points or more,
+/// while the mutator marked alone).
 const JOB_CHUNKS: usize = 8;
 
 /// Safe points a preparing table waits for the workers' chunks before the heap takes one itself (a
@@ -420,11 +422,16 @@ impl Crew {
         par::work(&self.sh, Some(view), counted);
     }
 
-    /// Takes up to `JOB_CHUNKS` of the chunks the table wants from the source (a fresh page can cost
-    /// tens of microseconds to map: here, not at the heap's safe points), touches their pages and
-    /// hands them over through `ready`.
+    /// Takes the chunks the table wants from the source (up to `JOB_CHUNKS` if the heap is inside
+    /// `start`; a fresh page can cost tens of microseconds to map: here, not at the heap's safe
+    /// points), touches their pages and hands them over through `ready`.
     fn take_chunks(&self) {
-        for _ in 0..JOB_CHUNKS {
+        let mut taken = 0;
+        loop {
+            if taken >= JOB_CHUNKS && self.starting.load(Ordering::Relaxed) {
+                return;
+            }
+            taken += 1;
             if !claim(&self.chunks_wanted) {
                 return;
             }
@@ -1208,6 +1215,7 @@ impl Inner {
         // Their credit is in `scan_work` from now on.
         self.credit_used = 0;
         self.marker.scan_work += done.scan_work;
+        self.log.worker_scan += done.scan_work;
         self.marker.marked_objects += done.marked_objects;
         self.marker.marked_bytes += done.marked_bytes;
         self.marker.overflow |= done.overflow;

@@ -6,8 +6,11 @@
 //!   mutator code between cycles instead of collecting forever).
 //! - Trigger (incremental): `live + (goal - live) * trigger / 1000`. Assists pace marking to finish
 //!   exactly at the goal (below), so the trigger only decides how long the cycle runs: it starts at 70%
-//!   of the runway and moves by feedback — earlier when the last cycle overran the goal, later when it
-//!   finished in the first half of its runway (explicit steps did the work). Stop-the-world: the goal.
+//!   of the runway and moves by feedback — earlier when the last cycle overran the goal, or when in a
+//!   concurrent mark the mutator did more than an eighth of the scan work (its workers started too
+//!   late to keep up: Go's pacer aims at a trigger where the background workers do the mark), later
+//!   when it finished in the first half of its runway (explicit steps or workers did the work); never
+//!   before 40% of the runway. Stop-the-world: the goal.
 //! - Assists: while marking, allocating `b` bytes pays `b * remaining / (goal - heap_live)` bytes of
 //!   scan work (at least `b`), where `remaining` is the expected scan work (the last cycle's) less what
 //!   is done. Past the goal, an assist finishes the mark.
@@ -71,7 +74,8 @@ impl Pacer {
     }
 
     /// A cycle ended: `live` bytes marked, the heap was `heap_at_end` at termination, `scan_work` bytes
-    /// were scanned, `unswept_pages` now wait for the sweeper.
+    /// were scanned (`mutator_scan` of them by the mutator, in a concurrent mark), `unswept_pages` now
+    /// wait for the sweeper.
     pub(crate) fn end_cycle(
         &mut self,
         live: usize,
@@ -79,10 +83,12 @@ impl Pacer {
         scan_work: usize,
         unswept_pages: usize,
         stw_mode: bool,
+        mutator_scan: Option<usize>,
     ) {
         if !stw_mode {
             let half = self.trigger + (self.goal.saturating_sub(self.trigger)) / 2;
-            if heap_at_end > self.goal {
+            let outran = mutator_scan.is_some_and(|m| m > scan_work / 8);
+            if heap_at_end > self.goal || outran {
                 self.trigger_permille = self.trigger_permille.saturating_sub(100).max(400);
             } else if heap_at_end < half {
                 self.trigger_permille = (self.trigger_permille + 50).min(950);
@@ -114,5 +120,58 @@ impl Pacer {
         let pages = self.sweep_debt >> 16;
         self.sweep_debt &= 0xffff;
         pages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+
+    /// A pacer after one cycle that marked 64 MiB live, its trigger where it is now.
+    fn pacer() -> Pacer {
+        let mut p = Pacer::new(Some(100), 4 << 20, None);
+        p.end_cycle(64 << 20, 100 << 20, 64 << 20, 0, false, None);
+        p
+    }
+
+    fn permille(p: &Pacer, live: usize) -> usize {
+        (p.trigger - live) * 1000 / (p.goal - live)
+    }
+
+    #[test]
+    fn a_concurrent_mark_the_mutator_did_much_of_moves_the_trigger_earlier_down_to_40_percent() {
+        let live = 64 << 20;
+        let mut p = pacer();
+        let start = permille(&p, live);
+        // Ended below the goal, in the second half of the runway: only the mutator's share moves it.
+        let end = p.trigger + (p.goal - p.trigger) * 3 / 4;
+        p.end_cycle(live, end, 80 << 20, 0, false, Some(20 << 20));
+        assert!(
+            permille(&p, live) < start,
+            "{} -> {}",
+            start,
+            permille(&p, live)
+        );
+        for _ in 0..10 {
+            let end = p.trigger + (p.goal - p.trigger) * 3 / 4;
+            p.end_cycle(live, end, 80 << 20, 0, false, Some(20 << 20));
+        }
+        let floor = permille(&p, live);
+        assert!((395..=405).contains(&floor), "{floor}");
+        // Workers that did nearly all of it, the mark over early: later again.
+        let end = p.trigger + 1;
+        p.end_cycle(live, end, 80 << 20, 0, false, Some(1 << 20));
+        assert!(permille(&p, live) > floor);
+    }
+
+    #[test]
+    fn the_mutators_share_moves_nothing_in_incremental_marks() {
+        let live = 64 << 20;
+        let mut p = pacer();
+        let start = permille(&p, live);
+        let end = p.trigger + (p.goal - p.trigger) * 3 / 4;
+        // Incremental: all the work is the mutator's by design (`None`).
+        p.end_cycle(live, end, 80 << 20, 0, false, None);
+        assert_eq!(permille(&p, live), start);
     }
 }
