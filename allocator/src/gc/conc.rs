@@ -1170,6 +1170,10 @@ impl Inner {
     /// crew and the cells' locks go on at a safe point): where only those are left it does nothing.
     /// Returns whether it did any unit.
     pub(crate) fn table_assist(&mut self, crew: Option<&Crew>, units: usize) -> bool {
+        #[cfg(test)]
+        if self.table_assists_off {
+            return false;
+        }
         let source = self.marker.source;
         let mut did = false;
         for _ in 0..units {

@@ -164,6 +164,9 @@ pub(crate) struct Inner {
     /// Units of table work done by assists (conc.rs, "Table assists").
     #[cfg(test)]
     pub(crate) table_assists: u64,
+    /// No table assists: the table advances at safe points only (with `table_one_unit`, a unit each).
+    #[cfg(test)]
+    pub(crate) table_assists_off: bool,
 }
 
 impl Inner {
@@ -355,6 +358,8 @@ impl<R: Rootable> GcHeap<R> {
             table_one_unit: false,
             #[cfg(test)]
             table_assists: 0,
+            #[cfg(test)]
+            table_assists_off: false,
         };
         let state = State {
             _single_threaded: SingleThreaded(PhantomData),
@@ -470,6 +475,12 @@ impl<R: Rootable> GcHeap<R> {
             .conc_table
             .as_ref()
             .map(ConcTable::phase)
+    }
+
+    /// Turns table assists off (on by default).
+    #[cfg(test)]
+    pub(crate) fn set_table_assists_off(&mut self, off: bool) {
+        self.state.get_mut().table_assists_off = off;
     }
 
     /// Units of table work the mutator's assists did (conc.rs, "Table assists").
