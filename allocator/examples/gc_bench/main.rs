@@ -219,10 +219,15 @@ struct Floor {
     total: u64,
 }
 
+/// Bytes the memory floor's loop reads at random: about the concurrent row's heap.
+const FLOOR_MEMORY: usize = 256 << 20;
+
 /// What the machine adds to short pauses: a busy loop of about `FLOOR_WORK_NS` timed `n` times with
 /// the pause clock (a mutator's worth of work between samples), while `busy` other threads spin as the
-/// concurrent row's workers do.
-fn timing_floor(n: usize, busy: usize) -> Floor {
+/// concurrent row's workers do. `memory`: each step of the loop also reads a random word of
+/// `FLOOR_MEMORY` bytes, as collector work touches memory all over the heap (this machine stretches
+/// such a loop past 0.1 ms several times as often as a loop of arithmetic).
+fn timing_floor(n: usize, busy: usize, memory: bool) -> Floor {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spinners: Vec<_> = (0..busy)
         .map(|_| {
@@ -235,23 +240,36 @@ fn timing_floor(n: usize, busy: usize) -> Floor {
         })
         .collect();
     let clock = if use_wall_clock() { wall_ns } else { cpu_ns };
-    let spin = |iters: u64| {
-        let mut x = 1u64;
+    // Written once, so every page is mapped before the loop runs.
+    let heap: Vec<u64> = if memory {
+        vec![1; FLOOR_MEMORY / 8]
+    } else {
+        Vec::new()
+    };
+    // One sequence across all calls: a loop that read the same addresses every time would find
+    // them cached.
+    let state = std::cell::Cell::new(1u64);
+    let spin = |iters: u64, touch: bool| {
+        let mut x = state.get();
         for i in 0..iters {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            if touch {
+                x = x.wrapping_add(heap[(x >> 33) as usize % heap.len()]);
+            }
         }
-        x
+        state.set(x);
     };
     // Calibrate: iterations per FLOOR_WORK_NS.
     let t0 = clock();
-    spin(1 << 20);
+    spin(1 << 20, memory);
     let per_iter = (clock() - t0).max(1) as f64 / f64::from(1 << 20);
     let iters = (FLOOR_WORK_NS as f64 / per_iter) as u64;
     let mut d: Vec<u64> = (0..n.max(1))
         .map(|_| {
-            spin(3 * iters);
+            // The mutator's work between pauses: arithmetic.
+            spin(3 * (FLOOR_WORK_NS as f64 / per_iter) as u64, false);
             let t0 = clock();
-            spin(iters);
+            spin(iters, memory);
             clock() - t0
         })
         .collect();
@@ -646,26 +664,28 @@ fn bench(quick: bool) {
             r.worker_cpu as f64 / r.worker_scan.max(1) as f64,
             ms(r.by_kind[PauseKind::ALL.iter().position(|k| *k == PauseKind::Assist).unwrap()][4])
         );
-        let floor = timing_floor(conc_pauses, helpers);
-        println!(
-            "  this machine's floor: a {} µs busy loop timed {conc_pauses} times with the same clock, {helpers} other thread{} spinning: p99.9 {}, max {}",
-            FLOOR_WORK_NS / 1000,
-            if helpers > 1 { "s" } else { "" },
-            ms(floor.p999),
-            ms(floor.max)
-        );
-        // A pause over the target is, at these lengths, one the machine stretched: compare how often
-        // that happens per second of pauses with how often it stretches the floor's fixed-work loop.
         let per_s = |n: usize, t: u64| n as f64 * 1e9 / t.max(1) as f64;
+        // A pause over the target is, at these lengths, one the machine stretched: compare how often
+        // that happens per second of pauses with how often it stretches the floor's fixed-work loops,
+        // one of arithmetic and one that also reads memory at random, as collector work does.
         println!(
-            "  over 0.1 ms: {conc_over} concurrent pauses in {} of them ({:.1} per second of pauses); {} of the floor's {}-µs loops in {} ({:.1} per second)",
+            "  over 0.1 ms: {conc_over} concurrent pauses in {} of them ({:.1} per second of pauses)",
             ms(conc_time),
             per_s(conc_over, conc_time),
-            floor.over_target,
-            FLOOR_WORK_NS / 1000,
-            ms(floor.total),
-            per_s(floor.over_target, floor.total)
         );
+        for (memory, what) in [(false, "arithmetic"), (true, "random reads of 256 MiB")] {
+            let floor = timing_floor(conc_pauses, helpers, memory);
+            println!(
+                "  this machine's floor, a {} µs loop of {what} timed {conc_pauses} times with the same clock, {helpers} other thread{} spinning: p99.9 {}, max {}; over 0.1 ms {} times in {} ({:.1} per second)",
+                FLOOR_WORK_NS / 1000,
+                if helpers > 1 { "s" } else { "" },
+                ms(floor.p999),
+                ms(floor.max),
+                floor.over_target,
+                ms(floor.total),
+                per_s(floor.over_target, floor.total)
+            );
+        }
         // Where the row's pauses come from (the median repetition): the kinds of collector work, each
         // with its own distribution (`PauseKind`). A kind's max far above its p99.9 is the machine's
         // interruption of one short pause, as the floor line shows.
