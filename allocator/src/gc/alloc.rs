@@ -321,6 +321,7 @@ impl Inner {
             let t0 = self.now();
             // In a concurrent mark, the pool's chunks when the mutator outruns the workers (conc.rs).
             let done = self.drain_with_pool(pool, work);
+            self.log.assist_scan += done;
             if self.log.concurrent {
                 // Less found than owed: the rest stays owed while workers hold grey entries (they
                 // are asked to share), else nothing is left to mark before termination.

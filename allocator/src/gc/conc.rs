@@ -161,9 +161,10 @@ pub struct ConcurrentWorkers {
     /// Starts `job` (calls [`MarkJob::run`]) on another CPU or thread and returns without waiting for
     /// it. Correctness does not depend on it (module docs): it may run the job late, at once on the
     /// calling CPU, or drop it unrun. The heap calls it only at safe points. A job run later on the
-    /// mutator's own CPU (from a pause hook, say) costs a pause: before it ends, a job whose pool ran
-    /// dry looks for more work a bounded number of times (`MarkJob::run`), which only a job run
-    /// inside `start` knows to skip.
+    /// mutator's own CPU (from a pause hook, say) costs a pause: it may take up to 64 chunks of a
+    /// concurrent mark's table from the page heap (8 inside `start`), and before it ends, a job whose
+    /// pool ran dry looks for more work a bounded number of times (`MarkJob::run`), which only a job
+    /// run inside `start` knows to skip.
     pub start: fn(job: MarkJob),
 }
 
@@ -258,10 +259,11 @@ struct ReadyChunk {
 const DRY_LOOKS: usize = 256;
 
 /// Chunks one job takes at most before it goes on to mark when it may be running inside `start` on
-/// the heap's CPU (`Crew::starting`: they would be a pause); a job on another CPU takes every chunk
-/// wanted (one job per safe point, 8 chunks each, made the table wait a dozen safe points or more,
-/// while the mutator marked alone).
+/// the heap's CPU (`Crew::starting`: they would be a pause), and otherwise (`JOB_CHUNKS_AWAY`: one job
+/// per safe point, 8 chunks each, made the table wait a dozen safe points or more while the mutator
+/// marked alone; a job run later on the heap's CPU, from a pause hook say, is still bounded).
 const JOB_CHUNKS: usize = 8;
+const JOB_CHUNKS_AWAY: usize = 64;
 
 /// Safe points a preparing table waits for the workers' chunks before the heap takes one itself (a
 /// `start` that runs jobs late or never only slows the table down).
@@ -422,16 +424,14 @@ impl Crew {
         par::work(&self.sh, Some(view), counted);
     }
 
-    /// Takes the chunks the table wants from the source (up to `JOB_CHUNKS` if the heap is inside
-    /// `start`; a fresh page can cost tens of microseconds to map: here, not at the heap's safe
-    /// points), touches their pages and hands them over through `ready`.
+    /// Takes up to `JOB_CHUNKS_AWAY` of the chunks the table wants from the source (`JOB_CHUNKS` if the
+    /// heap is inside `start`; a fresh page can cost tens of microseconds to map: here, not at the
+    /// heap's safe points), touches their pages and hands them over through `ready`.
     fn take_chunks(&self) {
-        let mut taken = 0;
-        loop {
+        for taken in 0..JOB_CHUNKS_AWAY {
             if taken >= JOB_CHUNKS && self.starting.load(Ordering::Relaxed) {
                 return;
             }
-            taken += 1;
             if !claim(&self.chunks_wanted) {
                 return;
             }
@@ -1219,7 +1219,6 @@ impl Inner {
         // Their credit is in `scan_work` from now on.
         self.credit_used = 0;
         self.marker.scan_work += done.scan_work;
-        self.log.worker_scan += done.scan_work;
         self.marker.marked_objects += done.marked_objects;
         self.marker.marked_bytes += done.marked_bytes;
         self.marker.overflow |= done.overflow;

@@ -89,9 +89,7 @@ impl Inner {
             self.marker.scan_work,
             self.spans.unswept_pages,
             self.config.mode == Mode::StopTheWorld,
-            self.log
-                .concurrent
-                .then(|| self.marker.scan_work.saturating_sub(self.log.worker_scan)),
+            self.log.concurrent.then_some(self.log.assist_scan),
         );
         let mut log = self.log;
         if let Some(t0) = log.pause_t0 {

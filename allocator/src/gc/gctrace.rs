@@ -155,8 +155,9 @@ pub(crate) struct CycleLog {
     /// Most CPUs that marked at once in this cycle (parallel marking, par.rs); 0 if nothing was scanned.
     pub(crate) mark_cpus: usize,
     pub(crate) assists: u64,
-    /// Scan work concurrent mark workers did in this cycle (the rest was the mutator's).
-    pub(crate) worker_scan: usize,
+    /// Scan work the mutator's assists did in this cycle (not its steps, termination or forced
+    /// end): the pacer's sign that a concurrent mark's workers started too late (pacer.rs).
+    pub(crate) assist_scan: usize,
     pub(crate) sweep_ns: u64,
     pub(crate) heap_start: usize,
     pub(crate) goal: usize,

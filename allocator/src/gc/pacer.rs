@@ -7,8 +7,9 @@
 //! - Trigger (incremental): `live + (goal - live) * trigger / 1000`. Assists pace marking to finish
 //!   exactly at the goal (below), so the trigger only decides how long the cycle runs: it starts at 70%
 //!   of the runway and moves by feedback — earlier when the last cycle overran the goal, or when in a
-//!   concurrent mark the mutator did more than an eighth of the scan work (its workers started too
-//!   late to keep up: Go's pacer aims at a trigger where the background workers do the mark), later
+//!   concurrent mark the mutator's assists did more than an eighth of the scan work (its workers
+//!   started too late to keep up: Go's pacer aims at a trigger where the background workers do the
+//!   mark; steps, termination and a forced end are not assists and do not count), later
 //!   when it finished in the first half of its runway (explicit steps or workers did the work); never
 //!   before 40% of the runway. Stop-the-world: the goal.
 //! - Assists: while marking, allocating `b` bytes pays `b * remaining / (goal - heap_live)` bytes of
@@ -74,8 +75,8 @@ impl Pacer {
     }
 
     /// A cycle ended: `live` bytes marked, the heap was `heap_at_end` at termination, `scan_work` bytes
-    /// were scanned (`mutator_scan` of them by the mutator, in a concurrent mark), `unswept_pages` now
-    /// wait for the sweeper.
+    /// were scanned (`mutator_scan` of them by the mutator's assists, in a concurrent mark),
+    /// `unswept_pages` now wait for the sweeper.
     pub(crate) fn end_cycle(
         &mut self,
         live: usize,

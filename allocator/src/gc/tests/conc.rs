@@ -1077,3 +1077,44 @@ fn allocations_build_the_table_between_safe_points() {
     drop(gc);
     take_finalized();
 }
+
+/// The pacer moves a concurrent mark's trigger earlier only when the mutator's assists did much of the
+/// marking (its workers started too late): marks that `step` or `finish_mark` finish, with workers that
+/// never run and no allocation during the mark, leave it where the runway feedback puts it (later: each
+/// mark is over in the first half of its runway).
+#[test]
+#[cfg_attr(miri, ignore = "several marks of a large heap")]
+fn marks_finished_by_steps_or_finish_mark_do_not_pull_the_trigger_earlier() {
+    fn drop_it(job: MarkJob) {
+        drop(job);
+    }
+    for by_steps in [true, false] {
+        let workers = ConcurrentWorkers {
+            helpers: 1,
+            start: drop_it,
+        };
+        let mut gc: GcHeap<Bags> =
+            GcHeap::new(span_heap(256), concurrent_config(workers), new_bags);
+        let _m = fill_bags(&mut gc, 50_000);
+        gc.collect();
+        let permille = |s: &GcStats| (s.trigger - s.last_live) * 1000 / (s.goal - s.last_live);
+        let first = permille(&gc.stats());
+        for _ in 0..4 {
+            gc.start_cycle();
+            if by_steps {
+                while gc.step(1 << 20) == Phase::Marking {}
+            } else {
+                gc.mutate(|_, _| {});
+                gc.finish_mark();
+            }
+            let s = gc.stats();
+            assert!(
+                permille(&s) >= first,
+                "steps {by_steps}: the trigger moved from {first}‰ to {}‰ of the runway: {s:?}",
+                permille(&s)
+            );
+        }
+        drop(gc);
+        take_finalized();
+    }
+}
