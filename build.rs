@@ -1,7 +1,9 @@
 //! Builds the kernel for x86_64-unknown-none with a nested cargo, then its BIOS and UEFI disk images, and hands
 //! the images' paths to the runner as `BIOS_IMAGE` / `UEFI_IMAGE`. The same nested build makes the example
 //! kernels (example-kernel/, the README's "use it in your kernel" lines and its region-mode lines), whose
-//! BIOS images are `EXAMPLE_BIOS_IMAGE` and `EXAMPLE_REGION_BIOS_IMAGE`.
+//! BIOS images are `EXAMPLE_BIOS_IMAGE` and `EXAMPLE_REGION_BIOS_IMAGE`. A second nested build makes the
+//! kernel as it ships (profile `kernel-bench`: no debug assertions, no overflow checks), whose BIOS image
+//! `BENCH_BIOS_IMAGE` the runner boots for the `bench` command only.
 //!
 //! Why a nested cargo rather than an artifact dependency: artifact dependencies are unstable (`-Z bindeps`),
 //! and stable cargo refuses to parse a manifest that uses one, yet the allocator must build on stable from
@@ -27,6 +29,9 @@ const EXAMPLE_REGION: &str = "example-region";
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// Defined in the root Cargo.toml: release with debug assertions and overflow checks.
 const KERNEL_PROFILE: &str = "kernel";
+/// Defined in the root Cargo.toml: the kernel as it ships (no debug assertions, no overflow checks), for the
+/// in-kernel benchmark.
+const BENCH_PROFILE: &str = "kernel-bench";
 
 /// Paths, relative to the workspace root, whose changes can change the kernel.
 const KERNEL_INPUTS: &[&str] = &[
@@ -85,8 +90,23 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
 
-    let [kernel, example, example_region] =
-        build_kernels(&root, &target_dir(&out_dir, &root).join("kernel-build"));
+    let kernel_build = target_dir(&out_dir, &root).join("kernel-build");
+    let [kernel, example, example_region] = build_kernels(
+        &root,
+        &kernel_build,
+        KERNEL_PROFILE,
+        &[KERNEL_PACKAGE, EXAMPLE_PACKAGE],
+        [KERNEL_PACKAGE, EXAMPLE_PACKAGE, EXAMPLE_REGION],
+    );
+    // The same kernel built as a kernel ships, for `cargo run -- bench` only: its own profile, so the same
+    // target directory keeps both builds (about 20 s more on a fresh build, nothing when up to date).
+    let [bench_kernel] = build_kernels(
+        &root,
+        &kernel_build,
+        BENCH_PROFILE,
+        &[KERNEL_PACKAGE],
+        [KERNEL_PACKAGE],
+    );
 
     let bios = out_dir.join("bios.img");
     bootloader::BiosBoot::new(&kernel)
@@ -106,6 +126,17 @@ fn main() {
                 "creating the UEFI image {} from {}: {e:#}",
                 uefi.display(),
                 kernel.display()
+            )
+        });
+
+    let bench_bios = out_dir.join("bench-bios.img");
+    bootloader::BiosBoot::new(&bench_kernel)
+        .create_disk_image(&bench_bios)
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating the bench kernel's BIOS image {} from {}: {e:#}",
+                bench_bios.display(),
+                bench_kernel.display()
             )
         });
 
@@ -135,6 +166,7 @@ fn main() {
     // The kernel executable itself, for symbolizing its heap profiles (`go tool pprof KERNEL_ELF ...`).
     println!("cargo:rustc-env=KERNEL_ELF={}", kernel.display());
     println!("cargo:rustc-env=UEFI_IMAGE={}", uefi.display());
+    println!("cargo:rustc-env=BENCH_BIOS_IMAGE={}", bench_bios.display());
     println!(
         "cargo:rustc-env=EXAMPLE_BIOS_IMAGE={}",
         example_bios.display()
@@ -161,27 +193,25 @@ fn target_dir(out_dir: &Path, root: &Path) -> PathBuf {
         .map_or_else(|| root.join("target"), Path::to_path_buf)
 }
 
-/// Runs `cargo build -p kernel -p example-kernel --target x86_64-unknown-none --profile kernel` (one build, so
-/// they share their dependencies' artifacts) and returns the kernel's and the two examples' paths.
-/// The nested cargo's stderr (its progress and errors) goes to this script's stderr, which cargo shows when
-/// the script fails; its stdout carries the JSON messages that name the executable.
-fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 3] {
+/// Runs `cargo build --package P... --target x86_64-unknown-none --profile PROFILE` (one build per profile,
+/// so its packages share their dependencies' artifacts) and returns the paths of the executables `names`,
+/// in that order. The nested cargo's stderr (its progress and errors) goes to this script's stderr, which
+/// cargo shows when the script fails; its stdout carries the JSON messages that name the executables.
+fn build_kernels<const N: usize>(
+    root: &Path,
+    target_dir: &Path,
+    profile: &str,
+    packages: &[&str],
+    names: [&str; N],
+) -> [PathBuf; N] {
     let cargo = var("CARGO");
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root)
         .arg("build")
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
-        .args([
-            "--package",
-            KERNEL_PACKAGE,
-            "--package",
-            EXAMPLE_PACKAGE,
-            "--target",
-            KERNEL_TARGET,
-            "--profile",
-            KERNEL_PROFILE,
-        ])
+        .args(packages.iter().flat_map(|package| ["--package", package]))
+        .args(["--target", KERNEL_TARGET, "--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .arg("--message-format=json-render-diagnostics")
@@ -226,7 +256,7 @@ fn build_kernels(root: &Path, target_dir: &Path) -> [PathBuf; 3] {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect();
-    [KERNEL_PACKAGE, EXAMPLE_PACKAGE, EXAMPLE_REGION].map(|name| {
+    names.map(|name| {
         messages
             .iter()
             .find_map(|message| executable(message, name))

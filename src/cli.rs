@@ -3,7 +3,7 @@
 //! Options come first; the first word that is not an option (or everything after `--`) starts the kernel's
 //! arguments, which are passed on untouched, so `cargo run -- test boot_info log=debug` works.
 
-use crate::Qemu;
+use crate::{Qemu, BENCH_BIOS_IMAGE};
 use std::fmt;
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ Options:
 Kernel args (joined with spaces, read by the kernel from fw_cfg):
   (none) | demo     boot, report the memory map, exit
   list              print the in-kernel tests
+  bench [quick]     the in-kernel benchmark: spanalloc vs locked buddy and linked-list heaps on 1, 2
+                    and 4 CPUs; boots the kernel as it ships (no debug assertions, no overflow
+                    checks), BIOS only; `quick` is the smoke test's short run
   test NAME         run one in-kernel test
   heapprofile       run a workload with the heap profile on; the runner writes it to heapprofile.pb
   profilerate=BYTES heap profile sampling rate (0 off; 524288 for heapprofile); with demo, the
@@ -94,6 +97,15 @@ where
                 break;
             }
         }
+    }
+    // `bench` measures the kernel as it ships, not the test kernel (build.rs, `kernel-bench`).
+    if qemu.args.first().is_some_and(|word| word == "bench") {
+        if qemu.uefi {
+            return Err(ArgError(
+                "`bench` boots the bench kernel's BIOS image only: drop --uefi".into(),
+            ));
+        }
+        qemu.image = Some(BENCH_BIOS_IMAGE.into());
     }
     Ok(Action::Run { qemu, verbose })
 }

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const BIOS_IMAGE: &str = env!("BIOS_IMAGE");
 /// The UEFI disk image built by build.rs.
 pub const UEFI_IMAGE: &str = env!("UEFI_IMAGE");
+/// The BIOS disk image of the kernel as it ships (profile `kernel-bench`), which `bench` boots.
+pub const BENCH_BIOS_IMAGE: &str = env!("BENCH_BIOS_IMAGE");
 /// The example kernel's BIOS disk image (example-kernel/), built by build.rs.
 pub const EXAMPLE_BIOS_IMAGE: &str = env!("EXAMPLE_BIOS_IMAGE");
 /// BIOS image of the region-mode example kernel (example-kernel/src/region.rs).

@@ -12,7 +12,8 @@
 use libtest_mimic::{Arguments, Failed, Trial};
 use spanalloc_runner::cli::{self, Action};
 use spanalloc_runner::{
-    Outcome, Qemu, RunError, Verdict, EXAMPLE_BIOS_IMAGE, EXAMPLE_REGION_BIOS_IMAGE,
+    Outcome, Qemu, RunError, Verdict, BENCH_BIOS_IMAGE, EXAMPLE_BIOS_IMAGE,
+    EXAMPLE_REGION_BIOS_IMAGE,
 };
 use std::time::Duration;
 
@@ -236,6 +237,45 @@ fn pprof_names(bytes: &[u8], names: &[&str]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `bench quick` through the runner's own command line: it must boot the bench kernel (built without
+/// debug assertions, so its header says so) and print a ratio against each peer for 1, 2 and 4 CPUs.
+fn bench_quick() -> Result<(), Failed> {
+    let (qemu, _) = parse_run(&["bench", "quick"])?;
+    let qemu = Qemu {
+        timeout: TEST_TIMEOUT,
+        ..qemu
+    };
+    let outcome = boot_passing(&qemu)?;
+    let serial = &outcome.serial;
+    if !serial.lines().any(|l| {
+        l.starts_with("bench: the bench kernel: ") && l.contains("without debug assertions")
+    }) {
+        return Err(format!(
+            "no header naming the bench kernel\n{}",
+            describe(&qemu, &outcome)
+        )
+        .into());
+    }
+    for cpus in [1, 2, 4] {
+        for peer in ["buddy_locked", "linked_list_locked"] {
+            let prefix = format!("BENCH_RATIO spanalloc/{peer} {cpus} ");
+            let ratio = serial
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|r| r.strip_suffix('x'))
+                .and_then(|r| r.parse::<f64>().ok());
+            if !ratio.is_some_and(|r| r > 0.0) {
+                return Err(format!(
+                    "no positive `{prefix}<ratio>x` line\n{}",
+                    describe(&qemu, &outcome)
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn unknown_test_fails() -> Result<(), Failed> {
     let qemu = qemu(&["test", "no_such_test"], 1);
     let outcome = boot(&qemu)?;
@@ -414,6 +454,15 @@ fn runner_parses_options() -> Result<(), Failed> {
 
     let (qemu, _) = parse_run(&["--", "--weird"])?;
     assert_eq!(qemu.args, ["--weird"]);
+    // `bench` boots the bench kernel, every other command the test kernel.
+    let (qemu, _) = parse_run(&["--smp", "2", "bench"])?;
+    assert_eq!(qemu.image, Some(BENCH_BIOS_IMAGE.into()));
+    assert_eq!((qemu.smp, qemu.cmdline().as_str()), (2, "bench"));
+    let (qemu, _) = parse_run(&["--", "bench", "quick"])?;
+    assert_eq!(qemu.image, Some(BENCH_BIOS_IMAGE.into()));
+    for args in [&["demo"][..], &["test", "bench"], &["list"]] {
+        assert_eq!(parse_run(args)?.0.image, None, "{args:?}");
+    }
     assert_eq!(cli::parse(["--help"]), Ok(Action::Help));
     Ok(())
 }
@@ -427,6 +476,7 @@ fn runner_rejects_bad_options() -> Result<(), Failed> {
         (&["--memory", "0M"], "must not be zero"),
         (&["--timeout", "0"], "--timeout `0`"),
         (&["--bogus"], "unknown option `--bogus`"),
+        (&["--uefi", "bench"], "drop --uefi"),
     ] {
         match cli::parse(args.iter().copied()) {
             Err(err) if err.to_string().contains(expected) => {}
@@ -477,6 +527,7 @@ fn main() {
         Trial::test("kernel::demo", demo_bios),
         Trial::test("kernel::uefi_boot", demo_uefi),
         Trial::test("kernel::unknown_test_fails", unknown_test_fails),
+        Trial::test("kernel::bench_quick", bench_quick),
         Trial::test("kernel::heap_profile", heap_profile),
         Trial::test("kernel::demo_heap_profile", demo_heap_profile),
         Trial::test("example::hello_kernel", example_hello_kernel),

@@ -16,9 +16,14 @@
 //! The timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG
 //! the vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
 //!
-//! Build: the peers are compiled as a kernel ships them, without debug assertions and overflow checks
-//! (the root Cargo.toml's `profile.kernel.package` overrides); spanalloc as the kernel is, which for the
-//! test kernel means with both (the header line says which), so the ratios err against spanalloc.
+//! Build: the runner boots this command in the bench kernel (build.rs), the kernel built as it ships: profile
+//! `kernel-bench`, without debug assertions (and the standard library's unsafe-precondition checks they turn
+//! on) and overflow checks, for spanalloc, its peers and the kernel alike. Booted in the test kernel (its
+//! image given by hand), spanalloc keeps both while the peers still have neither (the root Cargo.toml's
+//! `profile.kernel.package` overrides); the header line says which, and such ratios err against spanalloc.
+//!
+//! `bench quick` runs one repetition of a twentieth of the pairs: a smoke test of the command and the
+//! bench kernel, not a measurement.
 //!
 //! Invariant: the peer heaps are only used here, and never from an interrupt handler (their locks do not
 //! mask interrupts, so an allocating handler could deadlock on them).
@@ -32,11 +37,13 @@ use buddy_system_allocator::LockedHeap;
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Alloc+free pairs per CPU per run.
+/// Alloc+free pairs per CPU per run (`bench quick`: a twentieth).
 const PAIRS_PER_CPU: u64 = 400_000;
 /// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
 const LIVE: usize = 64;
 const REPEATS: usize = 7;
+/// `bench quick`'s share of the pairs.
+const QUICK_DIVISOR: u64 = 20;
 /// Each peer heap's arena.
 const PEER_ARENA: usize = 32 << 20;
 
@@ -103,18 +110,18 @@ unsafe fn dealloc_call<A: GlobalAlloc>(heap: &A, p: *mut u8, layout: Layout) {
     unsafe { heap.dealloc(p, layout) }
 }
 
-/// One CPU's share: `PAIRS_PER_CPU` allocations and as many frees, touching each block's first and last byte.
-fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
+/// One CPU's share: `pairs` allocations and as many frees, touching each block's first and last byte.
+fn workload<A: GlobalAlloc>(heap: &A, seed: u64, pairs: u64) {
     let mut rng = Rng(seed);
     let mut ring: [(*mut u8, Layout); LIVE] = [(core::ptr::null_mut(), Layout::new::<u8>()); LIVE];
-    for i in 0..PAIRS_PER_CPU as usize + LIVE {
+    for i in 0..pairs as usize + LIVE {
         let slot = &mut ring[i % LIVE];
         if !slot.0.is_null() {
             // SAFETY: allocated below from `heap` with this layout, freed once.
             unsafe { dealloc_call(heap, slot.0, slot.1) };
             slot.0 = core::ptr::null_mut();
         }
-        if i >= PAIRS_PER_CPU as usize {
+        if i >= pairs as usize {
             continue;
         }
         let layout = Layout::from_size_align(size(&mut rng), 8).expect("layout");
@@ -131,7 +138,7 @@ fn workload<A: GlobalAlloc>(heap: &A, seed: u64) {
 }
 
 /// Runs the workload on CPUs `0..cpus` at once; returns operations (allocs + frees) per second.
-fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize) -> u64 {
+fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize, pairs: u64) -> u64 {
     let arrived = AtomicUsize::new(0);
     let first_start = AtomicU64::new(u64::MAX);
     let last_end = AtomicU64::new(0);
@@ -141,11 +148,11 @@ fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize) -> u64 {
             core::hint::spin_loop();
         }
         first_start.fetch_min(clock::ticks(), Ordering::AcqRel);
-        workload(heap, 0xbe4c_0000 + cpu as u64);
+        workload(heap, 0xbe4c_0000 + cpu as u64, pairs);
         last_end.fetch_max(clock::ticks(), Ordering::AcqRel);
     });
     let elapsed = clock::ticks_to_duration(last_end.into_inner() - first_start.into_inner());
-    let ops = 2 * PAIRS_PER_CPU * cpus as u64;
+    let ops = 2 * pairs * cpus as u64;
     (u128::from(ops) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64
 }
 
@@ -154,7 +161,12 @@ fn median(mut samples: Vec<u64>) -> u64 {
     samples[samples.len() / 2]
 }
 
-pub fn run() -> ! {
+pub fn run(quick: bool) -> ! {
+    let (pairs, repeats) = if quick {
+        (PAIRS_PER_CPU / QUICK_DIVISOR, 1)
+    } else {
+        (PAIRS_PER_CPU, REPEATS)
+    };
     // SAFETY: each arena is ours, writable, and handed to its heap once.
     unsafe {
         BUDDY.lock().init(peer_arena("buddy") as usize, PEER_ARENA);
@@ -166,13 +178,20 @@ pub fn run() -> ! {
     let online = smp::online_count();
     let counts: Vec<usize> = [1, 2, 4].into_iter().filter(|&n| n <= online).collect();
     println!(
-        "bench: {PAIRS_PER_CPU} alloc+free pairs per CPU (8..1024 B, {LIVE} live per CPU), median of \
-         {REPEATS} runs, {online} CPUs online"
+        "bench: {pairs} alloc+free pairs per CPU (8..1024 B, {LIVE} live per CPU), median of \
+         {repeats} runs, {online} CPUs online"
     );
-    println!(
-        "bench: spanalloc built with debug assertions {}; the peers without",
-        if cfg!(debug_assertions) { "on" } else { "off" }
-    );
+    if cfg!(debug_assertions) {
+        println!(
+            "bench: the test kernel: spanalloc built with debug assertions and overflow checks, the \
+             peers without (the ratios err against spanalloc)"
+        );
+    } else {
+        println!(
+            "bench: the bench kernel: spanalloc, its peers and the kernel built as they ship, without \
+             debug assertions and overflow checks"
+        );
+    }
     let clock = Instant::now();
     let (released_before, shootdowns_before) = (
         HEAP.stats().pages.released_total,
@@ -184,20 +203,20 @@ pub fn run() -> ! {
     let ratio = |a: u64, b: u64| a * 100 / b.max(1);
     for &cpus in &counts {
         let mut samples: [Vec<u64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for rep in 0..REPEATS {
+        for rep in 0..repeats {
             for k in 0..3 {
                 let which = (rep + k) % 3;
                 let ops = match which {
-                    0 => measure(&HEAP, cpus),
-                    1 => measure(&BUDDY, cpus),
-                    _ => measure(&LINKED_LIST, cpus),
+                    0 => measure(&HEAP, cpus, pairs),
+                    1 => measure(&BUDDY, cpus, pairs),
+                    _ => measure(&LINKED_LIST, cpus, pairs),
                 };
                 samples[which].push(ops);
             }
         }
         let per_rep = |other: usize| {
             median(
-                (0..REPEATS)
+                (0..repeats)
                     .map(|r| ratio(samples[0][r], samples[other][r]))
                     .collect(),
             )
@@ -222,7 +241,7 @@ pub fn run() -> ! {
         );
     }
     println!(
-        "bench: ops/s are medians; the ratios are medians of the {REPEATS} per-repetition ratios"
+        "bench: ops/s are medians; the ratios are medians of the {repeats} per-repetition ratios"
     );
     let stats = HEAP.stats();
     println!(

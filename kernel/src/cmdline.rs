@@ -2,7 +2,7 @@
 //!
 //! Grammar (space-separated words): options `key=value` anywhere, and at most one command:
 //! empty or `demo` (boot, report, exit), `list` (print the in-kernel tests), `test <name>` (run one test),
-//! `bench` (measure allocator throughput on 1, 2 and 4 CPUs), `heapprofile` (run a workload with the heap
+//! `bench [quick]` (measure allocator throughput on 1, 2 and 4 CPUs; `quick`: one short repetition), `heapprofile` (run a workload with the heap
 //! profile on and dump the profile over serial, see `heapprofile.rs`).
 //! Options: `log=<off|error|warn|info|debug|trace>` (default `info`); `gctrace=<0|1>` (default 1: the
 //! garbage collector prints one line per cycle, as Go's GODEBUG=gctrace=1); `profilerate=<bytes>` (heap
@@ -18,7 +18,7 @@ use log::LevelFilter;
 pub const FW_CFG_FILE: &str = "opt/spanalloc/cmdline";
 
 pub const USAGE: &str =
-    "[demo | list | test <name> | bench | heapprofile] [log=<off|error|warn|info|debug|trace>] [gctrace=<0|1>] [profilerate=<bytes>] [guard=<bytes>] [guardside=<right|left>]";
+    "[demo | list | test <name> | bench [quick] | heapprofile] [log=<off|error|warn|info|debug|trace>] [gctrace=<0|1>] [profilerate=<bytes>] [guard=<bytes>] [guardside=<right|left>]";
 
 /// Longest command line accepted; anything longer is a runner bug, not a real request.
 pub const MAX_LEN: usize = 4096;
@@ -28,7 +28,10 @@ pub enum Command<'a> {
     Demo,
     List,
     Test(&'a str),
-    Bench,
+    /// The benchmark; `quick`: one short repetition (the smoke test).
+    Bench {
+        quick: bool,
+    },
     HeapProfile,
 }
 
@@ -154,7 +157,8 @@ pub fn parse(line: &str) -> Result<Cmdline<'_>, CmdlineError<'_>> {
         [] | ["demo"] => (Command::Demo, &[][..]),
         ["demo", rest @ ..] => (Command::Demo, rest),
         ["list", rest @ ..] => (Command::List, rest),
-        ["bench", rest @ ..] => (Command::Bench, rest),
+        ["bench", "quick", rest @ ..] => (Command::Bench { quick: true }, rest),
+        ["bench", rest @ ..] => (Command::Bench { quick: false }, rest),
         ["heapprofile", rest @ ..] => (Command::HeapProfile, rest),
         ["test"] => return Err(CmdlineError::MissingTestName),
         ["test", name, rest @ ..] => (Command::Test(name), rest),

@@ -90,7 +90,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     match cmdline.command {
         Command::Demo => demo::run(boot_info, &report, cpus),
         Command::List => ktest::list(tests::TESTS),
-        Command::Bench => bench::run(),
+        Command::Bench { quick } => bench::run(quick),
         Command::HeapProfile => heapprofile::run(boot_info),
         Command::Test(name) => {
             let mut ctx = ktest::TestCtx {
