@@ -108,16 +108,7 @@ fn main() {
         [KERNEL_PACKAGE],
     );
 
-    let bios = out_dir.join("bios.img");
-    bootloader::BiosBoot::new(&kernel)
-        .create_disk_image(&bios)
-        .unwrap_or_else(|e| {
-            panic!(
-                "creating the BIOS image {} from {}: {e:#}",
-                bios.display(),
-                kernel.display()
-            )
-        });
+    let bios = bios_image(&kernel, out_dir.join("bios.img"), "the BIOS image");
     let uefi = out_dir.join("uefi.img");
     bootloader::UefiBoot::new(&kernel)
         .create_disk_image(&uefi)
@@ -128,39 +119,21 @@ fn main() {
                 kernel.display()
             )
         });
-
-    let bench_bios = out_dir.join("bench-bios.img");
-    bootloader::BiosBoot::new(&bench_kernel)
-        .create_disk_image(&bench_bios)
-        .unwrap_or_else(|e| {
-            panic!(
-                "creating the bench kernel's BIOS image {} from {}: {e:#}",
-                bench_bios.display(),
-                bench_kernel.display()
-            )
-        });
-
-    let example_bios = out_dir.join("example-bios.img");
-    bootloader::BiosBoot::new(&example)
-        .create_disk_image(&example_bios)
-        .unwrap_or_else(|e| {
-            panic!(
-                "creating the example BIOS image {} from {}: {e:#}",
-                example_bios.display(),
-                example.display()
-            )
-        });
-
-    let example_region_bios = out_dir.join("example-region-bios.img");
-    bootloader::BiosBoot::new(&example_region)
-        .create_disk_image(&example_region_bios)
-        .unwrap_or_else(|e| {
-            panic!(
-                "creating the region example's BIOS image {} from {}: {e:#}",
-                example_region_bios.display(),
-                example_region.display()
-            )
-        });
+    let bench_bios = bios_image(
+        &bench_kernel,
+        out_dir.join("bench-bios.img"),
+        "the bench kernel's BIOS image",
+    );
+    let example_bios = bios_image(
+        &example,
+        out_dir.join("example-bios.img"),
+        "the example BIOS image",
+    );
+    let example_region_bios = bios_image(
+        &example_region,
+        out_dir.join("example-region-bios.img"),
+        "the region example's BIOS image",
+    );
 
     println!("cargo:rustc-env=BIOS_IMAGE={}", bios.display());
     // The kernel executable itself, for symbolizing its heap profiles (`go tool pprof KERNEL_ELF ...`).
@@ -175,6 +148,20 @@ fn main() {
         "cargo:rustc-env=EXAMPLE_REGION_BIOS_IMAGE={}",
         example_region_bios.display()
     );
+}
+
+/// Makes the BIOS disk image `image` (`what`, for the error) of the kernel executable `kernel`.
+fn bios_image(kernel: &Path, image: PathBuf, what: &str) -> PathBuf {
+    bootloader::BiosBoot::new(kernel)
+        .create_disk_image(&image)
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating {what} {} from {}: {e:#}",
+                image.display(),
+                kernel.display()
+            )
+        });
+    image
 }
 
 fn var(name: &str) -> String {

@@ -283,7 +283,9 @@ impl Span {
         self.nelems as usize
     }
     /// The object index's reciprocal: `(off * magic) >> 32 == off / elem_size` for every offset in
-    /// the span (`SizeClass::magic`); 0 for a large span, whose one object has index 0.
+    /// the span (`SizeClass::magic`); 0 for a large span, whose one object has index 0. (Read by the
+    /// collector's side table only.)
+    #[cfg(feature = "gc")]
     pub(crate) fn magic(&self) -> u32 {
         self.magic
     }
