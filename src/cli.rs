@@ -98,8 +98,14 @@ where
             }
         }
     }
-    // `bench` measures the kernel as it ships, not the test kernel (build.rs, `kernel-bench`).
-    if qemu.args.first().is_some_and(|word| word == "bench") {
+    // `bench` measures the kernel as it ships, not the test kernel (build.rs, `kernel-bench`). The kernel's
+    // command is its first word that is not a `key=value` option (options may come first).
+    if qemu
+        .args
+        .iter()
+        .find(|word| !word.contains('='))
+        .is_some_and(|command| command == "bench")
+    {
         if qemu.uefi {
             return Err(ArgError(
                 "`bench` boots the bench kernel's BIOS image only: drop --uefi".into(),

@@ -458,9 +458,14 @@ fn runner_parses_options() -> Result<(), Failed> {
     let (qemu, _) = parse_run(&["--smp", "2", "bench"])?;
     assert_eq!(qemu.image, Some(BENCH_BIOS_IMAGE.into()));
     assert_eq!((qemu.smp, qemu.cmdline().as_str()), (2, "bench"));
-    let (qemu, _) = parse_run(&["--", "bench", "quick"])?;
-    assert_eq!(qemu.image, Some(BENCH_BIOS_IMAGE.into()));
-    for args in [&["demo"][..], &["test", "bench"], &["list"]] {
+    for args in [&["--", "bench", "quick"][..], &["log=debug", "bench"]] {
+        assert_eq!(
+            parse_run(args)?.0.image,
+            Some(BENCH_BIOS_IMAGE.into()),
+            "{args:?}"
+        );
+    }
+    for args in [&["demo"][..], &["test", "bench"], &["list"], &["log=debug"]] {
         assert_eq!(parse_run(args)?.0.image, None, "{args:?}");
     }
     assert_eq!(cli::parse(["--help"]), Ok(Action::Help));
