@@ -98,11 +98,12 @@ where
             }
         }
     }
-    // `bench` measures the kernel as it ships, not the test kernel (build.rs, `kernel-bench`). The kernel's
-    // command is its first word that is not a `key=value` option (options may come first).
+    // `bench` measures the kernel as it ships, not the test kernel (build.rs, `kernel-bench`). Found as the
+    // kernel finds its command: the arguments joined with spaces, split at whitespace, the first word
+    // that is not a `key=value` option (options may come first).
     if qemu
-        .args
-        .iter()
+        .cmdline()
+        .split_ascii_whitespace()
         .find(|word| !word.contains('='))
         .is_some_and(|command| command == "bench")
     {

@@ -458,7 +458,14 @@ fn runner_parses_options() -> Result<(), Failed> {
     let (qemu, _) = parse_run(&["--smp", "2", "bench"])?;
     assert_eq!(qemu.image, Some(BENCH_BIOS_IMAGE.into()));
     assert_eq!((qemu.smp, qemu.cmdline().as_str()), (2, "bench"));
-    for args in [&["--", "bench", "quick"][..], &["log=debug", "bench"]] {
+    for args in [
+        &["--", "bench", "quick"][..],
+        &["log=debug", "bench"],
+        // The kernel splits the joined words at whitespace: so does the runner.
+        &["bench quick"],
+        &["", "bench"],
+        &["log=debug bench"],
+    ] {
         assert_eq!(
             parse_run(args)?.0.image,
             Some(BENCH_BIOS_IMAGE.into()),

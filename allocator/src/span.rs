@@ -284,8 +284,8 @@ impl Span {
     }
     /// The object index's reciprocal: `(off * magic) >> 32 == off / elem_size` for every offset in
     /// the span (`SizeClass::magic`); 0 for a large span, whose one object has index 0. (Read by the
-    /// collector's side table only.)
-    #[cfg(feature = "gc")]
+    /// collector's side table only: compiled where the `gc` module is.)
+    #[cfg(any(test, feature = "gc"))]
     pub(crate) fn magic(&self) -> u32 {
         self.magic
     }

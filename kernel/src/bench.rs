@@ -18,9 +18,10 @@
 //!
 //! Build: the runner boots this command in the bench kernel (build.rs), the kernel built as it ships: profile
 //! `kernel-bench`, without debug assertions (and the standard library's unsafe-precondition checks they turn
-//! on) and overflow checks, for spanalloc, its peers and the kernel alike. Booted in the test kernel (its
-//! image given by hand), spanalloc keeps both while the peers still have neither (the root Cargo.toml's
-//! `profile.kernel.package` overrides); the header line says which, and such ratios err against spanalloc.
+//! on) and overflow checks, for spanalloc, its peers and the kernel alike. Booted in the test kernel (only
+//! through the runner's library, `Qemu::image`: its command line always picks the bench kernel),
+//! spanalloc keeps both while the peers still have neither (the root Cargo.toml's `profile.kernel.package`
+//! overrides); the header line says which, and such ratios err against spanalloc.
 //!
 //! `bench quick` runs one repetition of a twentieth of the pairs: a smoke test of the command and the
 //! bench kernel, not a measurement.
