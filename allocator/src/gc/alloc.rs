@@ -272,8 +272,7 @@ impl Inner {
     /// mark workers' (their scan work so far in this mark is credit).
     fn pay(&mut self, bytes: usize, pool: &Pool, crew: Option<&Crew>) {
         if let Some(phase) = self.table_due().filter(|_| bytes > 0) {
-            let t0 = self.now();
-            if self.table_assist(crew, (bytes / 4096).clamp(1, TABLE_ASSIST_UNITS)) {
+            if let Some(t0) = self.table_assist(crew, (bytes / 4096).clamp(1, TABLE_ASSIST_UNITS)) {
                 self.pause_end(t0, PauseKind::Table);
                 if phase != TablePhase::Merging {
                     // What the table is for: workers marking instead of the mutator (conc.rs,

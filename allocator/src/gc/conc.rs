@@ -1165,19 +1165,40 @@ impl Inner {
 
     /// An assist's table work (module docs, "Table assists"), during an allocation rather than at a
     /// safe point: up to `units` units of `Preparing` (listing the chunks the workers took, zeroing
-    /// slots), `Building` (entering pending spans) or `Merging` (merging slots). It neither takes a chunk from the source (a
-    /// page mapping), nor starts jobs (`start` is called at safe points only), nor opens the table (the
-    /// crew and the cells' locks go on at a safe point): where only those are left it does nothing.
-    /// Returns whether it did any unit.
-    pub(crate) fn table_assist(&mut self, crew: Option<&Crew>, units: usize) -> bool {
+    /// slots), `Building` (entering pending spans) or `Merging` (merging slots). It neither takes a
+    /// chunk from the source (a page mapping), nor starts jobs (`start` is called at safe points
+    /// only), nor opens the table (the crew and the cells' locks go on at a safe point): where only
+    /// those are left it does nothing.
+    ///
+    /// Returns when the work began, or `None` if it did no unit. The clock is read only once a unit
+    /// may be done (in `Preparing`, before asking the crew for chunks): an assist in a phase with
+    /// nothing for it, or without a crew to ask, reads no clock.
+    pub(crate) fn table_assist(&mut self, crew: Option<&Crew>, units: usize) -> Option<u64> {
         #[cfg(test)]
         if self.table_assists_off {
-            return false;
+            return None;
         }
         let source = self.marker.source;
+        let mut began = None;
         let mut did = false;
         for _ in 0..units {
             let mut last = false;
+            let Some(table) = self.conc_table.as_ref() else {
+                break;
+            };
+            let work = match table.phase() {
+                // Adopting the chunks the workers took is the unit's first part.
+                TablePhase::Preparing => table.chunks >= table.need || crew.is_some(),
+                TablePhase::Building => self.spans.pending_count() > 0,
+                TablePhase::Open => false,
+                TablePhase::Merging => true,
+            };
+            if !work {
+                break;
+            }
+            if began.is_none() {
+                began = Some(self.now());
+            }
             let Some(table) = self.conc_table.as_mut() else {
                 break;
             };
@@ -1209,7 +1230,7 @@ impl Inner {
                 break;
             }
         }
-        did
+        began.filter(|_| did)
     }
 
     /// Stops using the workers (the crew is stopped, none inside): folds in what they did.
