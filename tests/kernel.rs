@@ -238,7 +238,8 @@ fn pprof_names(bytes: &[u8], names: &[&str]) -> Result<(), Failed> {
 }
 
 /// `bench quick` through the runner's own command line: it must boot the bench kernel (built without
-/// debug assertions, so its header says so) and print a ratio against each peer for 1, 2 and 4 CPUs.
+/// debug assertions, so its header says so) and print a ratio against each peer for 1, 2 and 4 CPUs,
+/// with the range of the per-repetition ratios around it.
 fn bench_quick() -> Result<(), Failed> {
     let (qemu, _) = parse_run(&["bench", "quick"])?;
     let qemu = Qemu {
@@ -264,9 +265,27 @@ fn bench_quick() -> Result<(), Failed> {
                 .find_map(|l| l.strip_prefix(prefix.as_str()))
                 .and_then(|r| r.strip_suffix('x'))
                 .and_then(|r| r.parse::<f64>().ok());
-            if !ratio.is_some_and(|r| r > 0.0) {
+            let Some(ratio) = ratio.filter(|&r| r > 0.0) else {
                 return Err(format!(
                     "no positive `{prefix}<ratio>x` line\n{}",
+                    describe(&qemu, &outcome)
+                )
+                .into());
+            };
+            // The spread of the per-repetition ratios must hold the median.
+            let prefix = format!("BENCH_RATIO_RANGE spanalloc/{peer} {cpus} ");
+            let range: Option<Vec<f64>> = serial
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|r| {
+                    r.split(' ')
+                        .filter_map(|x| x.strip_suffix('x')?.parse().ok())
+                        .collect()
+                });
+            if !range.is_some_and(|r| r.len() == 2 && 0.0 < r[0] && r[0] <= ratio && ratio <= r[1])
+            {
+                return Err(format!(
+                    "no `{prefix}<least>x <greatest>x` line around the median {ratio}\n{}",
                     describe(&qemu, &outcome)
                 )
                 .into());

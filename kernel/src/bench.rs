@@ -4,8 +4,10 @@
 //! `linked_list_allocator::LockedHeap` (one spin lock around a first-fit free list), each over an arena of
 //! its own.
 //!
-//! Output: a table, then one line per measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, and one per ratio,
-//! `BENCH_RATIO spanalloc/<peer> <cpus> <ratio>x`, for scripts.
+//! Output: a table and the spread of the per-repetition ratios, then, for scripts, one line per
+//! measurement, `BENCH <allocator> <cpus> <ops_per_sec>`, and two per ratio,
+//! `BENCH_RATIO spanalloc/<peer> <cpus> <median>x` and `BENCH_RATIO_RANGE spanalloc/<peer> <cpus>
+//! <least>x <greatest>x`.
 //!
 //! Method: every CPU of a run does the same number of operations (so total work grows with the CPUs: ideal
 //! scaling keeps the time flat and multiplies ops/s); a run's time is from the first CPU's start to the last
@@ -162,6 +164,23 @@ fn median(mut samples: Vec<u64>) -> u64 {
     samples[samples.len() / 2]
 }
 
+/// The median, least and greatest of some per-repetition ratios.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: u64,
+    least: u64,
+    greatest: u64,
+}
+
+fn spread(mut samples: Vec<u64>) -> Spread {
+    samples.sort_unstable();
+    Spread {
+        median: samples[samples.len() / 2],
+        least: samples[0],
+        greatest: samples[samples.len() - 1],
+    }
+}
+
 pub fn run(quick: bool) -> ! {
     let (pairs, repeats) = if quick {
         (PAIRS_PER_CPU / QUICK_DIVISOR, 1)
@@ -199,8 +218,9 @@ pub fn run(quick: bool) -> ! {
         crate::smp::shootdown::requests(),
     );
     let mut results: Vec<(&str, usize, u64)> = Vec::new();
-    // Per CPU count: median of the per-repetition ratios spanalloc/buddy and spanalloc/linked, in 1/100.
-    let mut ratios: Vec<(usize, u64, u64)> = Vec::new();
+    // Per CPU count: the per-repetition ratios spanalloc/buddy and spanalloc/linked, in 1/100, as
+    // (median, least, greatest).
+    let mut ratios: Vec<(usize, Spread, Spread)> = Vec::new();
     let ratio = |a: u64, b: u64| a * 100 / b.max(1);
     for &cpus in &counts {
         let mut samples: [Vec<u64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
@@ -216,7 +236,7 @@ pub fn run(quick: bool) -> ! {
             }
         }
         let per_rep = |other: usize| {
-            median(
+            spread(
                 (0..repeats)
                     .map(|r| ratio(samples[0][r], samples[other][r]))
                     .collect(),
@@ -237,13 +257,25 @@ pub fn run(quick: bool) -> ! {
         let (ours, buddy, linked) = (row[0].2, row[1].2, row[2].2);
         println!(
             "bench: {cpus:>5} {ours:>16} {buddy:>16} {linked:>16} {:>9} {:>9}",
-            shown(vs_buddy),
-            shown(vs_linked)
+            shown(vs_buddy.median),
+            shown(vs_linked.median)
         );
     }
     println!(
         "bench: ops/s are medians; the ratios are medians of the {repeats} per-repetition ratios"
     );
+    // The spread says how far one boot's figure can be trusted: under TCG the ratio also moves
+    // from boot to boot (README, "Benchmarks").
+    for &(cpus, vs_buddy, vs_linked) in &ratios {
+        println!(
+            "bench: cpus {cpus}: per-repetition ratios from least to greatest: vs buddy {} to {}, \
+             vs linked {} to {}",
+            shown(vs_buddy.least),
+            shown(vs_buddy.greatest),
+            shown(vs_linked.least),
+            shown(vs_linked.greatest)
+        );
+    }
     let stats = HEAP.stats();
     println!(
         "bench: spanalloc released {} pages ({} TLB shootdowns); {} operations interrupted a fast path",
@@ -255,14 +287,17 @@ pub fn run(quick: bool) -> ! {
         println!("BENCH {name} {cpus} {ops}");
     }
     for (cpus, vs_buddy, vs_linked) in &ratios {
-        println!(
-            "BENCH_RATIO spanalloc/buddy_locked {cpus} {}",
-            shown(*vs_buddy)
-        );
-        println!(
-            "BENCH_RATIO spanalloc/linked_list_locked {cpus} {}",
-            shown(*vs_linked)
-        );
+        for (peer, r) in [
+            ("buddy_locked", vs_buddy),
+            ("linked_list_locked", vs_linked),
+        ] {
+            println!("BENCH_RATIO spanalloc/{peer} {cpus} {}", shown(r.median));
+            println!(
+                "BENCH_RATIO_RANGE spanalloc/{peer} {cpus} {} {}",
+                shown(r.least),
+                shown(r.greatest)
+            );
+        }
     }
     println!("bench: done in {} ms", clock.elapsed().as_millis());
     qemu::exit(qemu::ExitCode::Success)
