@@ -445,9 +445,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let cpu = self.platform.cpu_index_slow();
         if P::SAMPLING {
-            // SAFETY: `cpu` is ours and interrupts are masked until we return.
             // The stack is recorded from this function's frame out: it starts in the heap's caller.
             let frame = crate::profile::stack::current_frame();
+            // SAFETY: `cpu` is ours and interrupts are masked until we return.
             if let Some(p) = unsafe { self.sample_small(cpu, layout, frame) } {
                 return p;
             }

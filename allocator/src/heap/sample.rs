@@ -441,8 +441,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         if self.sampler.in_pool(addr) {
             let pool = self.sampler.pool.lock();
-            // SAFETY: as in `alloc_guarded`.
             return pool.is_some_and(|p| {
+                // SAFETY: as in `alloc_guarded`.
                 unsafe { p.as_ref() }.live_size(addr) == Some(layout.size().max(1))
             });
         }
