@@ -95,9 +95,20 @@ fn size(rng: &mut Rng) -> usize {
 /// alloc and free melt into it, which no kernel's `Box` gets). Inside, each allocator's own code is
 /// inlined as its crate allows.
 ///
+/// Each contestant's `alloc_call`, `dealloc_call` and `workload` start a page of their own. QEMU's
+/// TCG chains translated blocks directly only within a guest page; a jump to another page goes
+/// through a lookup. Placed by the linker, one contestant's code could straddle a page boundary and
+/// pay that lookup on its fast path while another's did not: in one build buddy's `alloc_call`
+/// began 16 bytes before a page boundary, in another spanalloc's `workload` crossed one, and the
+/// 1-CPU ratio moved with such builds. Page-aligned, the calls between the three cross pages for
+/// every contestant, and none of the three crosses one itself. What the compiler inlines into them
+/// is still its choice: a peer's `GlobalAlloc` methods kept out of line cost that peer one more jump
+/// to another page per call (spanalloc's `alloc` and `dealloc` are `#[inline]`).
+///
 /// # Safety
 /// As `GlobalAlloc::alloc`.
 #[inline(never)]
+#[rustc_align(4096)]
 unsafe fn alloc_call<A: GlobalAlloc>(heap: &A, layout: Layout) -> *mut u8 {
     // SAFETY: forwarded from the caller.
     unsafe { heap.alloc(layout) }
@@ -108,12 +119,14 @@ unsafe fn alloc_call<A: GlobalAlloc>(heap: &A, layout: Layout) -> *mut u8 {
 /// # Safety
 /// As `GlobalAlloc::dealloc`.
 #[inline(never)]
+#[rustc_align(4096)]
 unsafe fn dealloc_call<A: GlobalAlloc>(heap: &A, p: *mut u8, layout: Layout) {
     // SAFETY: forwarded from the caller.
     unsafe { heap.dealloc(p, layout) }
 }
 
 /// One CPU's share: `pairs` allocations and as many frees, touching each block's first and last byte.
+#[rustc_align(4096)]
 fn workload<A: GlobalAlloc>(heap: &A, seed: u64, pairs: u64) {
     let mut rng = Rng(seed);
     let mut ring: [(*mut u8, Layout); LIVE] = [(core::ptr::null_mut(), Layout::new::<u8>()); LIVE];

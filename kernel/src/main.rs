@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
+// `#[rustc_align]` on the benchmark's functions (bench.rs).
+#![feature(fn_align)]
 
 extern crate alloc;
 
