@@ -419,6 +419,7 @@ fn holds_objects_cross_between_the_locked_and_the_cached_path() {
     // SAFETY: test code.
     let a: Vec<usize> = on_cpu(100, || {
         (0..500)
+            // SAFETY: `alloc` with `l`, a valid layout of non-zero size.
             .map(|_| unsafe { heap.alloc(l) } as usize)
             .collect()
     });
@@ -500,6 +501,9 @@ fn holds_index_recycling_with_thread_local_destructors() {
                         let l = lay(8 + (i * 37 + t) % 900);
                         // SAFETY: test code.
                         let p = unsafe { heap.alloc(l) };
+                        // SAFETY: `p` is a fresh block of `l.size()` bytes. Not checked for null:
+                        // this relies on the heap having room (a round asks for under 5 MB of its
+                        // 256 MiB).
                         unsafe { core::ptr::write_bytes(p, p as u8, l.size()) };
                         mine.push((p as usize, l));
                     }
@@ -583,6 +587,9 @@ fn holds_cpus_between_platform_max_and_max_cpus() {
                     let l = lay(if i % 50 == 0 { 40 << 10 } else { 8 + i % 2000 });
                     // SAFETY: test code.
                     let p = unsafe { heap.alloc(l) };
+                    // SAFETY: `p` is a fresh block of `l.size()` bytes. Not checked for null: this
+                    // relies on the heap having room (each of the six threads holds a few MiB at
+                    // most, of 32 MiB).
                     unsafe { core::ptr::write_bytes(p, cpu as u8, l.size()) };
                     live.push((p, l));
                     if i % 3 == 0 {
@@ -590,6 +597,8 @@ fn holds_cpus_between_platform_max_and_max_cpus() {
                         // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
                         let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
                         assert!(s.iter().all(|&b| b == cpu as u8));
+                        // SAFETY: taken out of `live`: a block of this heap allocated with `l`,
+                        // freed once.
                         unsafe { heap.dealloc(p, l) };
                     }
                 }

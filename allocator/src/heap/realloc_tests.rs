@@ -234,6 +234,8 @@ fn a_large_object_kept_at_a_small_class_is_freed_by_that_layout_only() {
     );
     // SAFETY: test code: a deliberately bad free or realloc, refused before anything changes.
     let msg = panic_message(|| {
+        // SAFETY: deliberately not: `p` is now kept at the 30 000 B class, not this layout; the
+        // heap must refuse it with a panic before copying or resizing (what this test checks).
         unsafe { heap.realloc(p, lay(64 << 10), 100 << 10) };
     });
     assert!(
@@ -249,6 +251,8 @@ fn a_large_object_kept_at_a_small_class_is_freed_by_that_layout_only() {
     );
     // SAFETY: test code: a deliberately bad free or realloc, refused before anything changes.
     let msg = panic_message(|| {
+        // SAFETY: deliberately not: the wrong small class for `p`; the heap must refuse it with a
+        // panic before copying or resizing (what this test checks).
         unsafe { heap.realloc(p, lay(9000), 12_000) };
     });
     assert!(
@@ -287,6 +291,8 @@ fn a_double_free_after_an_in_place_shrink_is_refused() {
         );
         // SAFETY: test code: a deliberately bad free or realloc, refused before anything changes.
         let msg = panic_message(|| {
+            // SAFETY: deliberately not: `p` was freed just above; the heap must refuse it with a
+            // panic before copying anything (what this test checks).
             unsafe { heap.realloc(p, lay(new), 64 << 10) };
         });
         assert!(

@@ -72,8 +72,13 @@ fn double_free_at_once_is_named_and_changes_nothing() {
     let l = lay(16);
     // SAFETY: test code throughout: pointers are blocks of this heap with this layout (or deliberately not).
     let p = unsafe { heap.alloc(l) };
+    // SAFETY: `l` is a valid layout of non-zero size.
     let keep = unsafe { heap.alloc(l) };
+    // SAFETY: `p` was just allocated with `l`; freed once here.
     unsafe { heap.dealloc(p, l) };
+    // SAFETY: deliberately not: a double free (`p` waits in the CPU cache), which the heap must
+    // refuse with a panic (what this test checks); the heap reads only its own free mark in the
+    // object: no user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
     assert!(
         msg.contains("double free") && msg.contains("CPU cache"),
@@ -92,9 +97,15 @@ fn double_free_after_the_object_went_back_to_its_span() {
     let l = lay(48);
     // SAFETY: test code.
     let p = unsafe { heap.alloc(l) };
+    // SAFETY: `l` is a valid layout of non-zero size.
     let keep = unsafe { heap.alloc(l) };
+    // SAFETY: `p` was just allocated with `l`; freed once here.
     unsafe { heap.dealloc(p, l) };
     heap.trim(); // the object leaves the cache for its span
+
+    // SAFETY: deliberately not: a double free (`p` is back in its span), which the heap must refuse
+    // with a panic (what this test checks); the heap reads only its own free mark in the object: no
+    // user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
     assert!(
         msg.contains("double free") && msg.contains("in its span"),
@@ -109,6 +120,9 @@ fn interior_pointer_of_a_small_object_is_named() {
     let l = lay(64);
     // SAFETY: test code.
     let p = unsafe { heap.alloc(l) };
+    // SAFETY: `p.add(8)` stays inside the 64 B block; the free is deliberately not valid: an
+    // interior pointer, which the heap must refuse with a panic (what this test checks), from its
+    // span map, before it reads anything at the address.
     let msg = panic_message(|| unsafe { heap.dealloc(p.add(8), l) });
     assert!(
         msg.contains("interior pointer") && msg.contains(&std::format!("{:#x}", p as usize)),
@@ -128,6 +142,9 @@ fn free_of_a_slot_never_handed_out_is_named() {
     let base = (p as usize & !(PAGE_SIZE - 1)) as *mut u8;
     assert_ne!(base, p);
     let cached = base;
+    // SAFETY: deliberately not: a slot never handed out, waiting in this CPU's cache, which the
+    // heap must refuse with a panic (what this test checks); the heap reads only its own free mark
+    // in the object: no user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(cached, l) });
     assert!(
         msg.contains("double free") && msg.contains("CPU cache"),
@@ -135,6 +152,9 @@ fn free_of_a_slot_never_handed_out_is_named() {
     );
     // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let never = unsafe { base.add(400 * 16) };
+    // SAFETY: deliberately not: a slot never handed out, free in its span, which the heap must
+    // refuse with a panic (what this test checks); the heap reads only its own free mark in the
+    // object: no user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(never, l) });
     assert!(msg.contains("in its span"), "{msg}");
     assert_no_double_handout(heap, l, &[p]);
@@ -151,6 +171,8 @@ fn free_in_a_span_tail_is_named() {
     let p = unsafe { heap.alloc(l) };
     let base = p as usize & !(PAGE_SIZE - 1);
     let tail = (base + 170 * 48) as *mut u8;
+    // SAFETY: deliberately not: an address in the span's unused tail, which the heap must refuse
+    // with a panic (what this test checks) from the offset alone, reading nothing there.
     let msg = panic_message(|| unsafe { heap.dealloc(tail, l) });
     assert!(msg.contains("tail"), "{msg}");
 }
@@ -191,12 +213,17 @@ fn realloc_checks_before_it_copies_or_resizes() {
     // A freed pointer in one class.
     // SAFETY: test code.
     let p = unsafe { heap.alloc(lay(16)) };
+    // SAFETY: `p` was just allocated with this layout; freed once here.
     unsafe { heap.dealloc(p, lay(16)) };
+    // SAFETY: deliberately not: a realloc of the freed `p`, which the heap must refuse with a panic
+    // before copying (what this test checks); the heap reads only its own free mark in the object:
+    // no user memory.
     let msg = panic_message(|| unsafe {
         heap.realloc(p, lay(16), 12);
     });
     assert!(msg.contains("double free"), "{msg}");
     // An old layout larger than the object: refused before copying 4096 bytes out of a 16 B object.
+    // SAFETY: a valid layout of non-zero size.
     let q = unsafe { heap.alloc(lay(16)) };
     // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let msg = panic_message(|| unsafe {
@@ -205,6 +232,8 @@ fn realloc_checks_before_it_copies_or_resizes() {
     assert!(msg.contains("size class differs"), "{msg}");
     // A large layout at a small span's base: refused before resizing the span as if it were large.
     let base = (q as usize & !(PAGE_SIZE - 1)) as *mut u8;
+    // SAFETY: deliberately not: a large layout at a small span's base, which the heap must refuse
+    // with a panic before resizing anything (what this test checks).
     let msg = panic_message(|| unsafe {
         heap.realloc(base, lay(64 << 10), 128 << 10);
     });
@@ -215,11 +244,15 @@ fn realloc_checks_before_it_copies_or_resizes() {
     // A large object with the wrong size.
     // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let big = unsafe { heap.alloc(lay(64 << 10)) };
+    // SAFETY: deliberately not: `big` with a layout twice its size, which the heap must refuse with
+    // a panic before copying or resizing (what this test checks).
     let msg = panic_message(|| unsafe {
         heap.realloc(big, lay(128 << 10), 256 << 10);
     });
     assert!(msg.contains("size differs"), "{msg}");
     // Correct use still works, and nothing was lost.
+    // SAFETY: the refused calls above changed nothing: `big` is live with `lay(64 << 10)`, then
+    // `big2` with `lay(100 << 10)`, `q` with `lay(16)`; each freed once.
     unsafe {
         let big2 = heap.realloc(big, lay(64 << 10), 100 << 10);
         assert!(!big2.is_null());
@@ -235,8 +268,11 @@ fn large_free_with_a_wrong_size_is_refused() {
     let heap = small_heap();
     // SAFETY: test code.
     let p = unsafe { heap.alloc(lay(40 << 10)) };
+    // SAFETY: deliberately not: `p` with ten times its size, which the heap must refuse with a
+    // panic before anything changes (what this test checks).
     let msg = panic_message(|| unsafe { heap.dealloc(p, lay(400 << 10)) });
     assert!(msg.contains("size differs"), "{msg}");
+    // SAFETY: the refused free changed nothing: `p` is live with this layout; freed once.
     unsafe { heap.dealloc(p, lay(40 << 10)) };
 }
 
@@ -263,6 +299,8 @@ fn alignments_up_to_a_gibibyte_are_met() {
                 0,
                 "Layout({size}, {align:#x}) gave {p:?}"
             );
+            // SAFETY: `p` is a fresh non-null block of `size` bytes of layout `l`: bytes 0 and
+            // `size - 1` are in it; then freed once with `l`.
             unsafe {
                 p.write(1);
                 p.add(size - 1).write(2);
@@ -296,6 +334,7 @@ proptest! {
             // SAFETY: test code: live blocks of this heap.
             let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
             prop_assert!(s.iter().all(|&b| b == v));
+            // SAFETY: `p` was allocated with `l` above and is freed once here.
             unsafe { heap.dealloc(p, l) };
         }
     }
@@ -309,6 +348,7 @@ fn unlimited_max_bytes_initializes_at_once() {
         // SAFETY: test code.
         let p = unsafe { heap.alloc(lay(100)) };
         assert!(!p.is_null());
+        // SAFETY: `p` was just allocated with this layout (non-null); freed once here.
         unsafe { heap.dealloc(p, lay(100)) };
     }
 }
@@ -344,8 +384,10 @@ fn a_limit_below_one_arena_is_honoured() {
         unsafe { heap.dealloc(p, l) };
     }
     // Small objects still work at the limit's edge.
+    // SAFETY: a valid layout of non-zero size.
     let p = unsafe { heap.alloc(lay(32)) };
     assert!(!p.is_null());
+    // SAFETY: `p` was just allocated with this layout (non-null); freed once here.
     unsafe { heap.dealloc(p, lay(32)) };
 }
 
@@ -415,6 +457,8 @@ fn platform_max_cpus_is_honoured() {
             let distinct: BTreeSet<_> = ps.iter().collect();
             assert_eq!(distinct.len(), 100);
             for p in ps {
+                // SAFETY: each `p` was allocated above with `lay(32)` (non-null, distinct); freed
+                // once.
                 unsafe { heap.dealloc(p, lay(32)) };
             }
         });
@@ -448,16 +492,21 @@ fn more_threads_than_caches() {
                         // SAFETY: test code.
                         let p = unsafe { heap.alloc(l) };
                         assert!(!p.is_null());
+                        // SAFETY: `p` is a fresh non-null block of `l.size()` bytes.
                         unsafe { core::ptr::write_bytes(p, v, l.size()) };
                         live.push((p, l, v));
                     } else if let Some((p, l, v)) = live.pop() {
                         // SAFETY: test code: a live block of this heap, written by this thread.
                         let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
                         assert!(s.iter().all(|&b| b == v), "block {p:?} overwritten");
+                        // SAFETY: popped from `live`: allocated with `l` by this thread, freed once
+                        // here.
                         unsafe { heap.dealloc(p, l) };
                     }
                 }
                 for (p, l, _) in live {
+                    // SAFETY: the blocks still in `live`: allocated with `l`, not freed yet; freed
+                    // once.
                     unsafe { heap.dealloc(p, l) };
                 }
             });
@@ -482,6 +531,7 @@ fn a_small_machine_serves_every_cpu() {
                     .collect();
                 assert!(ps.iter().all(|p| !p.is_null()), "CPU {cpu} got null");
                 for p in ps {
+                    // SAFETY: each `p` was allocated above with `lay(24)` (non-null); freed once.
                     unsafe { heap.dealloc(p, lay(24)) };
                 }
             });
@@ -585,6 +635,8 @@ unsafe fn ptr_check(p: *mut u8, len: usize) {
     for i in 0..len {
         // SAFETY: the caller's `len` bytes.
         assert_eq!(
+            // SAFETY: the caller's `len` bytes at `p`, initialized: every caller here filled them
+            // (`ptr_fill`, or a realloc of a filled block).
             unsafe { p.add(i).read() },
             i as u8 ^ 0x5a,
             "byte {i} changed"

@@ -309,6 +309,7 @@ fn bootloader_tables_are_never_freed() {
     assert_eq!(frames.free_frames(), baseline);
     // SAFETY: as above.
     assert_eq!(
+        // SAFETY: `slot` is P4 entry 5, 8-aligned, in the fake memory `mem` still holds.
         unsafe { slot.read() },
         boot_p3 | 0b11,
         "the bootloader's P3 was unlinked"

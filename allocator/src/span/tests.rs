@@ -428,6 +428,8 @@ proptest! {
             match *op {
                 // SAFETY: fresh boxed spans, in no list, freed only after the list is done with them.
                 ListOp::Front => { let s = boxed(k as u64); unsafe { list.push_front(s) }; model.push_front((k as u64, s)); }
+                // SAFETY: as above: a fresh boxed span, in no list, freed after the list is done
+                // with it.
                 ListOp::Back => { let s = boxed(k as u64); unsafe { list.push_back(s) }; model.push_back((k as u64, s)); }
                 ListOp::Pop => {
                     let got = list.pop();
