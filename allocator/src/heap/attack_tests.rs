@@ -501,9 +501,8 @@ fn holds_index_recycling_with_thread_local_destructors() {
                         let l = lay(8 + (i * 37 + t) % 900);
                         // SAFETY: test code.
                         let p = unsafe { heap.alloc(l) };
-                        // SAFETY: `p` is a fresh block of `l.size()` bytes. Not checked for null:
-                        // this relies on the heap having room (a round asks for under 5 MB of its
-                        // 256 MiB).
+                        assert!(!p.is_null(), "out of memory for {l:?}");
+                        // SAFETY: `p` is a fresh block of `l.size()` bytes (not null: checked).
                         unsafe { core::ptr::write_bytes(p, p as u8, l.size()) };
                         mine.push((p as usize, l));
                     }
@@ -587,9 +586,8 @@ fn holds_cpus_between_platform_max_and_max_cpus() {
                     let l = lay(if i % 50 == 0 { 40 << 10 } else { 8 + i % 2000 });
                     // SAFETY: test code.
                     let p = unsafe { heap.alloc(l) };
-                    // SAFETY: `p` is a fresh block of `l.size()` bytes. Not checked for null: this
-                    // relies on the heap having room (each of the six threads holds a few MiB at
-                    // most, of 32 MiB).
+                    assert!(!p.is_null(), "out of memory for {l:?}");
+                    // SAFETY: `p` is a fresh block of `l.size()` bytes (not null: checked).
                     unsafe { core::ptr::write_bytes(p, cpu as u8, l.size()) };
                     live.push((p, l));
                     if i % 3 == 0 {

@@ -766,7 +766,6 @@ fn swings_keep_their_pages_and_a_lower_level_returns_them() {
         unsafe { p.write_bytes(0x5a, big.size()) };
         p
     };
-    // SAFETY (both closures' blocks): test code: live blocks of this heap with this layout, freed once.
     // SAFETY: every `p` passed to `free` comes from `alloc` above (layout `big`), freed once.
     let free = |p: *mut u8| unsafe { heap.dealloc(p, big) };
     // 64 MiB live, then ten swings down to 16 MiB and back.
