@@ -272,14 +272,14 @@ fn bench_quick() -> Result<(), Failed> {
                 )
                 .into());
             };
-            // The spread of the per-repetition ratios must hold the median.
+            // The spread of the per-repetition ratios (three repetitions) must hold the median.
             let prefix = format!("BENCH_RATIO_RANGE spanalloc/{peer} {cpus} ");
             let range: Option<Vec<f64>> = serial
                 .lines()
                 .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .map(|r| {
+                .and_then(|r| {
                     r.split(' ')
-                        .filter_map(|x| x.strip_suffix('x')?.parse().ok())
+                        .map(|x| x.strip_suffix('x')?.parse().ok())
                         .collect()
                 });
             if !range.is_some_and(|r| r.len() == 2 && 0.0 < r[0] && r[0] <= ratio && ratio <= r[1])

@@ -25,8 +25,8 @@
 //! spanalloc keeps both while the peers still have neither (the root Cargo.toml's `profile.kernel.package`
 //! overrides); the header line says which, and such ratios err against spanalloc.
 //!
-//! `bench quick` runs one repetition of a twentieth of the pairs: a smoke test of the command and the
-//! bench kernel, not a measurement.
+//! `bench quick` runs three repetitions of a sixtieth of the pairs each: a smoke test of the command and
+//! the bench kernel, not a measurement.
 //!
 //! Invariant: the peer heaps are only used here, and never from an interrupt handler (their locks do not
 //! mask interrupts, so an allocating handler could deadlock on them).
@@ -40,13 +40,15 @@ use buddy_system_allocator::LockedHeap;
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Alloc+free pairs per CPU per run (`bench quick`: a twentieth).
+/// Alloc+free pairs per CPU per run (`bench quick`: a sixtieth).
 const PAIRS_PER_CPU: u64 = 400_000;
 /// Blocks each CPU keeps live (a ring: each allocation replaces the oldest block).
 const LIVE: usize = 64;
 const REPEATS: usize = 7;
 /// `bench quick`'s share of the pairs.
-const QUICK_DIVISOR: u64 = 20;
+const QUICK_DIVISOR: u64 = 60;
+/// `bench quick`'s repetitions: more than one, so that its spread is a real least and greatest.
+const QUICK_REPEATS: usize = 3;
 /// Each peer heap's arena.
 const PEER_ARENA: usize = 32 << 20;
 
@@ -95,7 +97,7 @@ fn size(rng: &mut Rng) -> usize {
 /// alloc and free melt into it, which no kernel's `Box` gets). Inside, each allocator's own code is
 /// inlined as its crate allows.
 ///
-/// Each contestant's `alloc_call`, `dealloc_call` and `workload` start a page of their own. QEMU's
+/// Each contestant's `alloc_call`, `dealloc_call` and `workload` start on a page boundary. QEMU's
 /// TCG chains translated blocks directly only within a guest page; a jump to another page goes
 /// through a lookup. Placed by the linker, one contestant's code could straddle a page boundary and
 /// pay that lookup on its fast path while another's did not: in one build buddy's `alloc_call`
@@ -103,7 +105,8 @@ fn size(rng: &mut Rng) -> usize {
 /// 1-CPU ratio moved with such builds. Page-aligned, the calls between the three cross pages for
 /// every contestant, and none of the three crosses one itself. What the compiler inlines into them
 /// is still its choice: a peer's `GlobalAlloc` methods kept out of line cost that peer one more jump
-/// to another page per call (spanalloc's `alloc` and `dealloc` are `#[inline]`).
+/// per call, to another page (buddy's, in some builds), or an indirect jump through the GOT, which
+/// TCG never chains (linked-list's); spanalloc's `alloc` and `dealloc` are `#[inline]`.
 ///
 /// # Safety
 /// As `GlobalAlloc::alloc`.
@@ -196,7 +199,7 @@ fn spread(mut samples: Vec<u64>) -> Spread {
 
 pub fn run(quick: bool) -> ! {
     let (pairs, repeats) = if quick {
-        (PAIRS_PER_CPU / QUICK_DIVISOR, 1)
+        (PAIRS_PER_CPU / QUICK_DIVISOR, QUICK_REPEATS)
     } else {
         (PAIRS_PER_CPU, REPEATS)
     };

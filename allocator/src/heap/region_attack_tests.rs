@@ -530,7 +530,7 @@ fn random_regions_and_operations_keep_every_block_in_its_regions() {
         if let Err(InitError::RegionTooSmall { needed, .. }) =
             // SAFETY: the first `first` bytes of `all`, a leaked buffer: nothing else touches them.
             // If refused (too small), the heap wrote nothing there and keeps nothing: the retry
-            // below gives the same bytes again.
+            // below gives a longer prefix of the same buffer.
             unsafe { heap.init_region_with_reach(base as *mut u8, first, reach) }
         {
             first = needed as usize + rng.below(100 << 10) as usize;

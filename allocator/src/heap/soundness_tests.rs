@@ -77,8 +77,9 @@ fn double_free_at_once_is_named_and_changes_nothing() {
     // SAFETY: `p` was just allocated with `l`; freed once here.
     unsafe { heap.dealloc(p, l) };
     // SAFETY: deliberately not: a double free (`p` waits in the CPU cache), which the heap must
-    // refuse with a panic (what this test checks); the heap reads only its own free mark in the
-    // object: no user memory.
+    // refuse with a panic (what this test checks); the heap
+    // touches only its own free-mark word in the object (read, and stamped again unchanged): no
+    // user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
     assert!(
         msg.contains("double free") && msg.contains("CPU cache"),
@@ -104,7 +105,8 @@ fn double_free_after_the_object_went_back_to_its_span() {
     heap.trim(); // the object leaves the cache for its span
 
     // SAFETY: deliberately not: a double free (`p` is back in its span), which the heap must refuse
-    // with a panic (what this test checks); the heap reads only its own free mark in the object: no
+    // with a panic (what this test checks); the heap
+    // touches only its own free-mark word in the object (read, and stamped again unchanged): no
     // user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(p, l) });
     assert!(
@@ -143,8 +145,9 @@ fn free_of_a_slot_never_handed_out_is_named() {
     assert_ne!(base, p);
     let cached = base;
     // SAFETY: deliberately not: a slot never handed out, waiting in this CPU's cache, which the
-    // heap must refuse with a panic (what this test checks); the heap reads only its own free mark
-    // in the object: no user memory.
+    // heap must refuse with a panic (what this test checks); the heap
+    // touches only its own free-mark word in the object (read, and stamped again unchanged): no
+    // user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(cached, l) });
     assert!(
         msg.contains("double free") && msg.contains("CPU cache"),
@@ -153,8 +156,9 @@ fn free_of_a_slot_never_handed_out_is_named() {
     // SAFETY: test code: blocks of this heap with their layouts, or deliberately not.
     let never = unsafe { base.add(400 * 16) };
     // SAFETY: deliberately not: a slot never handed out, free in its span, which the heap must
-    // refuse with a panic (what this test checks); the heap reads only its own free mark in the
-    // object: no user memory.
+    // refuse with a panic (what this test checks); the heap
+    // touches only its own free-mark word in the object (read, and stamped again unchanged): no
+    // user memory.
     let msg = panic_message(|| unsafe { heap.dealloc(never, l) });
     assert!(msg.contains("in its span"), "{msg}");
     assert_no_double_handout(heap, l, &[p]);
@@ -216,8 +220,9 @@ fn realloc_checks_before_it_copies_or_resizes() {
     // SAFETY: `p` was just allocated with this layout; freed once here.
     unsafe { heap.dealloc(p, lay(16)) };
     // SAFETY: deliberately not: a realloc of the freed `p`, which the heap must refuse with a panic
-    // before copying (what this test checks); the heap reads only its own free mark in the object:
-    // no user memory.
+    // before copying (what this test checks); the heap
+    // touches only its own free-mark word in the object (read, and stamped again unchanged): no
+    // user memory.
     let msg = panic_message(|| unsafe {
         heap.realloc(p, lay(16), 12);
     });
