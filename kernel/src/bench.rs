@@ -175,12 +175,7 @@ fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize, pairs: u64) -> u64 {
     (u128::from(ops) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64
 }
 
-fn median(mut samples: Vec<u64>) -> u64 {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
-
-/// The median, least and greatest of some per-repetition ratios.
+/// The median, least and greatest of some samples (ops/s or per-repetition ratios).
 #[derive(Clone, Copy)]
 struct Spread {
     median: u64,
@@ -260,9 +255,9 @@ pub fn run(quick: bool) -> ! {
         };
         ratios.push((cpus, per_rep(1), per_rep(2)));
         let [ours, buddy, linked] = samples;
-        results.push(("spanalloc", cpus, median(ours)));
-        results.push(("buddy_locked", cpus, median(buddy)));
-        results.push(("linked_list_locked", cpus, median(linked)));
+        results.push(("spanalloc", cpus, spread(ours).median));
+        results.push(("buddy_locked", cpus, spread(buddy).median));
+        results.push(("linked_list_locked", cpus, spread(linked).median));
     }
     println!(
         "bench: {:>5} {:>16} {:>16} {:>16} {:>9} {:>9}",
