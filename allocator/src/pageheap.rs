@@ -64,6 +64,16 @@
 //! a quarter of its excess over the highest use seen in that epoch. So memory a workload stopped using is
 //! returned after it turned the heap over a few times (90% of it after 8 turns); `Heap::trim` returns it
 //! at once. (Go keeps 10% over its heap goal, itself twice the live heap by default.)
+//!
+//! All of that only under memory pressure: while at least a quarter of the frames the frame allocator
+//! manages are free (`frames_scarce` is false), the policy releases nothing. A frame the scavenger
+//! unmaps goes back to that allocator, not to some other system, and serves only those who take frames
+//! from it: the heap's own next mapping, `Heap::allocate_frames`, the kernel's page tables. While a
+//! quarter of them are free nobody is short, and a release would only cost the heap a zeroing and a map
+//! when it needs the page again: talc's random actions, whose live set wanders between 5 and 28 MiB
+//! over tens of turns (big reallocations turn the heap over every few milliseconds), remapped about
+//! 10,000 pages a second under the turn-based policy alone. Whoever runs short takes the pages back:
+//! a mapping that finds no frame and `allocate_frames` scavenge everything free and retry.
 
 use core::ptr::NonNull;
 
@@ -410,6 +420,9 @@ pub(crate) struct PageHeap<P: Platform> {
 const MIN_RETAINED_FREE: usize = (4 << 20) / PAGE_SIZE;
 /// Shortest epoch of the peak's decay, in pages allocated (4 MiB).
 const MIN_EPOCH: usize = (4 << 20) / PAGE_SIZE;
+/// The scavenger's policy acts once fewer than `managed >> FREE_FRAMES_RESERVE_SHIFT` frames are free
+/// (a quarter; module docs, "Scavenging").
+const FREE_FRAMES_RESERVE_SHIFT: u32 = 2;
 
 // SAFETY: the page heap owns its metadata and is only used under the heap lock.
 unsafe impl<P: Platform> Send for PageHeap<P> {}
@@ -1612,6 +1625,9 @@ impl<P: Platform> PageHeap<P> {
     /// Mapped pages over the retained goal, once they exceed it by the hysteresis band (else 0): what the
     /// scavenger should release (module docs, "Scavenging").
     pub(crate) fn excess_pages(&self) -> usize {
+        if !self.frames_scarce() {
+            return 0;
+        }
         let goal = (self.peak_in_use + self.peak_in_use / 4).max(self.in_use + MIN_RETAINED_FREE);
         let mapped = self.in_use + self.dirty_free;
         if mapped > goal + goal / 16 {
@@ -1619,6 +1635,14 @@ impl<P: Platform> PageHeap<P> {
         } else {
             0
         }
+    }
+
+    /// Whether the frame allocator is short enough of free frames for the policy to release pages
+    /// (module docs, "Scavenging"). Never in region mode, which maps nothing.
+    fn frames_scarce(&self) -> bool {
+        self.space_ref().is_some_and(|space| {
+            space.frames.free_frames().0 < space.frames.managed().0 >> FREE_FRAMES_RESERVE_SHIFT
+        })
     }
 
     /// Scavenging policy on a free: back down to the retained goal once over its band.

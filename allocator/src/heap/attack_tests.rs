@@ -15,6 +15,7 @@ use crate::sizeclass::SizeClass;
 use crate::Heap;
 
 use super::soundness_tests::{lay, plain_heap, small_heap, Plain};
+use super::tests::{give_back_frames, squeeze_frames};
 
 fn panic_message(f: impl FnOnce()) -> Option<String> {
     let err = catch_unwind(AssertUnwindSafe(f)).err()?;
@@ -714,13 +715,14 @@ fn the_scavenger_does_not_scan_a_huge_heaps_unmapped_top() {
         let grown = heap.stats().pages.grown;
         assert!(grown >= (48 << 30) / PAGE_SIZE, "grown {grown} pages");
         heap.pages.lock().as_mut().unwrap().scavenge_visits = 0;
-        // A peak of 64 MiB, then a churn of 64 KiB blocks far below it: the peak decays and the
-        // scavenger gives pages back, over and over.
+        // A peak of 64 MiB, then, with frames short, a churn of 64 KiB blocks far below it: the peak
+        // decays and the scavenger gives pages back, over and over.
         let big: Vec<*mut u8> = (0..1024).map(|_| heap.alloc(lay(64 << 10))).collect();
         assert!(big.iter().all(|p| !p.is_null()));
         for p in big {
             heap.dealloc(p, lay(64 << 10));
         }
+        let held = squeeze_frames(heap);
         let mut ring: [*mut u8; 16] = [core::ptr::null_mut(); 16];
         for i in 0..20_000 {
             let slot = &mut ring[i % 16];
@@ -745,5 +747,6 @@ fn the_scavenger_does_not_scan_a_huge_heaps_unmapped_top() {
         for p in ring {
             heap.dealloc(p, lay(64 << 10));
         }
+        give_back_frames(heap, held);
     }
 }

@@ -281,8 +281,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     /// `count` contiguous frames, the first a multiple of `align` frames (a power of two), from the
     /// heap's frame allocator, for the kernel's own use (DMA buffers, page tables of its own): they
-    /// are the caller's until it gives them back through [`Heap::with_address_space`]. `None` before
-    /// `init`, in region mode, or without such frames.
+    /// are the caller's until it gives them back through [`Heap::with_address_space`]. Frames in free
+    /// pages the heap keeps mapped count as free: without enough others, the heap unmaps those pages
+    /// and tries again. `None` before `init`, in region mode, or without such frames.
     /// Panics (before taking any lock) if `count` is 0 or `align` is not a power of two.
     pub fn allocate_frames(&self, count: FrameCount, align: FrameCount) -> Option<PhysFrame> {
         assert!(
@@ -291,8 +292,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             count.0,
             align.0
         );
-        // SAFETY: taking frames changes no mapping and frees nothing.
-        unsafe { self.with_address_space(|s| s.frames.allocate_contiguous(count, align)) }.flatten()
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let mut pages = self.pages.lock();
+        let heap = pages.as_mut()?;
+        let take = |h: &mut PageHeap<P>| h.space()?.frames.allocate_contiguous(count, align);
+        if let Some(first) = take(heap) {
+            return Some(first);
+        }
+        // The frames may sit in free pages the heap keeps mapped (its scavenger keeps them while frames
+        // are plentiful, pageheap.rs): give those back, retry.
+        heap.flush_page_caches();
+        heap.scavenge(usize::MAX);
+        take(heap)
     }
 
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.

@@ -750,9 +750,55 @@ fn full_checks_accept_correct_use() {
     assert_eq!(heap.stats().objects(), 0);
 }
 
+/// Takes frames from `heap`'s frame allocator, 1 MiB at a time and never through the heap's retry
+/// (which would unmap its free pages), until fewer than an eighth of the frames it manages are free:
+/// below the quarter under which the scavenger's policy acts (pageheap.rs, "Scavenging"). Returns them
+/// for [`give_back_frames`].
+pub(super) fn squeeze_frames<P: crate::Platform, const F: bool>(
+    heap: &Heap<P, F>,
+) -> Vec<crate::addr::PhysFrame> {
+    use crate::addr::FrameCount;
+    let mut held = Vec::new();
+    loop {
+        // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
+        let step = unsafe {
+            heap.with_address_space(|s| {
+                if s.frames.free_frames().0 < s.frames.managed().0 / 8 {
+                    return None;
+                }
+                Some(
+                    s.frames
+                        .allocate_contiguous(FrameCount(256), FrameCount(1))
+                        .expect("1 MiB of frames while an eighth of them are free"),
+                )
+            })
+        }
+        .expect("a mapped heap");
+        match step {
+            Some(f) => held.push(f),
+            None => return held,
+        }
+    }
+}
+
+/// Gives back the frames [`squeeze_frames`] took.
+pub(super) fn give_back_frames<P: crate::Platform, const F: bool>(
+    heap: &Heap<P, F>,
+    held: Vec<crate::addr::PhysFrame>,
+) {
+    for f in held {
+        // SAFETY: frames `squeeze_frames` took from this heap's allocator, given back once, unused.
+        unsafe {
+            heap.with_address_space(|s| s.frames.free_contiguous(f, crate::addr::FrameCount(256)))
+        };
+    }
+}
+
 /// The scavenger's hysteresis (pageheap.rs, "Scavenging"): a workload whose use swings below its peak and
-/// back finds its pages still mapped (nothing released, so nothing remapped), and once it settles far
-/// below the peak, its allocation traffic makes the heap return the pages it no longer uses.
+/// back finds its pages still mapped (nothing released, so nothing remapped); once it settles far below
+/// the peak it keeps them while frames are plentiful, its allocation traffic makes the heap return the
+/// pages it no longer uses once frames are short, and `allocate_frames` takes back free pages the heap
+/// keeps when it finds no frame otherwise.
 #[test]
 #[cfg_attr(miri, ignore = "maps 64 MiB several times over")]
 fn swings_keep_their_pages_and_a_lower_level_returns_them() {
@@ -768,6 +814,18 @@ fn swings_keep_their_pages_and_a_lower_level_returns_them() {
     };
     // SAFETY: every `p` passed to `free` comes from `alloc` above (layout `big`), freed once.
     let free = |p: *mut u8| unsafe { heap.dealloc(p, big) };
+    let churn = |turns: usize| {
+        let layout = Layout::from_size_align(1 << 20, 8).unwrap();
+        for _ in 0..turns * 64 {
+            // SAFETY: test code: a non-zero layout; freed at once with it.
+            unsafe {
+                let p = heap.alloc(layout);
+                assert!(!p.is_null());
+                heap.dealloc(p, layout);
+            }
+        }
+    };
+    let mapped = |s: &crate::Stats| (s.pages.in_use + s.pages.dirty_free) * crate::PAGE_SIZE;
     // 64 MiB live, then ten swings down to 16 MiB and back.
     let mut live: Vec<*mut u8> = (0..256).map(|_| alloc()).collect();
     let at_peak = heap.stats();
@@ -784,24 +842,24 @@ fn swings_keep_their_pages_and_a_lower_level_returns_them() {
         swung.pages.released_total, at_peak.pages.released_total,
         "swings below the peak released pages (remapped on the way back up):\n{swung}"
     );
-    // Down to 4 MiB for good; 1 MiB blocks come and go, 40 times the old peak's worth.
+    // Down to 4 MiB for good; 1 MiB blocks come and go, 40 times the old peak's worth. With three
+    // quarters of the 256 MiB free, nobody is short of frames: the heap keeps its pages.
     for p in live.drain(16..) {
         free(p);
     }
-    let churn = Layout::from_size_align(1 << 20, 8).unwrap();
-    for _ in 0..40 * 64 {
-        // SAFETY: test code: a non-zero layout; freed at once with it.
-        unsafe {
-            let p = heap.alloc(churn);
-            assert!(!p.is_null());
-            heap.dealloc(p, churn);
-        }
-    }
+    churn(40);
+    let plentiful = heap.stats();
+    assert_eq!(
+        plentiful.pages.released_total, swung.pages.released_total,
+        "pages released while frames were plentiful:\n{plentiful}"
+    );
+    // Frames short: the same traffic makes the heap return what it no longer uses.
+    let held = squeeze_frames(heap);
+    churn(40);
     let settled = heap.stats();
-    let mapped = |s: &crate::Stats| (s.pages.in_use + s.pages.dirty_free) * crate::PAGE_SIZE;
     assert!(
-        settled.pages.released_total > swung.pages.released_total,
-        "nothing released after the heap settled at a sixteenth of its peak"
+        settled.pages.released_total > plentiful.pages.released_total,
+        "nothing released after the heap settled at a sixteenth of its peak with frames short"
     );
     assert!(
         mapped(&settled) < mapped(&at_peak) / 4,
@@ -810,7 +868,65 @@ fn swings_keep_their_pages_and_a_lower_level_returns_them() {
         (settled.pages.in_use * crate::PAGE_SIZE) >> 20,
         mapped(&at_peak) >> 20
     );
+    give_back_frames(heap, held);
     for p in live {
         free(p);
     }
+}
+
+/// `allocate_frames` counts the free pages the heap keeps mapped as free frames: with no frame left in
+/// the allocator, it unmaps those pages and takes a frame of theirs; with none even so, `None`.
+#[test]
+#[cfg_attr(miri, ignore = "maps 64 MiB")]
+fn allocate_frames_takes_back_the_free_pages_the_heap_keeps() {
+    use crate::addr::FrameCount;
+    let heap = heap(256);
+    let layout = Layout::from_size_align(64 << 20, 8).unwrap();
+    let use_heap = || {
+        // SAFETY: test code: a non-zero layout; the block is freed with it.
+        unsafe {
+            let p = heap.alloc(layout);
+            assert!(!p.is_null());
+            p.write_bytes(0x5a, layout.size());
+            heap.dealloc(p, layout);
+        }
+    };
+    use_heap();
+    let kept = heap.stats();
+    assert!(
+        kept.pages.dirty_free * crate::PAGE_SIZE >= 64 << 20,
+        "the heap should keep the 64 MiB mapped while frames are plentiful:\n{kept}"
+    );
+    // Every frame the allocator has free, one at a time (never through the heap's retry).
+    let drain = || {
+        let mut taken = Vec::new();
+        // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
+        while let Some(f) = unsafe { heap.with_address_space(|s| s.frames.allocate()) }.flatten() {
+            taken.push(f);
+        }
+        taken
+    };
+    let mut taken = drain();
+    let got = heap
+        .allocate_frames(FrameCount(16), FrameCount(1))
+        .expect("frames from the free pages the heap keeps");
+    let after = heap.stats();
+    assert_eq!(after.pages.dirty_free, 0, "{after}");
+    assert!(
+        after.pages.released_total >= kept.pages.released_total + (64 << 20) as u64 / 8192,
+        "the heap should have unmapped its free pages to find the frames:\n{after}"
+    );
+    // Nothing left to take back: the heap says so.
+    taken.extend(drain());
+    assert!(heap.allocate_frames(FrameCount(1), FrameCount(1)).is_none());
+    // SAFETY: frames this test took from the heap's allocator, each given back once, unused.
+    unsafe {
+        heap.with_address_space(|s| {
+            s.frames.free_contiguous(got, FrameCount(16));
+            for f in taken {
+                s.frames.free(f);
+            }
+        })
+    };
+    use_heap();
 }
