@@ -383,7 +383,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     #[inline(always)]
     fn alloc_small(&self, class: SizeClass, layout: Layout) -> *mut u8 {
         let p = self.alloc_small_unchecked(class, layout);
-        // (A sampled object lives outside small spans: nothing to track.)
         // (A sampled object, or one with a span of its own, lives outside small spans: nothing to track.)
         if FULL_CHECKS && !p.is_null() && self.small_object_entry(class, p).is_some() {
             self.track(class, VirtAddr::from_ptr(p), true)

@@ -304,6 +304,46 @@ mod tests {
     }
 
     #[test]
+    fn longest_zero_run_agrees_with_naive_on_every_floor() {
+        let naive = |w: u64| {
+            let (mut best, mut run) = (0, 0);
+            for b in 0..64 {
+                run = if w >> b & 1 == 0 { run + 1 } else { 0 };
+                best = best.max(run);
+            }
+            best
+        };
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut words = vec![
+            0,
+            u64::MAX,
+            1,
+            1 << 63,
+            0x5555_5555_5555_5555,
+            0x8000_0000_0000_0001,
+        ];
+        for _ in 0..if cfg!(miri) { 50 } else { 2000 } {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sparse and dense words alike: runs of every length.
+            words.push(x);
+            words.push(x & x.rotate_left(17) & x.rotate_left(40));
+            words.push(x | x.rotate_left(9) | x.rotate_left(33));
+        }
+        for &w in &words {
+            let want = naive(w);
+            for max in 0..=64 {
+                assert_eq!(
+                    longest_zero_run_above(w, max),
+                    want.max(max),
+                    "word {w:#066b}, floor {max}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn find_and_summarize_agree_with_naive_on_random_chunks() {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = || {
