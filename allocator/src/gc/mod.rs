@@ -65,9 +65,9 @@
 //!   [`GcHeap::stats`] returns counters.
 //! - Memory: the collector's spans come from the `Heap`'s page heap (same spans, size classes and
 //!   pages as the explicit heap); dead spans go back to it, and its scavenger (or `Heap::trim`) returns
-//!   their frames, keeping free pages mapped up to 110% of the heap goal (Go's scavenger goal: the heap
-//!   grows back to its goal before the next cycle, and unmapping pages only to map them again is
-//!   costly).
+//!   their frames once frames are short (pageheap.rs, "Scavenging"), keeping free pages mapped up to
+//!   110% of the heap goal (Go's scavenger goal: the heap grows back to its goal before the next cycle,
+//!   and unmapping pages only to map them again is costly).
 //!
 //! SMP: a `GcHeap` is neither `Send` nor `Sync`; each CPU can run its own heap on the shared `Heap`
 //! (spans are taken under the page-heap lock with interrupts masked). Parallel marking
