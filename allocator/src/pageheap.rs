@@ -104,9 +104,13 @@ const PAGE_CACHE_MIN_CAPACITY: usize = (1 << 30) / PAGE_SIZE;
 /// Large spans of at most this many pages are kept whole when freed (`LargeCache`).
 const LARGE_CACHE_MAX_SPAN: usize = 16;
 /// Most spans the large cache keeps of one page count.
-const LARGE_CACHE_DEPTH: usize = 4;
-/// Most pages the large cache keeps in all (1 MiB).
-const LARGE_CACHE_PAGES: usize = (1 << 20) / PAGE_SIZE;
+const LARGE_CACHE_DEPTH: usize = 16;
+/// Most pages the large cache keeps in all (4 MiB). Talc's random actions (reallocations up to 90,000 B:
+/// spans of 5 to 12 pages, freed and taken again all the time) found a kept span for 66% of their large
+/// allocations with 1 MiB and 4 per page count, 89% with 4 MiB and 16, and ran 14% faster (median
+/// of 4 alternating runs, 0.785 against 0.895 of talc's rate). TCMalloc's per-CPU caches hold up to
+/// 3 MiB each for the same purpose; these pages come back with the page caches (`trim`, out of frames).
+const LARGE_CACHE_PAGES: usize = (4 << 20) / PAGE_SIZE;
 
 /// Freed large spans of the explicit heap, kept whole (pages mapped, span struct kept) for the next
 /// large allocation of the same page count: that allocation and this free then skip the page

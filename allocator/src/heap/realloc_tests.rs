@@ -448,6 +448,41 @@ fn a_freed_large_span_is_reused_whole_and_refused_as_a_double_free_meanwhile() {
     assert_eq!(heap.stats().objects(), 0);
 }
 
+/// The large cache keeps at most 16 spans of one page count and 4 MiB in all (pageheap.rs,
+/// `LARGE_CACHE_*`): more frees than that go back to the page allocator.
+#[test]
+fn the_large_cache_keeps_at_most_its_budget() {
+    let heap = big_heap();
+    heap.trim();
+    let free_all = |sizes: &mut dyn Iterator<Item = usize>| {
+        let held: Vec<(*mut u8, usize)> = sizes
+            .map(|size| {
+                // SAFETY: test code: a valid non-zero layout.
+                let p = unsafe { heap.alloc(lay(size)) };
+                assert!(!p.is_null());
+                (p, size)
+            })
+            .collect();
+        for (p, size) in held {
+            // SAFETY: test code: live blocks with their layouts.
+            unsafe { heap.dealloc(p, lay(size)) };
+        }
+    };
+    // 40 spans of 5 pages: 16 kept.
+    free_all(&mut (0..40).map(|_| 4 * PAGE_SIZE + 1));
+    assert_eq!(kept_pages(heap), 16 * 5, "16 spans of one page count");
+    heap.trim();
+    // 24 spans of each count from 5 to 16 pages, 27 MiB in all: 4 MiB kept, not more.
+    free_all(&mut (0..24 * 12).map(|i| (4 + i % 12) * PAGE_SIZE + 1));
+    let kept = kept_pages(heap);
+    assert!(
+        kept <= (4 << 20) / PAGE_SIZE && kept > (3 << 20) / PAGE_SIZE,
+        "{kept} pages kept"
+    );
+    heap.trim();
+    assert_eq!(kept_pages(heap), 0);
+}
+
 #[test]
 fn trim_returns_the_kept_large_spans() {
     let heap = big_heap();
