@@ -66,14 +66,16 @@
 //! at once. (Go keeps 10% over its heap goal, itself twice the live heap by default.)
 //!
 //! All of that only under memory pressure: while at least a quarter of the frames the frame allocator
-//! manages are free (`frames_scarce` is false), the policy releases nothing. A frame the scavenger
-//! unmaps goes back to that allocator, not to some other system, and serves only those who take frames
-//! from it: the heap's own next mapping, `Heap::allocate_frames`, the kernel's page tables. While a
-//! quarter of them are free nobody is short, and a release would only cost the heap a zeroing and a map
-//! when it needs the page again: talc's random actions, whose live set wanders between 5 and 28 MiB
+//! manages are free (`frames_scarce` is false, checked on frees as the rest of the policy), the policy
+//! releases nothing. A frame the scavenger unmaps goes back to that allocator, not to some other
+//! system, and serves only those who take frames from it: the heap's own next mapping,
+//! `Heap::allocate_frames`, the kernel's page tables and stacks. The first two take the kept pages
+//! back when they find no frame (`give_back_free_frames`, then retry); a kernel that takes frames
+//! straight from the allocator (`with_address_space`) finds at least the free quarter, and everything
+//! the heap does not use after `Heap::trim`. Releasing earlier cost the heap a zeroing and a map each
+//! time it needed the page again: talc's random actions, whose live set wanders between 5 and 28 MiB
 //! over tens of turns (big reallocations turn the heap over every few milliseconds), remapped about
-//! 10,000 pages a second under the turn-based policy alone. Whoever runs short takes the pages back:
-//! a mapping that finds no frame and `allocate_frames` scavenge everything free and retry.
+//! 10,000 pages a second under the turn-based policy alone.
 
 use core::ptr::NonNull;
 
@@ -1063,9 +1065,7 @@ impl<P: Platform> PageHeap<P> {
             Err(()) => {
                 // Out of frames: give back every dirty free page and every spare tail frame of a
                 // large object, and try once more.
-                self.flush_page_caches();
-                self.scavenge(usize::MAX);
-                self.trim_spare_tails();
+                self.give_back_free_frames();
                 match self.back(first, npages, trim) {
                     Ok(r) => r,
                     Err(()) => {
@@ -1349,6 +1349,22 @@ impl<P: Platform> PageHeap<P> {
             s.tail_spare || !s.tail_unmapped,
             "an object reaching into its span's trimmed tail"
         );
+    }
+
+    /// The last resort of whoever found no frame: gives every CPU's cached pages and the large cache's
+    /// spans back, unmaps every free page and every spare tail frame (`trim_spare_tails`), and returns
+    /// their frames to the frame allocator.
+    pub(crate) fn give_back_free_frames(&mut self) {
+        self.flush_page_caches();
+        self.scavenge(usize::MAX);
+        self.trim_spare_tails();
+    }
+
+    /// Frames [`PageHeap::give_back_free_frames`] could return at most: two per free mapped page (page
+    /// caches and the large cache included) and one per spare tail, of which there is at most one per
+    /// large object (`large_objects`, the caller's count).
+    pub(crate) fn reclaimable_frames(&self, large_objects: usize) -> usize {
+        self.dirty_free * FRAMES_PER_PAGE as usize + large_objects
     }
 
     /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped

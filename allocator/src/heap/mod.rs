@@ -259,7 +259,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// map the kernel's own pages ([`share`](crate::share)). `None` before `init` and in region mode
     /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe. `f`
     /// runs with the page-heap lock held and interrupts masked: it must not allocate or free through
-    /// this heap, which would wait for that lock for good.
+    /// this heap, which would wait for that lock for good. The frame allocator it lends holds only the
+    /// free frames: the heap keeps its free pages mapped while a quarter of the frames are free
+    /// (pageheap.rs, "Scavenging"); call [`Heap::trim`] first to take more at once.
     ///
     /// # Safety
     /// The heap's objects and metadata live in this address space, so `f` must leave them alone: it
@@ -296,15 +298,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // Named so it drops before `_irq` (see `with_address_space`).
         let mut pages = self.pages.lock();
         let heap = pages.as_mut()?;
-        let take = |h: &mut PageHeap<P>| h.space()?.frames.allocate_contiguous(count, align);
-        if let Some(first) = take(heap) {
+        let space = heap.space()?; // Region mode: no frames.
+        if let Some(first) = space.frames.allocate_contiguous(count, align) {
             return Some(first);
         }
         // The frames may sit in free pages the heap keeps mapped (its scavenger keeps them while frames
-        // are plentiful, pageheap.rs): give those back, retry.
-        heap.flush_page_caches();
-        heap.scavenge(usize::MAX);
-        take(heap)
+        // are plentiful, pageheap.rs): give those back and retry, unless even all of them would not
+        // make up the count (then the caches stay: flushing them would cost the heap for nothing).
+        let free = space.frames.free_frames().0;
+        // (The count lags the spans by the allocations in flight on other CPUs: one each at most.)
+        let large = self.large_objects.load(Ordering::Relaxed) + P::MAX_CPUS;
+        if count.0 > free.saturating_add(heap.reclaimable_frames(large) as u64) {
+            return None;
+        }
+        heap.give_back_free_frames();
+        heap.space()?.frames.allocate_contiguous(count, align)
     }
 
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
@@ -361,8 +369,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             Some(m) => m,
             None => {
                 // The frames may all sit in free pages the heap keeps mapped: give those back, retry.
-                heap.flush_page_caches();
-                heap.scavenge(usize::MAX);
+                heap.give_back_free_frames();
                 heap.meta_alloc(size)?
             }
         }

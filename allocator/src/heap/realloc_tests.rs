@@ -589,3 +589,72 @@ fn a_trimmed_span_is_kept_whole_by_the_large_cache() {
     // SAFETY: test code: the live block with its layout.
     unsafe { heap.dealloc(q, lay(full)) };
 }
+
+/// An `allocate_frames` that cannot succeed whatever the heap gives back (more frames than it could
+/// ever have) returns `None` without flushing the large cache or unmapping the free pages it keeps.
+#[test]
+fn a_hopeless_allocate_frames_keeps_the_caches() {
+    use crate::addr::FrameCount;
+    let heap = big_heap();
+    heap.trim();
+    let l = lay(4 * PAGE_SIZE + 1);
+    // SAFETY: test code: a valid layout, freed once with it.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        heap.dealloc(p, l);
+    }
+    assert_eq!(kept_pages(heap), 5);
+    let released = heap.stats().pages.released_total;
+    assert!(heap
+        .allocate_frames(FrameCount(1 << 40), FrameCount(1))
+        .is_none());
+    assert_eq!(
+        heap.stats().pages.released_total,
+        released,
+        "free pages unmapped for nothing"
+    );
+    assert_eq!(kept_pages(heap), 5, "the large cache flushed for nothing");
+}
+
+/// `allocate_frames` with no free frame left takes a large object's spare tail frame, as the heap's own
+/// mappings do when they run out (pageheap.rs, "Trimmed tails").
+#[test]
+fn allocate_frames_takes_spare_tails_too() {
+    use crate::addr::FrameCount;
+    let heap = heap();
+    let l = lay(36 << 10);
+    // SAFETY: test code: valid layouts, each block freed once with its layout.
+    let p = unsafe {
+        let q = heap.alloc(lay(64 << 10));
+        assert!(!q.is_null());
+        heap.dealloc(q, lay(64 << 10));
+        // Reuses the mapped pages: its last page's second frame stays mapped, spare.
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        fill(p, l.size(), 7);
+        p
+    };
+    heap.trim();
+    // SAFETY: takes free frames only.
+    let taken: Vec<_> = unsafe {
+        heap.with_address_space(|s| core::iter::from_fn(|| s.frames.allocate()).collect())
+    }
+    .unwrap();
+    let got = heap.allocate_frames(FrameCount(1), FrameCount(1));
+    // SAFETY: frames this test took, each given back once.
+    unsafe {
+        heap.with_address_space(|s| {
+            for f in taken {
+                s.frames.free(f);
+            }
+            if let Some(g) = got {
+                s.frames.free(g);
+            }
+        })
+    };
+    assert!(got.is_some(), "a spare tail frame was there to take");
+    assert!(holds(p, l.size(), 7), "the object kept its contents");
+    // SAFETY: test code: the live block with its layout.
+    unsafe { heap.dealloc(p, l) };
+}

@@ -750,48 +750,45 @@ fn full_checks_accept_correct_use() {
     assert_eq!(heap.stats().objects(), 0);
 }
 
-/// Takes frames from `heap`'s frame allocator, 1 MiB at a time and never through the heap's retry
-/// (which would unmap its free pages), until fewer than an eighth of the frames it manages are free:
-/// below the quarter under which the scavenger's policy acts (pageheap.rs, "Scavenging"). Returns them
-/// for [`give_back_frames`].
+/// Takes frames from `heap`'s frame allocator, never through the heap's retry (which would unmap its
+/// free pages), until fewer than an eighth of the frames it manages are free: below the quarter under
+/// which the scavenger's policy acts (pageheap.rs, "Scavenging"). Returns them, as runs of
+/// (first, count), for [`give_back_frames`].
 pub(super) fn squeeze_frames<P: crate::Platform, const F: bool>(
     heap: &Heap<P, F>,
-) -> Vec<crate::addr::PhysFrame> {
+) -> Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)> {
     use crate::addr::FrameCount;
-    let mut held = Vec::new();
-    loop {
-        // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
-        let step = unsafe {
-            heap.with_address_space(|s| {
-                if s.frames.free_frames().0 < s.frames.managed().0 / 8 {
-                    return None;
-                }
-                Some(
-                    s.frames
-                        .allocate_contiguous(FrameCount(256), FrameCount(1))
-                        .expect("1 MiB of frames while an eighth of them are free"),
-                )
-            })
-        }
-        .expect("a mapped heap");
-        match step {
-            Some(f) => held.push(f),
-            None => return held,
-        }
+    // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
+    unsafe {
+        heap.with_address_space(|s| {
+            let mut held = Vec::new();
+            while s.frames.free_frames().0 >= s.frames.managed().0 / 8 {
+                // 1 MiB at a time where the free frames allow it, else one (they may be scattered).
+                let run = match s.frames.allocate_contiguous(FrameCount(256), FrameCount(1)) {
+                    Some(f) => (f, FrameCount(256)),
+                    None => (s.frames.allocate().expect("a free frame"), FrameCount(1)),
+                };
+                held.push(run);
+            }
+            held
+        })
     }
+    .expect("a mapped heap")
 }
 
 /// Gives back the frames [`squeeze_frames`] took.
 pub(super) fn give_back_frames<P: crate::Platform, const F: bool>(
     heap: &Heap<P, F>,
-    held: Vec<crate::addr::PhysFrame>,
+    held: Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)>,
 ) {
-    for f in held {
-        // SAFETY: frames `squeeze_frames` took from this heap's allocator, given back once, unused.
-        unsafe {
-            heap.with_address_space(|s| s.frames.free_contiguous(f, crate::addr::FrameCount(256)))
-        };
-    }
+    // SAFETY: frames `squeeze_frames` took from this heap's allocator, each run given back once, unused.
+    unsafe {
+        heap.with_address_space(|s| {
+            for (first, count) in held {
+                s.frames.free_contiguous(first, count);
+            }
+        })
+    };
 }
 
 /// The scavenger's hysteresis (pageheap.rs, "Scavenging"): a workload whose use swings below its peak and
@@ -929,4 +926,60 @@ fn allocate_frames_takes_back_the_free_pages_the_heap_keeps() {
         })
     };
     use_heap();
+}
+
+/// What a kernel that takes frames straight from the frame allocator (`with_address_space`: page
+/// tables, stacks, `map_kernel_page`) can count on after the heap's use fell far below a peak: the free
+/// pages the heap keeps stay mapped while a quarter of the frames are free (pageheap.rs, "Scavenging"),
+/// so it finds at least that quarter; after `trim` it finds every frame the heap does not use.
+#[test]
+#[cfg_attr(miri, ignore = "maps 160 MiB")]
+fn direct_frame_takers_find_a_quarter_and_everything_after_trim() {
+    let heap = heap(256);
+    let mib = Layout::from_size_align(1 << 20, 8).unwrap();
+    // SAFETY: test code: non-zero layouts, each block freed once with its layout.
+    unsafe {
+        let live: Vec<*mut u8> = (0..160).map(|_| heap.alloc(mib)).collect();
+        assert!(live.iter().all(|p| !p.is_null()));
+        for p in live {
+            heap.dealloc(p, mib);
+        }
+        // Twenty turns of the old peak's worth of 1 MiB traffic at a use of 1 MiB.
+        for _ in 0..20 * 160 {
+            let p = heap.alloc(mib);
+            assert!(!p.is_null());
+            heap.dealloc(p, mib);
+        }
+    }
+    // Frames taken one at a time straight from the allocator, up to `want`, all given back.
+    let take = |want: usize| {
+        // SAFETY: takes free frames only and gives them all back.
+        unsafe {
+            heap.with_address_space(|s| {
+                let managed = s.frames.managed().0 as usize;
+                let mut taken = Vec::new();
+                while taken.len() < want {
+                    match s.frames.allocate() {
+                        Some(f) => taken.push(f),
+                        None => break,
+                    }
+                }
+                let n = taken.len();
+                for f in taken {
+                    s.frames.free(f);
+                }
+                (n, managed)
+            })
+        }
+        .unwrap()
+    };
+    let want = (128 << 20) / 4096;
+    let (got, managed) = take(want);
+    assert!(
+        got >= managed / 4,
+        "a direct taker found {got} frames of {managed}:\n{}",
+        heap.stats()
+    );
+    heap.trim();
+    assert_eq!(take(want).0, want, "after trim:\n{}", heap.stats());
 }
