@@ -47,6 +47,37 @@ pub(crate) fn hoard_all_but(
     hoard
 }
 
+/// Takes frames from `heap`'s frame allocator, never through the heap's retry (which would unmap its
+/// free pages), until fewer than an eighth of the frames it manages are free: below the quarter under
+/// which the scavenger's policy acts (pageheap.rs, "Scavenging"). Returns them for [`give_back_frames`].
+pub(crate) fn squeeze_frames<P: crate::Platform, const F: bool>(
+    heap: &crate::Heap<P, F>,
+) -> Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)> {
+    // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
+    unsafe {
+        heap.with_address_space(|s| {
+            let keep = s.frames.managed().0 / 8 - 1;
+            hoard_all_but(&mut s.frames, keep)
+        })
+    }
+    .expect("a mapped heap")
+}
+
+/// Gives back the frames [`squeeze_frames`] took.
+pub(crate) fn give_back_frames<P: crate::Platform, const F: bool>(
+    heap: &crate::Heap<P, F>,
+    held: Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)>,
+) {
+    // SAFETY: frames `squeeze_frames` took from this heap's allocator, each run given back once, unused.
+    unsafe {
+        heap.with_address_space(|s| {
+            for (first, count) in held {
+                s.frames.free_contiguous(first, count);
+            }
+        })
+    };
+}
+
 /// `unsafe impl Platform for $name` where `$name` wraps a `&'static HostPlatform` (field 0): every method
 /// goes to the host platform; the associated consts are the ones given (the trait's defaults otherwise).
 /// For tests that need the host machine with another CPU limit or another interrupt contract.

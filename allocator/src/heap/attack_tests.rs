@@ -15,7 +15,7 @@ use crate::sizeclass::SizeClass;
 use crate::Heap;
 
 use super::soundness_tests::{lay, plain_heap, small_heap, Plain};
-use super::tests::{give_back_frames, squeeze_frames};
+use crate::testing::{give_back_frames, squeeze_frames};
 
 fn panic_message(f: impl FnOnce()) -> Option<String> {
     let err = catch_unwind(AssertUnwindSafe(f)).err()?;

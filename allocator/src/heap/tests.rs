@@ -7,6 +7,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::host::{HostMachine, HostPlatform};
+use crate::testing::{give_back_frames, squeeze_frames};
 use crate::Heap;
 
 /// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs. Under Miri the
@@ -748,47 +749,6 @@ fn full_checks_accept_correct_use() {
     }
     heap.trim();
     assert_eq!(heap.stats().objects(), 0);
-}
-
-/// Takes frames from `heap`'s frame allocator, never through the heap's retry (which would unmap its
-/// free pages), until fewer than an eighth of the frames it manages are free: below the quarter under
-/// which the scavenger's policy acts (pageheap.rs, "Scavenging"). Returns them, as runs of
-/// (first, count), for [`give_back_frames`].
-pub(super) fn squeeze_frames<P: crate::Platform, const F: bool>(
-    heap: &Heap<P, F>,
-) -> Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)> {
-    use crate::addr::FrameCount;
-    // SAFETY: takes free frames only: no mapping changes and nothing the heap uses is freed.
-    unsafe {
-        heap.with_address_space(|s| {
-            let mut held = Vec::new();
-            while s.frames.free_frames().0 >= s.frames.managed().0 / 8 {
-                // 1 MiB at a time where the free frames allow it, else one (they may be scattered).
-                let run = match s.frames.allocate_contiguous(FrameCount(256), FrameCount(1)) {
-                    Some(f) => (f, FrameCount(256)),
-                    None => (s.frames.allocate().expect("a free frame"), FrameCount(1)),
-                };
-                held.push(run);
-            }
-            held
-        })
-    }
-    .expect("a mapped heap")
-}
-
-/// Gives back the frames [`squeeze_frames`] took.
-pub(super) fn give_back_frames<P: crate::Platform, const F: bool>(
-    heap: &Heap<P, F>,
-    held: Vec<(crate::addr::PhysFrame, crate::addr::FrameCount)>,
-) {
-    // SAFETY: frames `squeeze_frames` took from this heap's allocator, each run given back once, unused.
-    unsafe {
-        heap.with_address_space(|s| {
-            for (first, count) in held {
-                s.frames.free_contiguous(first, count);
-            }
-        })
-    };
 }
 
 /// The scavenger's hysteresis (pageheap.rs, "Scavenging"): a workload whose use swings below its peak and

@@ -331,6 +331,50 @@ fn dead_spans_go_back_to_the_page_heap_and_frames_to_the_frame_allocator() {
     take_finalized();
 }
 
+/// The collector's dead spans go back to the page heap, which keeps their pages mapped while frames are
+/// plentiful (pageheap.rs, "Scavenging"); once frames are short, sweeps give pages back (in steps, down
+/// to what the collector's heap goal will use again) as the page heap's peak decays.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn dead_spans_keep_their_pages_until_frames_are_short() {
+    let heap = span_heap(256);
+    let mut gc: GcHeap<Slots> = GcHeap::new(
+        heap,
+        GcConfig {
+            verify: false,
+            ..config()
+        },
+        |_| Default::default(),
+    );
+    // 16 MiB live, then dead.
+    gc.mutate(|mc, root| {
+        for i in 0..16_000 {
+            let n = node(mc, i, root[0].get());
+            root[0].set(mc, Some(n));
+            Gc::new(mc, [i; 120]);
+        }
+    });
+    gc.mutate(|mc, root| root[0].set(mc, None));
+    gc.collect();
+    let released = |h: &Heap<HostPlatform>| h.stats().pages.released_total;
+    let before = released(heap);
+    // Plentiful frames: 256 MiB of garbage in cycles (16 turns of the old peak, enough for the peak to
+    // decay) releases nothing.
+    churn(&mut gc, 256, 100);
+    assert_eq!(released(heap), before, "{}", heap.stats());
+    // Frames short: the same traffic lets the peak decay and the sweeps give pages back.
+    let held = crate::testing::squeeze_frames(heap);
+    churn(&mut gc, 64, 100);
+    let after = heap.stats();
+    assert!(
+        after.pages.released_total > before,
+        "nothing released with frames short:\n{after}"
+    );
+    assert_eq!(list_ids(&mut gc, 0).len(), 100);
+    crate::testing::give_back_frames(heap, held);
+    take_finalized();
+}
+
 /// root[0] -> A -> W, root[1] -> B. The mark scans B first (LIFO), then the mutator moves W from A to B.
 fn move_behind_the_marker(barrier: bool) {
     let mut gc = slots_heap(config());
