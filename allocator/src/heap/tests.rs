@@ -753,9 +753,8 @@ fn full_checks_accept_correct_use() {
 
 /// The scavenger's hysteresis (pageheap.rs, "Scavenging"): a workload whose use swings below its peak and
 /// back finds its pages still mapped (nothing released, so nothing remapped); once it settles far below
-/// the peak it keeps them while frames are plentiful, its allocation traffic makes the heap return the
-/// pages it no longer uses once frames are short, and `allocate_frames` takes back free pages the heap
-/// keeps when it finds no frame otherwise.
+/// the peak it keeps them while frames are plentiful, and its allocation traffic makes the heap return
+/// the pages it no longer uses once frames are short.
 #[test]
 #[cfg_attr(miri, ignore = "maps 64 MiB several times over")]
 fn swings_keep_their_pages_and_a_lower_level_returns_them() {
