@@ -66,15 +66,17 @@
 //! at once. (Go keeps 10% over its heap goal, itself twice the live heap by default.)
 //!
 //! All of that only under memory pressure: while at least a quarter of the frames the frame allocator
-//! manages are free (`frames_scarce` is false, checked on frees as the rest of the policy), the policy
-//! releases nothing. A frame the scavenger unmaps goes back to that allocator, not to some other
-//! system, and serves only those who take frames from it: the heap's own next mapping,
-//! `Heap::allocate_frames`, the kernel's page tables and stacks. The first two take the kept pages
-//! back when they find no frame (`give_back_free_frames`, then retry); a kernel that takes frames
-//! straight from the allocator (`with_address_space`) finds at least the free quarter, and everything
-//! the heap does not use after `Heap::trim`. Releasing earlier cost the heap a zeroing and a map each
-//! time it needed the page again: talc's random actions, whose live set wanders between 5 and 28 MiB
-//! over tens of turns (big reallocations turn the heap over every few milliseconds), remapped about
+//! manages are free (`frames_short` is 0; checked on frees, as the rest of the policy), the policy
+//! releases nothing; below that, it releases down to the goal and at least enough to bring the free
+//! frames back to a quarter (less what the page caches and the large cache hold, out of its reach). A
+//! frame the scavenger unmaps goes back to that allocator, not to some other system, and serves only
+//! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the kernel's
+//! page tables and stacks. The first two take the kept pages back whenever they find no frame
+//! (`give_back_free_frames`, then retry); a kernel that takes frames straight from the allocator
+//! (`with_address_space`) finds the free quarter, and after `Heap::trim` all but other CPUs' cached
+//! objects and live objects' spare tail frames. Releasing earlier cost the heap a zeroing and a map
+//! each time it needed the page again: talc's random actions, whose live set wanders between 5 and 28
+//! MiB over tens of turns (big reallocations turn the heap over every few milliseconds), remapped about
 //! 10,000 pages a second under the turn-based policy alone.
 
 use core::ptr::NonNull;
@@ -1361,10 +1363,12 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Frames [`PageHeap::give_back_free_frames`] could return at most: two per free mapped page (page
-    /// caches and the large cache included) and one per spare tail, of which there is at most one per
-    /// large object (`large_objects`, the caller's count).
-    pub(crate) fn reclaimable_frames(&self, large_objects: usize) -> usize {
-        self.dirty_free * FRAMES_PER_PAGE as usize + large_objects
+    /// caches and the large cache included), one per spare tail (at most one per in-use page: a spare
+    /// tail is the last page of an in-use span), and the page tables unmapping those frames may empty
+    /// (at most one per 512 frames and level, and one per level more for the ends).
+    pub(crate) fn reclaimable_frames(&self) -> usize {
+        let frames = self.dirty_free * FRAMES_PER_PAGE as usize + self.in_use;
+        frames + frames / 256 + 4
     }
 
     /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped
@@ -1642,26 +1646,39 @@ impl<P: Platform> PageHeap<P> {
         released
     }
 
-    /// Mapped pages over the retained goal, once they exceed it by the hysteresis band (else 0): what the
-    /// scavenger should release (module docs, "Scavenging").
+    /// What the scavenger should release (module docs, "Scavenging"): nothing while frames are
+    /// plentiful; else the mapped pages over the retained goal, once they exceed it by the hysteresis
+    /// band, and at least the pages whose frames bring the free frames back to a quarter.
     pub(crate) fn excess_pages(&self) -> usize {
-        if !self.frames_scarce() {
+        let short = self.frames_short();
+        if short == 0 {
             return 0;
         }
         let goal = (self.peak_in_use + self.peak_in_use / 4).max(self.in_use + MIN_RETAINED_FREE);
         let mapped = self.in_use + self.dirty_free;
-        if mapped > goal + goal / 16 {
+        let over_goal = if mapped > goal + goal / 16 {
             mapped - goal
         } else {
             0
-        }
+        };
+        // Free pages in the caches are out of the scavenger's reach: asking for them would only make it
+        // scan the heap on every free.
+        let cached = self.large_cache.pages
+            + self
+                .page_caches
+                .iter()
+                .map(|c| c.free.count_ones() as usize)
+                .sum::<usize>();
+        let reachable = self.dirty_free.saturating_sub(cached);
+        over_goal.max(short.div_ceil(FRAMES_PER_PAGE as usize).min(reachable))
     }
 
-    /// Whether the frame allocator is short enough of free frames for the policy to release pages
-    /// (module docs, "Scavenging"). Never in region mode, which maps nothing.
-    fn frames_scarce(&self) -> bool {
-        self.space_ref().is_some_and(|space| {
-            space.frames.free_frames().0 < space.frames.managed().0 >> FREE_FRAMES_RESERVE_SHIFT
+    /// Frames missing for a quarter of the frames the frame allocator manages to be free (module docs,
+    /// "Scavenging"); 0 while frames are plentiful, and always in region mode, which maps nothing.
+    fn frames_short(&self) -> usize {
+        self.space_ref().map_or(0, |space| {
+            let reserve = space.frames.managed().0 >> FREE_FRAMES_RESERVE_SHIFT;
+            reserve.saturating_sub(space.frames.free_frames().0) as usize
         })
     }
 

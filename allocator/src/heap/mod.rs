@@ -260,8 +260,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe. `f`
     /// runs with the page-heap lock held and interrupts masked: it must not allocate or free through
     /// this heap, which would wait for that lock for good. The frame allocator it lends holds only the
-    /// free frames: the heap keeps its free pages mapped while a quarter of the frames are free
-    /// (pageheap.rs, "Scavenging"); call [`Heap::trim`] first to take more at once.
+    /// free frames: the heap keeps its free pages mapped as long as a quarter of the frames stay free
+    /// (pageheap.rs, "Scavenging"); call [`Heap::trim`] first to take more than that at once.
     ///
     /// # Safety
     /// The heap's objects and metadata live in this address space, so `f` must leave them alone: it
@@ -284,8 +284,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// `count` contiguous frames, the first a multiple of `align` frames (a power of two), from the
     /// heap's frame allocator, for the kernel's own use (DMA buffers, page tables of its own): they
     /// are the caller's until it gives them back through [`Heap::with_address_space`]. Frames in free
-    /// pages the heap keeps mapped count as free: without enough others, the heap unmaps those pages
-    /// and tries again. `None` before `init`, in region mode, or without such frames.
+    /// pages the heap keeps mapped count as free: without enough others, the heap empties its page
+    /// caches and large cache, unmaps every free page and the spare tail frame of every large object
+    /// (as its own mappings do when they find no frame), and tries again; it does not when even all of
+    /// those could not make up `count`. `None` before `init`, in region mode, or without such frames
+    /// (too few, or none contiguous and aligned as asked).
     /// Panics (before taking any lock) if `count` is 0 or `align` is not a power of two.
     pub fn allocate_frames(&self, count: FrameCount, align: FrameCount) -> Option<PhysFrame> {
         assert!(
@@ -306,9 +309,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // are plentiful, pageheap.rs): give those back and retry, unless even all of them would not
         // make up the count (then the caches stay: flushing them would cost the heap for nothing).
         let free = space.frames.free_frames().0;
-        // (The count lags the spans by the allocations in flight on other CPUs: one each at most.)
-        let large = self.large_objects.load(Ordering::Relaxed) + P::MAX_CPUS;
-        if count.0 > free.saturating_add(heap.reclaimable_frames(large) as u64) {
+        if count.0 > free.saturating_add(heap.reclaimable_frames() as u64) {
             return None;
         }
         heap.give_back_free_frames();
