@@ -65,19 +65,20 @@
 //! returned after it turned the heap over a few times (90% of it after 8 turns); `Heap::trim` returns it
 //! at once. (Go keeps 10% over its heap goal, itself twice the live heap by default.)
 //!
-//! All of that only under memory pressure: while at least a quarter of the frames the frame allocator
-//! manages are free (`frames_short` is 0; checked on frees, as the rest of the policy), the policy
-//! releases nothing; below that, it releases down to the goal and at least enough to bring the free
-//! frames back to a quarter (less what the page caches and the large cache hold, out of its reach). A
-//! frame the scavenger unmaps goes back to that allocator, not to some other system, and serves only
-//! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the kernel's
-//! page tables and stacks. The first two take the kept pages back whenever they find no frame
-//! (`give_back_free_frames`, then retry); a kernel that takes frames straight from the allocator
-//! (`with_address_space`) finds the free quarter, and after `Heap::trim` all but other CPUs' cached
-//! objects and live objects' spare tail frames. Releasing earlier cost the heap a zeroing and a map
-//! each time it needed the page again: talc's random actions, whose live set wanders between 5 and 28
-//! MiB over tens of turns (big reallocations turn the heap over every few milliseconds), remapped about
-//! 10,000 pages a second under the turn-based policy alone.
+//! All of that only under memory pressure: while at least a quarter of the frames the frame
+//! allocator manages are free (`frames_short` is 0; checked on frees, as the rest of the policy),
+//! the policy releases nothing; below that, it releases down to the goal and at least enough to
+//! bring the free frames back to a quarter, less what the page caches and the large cache hold (out
+//! of its reach) and 4 MiB of free pages it keeps for its own churn (`MIN_RETAINED_FREE`). A frame
+//! the scavenger unmaps goes back to that allocator, not to some other system, and serves only
+//! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the
+//! kernel's page tables and stacks. The first two take the kept pages back whenever they find no
+//! frame (`give_back_free_frames`, then retry); a kernel that takes frames straight from the
+//! allocator (`with_address_space`) finds that quarter, less those few MiB, and after `Heap::trim`
+//! all but other CPUs' cached objects and live objects' spare tail frames. Releasing earlier cost
+//! the heap a zeroing and a map each time it needed the page again: talc's random actions, whose
+//! live set wanders between 5 and 28 MiB over tens of turns (big reallocations turn the heap over
+//! every few milliseconds), remapped about 10,000 pages a second under the turn-based policy alone.
 
 use core::ptr::NonNull;
 
@@ -1662,14 +1663,19 @@ impl<P: Platform> PageHeap<P> {
             0
         };
         // Free pages in the caches are out of the scavenger's reach: asking for them would only make it
-        // scan the heap on every free.
+        // scan the heap on every free. And the heap keeps `MIN_RETAINED_FREE` pages for its own churn:
+        // without them, a heap whose kernel keeps the frames short would unmap (and shoot down) on
+        // every free and map again on the next allocation.
         let cached = self.large_cache.pages
             + self
                 .page_caches
                 .iter()
                 .map(|c| c.free.count_ones() as usize)
                 .sum::<usize>();
-        let reachable = self.dirty_free.saturating_sub(cached);
+        let reachable = self
+            .dirty_free
+            .saturating_sub(cached)
+            .saturating_sub(MIN_RETAINED_FREE);
         over_goal.max(short.div_ceil(FRAMES_PER_PAGE as usize).min(reachable))
     }
 

@@ -890,8 +890,8 @@ fn allocate_frames_takes_back_the_free_pages_the_heap_keeps() {
 /// What a kernel that takes frames straight from the frame allocator (`with_address_space`: page
 /// tables, stacks, `map_kernel_page`) can count on right after the heap's use fell from a peak (no
 /// traffic since to make the peak decay): the heap keeps its free pages mapped only as long as a quarter
-/// of the frames stay free (pageheap.rs, "Scavenging"), so it finds that quarter; after `trim` it finds
-/// every frame the heap does not use.
+/// of the frames stay free (pageheap.rs, "Scavenging"), so it finds that quarter, less 4 MiB the heap
+/// keeps; after `trim` it finds every frame the heap does not use.
 #[test]
 #[cfg_attr(miri, ignore = "maps 220 MiB")]
 fn direct_frame_takers_find_a_quarter_and_everything_after_trim() {
@@ -928,8 +928,9 @@ fn direct_frame_takers_find_a_quarter_and_everything_after_trim() {
         .unwrap()
     };
     let (got, managed) = take(usize::MAX);
+    // Less the 4 MiB of free pages the heap keeps for its own churn (no cache holds 1 MiB objects).
     assert!(
-        got >= managed / 4,
+        got >= managed / 4 - (4 << 20) / 4096,
         "a direct taker found {got} frames of {managed}:\n{}",
         heap.stats()
     );
