@@ -1688,7 +1688,9 @@ impl<P: Platform> PageHeap<P> {
         })
     }
 
-    /// Scavenging policy on a free: back down to the retained goal once over its band.
+    /// Scavenging policy on a free (module docs, "Scavenging"): nothing while frames are plentiful;
+    /// while they are short, back down to the retained goal, and release at least enough reachable
+    /// pages to bring the free frames back to a quarter ([`Self::excess_pages`]).
     pub(crate) fn scavenge_if_needed(&mut self) {
         if self.is_region_mode() {
             return;

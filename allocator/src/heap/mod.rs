@@ -1578,11 +1578,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let heap = guard.as_mut().expect("spans exist only after init");
         // SAFETY: forwarded from the caller.
         unsafe { heap.free_span(span) };
-        // The page heap's policy (nothing while frames are plentiful, then its retained goal, see
-        // pageheap.rs), but keeping mapped what the collector's heap goal will use again (`mapped_goal`,
-        // Go's scavenger goal), and in steps of at most `GC_SCAVENGE_STEP` pages: a sweep frees spans in
-        // bursts, and unmapping a whole burst at once would be a pause of many milliseconds inside an
-        // allocation.
+        // The page heap's policy (nothing while frames are plentiful; while they are short, its
+        // retained goal and the quarter rule, see pageheap.rs), but keeping mapped what the
+        // collector's heap goal will use again (`mapped_goal`, Go's scavenger goal), and in steps of at
+        // most `GC_SCAVENGE_STEP` pages: a sweep frees spans in bursts, and unmapping a whole burst at
+        // once would be a pause of many milliseconds inside an allocation.
         let s = heap.stats();
         let for_gc = s.dirty_free
             - (mapped_goal / PAGE_SIZE)
