@@ -73,9 +73,10 @@
 //! the scavenger unmaps goes back to that allocator, not to some other system, and serves only
 //! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the
 //! kernel's page tables and stacks. The first two take the kept pages back whenever they find no
-//! frame (`give_back_free_frames`, then retry); a kernel that takes frames straight from the
-//! allocator (`with_address_space`) finds that quarter, less those few MiB, and after `Heap::trim`
-//! all but other CPUs' cached objects and live objects' spare tail frames. Releasing earlier cost
+//! frame (`retry_with_frames_given_back`: the free pages first, live objects' spare tail frames only
+//! if those are not enough); a kernel that takes frames straight from the allocator
+//! (`with_address_space`) finds that quarter, less those few MiB, and after `Heap::trim` all but
+//! other CPUs' cached objects. Releasing earlier cost
 //! the heap a zeroing and a map each time it needed the page again: talc's random actions, whose
 //! live set wanders between 5 and 28 MiB over tens of turns (big reallocations turn the heap over
 //! every few milliseconds), remapped about 10,000 pages a second under the turn-based policy alone.
@@ -1066,12 +1067,11 @@ impl<P: Platform> PageHeap<P> {
         let (fresh, trimmed) = match self.back(first, npages, trim) {
             Ok(r) => r,
             Err(()) => {
-                // Out of frames: give back every dirty free page and every spare tail frame of a
-                // large object, and try once more.
-                self.give_back_free_frames();
-                match self.back(first, npages, trim) {
-                    Ok(r) => r,
-                    Err(()) => {
+                // Out of frames: give back the dirty free pages (then, if need be, the spare tail
+                // frames of large objects) and try again.
+                match self.retry_with_frames_given_back(|h| h.back(first, npages, trim).ok()) {
+                    Some(r) => r,
+                    None => {
                         self.pages.free(first, npages);
                         return None;
                     }
@@ -1354,16 +1354,27 @@ impl<P: Platform> PageHeap<P> {
         );
     }
 
-    /// The last resort of whoever found no frame: gives every CPU's cached pages and the large cache's
-    /// spans back, unmaps every free page and every spare tail frame (`trim_spare_tails`), and returns
-    /// their frames to the frame allocator.
-    pub(crate) fn give_back_free_frames(&mut self) {
+    /// The last resort of whoever found no frame: gives frames back to the frame allocator in two
+    /// stages and calls `retry` after each, returning its first success. First every CPU's cached
+    /// pages and the large cache's spans go back and every free page is unmapped; only if that was not
+    /// enough, the spare tail frame of every live large object (`trim_spare_tails`), which that object
+    /// would have to map again to grow in place: free pages are given first because nobody uses them.
+    pub(crate) fn retry_with_frames_given_back<T>(
+        &mut self,
+        mut retry: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<T> {
         self.flush_page_caches();
         self.scavenge(usize::MAX);
-        self.trim_spare_tails();
+        if let Some(t) = retry(self) {
+            return Some(t);
+        }
+        if self.trim_spare_tails() == 0 {
+            return None;
+        }
+        retry(self)
     }
 
-    /// Frames [`PageHeap::give_back_free_frames`] could return at most: two per free mapped page (page
+    /// Frames [`PageHeap::retry_with_frames_given_back`] could return at most: two per free mapped page (page
     /// caches and the large cache included), one per spare tail (at most one per in-use page: a spare
     /// tail is the last page of an in-use span), and the page tables unmapping those frames may empty
     /// (at most one per 512 frames and level, and one per level more for the ends).
@@ -1374,9 +1385,10 @@ impl<P: Platform> PageHeap<P> {
 
     /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped
     /// (`Span::tail_spare` and not `tail_unmapped`), making those tails trimmed: the last resort of an
-    /// allocation that found no frame. Returns the frames given back. One pass over the span map up to
-    /// `mapped_top`, as `scavenge` makes over the page bitmap: only failing allocations pay for it.
-    fn trim_spare_tails(&mut self) -> usize {
+    /// allocation that found no frame, and part of `Heap::trim`. Returns the frames given back. One
+    /// pass over the span map up to `mapped_top`, as `scavenge` makes over the page bitmap: only
+    /// failing allocations and trims pay for it.
+    pub(crate) fn trim_spare_tails(&mut self) -> usize {
         if self.is_region_mode() {
             return 0;
         }

@@ -285,9 +285,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// heap's frame allocator, for the kernel's own use (DMA buffers, page tables of its own): they
     /// are the caller's until it gives them back through [`Heap::with_address_space`]. Frames in free
     /// pages the heap keeps mapped count as free: without enough others, the heap empties its page
-    /// caches and large cache, unmaps every free page and the spare tail frame of every large object
-    /// (as its own mappings do when they find no frame), and tries again; it does not when even all of
-    /// those could not make up `count`. `None` before `init`, in region mode, or without such frames
+    /// caches and large cache, unmaps every free page and tries again, and if that is not enough,
+    /// unmaps the spare tail frame of every large object and tries once more (as its own mappings do
+    /// when they find no frame); it does not try when even all of those could not make up `count`. `None` before `init`, in region mode, or without such frames
     /// (too few, or none contiguous and aligned as asked).
     /// Panics (before taking any lock) if `count` is 0 or `align` is not a power of two.
     pub fn allocate_frames(&self, count: FrameCount, align: FrameCount) -> Option<PhysFrame> {
@@ -312,8 +312,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if count.0 > free.saturating_add(heap.reclaimable_frames() as u64) {
             return None;
         }
-        heap.give_back_free_frames();
-        heap.space()?.frames.allocate_contiguous(count, align)
+        heap.retry_with_frames_given_back(|h| h.space()?.frames.allocate_contiguous(count, align))
     }
 
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
@@ -368,11 +367,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let size = core::mem::size_of::<Cache>();
         let mem = match heap.meta_alloc(size) {
             Some(m) => m,
-            None => {
-                // The frames may all sit in free pages the heap keeps mapped: give those back, retry.
-                heap.give_back_free_frames();
-                heap.meta_alloc(size)?
-            }
+            // The frames may all sit in free pages the heap keeps mapped: give those back, retry.
+            None => heap.retry_with_frames_given_back(|h| h.meta_alloc(size))?,
         }
         .cast::<Cache>();
         // Stacks sized by the heap's memory: a small heap's caches would strand much of it.
@@ -1115,8 +1111,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Returns **this CPU's** cached objects to their spans, releases spans that are empty, and unmaps
-    /// every free page: afterwards the frames held are those of live objects, metadata, and the objects
-    /// other CPUs still cache. A CPU's cache is used without a lock, so no other CPU can empty it: each
+    /// every free page and every large object's spare tail frame (the second frame of its last page,
+    /// when the object ends before it; mapped again if the object grows into it): afterwards the
+    /// frames held are those of live objects, metadata, and the objects other CPUs still cache. A CPU's cache is used without a lock, so no other CPU can empty it: each
     /// CPU calls `trim` itself to give back what it caches (at most a few hundred KiB per CPU: 32 KiB or
     /// 256 objects per size class).
     pub fn trim(&self) {
@@ -1133,6 +1130,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if let Some(heap) = pages.as_mut() {
             heap.flush_page_caches();
             heap.scavenge(usize::MAX);
+            heap.trim_spare_tails();
         }
     }
 

@@ -617,32 +617,32 @@ fn a_hopeless_allocate_frames_keeps_the_caches() {
     assert_eq!(kept_pages(heap), 5, "the large cache flushed for nothing");
 }
 
-/// `allocate_frames` with no free frame left takes a large object's spare tail frame, as the heap's own
-/// mappings do when they run out (pageheap.rs, "Trimmed tails").
-#[test]
-fn allocate_frames_takes_spare_tails_too() {
-    use crate::addr::FrameCount;
-    let heap = heap();
-    let l = lay(36 << 10);
+/// A fresh heap's 36 KiB object whose last page's second frame is mapped and spare: the 64 KiB
+/// object before it leaves its pages mapped and free, and the 36 KiB one reuses them.
+fn object_with_spare_tail(heap: &'static Plain, l: Layout) -> *mut u8 {
     // SAFETY: test code: valid layouts, each block freed once with its layout.
-    let p = unsafe {
+    unsafe {
         let q = heap.alloc(lay(64 << 10));
         assert!(!q.is_null());
         heap.dealloc(q, lay(64 << 10));
-        // Reuses the mapped pages: its last page's second frame stays mapped, spare.
         let p = heap.alloc(l);
         assert!(!p.is_null());
         fill(p, l.size(), 7);
         p
-    };
-    heap.trim();
+    }
+}
+
+/// Takes every free frame of `heap`'s frame allocator, then asks `allocate_frames` for one; gives
+/// them all back and returns whether it got one.
+fn allocate_frame_with_none_free(heap: &'static Plain) -> bool {
+    use crate::addr::FrameCount;
     // SAFETY: takes free frames only.
     let taken: Vec<_> = unsafe {
         heap.with_address_space(|s| core::iter::from_fn(|| s.frames.allocate()).collect())
     }
     .unwrap();
     let got = heap.allocate_frames(FrameCount(1), FrameCount(1));
-    // SAFETY: frames this test took, each given back once.
+    // SAFETY: frames this function took, each given back once.
     unsafe {
         heap.with_address_space(|s| {
             for f in taken {
@@ -653,8 +653,66 @@ fn allocate_frames_takes_spare_tails_too() {
             }
         })
     };
-    assert!(got.is_some(), "a spare tail frame was there to take");
+    got.is_some()
+}
+
+/// `allocate_frames` with no free frame left takes the free pages the heap keeps first, and a large
+/// object's spare tail frame only when those are gone (as the heap's own mappings do when they run
+/// out, pageheap.rs, "Trimmed tails"): a tail given back is a map the object pays if it grows.
+#[test]
+fn allocate_frames_takes_free_pages_first_then_spare_tails() {
+    let heap = heap();
+    heap.trim();
+    let l = lay(36 << 10);
+    let p = object_with_spare_tail(heap, l);
+    let tails = heap.stats().pages.trimmed_tails;
+    assert!(heap.stats().pages.dirty_free > 0, "free pages are kept");
+    assert!(allocate_frame_with_none_free(heap), "a free page's frame");
+    assert_eq!(
+        heap.stats().pages.trimmed_tails,
+        tails,
+        "a spare tail given back while free pages were there"
+    );
+    assert_eq!(heap.stats().pages.dirty_free, 0, "every free page unmapped");
+    // Now only the tail is left.
+    assert!(
+        allocate_frame_with_none_free(heap),
+        "the spare tail's frame"
+    );
+    assert_eq!(heap.stats().pages.trimmed_tails, tails + 1);
     assert!(holds(p, l.size(), 7), "the object kept its contents");
     // SAFETY: test code: the live block with its layout.
     unsafe { heap.dealloc(p, l) };
+}
+
+/// `Heap::trim` unmaps a large object's spare tail frame too; the object keeps its contents, and
+/// growing into its last page maps the frame again.
+#[test]
+fn trim_gives_back_spare_tails() {
+    let heap = heap();
+    heap.trim();
+    let l = lay(36 << 10);
+    let p = object_with_spare_tail(heap, l);
+    let tails = heap.stats().pages.trimmed_tails;
+    heap.trim();
+    assert_eq!(
+        heap.stats().pages.trimmed_tails,
+        tails + 1,
+        "the tail is trimmed"
+    );
+    assert!(holds(p, l.size(), 7), "the object kept its contents");
+    // 40 KiB: the same five pages, the last one whole again.
+    // SAFETY: test code: the live block with its layout; the new size is not 0.
+    let q = unsafe { heap.realloc(p, l, 40 << 10) };
+    assert_eq!(q, p, "grown in place");
+    assert_eq!(
+        heap.stats().pages.trimmed_tails,
+        tails,
+        "the tail is mapped again"
+    );
+    assert!(holds(q, l.size(), 7));
+    fill(q, 40 << 10, 8);
+    assert!(holds(q, 40 << 10, 8));
+    // SAFETY: test code: the live block with its layout.
+    unsafe { heap.dealloc(q, lay(40 << 10)) };
 }
