@@ -45,8 +45,10 @@
 //! frame is left unmapped (`Span::tail_unmapped`, counted in `trimmed_tails`). Objects over 32 KiB round
 //! up to 8 KiB pages, so this gives back half of what that rounding costs when memory is being mapped.
 //! An object whose last page was mapped already (dirty pages, a span the large cache kept, a resize
-//! in place) keeps that frame mapped but marks it spare (`Span::tail_spare`); an allocation that finds
-//! no frame unmaps every spare frame still mapped (`trim_spare_tails`) before it gives up.
+//! in place) keeps that frame mapped but marks it spare (`Span::tail_spare`); a mapping that finds no
+//! frame, once giving back the free pages was not enough, unmaps every spare frame still mapped
+//! (`trim_spare_tails`, in `retry_with_frames_given_back`) before it gives up. `Heap::trim` leaves
+//! them: each costs a TLB shootdown to unmap and a map again when its object grows.
 //! The object's bytes are all mapped; the span's pages beyond them are not all. Whatever would use the
 //! frame first maps it: a resize to the same pages that reaches into it (`untrim`, which can fail
 //! without frames: the realloc then moves or fails), a growth in place (`untrim` first). A free or a
@@ -72,11 +74,12 @@
 //! of its reach) and 4 MiB of free pages it keeps for its own churn (`MIN_RETAINED_FREE`). A frame
 //! the scavenger unmaps goes back to that allocator, not to some other system, and serves only
 //! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the
-//! kernel's page tables and stacks. The first two take the kept pages back whenever they find no
-//! frame (`retry_with_frames_given_back`: the free pages first, live objects' spare tail frames only
-//! if those are not enough); a kernel that takes frames straight from the allocator
-//! (`with_address_space`) finds that quarter, less those few MiB, and after `Heap::trim` all but
-//! other CPUs' cached objects. Releasing earlier cost
+//! kernel's page tables and stacks. The first two (the heap's mappings of pages and of metadata)
+//! take the kept pages back whenever they find no frame (`retry_with_frames_given_back`: the free
+//! pages first, live objects' spare tail frames only if those are not enough); a kernel that takes
+//! frames straight from the allocator (`with_address_space`) finds that quarter, less those few MiB,
+//! and after `Heap::trim` all but other CPUs' cached objects and live objects' spare tail frames.
+//! Releasing earlier cost
 //! the heap a zeroing and a map each time it needed the page again: talc's random actions, whose
 //! live set wanders between 5 and 28 MiB over tens of turns (big reallocations turn the heap over
 //! every few milliseconds), remapped about 10,000 pages a second under the turn-based policy alone.
@@ -774,13 +777,19 @@ impl<P: Platform> PageHeap<P> {
         self.spanmap.publish(end);
     }
 
-    /// A zeroed metadata block of `size` bytes (e.g. a per-CPU cache); `None` when no frame can be had.
+    /// A zeroed metadata block of `size` bytes (e.g. a per-CPU cache, a span struct); `None` when no
+    /// frame can be had, even after giving back the free pages and spare tails
+    /// ([`Self::retry_with_frames_given_back`]).
     pub(crate) fn meta_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
         if let Some(block) = self.meta.alloc(space_of(&mut self.backing), size) {
             return Some(block);
         }
         if !matches!(self.backing, Backing::Regions { .. }) {
-            return None;
+            // Mapped mode: a new metadata page needs a frame, which may sit in free pages the heap
+            // keeps mapped. (The pages of a span being built are in use and in no span: neither stage
+            // touches them.)
+            return self
+                .retry_with_frames_given_back(|h| h.meta.alloc(space_of(&mut h.backing), size));
         }
         // Region mode: the next chunk is a run of the heap's own pages, at least one.
         let npages = MetaAlloc::block_bytes(size).div_ceil(PAGE_SIZE);
@@ -1385,10 +1394,10 @@ impl<P: Platform> PageHeap<P> {
 
     /// Unmaps the spare second frame of every in-use large span's last page that still has it mapped
     /// (`Span::tail_spare` and not `tail_unmapped`), making those tails trimmed: the last resort of an
-    /// allocation that found no frame, and part of `Heap::trim`. Returns the frames given back. One
-    /// pass over the span map up to `mapped_top`, as `scavenge` makes over the page bitmap: only
-    /// failing allocations and trims pay for it.
-    pub(crate) fn trim_spare_tails(&mut self) -> usize {
+    /// allocation that found no frame. Returns the frames given back. One pass over the span map up to
+    /// `mapped_top`, as `scavenge` makes over the page bitmap, and one TLB shootdown per tail (they are
+    /// scattered): only failing allocations pay for it.
+    fn trim_spare_tails(&mut self) -> usize {
         if self.is_region_mode() {
             return 0;
         }

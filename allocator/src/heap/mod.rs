@@ -315,8 +315,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// pages the heap keeps mapped count as free: without enough others, the heap empties its page
     /// caches and large cache, unmaps every free page and tries again, and if that is not enough,
     /// unmaps the spare tail frame of every large object and tries once more (as its own mappings do
-    /// when they find no frame); it does not try when even all of those could not make up `count`. `None` before `init`, in region mode, or without such frames
-    /// (too few, or none contiguous and aligned as asked).
+    /// when they find no frame); it does not try when even all of those could not make up `count`.
+    /// `None` before `init`, in region mode, or without such frames (too few, or none contiguous and
+    /// aligned as asked).
     /// Panics (before taking any lock) if `count` is 0 or `align` is not a power of two.
     pub fn allocate_frames(&self, count: FrameCount, align: FrameCount) -> Option<PhysFrame> {
         assert!(
@@ -393,12 +394,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return None;
         }
         let size = core::mem::size_of::<Cache>();
-        let mem = match heap.meta_alloc(size) {
-            Some(m) => m,
-            // The frames may all sit in free pages the heap keeps mapped: give those back, retry.
-            None => heap.retry_with_frames_given_back(|h| h.meta_alloc(size))?,
-        }
-        .cast::<Cache>();
+        // (Out of frames, `meta_alloc` gives back the free pages the heap keeps mapped and retries.)
+        let mem = heap.meta_alloc(size)?.cast::<Cache>();
         // Stacks sized by the heap's memory: a small heap's caches would strand much of it.
         let shift = cache_shift(heap.memory_bytes());
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
@@ -1137,11 +1134,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Returns **this CPU's** cached objects to their spans, releases spans that are empty, and unmaps
-    /// every free page and every large object's spare tail frame (the second frame of its last page,
-    /// when the object ends before it; mapped again if the object grows into it): afterwards the
-    /// frames held are those of live objects, metadata, and the objects other CPUs still cache. A CPU's cache is used without a lock, so no other CPU can empty it: each
+    /// every free page: afterwards the frames held are those of live objects, metadata, and the objects
+    /// other CPUs still cache. A CPU's cache is used without a lock, so no other CPU can empty it: each
     /// CPU calls `trim` itself to give back what it caches (at most a few hundred KiB per CPU: 32 KiB or
-    /// 256 objects per size class).
+    /// 256 objects per size class). A live large object keeps the spare second frame of its last page
+    /// (when it ends before it): unmapping those costs a TLB shootdown each and a map again if the
+    /// object grows, so only a mapping or [`Heap::allocate_frames`] that finds no other frame takes
+    /// them.
     pub fn trim(&self) {
         let _irq = self.platform.mask_interrupts();
         // SAFETY: the index is ours and interrupts are masked until we return.
@@ -1156,7 +1155,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if let Some(heap) = pages.as_mut() {
             heap.flush_page_caches();
             heap.scavenge(usize::MAX);
-            heap.trim_spare_tails();
         }
     }
 
@@ -1215,10 +1213,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 spans: central.spans,
             };
         }
+        s.interrupted_fast_paths = self.interrupted_fast_paths.load(Ordering::Relaxed);
+        let pages = self.pages.lock();
+        // Under the lock their writers hold: a consistent pair.
         s.large_objects = self.large_objects.get();
         s.large_bytes = self.large_pages.get() * PAGE_SIZE;
-        s.interrupted_fast_paths = self.interrupted_fast_paths.load(Ordering::Relaxed);
-        if let Some(heap) = self.pages.lock().as_ref() {
+        if let Some(heap) = pages.as_ref() {
             s.pages = heap.stats();
             if let Some(space) = heap.space_ref() {
                 s.frames_held = space.frames_held();

@@ -607,3 +607,69 @@ fn an_object_with_a_span_of_its_own_is_checked_resized_and_freed() {
     let s = heap.stats();
     assert_eq!((s.large_objects, s.pages.in_use), (0, in_use0));
 }
+
+/// An allocation out of frames whose pages the free pages can back, but whose span struct then needs
+/// a metadata page (one per 32 structs), takes a live object's spare tail frame for it (metadata
+/// mappings give frames back in the same two stages as page mappings). Swept over the number of span
+/// structs made before it, so that one run meets a full metadata page.
+#[test]
+#[cfg_attr(miri, ignore = "builds many 16 MiB heaps")]
+fn an_allocation_whose_span_struct_needs_a_frame_takes_a_spare_tail() {
+    let whole = Layout::from_size_align(40 << 10, 8).unwrap();
+    let target = Layout::from_size_align(48 << 10, 8).unwrap();
+    let ten = Layout::from_size_align(80 << 10, 8).unwrap();
+    let mut failures = Vec::new();
+    for k in 0..80 {
+        let heap = warm_heap();
+        // SAFETY: valid layouts; every object is freed at most once with its layout; frames hoarded
+        // are given back and used by nothing else.
+        unsafe {
+            let fillers: Vec<_> = (0..k)
+                .map(|_| {
+                    let p = heap.alloc(whole);
+                    assert!(!p.is_null());
+                    p
+                })
+                .collect();
+            // A live object whose last page's second frame is spare and mapped.
+            let t = heap.alloc(whole);
+            assert!(!t.is_null());
+            assert_eq!(heap.realloc(t, whole, TRIMMABLE), t);
+            // A five-page hole of free mapped pages that the six-page target cannot use (made by a
+            // shrink in place: a freed span struct would serve the target's).
+            let a = heap.alloc(ten);
+            let b = heap.alloc(whole);
+            assert!(!a.is_null() && !b.is_null());
+            assert_eq!(heap.realloc(a, ten, 40 << 10), a);
+            let d = heap.stats().pages.dirty_free as u64;
+            let meta0 = heap.stats().pages.meta_mapped;
+            let keep = 12u64.saturating_sub(2 * d);
+            let hoard = heap
+                .with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, keep))
+                .unwrap();
+            let r = heap.alloc(target);
+            let s = heap.stats();
+            heap.with_address_space(|s| {
+                for (f, n) in hoard {
+                    s.frames.free_contiguous(f, n);
+                }
+            });
+            if r.is_null() {
+                failures.push((k, d, s.pages.trimmed_tails, s.pages.meta_mapped - meta0));
+            } else {
+                heap.dealloc(r, target);
+            }
+            heap.dealloc(a, whole);
+            heap.dealloc(b, whole);
+            heap.dealloc(t, Layout::from_size_align(TRIMMABLE, 8).unwrap());
+            for p in fillers {
+                heap.dealloc(p, whole);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "(fillers, free pages, trimmed tails, metadata bytes mapped) of allocations that failed \
+         with a spare tail to give back: {failures:?}"
+    );
+}
