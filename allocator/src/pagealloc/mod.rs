@@ -156,6 +156,19 @@ impl PageAlloc {
         if n == 0 || n > self.free {
             return None;
         }
+        if n == 1 {
+            // Every alignment is met by some unit; the first free one is the first fit when it is
+            // aligned. Looked for in `search_addr`'s own chunk first (the frame allocator's single
+            // frames, small spans): no descent from the root.
+            if let Some(u) = self.first_free_in_search_chunk().filter(|u| u % align == 0) {
+                self.set_units(u, 1, true);
+                self.free -= 1;
+                // Every unit below `u` is in use now: the ones below `search_addr` were, the ones
+                // from there to `u` were found so.
+                self.search_addr = u + 1;
+                return Some(u);
+            }
+        }
         let mut walk = Walk {
             n,
             align,
@@ -182,6 +195,18 @@ impl PageAlloc {
             walk.first_free_lb
         };
         Some(start)
+    }
+
+    /// The first free unit at or after `search_addr` in the chunk that holds it (and below `limit`),
+    /// if there is one there.
+    fn first_free_in_search_chunk(&self) -> Option<usize> {
+        let at = self.search_addr;
+        if at >= self.limit() {
+            return None;
+        }
+        let base = at / CHUNK_UNITS * CHUNK_UNITS;
+        let hi = self.limit().min(base + CHUNK_UNITS);
+        bits::first_free(self.chunk(base / CHUNK_UNITS), at - base, hi - base).map(|f| base + f)
     }
 
     /// Marks `[start, start + n)` in use. Panics naming the unit if one of them is already in use.
