@@ -79,10 +79,10 @@
 //! pages first, live objects' spare tail frames only if those are not enough); a kernel that takes
 //! frames straight from the allocator (`with_address_space`) finds that quarter, less those few MiB,
 //! and after `Heap::trim` all but other CPUs' cached objects and live objects' spare tail frames.
-//! Releasing earlier cost
-//! the heap a zeroing and a map each time it needed the page again: talc's random actions, whose
-//! live set wanders between 5 and 28 MiB over tens of turns (big reallocations turn the heap over
-//! every few milliseconds), remapped about 10,000 pages a second under the turn-based policy alone.
+//! Releasing earlier cost the heap a zeroing and a map each time it needed the page again: talc's
+//! random actions, whose live set wanders between 5 and 28 MiB over tens of turns (big
+//! reallocations turn the heap over every few milliseconds), remapped about 10,000 pages a second
+//! under the turn-based policy alone.
 
 use core::ptr::NonNull;
 

@@ -157,9 +157,8 @@ impl PageAlloc {
             return None;
         }
         if n == 1 {
-            // Every alignment is met by some unit; the first free one is the first fit when it is
-            // aligned. Looked for in `search_addr`'s own chunk first (the frame allocator's single
-            // frames, small spans): no descent from the root.
+            // The first free unit is the first fit when it is aligned. Looked for in `search_addr`'s
+            // own chunk first (the frame allocator asks for single frames): no descent from the root.
             if let Some(u) = self.first_free_in_search_chunk().filter(|u| u % align == 0) {
                 self.set_units(u, 1, true);
                 self.free -= 1;
