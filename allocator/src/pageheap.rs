@@ -114,6 +114,14 @@ const PAGE_CACHE_MIN_CAPACITY: usize = (1 << 30) / PAGE_SIZE;
 const LARGE_CACHE_MAX_SPAN: usize = 16;
 /// Most spans the large cache keeps of one page count.
 const LARGE_CACHE_DEPTH: usize = 16;
+/// A large allocation of `n` pages takes a kept span of `n` to `n + LARGE_CACHE_SLACK` pages (the
+/// smallest there is) and gives the extra pages back to the page allocator, right after the object
+/// (a growth in place takes them back). Talc's random actions (spans of 5 to 12 pages) then reuse the
+/// spans they just freed, still warm, more often: cachegrind counted 3.6% fewer instructions and 6.8%
+/// fewer misses of a 4 MiB last-level cache per operation; the rate against talc's, 0.934 -> 0.946
+/// (means of 10 and 14 alternating runs on a noisy machine). A slack of 4 or 8 saved only 0.3-0.7%
+/// more instructions.
+const LARGE_CACHE_SLACK: usize = 2;
 /// Most pages the large cache keeps in all (4 MiB). Talc's random actions (reallocations up to 90,000 B:
 /// spans of 5 to 12 pages, freed and taken again all the time) found a kept span for 66% of their large
 /// allocations with 1 MiB and 4 per page count, 89% with 4 MiB and 16, and ran 14% faster (median
@@ -122,7 +130,8 @@ const LARGE_CACHE_DEPTH: usize = 16;
 const LARGE_CACHE_PAGES: usize = (4 << 20) / PAGE_SIZE;
 
 /// Freed large spans of the explicit heap, kept whole (pages mapped, span struct kept) for the next
-/// large allocation of the same page count: that allocation and this free then skip the page
+/// large allocation of the same page count or up to [`LARGE_CACHE_SLACK`] pages fewer (the span is
+/// then cut to it, its extra pages freed): that allocation and this free then skip the page
 /// allocator's summary updates, the span struct's metadata and any remapping. Objects over 32 KiB come
 /// and go by the page heap alone (a `realloc` growing a small object makes one), so a workload that
 /// reallocates across 32 KiB frees and allocates such spans all the time. Bounded (`LARGE_CACHE_*`),
@@ -185,6 +194,12 @@ impl LargeCache {
         self.len[n] -= 1;
         self.pages -= n;
         self.spans[n][usize::from(self.len[n])].take()
+    }
+
+    /// The most recently kept span of the fewest pages from `n` to `n + LARGE_CACHE_SLACK`, and its
+    /// page count.
+    fn pop_fitting(&mut self, n: usize) -> Option<(NonNull<Span>, usize)> {
+        (n..=n + LARGE_CACHE_SLACK).find_map(|m| self.pop(m).map(|span| (span, m)))
     }
 }
 
@@ -1292,7 +1307,8 @@ impl<P: Platform> PageHeap<P> {
 
     /// A large span of the explicit heap (`class`) for an object of `bytes` bytes (`npages` pages,
     /// aligned to `align` pages), published in the span map: a span the large cache keeps for that page
-    /// count if there is one (whole: a trimmed span is never kept), else fresh pages. When a fresh
+    /// count or a little more if there is one (whole: a trimmed span is never kept; cut to `npages`,
+    /// its extra pages freed), else fresh pages. When a fresh
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
     /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
     /// has one (`Span::small_layout`).
@@ -1309,7 +1325,7 @@ impl<P: Platform> PageHeap<P> {
         let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
         // Any page-aligned base meets an alignment of one page.
         if align == 1 {
-            if let Some(span) = self.large_cache.pop(npages) {
+            if let Some((span, kept)) = self.large_cache.pop_fitting(npages) {
                 // SAFETY: a kept span is ours alone until published below.
                 let s = unsafe { &mut *span.as_ptr() };
                 debug_assert!(!s.tail_unmapped, "the large cache keeps whole spans only");
@@ -1317,6 +1333,12 @@ impl<P: Platform> PageHeap<P> {
                 s.tail_spare = trim;
                 s.set_small_layout(small);
                 let first = self.page_index(s.base());
+                if kept > npages {
+                    // The extra pages go back to the page allocator as free pages, still mapped (they
+                    // were counted free while kept, and have no span-map entries).
+                    s.set_npages(PageCount(npages));
+                    self.pages.free(first + npages, kept - npages);
+                }
                 self.dirty_free -= npages;
                 self.note_alloc(npages);
                 self.spanmap

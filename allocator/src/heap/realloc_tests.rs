@@ -590,6 +590,55 @@ fn a_trimmed_span_is_kept_whole_by_the_large_cache() {
     unsafe { heap.dealloc(q, lay(full)) };
 }
 
+/// A kept span serves an allocation of up to `LARGE_CACHE_SLACK` (2) pages fewer: the same base, cut to
+/// the new page count, its extra pages free again (an object right before them grows into them in
+/// place); three pages fewer takes other pages and leaves the kept span alone.
+#[test]
+fn the_large_cache_serves_slightly_smaller_objects() {
+    let heap = big_heap();
+    heap.trim();
+    let eight = lay(8 * PAGE_SIZE);
+    let six = lay(6 * PAGE_SIZE);
+    let five = lay(5 * PAGE_SIZE);
+    // SAFETY: test code: valid layouts; every block freed once with its layout.
+    unsafe {
+        let p = heap.alloc(eight);
+        assert!(!p.is_null());
+        heap.dealloc(p, eight);
+        assert_eq!(kept_pages(heap), 8);
+        // Three pages fewer: not served by the kept span.
+        let f = heap.alloc(five);
+        assert!(!f.is_null());
+        assert_ne!(f, p, "a span three pages bigger served the object");
+        assert_eq!(kept_pages(heap), 8);
+        let in_use = heap.stats().pages.in_use;
+        let dirty = heap.stats().pages.dirty_free;
+        // Two pages fewer: the kept span, cut to six pages.
+        let q = heap.alloc(six);
+        assert_eq!(q, p, "the kept span did not serve a six-page object");
+        assert_eq!(kept_pages(heap), 0);
+        assert_eq!(
+            heap.stats().pages.in_use,
+            in_use + 6,
+            "the span was not cut"
+        );
+        assert_eq!(
+            heap.stats().pages.dirty_free,
+            dirty - 6,
+            "the extra pages are not free and mapped"
+        );
+        fill(q, six.size(), 5);
+        // The extra pages right after it: a growth in place takes them.
+        let r = heap.realloc(q, six, eight.size());
+        assert_eq!(r, q, "the freed extra pages were not there to grow into");
+        assert!(holds(r, six.size(), 5));
+        fill(r, eight.size(), 6);
+        assert!(holds(r, eight.size(), 6));
+        heap.dealloc(r, eight);
+        heap.dealloc(f, five);
+    }
+}
+
 /// An `allocate_frames` that cannot succeed whatever the heap gives back (more frames than it could
 /// ever have) returns `None` without flushing the large cache or unmapping the free pages it keeps.
 #[test]
