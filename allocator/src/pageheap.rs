@@ -1237,6 +1237,94 @@ impl<P: Platform> PageHeap<P> {
         self.pages.free(self.page_index(base), npages);
     }
 
+    /// Tests: recounts the page heap's page counters from its bitmaps, page caches and large cache, and
+    /// panics on any difference. Mapped mode only (region mode's metadata and gap pages are in use in
+    /// no span and counted apart). Checks: the page allocator's own invariants; every kept span is whole,
+    /// of its slot's page count, in use in the page allocator, unscavenged and in no span-map entry, and
+    /// `large_cache.pages` is their sum; every page a page cache holds is in use in the page allocator
+    /// and in no span-map entry; every free page is in no span-map entry and, if mapped, below
+    /// `mapped_top`; `dirty_free` is the mapped pages among the free, cached and kept ones; `in_use`
+    /// the grown pages that are none of those; `peak_in_use >= epoch_max >= in_use`.
+    #[cfg(test)]
+    pub(crate) fn audit(&self) {
+        if self.is_region_mode() {
+            return;
+        }
+        self.pages.check_invariants();
+        let unmapped_entry = |p: usize| self.spanmap.entry(self.page_addr(p).as_u64()).is_none();
+        let mut kept = 0;
+        for n in 1..=LARGE_CACHE_MAX_SPAN {
+            for slot in &self.large_cache.spans[n][..usize::from(self.large_cache.len[n])] {
+                let span = slot.expect("kept spans fill their slots");
+                // SAFETY: a kept span's struct is the page heap's, and we hold it (`&self`).
+                let s = unsafe { span.as_ref() };
+                assert_eq!(
+                    s.npages().0,
+                    n,
+                    "audit: a kept span of the wrong page count"
+                );
+                assert!(!s.tail_unmapped, "audit: a kept span with a trimmed tail");
+                let first = self.page_index(s.base());
+                for p in first..first + n {
+                    assert!(!self.pages.is_free(p), "audit: kept page {p} is free");
+                    assert!(!self.is_scavenged(p), "audit: kept page {p} is scavenged");
+                    assert!(
+                        unmapped_entry(p),
+                        "audit: kept page {p} has a span-map entry"
+                    );
+                }
+                kept += n;
+            }
+        }
+        assert_eq!(kept, self.large_cache.pages, "audit: large cache pages");
+        let (mut cached, mut cached_mapped) = (0, 0);
+        for c in &self.page_caches {
+            for i in (0..64).filter(|i| c.free >> i & 1 == 1) {
+                let p = c.base + i;
+                assert!(!self.pages.is_free(p), "audit: cached page {p} is free");
+                assert!(
+                    unmapped_entry(p),
+                    "audit: cached page {p} has a span-map entry"
+                );
+                cached += 1;
+                cached_mapped += usize::from(!self.is_scavenged(p));
+            }
+        }
+        let (mut free, mut free_mapped) = (0, 0);
+        for p in (0..self.grown).filter(|&p| self.pages.is_free(p)) {
+            assert!(
+                unmapped_entry(p),
+                "audit: free page {p} has a span-map entry"
+            );
+            free += 1;
+            if !self.is_scavenged(p) {
+                assert!(
+                    p < self.mapped_top,
+                    "audit: free page {p} mapped above mapped_top"
+                );
+                free_mapped += 1;
+            }
+        }
+        assert_eq!(
+            self.dirty_free,
+            free_mapped + cached_mapped + kept,
+            "audit: dirty_free (free {free_mapped}, cached {cached_mapped}, kept {kept} mapped)"
+        );
+        assert_eq!(
+            self.in_use,
+            self.grown - free - cached - kept,
+            "audit: in_use (grown {}, free {free}, cached {cached}, kept {kept})",
+            self.grown
+        );
+        assert!(
+            self.peak_in_use >= self.epoch_max && self.epoch_max >= self.in_use,
+            "audit: peak {} / epoch max {} / in use {}",
+            self.peak_in_use,
+            self.epoch_max,
+            self.in_use
+        );
+    }
+
     /// Pages the large cache keeps (tests).
     #[cfg(all(test, not(miri)))]
     pub(crate) fn large_cache_pages(&self) -> usize {

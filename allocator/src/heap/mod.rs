@@ -344,6 +344,17 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         heap.retry_with_frames_given_back(|h| h.space()?.frames.allocate_contiguous(count, align))
     }
 
+    /// Tests: the page heap's counters recounted ([`PageHeap::audit`]); panics on a difference.
+    #[cfg(test)]
+    pub(crate) fn audit_pages(&self) {
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let pages = self.pages.lock();
+        if let Some(heap) = pages.as_ref() {
+            heap.audit();
+        }
+    }
+
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
     pub(crate) fn is_initialized(&self) -> bool {
         let _irq = self.platform.mask_interrupts();

@@ -617,6 +617,7 @@ fn the_large_cache_serves_slightly_smaller_objects() {
         let q = heap.alloc(six);
         assert_eq!(q, p, "the kept span did not serve a six-page object");
         assert_eq!(kept_pages(heap), 0);
+        heap.audit_pages();
         // (Whether the span was cut and its extra pages freed, the growth in place below tells.)
         assert_eq!(heap.stats().pages.in_use, in_use + 6);
         assert_eq!(heap.stats().pages.dirty_free, dirty - 6);
@@ -630,6 +631,7 @@ fn the_large_cache_serves_slightly_smaller_objects() {
         heap.dealloc(r, eight);
         heap.dealloc(f, five);
     }
+    heap.audit_pages();
 }
 
 /// An `allocate_frames` that cannot succeed whatever the heap gives back (more frames than it could

@@ -232,8 +232,13 @@ fn run_random(seed: u64, ops: usize) {
         if m.live.len() > 2000 {
             m.free_nth(r.next() as usize);
         }
+        if !cfg!(miri) && r.below(500) == 0 {
+            heap.audit_pages();
+        }
     }
+    heap.audit_pages();
     m.free_all();
+    heap.audit_pages();
     assert_eq!(
         heap.stats().objects(),
         0,
@@ -270,7 +275,9 @@ proptest! {
                 _ => m.realloc_nth(pick, size),
             }
         }
+        heap.audit_pages();
         m.free_all();
+        heap.audit_pages();
         prop_assert_eq!(heap.stats().objects(), 0);
     }
 }
