@@ -475,15 +475,20 @@ impl PageAlloc {
         }
     }
 
-    /// Summary of entry `p` of level `l` (not the leaf level), recomputed from its children.
+    /// Summary of entry `p` of level `l` (not the leaf level), recomputed from its children (those
+    /// past the tracked prefix count as entirely in use).
     fn merged(&self, l: usize, p: usize) -> Sum {
         let children = self.level(l + 1);
-        let mut kids = [Sum::ZERO; FANOUT];
-        for (j, k) in kids.iter_mut().enumerate() {
-            if let Some(&raw) = children.get((p << FANOUT_LOG) + j) {
-                *k = Sum::from_raw(raw);
-            }
-        }
+        let first = p << FANOUT_LOG;
+        let kids: [Sum; FANOUT] = match children.get(first..first + FANOUT) {
+            // All eight tracked (every entry but the last of a level): no test per child.
+            Some(raw) => core::array::from_fn(|j| Sum::from_raw(raw[j])),
+            None => core::array::from_fn(|j| {
+                children
+                    .get(first + j)
+                    .map_or(Sum::ZERO, |&raw| Sum::from_raw(raw))
+            }),
+        };
         Sum::merge(&kids, 1 << LEVEL_LOG[l + 1])
     }
 

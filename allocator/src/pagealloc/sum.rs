@@ -81,10 +81,21 @@ impl Sum {
     }
 
     /// Summary of the concatenation of `children`, each describing `child_size` units, in address order.
+    #[inline]
     pub fn merge(children: &[Sum], child_size: usize) -> Sum {
+        // Children smaller than the largest region never hold the all-free bit (only a free region of
+        // `MAX_PACKED` units does), so their fields unpack with masks alone: this loop is most of a
+        // summary update's cost.
+        assert!(
+            child_size < MAX_PACKED,
+            "pagealloc: merging children of {child_size} units"
+        );
         let (mut start, mut max, mut end) = (0, 0, 0);
         for (i, c) in children.iter().enumerate() {
-            let (cs, cm, ce) = (c.start(), c.max(), c.end());
+            debug_assert_eq!(c.0 & ALL_FREE_MAX, 0);
+            let cs = (c.0 & FIELD_MASK) as usize;
+            let cm = ((c.0 >> FIELD_BITS) & FIELD_MASK) as usize;
+            let ce = ((c.0 >> (2 * FIELD_BITS)) & FIELD_MASK) as usize;
             // The region's start run keeps growing only while everything before this child was free.
             if start == i * child_size {
                 start += cs;
