@@ -130,8 +130,9 @@ struct PauseReport {
     p50: u64,
     total: u64,
     wall: u64,
-    /// Per kind of collector work (`PauseKind::ALL`'s order): count, p50, p99.9, max, total (ns).
-    by_kind: Vec<[u64; 5]>,
+    /// Per kind of collector work (`PauseKind::ALL`'s order): count, p50, p99.9, max, total (ns), and
+    /// how many took longer than [`PAUSE_TARGET_NS`].
+    by_kind: Vec<[u64; 6]>,
     /// Concurrent rows: bytes the mark workers scanned, and their CPU time in jobs (ns).
     worker_scan: u64,
     worker_cpu: u64,
@@ -363,6 +364,7 @@ fn pause_bench_with(
                 at(999).copied().unwrap_or(0),
                 d.last().copied().unwrap_or(0),
                 d.iter().sum(),
+                d.iter().filter(|&&t| t > PAUSE_TARGET_NS).count() as u64,
             ]
         })
         .collect();
@@ -690,19 +692,20 @@ fn bench(quick: bool) {
         // with its own distribution (`PauseKind`). A kind's max far above its p99.9 is the machine's
         // interruption of one short pause, as the floor line shows.
         println!(
-            "  by kind: {:<12} {:>8} {:>10} {:>10} {:>10} {:>12}",
-            "", "count", "p50", "p99.9", "max", "total"
+            "  by kind: {:<12} {:>8} {:>10} {:>10} {:>10} {:>12} {:>10}",
+            "", "count", "p50", "p99.9", "max", "total", "over 0.1 ms"
         );
         for (kind, k) in PauseKind::ALL.iter().zip(&r.by_kind) {
             if k[0] > 0 {
                 println!(
-                    "           {:<12} {:>8} {:>10} {:>10} {:>10} {:>12}",
+                    "           {:<12} {:>8} {:>10} {:>10} {:>10} {:>12} {:>10}",
                     kind.name(),
                     k[0],
                     ms(k[1]),
                     ms(k[2]),
                     ms(k[3]),
-                    ms(k[4])
+                    ms(k[4]),
+                    k[5]
                 );
             }
         }
