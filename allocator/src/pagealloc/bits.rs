@@ -75,52 +75,53 @@ pub fn clear_range(c: &mut Chunk, lo: usize, hi: usize) {
     for_each_word(lo, hi, |w, mask| c[w] &= !mask);
 }
 
-/// The longer of `max` and the longest run of zero bits in `w`.
-fn longest_zero_run_above(w: u64, max: usize) -> usize {
-    if max >= 64 {
-        return max;
+/// The longest run of zero bits in `w` (0..=64), in a fixed sequence of steps without a branch on the
+/// data: summaries are recomputed on every page-heap and frame allocation and free, and a loop whose
+/// trip count follows the bitmap mispredicts on them.
+fn longest_zero_run(w: u64) -> usize {
+    // `a<n>`: bit `j` set iff units `j..j + n` are all free (a right shift brings in zeros, units in
+    // use, so no run wraps past bit 63).
+    let a1 = !w;
+    let a2 = a1 & (a1 >> 1);
+    let a4 = a2 & (a2 >> 2);
+    let a8 = a4 & (a4 >> 4);
+    let a16 = a8 & (a8 >> 8);
+    let a32 = a16 & (a16 >> 16);
+    // Greedy on the binary digits of the answer, up to 63: `cur` marks the starts of runs of `len`
+    // free units, and a run of `len + k` starts at `j` iff one of `len` does and one of `k` starts at
+    // `j + len`. A free word (a run of 64) comes out at 63 and gets its last unit below.
+    let (mut len, mut cur) = (0usize, u64::MAX);
+    for (k, ak) in [(32, a32), (16, a16), (8, a8), (4, a4), (2, a2), (1, a1)] {
+        let t = cur & (ak >> len);
+        if t != 0 {
+            cur = t;
+            len += k;
+        }
     }
-    // Only runs longer than `max` matter: look for those directly, then extend one unit at a time.
-    let mut x = run_starts(!w, max + 1);
-    let mut n = max;
-    while x != 0 {
-        n += 1;
-        x &= x >> 1;
-    }
-    n
+    len + usize::from(w == 0)
 }
 
-/// The chunk's summary.
+/// The chunk's summary, in one pass over its words with no branch on their contents (see
+/// [`longest_zero_run`]).
 pub fn summarize(c: &Chunk) -> Sum {
-    let mut start = 0;
+    // `run`: the free run reaching the current word boundary from the left; `open`: every word so far
+    // was entirely free (the chunk's start run is still growing).
+    let (mut start, mut open, mut max, mut run) = (0usize, true, 0usize, 0usize);
     for &w in c {
-        start += w.trailing_zeros() as usize;
-        if w != 0 {
-            break;
-        }
+        let tz = w.trailing_zeros() as usize;
+        start += if open { tz } else { 0 };
+        open &= w == 0;
+        max = max.max(run + tz).max(longest_zero_run(w));
+        run = if w == 0 {
+            run + 64
+        } else {
+            w.leading_zeros() as usize
+        };
     }
     if start == CHUNK_UNITS {
         return Sum::all_free(CHUNK_UNITS);
     }
-    let mut end = 0;
-    for &w in c.iter().rev() {
-        end += w.leading_zeros() as usize;
-        if w != 0 {
-            break;
-        }
-    }
-    // `run` is the free run reaching the current word boundary from the left.
-    let (mut max, mut run) = (start.max(end), 0usize);
-    for &w in c {
-        if w == 0 {
-            run += 64;
-            continue;
-        }
-        max = max.max(run + w.trailing_zeros() as usize);
-        max = longest_zero_run_above(w, max);
-        run = w.leading_zeros() as usize;
-    }
-    Sum::new(start, max.max(run), end)
+    Sum::new(start, max.max(run), run)
 }
 
 /// First `s >= from` with `s` a multiple of `align` such that `s..s + n` is free and inside the chunk.
@@ -304,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn longest_zero_run_agrees_with_naive_on_every_floor() {
+    fn longest_zero_run_agrees_with_naive() {
         let naive = |w: u64| {
             let (mut best, mut run) = (0, 0);
             for b in 0..64 {
@@ -332,14 +333,7 @@ mod tests {
             words.push(x | x.rotate_left(9) | x.rotate_left(33));
         }
         for &w in &words {
-            let want = naive(w);
-            for max in 0..=64 {
-                assert_eq!(
-                    longest_zero_run_above(w, max),
-                    want.max(max),
-                    "word {w:#066b}, floor {max}"
-                );
-            }
+            assert_eq!(longest_zero_run(w), naive(w), "word {w:#066b}");
         }
     }
 
