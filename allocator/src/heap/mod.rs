@@ -154,9 +154,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         window: ArenaWindow,
         max_bytes: usize,
     ) -> Result<(), InitError> {
-        let _irq = self.platform.mask_interrupts();
+        let irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
-        assert!(pages.is_none(), "spanalloc: Heap::init called twice");
+        if pages.is_some() {
+            // Told once the lock is released: a panic path that allocates would spin on it ([`Refusal`]).
+            drop((pages, irq));
+            panic!("spanalloc: Heap::init called twice");
+        }
         let heap = PageHeap::new(space, window, max_bytes, &self.spanmap)?;
         self.own_spans
             .store(cache_shift(heap.memory_bytes()) > 0, Ordering::Relaxed);
@@ -247,9 +251,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         len: usize,
         reach: Option<usize>,
     ) -> Result<RegionInfo, InitError> {
-        let _irq = self.platform.mask_interrupts();
+        let irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
-        assert!(pages.is_none(), "spanalloc: Heap initialized twice");
+        if pages.is_some() {
+            // Told once the lock is released (see `init`).
+            drop((pages, irq));
+            panic!("spanalloc: Heap initialized twice");
+        }
         // SAFETY: the caller's contract is ours.
         let (heap, info) =
             unsafe { PageHeap::new_region(start.addr() as u64, len, reach, &self.spanmap)? };
@@ -1649,6 +1657,8 @@ mod realloc_tests;
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
+#[cfg(all(test, not(miri)))]
+mod review_a_tests;
 #[cfg(all(test, not(miri)))]
 mod sample_tests;
 #[cfg(test)]

@@ -1,0 +1,195 @@
+//! Review (attacker's view) of the explicit heap's public API: regression tests.
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::vec::Vec;
+
+use super::soundness_tests::{plain_heap, run_child, small_heap, Plain, CHILD_ENV};
+use crate::addr::PAGE_SIZE;
+use crate::host::HostMachine;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn pat(seed: u64, i: usize) -> u8 {
+    (seed as u8).wrapping_add((i as u8).wrapping_mul(13)) ^ (i >> 9) as u8
+}
+
+fn fill(p: *mut u8, len: usize, seed: u64) {
+    for i in 0..len {
+        // SAFETY: test code: a live block of `len` bytes.
+        unsafe { p.add(i).write(pat(seed, i)) };
+    }
+}
+
+fn check(p: *mut u8, len: usize, seed: u64) {
+    for i in 0..len {
+        // SAFETY: test code: a live block of `len` bytes.
+        let b = unsafe { p.add(i).read() };
+        assert_eq!(b, pat(seed, i), "{p:?}+{i} of {len} changed");
+    }
+}
+
+/// Large objects of 4 to 18 pages (the large cache's range, its slack, trimmed tails), allocated,
+/// zeroed, reallocated in place and moved, freed, under a frame budget small enough for scavenging:
+/// contents survive, nothing overlaps, the page counters stay exact.
+fn large_churn(seed: u64, phys_mib: usize) {
+    let heap = plain_heap(phys_mib, 4 << 30, 2 << 30);
+    let mut r = Rng(seed | 1);
+    let mut live: Vec<(*mut u8, Layout, u64)> = Vec::new();
+    let size = |r: &mut Rng| -> usize {
+        match r.below(4) {
+            0 => (4 + r.below(15) as usize) * PAGE_SIZE,
+            1 => (4 + r.below(15) as usize) * PAGE_SIZE - 4096 - r.below(64) as usize,
+            _ => 8192 + r.below(18 * PAGE_SIZE as u64) as usize,
+        }
+    };
+    for step in 0..20_000u64 {
+        match r.below(10) {
+            0..=3 => {
+                let align = 1usize << r.below(15);
+                let l = Layout::from_size_align(size(&mut r), align).unwrap();
+                let zero = r.below(2) == 0;
+                // SAFETY: test code: a valid layout.
+                let p = unsafe {
+                    if zero {
+                        heap.alloc_zeroed(l)
+                    } else {
+                        heap.alloc(l)
+                    }
+                };
+                if p.is_null() {
+                    continue;
+                }
+                assert_eq!(p as usize % align, 0);
+                if zero {
+                    // SAFETY: test code.
+                    let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
+                    assert!(s.iter().all(|&b| b == 0), "alloc_zeroed gave dirty bytes");
+                }
+                fill(p, l.size(), step);
+                live.push((p, l, step));
+            }
+            4..=6 if !live.is_empty() => {
+                let i = r.below(live.len() as u64) as usize;
+                let (p, l, s) = live.swap_remove(i);
+                check(p, l.size(), s);
+                // SAFETY: test code: a live block with its layout.
+                unsafe { heap.dealloc(p, l) };
+            }
+            7..=9 if !live.is_empty() => {
+                let i = r.below(live.len() as u64) as usize;
+                let (p, l, s) = live[i];
+                check(p, l.size(), s);
+                let new = size(&mut r);
+                // SAFETY: test code: a live block with its layout.
+                let q = unsafe { heap.realloc(p, l, new) };
+                if q.is_null() {
+                    continue;
+                }
+                check(q, l.size().min(new), s);
+                let nl = Layout::from_size_align(new, l.align()).unwrap();
+                fill(q, new, step);
+                live[i] = (q, nl, step);
+            }
+            _ => {}
+        }
+        if r.below(300) == 0 {
+            heap.trim();
+        }
+        if r.below(200) == 0 {
+            heap.audit_pages();
+            let mut v: Vec<(usize, usize)> = live
+                .iter()
+                .map(|&(p, l, _)| (p as usize, l.size()))
+                .collect();
+            v.sort();
+            for w in v.windows(2) {
+                assert!(w[0].0 + w[0].1 <= w[1].0, "overlap {w:x?}");
+            }
+        }
+        if live.len() > 40 {
+            let (p, l, s) = live.swap_remove(0);
+            check(p, l.size(), s);
+            // SAFETY: test code.
+            unsafe { heap.dealloc(p, l) };
+        }
+    }
+    for (p, l, s) in live {
+        check(p, l.size(), s);
+        // SAFETY: test code.
+        unsafe { heap.dealloc(p, l) };
+    }
+    heap.audit_pages();
+}
+
+#[test]
+fn review_large_churn_plenty() {
+    for seed in 1..4 {
+        large_churn(seed * 0x9e37, 256);
+    }
+}
+
+#[test]
+fn review_large_churn_tight() {
+    for seed in 1..4 {
+        large_churn(seed * 0x7f4a, 24);
+    }
+}
+
+/// `Heap::init` a second time is refused with a panic that names it: made while the page-heap lock is
+/// held, a panic path that allocates (a kernel's panic handler formatting its message, std boxing
+/// the payload when the heap is the global allocator) spins on that lock for good. Child process.
+#[test]
+#[ignore = "run by review_a_second_init_panics_without_the_lock in a child process"]
+fn child_review_a_second_init_with_an_allocating_panic_hook() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    static HEAP: std::sync::OnceLock<&'static Plain> = std::sync::OnceLock::new();
+    let heap = *HEAP.get_or_init(small_heap);
+    std::panic::set_hook(std::boxed::Box::new(|_| {
+        let h = HEAP.get().unwrap();
+        std::eprintln!(
+            "CHILD: page-heap lock {}",
+            if h.pages.is_locked() { "held" } else { "free" }
+        );
+    }));
+    let m = HostMachine::new(16 << 20, 256 << 20);
+    let r = catch_unwind(AssertUnwindSafe(|| heap.init(m.space, m.window, 64 << 20)));
+    assert!(r.is_err(), "a second init was not refused");
+    let region: &'static mut [_] = std::boxed::Box::leak(
+        std::vec![core::mem::MaybeUninit::<u8>::uninit(); 1 << 20].into_boxed_slice(),
+    );
+    let r = catch_unwind(AssertUnwindSafe(move || {
+        let region = region;
+        heap.init_region_from_slice(region)
+    }));
+    assert!(
+        r.is_err(),
+        "a region init of an initialized heap was not refused"
+    );
+    std::eprintln!("CHILD: done");
+}
+
+#[test]
+fn review_a_second_init_panics_without_the_lock() {
+    let err =
+        run_child("heap::review_a_tests::child_review_a_second_init_with_an_allocating_panic_hook");
+    assert!(!err.contains("CHILD: page-heap lock held"), "{err}");
+    assert_eq!(
+        err.matches("CHILD: page-heap lock free").count(),
+        2,
+        "{err}"
+    );
+}
