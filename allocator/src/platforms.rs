@@ -210,11 +210,26 @@ unsafe impl Platform for Uniprocessor {
 /// # fn my_cpu_index() -> usize { 0 }
 /// # fn my_shootdown(_: spanalloc::addr::Page, _: u64) {}
 /// use spanalloc::{platforms::Smp, Heap};
-/// static PLATFORM: Smp = Smp::new(my_cpu_index, my_shootdown);
+/// // SAFETY: `my_cpu_index` and `my_shootdown` do what `Smp::new` asks of them.
+/// static PLATFORM: Smp = unsafe { Smp::new(my_cpu_index, my_shootdown) };
 /// #[global_allocator]
 /// static HEAP: Heap<Smp> = Heap::new(&PLATFORM);
-/// // A kernel that never migrates interrupted code: `static PLATFORM: Smp<true> = Smp::new(...);`
+/// // A kernel that never migrates interrupted code: `static PLATFORM: Smp<true> = unsafe { Smp::new(...) };`
 /// // and `Heap<Smp<true>>`.
+/// ```
+///
+/// `Smp::new` is `unsafe`: the heap's soundness rests on both functions (two CPUs given one index would
+/// share a cache without a lock; a shootdown that returns early leaves stale translations of freed
+/// frames), so safe code must not be able to make an `Smp` from any two functions:
+///
+/// ```compile_fail
+/// # fn my_shootdown(_: spanalloc::addr::Page, _: u64) {}
+/// fn every_cpu_is_zero() -> usize {
+///     0
+/// }
+/// // Refused outside `unsafe`.
+/// static PLATFORM: spanalloc::platforms::Smp =
+///     spanalloc::platforms::Smp::new(every_cpu_is_zero, my_shootdown);
 /// ```
 pub struct Smp<const INTERRUPTED_CODE_STAYS_ON_CPU: bool = false> {
     phys_offset: PhysOffset,
@@ -224,7 +239,13 @@ pub struct Smp<const INTERRUPTED_CODE_STAYS_ON_CPU: bool = false> {
 
 impl<const STAYS: bool> Smp<STAYS> {
     /// A platform over the kernel's CPU-index function and TLB shootdown (their duties: see [`Smp`]).
-    pub const fn new(cpu_index: fn() -> usize, shoot_down_others: fn(Page, u64)) -> Self {
+    ///
+    /// # Safety
+    /// `cpu_index` never gives two CPUs running at once the same index below [`crate::MAX_CPUS`], and
+    /// a CPU's index is fixed; `shoot_down_others(start, count)` returns only once every other CPU has
+    /// dropped its translations of those pages, and neither allocates. With `STAYS` (`Smp<true>`), code
+    /// an interrupt lands in always resumes on the CPU it was interrupted on.
+    pub const unsafe fn new(cpu_index: fn() -> usize, shoot_down_others: fn(Page, u64)) -> Self {
         Smp {
             phys_offset: PhysOffset::unset(),
             cpu_index,
@@ -239,7 +260,8 @@ impl<const STAYS: bool> TakeOverPlatform for Smp<STAYS> {
     }
 }
 
-// SAFETY: the CPU index and the shootdown are the kernel's, which `Smp::new` documents as duties (an index
+// SAFETY: the CPU index and the shootdown are the kernel's, which the caller of the `unsafe` `Smp::new`
+// promised to be right (an index
 // below MAX_CPUS fixed per CPU; a shootdown that returns once every other CPU flushed; with `STAYS`, no
 // migration of interrupted code); the local flush and the masking are done here; the offset is set by
 // take-over as for `Uniprocessor`.
@@ -309,7 +331,8 @@ mod tests {
         fn shoot(_: Page, count: u64) {
             SHOT.fetch_add(count as usize, Ordering::Relaxed);
         }
-        let p: Smp = Smp::new(cpu, shoot);
+        // SAFETY: test code: the platform's methods that rely on the duties are never called.
+        let p: Smp = unsafe { Smp::new(cpu, shoot) };
         assert_eq!(p.cpu_index(), 3);
         const { assert!(!Smp::<false>::INTERRUPTED_CODE_STAYS_ON_CPU) };
         const { assert!(Smp::<true>::INTERRUPTED_CODE_STAYS_ON_CPU) };
