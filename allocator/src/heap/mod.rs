@@ -952,8 +952,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// starting at `addr` whose object has the layout's kind: `small` is the layout's size class if it
     /// is a small one (then the object must have been reallocated in place to that class), `None` for a
     /// large layout (then the object's layout must be large, of the span's page count). In both cases
-    /// the layout's size must not reach a trimmed tail's unmapped frame (pageheap.rs): the object ends
-    /// before it, and a moving `realloc` copies `layout.size()` bytes. The refusal otherwise, which the
+    /// the layout's size must not reach a spare tail frame, mapped or trimmed (pageheap.rs): the object
+    /// ends before it, and a moving `realloc` copies `layout.size()` bytes. The refusal otherwise, which the
     /// caller raises once it has released the lock ([`Refusal`]).
     fn checked_large(
         &self,
@@ -988,12 +988,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 })
             }
         }
-        let mapped = s.npages().0 * PAGE_SIZE
-            - if s.tail_unmapped {
-                FRAME_SIZE as usize
-            } else {
-                0
-            };
+        // An object whose last page's second frame is spare ends before that frame (a trimmed tail is
+        // spare too): a layout reaching into it is larger than the allocation, refused whether the frame
+        // is mapped now or not. Mapped now is not enough: a moving `realloc` allocates after this check,
+        // and an allocation that finds no frame unmaps every spare tail frame (pageheap.rs,
+        // `trim_spare_tails`), this object's too, before the move copies `layout.size()` bytes.
+        debug_assert!(s.tail_spare || !s.tail_unmapped);
+        let mapped = s.npages().0 * PAGE_SIZE - if s.tail_spare { FRAME_SIZE as usize } else { 0 };
         if layout.size() > mapped {
             return Err(Refusal::TrimmedTail {
                 npages: s.npages(),
@@ -1293,8 +1294,8 @@ enum Refusal {
         want: Option<SizeClass>,
         npages: PageCount,
     },
-    /// The layout's size reaches past the object's mapped bytes (its last page's second frame is
-    /// unmapped, pageheap.rs), so it is larger than the object.
+    /// The layout's size reaches into the object's last page's second frame, which holds none of the
+    /// object (spare, or trimmed: pageheap.rs), so it is larger than the object.
     TrimmedTail { npages: PageCount, mapped: usize },
     /// The heap profile knows a small object of this size at the address.
     ProfiledSmall(u64),
@@ -1360,7 +1361,7 @@ impl Refusal {
                 addr,
                 layout,
                 format_args!(
-                    "the layout's size is larger than the allocation ({} pages, the last one's second 4 KiB frame unmapped: at most {mapped} B)",
+                    "the layout's size is larger than the allocation ({} pages, ending before the last one's second 4 KiB frame: at most {mapped} B)",
                     npages.0
                 ),
             ),

@@ -193,3 +193,94 @@ fn review_a_second_init_panics_without_the_lock() {
         "{err}"
     );
 }
+
+/// `allocate_frames` with absurd alignments and counts: `None` (or a frame aligned as asked), never a
+/// panic or a wrong frame.
+#[test]
+fn review_a_allocate_frames_absurd_alignments() {
+    use crate::addr::FrameCount;
+    let heap = small_heap();
+    for shift in [20u32, 30, 40, 51, 52, 53, 60, 63] {
+        for count in [1u64, 2, 3, 1 << 20, u64::MAX / 2, u64::MAX] {
+            let align = FrameCount(1 << shift);
+            if let Some(f) = heap.allocate_frames(FrameCount(count), align) {
+                assert_eq!(
+                    f.start_address().as_u64() % (4096u64 << shift.min(51)),
+                    0,
+                    "count {count} align 2^{shift}: {f:?}"
+                );
+            }
+        }
+    }
+    for count in [1u64, 7, 1000] {
+        assert!(heap
+            .allocate_frames(FrameCount(count), FrameCount(1))
+            .is_some());
+    }
+}
+
+/// A large object ending in the first frame of its last page, that frame's twin mapped and spare; a
+/// `realloc` with a layout of the same page count but reaching into the spare frame (larger than the
+/// allocation) passed the check while the frame was mapped, and then the move's own allocation, out
+/// of frames, unmapped every spare tail frame (this object's too) and the move copied `layout.size()`
+/// bytes out of the unmapped frame: a page fault. Child process (the fault kills it).
+#[test]
+#[ignore = "run by review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move in a child process"]
+fn child_review_a_realloc_move_after_its_allocation_trimmed_the_tail() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    const REAL: usize = 36 << 10; // 5 pages, ending in the first frame of the fifth
+    const LIE: usize = 40_000; // the same 5 pages, reaching into the fifth's second frame
+    const NEW: usize = 45_000; // 6 pages, the last one's second frame left unmapped: 11 frames
+    let heap = plain_heap(64, 1 << 30, 256 << 20);
+    heap.trim();
+    // SAFETY: test code: valid layouts, each block freed at most once with its layout.
+    unsafe {
+        // Objects whose last page's second frame is mapped and spare (the 64 KiB block before each
+        // leaves its pages mapped): `p`, and 12 more whose tails make up the frames the move needs.
+        let spare_tail = || {
+            let q = heap.alloc(super::soundness_tests::lay(64 << 10));
+            assert!(!q.is_null());
+            heap.dealloc(q, super::soundness_tests::lay(64 << 10));
+            let p = heap.alloc(super::soundness_tests::lay(REAL));
+            assert!(!p.is_null());
+            p
+        };
+        let p = spare_tail();
+        fill(p, REAL, 1);
+        let _others: Vec<*mut u8> = (0..12).map(|_| spare_tail()).collect();
+        let tails = heap.stats().pages.trimmed_tails;
+        // No free page left mapped (the pages after `p` scavenged: no growth in place without a
+        // frame), then no free frame at all.
+        heap.trim();
+        assert_eq!(
+            heap.stats().pages.trimmed_tails,
+            tails,
+            "trim keeps spare tails"
+        );
+        let _hoard = heap
+            .with_address_space(|s| crate::testing::hoard_all_but(&mut s.frames, 0))
+            .unwrap();
+        std::eprintln!("CHILD: realloc");
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            heap.realloc(p, super::soundness_tests::lay(LIE), NEW)
+        }));
+        match r {
+            Err(_) => std::eprintln!("CHILD: refused"),
+            Ok(q) => std::eprintln!(
+                "CHILD: moved to {q:?}; tails trimmed {}",
+                heap.stats().pages.trimmed_tails - tails
+            ),
+        }
+    }
+    std::eprintln!("CHILD: done");
+}
+
+#[test]
+fn review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move() {
+    let err = run_child(
+        "heap::review_a_tests::child_review_a_realloc_move_after_its_allocation_trimmed_the_tail",
+    );
+    assert!(err.contains("CHILD: refused"), "{err}");
+}
