@@ -284,3 +284,116 @@ fn review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move() {
     );
     assert!(err.contains("CHILD: refused"), "{err}");
 }
+
+/// Threads allocating, reallocating and freeing objects of every kind (their own and each other's:
+/// frees on another CPU) while another thread trims, reads stats and takes and gives back frames, in
+/// a heap whose frames run short: contents survive and nothing is handed out twice.
+#[test]
+fn review_a_trim_stats_and_frame_takers_race_allocations() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let heap = plain_heap(24, 1 << 30, 256 << 20);
+    let stop = AtomicBool::new(false);
+    let shared: Mutex<Vec<(usize, Layout, u64)>> = Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        let mut workers = Vec::new();
+        for t in 0..4u64 {
+            let shared = &shared;
+            workers.push(sc.spawn(move || {
+                let mut r = Rng(0x1234_5678 ^ (t + 1) * 0x9e37_79b9);
+                let mut mine: Vec<(*mut u8, Layout, u64)> = Vec::new();
+                for step in 0..15_000u64 {
+                    let seed = t << 32 | step;
+                    match r.below(8) {
+                        0..=2 => {
+                            let size = match r.below(4) {
+                                0 => 1 + r.below(256) as usize,
+                                1 => 1 + r.below(32 << 10) as usize,
+                                _ => 32 << 10 | r.below(100 << 10) as usize,
+                            };
+                            let l = Layout::from_size_align(size, 1 << r.below(14)).unwrap();
+                            // SAFETY: test code.
+                            let p = unsafe { heap.alloc(l) };
+                            if !p.is_null() {
+                                fill(p, l.size().min(4096), seed);
+                                mine.push((p, l, seed));
+                            }
+                        }
+                        3 | 4 if !mine.is_empty() => {
+                            let (p, l, s) = mine.swap_remove(r.below(mine.len() as u64) as usize);
+                            check(p, l.size().min(4096), s);
+                            if r.below(2) == 0 {
+                                shared.lock().unwrap().push((p as usize, l, s));
+                            } else {
+                                // SAFETY: test code: a live block with its layout.
+                                unsafe { heap.dealloc(p, l) };
+                            }
+                        }
+                        5 => {
+                            let got = shared.lock().unwrap().pop();
+                            if let Some((p, l, s)) = got {
+                                check(p as *mut u8, l.size().min(4096), s);
+                                // SAFETY: test code: another thread's live block, handed over.
+                                unsafe { heap.dealloc(p as *mut u8, l) };
+                            }
+                        }
+                        6 | 7 if !mine.is_empty() => {
+                            let i = r.below(mine.len() as u64) as usize;
+                            let (p, l, s) = mine[i];
+                            check(p, l.size().min(4096), s);
+                            let new = 1 + r.below(120 << 10) as usize;
+                            // SAFETY: test code: a live block with its layout.
+                            let q = unsafe { heap.realloc(p, l, new) };
+                            if !q.is_null() {
+                                check(q, l.size().min(new).min(4096), s);
+                                let nl = Layout::from_size_align(new, l.align()).unwrap();
+                                fill(q, new.min(4096), seed);
+                                mine[i] = (q, nl, seed);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if mine.len() > 60 {
+                        let (p, l, s) = mine.swap_remove(0);
+                        check(p, l.size().min(4096), s);
+                        // SAFETY: test code.
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                }
+                for (p, l, s) in mine {
+                    check(p, l.size().min(4096), s);
+                    // SAFETY: test code.
+                    unsafe { heap.dealloc(p, l) };
+                }
+            }));
+        }
+        let stop = &stop;
+        sc.spawn(move || {
+            use crate::addr::FrameCount;
+            let mut r = Rng(77);
+            while !stop.load(Ordering::Relaxed) {
+                match r.below(3) {
+                    0 => heap.trim(),
+                    1 => {
+                        let s = heap.stats();
+                        assert!(s.large_bytes >= s.large_objects * PAGE_SIZE);
+                    }
+                    _ => {
+                        let n = 1 + r.below(64);
+                        if let Some(f) = heap.allocate_frames(FrameCount(n), FrameCount(1)) {
+                            std::thread::yield_now();
+                            // SAFETY: frames just taken from this heap, given back once.
+                            unsafe {
+                                heap.with_address_space(|s| s.frames.free_contiguous(f, FrameCount(n)))
+                            };
+                        }
+                    }
+                }
+            }
+        });
+        for w in workers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
