@@ -13,7 +13,9 @@ pub const MAX_CPUS: usize = 64;
 /// What spanalloc needs from the machine. Ready implementations for x86_64: [`crate::platforms`].
 ///
 /// The heap calls `page_mapped`, `pages_mapped` and `pages_unmapped` with interrupts masked on the calling
-/// CPU and the page-heap lock held, and `cpu_index` on every allocation and free: no method may allocate.
+/// CPU and the page-heap lock held, and `cpu_index` on every allocation and free: no method may allocate,
+/// nor panic (a panic handler that allocates would wait for good for the lock held; unwinding out of
+/// a mapping leaves the page heap's bookkeeping half done).
 ///
 /// **Interrupt handlers may allocate and free**, at any point of the code they interrupt, including the
 /// heap's own code. NMI handlers (and anything else that runs while interrupts are masked, e.g. a

@@ -295,7 +295,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     /// map the kernel's own pages ([`share`](crate::share)). `None` before `init` and in region mode
     /// (the kernel kept its address space). For frames alone, [`Heap::allocate_frames`] is safe. `f`
     /// runs with the page-heap lock held and interrupts masked: it must not allocate or free through
-    /// this heap, which would wait for that lock for good. The frame allocator it lends holds only the
+    /// this heap, which would wait for that lock for good, and should not panic (an `unwrap` of a
+    /// mapping's result included): the panic handler would start with that lock held, and one that
+    /// allocates (to format its message) waits for it for good. Return the error instead. The frame allocator it lends holds only the
     /// free frames: the heap keeps its free pages mapped as long as a quarter of the frames stay free
     /// (pageheap.rs, "Scavenging"); call [`Heap::trim`] first to take more than that at once.
     ///

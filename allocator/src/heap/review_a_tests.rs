@@ -384,7 +384,9 @@ fn review_a_trim_stats_and_frame_takers_race_allocations() {
                             std::thread::yield_now();
                             // SAFETY: frames just taken from this heap, given back once.
                             unsafe {
-                                heap.with_address_space(|s| s.frames.free_contiguous(f, FrameCount(n)))
+                                heap.with_address_space(|s| {
+                                    s.frames.free_contiguous(f, FrameCount(n))
+                                })
                             };
                         }
                     }
@@ -396,4 +398,47 @@ fn review_a_trim_stats_and_frame_takers_race_allocations() {
         }
         stop.store(true, Ordering::Relaxed);
     });
+}
+
+/// An object served by a kept span cut to fewer pages (`LargeCache::pop_fitting`) is checked against
+/// its own page count: the kept span's layout is refused, its own one resizes and frees it; the cut
+/// pages are nobody's.
+#[test]
+fn review_a_a_cut_kept_span_is_checked_by_its_own_page_count() {
+    use super::soundness_tests::{lay, panic_message};
+    let heap = plain_heap(64, 4 << 30, 2 << 30);
+    heap.trim();
+    let eight = lay(8 * PAGE_SIZE);
+    let six = lay(6 * PAGE_SIZE - 100);
+    // SAFETY: test code: valid layouts; deliberate bad frees are refused before anything changes.
+    unsafe {
+        let p = heap.alloc(eight);
+        heap.dealloc(p, eight);
+        let q = heap.alloc(six);
+        assert_eq!(q, p, "the kept span served");
+        fill(q, six.size(), 3);
+        let msg = panic_message(|| heap.dealloc(q, eight));
+        assert!(msg.contains("size differs"), "{msg}");
+        let msg = panic_message(|| {
+            heap.realloc(q, eight, 9 * PAGE_SIZE);
+        });
+        assert!(msg.contains("size differs"), "{msg}");
+        // The cut pages are free: another object may take them, and none overlaps `q`.
+        let r = heap.alloc(lay(2 * PAGE_SIZE + 1));
+        assert!(!r.is_null());
+        assert!(
+            r as usize >= q as usize + 6 * PAGE_SIZE || (r as usize) + 3 * PAGE_SIZE <= q as usize
+        );
+        check(q, six.size(), 3);
+        // Shrunk in place to a small class, then freed with that layout.
+        let s = heap.realloc(q, six, 9000);
+        assert_eq!(s, q);
+        check(s, 9000, 3);
+        let msg = panic_message(|| heap.dealloc(s, six));
+        assert!(msg.contains("class differs"), "{msg}");
+        heap.dealloc(s, lay(9000));
+        heap.dealloc(r, lay(2 * PAGE_SIZE + 1));
+    }
+    heap.audit_pages();
+    assert_eq!(heap.stats().objects(), 0);
 }
