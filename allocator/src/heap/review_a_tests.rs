@@ -300,7 +300,7 @@ fn review_a_trim_stats_and_frame_takers_race_allocations() {
         for t in 0..4u64 {
             let shared = &shared;
             workers.push(sc.spawn(move || {
-                let mut r = Rng(0x1234_5678 ^ (t + 1) * 0x9e37_79b9);
+                let mut r = Rng(0x1234_5678 ^ ((t + 1) * 0x9e37_79b9));
                 let mut mine: Vec<(*mut u8, Layout, u64)> = Vec::new();
                 for step in 0..15_000u64 {
                     let seed = t << 32 | step;
