@@ -442,3 +442,39 @@ fn review_a_a_cut_kept_span_is_checked_by_its_own_page_count() {
     heap.audit_pages();
     assert_eq!(heap.stats().objects(), 0);
 }
+
+/// Degenerate regions through the safe `init_region_from_slice`: an empty slice (dangling address) and
+/// tiny ones are refused with an error, and the heap stays uninitialized (a later good region works).
+#[test]
+fn review_a_degenerate_slices_are_refused() {
+    use crate::host::HostPlatform;
+    use core::mem::MaybeUninit;
+    let m = HostMachine::new(16 << 20, 256 << 20);
+    let heap: &'static crate::Heap<HostPlatform, false> =
+        crate::host::leak(crate::Heap::new(m.platform));
+    let empty: &'static mut [MaybeUninit<u8>] = &mut [];
+    let e = heap
+        .init_region_from_slice(empty)
+        .expect_err("an empty region");
+    std::eprintln!("{e}");
+    for len in [1usize, 4095, 8192, 16383, 20000] {
+        let r: &'static mut [MaybeUninit<u8>] =
+            std::boxed::Box::leak(std::vec![MaybeUninit::uninit(); len].into_boxed_slice());
+        if let Err(e) = heap.init_region_from_slice(r) {
+            std::eprintln!("{len}: {e}");
+        } else {
+            std::eprintln!("{len}: accepted");
+            return;
+        }
+    }
+    let r: &'static mut [MaybeUninit<u8>] =
+        std::boxed::Box::leak(std::vec![MaybeUninit::uninit(); 1 << 20].into_boxed_slice());
+    heap.init_region_from_slice(r)
+        .expect("a good region after refused ones");
+    // SAFETY: test code.
+    unsafe {
+        let p = heap.alloc(super::soundness_tests::lay(100));
+        assert!(!p.is_null());
+        heap.dealloc(p, super::soundness_tests::lay(100));
+    }
+}
