@@ -1,14 +1,17 @@
 //! Compile-fail tests of the collector's type-level guarantees (trybuild): each case in compile_fail/
 //! must fail to compile with the error in its committed `.stderr`, which names the guarantee it breaks.
 //! - `gc_escapes_mutate*`: a `Gc` cannot leave the `mutate` call it was made in (its brand `'gc` is a
-//!   fresh, higher-ranked lifetime per call): neither as the result nor through a captured variable.
+//!   fresh, higher-ranked lifetime per call): neither as the result nor through a captured variable;
+//!   nor from `mutate_root` or `GcHeap::new`'s root builder (`gc_escapes_mutate_root`). A `GcWeak`, a
+//!   `GcRefCell`'s `Ref` or a `GcRefMut` cannot leave `mutate` either (`ref_escapes_mutate`).
 //! - `gc_crosses_heaps`: a `Gc` of one heap cannot be stored in another heap's cell (the brands differ).
 //! - `*_not_send`: `Gc`, `GcHeap` and `Mutation` cannot cross threads (a heap is single-threaded: one
 //!   per CPU).
 //! - `finalizer_resurrects`: a `Drop` (a finalizer) cannot move a `Gc` it holds into a `'static` place.
 //! - `derive_*`: what `#[derive(Trace)]` refuses: a field type that is not `Trace`, a `&'gc` field, a
 //!   `Drop` impl on the derived type, `#[trace(drop)]` on a type with a lifetime, a `#[trace(skip)]`
-//!   field that is not `'static`, a union.
+//!   field that is not `'static` (also through a type parameter), a field of a non-`Trace` type with a
+//!   `Drop` of its own, a union.
 //!
 //! Run by plain `cargo test` (the allocator is a default member of the workspace; its dev-dependency on
 //! itself turns the `gc` feature on for integration tests); ignored in builds with `std` (`--features

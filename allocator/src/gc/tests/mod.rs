@@ -5,6 +5,7 @@ mod conc;
 mod derive;
 mod model;
 mod par;
+mod review;
 mod soundness;
 mod weak;
 

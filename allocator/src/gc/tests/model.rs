@@ -480,3 +480,95 @@ fn model_stress_step_every_alloc() {
         );
     }
 }
+
+/// Mode and worker combinations the tests above do not cover: concurrent marks with parallel
+/// termination, with stress steps, with a collection at every safe point, without workers, and with
+/// jobs run at once inside `start`.
+#[test]
+#[cfg_attr(miri, ignore = "too slow under Miri")]
+fn model_mode_combinations() {
+    let cw = Some(ConcurrentWorkers::threads(2));
+    let mw = Some(MarkWorkers::threads(2));
+    let combos: &[(&str, GcConfig)] = &[
+        (
+            "conc+par",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: cw,
+                mark_workers: mw,
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc+stress1",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: cw,
+                stress: Stress::StepEveryAlloc(1),
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc+par+stress512",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: cw,
+                mark_workers: mw,
+                stress: Stress::StepEveryAlloc(512),
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "incr+par+stress1",
+            GcConfig {
+                mark_workers: mw,
+                stress: Stress::StepEveryAlloc(1),
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc+collect",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: cw,
+                stress: Stress::CollectEverySafepoint,
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc-noworkers",
+            GcConfig {
+                mode: Mode::Concurrent,
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc-zero-helpers",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: Some(ConcurrentWorkers {
+                    helpers: 0,
+                    start: |j| j.run(),
+                }),
+                ..GcConfig::default()
+            },
+        ),
+        (
+            "conc-inline-start",
+            GcConfig {
+                mode: Mode::Concurrent,
+                concurrent_workers: Some(ConcurrentWorkers {
+                    helpers: 3,
+                    start: |j| j.run(),
+                }),
+                ..GcConfig::default()
+            },
+        ),
+    ];
+    for (name, cfg) in combos {
+        std::eprintln!("combo {name}");
+        for step in [64, 4096] {
+            run(*cfg, step, 2, 1500);
+        }
+    }
+}
