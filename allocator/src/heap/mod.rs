@@ -1652,6 +1652,8 @@ pub use sample::{SamplingError, SamplingStats};
 // Heavy (huge windows, dozens of threads): not under Miri.
 #[cfg(all(test, not(miri)))]
 mod attack_tests;
+#[cfg(all(test, not(miri)))]
+mod hostile_caller_tests;
 #[cfg(test)]
 mod interrupt_tests;
 #[cfg(all(test, not(miri)))]
@@ -1660,8 +1662,6 @@ mod realloc_tests;
 mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
-#[cfg(all(test, not(miri)))]
-mod review_a_tests;
 #[cfg(all(test, not(miri)))]
 mod sample_tests;
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 mod conc;
 mod derive;
+mod edge;
 mod model;
 mod par;
-mod review;
 mod soundness;
 mod weak;
 

@@ -1,4 +1,6 @@
-//! Review (attacker's view) of the explicit heap's public API: regression tests.
+//! Hostile callers of the explicit heap's public API (an attacker's review): a layout reaching a spare tail
+//! frame, a second `init` under an allocating panic hook, a cut kept span, trim and stats racing
+//! allocations, absurd `allocate_frames` requests, degenerate region slices.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -134,14 +136,14 @@ fn large_churn(seed: u64, phys_mib: usize) {
 }
 
 #[test]
-fn review_large_churn_plenty() {
+fn large_churn_plenty() {
     for seed in 1..4 {
         large_churn(seed * 0x9e37, 256);
     }
 }
 
 #[test]
-fn review_large_churn_tight() {
+fn large_churn_tight() {
     for seed in 1..4 {
         large_churn(seed * 0x7f4a, 24);
     }
@@ -151,8 +153,8 @@ fn review_large_churn_tight() {
 /// held, a panic path that allocates (a kernel's panic handler formatting its message, std boxing
 /// the payload when the heap is the global allocator) spins on that lock for good. Child process.
 #[test]
-#[ignore = "run by review_a_second_init_panics_without_the_lock in a child process"]
-fn child_review_a_second_init_with_an_allocating_panic_hook() {
+#[ignore = "run by second_init_panics_without_the_lock in a child process"]
+fn child_second_init_with_an_allocating_panic_hook() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
@@ -183,9 +185,9 @@ fn child_review_a_second_init_with_an_allocating_panic_hook() {
 }
 
 #[test]
-fn review_a_second_init_panics_without_the_lock() {
+fn second_init_panics_without_the_lock() {
     let err =
-        run_child("heap::review_a_tests::child_review_a_second_init_with_an_allocating_panic_hook");
+        run_child("heap::hostile_caller_tests::child_second_init_with_an_allocating_panic_hook");
     assert!(!err.contains("CHILD: page-heap lock held"), "{err}");
     assert_eq!(
         err.matches("CHILD: page-heap lock free").count(),
@@ -197,7 +199,7 @@ fn review_a_second_init_panics_without_the_lock() {
 /// `allocate_frames` with absurd alignments and counts: `None` (or a frame aligned as asked), never a
 /// panic or a wrong frame.
 #[test]
-fn review_a_allocate_frames_absurd_alignments() {
+fn allocate_frames_absurd_alignments() {
     use crate::addr::FrameCount;
     let heap = small_heap();
     for shift in [20u32, 30, 40, 51, 52, 53, 60, 63] {
@@ -225,8 +227,8 @@ fn review_a_allocate_frames_absurd_alignments() {
 /// of frames, unmapped every spare tail frame (this object's too) and the move copied `layout.size()`
 /// bytes out of the unmapped frame: a page fault. Child process (the fault kills it).
 #[test]
-#[ignore = "run by review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move in a child process"]
-fn child_review_a_realloc_move_after_its_allocation_trimmed_the_tail() {
+#[ignore = "run by a_layout_reaching_a_spare_tail_is_refused_before_the_move in a child process"]
+fn child_realloc_move_after_its_allocation_trimmed_the_tail() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
@@ -278,9 +280,9 @@ fn child_review_a_realloc_move_after_its_allocation_trimmed_the_tail() {
 }
 
 #[test]
-fn review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move() {
+fn a_layout_reaching_a_spare_tail_is_refused_before_the_move() {
     let err = run_child(
-        "heap::review_a_tests::child_review_a_realloc_move_after_its_allocation_trimmed_the_tail",
+        "heap::hostile_caller_tests::child_realloc_move_after_its_allocation_trimmed_the_tail",
     );
     assert!(err.contains("CHILD: refused"), "{err}");
 }
@@ -289,7 +291,7 @@ fn review_a_a_layout_reaching_a_spare_tail_is_refused_before_the_move() {
 /// frees on another CPU) while another thread trims, reads stats and takes and gives back frames, in
 /// a heap whose frames run short: contents survive and nothing is handed out twice.
 #[test]
-fn review_a_trim_stats_and_frame_takers_race_allocations() {
+fn trim_stats_and_frame_takers_race_allocations() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
     let heap = plain_heap(24, 1 << 30, 256 << 20);
@@ -404,7 +406,7 @@ fn review_a_trim_stats_and_frame_takers_race_allocations() {
 /// its own page count: the kept span's layout is refused, its own one resizes and frees it; the cut
 /// pages are nobody's.
 #[test]
-fn review_a_a_cut_kept_span_is_checked_by_its_own_page_count() {
+fn a_cut_kept_span_is_checked_by_its_own_page_count() {
     use super::soundness_tests::{lay, panic_message};
     let heap = plain_heap(64, 4 << 30, 2 << 30);
     heap.trim();
@@ -446,7 +448,7 @@ fn review_a_a_cut_kept_span_is_checked_by_its_own_page_count() {
 /// Degenerate regions through the safe `init_region_from_slice`: an empty slice (dangling address) and
 /// tiny ones are refused with an error, and the heap stays uninitialized (a later good region works).
 #[test]
-fn review_a_degenerate_slices_are_refused() {
+fn degenerate_slices_are_refused() {
     use crate::host::HostPlatform;
     use core::mem::MaybeUninit;
     let m = HostMachine::new(16 << 20, 256 << 20);
