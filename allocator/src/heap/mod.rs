@@ -1006,6 +1006,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         Ok(span)
     }
 
+    /// A refusal of a large layout, named more precisely where heap sampling knows the address: a
+    /// guarded small object lives in the guard pool, outside the span map, so it was refused as no live
+    /// object at all. Called with no lock held (the guard pool's lock is taken here).
+    #[cold]
+    fn diagnosed(&self, r: Refusal, addr: VirtAddr) -> Refusal {
+        match r {
+            Refusal::NotLive if P::SAMPLING => self
+                .guarded_size(addr)
+                .map_or(r, |size| Refusal::ProfiledSmall(size as u64)),
+            r => r,
+        }
+    }
+
     /// [`Heap::checked_large`], then (heap sampling) the object's profile record forgotten
     /// ([`Heap::forget_large`]), both under the page-heap lock the caller holds: the object's span, or
     /// the refusal for the caller to raise once it has released that lock.
@@ -1032,7 +1045,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             Ok(span) => span,
             Err(r) => {
                 drop((guard, _irq));
-                r.raise(Op::Dealloc, addr, layout)
+                self.diagnosed(r, addr).raise(Op::Dealloc, addr, layout)
             }
         };
         let heap = guard.as_mut().expect("large spans exist only after init");
@@ -1111,7 +1124,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             Ok(span) => span,
             Err(r) => {
                 drop((guard, _irq));
-                r.raise(Op::Realloc, addr, layout)
+                self.diagnosed(r, addr).raise(Op::Realloc, addr, layout)
             }
         };
         // A base is page-aligned, so every small class's alignment is met; beyond a page the layout

@@ -596,14 +596,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 
     /// Whether `ptr` is a live guarded object (tests, diagnostics).
     pub fn is_guarded(&self, ptr: *const u8) -> bool {
-        let addr = ptr as u64;
+        self.guarded_size(VirtAddr::new_truncate(ptr as u64))
+            .is_some()
+    }
+
+    /// The size of the live guarded object starting at `addr`, if there is one.
+    pub(super) fn guarded_size(&self, addr: VirtAddr) -> Option<usize> {
+        let addr = addr.as_u64();
         if !self.sampler.in_pool(addr) {
-            return false;
+            return None;
         }
         let _irq = self.platform.mask_interrupts();
         let pool = self.sampler.pool.lock();
         // SAFETY: as in `alloc_guarded`.
-        pool.is_some_and(|p| unsafe { p.as_ref() }.live_size(addr).is_some())
+        pool.and_then(|p| unsafe { p.as_ref() }.live_size(addr))
     }
 
     /// Writes the heap profile in pprof's protobuf format into `out` (see [`crate::profile::pprof`]):

@@ -206,6 +206,36 @@ fn sampled_objects_realloc_and_refuse_bad_frees() {
 }
 
 #[test]
+fn a_guarded_object_freed_with_a_large_layout_is_named_as_such() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        guard_interval: 1,
+        guard_side: GuardSide::Right,
+    })
+    .unwrap();
+    let l = Layout::from_size_align(24, 8).unwrap();
+    // SAFETY: the large-layout free and realloc are deliberate bad calls, refused before anything
+    // changes; the object is then freed with its own layout.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(heap.is_guarded(p));
+        let big = Layout::from_size_align(40 << 10, 8).unwrap();
+        // The guard pool lies outside the span map: without the pool's word this read "not a live heap
+        // object", which it is.
+        let msg = refused(|| heap.dealloc(p, big));
+        assert!(msg.contains("a small object of 24 B"), "{msg}");
+        let msg = refused(|| {
+            heap.realloc(p, big, 50 << 10);
+        });
+        assert!(msg.contains("a small object of 24 B"), "{msg}");
+        assert!(heap.is_guarded(p), "a refused free changes nothing");
+        heap.dealloc(p, l);
+        assert!(!heap.is_guarded(p));
+    }
+}
+
+#[test]
 fn guarded_objects_report_overflow_use_after_free_and_canary_damage() {
     let heap = sampled_heap();
     heap.set_sampling(Sampling {
