@@ -9,7 +9,9 @@
 //! - Tables the mapper creates are zeroed, present and writable (plus USER when a user page needs them).
 //!   Existing upper entries only ever gain WRITABLE/USER, which widens nothing: the leaf decides.
 //! - A table (P3/P2/P1, never the P4) is freed when its last entry goes, and only if the frame allocator
-//!   manages its frame: the bootloader's tables live in reserved memory and stay.
+//!   manages its frame: the bootloader's tables live in reserved memory and stay. A P3 under the kernel
+//!   half of the P4 (entries 256..512) is never freed: other hierarchies (user processes' P4s) copy
+//!   those entries and would keep pointing at a freed table.
 //!   Every managed table reachable from the P4 therefore has at least one entry in use.
 //! - Huge pages (the bootloader's 2 MiB / 1 GiB mappings) are translated but never changed or split.
 //!
@@ -281,6 +283,10 @@ impl Mapper {
         let mut freed = 0;
         for level in (1..4).rev() {
             let (table, removed) = path[level];
+            // A P3 under the kernel half of the P4 stays: user P4s copy those entries (share.rs).
+            if level == 1 && path[0].1 >= ENTRIES / 2 {
+                break;
+            }
             if !self.is_empty_after_removing(table, removed) || !frames.manages(table) {
                 break;
             }

@@ -42,14 +42,16 @@
 //!   the kernel takes is the kernel's until it frees it; the heap never sees it again.
 //! - Pages: [`AddressSpace::map_kernel_page`], [`AddressSpace::map_fresh_kernel_page`] and
 //!   [`AddressSpace::unmap_kernel_page`] edit the live tables with the heap's mapper, taking page tables
-//!   from the same frames, and refuse pages in the heap's window. Unmapping shoots the page down on every
-//!   CPU through the [`Platform`] before the page tables that became empty are freed.
+//!   from the same frames, and refuse pages in the heap's window and frames the allocator holds free.
+//!   Unmapping shoots the page down on every CPU through the [`Platform`] before the page tables that
+//!   became empty are freed (never a P3 under the kernel half, which user P4s copy: see below).
 //! - Not the `x86_64` crate's `Mapper` trait: its `MapperFlush` flushes the local TLB only, where an unmap
 //!   here must shoot down every CPU before a frame or table is reused, and its huge-page and flag-update
 //!   methods have no counterpart in a 4 KiB mapper that never splits the bootloader's huge pages.
 //! - A user process's own P4: take a zeroed frame, copy the kernel half (entries 256..512) of the live P4
 //!   into it. The heap's window entry is among them and never changes after take-over (the heap's
-//!   metadata keeps its P3 table alive), so the copy stays valid.
+//!   metadata keeps its P3 table alive), so the copy stays valid; nor is a P3 table under the kernel
+//!   half freed when the kernel unmaps its last page there (the copies still point at it).
 //! - Keep the closures short: interrupts are masked and the page-heap lock is held while they run, so
 //!   every other CPU that needs a new span waits. Do not allocate inside them (the lock is not
 //!   re-entrant: allocating there deadlocks).
@@ -68,6 +70,12 @@ pub enum KernelMapError {
     InHeapWindow {
         page: Page,
     },
+    /// The frame is a free frame of the heap's frame allocator: mapped, it would alias whatever the
+    /// allocator hands it out for next. Take it from `frames` first.
+    FreeFrame {
+        page: Page,
+        frame: PhysFrame,
+    },
     Map(MapError),
     Unmap(UnmapError),
 }
@@ -78,6 +86,13 @@ impl fmt::Display for KernelMapError {
             Self::InHeapWindow { page } => write!(
                 f,
                 "spanalloc: page {:#x} lies in the heap's window, which only the heap maps",
+                page.start_address().as_u64()
+            ),
+            Self::FreeFrame { page, frame } => write!(
+                f,
+                "spanalloc: frame {:#x} (for page {:#x}) is a free frame of the heap's frame allocator; \
+                 allocate it before mapping it",
+                frame.start_address().as_u64(),
                 page.start_address().as_u64()
             ),
             Self::Map(e) => write!(f, "{e}"),
@@ -112,7 +127,8 @@ impl<P: Platform> AddressSpace<P> {
 
     /// Maps `page` to `frame` (a device's registers, or a frame the kernel took from `frames`) with
     /// `flags` (PRESENT implied; not HUGE_PAGE). Missing page tables come from the frame allocator (with
-    /// USER_ACCESSIBLE if `flags` has it). A page that is mapped already is refused, not remapped.
+    /// USER_ACCESSIBLE if `flags` has it). A page that is mapped already is refused, not remapped;
+    /// so is a frame the frame allocator holds free ([`KernelMapError::FreeFrame`]).
     ///
     /// # Safety
     /// `page` holds no Rust object the kernel still uses through another mapping, and `frame` is the
@@ -125,6 +141,9 @@ impl<P: Platform> AddressSpace<P> {
         flags: PageTableFlags,
     ) -> Result<(), KernelMapError> {
         self.outside_heap_window(page)?;
+        if self.frames.is_free(frame) {
+            return Err(KernelMapError::FreeFrame { page, frame });
+        }
         self.mapper.map(page, frame, flags, &mut self.frames)?;
         self.platform.page_mapped(page, frame);
         Ok(())
@@ -222,5 +241,107 @@ mod tests {
         let f = X86FrameAllocator::allocate_frame(&mut m.space.frames).unwrap();
         assert!(m.space.frames.manages(f));
         m.space.frames.free(f);
+    }
+
+    /// The host platform, but kernel pages in the higher half are not mirrored (no host mapping can
+    /// be made there): only the page tables are looked at.
+    struct TablesOnly(&'static crate::host::HostPlatform);
+
+    // SAFETY: test code: every duty but the mirroring is the host platform's; nothing reads the pages.
+    unsafe impl Platform for TablesOnly {
+        type InterruptGuard = <crate::host::HostPlatform as Platform>::InterruptGuard;
+        const MAX_CPUS: usize = crate::host::HostPlatform::MAX_CPUS;
+        fn cpu_index(&self) -> usize {
+            self.0.cpu_index()
+        }
+        fn mask_interrupts(&self) -> Self::InterruptGuard {
+            self.0.mask_interrupts()
+        }
+        fn physical_memory_offset(&self) -> crate::addr::VirtAddr {
+            self.0.physical_memory_offset()
+        }
+        fn page_mapped(&self, _page: Page, _frame: PhysFrame) {}
+        fn pages_unmapped(&self, _page: Page, _count: u64) {}
+    }
+
+    /// The module's recipe for a user process's P4 (copy the live P4's kernel half) must survive the
+    /// kernel unmapping its own higher-half pages: a P3 table an unmap empties must not be freed while
+    /// copies of the P4 entry that points at it may live on.
+    #[test]
+    fn unmapping_a_kernel_page_keeps_the_kernel_half_tables_copies_point_to() {
+        use crate::addr::VirtAddr;
+        use crate::arena::AddressSpace;
+        let m = HostMachine::new(8 << 20, crate::arena::ARENA_SIZE);
+        let platform: &'static TablesOnly = crate::host::leak(TablesOnly(m.platform));
+        let offset = m.platform.physical_memory_offset();
+        let p4 = m.space.mapper.p4();
+        let HostMachine { space, window, .. } = m;
+        let AddressSpace { frames, mapper, .. } = space;
+        let mut s = AddressSpace::new(frames, mapper, platform);
+        s.set_heap_window(&window);
+        let flags = PageTableFlags::WRITABLE;
+        // A kernel page in a higher-half P4 entry of its own.
+        let page = Page::containing_address(VirtAddr::new(0xffff_9000_0000_0000));
+        // SAFETY: nothing lives at the page; only the tables are looked at.
+        let frame = unsafe { s.map_fresh_kernel_page(page, flags) }.unwrap();
+        let slot = usize::from(page.p4_index());
+        let live_p4 = (offset + p4.start_address().as_u64()).as_ptr::<u64>();
+        // A user process's P4, made as the module documentation says: the kernel half copied.
+        // SAFETY: the live P4 lies in the fake memory, 512 entries.
+        let copied: std::vec::Vec<u64> = (256..512)
+            .map(|i| unsafe { live_p4.add(i).read() })
+            .collect();
+        let p3 = PhysFrame::containing_address(crate::PhysAddr::new(
+            copied[slot - 256] & 0x000f_ffff_ffff_f000,
+        ));
+        // SAFETY: nothing uses the page any more.
+        assert_eq!(unsafe { s.unmap_kernel_page(page) }, Ok(frame));
+        s.frames.free(frame);
+        // The copy still points at `p3`: it must not be a free frame the allocator hands out again.
+        let mut taken = std::vec::Vec::new();
+        while let Some(f) = s.frames.allocate() {
+            assert_ne!(
+                f, p3,
+                "the P3 table a copied P4 entry points to was freed and handed out again"
+            );
+            taken.push(f);
+        }
+        for f in taken {
+            s.frames.free(f);
+        }
+    }
+
+    /// A kernel mapping of a frame the frame allocator holds free would alias the next frame it
+    /// hands out (to the heap or the kernel): refused.
+    #[test]
+    fn mapping_a_free_frame_of_the_allocator_is_refused() {
+        let mut m = HostMachine::new(8 << 20, 2 * crate::arena::ARENA_SIZE);
+        let half = m.window.base() + (crate::arena::ARENA_SIZE as u64);
+        let heap_window = crate::arena::ArenaWindow::new(m.window.base(), half - m.window.base());
+        m.space.set_heap_window(&heap_window);
+        let free = m.space.frames.allocate().unwrap();
+        m.space.frames.free(free);
+        let page = Page::containing_address(half);
+        // SAFETY: nothing lives at the page (the host window is reserved, untouched memory).
+        let r = unsafe {
+            m.space
+                .map_kernel_page(page, free, PageTableFlags::WRITABLE)
+        };
+        assert_eq!(r, Err(KernelMapError::FreeFrame { page, frame: free }));
+        let text = std::format!("{}", r.unwrap_err());
+        assert!(
+            text.contains(&std::format!("{:#x}", free.start_address().as_u64())),
+            "{text}"
+        );
+        assert_eq!(m.space.mapper.translate(page.start_address()), None);
+        // Taken first, it maps.
+        let taken = m.space.frames.allocate().unwrap();
+        assert_eq!(taken, free);
+        // SAFETY: as above; the frame is ours now.
+        unsafe {
+            m.space
+                .map_kernel_page(page, taken, PageTableFlags::WRITABLE)
+        }
+        .unwrap();
     }
 }

@@ -351,6 +351,15 @@ impl FrameAllocator {
                 .is_some_and(|s| s.class == Class::Managed)
     }
 
+    /// Whether `frame` is one this allocator manages and holds free now (it would hand it out next).
+    pub fn is_free(&self, frame: PhysFrame) -> bool {
+        let f = number(frame);
+        if bit(&self.low_usable, f) {
+            return bit(&self.low_free, f);
+        }
+        self.manages(frame) && usize::try_from(f).is_ok_and(|u| self.pages.is_free(u))
+    }
+
     /// Frames `allocate` can still hand out.
     pub fn free_frames(&self) -> FrameCount {
         FrameCount(self.pages.free_count() as u64)
