@@ -13,8 +13,9 @@
 //! [`TakeOverPlatform`]), so they can be built in a `static` before the kernel knows it.
 //!
 //! Invariants:
-//! - The physical-memory offset is 0 (unknown) until set, and set at most once: a second call with another
-//!   value panics, since the frame allocator and the mapper were built with the first.
+//! - The physical-memory offset is unknown until set (0 is a valid offset: physical memory identity-mapped),
+//!   and set at most once: a second call with another value panics, since the frame allocator and the
+//!   mapper were built with the first. It is 4 KiB-aligned (a page mapping can put memory nowhere else).
 //! - An [`InterruptGuard`] re-enables interrupts on drop only if they were enabled when it was made, so
 //!   guards nest and the outermost restores what it found (a guard made with interrupts off changes
 //!   nothing). It is neither `Send` nor `Sync`: it restores the state of the CPU that made it.
@@ -89,23 +90,29 @@ impl Drop for InterruptGuard {
     }
 }
 
-/// Where physical memory is mapped: 0 until [`PhysOffset::set`].
+/// Where physical memory is mapped: [`PhysOffset::UNSET`] (not 4 KiB-aligned, so never an offset)
+/// until [`PhysOffset::set`].
 struct PhysOffset(AtomicU64);
 
 impl PhysOffset {
+    const UNSET: u64 = u64::MAX;
+
     const fn unset() -> Self {
-        PhysOffset(AtomicU64::new(0))
+        PhysOffset(AtomicU64::new(Self::UNSET))
     }
 
     fn set(&self, offset: VirtAddr) {
         assert!(
-            offset.as_u64() != 0,
-            "spanalloc platform: physical memory offset 0 is not a mapping of physical memory"
+            offset.is_aligned(crate::addr::FRAME_SIZE),
+            "spanalloc platform: physical memory offset {:#x} is not 4 KiB-aligned",
+            offset.as_u64()
         );
-        if let Err(old) =
-            self.0
-                .compare_exchange(0, offset.as_u64(), Ordering::AcqRel, Ordering::Acquire)
-        {
+        if let Err(old) = self.0.compare_exchange(
+            Self::UNSET,
+            offset.as_u64(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             assert_eq!(
                 old,
                 offset.as_u64(),
@@ -118,7 +125,7 @@ impl PhysOffset {
     fn get(&self) -> VirtAddr {
         let offset = self.0.load(Ordering::Acquire);
         assert!(
-            offset != 0,
+            offset != Self::UNSET,
             "spanalloc platform: physical memory offset asked for before take-over set it"
         );
         VirtAddr::new(offset)
@@ -305,6 +312,14 @@ mod tests {
         // The same value again is fine (take-over retried after an error, say).
         p.set_physical_memory_offset(VirtAddr::new(0x1000_0000_0000));
         assert_eq!(p.physical_memory_offset(), VirtAddr::new(0x1000_0000_0000));
+    }
+
+    /// A kernel that identity-maps physical memory takes over with offset 0.
+    #[test]
+    fn offset_zero_is_an_identity_mapping() {
+        let p = Uniprocessor::new();
+        p.set_physical_memory_offset(VirtAddr::zero());
+        assert_eq!(p.physical_memory_offset(), VirtAddr::zero());
     }
 
     #[test]

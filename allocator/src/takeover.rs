@@ -17,9 +17,9 @@
 
 use core::fmt;
 
-use crate::addr::{PhysFrame, VirtAddr};
+use crate::addr::{FrameCount, PageTableFlags, PhysAddr, PhysFrame, VirtAddr, FRAME_SIZE};
 use crate::arena::{AddressSpace, ArenaWindow};
-use crate::frames::{FrameAllocator, FrameInitError, FrameReport, MemoryRegion};
+use crate::frames::{usable_in_map, FrameAllocator, FrameInitError, FrameReport, MemoryRegion};
 use crate::heap::Heap;
 use crate::pageheap::InitError;
 use crate::paging::{Mapper, P4_ENTRY_SPAN};
@@ -111,8 +111,19 @@ pub enum TakeOverError {
     /// The bootloader mapped no physical memory (with `bootloader_api`: the config lacks
     /// `mappings.physical_memory = Some(Mapping::Dynamic)`; use `spanalloc::bootloader::CONFIG`, feature `bootloader`).
     NoPhysicalMemoryMapping,
+    /// The physical-memory offset is not 4 KiB-aligned: no page mapping can put physical memory there.
+    MisalignedPhysicalMemoryOffset { offset: VirtAddr },
+    /// A page table reachable from the P4 (`level` 4 for the P4 itself, 1 for a P1) lies in memory the
+    /// map calls usable: the frame allocator would hand it out while the MMU walks it.
+    PageTableInUsableMemory { table: PhysFrame, level: u8 },
     /// The memory map cannot support a frame allocator.
     Frames(FrameInitError),
+    /// The map leaves the heap fewer frames than [`MIN_FRAMES`] (after the frame allocator's own
+    /// metadata): not enough to serve allocations of every size class.
+    TooLittleMemory {
+        managed: FrameCount,
+        minimum: FrameCount,
+    },
     /// No empty top-level entry is left for the heap's window in the half asked for.
     NoFreeP4Entry { p4: PhysFrame, higher_half: bool },
     /// The heap could not set itself up in the window (out of frames for its first metadata).
@@ -128,7 +139,23 @@ impl fmt::Display for TakeOverError {
                 "spanalloc take-over: the bootloader mapped no physical memory (ask for \
                  `mappings.physical_memory = Some(Mapping::Dynamic)`)"
             ),
+            Self::MisalignedPhysicalMemoryOffset { offset } => write!(
+                f,
+                "spanalloc take-over: physical-memory offset {:#x} is not 4 KiB-aligned, so it maps no \
+                 physical memory",
+                offset.as_u64()
+            ),
+            Self::PageTableInUsableMemory { table, level } => write!(
+                f,
+                "spanalloc take-over: the P{level} page table at {:#x} lies in a usable region of the memory \
+                 map, which the frame allocator would hand out (report the loader's page tables as reserved)",
+                table.start_address().as_u64()
+            ),
             Self::Frames(e) => write!(f, "spanalloc take-over: {e}"),
+            Self::TooLittleMemory { managed, minimum } => write!(
+                f,
+                "spanalloc take-over: the memory map leaves the heap {managed}, under the {minimum} it needs"
+            ),
             Self::NoFreeP4Entry { p4, higher_half } => write!(
                 f,
                 "spanalloc take-over: no empty 512 GiB entry in the {} half of the P4 table at {:#x} for the \
@@ -153,6 +180,43 @@ impl From<InitError> for TakeOverError {
     }
 }
 
+/// The fewest frames [`take_over`] accepts for the heap (256 KiB): page tables for its window, its first
+/// metadata and a span of each size class in use.
+pub const MIN_FRAMES: FrameCount = FrameCount(64);
+
+/// Checks every page table reachable from `table` (a P`level`) against the memory map: none may lie in
+/// usable memory.
+///
+/// # Safety
+/// The tables under `table` are mapped at `phys_offset`.
+unsafe fn check_tables(
+    regions: &(impl Iterator<Item = MemoryRegion> + Clone),
+    phys_offset: VirtAddr,
+    table: PhysFrame,
+    level: u8,
+) -> Result<(), TakeOverError> {
+    if usable_in_map(regions.clone(), table) {
+        return Err(TakeOverError::PageTableInUsableMemory { table, level });
+    }
+    if level == 1 {
+        return Ok(());
+    }
+    let entries = (phys_offset + table.start_address().as_u64()).as_ptr::<u64>();
+    for i in 0..512 {
+        // SAFETY: the table is mapped at the offset (the caller's promise); 512 aligned entries.
+        let e = unsafe { entries.add(i).read_volatile() };
+        let present = e & PageTableFlags::PRESENT.bits() != 0;
+        // A huge page is a leaf (the bit means nothing in a P4 entry).
+        let huge = level < 4 && e & PageTableFlags::HUGE_PAGE.bits() != 0;
+        if present && !huge {
+            let child = PhysFrame::containing_address(PhysAddr::new(e & 0x000f_ffff_ffff_f000));
+            // SAFETY: reachable from `table`, so mapped at the offset too.
+            unsafe { check_tables(regions, phys_offset, child, level - 1) }?;
+        }
+    }
+    Ok(())
+}
+
 /// Turns the boot memory map into a running `heap`, with default [`Limits`]: see the module
 /// documentation for what it builds.
 ///
@@ -160,7 +224,10 @@ impl From<InitError> for TakeOverError {
 /// - `phys_offset + p` is mapped readable and writable for every physical address `p` of the map's regions
 ///   and of the page tables reachable from CR3 (e.g. `bootloader_api` with `Mapping::Dynamic`).
 /// - The usable regions of `regions` are really unused: nothing the kernel needs (its image, stack, page
-///   tables, the boot information, this very map) lies in them, and nothing else will use them.
+///   tables, the boot information, this very map) lies in them, and nothing else will use them. (The page
+///   tables reachable from the P4 are checked: one in usable memory is refused with
+///   [`TakeOverError::PageTableInUsableMemory`] before anything is written. A 4 KiB-misaligned
+///   `phys_offset` is refused too; 0, an identity mapping, is fine.)
 /// - It is called once, before the first allocation, while one CPU runs; afterwards the kernel edits the
 ///   page tables reachable from CR3 and takes frames only through [`Heap::with_address_space`].
 /// - `regions` replays the same regions each time it is cloned.
@@ -207,12 +274,26 @@ pub unsafe fn take_over_tables<P: TakeOverPlatform, const FULL_CHECKS: bool>(
     if heap.is_initialized() {
         return Err(TakeOverError::AlreadyInitialized);
     }
+    if !phys_offset.is_aligned(FRAME_SIZE) {
+        return Err(TakeOverError::MisalignedPhysicalMemoryOffset {
+            offset: phys_offset,
+        });
+    }
+    // Before the frame allocator writes its metadata into usable memory (a page table there included).
+    // SAFETY: the caller promises the tables under `p4` are mapped at `phys_offset`.
+    unsafe { check_tables(&regions, phys_offset, p4, 4) }?;
     let platform = heap.platform();
     platform.set_physical_memory_offset(phys_offset);
 
     // SAFETY: the caller promises the regions are mapped at `phys_offset` and their usable memory unused.
     let frames = unsafe { FrameAllocator::new(regions, phys_offset) }?;
     let report = frames.report();
+    if report.managed < MIN_FRAMES {
+        return Err(TakeOverError::TooLittleMemory {
+            managed: report.managed,
+            minimum: MIN_FRAMES,
+        });
+    }
 
     // SAFETY: the caller promises the tables under `p4` are mapped at `phys_offset`, well formed, and from
     // now on edited only through the heap's address space. The heap maps only into its window, an entry
@@ -270,3 +351,7 @@ mod tests {
         assert!(text.contains("Mapping::Dynamic"), "{text}");
     }
 }
+
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64", not(miri)))]
+#[path = "takeover_attack_tests.rs"]
+mod attack_tests;

@@ -82,6 +82,18 @@ impl fmt::Display for FrameInitError {
     }
 }
 
+/// Whether the memory map makes `frame` one the allocator would hand out (wholly inside a usable region,
+/// touched by no reserved one; below 1 MiB too, for `allocate_low`), before any allocator is built.
+pub fn usable_in_map(
+    regions: impl Iterator<Item = MemoryRegion> + Clone,
+    frame: PhysFrame,
+) -> bool {
+    matches!(
+        Sweep::new(regions).class_at(number(frame)),
+        Class::Managed | Class::Low
+    )
+}
+
 /// The physical frame allocator. See the module documentation for its invariants.
 pub struct FrameAllocator {
     pages: PageAlloc,

@@ -95,7 +95,7 @@ impl<I: Iterator<Item = MemoryRegion> + Clone> Sweep<I> {
         best
     }
 
-    fn class_at(&self, frame: u64) -> Class {
+    pub fn class_at(&self, frame: u64) -> Class {
         let mut usable = false;
         for r in self.regions.clone() {
             let Some((a, b)) = frame_span(&r) else {
