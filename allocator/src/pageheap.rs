@@ -258,6 +258,9 @@ pub enum InitError {
     },
     /// `add_region` on a heap that is not in region mode (or not initialized).
     NotRegionMode,
+    /// Region mode: the region overlaps the `Heap` itself or its platform (say a kernel-end symbol
+    /// taken before the `.bss` that holds the `static`): the heap would write over its own state.
+    RegionHoldsHeap { start: u64, len: usize, heap: u64 },
 }
 
 impl core::fmt::Display for InitError {
@@ -276,6 +279,11 @@ impl core::fmt::Display for InitError {
                 f,
                 "region {start:#x} + {len:#x} bytes: a region must not start at 0 and must lie, with \
                  its reach, in one canonical half"
+            ),
+            InitError::RegionHoldsHeap { start, len, heap } => write!(
+                f,
+                "region {start:#x} + {len:#x} bytes holds the heap's own state at {heap:#x} (the \
+                 `Heap` or its platform): the region must start after the kernel's .bss"
             ),
             InitError::RegionTooSmall { start, len, needed } => write!(
                 f,

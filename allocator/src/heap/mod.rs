@@ -198,7 +198,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     ///
     /// # Safety
     /// `[start, start + len)` is mapped and writable on every CPU that will use the heap, stays so for
-    /// the rest of the program, and nothing else reads or writes it from now on.
+    /// the rest of the program, and nothing else reads or writes it from now on. (A region that overlaps
+    /// the `Heap` itself or its platform is refused: [`InitError::RegionHoldsHeap`].)
     pub unsafe fn init_region(
         &'static self,
         start: *mut u8,
@@ -241,6 +242,26 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         unsafe { self.init_region_in(start, len, Some(reach)) }
     }
 
+    /// `Err` if `[start, start + len)` overlaps this `Heap` or its platform (region mode writes there).
+    fn region_clear_of_self(&self, start: *mut u8, len: usize) -> Result<(), InitError> {
+        let (s, e) = (
+            start.addr() as u64,
+            (start.addr() as u64).saturating_add(len as u64),
+        );
+        let parts = [
+            (self as *const Self as u64, size_of::<Self>() as u64),
+            (self.platform as *const P as u64, size_of::<P>() as u64),
+        ];
+        match parts.iter().find(|&&(a, n)| n > 0 && a < e && s < a + n) {
+            Some(&(heap, _)) => Err(InitError::RegionHoldsHeap {
+                start: s,
+                len,
+                heap,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Region-mode init with the reach given, or (`None`) the default one.
     ///
     /// # Safety
@@ -258,6 +279,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             drop((pages, irq));
             panic!("spanalloc: Heap initialized twice");
         }
+        self.region_clear_of_self(start, len)?;
         // SAFETY: the caller's contract is ours.
         let (heap, info) =
             unsafe { PageHeap::new_region(start.addr() as u64, len, reach, &self.spanmap)? };
@@ -284,6 +306,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut pages = self.pages.lock();
         let heap = pages.as_mut().ok_or(InitError::NotRegionMode)?;
+        self.region_clear_of_self(start, len)?;
         // SAFETY: the caller's contract is ours.
         let added = unsafe { heap.add_region(start.addr() as u64, len)? };
         self.caches_off

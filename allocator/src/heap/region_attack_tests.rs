@@ -667,3 +667,43 @@ fn random_regions_and_operations_keep_every_block_in_its_regions() {
         assert_eq!(heap.stats().objects(), 0, "seed {seed}");
     }
 }
+
+/// A region that holds the `Heap` itself (a kernel that hands over "everything after its image" with
+/// the image's end taken before the `.bss` that holds the `static`): refused, naming the heap's
+/// address, before anything is written; a region after it serves.
+#[test]
+fn a_region_holding_the_heap_itself_is_refused() {
+    let all = region(1 << 20, 0);
+    let base = all.as_mut_ptr().cast::<u8>();
+    let platform = leak(HostPlatform::new(4096));
+    // The heap lives 64 KiB into the buffer.
+    // SAFETY: test code: an aligned slot inside the leaked buffer, written once, leaked.
+    let heap: &'static RegionHeap = unsafe {
+        let at = base.add(64 << 10).cast::<RegionHeap>();
+        assert!(at.is_aligned());
+        at.write(Heap::new(platform));
+        &*at
+    };
+    let heap_at = heap as *const RegionHeap as u64;
+    // SAFETY: the buffer is leaked; a refused region is not touched.
+    let err = unsafe { heap.init_region(base, 512 << 10) }.unwrap_err();
+    assert_eq!(
+        err,
+        InitError::RegionHoldsHeap {
+            start: base as u64,
+            len: 512 << 10,
+            heap: heap_at
+        }
+    );
+    let text = std::format!("{err}");
+    assert!(text.contains(&std::format!("{heap_at:#x}")), "{text}");
+    // The heap is untouched and still uninitialized: a region past it serves.
+    // SAFETY: the second half of the buffer, the heap's alone from now on.
+    unsafe { heap.init_region(base.add(512 << 10), 256 << 10) }.expect("a region past the heap");
+    // A later region over the heap is refused too.
+    // SAFETY: as above: refused before anything is written.
+    let err = unsafe { heap.add_region(base.add(32 << 10), 200 << 10) }.unwrap_err();
+    assert!(matches!(err, InitError::RegionHoldsHeap { .. }), "{err:?}");
+    // SAFETY: test code: a fresh block, freed with its layout.
+    unsafe { heap.dealloc(heap.alloc(lay(64)), lay(64)) };
+}
