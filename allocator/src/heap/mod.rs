@@ -1689,6 +1689,8 @@ pub use sample::{SamplingError, SamplingStats};
 #[cfg(all(test, not(miri)))]
 mod attack_tests;
 #[cfg(all(test, not(miri)))]
+mod concurrency_tests;
+#[cfg(all(test, not(miri)))]
 mod hostile_caller_tests;
 #[cfg(test)]
 mod interrupt_tests;
