@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use super::soundness_tests::{plain_heap, Plain};
+use super::soundness_tests::plain_heap;
 use crate::addr::{FrameCount, PAGE_SIZE};
+use crate::host::{HostMachine, HostPlatform};
+use crate::Heap;
 
 struct Rng(u64);
 impl Rng {
@@ -103,7 +105,13 @@ struct Block(usize, Layout, u64);
 // SAFETY: test code: a block is used by one thread at a time (handed over through a mutex).
 unsafe impl Send for Block {}
 
-fn alloc(heap: &Plain, live: &Live, l: Layout, seed: u64, zeroed: bool) -> Option<Block> {
+fn alloc(
+    heap: &impl GlobalAlloc,
+    live: &Live,
+    l: Layout,
+    seed: u64,
+    zeroed: bool,
+) -> Option<Block> {
     // SAFETY: test code: a non-zero layout.
     let p = unsafe {
         if zeroed {
@@ -134,7 +142,7 @@ fn alloc(heap: &Plain, live: &Live, l: Layout, seed: u64, zeroed: bool) -> Optio
     Some(Block(p as usize, l, seed))
 }
 
-fn free(heap: &Plain, live: &Live, b: Block) {
+fn free(heap: &impl GlobalAlloc, live: &Live, b: Block) {
     let p = b.0 as *mut u8;
     check(p, b.1.size(), b.2);
     live.remove(p);
@@ -142,7 +150,7 @@ fn free(heap: &Plain, live: &Live, b: Block) {
     unsafe { heap.dealloc(p, b.1) };
 }
 
-fn realloc(heap: &Plain, live: &Live, b: Block, new: usize, seed: u64) -> Block {
+fn realloc(heap: &impl GlobalAlloc, live: &Live, b: Block, new: usize, seed: u64) -> Block {
     let p = b.0 as *mut u8;
     check(p, b.1.size(), b.2);
     live.remove(p);
@@ -163,7 +171,7 @@ fn realloc(heap: &Plain, live: &Live, b: Block, new: usize, seed: u64) -> Block 
 }
 
 /// Every thread's objects freed: nothing counted live, the page heap consistent.
-fn settle(heap: &Plain) {
+fn settle<const F: bool>(heap: &Heap<HostPlatform, F>) {
     heap.audit_pages();
     let s = heap.stats();
     assert_eq!(s.objects(), 0, "{s}");
@@ -172,7 +180,13 @@ fn settle(heap: &Plain) {
 
 /// A worker: small objects of a few classes (so that caches fill and flush), half of them handed to
 /// other threads through `pool` and freed there (remote frees), some reallocated across classes.
-fn small_worker(heap: &Plain, live: &Live, pool: &Mutex<Vec<Block>>, t: u64, steps: u64) {
+fn small_worker(
+    heap: &impl GlobalAlloc,
+    live: &Live,
+    pool: &Mutex<Vec<Block>>,
+    t: u64,
+    steps: u64,
+) {
     let mut r = Rng(0x5eed_0000 ^ (t + 1).wrapping_mul(0x9E37_79B9));
     let mut mine: Vec<Block> = Vec::new();
     for step in 0..steps {
@@ -214,7 +228,7 @@ fn small_worker(heap: &Plain, live: &Live, pool: &Mutex<Vec<Block>>, t: u64, ste
     }
 }
 
-fn drain_pool(heap: &Plain, live: &Live, pool: &Mutex<Vec<Block>>) {
+fn drain_pool(heap: &impl GlobalAlloc, live: &Live, pool: &Mutex<Vec<Block>>) {
     let all: Vec<Block> = pool.lock().unwrap().drain(..).collect();
     for b in all {
         free(heap, live, b);
@@ -451,5 +465,25 @@ fn neighbouring_large_objects_grow_in_place() {
             });
         }
     });
+    settle(heap);
+}
+
+/// Remote frees and flushes with the full checks on: every allocation and free also records the
+/// object's "with a user" bit under the class lock (`Central::track`), which panics if the heap hands
+/// out an object a user still holds.
+#[test]
+fn remote_frees_with_full_checks() {
+    let m = HostMachine::new(256 << 20, 4 << 30);
+    let heap: &'static Heap<HostPlatform, true> = crate::host::leak(Heap::new(m.platform));
+    heap.init(m.space, m.window, 2 << 30).expect("heap init");
+    let live = Live::new();
+    let pool = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (live, pool) = (&live, &pool);
+            s.spawn(move || small_worker(heap, live, pool, t, 30_000));
+        }
+    });
+    drain_pool(heap, &live, &pool);
     settle(heap);
 }
