@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::vec::Vec;
 
 use crate::host::{leak, HostMachine, HostPlatform};
+use crate::testing::Rng;
 use crate::Heap;
 
 const THREADS: usize = 4;
@@ -33,20 +34,6 @@ struct Obj {
     addr: usize,
     layout: Layout,
     id: u64,
-}
-
-/// xorshift64*: deterministic randomness from a seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Length of the block an object's pattern repeats: a prime, so a shifted copy or another object's bytes

@@ -1,4 +1,5 @@
-//! Support shared by the unit tests: proptest settings, and running a frame allocator dry cheaply.
+//! Support shared by the unit tests: proptest settings, running a frame allocator dry cheaply, and a
+//! seeded random generator.
 //!
 //! Under Miri property tests persist no failures: the regression files are found through the working
 //! directory, which Miri's isolation hides (the Miri run keeps isolation on; see README.md).
@@ -119,3 +120,21 @@ macro_rules! host_platform_wrapper {
     };
 }
 pub(crate) use host_platform_wrapper;
+
+/// xorshift64*: deterministic randomness from a (non-zero) seed, so a failing seed replays; no
+/// dependency, and cheap under Miri.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Below `n` (> 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -13,20 +13,8 @@ use std::vec::Vec;
 use super::soundness_tests::plain_heap;
 use crate::addr::{FrameCount, PAGE_SIZE};
 use crate::host::{HostMachine, HostPlatform};
+use crate::testing::Rng;
 use crate::Heap;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn word(seed: u64, i: usize) -> u64 {
     (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17) | 1

@@ -9,19 +9,7 @@ use std::vec::Vec;
 use super::soundness_tests::{plain_heap, run_child, small_heap, Plain, CHILD_ENV};
 use crate::addr::PAGE_SIZE;
 use crate::host::HostMachine;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::testing::Rng;
 
 fn pat(seed: u64, i: usize) -> u8 {
     (seed as u8).wrapping_add((i as u8).wrapping_mul(13)) ^ (i >> 9) as u8

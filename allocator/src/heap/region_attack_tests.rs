@@ -13,6 +13,7 @@ use crate::host::{leak, HostPlatform};
 use crate::pageheap::InitError;
 use crate::platform::Platform;
 use crate::takeover::{take_over_tables, Limits, TakeOverError, TakeOverPlatform};
+use crate::testing::Rng;
 use crate::Heap;
 
 type RegionHeap = Heap<HostPlatform, false>;
@@ -497,22 +498,6 @@ fn an_allocation_racing_init_makes_no_cache_in_a_small_heap() {
         "{} bytes of metadata",
         st.pages.meta_mapped
     );
-}
-
-/// A small xorshift generator: reproducible runs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::host::{HostMachine, HostPlatform};
-use crate::testing::{give_back_frames, squeeze_frames};
+use crate::testing::{give_back_frames, squeeze_frames, Rng};
 use crate::Heap;
 
 /// A heap over `phys_mib` MiB of fake physical memory, leaked for the `'static` it needs. Under Miri the
@@ -31,20 +31,6 @@ const fn scaled(n: usize) -> usize {
         n / 2000 + 1
     } else {
         n
-    }
-}
-
-/// xorshift64*: deterministic randomness from a seed, so a failing seed replays.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

@@ -9,22 +9,7 @@ mod par;
 mod soundness;
 mod weak;
 
-/// xorshift64*: deterministic randomness from a seed, for the randomized tests.
-pub(super) struct Rng(pub(super) u64);
-
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Below `n` (> 0).
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+pub(super) use crate::testing::Rng;
 
 use std::cell::RefCell;
 use std::string::{String, ToString};
