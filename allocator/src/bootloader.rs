@@ -12,14 +12,15 @@
 //! }
 //! ```
 //!
-//! Invariant: every boot region maps to exactly one [`MemoryRegion`] with the same bounds; only
-//! `MemoryRegionKind::Usable` becomes usable, every other kind is reserved with a reason naming it.
+//! Invariant: every boot region maps to exactly one [`MemoryRegion`] with the same bounds, but for bounds
+//! past [`PHYS_LIMIT`], which are clamped to it; only `MemoryRegionKind::Usable` becomes usable, every
+//! other kind is reserved with a reason naming it.
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::{MemoryRegion as BootRegion, MemoryRegionKind};
 use bootloader_api::BootInfo;
 
-use crate::addr::{PhysAddr, VirtAddr};
+use crate::addr::{PhysAddr, VirtAddr, FRAME_SIZE};
 use crate::frames::{MemoryRegion, RegionKind};
 use crate::heap::Heap;
 use crate::takeover::{TakeOver, TakeOverError, TakeOverPlatform};
@@ -36,7 +37,13 @@ pub const fn config(mut base: BootloaderConfig) -> BootloaderConfig {
     base
 }
 
-/// The frame allocator's view of one boot memory region.
+/// The highest frame boundary a [`PhysAddr`] can hold. x86_64 physical addresses have at most 52 bits, so
+/// the end of the last possible frame, 2^52, is one past what a `PhysAddr` holds. A boot region bound at
+/// or past it (a map reaching the architectural top, or a corrupt entry) is clamped here instead of
+/// panicking: that gives up at most the top frame of a 4 PiB physical space.
+pub const PHYS_LIMIT: u64 = (1 << 52) - FRAME_SIZE;
+
+/// The frame allocator's view of one boot memory region (bounds clamped to [`PHYS_LIMIT`]).
 pub fn region(boot: &BootRegion) -> MemoryRegion {
     let kind = match boot.kind {
         MemoryRegionKind::Usable => RegionKind::Usable,
@@ -46,8 +53,8 @@ pub fn region(boot: &BootRegion) -> MemoryRegion {
         _ => RegionKind::Reserved("unknown memory region kind"),
     };
     MemoryRegion {
-        start: PhysAddr::new(boot.start),
-        end: PhysAddr::new(boot.end),
+        start: PhysAddr::new(boot.start.min(PHYS_LIMIT)),
+        end: PhysAddr::new(boot.end.min(PHYS_LIMIT)),
         kind,
     }
 }
@@ -84,6 +91,29 @@ mod tests {
     #[test]
     fn config_maps_physical_memory() {
         assert_eq!(CONFIG.mappings.physical_memory, Some(Mapping::Dynamic));
+    }
+
+    #[test]
+    fn bounds_past_the_physical_limit_are_clamped() {
+        // A map reaching the architectural top: its end, 2^52, is no `PhysAddr`.
+        let top = region(&BootRegion {
+            start: 0x10_0000,
+            end: 1 << 52,
+            kind: MemoryRegionKind::Usable,
+        });
+        assert_eq!(top.start.as_u64(), 0x10_0000);
+        assert_eq!(top.end.as_u64(), PHYS_LIMIT);
+        // A corrupt entry: an empty region at the limit, reserved as its kind says.
+        let junk = region(&BootRegion {
+            start: u64::MAX - 0xfff,
+            end: u64::MAX,
+            kind: MemoryRegionKind::UnknownBios(3),
+        });
+        assert_eq!(
+            (junk.start.as_u64(), junk.end.as_u64()),
+            (PHYS_LIMIT, PHYS_LIMIT)
+        );
+        assert_eq!(junk.kind, RegionKind::Reserved("firmware (BIOS)"));
     }
 
     #[test]
