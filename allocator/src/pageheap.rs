@@ -1461,10 +1461,12 @@ impl<P: Platform> PageHeap<P> {
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
         let Some(mut span) = self.new_span_struct(base, PageCount(npages), class, needzero) else {
-            if trimmed {
-                self.settle_tail(first + npages - 1);
-            }
+            // As in `free_span`: a tail that no frame can make whole is scavenged, not dirty.
+            let scavenged = trimmed && self.settle_tail(first + npages - 1);
             self.free_pages(first, npages);
+            if scavenged {
+                self.dirty_free -= 1;
+            }
             return None;
         };
         // SAFETY: a fresh span struct, ours alone until published below.

@@ -1691,6 +1691,8 @@ mod attack_tests;
 #[cfg(all(test, not(miri)))]
 mod concurrency_tests;
 #[cfg(all(test, not(miri)))]
+mod exhaustion_tests;
+#[cfg(all(test, not(miri)))]
 mod hostile_caller_tests;
 #[cfg(test)]
 mod interrupt_tests;
