@@ -414,6 +414,14 @@ impl RegionMeta {
     }
 }
 
+/// Why [`PageHeap::try_grow`] failed.
+enum GrowError {
+    /// The capacity (or the window), or region mode: nothing to retry.
+    Limit,
+    /// No frame for the metadata of the new pages.
+    OutOfFrames,
+}
+
 /// The address space of a mapped heap; `None` in region mode.
 fn space_of<P: Platform>(backing: &mut Backing<P>) -> Option<&mut AddressSpace<P>> {
     match backing {
@@ -952,27 +960,42 @@ impl<P: Platform> PageHeap<P> {
     /// Tracks at least `npages` more pages: at least an eighth of the pages tracked so far, in whole
     /// page-allocator chunks (4 MiB), or up to the capacity when that is less. Takes arenas from the
     /// window as the tracked pages reach into them. Fails when the capacity, the window or frames for
-    /// metadata run out.
+    /// metadata run out; the frames only once giving back the free pages and spare tails did not
+    /// help ([`Self::retry_with_frames_given_back`], as for the heap's other mappings).
     ///
     /// Growing by chunks rather than whole 64 MiB arenas sizes the metadata that covers the tracked
     /// pages (span map: 8 B per page; the page allocator's bitmap and summaries) for what the heap uses:
     /// a whole arena's span map is 64 KiB, 0.4% of a 16 MiB heap. The eighth keeps a big heap's
     /// growths few.
     fn grow(&mut self, npages: usize) -> bool {
+        match self.try_grow(npages) {
+            Ok(()) => true,
+            Err(GrowError::Limit) => false,
+            // A small heap may hold every frame in free pages it keeps mapped (the scavenger keeps
+            // `MIN_RETAINED_FREE` of them), with no run among them long enough for `npages`.
+            Err(GrowError::OutOfFrames) => self
+                .retry_with_frames_given_back(|h| h.try_grow(npages).ok())
+                .is_some(),
+        }
+    }
+
+    /// [`Self::grow`] without giving frames back; a failure leaves the heap as it was (metadata
+    /// pages mapped on the way stay mapped, zeroed, and are found mapped next time).
+    fn try_grow(&mut self, npages: usize) -> Result<(), GrowError> {
         let Backing::Mapped { space, window } = &mut self.backing else {
             // Region mode: the kernel adds regions (`add_region`), the heap cannot.
-            return false;
+            return Err(GrowError::Limit);
         };
         let Some(want) = npages
             .max(self.grown / 8)
             .checked_next_multiple_of(CHUNK_UNITS)
             .and_then(|n| n.checked_add(self.grown))
         else {
-            return false;
+            return Err(GrowError::Limit);
         };
         let target = want.min(self.capacity);
         if target - self.grown < npages {
-            return false;
+            return Err(GrowError::Limit);
         }
         let old = self.grown;
         // Back the metadata of the new pages first, so a failure leaves the heap as it was.
@@ -984,7 +1007,7 @@ impl<P: Platform> PageHeap<P> {
                 .ensure_pages(Some(&mut *space), range.start as u64, range.end as u64)
                 .is_err()
             {
-                return false;
+                return Err(GrowError::OutOfFrames);
             }
         }
         if self
@@ -996,7 +1019,7 @@ impl<P: Platform> PageHeap<P> {
                 .ensure(Some(&mut *space), SpanMap::bytes_for(target))
                 .is_err()
         {
-            return false;
+            return Err(GrowError::OutOfFrames);
         }
         while self.arenas * ARENA_PAGES < target {
             let arena = window.take_arena().expect("window holds `capacity` pages");
@@ -1013,7 +1036,7 @@ impl<P: Platform> PageHeap<P> {
         self.spanmap.publish(target);
         self.pages.grow(target);
         self.pages.free(old, target - old);
-        true
+        Ok(())
     }
 
     /// Maps the scavenged pages of `[first, first + n)`; with `trim`, not the second frame of the last

@@ -103,3 +103,63 @@ fn a_trimmed_allocation_without_a_span_struct_leaves_the_counters_right() {
     }
     assert!(met > 0, "no run failed the allocation");
 }
+
+/// A heap whose frames all sit in free pages it keeps mapped (a small machine: the scavenger keeps
+/// 4 MiB of free pages for its churn) and whose free pages hold no run long enough for an object must
+/// grow; the metadata of the growth needs frames, which the free pages give back as they do for the
+/// heap's other mappings.
+#[test]
+fn a_growth_whose_metadata_finds_no_frame_takes_the_free_pages_back() {
+    let heap = heap_with_usable(4 * MIB);
+    let five = lay(40 << 10);
+    // SAFETY: valid layouts; every object is freed once with its layout.
+    unsafe {
+        let mut objs = Vec::new();
+        loop {
+            let p = heap.alloc(five);
+            if p.is_null() {
+                break;
+            }
+            fill(p, 40 << 10, objs.len() as u8);
+            objs.push(p);
+        }
+        assert!(objs.len() > 40, "only {} objects", objs.len());
+        // Every other one freed: holes of five pages, mapped, which the heap keeps.
+        let mut kept = Vec::new();
+        for (i, p) in objs.into_iter().enumerate() {
+            if i % 2 == 0 {
+                heap.dealloc(p, five);
+            } else {
+                kept.push((i, p));
+            }
+        }
+        heap.audit_pages();
+        // The kernel takes the few frames left free (the heap holds the rest in its free pages).
+        let taken = hoard(heap, 0);
+        let s = heap.stats();
+        let big = lay(64 << 10 << 2); // 32 pages: no hole holds them.
+        assert!(
+            (s.pages.dirty_free * 2) as u64 + s.frames_free.0 > 64 + 8,
+            "too few frames for the test: {s:?}"
+        );
+        let p = heap.alloc(big);
+        assert!(
+            !p.is_null(),
+            "a 256 KiB object refused with {} free pages mapped and {} free frames",
+            s.pages.dirty_free,
+            s.frames_free.0
+        );
+        give_back(heap, taken);
+        fill(p, big.size(), 0xa5);
+        heap.audit_pages();
+        for &(i, q) in &kept {
+            assert!(holds(q, 40 << 10, i as u8), "object {i} changed");
+        }
+        assert!(holds(p, big.size(), 0xa5));
+        heap.dealloc(p, big);
+        for (_, q) in kept {
+            heap.dealloc(q, five);
+        }
+    }
+    heap.audit_pages();
+}
