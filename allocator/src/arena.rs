@@ -248,6 +248,18 @@ impl<P: Platform> AddressSpace<P> {
     pub fn frames_held(&self) -> FrameCount {
         FrameCount(self.held)
     }
+
+    /// Counts page tables made (`made`) or freed (`!made`) by a kernel mapping ([`share`](crate::share)):
+    /// the heap's mappings and the kernel's share upper tables, and either side may free a table the
+    /// other made, so `held` counts every table the mapper made through this address space.
+    /// (Saturating, as in `unmap_range`: tables a kernel made through `mapper` itself are not counted.)
+    pub(crate) fn count_tables(&mut self, tables: u64, made: bool) {
+        self.held = if made {
+            self.held + tables
+        } else {
+            self.held.saturating_sub(tables)
+        };
+    }
 }
 
 /// Panics unless `[start, start + count pages)` is a range of canonical addresses.

@@ -144,7 +144,10 @@ impl<P: Platform> AddressSpace<P> {
         if self.frames.is_free(frame) {
             return Err(KernelMapError::FreeFrame { page, frame });
         }
+        let before = self.frames.free_frames().0;
         self.mapper.map(page, frame, flags, &mut self.frames)?;
+        // The tables made here may later be freed by an unmap of the heap's, which counts them.
+        self.count_tables(before - self.frames.free_frames().0, true);
         self.platform.page_mapped(page, frame);
         Ok(())
     }
@@ -182,7 +185,8 @@ impl<P: Platform> AddressSpace<P> {
         self.outside_heap_window(page)?;
         self.mapper.detach(page)?;
         self.platform.pages_unmapped(page, 1);
-        let (frame, _tables) = self.mapper.reclaim(page, &mut self.frames)?;
+        let (frame, tables) = self.mapper.reclaim(page, &mut self.frames)?;
+        self.count_tables(tables.0, false);
         Ok(frame)
     }
 }

@@ -425,3 +425,58 @@ fn touching_an_unmapped_page_faults() {
         "child status {status:?}"
     );
 }
+
+/// `frames_held` counts the tables the address space created; a kernel mapping next to the heap's
+/// window (`share`) shares the upper tables with it. Whichever side frees a table the other created,
+/// the count must stay the frames the heap's mappings hold.
+#[test]
+fn frames_held_survives_tables_shared_with_kernel_pages() {
+    for (kernel_first, heap_unmaps_first) in
+        [(false, false), (false, true), (true, false), (true, true)]
+    {
+        let mut m = HostMachine::new(8 * MIB, 2 * ARENA_SIZE);
+        let half = m.window.base() + ARENA_SIZE as u64;
+        let heap_window = ArenaWindow::new(m.window.base(), ARENA_SIZE as u64);
+        m.space.set_heap_window(&heap_window);
+        let free0 = m.space.frames.free_frames().0;
+        let heap_page = Page::containing_address(m.window.base());
+        let kernel_page = Page::containing_address(half);
+        // SAFETY: nothing lives at the kernel page (reserved, untouched host window memory).
+        let kernel_map = |s: &mut AddressSpace<HostPlatform>| unsafe {
+            s.map_fresh_kernel_page(kernel_page, RW).unwrap()
+        };
+        let mut kframe = None;
+        if kernel_first {
+            kframe = Some(kernel_map(&mut m.space));
+        }
+        m.space.map_range(heap_page, 1, RW, true).unwrap();
+        if !kernel_first {
+            kframe = Some(kernel_map(&mut m.space));
+        }
+        let kframe = kframe.unwrap();
+        // Every frame taken from the allocator is held, but the kernel's own data frame.
+        let check = |s: &AddressSpace<HostPlatform>, kernel_frame: u64, what: &str| {
+            let taken = free0 - s.frames.free_frames().0;
+            assert_eq!(
+                s.frames_held().0 + kernel_frame,
+                taken,
+                "kernel first: {kernel_first}, {what}: frames held vs frames taken"
+            );
+        };
+        check(&m.space, 1, "both mapped");
+        if heap_unmaps_first {
+            m.space.unmap_range(heap_page, 1);
+            check(&m.space, 1, "heap page unmapped");
+        }
+        // SAFETY: nothing uses the kernel page.
+        let unmapped = unsafe { m.space.unmap_kernel_page(kernel_page) };
+        assert_eq!(unmapped, Ok(kframe));
+        m.space.frames.free(kframe);
+        check(&m.space, 0, "kernel page unmapped");
+        if !heap_unmaps_first {
+            m.space.unmap_range(heap_page, 1);
+        }
+        assert_eq!(m.space.frames.free_frames().0, free0);
+        assert_eq!(m.space.frames_held().0, 0, "kernel first: {kernel_first}");
+    }
+}
