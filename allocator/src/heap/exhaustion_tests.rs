@@ -24,10 +24,6 @@ fn lay(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 
-fn held(heap: &Heap<HostPlatform>) -> u64 {
-    heap.stats().frames_held.0
-}
-
 /// Takes every free frame but `keep` (see `testing::hoard_all_but`).
 fn hoard(heap: &Heap<HostPlatform>, keep: u64) -> Vec<(crate::addr::PhysFrame, crate::FrameCount)> {
     // SAFETY: takes free frames only.
@@ -162,4 +158,356 @@ fn a_growth_whose_metadata_finds_no_frame_takes_the_free_pages_back() {
         }
     }
     heap.audit_pages();
+}
+
+/// Frames the heap holds plus the free ones plus those the test took: constant while nobody else
+/// takes frames (`frames_held` counts every data frame and table the heap's address space took).
+fn frames_accounted(
+    heap: &Heap<HostPlatform>,
+    taken: &[(crate::addr::PhysFrame, crate::FrameCount)],
+) -> u64 {
+    let s = heap.stats();
+    s.frames_held.0 + s.frames_free.0 + taken.iter().map(|(_, n)| n.0).sum::<u64>()
+}
+
+/// Random allocations, reallocations and frees of sizes around the trimmed-tail boundaries on a
+/// small machine, with frames taken away and given back at random, `trim` and `allocate_frames`
+/// among them: after every step the page heap's audit passes, every frame is accounted for, and
+/// every live object holds its pattern.
+#[test]
+fn random_operations_on_a_machine_out_of_frames_keep_every_count() {
+    for seed in 1..=6u64 {
+        let heap = heap_with_usable(3 * MIB);
+        let mut rng = crate::testing::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let total = frames_accounted(heap, &[]);
+        let sizes = [
+            8usize,
+            4000,
+            9000,
+            20 << 10,
+            28 << 10,
+            (32 << 10) + 1,
+            36 << 10,
+            (36 << 10) + 1,
+            40 << 10,
+            60 << 10,
+            68 << 10,
+            100 << 10,
+            300 << 10,
+            1 << 20,
+        ];
+        let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
+        let mut taken = Vec::new();
+        let mut dma: Vec<(crate::addr::PhysFrame, crate::FrameCount)> = Vec::new();
+        for step in 0..600 {
+            let op = rng.below(100);
+            // SAFETY: valid layouts; live objects are resized or freed once with their layouts;
+            // frames taken are given back once.
+            unsafe {
+                match op {
+                    0..=39 => {
+                        let size = sizes[rng.below(sizes.len() as u64) as usize];
+                        let align = if rng.below(8) == 0 { 16 << 10 } else { 8 };
+                        let l = Layout::from_size_align(size, align).unwrap();
+                        let p = heap.alloc(l);
+                        if !p.is_null() {
+                            let seed = rng.below(256) as u8;
+                            fill(p, size, seed);
+                            live.push((p, l, seed));
+                        }
+                    }
+                    40..=59 if !live.is_empty() => {
+                        let i = rng.below(live.len() as u64) as usize;
+                        let (p, l, seed) = live.swap_remove(i);
+                        assert!(
+                            holds(p, l.size(), seed),
+                            "seed {seed}: step {step}: object changed"
+                        );
+                        heap.dealloc(p, l);
+                    }
+                    60..=79 if !live.is_empty() => {
+                        let i = rng.below(live.len() as u64) as usize;
+                        let (p, l, seed) = live[i];
+                        let new = sizes[rng.below(sizes.len() as u64) as usize];
+                        let q = heap.realloc(p, l, new);
+                        let keep = l.size().min(new);
+                        if q.is_null() {
+                            assert!(
+                                holds(p, l.size(), seed),
+                                "step {step}: failed realloc changed it"
+                            );
+                        } else {
+                            assert!(
+                                holds(q, keep, seed),
+                                "step {step}: realloc lost the contents"
+                            );
+                            let nl = Layout::from_size_align(new, l.align()).unwrap();
+                            fill(q, new, seed);
+                            live[i] = (q, nl, seed);
+                        }
+                    }
+                    80..=86 => {
+                        let keep = rng.below(16);
+                        taken.extend(hoard(heap, keep));
+                    }
+                    87..=91 => give_back(heap, core::mem::take(&mut taken)),
+                    92..=93 => heap.trim(),
+                    94..=96 => {
+                        let n = 1 + rng.below(8);
+                        if let Some(f) =
+                            heap.allocate_frames(crate::FrameCount(n), crate::FrameCount(1))
+                        {
+                            dma.push((f, crate::FrameCount(n)));
+                        }
+                    }
+                    _ => give_back(heap, core::mem::take(&mut dma)),
+                }
+            }
+            heap.audit_pages();
+            let mut all = taken.clone();
+            all.extend(dma.iter().copied());
+            assert_eq!(
+                frames_accounted(heap, &all),
+                total,
+                "seed {seed}: step {step} (op {op}): frames held + free + taken drifted: {:?}",
+                heap.stats().pages
+            );
+        }
+        give_back(heap, taken);
+        give_back(heap, dma);
+        for (p, l, seed) in live {
+            // SAFETY: live objects of these layouts, freed once.
+            unsafe {
+                assert!(holds(p, l.size(), seed));
+                heap.dealloc(p, l);
+            }
+        }
+        heap.trim();
+        heap.audit_pages();
+        let s = heap.stats();
+        assert_eq!(s.pages.in_use, 0, "seed {seed}: pages still in use");
+        assert_eq!(s.pages.trimmed_tails, 0);
+        assert_eq!(frames_accounted(heap, &[]), total);
+    }
+}
+
+/// Hostile sizes and alignments (allocations, reallocations, frames for the kernel) are refused
+/// without a panic and without a trace in the counters.
+#[test]
+fn huge_sizes_and_alignments_are_refused_cleanly() {
+    let heap = heap_with_usable(3 * MIB);
+    let total = frames_accounted(heap, &[]);
+    for (count, align) in [
+        (u64::MAX, 1),
+        (u64::MAX / 2, 1 << 62),
+        (1, 1 << 63),
+        (1, 1 << 40),
+        (1 << 40, 1),
+        (1000, 1),
+    ] {
+        let got = heap.allocate_frames(crate::FrameCount(count), crate::FrameCount(align));
+        assert!(got.is_none(), "{count} frames aligned to {align}: {got:?}");
+        heap.audit_pages();
+        assert_eq!(frames_accounted(heap, &[]), total);
+    }
+    let layouts = [
+        (isize::MAX as usize - (1 << 20), 8),
+        (1 << 40, 8),
+        (1, 1 << 40),
+        (3 << 20, 1 << 30),
+        (8, 1 << 30),
+        (2 << 20, 4096),
+    ];
+    // SAFETY: valid layouts; the one object is resized and freed with its layouts.
+    unsafe {
+        for (size, align) in layouts {
+            let l = Layout::from_size_align(size, align).unwrap();
+            let p = heap.alloc_zeroed(l);
+            if size <= 8 {
+                // A page aligned to 1 GiB is within reach (the window is 4 GiB): met, or null.
+                assert!(
+                    p.is_null() || (p as usize).is_multiple_of(align),
+                    "{p:?} aligned to {align}"
+                );
+            } else {
+                assert!(p.is_null(), "{size} bytes aligned to {align}");
+            }
+            if !p.is_null() {
+                assert_eq!(*p, 0);
+                fill(p, size, 4);
+                heap.dealloc(p, l);
+            }
+            heap.audit_pages();
+        }
+        let l = lay(40 << 10);
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        fill(p, 40 << 10, 3);
+        for new in [isize::MAX as usize - 4096, 1 << 40, 3 << 20] {
+            assert!(heap.realloc(p, l, new).is_null(), "realloc to {new}");
+            assert!(holds(p, 40 << 10, 3));
+            heap.audit_pages();
+        }
+        heap.dealloc(p, l);
+    }
+    heap.trim();
+    heap.audit_pages();
+    assert_eq!(heap.stats().pages.in_use, 0);
+    assert_eq!(frames_accounted(heap, &[]), total);
+}
+
+/// Large objects whose spare tail frames are taken (an allocation out of frames) and mapped again
+/// (a realloc into them) over and over: their bytes survive every step, the audit passes, and the
+/// trimmed tails and frames come back in the end.
+#[test]
+fn spare_tails_trimmed_and_untrimmed_again_keep_their_objects() {
+    let heap = heap_with_usable(4 * MIB);
+    let total = frames_accounted(heap, &[]);
+    let (short, long) = (lay(TRIMMABLE), lay(40 << 10));
+    let page = lay(crate::PAGE_SIZE);
+    // SAFETY: valid layouts; every object is resized and freed with its current layout.
+    unsafe {
+        let objs: Vec<*mut u8> = (0..6)
+            .map(|i| {
+                let p = heap.alloc(long);
+                assert!(!p.is_null());
+                fill(p, 40 << 10, i);
+                p
+            })
+            .collect();
+        for round in 0..8u8 {
+            // Shrink within the same pages: the tails become spare, still mapped.
+            for (i, &p) in objs.iter().enumerate() {
+                assert_eq!(heap.realloc(p, long, TRIMMABLE), p);
+                assert!(holds(p, TRIMMABLE, i as u8 ^ round));
+            }
+            heap.trim();
+            assert_eq!(
+                heap.stats().pages.trimmed_tails,
+                0,
+                "trim took a spare tail"
+            );
+            // Out of frames: a page allocation takes the spare tails (all of them, one pass).
+            let h = hoard(heap, 1);
+            let r = heap.alloc(page);
+            assert!(
+                !r.is_null(),
+                "round {round}: the spare tails were not taken back"
+            );
+            assert_eq!(heap.stats().pages.trimmed_tails, objs.len());
+            fill(r, crate::PAGE_SIZE, 0xee);
+            heap.audit_pages();
+            give_back(heap, h);
+            for (i, &p) in objs.iter().enumerate() {
+                assert!(
+                    holds(p, TRIMMABLE, i as u8 ^ round),
+                    "round {round}: object {i}"
+                );
+                // Growing back into the tail maps it again.
+                assert_eq!(heap.realloc(p, short, 40 << 10), p);
+                fill(p, 40 << 10, i as u8 ^ (round + 1));
+            }
+            assert_eq!(heap.stats().pages.trimmed_tails, 0);
+            assert!(holds(r, crate::PAGE_SIZE, 0xee));
+            heap.dealloc(r, page);
+            heap.audit_pages();
+            assert_eq!(frames_accounted(heap, &[]), total);
+        }
+        for (i, p) in objs.into_iter().enumerate() {
+            assert!(holds(p, 40 << 10, i as u8 ^ 8));
+            heap.dealloc(p, long);
+        }
+    }
+    heap.trim();
+    heap.audit_pages();
+    assert_eq!(heap.stats().pages.in_use, 0);
+    assert_eq!(frames_accounted(heap, &[]), total);
+}
+
+/// Threads allocating, resizing and freeing large and small objects (patterns checked) while
+/// another trims the heap and takes and gives back frames (so that mappings find none and take
+/// free pages and spare tails back): no object changes, and the counters add up afterwards.
+#[test]
+fn trim_and_frame_takers_racing_allocating_threads() {
+    let heap = heap_with_usable(6 * MIB);
+    let total = frames_accounted(heap, &[]);
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            s.spawn(move || {
+                let mut rng = crate::testing::Rng(0x1234_5678 + t);
+                let sizes = [24usize, 3000, TRIMMABLE, 40 << 10, 68 << 10, 200 << 10];
+                let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
+                for _ in 0..1500 {
+                    // SAFETY: valid layouts; objects resized and freed once with their layouts.
+                    unsafe {
+                        match rng.below(3) {
+                            0 => {
+                                let l = lay(sizes[rng.below(sizes.len() as u64) as usize]);
+                                let p = heap.alloc(l);
+                                if !p.is_null() {
+                                    let seed = rng.below(256) as u8;
+                                    fill(p, l.size(), seed);
+                                    live.push((p, l, seed));
+                                }
+                            }
+                            1 if !live.is_empty() => {
+                                let i = rng.below(live.len() as u64) as usize;
+                                let (p, l, seed) = live.swap_remove(i);
+                                assert!(holds(p, l.size(), seed), "thread {t}: object changed");
+                                heap.dealloc(p, l);
+                            }
+                            _ if !live.is_empty() => {
+                                let i = rng.below(live.len() as u64) as usize;
+                                let (p, l, seed) = live[i];
+                                let new = sizes[rng.below(sizes.len() as u64) as usize];
+                                let q = heap.realloc(p, l, new);
+                                if q.is_null() {
+                                    assert!(holds(p, l.size(), seed));
+                                } else {
+                                    assert!(holds(q, l.size().min(new), seed), "thread {t}");
+                                    fill(q, new, seed);
+                                    live[i] = (q, lay(new), seed);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                for (p, l, seed) in live {
+                    // SAFETY: live objects of these layouts, freed once.
+                    unsafe {
+                        assert!(holds(p, l.size(), seed), "thread {t}: object changed");
+                        heap.dealloc(p, l);
+                    }
+                }
+                heap.trim();
+            });
+        }
+        s.spawn(|| {
+            let mut rng = crate::testing::Rng(99);
+            for _ in 0..400 {
+                match rng.below(3) {
+                    0 => heap.trim(),
+                    1 => {
+                        let h = hoard(heap, rng.below(8));
+                        std::thread::yield_now();
+                        give_back(heap, h);
+                    }
+                    _ => {
+                        if let Some(f) =
+                            heap.allocate_frames(crate::FrameCount(4), crate::FrameCount(1))
+                        {
+                            give_back(heap, std::vec![(f, crate::FrameCount(4))]);
+                        }
+                    }
+                }
+                heap.audit_pages();
+            }
+        });
+    });
+    heap.trim();
+    heap.audit_pages();
+    let s = heap.stats();
+    assert_eq!(s.pages.trimmed_tails, 0);
+    assert_eq!(frames_accounted(heap, &[]), total);
 }
