@@ -1371,6 +1371,88 @@ impl<P: Platform> PageHeap<P> {
         );
     }
 
+    /// Tests: checks every tracked page's mapping against the page heap's word for it (mapped mode):
+    /// a scavenged page has neither frame mapped; any other page has its first frame mapped and its
+    /// second too, unless it is the last page of an in-use span with a trimmed tail
+    /// (`Span::tail_unmapped`), whose count is `trimmed_tails`; no page at or above `mapped_top` is
+    /// mapped. Returns the data frames mapped in the heap's pages.
+    #[cfg(all(test, not(miri)))]
+    pub(crate) fn audit_mappings(&self) -> u64 {
+        let Backing::Mapped { space, .. } = &self.backing else {
+            return 0;
+        };
+        let mapped = |a: VirtAddr| space.mapper.translate(a).is_some();
+        let (mut frames, mut trimmed) = (0, 0);
+        for p in 0..self.grown {
+            let a = self.page_addr(p);
+            let (m0, m1) = (mapped(a), mapped(a + FRAME_SIZE));
+            if self.is_scavenged(p) {
+                assert!(
+                    !m0 && !m1,
+                    "audit: scavenged page {p} is mapped ({m0}, {m1})"
+                );
+                continue;
+            }
+            assert!(
+                m0,
+                "audit: page {p} is not scavenged but its first frame is unmapped"
+            );
+            assert!(
+                p < self.mapped_top,
+                "audit: page {p} mapped above mapped_top"
+            );
+            frames += 1 + u64::from(m1);
+            if !m1 {
+                let e = self
+                    .spanmap
+                    .entry(a.as_u64())
+                    .unwrap_or_else(|| panic!("audit: page {p} half mapped, in no span"));
+                // SAFETY: an in-use span (its span-map entry, read under the heap lock); read only.
+                let s = unsafe { e.span().as_ref() };
+                let last = self.page_index(s.base()) + s.npages().0 - 1;
+                assert!(
+                    p == last && s.tail_unmapped && s.tail_spare,
+                    "audit: page {p} half mapped, not a trimmed tail"
+                );
+                trimmed += 1;
+            }
+        }
+        assert_eq!(trimmed, self.trimmed_tails, "audit: trimmed tails");
+        frames
+    }
+
+    /// Tests, for an address space that maps the heap's window only (a host machine): the frames it
+    /// holds are exactly the window's mapped frames plus one table per 2 MiB, 1 GiB and 512 GiB
+    /// stretch of the window with a mapped frame in it (so no table is kept empty nor freed while it
+    /// maps something, and no frame is lost from the count).
+    #[cfg(all(test, not(miri)))]
+    pub(crate) fn audit_frames_held(&self) {
+        let Backing::Mapped { space, window } = &self.backing else {
+            return;
+        };
+        let (start, end) = (window.base().as_u64(), self.page_addr(self.grown).as_u64());
+        let mut frames = 0u64;
+        let mut last = [u64::MAX; 3];
+        let mut tables = 0u64;
+        for a in (start..end).step_by(FRAME_SIZE as usize) {
+            if space.mapper.translate(VirtAddr::new(a)).is_none() {
+                continue;
+            }
+            frames += 1;
+            for (level, shift) in [21u32, 30, 39].into_iter().enumerate() {
+                if a >> shift != last[level] {
+                    last[level] = a >> shift;
+                    tables += 1;
+                }
+            }
+        }
+        assert_eq!(
+            space.frames_held().0,
+            frames + tables,
+            "audit: frames held vs {frames} mapped frames and {tables} tables"
+        );
+    }
+
     /// Pages the large cache keeps (tests).
     #[cfg(all(test, not(miri)))]
     pub(crate) fn large_cache_pages(&self) -> usize {

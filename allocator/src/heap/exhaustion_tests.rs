@@ -20,6 +20,14 @@ fn heap_with_usable(usable: usize) -> &'static Heap<HostPlatform> {
     heap
 }
 
+/// A heap of at most 64 MiB in a window of 256 MiB, small enough for `audit_mappings` to walk.
+fn audited_heap(usable: usize) -> &'static Heap<HostPlatform> {
+    let m = HostMachine::with_usable_memory(usable, 256 << 20);
+    let heap: &'static Heap<HostPlatform> = crate::host::leak(Heap::new(m.platform));
+    heap.init(m.space, m.window, 64 << 20).expect("heap init");
+    heap
+}
+
 fn lay(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
@@ -176,8 +184,8 @@ fn frames_accounted(
 /// every live object holds its pattern.
 #[test]
 fn random_operations_on_a_machine_out_of_frames_keep_every_count() {
-    for seed in 1..=6u64 {
-        let heap = heap_with_usable(3 * MIB);
+    for seed in 1..=5u64 {
+        let heap = audited_heap(3 * MIB);
         let mut rng = crate::testing::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let total = frames_accounted(heap, &[]);
         let sizes = [
@@ -199,7 +207,7 @@ fn random_operations_on_a_machine_out_of_frames_keep_every_count() {
         let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
         let mut taken = Vec::new();
         let mut dma: Vec<(crate::addr::PhysFrame, crate::FrameCount)> = Vec::new();
-        for step in 0..600 {
+        for step in 0..700 {
             let op = rng.below(100);
             // SAFETY: valid layouts; live objects are resized or freed once with their layouts;
             // frames taken are given back once.
@@ -263,7 +271,7 @@ fn random_operations_on_a_machine_out_of_frames_keep_every_count() {
                     _ => give_back(heap, core::mem::take(&mut dma)),
                 }
             }
-            heap.audit_pages();
+            heap.audit_mappings();
             let mut all = taken.clone();
             all.extend(dma.iter().copied());
             assert_eq!(
@@ -361,7 +369,7 @@ fn huge_sizes_and_alignments_are_refused_cleanly() {
 /// trimmed tails and frames come back in the end.
 #[test]
 fn spare_tails_trimmed_and_untrimmed_again_keep_their_objects() {
-    let heap = heap_with_usable(4 * MIB);
+    let heap = audited_heap(4 * MIB);
     let total = frames_accounted(heap, &[]);
     let (short, long) = (lay(TRIMMABLE), lay(40 << 10));
     let page = lay(crate::PAGE_SIZE);
@@ -410,7 +418,7 @@ fn spare_tails_trimmed_and_untrimmed_again_keep_their_objects() {
             assert_eq!(heap.stats().pages.trimmed_tails, 0);
             assert!(holds(r, crate::PAGE_SIZE, 0xee));
             heap.dealloc(r, page);
-            heap.audit_pages();
+            heap.audit_mappings();
             assert_eq!(frames_accounted(heap, &[]), total);
         }
         for (i, p) in objs.into_iter().enumerate() {
@@ -429,7 +437,7 @@ fn spare_tails_trimmed_and_untrimmed_again_keep_their_objects() {
 /// free pages and spare tails back): no object changes, and the counters add up afterwards.
 #[test]
 fn trim_and_frame_takers_racing_allocating_threads() {
-    let heap = heap_with_usable(6 * MIB);
+    let heap = audited_heap(6 * MIB);
     let total = frames_accounted(heap, &[]);
     std::thread::scope(|s| {
         for t in 0..3u64 {
@@ -501,7 +509,7 @@ fn trim_and_frame_takers_racing_allocating_threads() {
                         }
                     }
                 }
-                heap.audit_pages();
+                heap.audit_mappings();
             }
         });
     });

@@ -388,6 +388,20 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
     }
 
+    /// Tests: [`PageHeap::audit`] and [`PageHeap::audit_mappings`]; returns the data frames mapped in
+    /// the heap's pages.
+    #[cfg(all(test, not(miri)))]
+    pub(crate) fn audit_mappings(&self) -> u64 {
+        let _irq = self.platform.mask_interrupts();
+        // Named so it drops before `_irq` (see `with_address_space`).
+        let pages = self.pages.lock();
+        pages.as_ref().map_or(0, |heap| {
+            heap.audit();
+            heap.audit_frames_held();
+            heap.audit_mappings()
+        })
+    }
+
     /// Whether the heap has its memory: [`Heap::init`] or a region-mode init succeeded.
     pub(crate) fn is_initialized(&self) -> bool {
         let _irq = self.platform.mask_interrupts();
