@@ -514,6 +514,25 @@ impl core::fmt::Display for RegionInfo {
     }
 }
 
+/// Metadata bytes a heap page may need at worst. A freed block serves only blocks of its own size
+/// (meta.rs), so a page may have held, one after the other, spans whose bitmaps took every block
+/// size, and each size's free list can grow to one block per page whatever the order of the classes
+/// (the span struct's size to two: a struct and a bitmap). One span per page at worst: the sum of
+/// the bitmaps' block sizes (distinct powers of two: their OR) plus a struct's block.
+fn meta_per_page() -> u64 {
+    let bitmaps = SizeClass::small()
+        .map(|c| Span::bitmap_words_for(SpanClass::new(c, false)) * 8)
+        .filter(|&bytes| bytes > 0)
+        .fold(0, |sizes, bytes| sizes | MetaAlloc::block_bytes(bytes));
+    (bitmaps + MetaAlloc::block_bytes(core::mem::size_of::<Span>())) as u64
+}
+
+/// Metadata bytes of a per-CPU cache for every CPU index there can be.
+fn meta_for_caches() -> u64 {
+    let cache = MetaAlloc::block_bytes(core::mem::size_of::<crate::cache::Cache>());
+    (MAX_CPUS * cache) as u64
+}
+
 impl MetaLayout {
     fn new(capacity: usize) -> Self {
         let round = |b: u64| b.next_multiple_of(PAGE_SIZE as u64);
@@ -521,8 +540,8 @@ impl MetaLayout {
             pages_storage: round(PageAlloc::storage_bytes(capacity) as u64),
             spanmap: round(SpanMap::bytes_for(capacity)),
             scav: round(capacity.div_ceil(64) as u64 * 8),
-            // Span structs and bitmaps: bounded by one span per page at worst; plus room for caches.
-            meta: round(capacity as u64 * 512 + (4 << 20)),
+            // Span structs and bitmaps (`META_PER_PAGE`), every CPU's cache, and 4 MiB to spare.
+            meta: round(capacity as u64 * meta_per_page() + meta_for_caches() + (4 << 20)),
         }
     }
 

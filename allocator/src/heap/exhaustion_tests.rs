@@ -519,3 +519,55 @@ fn trim_and_frame_takers_racing_allocating_threads() {
     assert_eq!(s.pages.trimmed_tails, 0);
     assert_eq!(frames_accounted(heap, &[]), total);
 }
+
+/// A small heap with a cache on every CPU (64 KiB of metadata each), whose pages are filled with
+/// one small class after another: the span structs and bitmaps of each class need metadata blocks
+/// of their own size, which the blocks the classes before freed cannot serve. The metadata region
+/// must hold them all: every class fills nearly the whole heap.
+#[test]
+fn a_small_heap_with_every_cpus_cache_fills_with_class_after_class() {
+    let m = HostMachine::new(64 << 20, 256 << 20);
+    let heap: &'static Heap<HostPlatform> = crate::host::leak(Heap::new(m.platform));
+    heap.init(m.space, m.window, 512 << 10).expect("heap init");
+    std::thread::scope(|s| {
+        for cpu in 0..crate::platform::MAX_CPUS {
+            s.spawn(move || {
+                HostPlatform::set_cpu_index(cpu);
+                // SAFETY: a valid layout, freed at once.
+                unsafe {
+                    let p = heap.alloc(lay(16));
+                    assert!(!p.is_null(), "CPU {cpu}: no object");
+                    heap.dealloc(p, lay(16));
+                }
+            });
+        }
+    });
+    // SAFETY: valid layouts; every object freed once with its layout.
+    unsafe {
+        for size in [8usize, 16, 32, 64, 256, 1024, 8] {
+            let mut objs = Vec::new();
+            loop {
+                let p = heap.alloc(lay(size));
+                if p.is_null() {
+                    break;
+                }
+                objs.push(p);
+            }
+            let s = heap.stats().pages;
+            assert!(
+                objs.len() * size >= 448 << 10,
+                "{size} B objects: {} KiB of a 512 KiB heap ({} of {} pages free; metadata {} of {} \
+                 KiB mapped)",
+                (objs.len() * size) >> 10,
+                s.grown - s.in_use,
+                s.grown,
+                s.meta_in_use >> 10,
+                s.meta_mapped >> 10
+            );
+            for p in objs {
+                heap.dealloc(p, lay(size));
+            }
+            heap.trim();
+        }
+    }
+}
