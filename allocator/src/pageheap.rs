@@ -869,6 +869,23 @@ impl<P: Platform> PageHeap<P> {
         self.meta.alloc(space_of(&mut self.backing), size)
     }
 
+    /// [`Self::meta_alloc`] for metadata the heap can do without (a per-CPU cache: its CPU is served
+    /// through the central lists meanwhile): out of frames, only the free pages are given back, never
+    /// live objects' spare tail frames. A CPU left without a cache asks again on every slow path,
+    /// i.e. on every allocation: each would scan the span map and unmap spare tails (a shootdown
+    /// each) for a block nobody needs.
+    pub(crate) fn meta_alloc_optional(&mut self, size: usize) -> Option<NonNull<u8>> {
+        if self.is_region_mode() {
+            return self.meta_alloc(size);
+        }
+        if let Some(block) = self.meta.alloc(space_of(&mut self.backing), size) {
+            return Some(block);
+        }
+        self.flush_page_caches();
+        self.scavenge(usize::MAX);
+        self.meta.alloc(space_of(&mut self.backing), size)
+    }
+
     /// The highest run of `n` free pages, marked in use. A scan down the bitmap: it runs only when the
     /// metadata allocator needs a chunk (metadata is never given back, so at most once per chunk of the
     /// heap's peak).

@@ -613,3 +613,47 @@ fn tiny_machines_refuse_cleanly_at_every_first_step() {
         assert_eq!(frames_accounted(heap, &[]), total);
     }
 }
+
+/// A CPU whose cache cannot be made (no frame for its metadata) is served through the central
+/// lists, and asks for the cache again on every slow path: that must not take live objects' spare
+/// tail frames each time (the last resort of a mapping that cannot do without its frame), when the
+/// objects it allocates need no frame at all.
+#[test]
+fn a_cpu_without_a_cache_takes_no_spare_tails() {
+    let heap = audited_heap(8 * MIB);
+    // SAFETY: valid layouts; every object is freed once with its layout; frames taken are given
+    // back.
+    unsafe {
+        let big = heap.alloc(lay(40 << 10));
+        assert!(!big.is_null());
+        fill(big, TRIMMABLE, 9);
+        // Its last page's second frame is spare now, and still mapped.
+        assert_eq!(heap.realloc(big, lay(40 << 10), TRIMMABLE), big);
+        // A span of 16 B objects with room, so the allocations below need no frame.
+        let warm: Vec<_> = (0..10).map(|_| heap.alloc(lay(16))).collect();
+        for p in warm {
+            heap.dealloc(p, lay(16));
+        }
+        heap.trim();
+        let h = hoard(heap, 2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                HostPlatform::set_cpu_index(40);
+                for _ in 0..20 {
+                    let p = heap.alloc(lay(16));
+                    assert!(!p.is_null());
+                    heap.dealloc(p, lay(16));
+                }
+            });
+        });
+        let s = heap.stats().pages;
+        give_back(heap, h);
+        assert_eq!(
+            s.trimmed_tails, 0,
+            "small allocations trimmed a live object's tail"
+        );
+        heap.audit_mappings();
+        assert!(holds(big, TRIMMABLE, 9));
+        heap.dealloc(big, lay(TRIMMABLE));
+    }
+}

@@ -452,8 +452,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return None;
         }
         let size = core::mem::size_of::<Cache>();
-        // (Out of frames, `meta_alloc` gives back the free pages the heap keeps mapped and retries.)
-        let mem = heap.meta_alloc(size)?.cast::<Cache>();
+        // (Out of frames, this gives back the free pages the heap keeps mapped and retries; not the
+        // spare tails, as this runs again on every slow path while it fails.)
+        let mem = heap.meta_alloc_optional(size)?.cast::<Cache>();
         // Stacks sized by the heap's memory: a small heap's caches would strand much of it.
         let shift = cache_shift(heap.memory_bytes());
         // SAFETY: a fresh zeroed metadata block big enough for a Cache; all-zero is a valid Cache (atomics,
