@@ -881,9 +881,7 @@ impl<P: Platform> PageHeap<P> {
         if let Some(block) = self.meta.alloc(space_of(&mut self.backing), size) {
             return Some(block);
         }
-        self.flush_page_caches();
-        self.scavenge(usize::MAX);
-        self.meta.alloc(space_of(&mut self.backing), size)
+        self.retry_with_free_pages_given_back(|h| h.meta.alloc(space_of(&mut h.backing), size))
     }
 
     /// The highest run of `n` free pages, marked in use. A scan down the bitmap: it runs only when the
@@ -1648,14 +1646,25 @@ impl<P: Platform> PageHeap<P> {
         &mut self,
         mut retry: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<T> {
-        self.flush_page_caches();
-        self.scavenge(usize::MAX);
-        if let Some(t) = retry(self) {
+        if let Some(t) = self.retry_with_free_pages_given_back(&mut retry) {
             return Some(t);
         }
         if self.trim_spare_tails() == 0 {
             return None;
         }
+        retry(self)
+    }
+
+    /// The first stage of [`Self::retry_with_frames_given_back`] alone: every CPU's cached pages and
+    /// the large cache's spans go back, every free page is unmapped, then `retry`. For mappings that
+    /// must not take live objects' spare tails: optional ones, and those of a large span being
+    /// resized (its `tail_spare` still describes the old size, so its own tail could be taken).
+    pub(crate) fn retry_with_free_pages_given_back<T>(
+        &mut self,
+        retry: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        self.flush_page_caches();
+        self.scavenge(usize::MAX);
         retry(self)
     }
 
@@ -1736,6 +1745,23 @@ impl<P: Platform> PageHeap<P> {
         s.tail_unmapped = false;
         self.trimmed_tails -= 1;
         true
+    }
+
+    /// [`Self::untrim`], giving back the free pages if no frame is free (never spare tails: see
+    /// [`Self::retry_with_free_pages_given_back`]), for a resize that needs the tail.
+    ///
+    /// # Safety
+    /// As for [`Self::untrim`].
+    pub(crate) unsafe fn untrim_or_give_back(&mut self, span: NonNull<Span>) -> bool {
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.untrim(span) } {
+            return true;
+        }
+        self.retry_with_free_pages_given_back(|h| {
+            // SAFETY: forwarded from the caller.
+            unsafe { h.untrim(span) }.then_some(())
+        })
+        .is_some()
     }
 
     /// Makes a trimmed last page `last` (in use, its second frame unmapped), about to be freed, a page the
@@ -1829,8 +1855,8 @@ impl<P: Platform> PageHeap<P> {
         span: NonNull<Span>,
         extra: usize,
     ) -> Option<bool> {
-        // SAFETY: the caller owns the span (forwarded to `untrim`).
-        if !unsafe { self.untrim(span) } {
+        // SAFETY: the caller owns the span (forwarded to `untrim_or_give_back`).
+        if !unsafe { self.untrim_or_give_back(span) } {
             return None;
         }
         // SAFETY: the caller owns the span.
@@ -1867,12 +1893,15 @@ impl<P: Platform> PageHeap<P> {
             return None;
         }
         self.pages.alloc_range(end, extra);
-        let fresh = match self.back(end, extra, false) {
-            Ok((f, _)) => f,
-            Err(()) => {
-                self.pages.free(end, extra);
-                return None;
-            }
+        // Out of frames: the free pages only (a spare tail taken now could be this span's own, which
+        // the growth makes a middle page).
+        let backed = match self.back(end, extra, false) {
+            Ok(r) => Some(r),
+            Err(()) => self.retry_with_free_pages_given_back(|h| h.back(end, extra, false).ok()),
+        };
+        let Some((fresh, _)) = backed else {
+            self.pages.free(end, extra);
+            return None;
         };
         self.note_alloc(extra);
         s.set_npages(PageCount(s.npages().0 + extra));

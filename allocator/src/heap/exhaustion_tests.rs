@@ -657,3 +657,78 @@ fn a_cpu_without_a_cache_takes_no_spare_tails() {
         heap.dealloc(big, lay(TRIMMABLE));
     }
 }
+
+/// A realloc that stays in its pages but reaches its trimmed tail needs one frame; with none free
+/// but free pages the heap keeps mapped, it gives those back and maps the tail, as every other
+/// mapping does, instead of failing (its fallback, a move, needs a whole new object's frames).
+#[test]
+fn a_realloc_into_a_trimmed_tail_takes_the_free_pages_back() {
+    let heap = audited_heap(8 * MIB);
+    // SAFETY: valid layouts; every object is resized and freed once with its layout; frames taken
+    // are given back.
+    unsafe {
+        // The heap's first pages mapped and given back, so that the next object's last page is
+        // mapped for it: trimmed.
+        let small = heap.alloc(lay(8));
+        heap.trim();
+        let t = heap.alloc(lay(TRIMMABLE));
+        assert!(!t.is_null());
+        assert_eq!(heap.stats().pages.trimmed_tails, 1);
+        fill(t, TRIMMABLE, 5);
+        // One free page, mapped: a six-page object shrunk in place to five.
+        let b = heap.alloc(lay(48 << 10));
+        assert_eq!(heap.realloc(b, lay(48 << 10), 40 << 10), b);
+        assert_eq!(heap.stats().pages.dirty_free, 1);
+        let h = hoard(heap, 0);
+        let q = heap.realloc(t, lay(TRIMMABLE), 40 << 10);
+        let s = heap.stats().pages;
+        give_back(heap, h);
+        assert_eq!(
+            q, t,
+            "a realloc into the trimmed tail failed with a free page to give back"
+        );
+        assert_eq!(s.trimmed_tails, 0);
+        assert!(holds(q, TRIMMABLE, 5));
+        fill(q, 40 << 10, 6);
+        heap.audit_mappings();
+        heap.dealloc(q, lay(40 << 10));
+        heap.dealloc(b, lay(40 << 10));
+        heap.dealloc(small, lay(8));
+    }
+}
+
+/// The same for a realloc growing in place over scavenged pages: with no frame free, it gives the
+/// free pages back and maps the new ones (a move would need a whole new object's frames).
+#[test]
+fn a_growth_in_place_takes_the_free_pages_back() {
+    let heap = audited_heap(8 * MIB);
+    // SAFETY: valid layouts; every object is resized and freed once with its layout; frames taken
+    // are given back.
+    unsafe {
+        let small = heap.alloc(lay(8));
+        heap.trim();
+        // One free page, mapped (a six-page object shrunk in place to five), then the object to grow,
+        // with scavenged pages after it.
+        let b = heap.alloc(lay(48 << 10));
+        let c = heap.alloc(lay(40 << 10));
+        assert_eq!(heap.realloc(b, lay(48 << 10), 40 << 10), b);
+        let a = heap.alloc(lay(40 << 10));
+        assert!(a as usize > c as usize, "the object went into the hole");
+        fill(a, 40 << 10, 7);
+        assert_eq!(heap.stats().pages.dirty_free, 1);
+        let h = hoard(heap, 0);
+        let q = heap.realloc(a, lay(40 << 10), 48 << 10);
+        give_back(heap, h);
+        assert_eq!(
+            q, a,
+            "a growth in place failed with a free page to give back"
+        );
+        assert!(holds(q, 40 << 10, 7));
+        fill(q, 48 << 10, 8);
+        heap.audit_mappings();
+        heap.dealloc(q, lay(48 << 10));
+        heap.dealloc(b, lay(40 << 10));
+        heap.dealloc(c, lay(40 << 10));
+        heap.dealloc(small, lay(8));
+    }
+}

@@ -1180,7 +1180,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         if new_pages.0 == old
             && new_size + FRAME_SIZE as usize > old * PAGE_SIZE
             // SAFETY: as above.
-            && !unsafe { heap.untrim(span) }
+            && !unsafe { heap.untrim_or_give_back(span) }
         {
             // The same pages, and the new size reaches a trimmed tail (pageheap.rs) no frame can map.
             return false;
