@@ -1718,6 +1718,8 @@ mod region_attack_tests;
 #[cfg(all(test, not(miri)))]
 mod region_tests;
 #[cfg(all(test, not(miri)))]
+mod sample_attack_tests;
+#[cfg(all(test, not(miri)))]
 mod sample_tests;
 #[cfg(test)]
 mod small_heap_tests;

@@ -342,9 +342,10 @@ impl Pool {
                 }),
             };
         }
-        // A guard page: its neighbours are the slots whose pages are just below and just above it.
+        // A guard page: its neighbours are the slots whose pages are just below and just above it. The
+        // pool's last page (above the last slot's guard page) has no slot below it either.
         let page = (addr - self.base) / PAGE;
-        let below = (page >= 1).then(|| ((page - 1) / 2) as usize);
+        let below = (page >= 1 && (page - 1) / 2 < SLOTS as u64).then(|| ((page - 1) / 2) as usize);
         let above = ((page / 2) < SLOTS as u64).then_some((page / 2) as usize);
         let candidate = |slot: usize| {
             let s = &self.slots[slot];

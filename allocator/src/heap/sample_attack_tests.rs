@@ -1,0 +1,80 @@
+//! Attacks on heap sampling: the guard pool's edges, extreme settings, sampled and guarded objects
+//! freed or reallocated wrongly, and sampling used from several threads at once.
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::vec::Vec;
+
+use crate::host::{HostMachine, HostPlatform};
+use crate::platform::Sampled;
+use crate::profile::guard;
+use crate::profile::{GuardSide, Sampling};
+use crate::{Heap, VirtAddr};
+
+type SHeap = Heap<Sampled<HostPlatform>, false>;
+
+fn sampled_heap() -> &'static SHeap {
+    let m = HostMachine::new(128 << 20, 1 << 30);
+    let platform: &'static Sampled<HostPlatform> = crate::host::leak(Sampled(m.platform));
+    let heap: &'static SHeap = crate::host::leak(Heap::new(platform));
+    heap.init(m.space.sampled(platform), m.window, 512 << 20)
+        .expect("heap init");
+    heap
+}
+
+fn lay(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).unwrap()
+}
+
+/// The message of the panic `f` must raise.
+fn refused(f: impl FnOnce()) -> std::string::String {
+    let err =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a refusal");
+    err.downcast_ref::<std::string::String>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn guard_all(side: GuardSide) -> Sampling {
+    Sampling {
+        profile_rate: 1,
+        guard_interval: 1,
+        guard_side: side,
+    }
+}
+
+/// `guard_report` is for page-fault handlers: any address of the pool gets a report or `None`, never a
+/// panic. The pool's last page is a guard page above the last slot's guard page, with no slot next to it.
+#[test]
+fn guard_report_answers_for_every_page_of_the_pool() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+    let l = lay(24, 8);
+    // SAFETY: freed once with its layout.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(heap.is_guarded(p));
+        // The first object takes slot 0, whose page is the pool's second.
+        let base = (p as u64 & !(guard::PAGE - 1)) - guard::PAGE;
+        for page in 0..guard::POOL_BYTES / guard::PAGE {
+            for off in [0, 8, guard::PAGE - 1] {
+                let a = base + page * guard::PAGE + off;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    heap.guard_report(VirtAddr::new(a))
+                }));
+                assert!(
+                    r.is_ok(),
+                    "guard_report({a:#x}) (pool page {page}) panicked"
+                );
+            }
+        }
+        let last = base + guard::POOL_BYTES - 8;
+        let r = heap
+            .guard_report(VirtAddr::new(last))
+            .expect("a pool address");
+        assert_eq!(r.kind, guard::ErrorKind::Wild);
+        assert!(heap
+            .guard_report(VirtAddr::new(base + guard::POOL_BYTES))
+            .is_none());
+        heap.dealloc(p, l);
+    }
+}
