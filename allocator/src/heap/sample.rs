@@ -221,13 +221,16 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         st.epoch = epoch;
         let mut rng = Rng::new(st.rng);
-        st.profile_left =
-            next_interval(self.sampler.profile_rate.load(Ordering::Relaxed), &mut rng) as i64;
-        st.guard_left = self
-            .sampler
-            .guard_interval
-            .load(Ordering::Relaxed)
-            .saturating_sub(1) as i64;
+        st.profile_left = bytes_left(next_interval(
+            self.sampler.profile_rate.load(Ordering::Relaxed),
+            &mut rng,
+        ));
+        st.guard_left = bytes_left(
+            self.sampler
+                .guard_interval
+                .load(Ordering::Relaxed)
+                .saturating_sub(1) as u64,
+        );
         st.rng = rng.next_u64();
         self.arm(st);
     }
@@ -262,11 +265,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let guard = interval > 0 && st.guard_left < 0;
         if profile {
             let mut rng = Rng::new(st.rng);
-            st.profile_left = next_interval(rate, &mut rng) as i64;
+            st.profile_left = bytes_left(next_interval(rate, &mut rng));
             st.rng = rng.next_u64();
         }
         if guard {
-            st.guard_left = interval.saturating_sub(1) as i64;
+            st.guard_left = bytes_left(interval.saturating_sub(1) as u64);
         }
         self.arm(st);
         (profile, guard)
@@ -654,6 +657,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         s
     }
+}
+
+/// A countdown of `bytes` (an interval of the settings): the longest one an `i64` holds when it does not
+/// fit. A plain cast made an interval of 2^63 bytes or more negative, i.e. due at once: a profile rate
+/// or guard interval of `usize::MAX` ("almost never") sampled every allocation.
+fn bytes_left(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// The size a small object of `layout` is profiled with: its size class's (as Go's profile, which also keeps

@@ -78,3 +78,40 @@ fn guard_report_answers_for_every_page_of_the_pool() {
         heap.dealloc(p, l);
     }
 }
+
+/// The largest settings mean "almost never", not "always": an interval that does not fit the countdown
+/// is the longest one it holds.
+#[test]
+fn the_largest_rates_sample_almost_nothing() {
+    let heap = sampled_heap();
+    let l = lay(64, 8);
+    let big = lay(64 << 10, 8);
+    for (profile_rate, guard_interval) in
+        [(0, usize::MAX), (usize::MAX, 0), (usize::MAX, usize::MAX)]
+    {
+        heap.set_sampling(Sampling {
+            profile_rate,
+            guard_interval,
+            guard_side: GuardSide::Right,
+        })
+        .unwrap();
+        // SAFETY: each object freed once with its layout.
+        unsafe {
+            let ps: Vec<*mut u8> = (0..200).map(|_| heap.alloc(l)).collect();
+            let bs: Vec<*mut u8> = (0..20).map(|_| heap.alloc(big)).collect();
+            assert!(ps.iter().chain(&bs).all(|p| !p.is_null()));
+            let st = heap.sampling_stats();
+            assert_eq!(
+                (st.guarded, st.live_samples),
+                (0, 0),
+                "rate {profile_rate:#x}, interval {guard_interval:#x} sampled: {st:?}"
+            );
+            for p in ps {
+                heap.dealloc(p, l);
+            }
+            for p in bs {
+                heap.dealloc(p, big);
+            }
+        }
+    }
+}
