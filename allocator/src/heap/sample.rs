@@ -438,16 +438,29 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Whether `ptr` is a live sampled small object that `layout` (of class `class`) may free or
-    /// reallocate (the cold path of `realloc`, after the small-object check failed).
+    /// reallocate (the cold path of `realloc`, after the small-object check failed). A guarded object
+    /// whose canary is damaged is refused here, as its free would refuse it: the moving `realloc` that
+    /// follows allocates and copies before it frees, and a refusal then lost the new block.
+    #[track_caller]
     pub(super) fn is_sampled_small(&self, ptr: *mut u8, layout: Layout, class: SizeClass) -> bool {
         let addr = ptr as u64;
         let _irq = self.platform.mask_interrupts();
         if self.sampler.in_pool(addr) {
-            let pool = self.sampler.pool.lock();
-            return pool.is_some_and(|p| {
+            // Checked under the pool's lock, told once it is released (see `free_guarded`).
+            let checked = {
+                let pool = self.sampler.pool.lock();
+                let Some(p) = *pool else { return false };
                 // SAFETY: as in `alloc_guarded`.
-                unsafe { p.as_ref() }.live_size(addr) == Some(layout.size().max(1))
-            });
+                let p = unsafe { p.as_ref() };
+                p.check_free(addr, layout.size().max(1))
+                    .ok()
+                    .map(|slot| check_canary(p, slot))
+            };
+            return match checked {
+                None => false,
+                Some(None) => true,
+                Some(Some(report)) => panic!("{report}"),
+            };
         }
         let t = self.sampler.tables.lock();
         // SAFETY: as in `record`.

@@ -115,3 +115,36 @@ fn the_largest_rates_sample_almost_nothing() {
         }
     }
 }
+
+/// A realloc of a guarded object whose canary is damaged is refused before anything changes: no new
+/// block is allocated (and lost) before the refusal.
+#[test]
+fn a_realloc_of_a_guarded_object_with_a_damaged_canary_changes_nothing() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Left)).unwrap();
+    let l = lay(24, 8);
+    // SAFETY: the write past the object lands in its mapped page's canary (deliberately); the refused
+    // realloc changes nothing, and the object is freed once the canary is mended.
+    unsafe {
+        let q = heap.alloc(l);
+        assert!(heap.is_guarded(q));
+        q.add(24).write(0);
+        let before = heap.stats();
+        let st = heap.sampling_stats();
+        let msg = refused(|| {
+            heap.realloc(q, l, 64 << 10);
+        });
+        assert!(msg.contains("canary damaged"), "{msg}");
+        let after = heap.stats();
+        assert_eq!(
+            (after.large_objects, after.large_bytes),
+            (before.large_objects, before.large_bytes),
+            "the refused realloc left a new block behind"
+        );
+        assert_eq!(heap.sampling_stats().live_samples, st.live_samples);
+        assert!(heap.is_guarded(q));
+        q.add(24).write(guard::canary(q as u64 + 24));
+        heap.dealloc(q, l);
+        assert_eq!(heap.sampling_stats().live_samples, 0);
+    }
+}
