@@ -433,7 +433,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             fill_canary(page, addr);
             fill_canary(end, page + guard::PAGE);
         }
-        pool.commit(slot, addr, layout.size().max(1), frames);
+        pool.commit(slot, addr, layout.size().max(1), layout.align(), frames);
         Some(addr as *mut u8)
     }
 
@@ -452,7 +452,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 let Some(p) = *pool else { return false };
                 // SAFETY: as in `alloc_guarded`.
                 let p = unsafe { p.as_ref() };
-                p.check_free(addr, layout.size().max(1))
+                p.check_free(addr, layout.size().max(1), layout.align())
                     .ok()
                     .map(|slot| check_canary(p, slot))
             };
@@ -529,7 +529,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             let mut pool = self.sampler.pool.lock();
             // SAFETY: as in `alloc_guarded`.
             let pool = unsafe { pool.as_mut().expect("the pool exists").as_mut() };
-            match pool.check_free(addr, layout.size().max(1)) {
+            match pool.check_free(addr, layout.size().max(1), layout.align()) {
                 Err(e) => Some(Err(e)),
                 // A damaged canary: the slot is not released (its page stays in quarantine).
                 Ok(slot) => match check_canary(pool, slot) {
@@ -565,6 +565,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 va,
                 layout,
                 format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
+            ),
+            Some(Err(FreeError::WrongAlign { align })) => bad_free(
+                Op::Dealloc,
+                va,
+                layout,
+                format_args!("the layout's alignment differs from the allocation's ({align}, a guarded object)"),
             ),
             Some(Err(FreeError::NotAnObject)) => bad_free(
                 Op::Dealloc,

@@ -148,3 +148,39 @@ fn a_realloc_of_a_guarded_object_with_a_damaged_canary_changes_nothing() {
         assert_eq!(heap.sampling_stats().live_samples, 0);
     }
 }
+/// A guarded object freed or reallocated with a layout of another size class (the same size, another
+/// alignment) is refused, as for any small object.
+#[test]
+fn a_guarded_object_with_another_alignment_is_refused() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+    let l = lay(24, 8);
+    let other = lay(24, 1024);
+    assert_ne!(
+        crate::sizeclass::SizeClass::for_layout(24, 8),
+        crate::sizeclass::SizeClass::for_layout(24, 1024)
+    );
+    // SAFETY: the bad calls are refused before anything changes; the object is then freed properly.
+    unsafe {
+        let plain = {
+            heap.set_sampling(Sampling::OFF).unwrap();
+            let p = heap.alloc(l);
+            heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+            p
+        };
+        assert!(!heap.is_guarded(plain));
+        let msg = refused(|| heap.dealloc(plain, other));
+        assert!(msg.contains("size class differs"), "plain object: {msg}");
+        heap.dealloc(plain, l);
+        let p = heap.alloc(l);
+        assert!(heap.is_guarded(p));
+        let msg = refused(|| {
+            heap.realloc(p, other, 100);
+        });
+        assert!(msg.contains("bad realloc"), "{msg}");
+        let msg = refused(|| heap.dealloc(p, other));
+        assert!(msg.contains("bad dealloc"), "{msg}");
+        assert!(heap.is_guarded(p), "a refused free changes nothing");
+        heap.dealloc(p, l);
+    }
+}

@@ -48,6 +48,8 @@ struct Slot {
     state: State,
     addr: u64,
     size: usize,
+    /// The allocation's alignment: a free must give its layout back whole.
+    align: usize,
     depth: usize,
     frames: [u64; STACK],
 }
@@ -149,6 +151,8 @@ pub enum FreeError {
     NotAnObject,
     /// The layout's size differs from the allocation's.
     WrongSize { size: usize },
+    /// The layout's alignment differs from the allocation's (the size is the same).
+    WrongAlign { align: usize },
 }
 
 impl Pool {
@@ -164,6 +168,7 @@ impl Pool {
                 state: State::Free,
                 addr: 0,
                 size: 0,
+                align: 0,
                 depth: 0,
                 frames: [0; STACK],
             }; SLOTS],
@@ -249,14 +254,16 @@ impl Pool {
         self.refused += 1;
     }
 
-    /// Makes slot `slot` live with the object at `addr` of `size` bytes, allocated from `frames`.
-    pub fn commit(&mut self, slot: usize, addr: u64, size: usize, frames: &[u64]) {
+    /// Makes slot `slot` live with the object at `addr` of `size` bytes aligned to `align`, allocated
+    /// from `frames`.
+    pub fn commit(&mut self, slot: usize, addr: u64, size: usize, align: usize, frames: &[u64]) {
         let depth = frames.len().min(STACK);
         let s = &mut self.slots[slot];
         *s = Slot {
             state: State::Live,
             addr,
             size,
+            align,
             depth,
             frames: [0; STACK],
         };
@@ -270,9 +277,9 @@ impl Pool {
         (page % 2 == 1 && ((page - 1) / 2) < SLOTS as u64).then(|| ((page - 1) / 2) as usize)
     }
 
-    /// The live object starting at `addr` of `size` bytes: its slot (the free can go on), or why not.
-    /// `addr` must be in the pool.
-    pub fn check_free(&self, addr: u64, size: usize) -> Result<usize, FreeError> {
+    /// The live object starting at `addr` of `size` bytes aligned to `align`: its slot (the free can go
+    /// on), or why not. `addr` must be in the pool.
+    pub fn check_free(&self, addr: u64, size: usize, align: usize) -> Result<usize, FreeError> {
         let slot = self.slot_of(addr).ok_or(FreeError::NotAnObject)?;
         let s = &self.slots[slot];
         match s.state {
@@ -280,7 +287,10 @@ impl Pool {
                 object: s.addr,
                 size: s.size,
             }),
-            State::Live if s.addr == addr && s.size == size => Ok(slot),
+            State::Live if s.addr == addr && s.size == size && s.align == align => Ok(slot),
+            State::Live if s.addr == addr && s.size == size => {
+                Err(FreeError::WrongAlign { align: s.align })
+            }
             State::Live if s.addr == addr => Err(FreeError::WrongSize { size: s.size }),
             _ => Err(FreeError::NotAnObject),
         }

@@ -153,7 +153,7 @@ fn guard_pool_places_quarantines_and_classifies() {
         page + guard::PAGE - 13,
         "right side: the object ends at its page's end"
     );
-    pool.commit(slot, addr, 13, &[0x1234, 0x5678]);
+    pool.commit(slot, addr, 13, 1, &[0x1234, 0x5678]);
     assert_eq!(pool.live_size(addr), Some(13));
 
     // One byte past the end: the next guard page.
@@ -181,18 +181,25 @@ fn guard_pool_places_quarantines_and_classifies() {
         "a live object's page is not the pool's fault"
     );
 
-    assert_eq!(pool.check_free(addr + 1, 13), Err(FreeError::NotAnObject));
     assert_eq!(
-        pool.check_free(addr, 12),
+        pool.check_free(addr + 1, 13, 1),
+        Err(FreeError::NotAnObject)
+    );
+    assert_eq!(
+        pool.check_free(addr, 12, 1),
         Err(FreeError::WrongSize { size: 13 })
     );
-    let s = pool.check_free(addr, 13).unwrap();
+    assert_eq!(
+        pool.check_free(addr, 13, 8),
+        Err(FreeError::WrongAlign { align: 1 })
+    );
+    let s = pool.check_free(addr, 13, 1).unwrap();
     pool.release(s);
     let r = pool.classify(addr + 3).unwrap();
     assert_eq!(r.kind, ErrorKind::UseAfterFree);
     assert!(std::format!("{r}").contains("use-after-free"), "{r}");
     assert_eq!(
-        pool.check_free(addr, 13),
+        pool.check_free(addr, 13, 1),
         Err(FreeError::DoubleFree {
             object: addr,
             size: 13
@@ -202,7 +209,7 @@ fn guard_pool_places_quarantines_and_classifies() {
     // Left side, aligned; then every slot once: the quarantined one is recycled last.
     let (s1, a1) = pool.take(24, 16, GuardSide::Left).unwrap();
     assert_eq!((s1, a1), (1, pool.page_of(1)));
-    pool.commit(s1, a1, 24, &[]);
+    pool.commit(s1, a1, 24, 16, &[]);
     let r = pool.classify(a1 - 2).unwrap();
     assert_eq!(
         r.kind,
@@ -213,7 +220,7 @@ fn guard_pool_places_quarantines_and_classifies() {
     );
     let mut taken = vec![];
     while let Some((s, a)) = pool.take(8, 8, GuardSide::Right) {
-        pool.commit(s, a, 8, &[]);
+        pool.commit(s, a, 8, 8, &[]);
         taken.push(s);
     }
     assert_eq!(
