@@ -545,6 +545,13 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                                 .expect("the pool exists only on a heap that maps its pages")
                                 .unmap_range(Page::containing_address(VirtAddr::new(page)), 1);
                         }
+                        // The profile record goes before the slot is released (pool -> tables is the
+                        // lock order): once released, the slot and so this address may be handed out
+                        // again on another CPU, whose record of it must not find this one.
+                        if let Some(t) = self.sampler.tables.lock().as_mut() {
+                            // SAFETY: as in `record`.
+                            unsafe { t.as_mut() }.remove_live(addr);
+                        }
                         pool.release(slot);
                         None
                     }
@@ -578,11 +585,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 layout,
                 format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
             ),
-        }
-        let mut t = self.sampler.tables.lock();
-        if let Some(t) = t.as_mut() {
-            // SAFETY: as in `record`.
-            unsafe { t.as_mut() }.remove_live(addr);
         }
     }
 

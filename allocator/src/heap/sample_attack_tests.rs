@@ -184,3 +184,78 @@ fn a_guarded_object_with_another_alignment_is_refused() {
         heap.dealloc(p, l);
     }
 }
+
+/// Two threads recycle the pool's last free slots (so that each reuses the address the other just
+/// freed) while a third reads the profile: a guarded object's profile record must be gone before its
+/// slot (and so its address) can be handed out again, or the new object's record finds the old one
+/// still there (a debug assertion: "recorded twice").
+#[test]
+fn guarded_addresses_recycled_across_threads_are_recorded_once() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+    // Many buckets (one per large size), so that a profile holds the tables' lock a while.
+    // SAFETY: each object freed once with its layout.
+    unsafe {
+        for i in 0..600 {
+            let l = lay((40 << 10) + 8 * i, 8);
+            let p = heap.alloc(l);
+            assert!(!p.is_null());
+            heap.dealloc(p, l);
+        }
+    }
+    let l = lay(24, 8);
+    // SAFETY: as above.
+    let held: Vec<usize> = unsafe {
+        (0..guard::SLOTS - 2)
+            .map(|_| {
+                let p = heap.alloc(l);
+                assert!(heap.is_guarded(p));
+                p as usize
+            })
+            .collect()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = std::vec![0u8; 1 << 20];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = heap.write_heap_profile(None, &mut buf);
+                // A pause (spinning, to stay on the CPU): a spin lock is not fair, and without one
+                // this thread could keep the tables from the workers for good.
+                let t = std::time::Instant::now();
+                while t.elapsed() < std::time::Duration::from_micros(20) {
+                    core::hint::spin_loop();
+                }
+            }
+        });
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                s.spawn(move || {
+                    for i in 0..2000u32 {
+                        // SAFETY: each object freed once with its layout, written inside.
+                        unsafe {
+                            let p = heap.alloc(l);
+                            assert!(!p.is_null());
+                            p.write_bytes((i as u8) ^ t, 24);
+                            assert!(std::slice::from_raw_parts(p, 24)
+                                .iter()
+                                .all(|&b| b == (i as u8) ^ t));
+                            heap.dealloc(p, l);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(results.iter().all(|r| r.is_ok()), "a worker panicked");
+    });
+    // SAFETY: as above.
+    unsafe {
+        for p in held {
+            heap.dealloc(p as *mut u8, l);
+        }
+    }
+    let st = heap.sampling_stats();
+    assert_eq!(st.live_samples, 0, "{st:?}");
+}
