@@ -190,12 +190,12 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return Err(SamplingError::NoAddressSpace);
         }
         let npages = (guard::POOL_BYTES as usize) / PAGE_SIZE;
+        // The stretch and the pool's bookkeeping after it, in one allocation: with two, a refusal of the
+        // second kept the first (2 MiB) for good, at every attempt.
         let window = heap
-            .alloc_private(npages)
+            .alloc_private(npages + POOL_STRUCT_PAGES)
             .ok_or(SamplingError::OutOfMemory)?;
-        let mem = heap
-            .alloc_private(POOL_STRUCT_PAGES)
-            .ok_or(SamplingError::OutOfMemory)?;
+        let mem = window + guard::POOL_BYTES;
         // Every page of the stretch starts unmapped: guard pages stay so, object pages are mapped while live.
         heap.space()
             .expect("checked above: the heap maps its pages")

@@ -259,3 +259,58 @@ fn guarded_addresses_recycled_across_threads_are_recorded_once() {
     let st = heap.sampling_stats();
     assert_eq!(st.live_samples, 0, "{st:?}");
 }
+
+/// Switching guard pages on when memory is short fails cleanly: a refused `set_sampling` holds no page
+/// more than before it, however close to enough memory there was (here the free pages grow by a
+/// large object's worth between attempts, through every count the pool and its bookkeeping need).
+#[test]
+fn a_guard_pool_that_does_not_fit_takes_nothing() {
+    let m = HostMachine::new(64 << 20, 1 << 30);
+    let platform: &'static Sampled<HostPlatform> = crate::host::leak(Sampled(m.platform));
+    let heap: &'static SHeap = crate::host::leak(Heap::new(platform));
+    heap.init(m.space.sampled(platform), m.window, 16 << 20)
+        .expect("heap init");
+    let l = lay(40 << 10, 8);
+    // SAFETY: each object freed once with its layout.
+    unsafe {
+        let mut held = Vec::new();
+        loop {
+            let p = heap.alloc(l);
+            if p.is_null() {
+                break;
+            }
+            held.push(p as usize);
+        }
+        held.sort_unstable();
+        let on = Sampling {
+            guard_interval: 1,
+            ..Sampling::OFF
+        };
+        let mut failed = 0;
+        let mut held = held.into_iter();
+        for p in held.by_ref() {
+            heap.dealloc(p as *mut u8, l);
+            let before = heap.stats().pages.in_use;
+            match heap.set_sampling(on) {
+                Ok(()) => break,
+                Err(e) => {
+                    assert_eq!(e, crate::heap::SamplingError::OutOfMemory);
+                    failed += 1;
+                    assert_eq!(
+                        heap.stats().pages.in_use,
+                        before,
+                        "a refused set_sampling kept pages (attempt {failed})"
+                    );
+                }
+            }
+        }
+        assert!(failed > 10, "memory was never short: {failed}");
+        for p in held {
+            heap.dealloc(p as *mut u8, l);
+        }
+        assert_eq!(heap.sampling().guard_interval, 1, "switched on in the end");
+        let g = heap.alloc(lay(24, 8));
+        assert!(heap.is_guarded(g));
+        heap.dealloc(g, lay(24, 8));
+    }
+}
