@@ -360,9 +360,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let _irq = self.platform.mask_interrupts();
         let mut t = self.sampler.tables.lock();
         let Some(t) = t.as_mut() else { return false };
+        // The rate the profile scales this sample by, whatever it becomes later.
+        let rate = self.sampler.profile_rate.load(Ordering::Relaxed) as u64;
         // SAFETY: the tables live in the heap's private pages; the lock makes us their only user.
         unsafe { t.as_mut() }
-            .record(addr, size as u64, frames, kind)
+            .record(addr, size as u64, rate, frames, kind)
             .is_ok()
     }
 

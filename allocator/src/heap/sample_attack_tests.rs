@@ -314,3 +314,52 @@ fn a_guard_pool_that_does_not_fit_takes_nothing() {
         heap.dealloc(g, lay(24, 8));
     }
 }
+
+/// Per object size: [alloc_objects, alloc_space, inuse_objects, inuse_space] summed over stacks.
+fn by_size(heap: &SHeap) -> std::collections::BTreeMap<i64, [i64; 4]> {
+    let need = heap.write_heap_profile(None, &mut []).unwrap_err();
+    let mut buf = std::vec![0u8; need];
+    let n = heap.write_heap_profile(None, &mut buf).expect("fits");
+    let mut m = std::collections::BTreeMap::new();
+    for s in crate::profile::decode::decode(&buf[..n]).samples {
+        let e = m.entry(s.bytes.expect("bytes label")).or_insert([0; 4]);
+        for (t, v) in e.iter_mut().zip(&s.values) {
+            *t += v;
+        }
+    }
+    m
+}
+
+/// Samples are scaled by the rate they were taken at: a later change of the rate (or profiling
+/// switched off) must not rescale what is already in the profile.
+#[test]
+fn a_rate_change_does_not_rescale_earlier_samples() {
+    let heap = sampled_heap();
+    let at_rate_1 = Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    };
+    heap.set_sampling(at_rate_1).unwrap();
+    let l = lay(48, 8);
+    // SAFETY: each object freed once with its layout.
+    unsafe {
+        let ps: Vec<*mut u8> = (0..100).map(|_| heap.alloc(l)).collect();
+        assert_eq!(by_size(heap)[&48], [100, 4800, 100, 4800]);
+        for rate in [crate::profile::DEFAULT_PROFILE_RATE, 0, 1] {
+            heap.set_sampling(Sampling {
+                profile_rate: rate,
+                ..Sampling::OFF
+            })
+            .unwrap();
+            assert_eq!(
+                by_size(heap)[&48],
+                [100, 4800, 100, 4800],
+                "after a change to rate {rate}"
+            );
+        }
+        for p in ps {
+            heap.dealloc(p, l);
+        }
+        assert_eq!(by_size(heap)[&48], [100, 4800, 0, 0]);
+    }
+}

@@ -5,7 +5,9 @@
 //! `inuse_space`/bytes; period type `space`/bytes with the sampling rate as period. One sample per bucket
 //! (call stack and size), its values scaled by Go's formula for Poisson sampling: an object of `s` bytes
 //! is sampled with probability `1 - exp(-s / rate)`, so each sample counts `1 / (1 - exp(-s / rate))`
-//! objects (no scaling at rate 1: every allocation is sampled). Each sample carries the numeric label
+//! objects (no scaling at rate 1: every allocation is sampled), `rate` being the one the bucket's samples
+//! were taken at (the period is the current rate: a change of it rescales nothing already sampled). Each
+//! sample carries the numeric label
 //! `bytes` = the object size (the heap records a small object's size class size, as Go does).
 //!
 //! Locations: one per frame of each bucket (pprof merges equal addresses when it symbolizes), at the
@@ -31,7 +33,8 @@ pub struct Mapping<'a> {
 /// What a profile needs besides the tables.
 #[derive(Clone, Copy, Debug)]
 pub struct Header<'a> {
-    /// The sampling rate in bytes (the profile's period); the values are scaled by it.
+    /// The sampling rate in bytes now (the profile's period); each bucket's values are scaled by the
+    /// rate its samples were taken at ([`Bucket::rate`]).
     pub rate: usize,
     pub mapping: Option<Mapping<'a>>,
     /// A regular expression pprof uses to cut the allocator's own frames off each stack (field
@@ -159,7 +162,8 @@ fn value_type(o: &mut Out<'_>, field: u32, ty: u64, unit: u64) {
     o.len_delim(field, s.get());
 }
 
-fn sample(o: &mut Out<'_>, index: usize, b: &Bucket, rate: usize) {
+fn sample(o: &mut Out<'_>, index: usize, b: &Bucket) {
+    let rate = usize::try_from(b.rate).unwrap_or(usize::MAX);
     let (ao, ab) = scale(b.allocs, b.size, rate);
     let (io, ib) = scale(b.allocs - b.frees, b.size, rate);
     let mut ids = Scratch::new();
@@ -205,7 +209,7 @@ pub fn encode<'b>(
     value_type(&mut o, 1, 5, 2);
     value_type(&mut o, 1, 6, 4);
     for (i, b) in buckets.clone().enumerate() {
-        sample(&mut o, i, b, header.rate);
+        sample(&mut o, i, b);
     }
     if let Some(m) = header.mapping {
         let mut s = Scratch::new();

@@ -1,5 +1,5 @@
-//! The heap profile's tables: buckets (one per call stack and size, as Go's `memRecord` buckets) with
-//! their allocation and free counts, and the live sampled objects (address -> bucket), so that a free
+//! The heap profile's tables: buckets (one per call stack and size, as Go's `memRecord` buckets, and
+//! sampling rate) with their allocation and free counts, and the live sampled objects (address -> bucket), so that a free
 //! of a sampled object is counted against the stack that allocated it.
 //!
 //! Invariants:
@@ -29,13 +29,16 @@ pub enum Kind {
     Guarded = 3,
 }
 
-/// One call stack and size with its counts.
+/// One call stack and size with its counts, sampled at one rate.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Bucket {
     /// 0: empty slot (a real hash is forced non-zero).
     pub hash: u64,
     pub size: u64,
+    /// The profile rate its samples were taken at, which the profile scales them by: the rate may
+    /// change later (pprof.rs).
+    pub rate: u64,
     pub allocs: u64,
     pub frees: u64,
     pub depth: u32,
@@ -99,16 +102,24 @@ impl Tables {
         self.nlive < LIVE * 3 / 4 && self.nbuckets < BUCKETS * 3 / 4
     }
 
-    /// Records a sampled allocation of `size` bytes at `addr` with call stack `frames` (innermost first):
-    /// its bucket's `allocs` grows and the address becomes live. A full table drops the sample (counted).
-    pub fn record(&mut self, addr: u64, size: u64, frames: &[u64], kind: Kind) -> Result<(), Full> {
+    /// Records a sampled allocation of `size` bytes at `addr`, sampled at profile rate `rate`, with call
+    /// stack `frames` (innermost first): its bucket's `allocs` grows and the address becomes live. A full
+    /// table drops the sample (counted).
+    pub fn record(
+        &mut self,
+        addr: u64,
+        size: u64,
+        rate: u64,
+        frames: &[u64],
+        kind: Kind,
+    ) -> Result<(), Full> {
         debug_assert!(addr != 0);
         if self.nlive >= LIVE * 3 / 4 {
             self.dropped += 1;
             return Err(Full::Live);
         }
         let frames = &frames[..frames.len().min(MAX_FRAMES)];
-        let Some(b) = self.bucket(size, frames) else {
+        let Some(b) = self.bucket(size, rate, frames) else {
             self.dropped += 1;
             return Err(Full::Buckets);
         };
@@ -130,8 +141,8 @@ impl Tables {
         Ok(())
     }
 
-    /// The bucket of (`size`, `frames`), created if missing; `None` when the bucket table is full.
-    fn bucket(&mut self, size: u64, frames: &[u64]) -> Option<usize> {
+    /// The bucket of (`size`, `rate`, `frames`), created if missing; `None` when the bucket table is full.
+    fn bucket(&mut self, size: u64, rate: u64, frames: &[u64]) -> Option<usize> {
         let hash = stack_hash(size, frames);
         let mut i = (hash >> 32) as usize % BUCKETS;
         loop {
@@ -139,7 +150,11 @@ impl Tables {
             if b.hash == 0 {
                 break;
             }
-            if b.hash == hash && b.size == size && b.frames[..b.depth as usize] == *frames {
+            if b.hash == hash
+                && b.size == size
+                && b.rate == rate
+                && b.frames[..b.depth as usize] == *frames
+            {
                 return Some(i);
             }
             i = (i + 1) % BUCKETS;
@@ -150,6 +165,7 @@ impl Tables {
         let b = &mut self.buckets[i];
         b.hash = hash;
         b.size = size;
+        b.rate = rate;
         b.depth = frames.len() as u32;
         b.frames[..frames.len()].copy_from_slice(frames);
         self.nbuckets += 1;

@@ -52,10 +52,10 @@ fn table_counts_allocs_and_frees_per_stack_and_size() {
     let mut t = Tables::boxed();
     let a = [0x1000, 0x2000, 0x3000];
     let b = [0x1000, 0x2004];
-    t.record(0x10, 64, &a, Kind::Small).unwrap();
-    t.record(0x20, 64, &a, Kind::Small).unwrap();
-    t.record(0x30, 64, &b, Kind::Large).unwrap();
-    t.record(0x40, 128, &a, Kind::Small).unwrap();
+    t.record(0x10, 64, 1, &a, Kind::Small).unwrap();
+    t.record(0x20, 64, 1, &a, Kind::Small).unwrap();
+    t.record(0x30, 64, 1, &b, Kind::Large).unwrap();
+    t.record(0x40, 128, 1, &a, Kind::Small).unwrap();
     assert_eq!(t.nbuckets, 3, "two stacks, two sizes on one of them");
     assert_eq!(t.live(0x30), Some((Kind::Large, 64)));
     assert_eq!(t.live_stack(0x20), Some(&a[..]));
@@ -75,7 +75,7 @@ fn table_deletion_keeps_every_other_entry_findable() {
         .map(|i| i * 8 * LIVE as u64 / 7 + i * 8)
         .collect();
     for &a in &addrs {
-        t.record(a, 8, &[1], Kind::Small).unwrap();
+        t.record(a, 8, 1, &[1], Kind::Small).unwrap();
     }
     let mut rng = Rng::new(7);
     let mut left: Vec<u64> = addrs.clone();
@@ -99,7 +99,7 @@ fn a_full_table_drops_and_counts() {
     let mut t = Tables::boxed();
     let mut ok = 0;
     for i in 1..=LIVE as u64 {
-        if t.record(i * 16, 8, &[i], Kind::Small).is_ok() {
+        if t.record(i * 16, 8, 1, &[i], Kind::Small).is_ok() {
             ok += 1;
         }
     }
@@ -259,9 +259,9 @@ fn pprof_roundtrip() {
     let s1 = [0xffff_8000_0000_1234u64, 0xffff_8000_0000_2000];
     let s2 = [0xffff_8000_0000_3000u64];
     for i in 0..5 {
-        t.record(0x1000 + i * 16, 16, &s1, Kind::Small).unwrap();
+        t.record(0x1000 + i * 16, 16, 1, &s1, Kind::Small).unwrap();
     }
-    t.record(0x9000, 100_000, &s2, Kind::Large).unwrap();
+    t.record(0x9000, 100_000, 1, &s2, Kind::Large).unwrap();
     t.remove_live(0x1000);
     t.remove_live(0x1010);
     let header = Header {
