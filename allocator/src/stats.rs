@@ -27,7 +27,8 @@ pub struct ClassStats {
 pub struct Stats {
     pub classes: [ClassStats; NUM_SIZE_CLASSES],
     /// Objects in a span of their own: allocated over 32 KiB or aligned beyond a page, including those
-    /// a `realloc` has since shrunk in place to a small size (they keep their span).
+    /// a `realloc` has since shrunk in place to a small size (they keep their span) and small objects
+    /// sampled for the heap profile (heap/sample.rs). Guarded objects live in no span and no count here.
     pub large_objects: usize,
     /// The pages of those spans, in bytes.
     pub large_bytes: usize,

@@ -384,9 +384,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let npages = class_size(layout).div_ceil(PAGE_SIZE).max(1);
         let span = {
             let mut pages = self.pages.lock();
-            pages
+            let span = pages
                 .as_mut()?
-                .alloc_span(npages, 1, class, None, Owner::Explicit)?
+                .alloc_span(npages, 1, class, None, Owner::Explicit)?;
+            // An object in a span of its own, counted as such in `Heap::stats` (as a small object
+            // that gets a span of its own in a small heap is), under the lock its counters' writers hold.
+            self.large_objects.add(1);
+            self.large_pages.add(npages);
+            span
         };
         // SAFETY: a fresh large span, ours.
         let p = unsafe { span.as_ref() }.base().as_mut_ptr::<u8>();
@@ -396,6 +401,8 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let mut pages = self.pages.lock();
         // SAFETY: the span was never handed out.
         unsafe { pages.as_mut()?.free_span(span) };
+        self.large_objects.sub(1);
+        self.large_pages.sub(npages);
         None
     }
 
@@ -518,7 +525,11 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             .expect("spanalloc: a recorded sampled object lost its span");
         // SAFETY: the span holds only this object, which the caller gives back (its record is gone, so
         // no other free of it gets here).
+        let npages = unsafe { span.as_ref() }.npages().0;
+        // SAFETY: as above.
         unsafe { heap.free_span(span) };
+        self.large_objects.sub(1);
+        self.large_pages.sub(npages);
         true
     }
 

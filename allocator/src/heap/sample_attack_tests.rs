@@ -363,3 +363,37 @@ fn a_rate_change_does_not_rescale_earlier_samples() {
         assert_eq!(by_size(heap)[&48], [100, 4800, 0, 0]);
     }
 }
+
+/// Profiled small objects (each in a span of its own) count in `Heap::stats` as the objects in a span
+/// of their own they are: live objects and bytes add up with the profile on, and come back to where
+/// they were once freed.
+#[test]
+fn stats_count_profiled_small_objects() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let l = lay(48, 8);
+    let before = heap.stats();
+    // SAFETY: each object freed once with its layout.
+    unsafe {
+        let ps: Vec<*mut u8> = (0..100).map(|_| heap.alloc(l)).collect();
+        assert_eq!(heap.sampling_stats().live_samples, 100);
+        let s = heap.stats();
+        assert_eq!(s.objects() - before.objects(), 100, "100 live objects: {s}");
+        assert_eq!(
+            s.large_bytes - before.large_bytes,
+            100 * crate::addr::PAGE_SIZE
+        );
+        for p in ps {
+            heap.dealloc(p, l);
+        }
+    }
+    let s = heap.stats();
+    assert_eq!(
+        (s.objects(), s.large_bytes),
+        (before.objects(), before.large_bytes)
+    );
+}
