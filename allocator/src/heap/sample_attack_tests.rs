@@ -315,6 +315,382 @@ fn a_guard_pool_that_does_not_fit_takes_nothing() {
     }
 }
 
+/// A mixed workload of one thread: allocations of every kind (small, large, zero-sized, aligned up to
+/// 16 KiB), reallocs across kinds and frees, each object's contents checked before it goes. Returns
+/// once `rounds` operations are done; everything it allocated is freed.
+fn churn<const F: bool>(heap: &Heap<Sampled<HostPlatform>, F>, seed: u64, rounds: u32) {
+    let mut rng = crate::testing::Rng(seed | 1);
+    let mut live: Vec<(usize, Layout, u8)> = Vec::new();
+    let check = |p: usize, l: Layout, v: u8| {
+        // SAFETY: `p` is a live object of `l`, written with `v` in full.
+        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, l.size()) };
+        assert!(
+            bytes.iter().all(|&b| b == v),
+            "object {p:#x} ({l:?}) changed"
+        );
+    };
+    for step in 0..rounds {
+        let v = step as u8;
+        let r = rng.next();
+        // SAFETY: every object is freed or reallocated once with its layout; writes stay inside.
+        unsafe {
+            if live.len() < 64 && r % 3 != 0 || live.is_empty() {
+                let size = match r % 8 {
+                    0 => 40_000 + (r >> 8) as usize % 60_000,
+                    1 => 0,
+                    _ => 1 + (r >> 8) as usize % 3000,
+                };
+                let align = 1 << ((r >> 32) % 15);
+                let l = lay(size, align);
+                let p = if r % 5 == 0 {
+                    let p = heap.alloc_zeroed(l);
+                    assert!(!p.is_null());
+                    check(p as usize, l, 0);
+                    p
+                } else {
+                    heap.alloc(l)
+                };
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "{l:?} misaligned");
+                p.write_bytes(v, size);
+                live.push((p as usize, l, v));
+            } else {
+                let i = (r >> 16) as usize % live.len();
+                let (p, l, old) = live.swap_remove(i);
+                check(p, l, old);
+                if r % 4 == 0 {
+                    let new_size = match (r >> 40) % 3 {
+                        0 => 1 + (r >> 8) as usize % 200,
+                        1 => 1 + (r >> 8) as usize % 5000,
+                        _ => 30_000 + (r >> 8) as usize % 70_000,
+                    };
+                    let q = heap.realloc(p as *mut u8, l, new_size);
+                    assert!(!q.is_null());
+                    let nl = lay(new_size, l.align());
+                    check(q as usize, lay(l.size().min(new_size), 1), old);
+                    q.write_bytes(v, new_size);
+                    live.push((q as usize, nl, v));
+                } else {
+                    heap.dealloc(p as *mut u8, l);
+                }
+            }
+        }
+    }
+    for (p, l, v) in live {
+        check(p, l, v);
+        // SAFETY: a live object of `l`, freed once.
+        unsafe { heap.dealloc(p as *mut u8, l) };
+    }
+}
+
+/// Nothing sampled is left behind and no object changed: sampling statistics and heap statistics
+/// both at rest.
+fn assert_at_rest<const F: bool>(heap: &Heap<Sampled<HostPlatform>, F>) {
+    let st = heap.sampling_stats();
+    assert_eq!(st.live_samples, 0, "{st:?}");
+    let s = heap.stats();
+    assert_eq!(s.large_objects, 0);
+    assert!(
+        s.classes.iter().all(|c| c.objects == 0),
+        "small objects left"
+    );
+}
+
+const SETTINGS: [Sampling; 6] = [
+    Sampling::OFF,
+    Sampling {
+        profile_rate: 1,
+        guard_interval: 0,
+        guard_side: GuardSide::Right,
+    },
+    Sampling {
+        profile_rate: 0,
+        guard_interval: 1,
+        guard_side: GuardSide::Left,
+    },
+    Sampling {
+        profile_rate: 1,
+        guard_interval: 1,
+        guard_side: GuardSide::Right,
+    },
+    Sampling {
+        profile_rate: 4096,
+        guard_interval: 2048,
+        guard_side: GuardSide::Left,
+    },
+    Sampling::DEFAULT,
+];
+
+/// Settings changed (every feature on and off, both sides) while other threads allocate, reallocate
+/// and free every kind of object: objects allocated under one setting are freed under another, and
+/// none is lost, changed or recorded wrongly.
+#[test]
+fn settings_changed_while_threads_allocate() {
+    let heap = sampled_heap();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| s.spawn(move || churn(heap, 0x5eed + t, 4000)))
+            .collect();
+        // At least every setting ten times, and on until the workers are done.
+        let mut i = 0;
+        while i < 10 * SETTINGS.len() || !workers.iter().all(|w| w.is_finished()) {
+            heap.set_sampling(SETTINGS[i % SETTINGS.len()]).unwrap();
+            assert_eq!(heap.sampling(), SETTINGS[i % SETTINGS.len()]);
+            i += 1;
+            std::thread::yield_now();
+        }
+        for w in workers {
+            w.join().expect("a worker failed");
+        }
+    });
+    assert_at_rest(heap);
+}
+
+/// The profile read while other threads allocate and free sampled objects: always a well-formed
+/// profile whose in-use counts never exceed its allocation counts, and all zero in the end.
+#[test]
+fn profile_read_while_threads_allocate() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        guard_interval: 512,
+        guard_side: GuardSide::Right,
+    })
+    .unwrap();
+    let mut reads = 0;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| s.spawn(move || churn(heap, 0xbeef + t, 3000)))
+            .collect();
+        let mut buf = std::vec![0u8; 1 << 20];
+        // At least one read, and on until the workers are done.
+        while reads == 0 || !workers.iter().all(|w| w.is_finished()) {
+            let n = heap.write_heap_profile(None, &mut buf).expect("fits 1 MiB");
+            let p = crate::profile::decode::decode(&buf[..n]);
+            for s in &p.samples {
+                let [ao, ab, io, ib] = s.values[..] else {
+                    panic!("four values: {:?}", s.values)
+                };
+                assert!(0 <= io && io <= ao && 0 <= ib && ib <= ab, "{:?}", s.values);
+            }
+            reads += 1;
+        }
+        for w in workers {
+            w.join().expect("a worker failed");
+        }
+    });
+    assert!(reads > 0);
+    assert_at_rest(heap);
+    let need = heap.write_heap_profile(None, &mut []).unwrap_err();
+    let mut buf = std::vec![0u8; need];
+    let n = heap.write_heap_profile(None, &mut buf).unwrap();
+    let p = crate::profile::decode::decode(&buf[..n]);
+    assert!(p
+        .samples
+        .iter()
+        .all(|s| s.values[2] == 0 && s.values[3] == 0));
+}
+
+/// `trim` (every free page unmapped) and a scavenging burst leave sampled objects alone: guarded
+/// pages stay mapped while live, profiled ones keep their span, contents and reports intact.
+#[test]
+fn trim_leaves_sampled_objects_intact() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+    let small = lay(100, 8);
+    let mid = lay(6000, 8); // too big for the pool: profiled in a span of its own
+    let big = lay(100 << 10, 8);
+    // SAFETY: each object freed once with its layout; writes stay inside.
+    unsafe {
+        let objs: Vec<(*mut u8, Layout)> = (0..30)
+            .map(|i| [small, mid, big][i % 3])
+            .map(|l| (heap.alloc(l), l))
+            .collect();
+        for (i, &(p, l)) in objs.iter().enumerate() {
+            assert!(!p.is_null());
+            p.write_bytes(i as u8, l.size());
+        }
+        assert!(heap.is_guarded(objs[0].0) && !heap.is_guarded(objs[1].0));
+        for _ in 0..3 {
+            let junk: Vec<*mut u8> = (0..200).map(|_| heap.alloc(big)).collect();
+            for p in junk {
+                heap.dealloc(p, big);
+            }
+            heap.trim();
+        }
+        for (i, &(p, l)) in objs.iter().enumerate() {
+            assert!(
+                std::slice::from_raw_parts(p, l.size())
+                    .iter()
+                    .all(|&b| b == i as u8),
+                "object {i} changed"
+            );
+            if l == small {
+                assert!(heap.guard_report(VirtAddr::from_ptr(p)).is_none());
+            }
+        }
+        assert_eq!(heap.sampling_stats().live_samples, 30);
+        for (p, l) in objs {
+            heap.dealloc(p, l);
+        }
+    }
+    assert_at_rest(heap);
+}
+
+/// A sampled large object shrunk in place to a small class keeps its record, which its free with the
+/// small layout forgets; a second free is refused and counts nothing.
+#[test]
+fn a_sampled_large_object_shrunk_to_a_small_class_is_forgotten_at_its_free() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let big = lay(100 << 10, 8);
+    // SAFETY: freed once with its current layout; the second free is refused before anything changes.
+    unsafe {
+        let p = heap.alloc(big);
+        p.write_bytes(4, 100 << 10);
+        let q = heap.realloc(p, big, 9000);
+        assert_eq!(q, p, "shrunk in place");
+        assert_eq!(heap.sampling_stats().live_samples, 1);
+        let l = lay(9000, 8);
+        heap.dealloc(q, l);
+        assert_eq!(heap.sampling_stats().live_samples, 0);
+        let msg = refused(|| heap.dealloc(q, l));
+        assert!(msg.contains(&std::format!("{:#x}", q as u64)), "{msg}");
+        assert_eq!(heap.sampling_stats().live_samples, 0);
+    }
+    assert_at_rest(heap);
+}
+
+/// Edge layouts with every allocation sampled: zero-sized and page-sized guarded objects on both
+/// sides, alignments up to 8 KiB (beyond the pool's 4 KiB pages: profiled instead), each aligned,
+/// writable in full, and freed once.
+#[test]
+fn edge_layouts_under_sampling_are_aligned_and_freed() {
+    let heap = sampled_heap();
+    for side in [GuardSide::Right, GuardSide::Left] {
+        heap.set_sampling(guard_all(side)).unwrap();
+        for (size, align, guarded) in [
+            // Zero bytes count nothing towards the next sample: guarded or not.
+            (0, 1, None),
+            (1, 1, Some(true)),
+            (4096, 8, Some(true)),
+            (4096, 4096, Some(true)),
+            (100, 4096, Some(true)),
+            (4097, 8, Some(false)),
+            (8, 8192, Some(false)),
+            (8192, 8192, Some(false)),
+        ] {
+            let l = lay(size, align);
+            // SAFETY: freed once with its layout; writes inside.
+            unsafe {
+                let p = heap.alloc(l);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "{l:?}");
+                if let Some(g) = guarded {
+                    assert_eq!(heap.is_guarded(p), g, "{l:?} {side:?}");
+                }
+                p.write_bytes(0x33, size);
+                let q = heap.realloc(p, l, size + 1);
+                assert!(!q.is_null());
+                assert!(std::slice::from_raw_parts(q, size)
+                    .iter()
+                    .all(|&b| b == 0x33));
+                heap.dealloc(q, lay(size + 1, align));
+            }
+        }
+    }
+    assert_at_rest(heap);
+}
+
+/// A profiled small object freed twice, reallocated after its free, or freed at an interior address
+/// is refused with its address named, and the profile counts one free.
+#[test]
+fn profiled_small_objects_refuse_double_and_interior_frees() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let l = lay(300, 8);
+    // SAFETY: the bad calls are refused before anything changes.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(!heap.is_guarded(p));
+        let msg = refused(|| heap.dealloc(p.add(16), l));
+        assert!(msg.contains(&std::format!("{:#x}", p as u64 + 16)), "{msg}");
+        heap.dealloc(p, l);
+        let name = std::format!("{:#x}", p as u64);
+        let msg = refused(|| heap.dealloc(p, l));
+        assert!(msg.contains(&name) && msg.contains("bad dealloc"), "{msg}");
+        let msg = refused(|| {
+            heap.realloc(p, l, 600);
+        });
+        assert!(msg.contains(&name) && msg.contains("bad realloc"), "{msg}");
+    }
+    let st = heap.sampling_stats();
+    assert_eq!((st.live_samples, st.buckets), (0, 1));
+    assert_at_rest(heap);
+}
+
+/// More sampled objects live than the tables hold: the extra samples are dropped and counted, and
+/// every object (recorded or not) is freed normally.
+#[test]
+fn full_tables_drop_samples_and_lose_no_object() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let l = lay(16, 8);
+    let big = lay(40 << 10, 8);
+    // SAFETY: each object freed once with its layout.
+    unsafe {
+        let ps: Vec<*mut u8> = (0..crate::profile::table::LIVE)
+            .map(|i| heap.alloc(if i % 8 == 0 { big } else { l }))
+            .collect();
+        assert!(ps.iter().all(|p| !p.is_null()));
+        let st = heap.sampling_stats();
+        assert!(st.live_samples < crate::profile::table::LIVE, "{st:?}");
+        assert!(st.dropped > 0, "{st:?}");
+        for (i, p) in ps.into_iter().enumerate() {
+            heap.dealloc(p, if i % 8 == 0 { big } else { l });
+        }
+    }
+    assert_at_rest(heap);
+}
+
+/// The same with the full checks on (`debug-checks`: the "with a user" bit under the class lock):
+/// sampled objects live outside small spans, and nothing tracks them twice or misses them.
+#[test]
+fn settings_changed_while_threads_allocate_full_checks() {
+    let m = HostMachine::new(128 << 20, 1 << 30);
+    let platform: &'static Sampled<HostPlatform> = crate::host::leak(Sampled(m.platform));
+    let heap: &'static Heap<Sampled<HostPlatform>, true> = crate::host::leak(Heap::new(platform));
+    heap.init(m.space.sampled(platform), m.window, 512 << 20)
+        .expect("heap init");
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| s.spawn(move || churn(heap, 0xfc + t, 2000)))
+            .collect();
+        let mut i = 0;
+        while i < 10 * SETTINGS.len() || !workers.iter().all(|w| w.is_finished()) {
+            heap.set_sampling(SETTINGS[i % SETTINGS.len()]).unwrap();
+            i += 1;
+            std::thread::yield_now();
+        }
+        for w in workers {
+            w.join().expect("a worker failed");
+        }
+    });
+    assert_at_rest(heap);
+}
+
 /// Per object size: [alloc_objects, alloc_space, inuse_objects, inuse_space] summed over stacks.
 fn by_size(heap: &SHeap) -> std::collections::BTreeMap<i64, [i64; 4]> {
     let need = heap.write_heap_profile(None, &mut []).unwrap_err();
@@ -364,6 +740,66 @@ fn a_rate_change_does_not_rescale_earlier_samples() {
     }
 }
 
+/// Every refusal that involves a sampled object panics with no sampling lock held: a panic hook that
+/// allocates (here, always a guarded and profiled object) runs at each. Refusals: a realloc of a
+/// guarded object with a damaged canary, a guarded object freed with another alignment, a profiled
+/// small object freed twice and freed with a large layout. Run in a child process (a global hook), with
+/// a time limit.
+#[test]
+#[ignore = "run by sampled_refusals_release_every_lock_before_panicking in a child process"]
+fn child_sampled_refusals_with_an_allocating_panic_hook() {
+    use super::soundness_tests::CHILD_ENV;
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    static HEAP: std::sync::OnceLock<&'static SHeap> = std::sync::OnceLock::new();
+    let heap = *HEAP.get_or_init(sampled_heap);
+    heap.set_sampling(guard_all(GuardSide::Left)).unwrap();
+    let l = lay(24, 8);
+    std::panic::set_hook(std::boxed::Box::new(move |_| {
+        let h = HEAP.get().unwrap();
+        // SAFETY: a valid layout; the object is freed at once.
+        unsafe {
+            let p = h.alloc(l);
+            assert!(h.is_guarded(p), "the hook's allocation was not guarded");
+            h.dealloc(p, l);
+        }
+        std::eprintln!("CHILD: the hook allocated");
+    }));
+    let catch = |f: &dyn Fn()| {
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err());
+    };
+    // SAFETY: test code; each refused call changes nothing, and the objects are then freed properly.
+    unsafe {
+        let q = heap.alloc(l);
+        assert!(heap.is_guarded(q));
+        q.add(24).write(0);
+        catch(&|| {
+            heap.realloc(q, l, 64 << 10);
+        });
+        q.add(24).write(guard::canary(q as u64 + 24));
+        catch(&|| heap.dealloc(q, lay(24, 1024)));
+        heap.dealloc(q, l);
+        // Too big for the pool: profiled in a span of its own.
+        let m = lay(6000, 8);
+        let p = heap.alloc(m);
+        assert!(!heap.is_guarded(p));
+        catch(&|| heap.dealloc(p, lay(6000, 16384)));
+        heap.dealloc(p, m);
+        catch(&|| heap.dealloc(p, m));
+    }
+    std::eprintln!("CHILD: done");
+}
+
+#[test]
+fn sampled_refusals_release_every_lock_before_panicking() {
+    let err = super::soundness_tests::run_child(
+        "heap::sample_attack_tests::child_sampled_refusals_with_an_allocating_panic_hook",
+    );
+    assert_eq!(err.matches("CHILD: the hook allocated").count(), 4, "{err}");
+    assert!(err.contains("CHILD: done"), "{err}");
+}
+
 /// Profiled small objects (each in a span of its own) count in `Heap::stats` as the objects in a span
 /// of their own they are: live objects and bytes add up with the profile on, and come back to where
 /// they were once freed.
@@ -396,4 +832,72 @@ fn stats_count_profiled_small_objects() {
         (s.objects(), s.large_bytes),
         (before.objects(), before.large_bytes)
     );
+}
+
+/// More threads than caches (some without a cache, so without sampling), handing objects to each other:
+/// sampled objects allocated on one thread and freed on another, with or without a cache, are all
+/// given back and forgotten.
+#[test]
+fn sampled_objects_freed_by_other_threads_with_and_without_caches() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 2048,
+        guard_interval: 8192,
+        guard_side: GuardSide::Right,
+    })
+    .unwrap();
+    let shared = std::sync::Mutex::new(Vec::<(usize, Layout, u8)>::new());
+    // Every thread alive before any allocates: the last two get no cache.
+    let threads = crate::platform::MAX_CPUS + 2;
+    let start = std::sync::Barrier::new(threads);
+    let free_checked = |p: usize, l: Layout, v: u8| {
+        // SAFETY: a live object of `l`, written with `v` in full, freed once here.
+        unsafe {
+            let bytes = std::slice::from_raw_parts(p as *const u8, l.size());
+            assert!(bytes.iter().all(|&b| b == v), "object {p:#x} changed");
+            heap.dealloc(p as *mut u8, l);
+        }
+    };
+    std::thread::scope(|s| {
+        for t in 0..threads as u64 {
+            let (shared, free_checked, start) = (&shared, &free_checked, &start);
+            s.spawn(move || {
+                let mut rng = crate::testing::Rng(t * 7919 + 1);
+                start.wait();
+                for i in 0..30u32 {
+                    let r = rng.next();
+                    let size = if r % 16 == 0 {
+                        40_000
+                    } else {
+                        1 + (r >> 8) as usize % 2000
+                    };
+                    let l = lay(size, 8);
+                    let v = (i as u8) ^ (t as u8);
+                    // SAFETY: a valid layout; the object is written in full, then handed over.
+                    let p = unsafe { heap.alloc(l) };
+                    assert!(!p.is_null());
+                    // SAFETY: as above.
+                    unsafe { p.write_bytes(v, size) };
+                    let other = {
+                        let mut sh = shared.lock().unwrap();
+                        sh.push((p as usize, l, v));
+                        if r % 3 != 0 && sh.len() > 8 {
+                            let k = (r >> 20) as usize % sh.len();
+                            Some(sh.swap_remove(k))
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some((q, ql, qv)) = other {
+                        free_checked(q, ql, qv);
+                    }
+                }
+            });
+        }
+    });
+    for (p, l, v) in shared.into_inner().unwrap() {
+        free_checked(p, l, v);
+    }
+    assert!(heap.sampling_stats().guarded > 0);
+    assert_at_rest(heap);
 }
