@@ -447,9 +447,10 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
     }
 
     /// Whether `ptr` is a live sampled small object that `layout` (of class `class`) may free or
-    /// reallocate (the cold path of `realloc`, after the small-object check failed). A guarded object
-    /// whose canary is damaged is refused here, as its free would refuse it: the moving `realloc` that
-    /// follows allocates and copies before it frees, and a refusal then lost the new block.
+    /// reallocate (the cold path of `realloc`, after the small-object check failed). A pool address
+    /// its free would refuse (a damaged canary, another layout, a double free) is refused here, with
+    /// the free's reason: the moving `realloc` that follows allocates and copies before it frees (a
+    /// refusal then lost the new block), and `realloc`'s own refusal knows no pool address.
     #[track_caller]
     pub(super) fn is_sampled_small(&self, ptr: *mut u8, layout: Layout, class: SizeClass) -> bool {
         let addr = ptr as u64;
@@ -462,13 +463,14 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 // SAFETY: as in `alloc_guarded`.
                 let p = unsafe { p.as_ref() };
                 p.check_free(addr, layout.size().max(1), layout.align())
-                    .ok()
                     .map(|slot| check_canary(p, slot))
             };
             return match checked {
-                None => false,
-                Some(None) => true,
-                Some(Some(report)) => panic!("{report}"),
+                Ok(None) => true,
+                Ok(Some(report)) => panic!("{report}"),
+                // Refused as its free would refuse it, naming the reason: no span holds a pool address,
+                // so `realloc`'s own refusal would call a live guarded object no heap object at all.
+                Err(e) => refuse_guarded(Op::Realloc, VirtAddr::new_truncate(addr), layout, e),
             };
         }
         let t = self.sampler.tables.lock();
@@ -574,30 +576,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         match failed {
             None => {}
             Some(Ok(report)) => panic!("{report}"),
-            Some(Err(FreeError::DoubleFree { object, size })) => bad_free(
-                Op::Dealloc,
-                va,
-                layout,
-                format_args!("double free of the guarded object at {object:#x} ({size} B), which waits in quarantine"),
-            ),
-            Some(Err(FreeError::WrongSize { size })) => bad_free(
-                Op::Dealloc,
-                va,
-                layout,
-                format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
-            ),
-            Some(Err(FreeError::WrongAlign { align })) => bad_free(
-                Op::Dealloc,
-                va,
-                layout,
-                format_args!("the layout's alignment differs from the allocation's ({align}, a guarded object)"),
-            ),
-            Some(Err(FreeError::NotAnObject)) => bad_free(
-                Op::Dealloc,
-                va,
-                layout,
-                format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
-            ),
+            Some(Err(e)) => refuse_guarded(Op::Dealloc, va, layout, e),
         }
     }
 
@@ -698,6 +677,39 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
 /// or guard interval of `usize::MAX` ("almost never") sampled every allocation.
 fn bytes_left(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// The refusal of a guarded object's free or realloc.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn refuse_guarded(op: Op, va: VirtAddr, layout: Layout, e: FreeError) -> ! {
+    match e {
+        FreeError::DoubleFree { object, size } => bad_free(
+            op,
+            va,
+            layout,
+            format_args!("double free of the guarded object at {object:#x} ({size} B), which waits in quarantine"),
+        ),
+        FreeError::WrongSize { size } => bad_free(
+            op,
+            va,
+            layout,
+            format_args!("the layout's size differs from the allocation's ({size} B, a guarded object)"),
+        ),
+        FreeError::WrongAlign { align } => bad_free(
+            op,
+            va,
+            layout,
+            format_args!("the layout's alignment differs from the allocation's ({align}, a guarded object)"),
+        ),
+        FreeError::NotAnObject => bad_free(
+            op,
+            va,
+            layout,
+            format_args!("not a live heap object (an address in the guard pool that starts no live object)"),
+        ),
+    }
 }
 
 /// The size a small object of `layout` is profiled with: its size class's (as Go's profile, which also keeps

@@ -901,3 +901,35 @@ fn sampled_objects_freed_by_other_threads_with_and_without_caches() {
     assert!(heap.sampling_stats().guarded > 0);
     assert_at_rest(heap);
 }
+
+/// A refused realloc of a guarded object names the reason its free would: a wrong size or alignment
+/// of a live object, a double free of a quarantined one (not "not a live heap object", which the
+/// realloc's own checks said of every pool address).
+#[test]
+fn a_refused_realloc_of_a_guarded_object_names_the_reason() {
+    let heap = sampled_heap();
+    heap.set_sampling(guard_all(GuardSide::Right)).unwrap();
+    let l = lay(24, 8);
+    // SAFETY: the bad reallocs are refused before anything changes; the object is freed once.
+    unsafe {
+        let p = heap.alloc(l);
+        assert!(heap.is_guarded(p));
+        let msg = refused(|| {
+            heap.realloc(p, lay(20, 8), 100);
+        });
+        assert!(
+            msg.contains("bad realloc") && msg.contains("size differs from the allocation's (24 B"),
+            "{msg}"
+        );
+        let msg = refused(|| {
+            heap.realloc(p, lay(24, 1024), 100);
+        });
+        assert!(msg.contains("alignment differs"), "{msg}");
+        heap.dealloc(p, l);
+        let msg = refused(|| {
+            heap.realloc(p, l, 100);
+        });
+        assert!(msg.contains("double free of the guarded object"), "{msg}");
+    }
+    assert_at_rest(heap);
+}
