@@ -6,7 +6,9 @@
 //!   mapper keeps one kind of non-present, non-zero entry of its own: a *detached* leaf (`DETACHED` set,
 //!   `PRESENT` clear, frame address kept), i.e. a page unmapped but whose frame still waits for the TLB
 //!   shootdown. A detached leaf still counts as in use, so its tables stay alive until `reclaim`.
-//! - Tables the mapper creates are zeroed, present and writable (plus USER when a user page needs them).
+//! - Tables the mapper creates are zeroed, present and writable (plus USER when a user page needs them),
+//!   and reachable only once complete: `map` takes every missing table first and links the new path with
+//!   one store, so a failure frees tables no walk (and no CPU's paging-structure cache) ever saw.
 //!   Existing upper entries only ever gain WRITABLE/USER, which widens nothing: the leaf decides.
 //! - A table (P3/P2/P1, never the P4) is freed when its last entry goes, and only if the frame allocator
 //!   manages its frame: the bootloader's tables live in reserved memory and stay. A P3 under the kernel
@@ -24,6 +26,7 @@
 //! see `arena::AddressSpace`, which detaches a batch, shoots down once, then reclaims.
 
 use core::fmt;
+use core::sync::atomic::{compiler_fence, Ordering};
 
 use crate::addr::{FrameCount, Page, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 use crate::frames::FrameAllocator;
@@ -151,6 +154,11 @@ impl Mapper {
 
     /// Maps `page` to `frame`. Missing tables come (zeroed) from `frames`; on failure nothing is left
     /// allocated. PRESENT is implied; HUGE_PAGE is refused (panic: a 4 KiB mapper).
+    ///
+    /// Missing tables are all taken before any is linked, and the new path is built bottom-up in them
+    /// and goes live with one store. A table linked and then unlinked on a later failure would be freed
+    /// with no shootdown, while another CPU's paging-structure cache (which may hold any present upper
+    /// entry, even one only walked speculatively) could still point at its frame once reused.
     pub fn map(
         &mut self,
         page: Page,
@@ -167,61 +175,66 @@ impl Mapper {
             | PageTableFlags::WRITABLE
             | (flags & PageTableFlags::USER_ACCESSIBLE);
         let idx = indices(page);
-        // Tables made by this call, deepest last, so a failure can give them back.
-        let mut created: [Option<(PhysFrame, usize, PhysFrame)>; 3] = [None; 3];
+        // Down the existing tables to the first empty entry on the way (`missing`: its level), if any.
         let mut table = self.p4;
+        let mut missing = 3;
         for level in 0..3 {
             let e = self.read(table, idx[level]);
-            table = if e == 0 {
-                let Some(new) = frames.allocate_zeroed() else {
-                    self.roll_back(&created, frames);
-                    return Err(MapError::OutOfFrames { page });
-                };
-                self.write(
-                    table,
-                    idx[level],
-                    new.start_address().as_u64() | table_flags.bits(),
-                );
-                created[level] = Some((table, idx[level], new));
-                new
-            } else if e & PRESENT == 0 {
+            if e == 0 {
+                missing = level;
+                break;
+            }
+            if e & PRESENT == 0 {
                 panic!(
                     "paging: non-present, non-zero entry {e:#x} in the P{} table at {:#x} above page {:#x}",
                     4 - level,
                     table.start_address().as_u64(),
                     page.start_address().as_u64()
                 );
-            } else if e & HUGE != 0 {
-                // Only an existing entry can be huge, so nothing was created below it.
+            }
+            if e & HUGE != 0 {
+                // Only an existing entry can be huge, and nothing was created.
                 return Err(MapError::HugePage { page });
-            } else {
-                if e & table_flags.bits() != table_flags.bits() {
-                    self.write(table, idx[level], e | table_flags.bits());
-                }
-                table_of(e)
-            };
-        }
-        let e = self.read(table, idx[3]);
-        if e != 0 {
-            return Err(MapError::AlreadyMapped {
-                page,
-                frame: table_of(e),
-            });
+            }
+            if e & table_flags.bits() != table_flags.bits() {
+                self.write(table, idx[level], e | table_flags.bits());
+            }
+            table = table_of(e);
         }
         let leaf = frame.start_address().as_u64() | (flags | PageTableFlags::PRESENT).bits();
-        self.write(table, idx[3], leaf);
-        Ok(())
-    }
-
-    fn roll_back(
-        &mut self,
-        created: &[Option<(PhysFrame, usize, PhysFrame)>; 3],
-        frames: &mut FrameAllocator,
-    ) {
-        for &(parent, index, table) in created.iter().rev().flatten() {
-            self.write(parent, index, 0);
-            frames.free(table);
+        if missing == 3 {
+            let e = self.read(table, idx[3]);
+            if e != 0 {
+                return Err(MapError::AlreadyMapped {
+                    page,
+                    frame: table_of(e),
+                });
+            }
+            self.write(table, idx[3], leaf);
+            return Ok(());
         }
+        // `new[level]`: the table the entry at `level` will point to (none of them reachable yet).
+        let mut new: [Option<PhysFrame>; 3] = [None; 3];
+        for slot in &mut new[missing..] {
+            let Some(t) = frames.allocate_zeroed() else {
+                for t in new.iter().flatten() {
+                    frames.free(*t);
+                }
+                return Err(MapError::OutOfFrames { page });
+            };
+            *slot = Some(t);
+        }
+        let mut child = leaf;
+        for level in (missing..3).rev() {
+            let t = new[level].expect("taken above");
+            self.write(t, idx[level + 1], child);
+            child = t.start_address().as_u64() | table_flags.bits();
+        }
+        // The new tables' entries before the one store that makes them reachable (x86 keeps stores in
+        // order; this keeps the compiler from moving them past it).
+        compiler_fence(Ordering::Release);
+        self.write(table, idx[missing], child);
+        Ok(())
     }
 
     /// The tables and indices on the way to `page`'s leaf entry: `path[0]` is the P4 slot, `path[3]` the leaf.
