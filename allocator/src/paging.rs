@@ -178,8 +178,8 @@ impl Mapper {
         // Down the existing tables to the first empty entry on the way (`missing`: its level), if any.
         let mut table = self.p4;
         let mut missing = 3;
-        for level in 0..3 {
-            let e = self.read(table, idx[level]);
+        for (level, &i) in idx[..3].iter().enumerate() {
+            let e = self.read(table, i);
             if e == 0 {
                 missing = level;
                 break;
@@ -197,7 +197,7 @@ impl Mapper {
                 return Err(MapError::HugePage { page });
             }
             if e & table_flags.bits() != table_flags.bits() {
-                self.write(table, idx[level], e | table_flags.bits());
+                self.write(table, i, e | table_flags.bits());
             }
             table = table_of(e);
         }
