@@ -76,7 +76,9 @@
 //! those who take frames from it: the heap's own next mapping, `Heap::allocate_frames`, the
 //! kernel's page tables and stacks. The first two (the heap's mappings of pages and of metadata)
 //! take the kept pages back whenever they find no frame (`retry_with_frames_given_back`: the free
-//! pages first, live objects' spare tail frames only if those are not enough); a kernel that takes
+//! pages first, live objects' spare tail frames only if those are not enough; a per-CPU cache, which
+//! the heap can do without, and a large object resized in place, whose own tail could be taken, stop at
+//! the free pages: `retry_with_free_pages_given_back`); a kernel that takes
 //! frames straight from the allocator (`with_address_space`) finds that quarter, less those few MiB,
 //! and after `Heap::trim` all but other CPUs' cached objects and live objects' spare tail frames.
 //! Releasing earlier cost the heap a zeroing and a map each time it needed the page again: talc's
