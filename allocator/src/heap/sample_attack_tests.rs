@@ -10,28 +10,11 @@ use crate::profile::guard;
 use crate::profile::{GuardSide, Sampling};
 use crate::{Heap, VirtAddr};
 
-type SHeap = Heap<Sampled<HostPlatform>, false>;
-
-fn sampled_heap() -> &'static SHeap {
-    let m = HostMachine::new(128 << 20, 1 << 30);
-    let platform: &'static Sampled<HostPlatform> = crate::host::leak(Sampled(m.platform));
-    let heap: &'static SHeap = crate::host::leak(Heap::new(platform));
-    heap.init(m.space.sampled(platform), m.window, 512 << 20)
-        .expect("heap init");
-    heap
-}
+// The sampled host heap and the refusal catcher of the sampling tests.
+use super::sample_tests::{refused, sampled_heap, SHeap};
 
 fn lay(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
-}
-
-/// The message of the panic `f` must raise.
-fn refused(f: impl FnOnce()) -> std::string::String {
-    let err =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a refusal");
-    err.downcast_ref::<std::string::String>()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn guard_all(side: GuardSide) -> Sampling {

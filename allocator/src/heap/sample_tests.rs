@@ -17,9 +17,9 @@ use crate::profile::guard::ErrorKind;
 use crate::profile::{GuardSide, Sampling};
 use crate::{Heap, VirtAddr};
 
-type SHeap = Heap<Sampled<HostPlatform>, false>;
+pub(super) type SHeap = Heap<Sampled<HostPlatform>, false>;
 
-fn sampled_heap() -> &'static SHeap {
+pub(super) fn sampled_heap() -> &'static SHeap {
     let m = HostMachine::new(128 << 20, 1 << 30);
     let platform: &'static Sampled<HostPlatform> = crate::host::leak(Sampled(m.platform));
     let heap: &'static SHeap = crate::host::leak(Heap::new(platform));
@@ -29,7 +29,7 @@ fn sampled_heap() -> &'static SHeap {
 }
 
 /// The message of the panic `f` must raise.
-fn refused(f: impl FnOnce()) -> std::string::String {
+pub(super) fn refused(f: impl FnOnce()) -> std::string::String {
     let err =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a refusal");
     err.downcast_ref::<std::string::String>()
