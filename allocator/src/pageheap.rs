@@ -1076,12 +1076,14 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Maps the scavenged pages of `[first, first + n)`; with `trim`, not the second frame of the last
-    /// page if that page was scavenged (see "Trimmed tails"). Returns whether all pages were scavenged
-    /// before (then the whole range is known zero) and whether the last page's second frame was left
-    /// unmapped. On failure, unmaps what it mapped here.
-    fn back(&mut self, first: usize, n: usize, trim: bool) -> Result<(bool, bool), ()> {
+    /// page if that page was scavenged (see "Trimmed tails"). Fresh frames are zeroed only with `zero`:
+    /// most spans are written before they are read (an object's owner, a collector's slot), and zeroing
+    /// a frame that is then overwritten is 4 KiB of stores for nothing. Returns whether the whole range
+    /// is known zero now (`zero`, and every page was scavenged before) and whether the last page's
+    /// second frame was left unmapped. On failure, unmaps what it mapped here.
+    fn back(&mut self, first: usize, n: usize, trim: bool, zero: bool) -> Result<(bool, bool), ()> {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-        let mut all_fresh = true;
+        let mut all_fresh = zero;
         let mut trimmed = false;
         let mut i = first;
         while i < first + n {
@@ -1105,7 +1107,7 @@ impl<P: Platform> PageHeap<P> {
             let Some(space) = space_of(&mut self.backing) else {
                 unreachable!("pageheap: a scavenged page in region mode");
             };
-            if space.map_range(start, frames, flags, true).is_err() {
+            if space.map_range(start, frames, flags, zero).is_err() {
                 // Undo: the pages mapped so far in this call go back to scavenged.
                 self.unback(first, run_start);
                 return Err(());
@@ -1132,8 +1134,9 @@ impl<P: Platform> PageHeap<P> {
         npages: usize,
         align: usize,
         cpu: Option<usize>,
+        zero: bool,
     ) -> Option<(usize, bool)> {
-        self.alloc_pages_trimmed(npages, align, cpu, false)
+        self.alloc_pages_trimmed(npages, align, cpu, false, zero)
             .map(|(first, needzero, _)| (first, needzero))
     }
 
@@ -1145,6 +1148,7 @@ impl<P: Platform> PageHeap<P> {
         align: usize,
         cpu: Option<usize>,
         trim: bool,
+        zero: bool,
     ) -> Option<(usize, bool, bool)> {
         if npages == 0 || npages > self.capacity {
             return None;
@@ -1164,12 +1168,13 @@ impl<P: Platform> PageHeap<P> {
             Some(f) => f,
             None => self.find_aligned(npages, align)?,
         };
-        let (fresh, trimmed) = match self.back(first, npages, trim) {
+        let (fresh, trimmed) = match self.back(first, npages, trim, zero) {
             Ok(r) => r,
             Err(()) => {
                 // Out of frames: give back the dirty free pages (then, if need be, the spare tail
                 // frames of large objects) and try again.
-                match self.retry_with_frames_given_back(|h| h.back(first, npages, trim).ok()) {
+                match self.retry_with_frames_given_back(|h| h.back(first, npages, trim, zero).ok())
+                {
                     Some(r) => r,
                     None => {
                         self.pages.free(first, npages);
@@ -1281,7 +1286,7 @@ impl<P: Platform> PageHeap<P> {
     /// guard pool's stretch of address space): never freed, never in the span map (so no free of an
     /// address in them is taken for an object's). `None` when memory runs out.
     pub(crate) fn alloc_private(&mut self, npages: usize) -> Option<VirtAddr> {
-        let (first, needzero) = self.alloc_pages(npages, 1, None)?;
+        let (first, needzero) = self.alloc_pages(npages, 1, None, true)?;
         let base = self.page_addr(first);
         if needzero {
             // SAFETY: the pages were just allocated (mapped by `alloc_pages`) and belong to no one else.
@@ -1536,7 +1541,8 @@ impl<P: Platform> PageHeap<P> {
         cpu: Option<usize>,
         owner: Owner,
     ) -> Option<NonNull<Span>> {
-        let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
+        // (Small spans' objects are written before they are read; `alloc_zeroed` zeroes its object.)
+        let (first, needzero) = self.alloc_pages(npages, align, cpu, false)?;
         let base = self.page_addr(first);
         let span = match self.new_span_struct(base, PageCount(npages), class, needzero) {
             Some(s) => s,
@@ -1563,7 +1569,10 @@ impl<P: Platform> PageHeap<P> {
     /// its extra pages freed), else fresh pages. When a fresh
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
     /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
-    /// has one (`Span::small_layout`).
+    /// has one (`Span::small_layout`). `zero`: fresh frames are zeroed as they are mapped, so the span's
+    /// `needzero` is false when all of its pages were fresh (for `alloc_zeroed`).
+    // (One caller, which has each of these at hand.)
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
@@ -1572,6 +1581,7 @@ impl<P: Platform> PageHeap<P> {
         cpu: Option<usize>,
         bytes: usize,
         small: Option<SizeClass>,
+        zero: bool,
     ) -> Option<NonNull<Span>> {
         debug_assert!(class.is_large());
         let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
@@ -1598,7 +1608,8 @@ impl<P: Platform> PageHeap<P> {
                 return Some(span);
             }
         }
-        let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
+        let (first, needzero, trimmed) =
+            self.alloc_pages_trimmed(npages, align, cpu, trim, zero)?;
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
         let Some(mut span) = self.new_span_struct(base, PageCount(npages), class, needzero) else {
@@ -1897,9 +1908,12 @@ impl<P: Platform> PageHeap<P> {
         self.pages.alloc_range(end, extra);
         // Out of frames: the free pages only (a spare tail taken now could be this span's own, which
         // the growth makes a middle page).
-        let backed = match self.back(end, extra, false) {
+        // (The bytes a resize adds need not be zero.)
+        let backed = match self.back(end, extra, false, false) {
             Ok(r) => Some(r),
-            Err(()) => self.retry_with_free_pages_given_back(|h| h.back(end, extra, false).ok()),
+            Err(()) => {
+                self.retry_with_free_pages_given_back(|h| h.back(end, extra, false, false).ok())
+            }
         };
         let Some((fresh, _)) = backed else {
             self.pages.free(end, extra);

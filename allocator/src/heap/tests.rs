@@ -931,3 +931,78 @@ fn direct_frame_takers_find_a_quarter_and_everything_after_trim() {
     let want = (200 << 20) / 4096;
     assert_eq!(take(want).0, want, "after trim:\n{}", heap.stats());
 }
+
+/// Fresh frames are zeroed only for what needs zero (pageheap.rs, `back`): an object's owner writes it
+/// before reading it, so plain allocations may land on frames that still hold old bytes. What asks
+/// for zero must get it on those same frames: `alloc_zeroed` of a large object, whose span's pages are
+/// all fresh, so it is not zeroed again afterwards. (The heap's private pages, the sampler's tables,
+/// ask for zero too: sample_tests.rs.)
+#[test]
+fn zero_is_given_to_what_asks_for_it_on_recycled_frames() {
+    const DIRT: u8 = 0xA5;
+    let heap = heap(32);
+    // Write dirt into every free frame, through the direct map, and give the frames back.
+    // SAFETY: test code: only frames taken here are written and freed.
+    let dirtied = unsafe {
+        heap.with_address_space(|s| {
+            let offset = s.frames.phys_offset();
+            let mut taken = Vec::new();
+            while let Some(f) = s.frames.allocate() {
+                let at = (offset + f.start_address().as_u64()).as_mut_ptr::<u8>();
+                at.write_bytes(DIRT, 4096);
+                taken.push(f);
+            }
+            let n = taken.len();
+            for f in taken {
+                s.frames.free(f);
+            }
+            n
+        })
+    }
+    .unwrap();
+    assert!(dirtied > 4096, "only {dirtied} free frames to dirty");
+    // Plain allocations now get dirty bytes (what makes the rest of this test mean something).
+    let plain = lay(1 << 20);
+    // SAFETY: test code: a valid non-zero layout.
+    let p = unsafe { heap.alloc(plain) };
+    assert!(!p.is_null());
+    // SAFETY: test code: a live block of its layout's size.
+    let dirty = unsafe { core::slice::from_raw_parts(p, plain.size()) };
+    assert!(
+        dirty.contains(&DIRT),
+        "a fresh large object holds no old bytes: the frames were zeroed for nothing"
+    );
+    // Large objects of several page counts, with and without a trimmed tail, on fresh pages.
+    let mut zeroed = Vec::new();
+    for size in [
+        40 << 10,
+        64 << 10,
+        (1 << 20) + 100,
+        3 << 20,
+        (2 << 20) - 4096,
+    ] {
+        let l = lay(size);
+        // SAFETY: test code: a valid non-zero layout.
+        let q = unsafe { heap.alloc_zeroed(l) };
+        assert!(!q.is_null(), "alloc_zeroed({size})");
+        // SAFETY: test code: a live block of `size` bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(q, size) };
+        assert!(
+            filled_with(bytes, 0),
+            "alloc_zeroed({size}) at {q:?} holds old bytes"
+        );
+        zeroed.push((q, l));
+    }
+    // SAFETY: test code: live blocks freed with their layouts.
+    unsafe {
+        heap.dealloc(p, plain);
+        for (q, l) in zeroed {
+            heap.dealloc(q, l);
+        }
+    }
+    assert_eq!(heap.stats().objects(), 0);
+}
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
