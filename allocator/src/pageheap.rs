@@ -59,8 +59,8 @@
 //! Scavenging (Go's scavenger keeps the heap mapped up to a goal instead of unmapping on every free): the
 //! heap keeps mapped pages (in use + dirty free) up to a *retained goal* of 5/4 of the recent peak of
 //! pages in use, at least in use + 4 MiB, so a workload whose use swings below its peak finds its pages
-//! still mapped when it swings back (unmapping them meant a frame, a zeroing and a map per 4 KiB page
-//! later). Frees scavenge once mapped pages exceed the goal by 1/16 (hysteresis), back down to the goal,
+//! still mapped when it swings back (unmapping them meant a frame and a map per 4 KiB page later, and a
+//! zeroing for what asks for zero). Frees scavenge once mapped pages exceed the goal by 1/16 (hysteresis), back down to the goal,
 //! from the top of the heap. The peak forgets: each time the heap has allocated as many pages as the
 //! peak (an *epoch*: allocation traffic is the only clock a heap without a timer has), the peak drops by
 //! a quarter of its excess over the highest use seen in that epoch. So memory a workload stopped using is
@@ -81,7 +81,7 @@
 //! the free pages: `retry_with_free_pages_given_back`); a kernel that takes
 //! frames straight from the allocator (`with_address_space`) finds that quarter, less those few MiB,
 //! and after `Heap::trim` all but other CPUs' cached objects and live objects' spare tail frames.
-//! Releasing earlier cost the heap a zeroing and a map each time it needed the page again: talc's
+//! Releasing earlier cost the heap a frame and a map each time it needed the page again: talc's
 //! random actions, whose live set wanders between 5 and 28 MiB over tens of turns (big
 //! reallocations turn the heap over every few milliseconds), remapped about 10,000 pages a second
 //! under the turn-based policy alone.
