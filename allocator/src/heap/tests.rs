@@ -938,6 +938,7 @@ fn direct_frame_takers_find_a_quarter_and_everything_after_trim() {
 /// all fresh, so it is not zeroed again afterwards. (The heap's private pages, the sampler's tables,
 /// ask for zero too: sample_tests.rs.)
 #[test]
+#[cfg_attr(miri, ignore = "writes every frame of 32 MiB and reads megabytes back")]
 fn zero_is_given_to_what_asks_for_it_on_recycled_frames() {
     const DIRT: u8 = 0xA5;
     let heap = heap(32);
