@@ -15,12 +15,14 @@
 //! back. A sampled large object is its own span anyway: `free_large` looks it up.
 //!
 //! Invariants:
-//! - Lock order: pool -> page heap -> profile tables. The tables' lock is never held while taking
-//!   another; all three only with interrupts masked.
+//! - Lock order: pool -> page heap -> profile tables, and setup -> page heap -> profile tables (the
+//!   setup lock, held while the tables are made, is never held with the pool's). The tables' lock is
+//!   never held while taking another; all of them only with interrupts masked.
 //! - A profiled small object is recorded in the tables before its address is returned and removed before
 //!   its span is freed; a large sampled object is removed under the page-heap lock that frees its span.
-//! - The tables and the pool's bookkeeping live in pages of the heap's own (`alloc_private`), made when
-//!   sampling is first switched on, never freed.
+//! - The tables and the pool's bookkeeping live in pages of the heap's own (`alloc_private`), made once
+//!   (however many callers race to switch sampling on first: the setup lock and the pool's lock make
+//!   each one caller's job), never freed.
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -45,6 +47,8 @@ pub(crate) struct Sampler {
     /// Grows with every change of settings; each CPU re-arms when it sees a new one.
     epoch: AtomicU32,
     tables: spin::Mutex<Option<NonNull<Tables>>>,
+    /// Held while the tables are made (`set_sampling`), so that they are made once.
+    setup: spin::Mutex<()>,
     pool: spin::Mutex<Option<NonNull<Pool>>>,
     /// The pool's base, 0 before it exists: a lock-free "could this be a guarded address?".
     pool_base: AtomicU64,
@@ -63,6 +67,7 @@ impl Sampler {
             guard_left: AtomicBool::new(false),
             epoch: AtomicU32::new(1),
             tables: spin::Mutex::new(None),
+            setup: spin::Mutex::new(()),
             pool: spin::Mutex::new(None),
             pool_base: AtomicU64::new(0),
         }
@@ -131,16 +136,19 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         }
         let _irq = self.platform.mask_interrupts();
         if s.profile_rate > 0 && self.sampler.tables.lock().is_none() {
-            let mem = {
-                let mut pages = self.pages.lock();
-                let heap = pages.as_mut().ok_or(SamplingError::NoHeap)?;
-                heap.alloc_private(TABLE_PAGES)
-                    .ok_or(SamplingError::OutOfMemory)?
-            };
-            let mut t = self.sampler.tables.lock();
-            // A racing call may have made them meanwhile: then these pages stay unused.
-            if t.is_none() {
-                *t = Some(
+            // One caller makes the tables, and a racing one waits for it and then finds them: both
+            // used to allocate them, the loser's pages kept for good, unused (and a loser refused
+            // with `OutOfMemory` where the winner's tables took the last of the memory). The tables'
+            // own lock cannot serve: it is never held while the page heap's is taken.
+            let _setup = self.sampler.setup.lock();
+            if self.sampler.tables.lock().is_none() {
+                let mem = {
+                    let mut pages = self.pages.lock();
+                    let heap = pages.as_mut().ok_or(SamplingError::NoHeap)?;
+                    heap.alloc_private(TABLE_PAGES)
+                        .ok_or(SamplingError::OutOfMemory)?
+                };
+                *self.sampler.tables.lock() = Some(
                     NonNull::new(mem.as_mut_ptr::<Tables>()).expect("heap pages are not null"),
                 );
             }

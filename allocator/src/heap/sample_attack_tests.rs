@@ -916,3 +916,90 @@ fn a_refused_realloc_of_a_guarded_object_names_the_reason() {
     }
     assert_at_rest(heap);
 }
+
+/// Two first-time `set_sampling` calls racing (two threads, released together) make the profile's
+/// tables once: afterwards the heap has exactly the pages in use, and once trimmed the frames, of the
+/// same two calls made one after the other by two threads (the second finds the tables made). Both
+/// used to allocate the tables, and the loser's pages (some 300 KiB) stayed in use for good, unused.
+/// Fresh heaps, a few rounds: the race is likely, not certain, in any one of them.
+#[test]
+fn racing_first_set_sampling_calls_make_the_tables_once() {
+    use std::sync::Barrier;
+    let on = Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    };
+    // Both threads stay alive until both have called (`done`): each has a CPU index of its own, so
+    // each heap gets two caches. Each trims after its call (its own CPU's cache included), so that
+    // what the heap holds does not depend on which thread ran last.
+    let call = |heap: &'static SHeap, done: &Barrier| {
+        let r = heap.set_sampling(on);
+        heap.trim();
+        done.wait();
+        r
+    };
+    let held = |heap: &'static SHeap| {
+        heap.trim();
+        let s = heap.stats();
+        (s.pages.in_use, s.frames_held)
+    };
+    let calm = sampled_heap();
+    // This thread's own CPU index, taken now and kept: otherwise `held`'s trim took the index a
+    // finished thread gave back, whose cache exists in one heap and not in the other.
+    crate::platform::Platform::cpu_index_slow(calm.platform());
+    let (first_done, done) = (Barrier::new(2), Barrier::new(2));
+    std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            let r = calm.set_sampling(on);
+            calm.trim();
+            first_done.wait();
+            done.wait();
+            r
+        });
+        let b = s.spawn(|| {
+            first_done.wait();
+            call(calm, &done)
+        });
+        assert_eq!(a.join().unwrap(), Ok(()));
+        assert_eq!(b.join().unwrap(), Ok(()));
+    });
+    let want = held(calm);
+    for round in 0..12 {
+        let heap = sampled_heap();
+        let (go, done) = (Barrier::new(2), Barrier::new(2));
+        std::thread::scope(|s| {
+            let ts: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        go.wait();
+                        call(heap, &done)
+                    })
+                })
+                .collect();
+            for t in ts {
+                assert_eq!(t.join().unwrap(), Ok(()), "round {round}");
+            }
+        });
+        let (in_use, frames) = held(heap);
+        assert_eq!(in_use, want.0, "round {round}: pages in use");
+        // Frames: the same up to a few page-table and metadata frames, which vary with where the
+        // threads' caches landed; a second table would hold 2 frames per page of it (78).
+        assert!(
+            frames.0 <= want.1 .0 + 8,
+            "round {round}: {frames:?} frames held, {:?} after calls one after the other",
+            want.1
+        );
+        // The tables that were kept are the ones in use: a sample lands in them. (This thread's first
+        // allocation only re-arms its countdown for the new settings; the second is sampled.)
+        let l = lay(48, 8);
+        // SAFETY: each freed once with its layout.
+        unsafe {
+            let ps = [heap.alloc(l), heap.alloc(l)];
+            assert!(heap.sampling_stats().live_samples >= 1, "round {round}");
+            for p in ps {
+                heap.dealloc(p, l);
+            }
+        }
+        assert_eq!(heap.sampling_stats().live_samples, 0, "round {round}");
+    }
+}
