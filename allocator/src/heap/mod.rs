@@ -1204,6 +1204,21 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // SAFETY: as above; no other reference to the span is live (the page heap's ended with its
         // call), so this one does not alias.
         unsafe { &mut *span.as_ptr() }.set_small_layout(new_class);
+        if P::SAMPLING {
+            // Profiled as a moving `realloc` is: the old object's record goes under the lock that
+            // resized it, as a free's goes under the lock that frees; the new size is then counted as
+            // an allocation, once the lock is released (sampling may create this CPU's cache, which
+            // takes it).
+            self.forget_resized_large(addr);
+            drop(guard);
+            let profiled = new_class.map_or(new_size, |c| c.size());
+            self.sample_resized_large(
+                addr,
+                new_size,
+                profiled,
+                crate::profile::stack::current_frame(),
+            );
+        }
         true
     }
 

@@ -19,7 +19,9 @@
 //!   setup lock, held while the tables are made, is never held with the pool's). The tables' lock is
 //!   never held while taking another; all of them only with interrupts masked.
 //! - A profiled small object is recorded in the tables before its address is returned and removed before
-//!   its span is freed; a large sampled object is removed under the page-heap lock that frees its span.
+//!   its span is freed; a large sampled object is removed under the page-heap lock that frees its span
+//!   or resizes it in place (an in-place `realloc` is profiled as a moving one: the old object freed,
+//!   the new size counted and perhaps sampled as a new allocation).
 //! - The tables and the pool's bookkeeping live in pages of the heap's own (`alloc_private`), made once
 //!   (however many callers race to switch sampling on first: the setup lock and the pool's lock make
 //!   each one caller's job), never freed.
@@ -603,6 +605,71 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             }
             Some((Kind::Small, size)) => Err(Refusal::ProfiledSmall(size)),
             _ => Ok(()),
+        }
+    }
+
+    /// Forgets the profile record of the large object at `addr`, resized in place under the page-heap
+    /// lock the caller holds (see [`Heap::sample_resized_large`]).
+    pub(super) fn forget_resized_large(&self, addr: VirtAddr) {
+        let mut t = self.sampler.tables.lock();
+        let Some(t) = t.as_mut() else { return };
+        // SAFETY: as in `record`.
+        let t = unsafe { t.as_mut() };
+        // Only a large object's: the resize was checked as `forget_large` checks (a profiled small
+        // object's address is refused there), so nothing else can be found here.
+        if let Some((Kind::Large, _)) = t.live(addr.as_u64()) {
+            t.remove_live(addr.as_u64());
+        }
+    }
+
+    /// The allocation side of a large object at `addr` resized in place to `new_size` bytes, its record
+    /// forgotten already ([`Heap::forget_resized_large`]): counted on this CPU as an allocation of that
+    /// size is, and, if it is a sample, recorded with `profiled` bytes (the size class's size for a
+    /// small new size, as any small object is profiled) and the stack from `frame` outward. So an
+    /// in-place `realloc` is profiled as a moving one (its old block freed, its new one allocated), and
+    /// the profile never keeps the size the object had before. Called with no lock held.
+    pub(super) fn sample_resized_large(
+        &self,
+        addr: VirtAddr,
+        new_size: usize,
+        profiled: usize,
+        frame: u64,
+    ) {
+        if !self.sample_large(new_size) {
+            return;
+        }
+        let mut frames = [0u64; MAX_FRAMES];
+        let depth = self
+            .platform
+            .stack_trace(frame, &mut frames)
+            .min(MAX_FRAMES);
+        let _irq = self.platform.mask_interrupts();
+        // Recorded under the page-heap lock, where frees forget records, and only if `addr` still starts
+        // a large object with no record: a racing (wrong) free of it since the resize must not leave a
+        // record of a freed object behind, which the next object there would find.
+        let _pages = self.pages.lock();
+        let live = self.explicit_entry_or(addr).is_ok_and(|e| {
+            // SAFETY: an in-use span (the span map says so, under the page-heap lock that keeps it
+            // from being released meanwhile). Read only.
+            e.class().size_class().is_large() && unsafe { e.span().as_ref() }.base() == addr
+        });
+        if !live {
+            return;
+        }
+        let mut t = self.sampler.tables.lock();
+        let Some(t) = t.as_mut() else { return };
+        // SAFETY: as in `record`.
+        let t = unsafe { t.as_mut() };
+        if t.live(addr.as_u64()).is_none() {
+            let rate = self.sampler.profile_rate.load(Ordering::Relaxed) as u64;
+            // A full table drops the sample (counted there).
+            let _ = t.record(
+                addr.as_u64(),
+                profiled as u64,
+                rate,
+                &frames[..depth],
+                Kind::Large,
+            );
         }
     }
 

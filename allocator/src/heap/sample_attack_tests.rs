@@ -1003,3 +1003,67 @@ fn racing_first_set_sampling_calls_make_the_tables_once() {
         assert_eq!(heap.sampling_stats().live_samples, 0, "round {round}");
     }
 }
+
+/// Live sampled objects and bytes in the heap profile, summed over stacks and sizes.
+fn in_use(heap: &SHeap) -> [i64; 2] {
+    by_size(heap)
+        .values()
+        .fold([0, 0], |[n, b], v| [n + v[2], b + v[3]])
+}
+
+/// A sampled large object resized in place is profiled as a moving `realloc` would profile it: the old
+/// object freed, the new size a new sample (every allocation is one at rate 1). The profile's live bytes
+/// follow each resize (grow, shrink, shrink to a small class, grow back) and the free empties it; the
+/// record used to keep the size the object was allocated with.
+#[test]
+fn a_sampled_large_object_resized_in_place_is_profiled_at_its_new_size() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let a = 100 << 10;
+    // SAFETY: every object freed once with its current layout; reads and writes stay inside them.
+    unsafe {
+        let mut p = heap.alloc(lay(a, 8));
+        p.write_bytes(9, a);
+        assert_eq!(in_use(heap), [1, a as i64]);
+        let mut size = a;
+        // 9000 B has a small class, kept in place (at least a heap page), and is profiled with the
+        // class's size, as any small object is.
+        let class = crate::sizeclass::SizeClass::for_layout(9000, 8)
+            .unwrap()
+            .size();
+        assert!(class > 9000);
+        for (new, profiled) in [
+            (300 << 10, 300 << 10),
+            (64 << 10, 64 << 10),
+            (9000, class as i64),
+            (200 << 10, 200 << 10),
+        ] {
+            let q = heap.realloc(p, lay(size, 8), new);
+            assert_eq!(q, p, "{size} -> {new} B in place");
+            assert!(std::slice::from_raw_parts(q, size.min(new))
+                .iter()
+                .all(|&b| b == 9));
+            q.write_bytes(9, new);
+            assert_eq!(in_use(heap), [1, profiled], "{size} -> {new} B");
+            assert_eq!(heap.sampling_stats().live_samples, 1);
+            (p, size) = (q, new);
+        }
+        let in_place = by_size(heap);
+        heap.dealloc(p, lay(size, 8));
+        assert_eq!(in_use(heap), [0, 0]);
+        assert_eq!(heap.sampling_stats().live_samples, 0);
+        // Every size the object had was allocated once and freed once.
+        for (bytes, v) in &in_place {
+            assert_eq!(v[0], 1, "{bytes} B allocated once");
+        }
+        assert_eq!(
+            in_place.keys().copied().collect::<Vec<_>>(),
+            [class as i64, 64 << 10, a as i64, 200 << 10, 300 << 10]
+        );
+    }
+    assert_at_rest(heap);
+}
