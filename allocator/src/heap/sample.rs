@@ -118,7 +118,10 @@ pub struct SamplingStats {
     pub live_samples: usize,
     /// Samples not recorded because a table was full.
     pub dropped: u64,
-    /// Guarded allocations made since the start, and those refused (pool full, object too big).
+    /// Guarded allocations made since the start, and those refused: guard events on small allocations
+    /// the pool could not take (pool full, object over 4 KiB or aligned beyond 4 KiB, page not
+    /// mapped), which were made unguarded. (An event on a large allocation is not refused: it passes
+    /// to this CPU's next small allocation.)
     pub guarded: u64,
     pub guard_refused: u64,
 }
@@ -416,15 +419,16 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         None
     }
 
-    /// A guarded object in the pool: its own page, mapped now, the rest of the page canary.
+    /// A guarded object in the pool: its own page, mapped now, the rest of the page canary. `None`
+    /// (counted in the pool's `refused`) when the pool cannot take it: full, its page not mapped, or
+    /// an object too big or too aligned for a 4 KiB page. The last used to return before the pool
+    /// saw it, uncounted: the guard event was lost and the stats said nothing was refused.
     fn alloc_guarded(&self, layout: Layout, frames: &[u64]) -> Option<*mut u8> {
-        if layout.size() > guard::MAX_SIZE || layout.align() as u64 > guard::PAGE {
-            return None;
-        }
         let side = self.sampling().guard_side;
         let mut pool = self.sampler.pool.lock();
         // SAFETY: the pool's bookkeeping lives in the heap's private pages; its lock is held.
         let pool = unsafe { pool.as_mut()?.as_mut() };
+        // `take` refuses (and counts) an object over a page or aligned beyond one.
         let (slot, addr) = pool.take(layout.size().max(1), layout.align(), side)?;
         let page = pool.page_of(slot);
         let mapped = {

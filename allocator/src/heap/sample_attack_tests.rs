@@ -1067,3 +1067,53 @@ fn a_sampled_large_object_resized_in_place_is_profiled_at_its_new_size() {
     }
     assert_at_rest(heap);
 }
+
+/// A guard event that falls on a small allocation the pool cannot take (over 4 KiB, or aligned beyond
+/// its 4 KiB pages) is refused: the allocation succeeds unguarded, aligned and writable, and the
+/// stats count it in `guard_refused` (as they count one the full pool refuses); nothing is counted as
+/// guarded. Those events used to be dropped uncounted: the stats showed no refusal while small
+/// allocations went unguarded at every event.
+#[test]
+fn guard_events_on_objects_too_big_for_the_pool_are_counted_as_refused() {
+    let heap = sampled_heap();
+    heap.set_sampling(Sampling {
+        guard_interval: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let mut live = Vec::new();
+    // (size, align, guarded): interval 1, so each of these small allocations is a guard event.
+    for (size, align, guarded) in [
+        (4097, 8, false),
+        (32 << 10, 8, false),
+        (8, 8192, false),
+        (4096, 4096, true),
+        (24, 8, true),
+    ] {
+        let l = lay(size, align);
+        let before = heap.sampling_stats();
+        // SAFETY: freed once below with its layout; writes inside.
+        unsafe {
+            let p = heap.alloc(l);
+            assert!(!p.is_null(), "{l:?}");
+            assert_eq!(p as usize % align, 0, "{l:?}");
+            p.write_bytes(0x5c, size);
+            assert_eq!(heap.is_guarded(p), guarded, "{l:?}");
+            live.push((p, l));
+        }
+        let after = heap.sampling_stats();
+        let want = if guarded {
+            (before.guarded + 1, before.guard_refused)
+        } else {
+            (before.guarded, before.guard_refused + 1)
+        };
+        assert_eq!((after.guarded, after.guard_refused), want, "{l:?}");
+    }
+    let counts = heap.sampling_stats();
+    for (p, l) in live {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { heap.dealloc(p, l) };
+    }
+    assert_eq!(heap.sampling_stats(), counts, "frees count no event");
+    assert_at_rest(heap);
+}

@@ -68,7 +68,8 @@ pub struct Pool {
     quarantine: [u16; SLOTS],
     qhead: usize,
     qlen: usize,
-    /// Guarded allocations made, and those refused for want of a slot.
+    /// Guarded allocations made, and those refused (no slot, an object a slot's page cannot hold, a
+    /// page the heap could not map).
     pub allocated: u64,
     pub refused: u64,
 }
