@@ -1117,3 +1117,44 @@ fn guard_events_on_objects_too_big_for_the_pool_are_counted_as_refused() {
     assert_eq!(heap.sampling_stats(), counts, "frees count no event");
     assert_at_rest(heap);
 }
+
+/// An in-place `realloc` follows the settings of its time, as a moving one would: an object allocated
+/// while profiling was off becomes a sample when resized at rate 1, and a sampled one resized after
+/// profiling was switched off leaves the profile (its old size counted as freed); either way its free
+/// then balances the profile, and no record of it is left behind for the next object at its address.
+#[test]
+fn an_in_place_realloc_follows_the_profiling_settings_of_its_time() {
+    let heap = sampled_heap();
+    let rate = |profile_rate| {
+        heap.set_sampling(Sampling {
+            profile_rate,
+            ..Sampling::OFF
+        })
+        .unwrap()
+    };
+    let (a, b) = (100 << 10, 200 << 10);
+    // SAFETY: each object freed once with its current layout.
+    unsafe {
+        // Make the tables, then switch profiling off before the allocation.
+        rate(1);
+        rate(0);
+        let p = heap.alloc(lay(a, 8));
+        assert_eq!(in_use(heap), [0, 0]);
+        rate(1);
+        assert_eq!(heap.realloc(p, lay(a, 8), b), p, "grown in place");
+        assert_eq!(in_use(heap), [1, b as i64]);
+        rate(0);
+        assert_eq!(heap.realloc(p, lay(b, 8), a), p, "shrunk in place");
+        assert_eq!(in_use(heap), [0, 0]);
+        assert_eq!(by_size(heap)[&(b as i64)], [1, b as i64, 0, 0]);
+        heap.dealloc(p, lay(a, 8));
+        assert_eq!(heap.sampling_stats().live_samples, 0);
+        // The next object at that address, sampled, is recorded once and freed once.
+        rate(1);
+        let q = heap.alloc(lay(a, 8));
+        assert_eq!(in_use(heap), [1, a as i64]);
+        heap.dealloc(q, lay(a, 8));
+        assert_eq!(in_use(heap), [0, 0]);
+    }
+    assert_at_rest(heap);
+}
