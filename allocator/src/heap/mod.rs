@@ -942,6 +942,16 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         let cpu = self.platform.cpu_index_slow();
         let cpu = (cpu < P::MAX_CPUS).then_some(cpu);
         let class = SpanClass::new(SizeClass::LARGE, false);
+        // Heap sampling decides, and takes the stack, before the span is taken: a sample is recorded
+        // under the page-heap lock that takes the span, as frees forget records under the lock that
+        // frees it (sample.rs). Recorded after that lock was dropped, a racing free of the address and
+        // an in-place `realloc` that ended meanwhile (which records only where it finds no record)
+        // could leave two records of the address, one of them outliving the object.
+        let sample = if P::SAMPLING && small.is_none() {
+            self.large_sample(layout.size(), crate::profile::stack::current_frame())
+        } else {
+            None
+        };
         // The span's base and whether it needs zeroing, read under the lock: no reference to the span
         // is held outside it (an allocation out of frames may trim its tail meanwhile: pageheap.rs).
         let alloc = || {
@@ -959,6 +969,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             self.large_pages.add(npages.0);
             // SAFETY: a fresh in-use span, read under the page-heap lock.
             let s = unsafe { span.as_ref() };
+            if let Some(sample) = &sample {
+                self.record_large(s.base(), layout.size(), sample);
+            }
             Some((s.base(), s.needzero()))
         };
         // No room: the central lists' empty spans may hold it (see `refill`), and then the spans this
@@ -978,9 +991,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
             return ptr::null_mut();
         };
         let p = base.as_mut_ptr::<u8>();
-        if P::SAMPLING && small.is_none() && self.sample_large(layout.size()) {
-            self.record_large(p, layout.size(), crate::profile::stack::current_frame());
-        }
         if zero && needzero {
             // SAFETY: the span's pages are mapped and ours; npages * PAGE_SIZE >= layout.size().
             unsafe { ptr::write_bytes(p, 0, layout.size()) };

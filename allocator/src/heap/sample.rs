@@ -18,10 +18,13 @@
 //! - Lock order: pool -> page heap -> profile tables, and setup -> page heap -> profile tables (the
 //!   setup lock, held while the tables are made, is never held with the pool's). The tables' lock is
 //!   never held while taking another; all of them only with interrupts masked.
-//! - A profiled small object is recorded in the tables before its address is returned and removed before
-//!   its span is freed; a large sampled object is removed under the page-heap lock that frees its span
-//!   or resizes it in place (an in-place `realloc` is profiled as a moving one: the old object freed,
-//!   the new size counted and perhaps sampled as a new allocation).
+//! - A profiled small object is recorded in the tables under the page-heap lock that takes its span
+//!   and removed before its span is freed; a large sampled object is recorded under the page-heap
+//!   lock that takes its span (or, resized in place, that finds it live with no record) and removed
+//!   under the page-heap lock that frees its span or resizes it in place (an in-place `realloc` is
+//!   profiled as a moving one: the old object freed, the new size counted and perhaps sampled as a
+//!   new allocation). So no racing free of an address comes between a span being taken and its
+//!   object being recorded: a span's address has one record at most, and none once it is freed.
 //! - The tables and the pool's bookkeeping live in pages of the heap's own (`alloc_private`), made once
 //!   (however many callers race to switch sampling on first: the setup lock and the pool's lock make
 //!   each one caller's job), never freed.
@@ -79,6 +82,12 @@ impl Sampler {
         let base = self.pool_base.load(Ordering::Acquire);
         base != 0 && addr.wrapping_sub(base) < guard::POOL_BYTES
     }
+}
+
+/// A large allocation chosen as a profile sample, with its stack ([`Heap::large_sample`]).
+pub(super) struct LargeSample {
+    frames: [u64; MAX_FRAMES],
+    depth: usize,
 }
 
 /// Why [`Heap::set_sampling`] refused.
@@ -359,14 +368,37 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         profile
     }
 
-    /// Records a sampled large allocation with the stack from `frame` (`alloc_large`'s) outward.
-    pub(super) fn record_large(&self, addr: *mut u8, size: usize, frame: u64) {
+    /// A large allocation's sampling step, taken before its span is: counts `size` bytes on this CPU
+    /// and, if the allocation is a profile sample, takes the stack from `frame` (`alloc_large`'s)
+    /// outward, for [`Heap::record_large`] to record once the span is had. (A sample whose allocation
+    /// then fails is lost, as its bytes were counted: a failed allocation is rare, and the stack
+    /// cannot be taken under the page-heap lock, nor the countdown run: it may create this CPU's
+    /// cache, which takes that lock.)
+    pub(super) fn large_sample(&self, size: usize, frame: u64) -> Option<LargeSample> {
+        if !self.sample_large(size) {
+            return None;
+        }
         let mut frames = [0u64; MAX_FRAMES];
         let depth = self
             .platform
             .stack_trace(frame, &mut frames)
             .min(MAX_FRAMES);
-        self.record(addr as u64, size, &frames[..depth], Kind::Large);
+        Some(LargeSample { frames, depth })
+    }
+
+    /// Records the sampled large allocation at `addr`. Called under the page-heap lock that took its
+    /// span (page heap -> tables is the lock order): a free forgets a large object's record under the
+    /// lock that frees it, and an in-place `realloc` records only where the address starts a large
+    /// object with no record (`sample_resized_large`), so a record made after that lock was dropped
+    /// could follow a racing free of the address (a record of a freed object), or a resize's record of
+    /// it (two records of one address: one outlives the object, and the next object there finds it).
+    pub(super) fn record_large(&self, addr: VirtAddr, size: usize, sample: &LargeSample) {
+        self.record(
+            addr.as_u64(),
+            size,
+            &sample.frames[..sample.depth],
+            Kind::Large,
+        );
     }
 
     fn record(&self, addr: u64, size: usize, frames: &[u64], kind: Kind) -> bool {
@@ -395,28 +427,25 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         // all of it), a heap page at least (alignment: a span starts a heap page, and small layouts are
         // aligned to at most a heap page).
         let npages = class_size(layout).div_ceil(PAGE_SIZE).max(1);
-        let span = {
-            let mut pages = self.pages.lock();
-            let span = pages
-                .as_mut()?
-                .alloc_span(npages, 1, class, None, Owner::Explicit)?;
-            // An object in a span of its own, counted as such in `Heap::stats` (as a small object
-            // that gets a span of its own in a small heap is), under the lock its counters' writers hold.
-            self.large_objects.add(1);
-            self.large_pages.add(npages);
-            span
-        };
+        let mut pages = self.pages.lock();
+        let heap = pages.as_mut()?;
+        let span = heap.alloc_span(npages, 1, class, None, Owner::Explicit)?;
         // SAFETY: a fresh large span, ours.
         let p = unsafe { span.as_ref() }.base().as_mut_ptr::<u8>();
-        if self.record(p as u64, class_size(layout), frames, Kind::Small) {
-            return Some(p);
+        // Recorded under the page-heap lock that took the span, as a large sample is (see
+        // `record_large`): recorded after it was dropped, an in-place `realloc` that found the span
+        // live with no record meanwhile (after a racing free of its own object at this address)
+        // could record it too, and the stale "large" record would then refuse this object's free.
+        if !self.record(p as u64, class_size(layout), frames, Kind::Small) {
+            // SAFETY: the span was never handed out.
+            unsafe { heap.free_span(span) };
+            return None;
         }
-        let mut pages = self.pages.lock();
-        // SAFETY: the span was never handed out.
-        unsafe { pages.as_mut()?.free_span(span) };
-        self.large_objects.sub(1);
-        self.large_pages.sub(npages);
-        None
+        // An object in a span of its own, counted as such in `Heap::stats` (as a small object that
+        // gets a span of its own in a small heap is), under the lock its counters' writers hold.
+        self.large_objects.add(1);
+        self.large_pages.add(npages);
+        Some(p)
     }
 
     /// A guarded object in the pool: its own page, mapped now, the rest of the page canary. `None`

@@ -1158,3 +1158,162 @@ fn an_in_place_realloc_follows_the_profiling_settings_of_its_time() {
     }
     assert_at_rest(heap);
 }
+
+std::thread_local! {
+    /// A one-shot hook run by this thread's next [`Hooked::stack_trace`] (taken out first, so that
+    /// heap calls made by the hook itself do not run it again).
+    static STACK_HOOK: core::cell::RefCell<Option<std::boxed::Box<dyn FnOnce()>>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// The sampled host platform, with a hook in `stack_trace`: the sampler calls it after deciding on a
+/// sample and before recording it, with no heap lock held, which lets a test put another thread's
+/// work at exactly that point.
+struct Hooked(&'static HostPlatform);
+
+// SAFETY: every duty is the host platform's, which keeps its promises; `SAMPLING` is no promise about
+// the machine, and the hook is test code that keeps the heap's contract.
+unsafe impl crate::platform::Platform for Hooked {
+    type InterruptGuard = <HostPlatform as crate::platform::Platform>::InterruptGuard;
+    const MAX_CPUS: usize = HostPlatform::MAX_CPUS;
+    const SAMPLING: bool = true;
+    fn cpu_index(&self) -> usize {
+        self.0.cpu_index()
+    }
+    fn cpu_index_slow(&self) -> usize {
+        self.0.cpu_index_slow()
+    }
+    fn mask_interrupts(&self) -> Self::InterruptGuard {
+        self.0.mask_interrupts()
+    }
+    fn physical_memory_offset(&self) -> VirtAddr {
+        self.0.physical_memory_offset()
+    }
+    fn page_mapped(&self, page: crate::addr::Page, frame: crate::addr::PhysFrame) {
+        self.0.page_mapped(page, frame)
+    }
+    fn pages_mapped(&self, start: crate::addr::Page, frame: crate::addr::PhysFrame, count: u64) {
+        self.0.pages_mapped(start, frame, count)
+    }
+    fn pages_unmapped(&self, start: crate::addr::Page, count: u64) {
+        self.0.pages_unmapped(start, count)
+    }
+    fn stack_trace(&self, _from: u64, _out: &mut [u64]) -> usize {
+        if let Some(hook) = STACK_HOOK.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+        0
+    }
+}
+
+type HHeap = Heap<Hooked, false>;
+
+fn hooked_heap() -> &'static HHeap {
+    let m = HostMachine::new(128 << 20, 1 << 30);
+    let platform: &'static Hooked = crate::host::leak(Hooked(m.platform));
+    let space = crate::arena::AddressSpace::new(m.space.frames, m.space.mapper, platform);
+    let heap: &'static HHeap = crate::host::leak(Heap::new(platform));
+    heap.init(space, m.window, 512 << 20).expect("heap init");
+    heap
+}
+
+/// A racing (wrong) free of a large object while it is resized in place, its address handed at once
+/// to another thread's sampled large allocation: the resize's sample (recorded after the page-heap
+/// lock was dropped and taken again) and the new object's must not both be recorded at that address.
+/// Two records of one address are a debug assertion ("recorded twice"); in a release build one of them
+/// outlives the new object's free, and a later object at that address inherits it (a profiled small
+/// object there then has its free refused, as the stale record says "large"). The new object's record
+/// used to be made after its span was taken and the page-heap lock released, so the resize's check
+/// ("the address starts a large object with no record") passed in between.
+#[test]
+fn a_racing_free_during_an_in_place_realloc_leaves_one_record_per_address() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let heap = hooked_heap();
+    heap.set_sampling(Sampling {
+        profile_rate: 1,
+        ..Sampling::OFF
+    })
+    .unwrap();
+    let (big, small) = (lay(200 << 10, 8), lay(100 << 10, 8));
+    // 4: the other thread is warmed up; 1: it may allocate; 2: it is in its sample's stack trace;
+    // 3: it may go on.
+    let step = Arc::new(AtomicU32::new(0));
+    let s = step.clone();
+    let other = std::thread::spawn(move || {
+        // Warm up first: this thread's countdown is armed by its first allocations (which at rate 1
+        // are samples of their own, placed before the address the test is about is free).
+        for _ in 0..4 {
+            let l = lay(64, 8);
+            // SAFETY: test code: freed once with its layout.
+            unsafe { heap.dealloc(heap.alloc(l), l) };
+        }
+        let s2 = s.clone();
+        STACK_HOOK.with(|h| {
+            *h.borrow_mut() = Some(std::boxed::Box::new(move || {
+                s2.store(2, SeqCst);
+                while s2.load(SeqCst) != 3 {
+                    std::thread::yield_now();
+                }
+            }))
+        });
+        s.store(4, SeqCst);
+        while s.load(SeqCst) != 1 {
+            std::thread::yield_now();
+        }
+        // SAFETY: test code: freed once by the test.
+        unsafe { heap.alloc(small) as usize }
+    });
+    while step.load(SeqCst) != 4 {
+        std::thread::yield_now();
+    }
+    // SAFETY: test code: freed once, by the hook (the racing free).
+    let p = unsafe { heap.alloc(big) };
+    assert!(!p.is_null());
+    let (pa, s) = (p as usize, step.clone());
+    // The hook runs in the resize's sampling step, after the old record went and the lock was dropped.
+    STACK_HOOK.with(|h| {
+        *h.borrow_mut() = Some(std::boxed::Box::new(move || {
+            // The racing free (as another thread's would land here).
+            // SAFETY: test code: `p` is a live object of `small` now (resized in place); freed once.
+            unsafe { heap.dealloc(pa as *mut u8, small) };
+            s.store(1, SeqCst);
+            // Until the other thread's sample is about to be recorded (or, with the record made
+            // under the page-heap lock, to be taken), or its allocation is over.
+            let t = std::time::Instant::now();
+            while s.load(SeqCst) != 2 && t.elapsed() < std::time::Duration::from_secs(2) {
+                std::thread::yield_now();
+            }
+        }))
+    });
+    // SAFETY: test code: a live object of `big`; shrunk in place (its pages are kept).
+    let r = unsafe { heap.realloc(p, big, small.size()) };
+    assert_eq!(r, p, "shrunk in place");
+    assert!(
+        STACK_HOOK.with(|h| h.borrow_mut().take()).is_none(),
+        "the resize took no sample"
+    );
+    step.store(3, SeqCst);
+    let q = other
+        .join()
+        .expect("the other thread's allocation panicked") as *mut u8;
+    assert_eq!(
+        q, p,
+        "the new object is at the freed address (else this proves nothing)"
+    );
+    assert_eq!(
+        heap.sampling_stats().live_samples,
+        1,
+        "{:?}",
+        heap.sampling_stats()
+    );
+    // SAFETY: test code: the other thread's live object, freed once.
+    unsafe { heap.dealloc(q, small) };
+    assert_eq!(
+        heap.sampling_stats().live_samples,
+        0,
+        "a record outlived its object: {:?}",
+        heap.sampling_stats()
+    );
+    assert_eq!(heap.stats().large_objects, 0);
+}
