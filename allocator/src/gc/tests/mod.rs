@@ -540,43 +540,87 @@ fn a_stop_the_world_line_counts_its_own_pause() {
 
 /// Every pause is counted under the kind of work it was (`GcStats::by_kind`, the pause hook's
 /// first argument), the kinds add up to the totals, and each mode shows the kinds it is made of.
+///
+/// Deterministic but for the last mode: no wall clock (a clock that ticks per read) and, for the
+/// concurrent mark, a job run at once inside `start`. With a worker on a thread of its own, how many
+/// cycles 16 MiB of churn completes depended on the OS: a concurrent mark ends only at a safe point
+/// where no worker is inside (`Crew::try_stop`; the mutator never waits for one), so a worker thread
+/// descheduled inside (3 runs in 1,000 on 2 CPUs with two busy loops beside the test) kept the first
+/// mark open for the rest of the churn, every allocation meanwhile black: 0 cycles, or 1 that marked
+/// ~10 MB "live" and set a trigger (15.8 MB) the churn never reached.
 #[test]
 #[cfg_attr(
     miri,
     ignore = "too slow under Miri: a few cycles of 16 MiB of garbage per mode"
 )]
 fn pauses_are_counted_by_kind() {
+    use std::time::{Duration, Instant};
     std::thread_local!(static HOOKED: core::cell::RefCell<[u64; 9]> = const {
         core::cell::RefCell::new([0; 9])
     });
+    std::thread_local!(static TICKS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) });
     fn hook(kind: PauseKind, _: u64) {
         HOOKED.with(|h| h.borrow_mut()[kind as usize] += 1);
+    }
+    // 1 us per read: every pause is non-zero, and a table slice (`conc::SLICE_NS`) does the same
+    // units in every run, however the machine is loaded.
+    fn ticking() -> u64 {
+        TICKS.with(|t| t.replace(t.get() + 1_000))
+    }
+    // The job's whole run at the safe point that starts it (on the heap's thread: `HOOKED` and
+    // `TICKS` are its), so each of the concurrent mark's steps — table slices, the hand-over, the
+    // crew's stop and the merge — comes at the same safe point in every run.
+    fn at_once(job: MarkJob) {
+        job.run();
     }
     for (i, k) in PauseKind::ALL.iter().enumerate() {
         assert_eq!(*k as usize, i, "PauseKind::ALL is in declaration order");
     }
+    let at_once = ConcurrentWorkers {
+        helpers: 1,
+        start: at_once,
+    };
+    // The last field: a worker on a thread of its own (the only run that depends on timing).
     let modes = [
-        (Mode::StopTheWorld, None, Stress::None),
-        (Mode::Incremental, None, Stress::None),
+        (Mode::StopTheWorld, None, Stress::None, false),
+        (Mode::Incremental, None, Stress::None, false),
         // Stress mode's step at every allocation stands for an assist.
-        (Mode::Incremental, None, Stress::StepEveryAlloc(64)),
+        (Mode::Incremental, None, Stress::StepEveryAlloc(64), false),
+        (Mode::Concurrent, Some(at_once), Stress::None, false),
         (
             Mode::Concurrent,
             Some(ConcurrentWorkers::threads(1)),
             Stress::None,
+            true,
         ),
     ];
-    for (mode, concurrent_workers, stress) in modes {
+    for (mode, concurrent_workers, stress, threads) in modes {
         HOOKED.with(|h| *h.borrow_mut() = [0; 9]);
         let mut gc = slots_heap(GcConfig {
             mode,
             concurrent_workers,
             stress,
             pause_hook: Some(hook),
+            clock: Some(ticking),
             verify: false,
             ..config()
         });
         churn(&mut gc, 16, 1000);
+        if threads {
+            // How long the worker thread's marks stay open is the OS's to say (above): more churn,
+            // a MiB at a time with the CPU given up in between so that a descheduled worker runs,
+            // until two cycles are done (bounded, so that a mark that never ends fails the test).
+            let t = Instant::now();
+            while gc.stats().cycles < 2 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "worker threads: a mark never ended: {:?}",
+                    gc.stats()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+                churn(&mut gc, 1, 1000);
+            }
+        }
         if mode == Mode::Incremental {
             // Explicit steps in a running cycle.
             gc.start_cycle();
@@ -603,7 +647,7 @@ fn pauses_are_counted_by_kind() {
                 k.name()
             );
         }
-        assert!(s.cycles >= 2, "{mode:?}: {} cycles", s.cycles);
+        assert!(s.cycles >= 2, "{mode:?}: {} cycles: {s:?}", s.cycles);
         assert_eq!(
             of(PauseKind::Assist),
             s.assists,
@@ -644,6 +688,11 @@ fn pauses_are_counted_by_kind() {
                     PauseKind::Termination,
                 ] {
                     assert!(of(k) > 0, "concurrent: no {} pause: {s:?}", k.name());
+                }
+                if !threads {
+                    // The hand-overs gave the job work, and it marked (a job run inside `start`
+                    // always runs).
+                    assert!(s.concurrent_scan_bytes > 0, "{s:?}");
                 }
             }
         }
