@@ -473,38 +473,78 @@ fn the_mutators_tracing_never_waits_for_a_workers_stripe() {
 /// The pause of a cell write that waited for a worker's copy is counted (clock, pause hook: user code)
 /// after the cell's stripe is released: user code never runs under a stripe, where a job the hook ran
 /// on this thread would spin on it for good.
+///
+/// The stand-in worker holds the stripes until the write waits for them, not for a fixed time: with a
+/// 50 ms hold, a mutator that got no CPU for 50 ms (an oversubscribed machine: 2 runs in 150 with 24
+/// busy loops on 2 CPUs) wrote after the hold and never waited, and the test failed ("MAX: never").
 #[test]
 #[cfg_attr(miri, ignore = "holds the locks for a time, on a thread")]
 fn a_cell_wait_is_counted_after_its_stripe_is_released() {
-    use core::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
     static CELL: AtomicUsize = AtomicUsize::new(0);
     static SEEN_HELD: AtomicUsize = AtomicUsize::new(usize::MAX);
+    // The write has begun to wait for its stripe; the write is over (it did not wait: the holder need
+    // not hold on, and the assertion below fails).
+    static WAITING: AtomicBool = AtomicBool::new(false);
+    static WRITTEN: AtomicBool = AtomicBool::new(false);
     fn hook(kind: PauseKind, _: u64) {
         if kind == PauseKind::CellWait {
             let held = crate::gc::cell::stripe_held(CELL.load(Ordering::Relaxed));
             SEEN_HELD.store(held as usize, Ordering::Relaxed);
         }
     }
+    // A write that finds its cell's stripe held reads the clock (the wait's start) before it spins:
+    // that read, with the stripe held, is the sign that the write waits. `CELL` is set just before
+    // the write, and nothing between reads the clock.
+    fn clock() -> u64 {
+        let key = CELL.load(Ordering::SeqCst);
+        if key != 0 && crate::gc::cell::stripe_held(key) {
+            WAITING.store(true, Ordering::SeqCst);
+        }
+        now_ns()
+    }
     let config = GcConfig {
         pause_hook: Some(hook),
+        clock: Some(clock),
         ..concurrent_config(ConcurrentWorkers {
             helpers: 1,
             start: drop_job,
         })
     };
     let (mut gc, m) = opened_mark(config, 200);
-    // The write below waits for the stand-in worker's stripe.
-    let holder = hold_every_stripe(Duration::from_millis(50));
+    // The write below waits for the stand-in worker's stripe: every stripe is held until the write
+    // waits (or is over without waiting), however late the mutator gets to it. Bounded, so that a
+    // write that waits without reading the clock hangs no test run (it then fails below, unless the
+    // wait was counted after all).
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let all = crate::gc::cell::AllStripes::lock();
+        locked_tx.send(()).unwrap();
+        let t = Instant::now();
+        while !WAITING.load(Ordering::SeqCst)
+            && !WRITTEN.load(Ordering::SeqCst)
+            && t.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(all);
+    });
+    locked_rx.recv().unwrap();
     gc.mutate(|mc, root| {
         let bag = root[0].get().unwrap();
         let item = bag.items.borrow()[0];
         // A two-word cell: a one-word one takes no stripe.
-        CELL.store(item.back.stripe_key(), Ordering::Relaxed);
+        CELL.store(item.back.stripe_key(), Ordering::SeqCst);
         let to = item.back.get();
         item.back.set(mc, to);
     });
+    WRITTEN.store(true, Ordering::SeqCst);
     holder.join().unwrap();
+    assert!(
+        WAITING.load(Ordering::SeqCst),
+        "the write did not wait for the held stripe"
+    );
     assert_eq!(
         SEEN_HELD.load(Ordering::Relaxed),
         0,
