@@ -607,9 +607,11 @@ fn pauses_are_counted_by_kind() {
         });
         churn(&mut gc, 16, 1000);
         if threads {
-            // How long the worker thread's marks stay open is the OS's to say (above): more churn,
-            // a MiB at a time with the CPU given up in between so that a descheduled worker runs,
-            // until two cycles are done (bounded, so that a mark that never ends fails the test).
+            // How long the worker thread's marks stay open is the OS's to say (above): more safe
+            // points until two cycles are done. While a mark runs they allocate nothing (its end
+            // needs safe points, not allocation, and the heap does not grow while the worker is
+            // away) and give up the CPU so that a descheduled worker runs; between marks, a MiB of
+            // churn brings the next one. Bounded, so that a mark that never ends fails the test.
             let t = Instant::now();
             while gc.stats().cycles < 2 {
                 assert!(
@@ -617,8 +619,12 @@ fn pauses_are_counted_by_kind() {
                     "worker threads: a mark never ended: {:?}",
                     gc.stats()
                 );
-                std::thread::sleep(Duration::from_millis(1));
-                churn(&mut gc, 1, 1000);
+                if gc.phase() == Phase::Marking {
+                    std::thread::sleep(Duration::from_millis(1));
+                    gc.mutate(|_, _| ());
+                } else {
+                    churn(&mut gc, 1, 1000);
+                }
             }
         }
         if mode == Mode::Incremental {
