@@ -59,8 +59,8 @@
 //! Scavenging (Go's scavenger keeps the heap mapped up to a goal instead of unmapping on every free): the
 //! heap keeps mapped pages (in use + dirty free) up to a *retained goal* of 5/4 of the recent peak of
 //! pages in use, at least in use + 4 MiB, so a workload whose use swings below its peak finds its pages
-//! still mapped when it swings back (unmapping them meant a frame and a map per 4 KiB page later, and a
-//! zeroing for what asks for zero). Frees scavenge once mapped pages exceed the goal by 1/16 (hysteresis), back down to the goal,
+//! still mapped when it swings back (unmapping them meant a frame, a zeroing and a map per 4 KiB page
+//! later). Frees scavenge once mapped pages exceed the goal by 1/16 (hysteresis), back down to the goal,
 //! from the top of the heap. The peak forgets: each time the heap has allocated as many pages as the
 //! peak (an *epoch*: allocation traffic is the only clock a heap without a timer has), the peak drops by
 //! a quarter of its excess over the highest use seen in that epoch. So memory a workload stopped using is
@@ -81,7 +81,7 @@
 //! the free pages: `retry_with_free_pages_given_back`); a kernel that takes
 //! frames straight from the allocator (`with_address_space`) finds that quarter, less those few MiB,
 //! and after `Heap::trim` all but other CPUs' cached objects and live objects' spare tail frames.
-//! Releasing earlier cost the heap a frame and a map each time it needed the page again: talc's
+//! Releasing earlier cost the heap a zeroing and a map each time it needed the page again: talc's
 //! random actions, whose live set wanders between 5 and 28 MiB over tens of turns (big
 //! reallocations turn the heap over every few milliseconds), remapped about 10,000 pages a second
 //! under the turn-based policy alone.
@@ -1076,14 +1076,20 @@ impl<P: Platform> PageHeap<P> {
     }
 
     /// Maps the scavenged pages of `[first, first + n)`; with `trim`, not the second frame of the last
-    /// page if that page was scavenged (see "Trimmed tails"). Fresh frames are zeroed only with `zero`:
-    /// most spans are written before they are read (an object's owner, a collector's slot), and zeroing
-    /// a frame that is then overwritten is 4 KiB of stores for nothing. Returns whether the whole range
-    /// is known zero now (`zero`, and every page was scavenged before) and whether the last page's
-    /// second frame was left unmapped. On failure, unmaps what it mapped here.
-    fn back(&mut self, first: usize, n: usize, trim: bool, zero: bool) -> Result<(bool, bool), ()> {
+    /// page if that page was scavenged (see "Trimmed tails"). Returns whether all pages were scavenged
+    /// before (then the whole range is known zero) and whether the last page's second frame was left
+    /// unmapped. On failure, unmaps what it mapped here.
+    ///
+    /// Every fresh frame is zeroed (through the direct map), though most spans are written before they
+    /// are read. Zeroing only for `alloc_zeroed` and private pages was tried: 2% fewer instructions in
+    /// talc's random actions on the host, but in the kernel under QEMU's TCG the 1-CPU bench fell from
+    /// 23.3 to 7.9 Mops/s (every repetition; 2 and 4 CPUs slower too). Frames written with garbage
+    /// through the direct map instead ran at 19.6: what mattered was a write through the direct map
+    /// before the window's first use, not the bytes. Not understood (a first touch through the window
+    /// should cost once, not on every operation); not kept.
+    fn back(&mut self, first: usize, n: usize, trim: bool) -> Result<(bool, bool), ()> {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-        let mut all_fresh = zero;
+        let mut all_fresh = true;
         let mut trimmed = false;
         let mut i = first;
         while i < first + n {
@@ -1107,7 +1113,7 @@ impl<P: Platform> PageHeap<P> {
             let Some(space) = space_of(&mut self.backing) else {
                 unreachable!("pageheap: a scavenged page in region mode");
             };
-            if space.map_range(start, frames, flags, zero).is_err() {
+            if space.map_range(start, frames, flags, true).is_err() {
                 // Undo: the pages mapped so far in this call go back to scavenged.
                 self.unback(first, run_start);
                 return Err(());
@@ -1134,9 +1140,8 @@ impl<P: Platform> PageHeap<P> {
         npages: usize,
         align: usize,
         cpu: Option<usize>,
-        zero: bool,
     ) -> Option<(usize, bool)> {
-        self.alloc_pages_trimmed(npages, align, cpu, false, zero)
+        self.alloc_pages_trimmed(npages, align, cpu, false)
             .map(|(first, needzero, _)| (first, needzero))
     }
 
@@ -1148,7 +1153,6 @@ impl<P: Platform> PageHeap<P> {
         align: usize,
         cpu: Option<usize>,
         trim: bool,
-        zero: bool,
     ) -> Option<(usize, bool, bool)> {
         if npages == 0 || npages > self.capacity {
             return None;
@@ -1168,13 +1172,12 @@ impl<P: Platform> PageHeap<P> {
             Some(f) => f,
             None => self.find_aligned(npages, align)?,
         };
-        let (fresh, trimmed) = match self.back(first, npages, trim, zero) {
+        let (fresh, trimmed) = match self.back(first, npages, trim) {
             Ok(r) => r,
             Err(()) => {
                 // Out of frames: give back the dirty free pages (then, if need be, the spare tail
                 // frames of large objects) and try again.
-                match self.retry_with_frames_given_back(|h| h.back(first, npages, trim, zero).ok())
-                {
+                match self.retry_with_frames_given_back(|h| h.back(first, npages, trim).ok()) {
                     Some(r) => r,
                     None => {
                         self.pages.free(first, npages);
@@ -1286,7 +1289,7 @@ impl<P: Platform> PageHeap<P> {
     /// guard pool's stretch of address space): never freed, never in the span map (so no free of an
     /// address in them is taken for an object's). `None` when memory runs out.
     pub(crate) fn alloc_private(&mut self, npages: usize) -> Option<VirtAddr> {
-        let (first, needzero) = self.alloc_pages(npages, 1, None, true)?;
+        let (first, needzero) = self.alloc_pages(npages, 1, None)?;
         let base = self.page_addr(first);
         if needzero {
             // SAFETY: the pages were just allocated (mapped by `alloc_pages`) and belong to no one else.
@@ -1541,8 +1544,7 @@ impl<P: Platform> PageHeap<P> {
         cpu: Option<usize>,
         owner: Owner,
     ) -> Option<NonNull<Span>> {
-        // (Small spans' objects are written before they are read; `alloc_zeroed` zeroes its object.)
-        let (first, needzero) = self.alloc_pages(npages, align, cpu, false)?;
+        let (first, needzero) = self.alloc_pages(npages, align, cpu)?;
         let base = self.page_addr(first);
         let span = match self.new_span_struct(base, PageCount(npages), class, needzero) {
             Some(s) => s,
@@ -1569,10 +1571,7 @@ impl<P: Platform> PageHeap<P> {
     /// its extra pages freed), else fresh pages. When a fresh
     /// object ends in the first frame of its last page and that page needs mapping, its second frame is
     /// left unmapped ("Trimmed tails"). `small`: the small size class the object's layout has, if it
-    /// has one (`Span::small_layout`). `zero`: fresh frames are zeroed as they are mapped, so the span's
-    /// `needzero` is false when all of its pages were fresh (for `alloc_zeroed`).
-    // (One caller, which has each of these at hand.)
-    #[allow(clippy::too_many_arguments)]
+    /// has one (`Span::small_layout`).
     pub(crate) fn alloc_large_span(
         &mut self,
         npages: usize,
@@ -1581,7 +1580,6 @@ impl<P: Platform> PageHeap<P> {
         cpu: Option<usize>,
         bytes: usize,
         small: Option<SizeClass>,
-        zero: bool,
     ) -> Option<NonNull<Span>> {
         debug_assert!(class.is_large());
         let trim = bytes + FRAME_SIZE as usize <= npages * PAGE_SIZE;
@@ -1608,8 +1606,7 @@ impl<P: Platform> PageHeap<P> {
                 return Some(span);
             }
         }
-        let (first, needzero, trimmed) =
-            self.alloc_pages_trimmed(npages, align, cpu, trim, zero)?;
+        let (first, needzero, trimmed) = self.alloc_pages_trimmed(npages, align, cpu, trim)?;
         self.trimmed_tails += usize::from(trimmed);
         let base = self.page_addr(first);
         let Some(mut span) = self.new_span_struct(base, PageCount(npages), class, needzero) else {
@@ -1908,12 +1905,9 @@ impl<P: Platform> PageHeap<P> {
         self.pages.alloc_range(end, extra);
         // Out of frames: the free pages only (a spare tail taken now could be this span's own, which
         // the growth makes a middle page).
-        // (The bytes a resize adds need not be zero.)
-        let backed = match self.back(end, extra, false, false) {
+        let backed = match self.back(end, extra, false) {
             Ok(r) => Some(r),
-            Err(()) => {
-                self.retry_with_free_pages_given_back(|h| h.back(end, extra, false, false).ok())
-            }
+            Err(()) => self.retry_with_free_pages_given_back(|h| h.back(end, extra, false).ok()),
         };
         let Some((fresh, _)) = backed else {
             self.pages.free(end, extra);

@@ -39,10 +39,7 @@
 //!   [`FrameAllocator`](x86_64::structures::paging::FrameAllocator) and
 //!   [`FrameDeallocator`](x86_64::structures::paging::FrameDeallocator) traits, so code written for that
 //!   crate (an `OffsetPageTable` over a *new* hierarchy for a user process) takes frames from it. A frame
-//!   the kernel takes is the kernel's until it frees it; the heap never sees it again. A freed frame is
-//!   not scrubbed, and the heap zeroes fresh frames only for `alloc_zeroed` and its own metadata: its
-//!   bytes may surface in a later `alloc`'s block. Scrub a frame that held secrets (a user process's
-//!   page, a key) before freeing it.
+//!   the kernel takes is the kernel's until it frees it; the heap never sees it again.
 //! - Pages: [`AddressSpace::map_kernel_page`], [`AddressSpace::map_fresh_kernel_page`] and
 //!   [`AddressSpace::unmap_kernel_page`] edit the live tables with the heap's mapper, taking page tables
 //!   from the same frames, and refuse pages in the heap's window and frames the allocator holds free.

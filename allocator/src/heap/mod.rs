@@ -963,7 +963,6 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 cpu,
                 layout.size(),
                 small,
-                zero,
             )?;
             self.large_objects.add(1);
             self.large_pages.add(npages.0);
