@@ -1086,7 +1086,8 @@ impl<P: Platform> PageHeap<P> {
     /// 23.3 to 7.9 Mops/s (every repetition; 2 and 4 CPUs slower too). Frames written with garbage
     /// through the direct map instead ran at 19.6: what mattered was a write through the direct map
     /// before the window's first use, not the bytes. Not understood (a first touch through the window
-    /// should cost once, not on every operation); not kept.
+    /// should cost once, not on every operation; QEMU's own memory was backed alike, 100 MiB of host
+    /// huge pages in both); not kept.
     fn back(&mut self, first: usize, n: usize, trim: bool) -> Result<(bool, bool), ()> {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         let mut all_fresh = true;
