@@ -15,6 +15,8 @@
 //! allocator once, back to back (the order rotating between repetitions), so the ratios of one repetition
 //! share the machine's load of that moment. Reported: the median ops/s of each allocator, and the median of
 //! the per-repetition ratios (which a load spike in one repetition moves less than a ratio of medians).
+//! Before the runs every CPU's emulated TLB is grown to thousands of entries ([`grow_emulator_tlbs`]:
+//! under TCG its size is otherwise an accident of what the CPU did before).
 //! The timer interrupt (which itself allocates from spanalloc) stays on, as in the tests. Under QEMU's TCG
 //! the vCPUs share the host's cores: numbers compare allocators within one boot, not machines.
 //!
@@ -156,6 +158,38 @@ fn workload<A: GlobalAlloc>(heap: &A, seed: u64, pairs: u64) {
     }
 }
 
+/// Pages each CPU touches between the flushes of [`grow_emulator_tlbs`], and the rounds.
+const TLB_WARM_PAGES: usize = 4096;
+const TLB_WARM_ROUNDS: usize = 8;
+
+/// Grows every CPU's software TLB in QEMU's TCG to some thousands of entries before the runs.
+///
+/// TCG resizes a vCPU's TLB only when the guest flushes it whole (a CR3 load), by how many entries
+/// it used since the last resize: over 70% doubles it, under 30% over 100 ms shrinks it, down to 64
+/// entries, direct-mapped (plus 8 victims). So each CPU's TLB had whatever size its history left:
+/// an AP that idled before the bench ran with a small one, and so did CPU 0 in builds whose start
+/// touched fewer pages. The runs then measured that size as much as the allocators: measured in one
+/// sitting, spanalloc ran 6.5 Mops/s on CPU 1 against 21.5 on CPU 0 (buddy 17.1 and 17.4), and a
+/// build that skipped zeroing fresh frames at map time fell to 7.9 on CPU 0. With every TLB grown
+/// first, the 2- and 4-CPU rates about doubled. Hardware TLBs do not shrink to the working set (a
+/// current x86 core has some 1,500 second-level entries), so the runs are closer to a machine's with
+/// TLBs this size. Touching `TLB_WARM_PAGES` pages then flushing, `TLB_WARM_ROUNDS` times, takes a
+/// 64-entry TLB past 4,096 entries; nothing in the runs flushes a whole TLB afterwards (spanalloc
+/// releases no pages here: the summary line counts its shootdowns), so the size stays.
+fn grow_emulator_tlbs() {
+    let pages = alloc::vec![0u8; TLB_WARM_PAGES * 4096];
+    let base = pages.as_ptr() as usize;
+    smp::run_on_all(&|_| {
+        for _ in 0..TLB_WARM_ROUNDS {
+            for page in 0..TLB_WARM_PAGES {
+                // SAFETY: an address inside `pages`, which lives until every CPU has returned.
+                unsafe { core::ptr::read_volatile((base + page * 4096) as *const u8) };
+            }
+            x86_64::instructions::tlb::flush_all();
+        }
+    });
+}
+
 /// Runs the workload on CPUs `0..cpus` at once; returns operations (allocs + frees) per second.
 fn measure<A: GlobalAlloc + Sync>(heap: &A, cpus: usize, pairs: u64) -> u64 {
     let arrived = AtomicUsize::new(0);
@@ -206,6 +240,7 @@ pub fn run(quick: bool) -> ! {
             .init(peer_arena("linked-list"), PEER_ARENA);
     }
 
+    grow_emulator_tlbs();
     let online = smp::online_count();
     let counts: Vec<usize> = [1, 2, 4].into_iter().filter(|&n| n <= online).collect();
     println!(
