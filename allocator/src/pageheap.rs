@@ -1087,7 +1087,7 @@ impl<P: Platform> PageHeap<P> {
     /// through the direct map instead ran at 19.6: what mattered was a write through the direct map
     /// before the window's first use, not the bytes. Not understood (a first touch through the window
     /// should cost once, not on every operation; QEMU's own memory was backed alike, 100 MiB of host
-    /// huge pages in both); not kept.
+    /// huge pages in both, and the bench's grown TLBs, kernel/src/bench.rs, left it at 7.1); not kept.
     fn back(&mut self, first: usize, n: usize, trim: bool) -> Result<(bool, bool), ()> {
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         let mut all_fresh = true;
