@@ -1171,40 +1171,18 @@ std::thread_local! {
 /// work at exactly that point.
 struct Hooked(&'static HostPlatform);
 
-// SAFETY: every duty is the host platform's, which keeps its promises; `SAMPLING` is no promise about
-// the machine, and the hook is test code that keeps the heap's contract.
-unsafe impl crate::platform::Platform for Hooked {
-    type InterruptGuard = <HostPlatform as crate::platform::Platform>::InterruptGuard;
+// (`SAMPLING` is no promise about the machine, and the hook is test code that keeps the heap's
+// contract.)
+crate::testing::host_platform_wrapper!(Hooked {
     const MAX_CPUS: usize = HostPlatform::MAX_CPUS;
     const SAMPLING: bool = true;
-    fn cpu_index(&self) -> usize {
-        self.0.cpu_index()
-    }
-    fn cpu_index_slow(&self) -> usize {
-        self.0.cpu_index_slow()
-    }
-    fn mask_interrupts(&self) -> Self::InterruptGuard {
-        self.0.mask_interrupts()
-    }
-    fn physical_memory_offset(&self) -> VirtAddr {
-        self.0.physical_memory_offset()
-    }
-    fn page_mapped(&self, page: crate::addr::Page, frame: crate::addr::PhysFrame) {
-        self.0.page_mapped(page, frame)
-    }
-    fn pages_mapped(&self, start: crate::addr::Page, frame: crate::addr::PhysFrame, count: u64) {
-        self.0.pages_mapped(start, frame, count)
-    }
-    fn pages_unmapped(&self, start: crate::addr::Page, count: u64) {
-        self.0.pages_unmapped(start, count)
-    }
     fn stack_trace(&self, _from: u64, _out: &mut [u64]) -> usize {
         if let Some(hook) = STACK_HOOK.with(|h| h.borrow_mut().take()) {
             hook();
         }
         0
     }
-}
+});
 
 type HHeap = Heap<Hooked, false>;
 
