@@ -668,14 +668,9 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
         profiled: usize,
         frame: u64,
     ) {
-        if !self.sample_large(new_size) {
+        let Some(sample) = self.large_sample(new_size, frame) else {
             return;
-        }
-        let mut frames = [0u64; MAX_FRAMES];
-        let depth = self
-            .platform
-            .stack_trace(frame, &mut frames)
-            .min(MAX_FRAMES);
+        };
         let _irq = self.platform.mask_interrupts();
         // Recorded under the page-heap lock, where frees forget records, and only if `addr` still starts
         // a large object with no record: a racing (wrong) free of it since the resize must not leave a
@@ -700,7 +695,7 @@ impl<P: Platform, const FULL_CHECKS: bool> Heap<P, FULL_CHECKS> {
                 addr.as_u64(),
                 profiled as u64,
                 rate,
-                &frames[..depth],
+                &sample.frames[..sample.depth],
                 Kind::Large,
             );
         }
